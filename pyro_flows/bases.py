@@ -1,0 +1,93 @@
+"""Base distributions as modules, so that ``.to(device)`` and ``state_dict`` cover them."""
+
+from __future__ import annotations
+
+from typing import Sequence, Union
+
+import pyro.distributions as dist
+import torch
+from torch import nn
+
+__all__ = ["BaseDistribution", "base_distribution"]
+
+
+class BaseDistribution(nn.Module):
+    """Holds a distribution's tensor parameters as buffers and rebuilds it on call.
+
+    Calling the module returns the distribution with its parameters on the module's
+    current device and dtype, with ``event_shape`` the flow's event shape.
+
+    :param distribution: any Pyro/PyTorch distribution whose constructor takes its
+        ``arg_constraints`` as keyword arguments (Normal, Uniform, Beta, Laplace,
+        StudentT, ...), optionally wrapped in ``.to_event(n)``.
+
+    >>> base = BaseDistribution(dist.Normal(torch.zeros(2), torch.ones(2)).to_event(1))
+    >>> base().event_shape
+    torch.Size([2])
+    """
+
+    def __init__(self, distribution: torch.distributions.Distribution):
+        super().__init__()
+        self.reinterpreted = 0
+        while isinstance(distribution, torch.distributions.Independent):
+            self.reinterpreted += distribution.reinterpreted_batch_ndims
+            distribution = distribution.base_dist
+        self.cls = type(distribution)
+        self.names = []
+        for name in distribution.arg_constraints:
+            value = getattr(distribution, name, None)
+            if name in ("probs", "logits") and name not in distribution.__dict__:
+                continue
+            if isinstance(value, torch.Tensor):
+                self.register_buffer(name, value.detach().clone())
+                self.names.append(name)
+        self.kwargs = {k: v for k, v in vars(distribution).items() if k == "df" and not isinstance(v, torch.Tensor)}
+
+    def forward(self) -> torch.distributions.Distribution:
+        d = self.cls(**{n: getattr(self, n) for n in self.names}, **self.kwargs)
+        return d.to_event(self.reinterpreted) if self.reinterpreted else d
+
+    def extra_repr(self):
+        return f"{self.cls.__name__}, reinterpreted_batch_ndims={self.reinterpreted}"
+
+
+def base_distribution(
+    base: Union[str, torch.distributions.Distribution], event_shape: Sequence[int], **params
+) -> BaseDistribution:
+    """A standard base over ``event_shape`` by name, or a given distribution.
+
+    * ``"normal"``: :math:`\\mathcal N(0, I)` (default everywhere);
+    * ``"uniform"``: Uniform(0, 1) per coordinate;
+    * ``"beta"``: Beta(a, b) per coordinate (``a``, ``b`` keyword arguments, default 5, 5
+      as in the lecture's Example 10.10).
+
+    A distribution passed in must have event shape ``event_shape`` (or batch shape
+    ``event_shape`` and none; it is then reinterpreted as one event).
+
+    >>> base_distribution("beta", (3,), a=2.0, b=2.0)().event_shape
+    torch.Size([3])
+    """
+    shape = torch.Size(event_shape)
+    n = len(shape)
+    if isinstance(base, str):
+        name = base.lower()
+        if name == "normal":
+            d = dist.Normal(torch.zeros(shape), torch.ones(shape))
+        elif name == "uniform":
+            d = dist.Uniform(torch.zeros(shape), torch.ones(shape))
+        elif name == "beta":
+            a, b = params.get("a", 5.0), params.get("b", 5.0)
+            d = dist.Beta(torch.full(shape, float(a)), torch.full(shape, float(b)))
+        else:
+            raise ValueError(f"unknown base {base!r}; expected 'normal', 'uniform', 'beta' or a distribution")
+        return BaseDistribution(d.to_event(n) if n else d)
+    if not isinstance(base, torch.distributions.Distribution):
+        raise TypeError(f"base must be a name or a torch/Pyro distribution, got {type(base).__name__}")
+    if base.event_shape == shape:
+        return BaseDistribution(base)
+    if base.event_shape == () and base.batch_shape == shape:
+        return BaseDistribution(base.to_event(n))
+    raise ValueError(
+        f"base distribution has batch shape {tuple(base.batch_shape)} and event shape "
+        f"{tuple(base.event_shape)}; expected event shape {tuple(shape)}"
+    )

@@ -1,0 +1,84 @@
+"""``Flow``: one module that owns a transform and its base distribution."""
+
+from __future__ import annotations
+
+from typing import Optional, Sequence, Union
+
+import pyro.distributions as dist
+import torch
+from pyro.distributions.torch_transform import ComposeTransformModule
+from torch import nn
+
+from .bases import base_distribution
+
+__all__ = ["Flow"]
+
+
+class Flow(nn.Module):
+    r"""A normalizing flow model: a transform and its base distribution in one module.
+
+    Calling it returns a :class:`pyro.distributions.TransformedDistribution` on the
+    module's device and dtype, so that ``.to("cuda")``, ``.double()``, ``state_dict`` and
+    ``.parameters()`` cover both parts. With base :math:`p_Z` and transform :math:`T`
+    (base to data; the lecture's :math:`f_\theta = T^{-1}`),
+
+    .. math::
+
+        \log p(x) = \log p_Z(T^{-1}(x)) - \log\left|\det \frac{\partial T}{\partial z}\right|_{z=T^{-1}(x)},
+        \qquad x = T(z),\; z \sim p_Z.
+
+    :param transform: a :class:`~pyro.distributions.TransformModule` or a list of them
+        (applied in order from the base).
+    :param base: ``"normal"`` (default), ``"uniform"``, ``"beta"`` or a distribution; see
+        :func:`~pyro_flows.bases.base_distribution`.
+    :param event_shape: shape of one data point; read from the transform when it has an
+        ``event_shape`` attribute.
+
+    >>> import pyro_flows
+    >>> flow = Flow(pyro_flows.real_nvp(2, num_layers=2, hidden_dims=(8,)))
+    >>> x = flow.sample((5,))
+    >>> flow.log_prob(x).shape
+    torch.Size([5])
+    """
+
+    def __init__(
+        self,
+        transform: Union[nn.Module, Sequence[nn.Module]],
+        base: Union[str, torch.distributions.Distribution] = "normal",
+        event_shape: Optional[Sequence[int]] = None,
+        **base_params,
+    ):
+        super().__init__()
+        if isinstance(transform, (list, tuple)):
+            transform = ComposeTransformModule(list(transform))
+        self.transform = transform
+        if event_shape is None:
+            event_shape = _event_shape_of(transform)
+        self.event_shape = torch.Size(event_shape)
+        self.base = base_distribution(base, self.event_shape, **base_params)
+
+    def forward(self) -> dist.TransformedDistribution:
+        parts = self.transform.parts if isinstance(self.transform, ComposeTransformModule) else [self.transform]
+        return dist.TransformedDistribution(self.base(), list(parts))
+
+    def log_prob(self, x: torch.Tensor) -> torch.Tensor:
+        """Log-density of data ``x`` of shape ``(*batch, *event_shape)``; shape ``batch``."""
+        return self().log_prob(x)
+
+    def sample(self, sample_shape=torch.Size()) -> torch.Tensor:
+        """Draw samples without gradients, shape ``(*sample_shape, *event_shape)``."""
+        with torch.no_grad():
+            return self().sample(sample_shape)
+
+    def rsample(self, sample_shape=torch.Size()) -> torch.Tensor:
+        """Draw reparameterized samples (gradients reach the parameters)."""
+        return self().rsample(sample_shape)
+
+
+def _event_shape_of(transform) -> torch.Size:
+    parts = getattr(transform, "parts", [transform])
+    for part in parts:
+        shape = getattr(part, "event_shape", None)
+        if shape is not None:
+            return torch.Size(shape)
+    raise ValueError("cannot infer the event shape from the transform; pass event_shape=")

@@ -1,0 +1,5 @@
+"""Conditioner networks for coupling layers."""
+
+from .mlp import MLP
+
+__all__ = ["MLP"]

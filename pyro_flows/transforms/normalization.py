@@ -1,0 +1,179 @@
+"""Normalization layers for flows: RealNVP's batch normalization (lecture, Concept 10.31)."""
+
+from __future__ import annotations
+
+import warnings
+from typing import Sequence, Union
+
+import torch
+from torch import nn
+
+from .base import FlowTransform, check_event
+
+__all__ = ["RealNVPBatchNorm", "real_nvp_batch_norm"]
+
+
+class RealNVPBatchNorm(FlowTransform):
+    r"""Batch normalization as a bijection (Dinh et al., 2017; lecture Concept 10.31).
+
+    In the normalizing direction (data :math:`y` to base :math:`x`, Pyro's ``_inverse``,
+    the direction ``log_prob`` takes)
+
+    .. math::
+
+        x = \frac{y - \tilde\mu}{\sqrt{\tilde\sigma^2 + \varepsilon}} \;(\odot e^{\gamma} + \beta),
+        \qquad \log\left|\det\frac{\partial x}{\partial y}\right|
+        = -\frac12 \sum_i \log(\tilde\sigma_i^2 + \varepsilon) \;(+\textstyle\sum_i \gamma_i),
+
+    per feature for vectors and per channel for images (where the sum runs over every
+    pixel). :math:`\gamma, \beta` exist only with ``affine=True``.
+
+    **Train mode.** Each ``_inverse`` call computes the batch statistics
+    :math:`\hat\mu_k, \hat\sigma^2_k` (biased variance over all batch dimensions, and over
+    height and width for images) and uses the running averages *including* them,
+
+    .. math::
+
+        \tilde\mu_{k+1} = \rho\,\tilde\mu_k + (1-\rho)\,\hat\mu_k,\qquad
+        \tilde\sigma^2_{k+1} = \rho\,\tilde\sigma^2_k + (1-\rho)\,\hat\sigma^2_k,
+
+    with :math:`\rho = 1 -` ``momentum`` (``momentum`` follows ``torch.nn.BatchNorm``'s
+    convention: the weight of the new batch). Gradients flow only through the current
+    batch's :math:`\hat\mu_k, \hat\sigma^2_k`; the old averages are constants. The first
+    training batch initialises the averages to its own statistics (no bias towards the
+    initial 0/1). The log-determinant treats the statistics as constants, as the paper
+    does, so it is exact for the map with the batch's statistics frozen.
+
+    **Eval mode.** The running averages are fixed and the layer is an exact bijection:
+    ``_call`` (sampling) and ``_inverse`` (scoring) invert each other. Sampling
+    (``_call``) always uses the running averages, also in train mode.
+
+    :param int num_features: features (vectors) or channels (images).
+    :param int event_dim: 1 for vectors ``(D,)``, 3 for images ``(C, H, W)``.
+    :param float momentum: weight of the new batch in the running averages, :math:`1-\rho`.
+    :param float eps: :math:`\varepsilon`, keeps zero-variance features finite.
+    :param bool affine: learn :math:`\gamma` (log-scale) and :math:`\beta` as well.
+
+    >>> bn = real_nvp_batch_norm(3)
+    >>> y = torch.randn(100, 3) * 5 + 2
+    >>> x = bn.inv(y)                      # train mode: normalized with batch statistics
+    >>> bool(x.mean(0).abs().max() < 1e-5)
+    True
+    >>> _ = bn.eval()
+    >>> torch.allclose(bn(bn.inv(y)), y, atol=1e-5)
+    True
+    """
+
+    def __init__(
+        self,
+        num_features: int,
+        event_dim: int = 1,
+        momentum: float = 0.1,
+        eps: float = 1e-5,
+        affine: bool = False,
+    ):
+        if event_dim not in (1, 3):
+            raise ValueError(f"event_dim must be 1 (vectors) or 3 (images), got {event_dim}")
+        if not 0.0 < momentum <= 1.0:
+            raise ValueError(f"momentum must be in (0, 1], got {momentum}")
+        super().__init__()
+        self.event_dim_ = event_dim
+        self.num_features = num_features
+        self.momentum = momentum
+        self.eps = eps
+        self.affine = affine
+        self.register_buffer("running_mean", torch.zeros(num_features))
+        self.register_buffer("running_var", torch.ones(num_features))
+        self.register_buffer("initialized", torch.tensor(False))
+        if affine:
+            self.log_gamma = nn.Parameter(torch.zeros(num_features))
+            self.beta = nn.Parameter(torch.zeros(num_features))
+
+    def _check(self, x, what):
+        check_event(type(self).__name__, x, None, what)
+        d = x.dim() - self.event_dim_
+        if d < 0 or x.shape[d] != self.num_features:
+            kind = "features" if self.event_dim_ == 1 else "channels (C, H, W)"
+            raise ValueError(
+                f"{type(self).__name__}: expected {what} with {self.num_features} {kind} at dim "
+                f"{-self.event_dim_}, got shape {tuple(x.shape)}"
+            )
+
+    def _view(self, t: torch.Tensor) -> torch.Tensor:
+        """Per-feature vector -> broadcastable over the event."""
+        return t.view(-1, 1, 1) if self.event_dim_ == 3 else t
+
+    def _positions(self, x: torch.Tensor) -> int:
+        """Pixels per channel (1 for vectors): each contributes to the log-determinant."""
+        return x.shape[-1] * x.shape[-2] if self.event_dim_ == 3 else 1
+
+    def _batch_shape(self, x):
+        return x.shape[: x.dim() - self.event_dim_]
+
+    def _ladj(self, x, var):
+        """log|det| of the de-normalizing ``_call``, shape batch_shape."""
+        per_feature = 0.5 * torch.log(var + self.eps)
+        if self.affine:
+            per_feature = per_feature - self.log_gamma
+        return (per_feature.sum() * self._positions(x)).expand(self._batch_shape(x))
+
+    def _call_and_ladj(self, x):
+        mean, var = self.running_mean, self.running_var
+        z = x
+        if self.affine:
+            z = (z - self._view(self.beta)) * self._view(torch.exp(-self.log_gamma))
+        y = z * self._view(torch.sqrt(var + self.eps)) + self._view(mean)
+        return y, self._ladj(x, var)
+
+    def _inverse_and_ladj(self, y):
+        if self.training:
+            mean, var = self._training_statistics(y)
+        else:
+            mean, var = self.running_mean, self.running_var
+        x = (y - self._view(mean)) * self._view(torch.rsqrt(var + self.eps))
+        if self.affine:
+            x = x * self._view(torch.exp(self.log_gamma)) + self._view(self.beta)
+        return x, self._ladj(y, var)
+
+    def _training_statistics(self, y):
+        event_dims = [y.dim() - self.event_dim_ + 1 + i for i in range(self.event_dim_ - 1)]
+        reduce = list(range(y.dim() - self.event_dim_)) + event_dims
+        count = y.numel() // self.num_features
+        if count < 2:
+            warnings.warn(
+                "RealNVPBatchNorm in train mode got a single value per feature; its batch "
+                "variance is 0. Use a larger batch, or .eval() to score single points.",
+                RuntimeWarning,
+                stacklevel=4,
+            )
+        batch_mean = y.mean(reduce)
+        batch_var = y.var(reduce, unbiased=False)
+        if not bool(self.initialized):
+            mean, var = batch_mean, batch_var
+            self.initialized.fill_(True)
+        else:
+            # The old averages are constants: gradients flow only through this batch.
+            mean = (1 - self.momentum) * self.running_mean + self.momentum * batch_mean
+            var = (1 - self.momentum) * self.running_var + self.momentum * batch_var
+        with torch.no_grad():
+            self.running_mean.copy_(mean)
+            self.running_var.copy_(var)
+        return mean, var
+
+    def extra_repr(self):
+        return (
+            f"num_features={self.num_features}, event_dim={self.event_dim_}, "
+            f"momentum={self.momentum}, eps={self.eps}, affine={self.affine}"
+        )
+
+
+def real_nvp_batch_norm(
+    input_dim: int, momentum: float = 0.1, eps: float = 1e-5, affine: bool = False, event_dim: int = 1
+) -> RealNVPBatchNorm:
+    """One :class:`RealNVPBatchNorm` over ``input_dim`` features (or channels with
+    ``event_dim=3``).
+
+    >>> real_nvp_batch_norm(4).running_var.tolist()
+    [1.0, 1.0, 1.0, 1.0]
+    """
+    return RealNVPBatchNorm(input_dim, event_dim=event_dim, momentum=momentum, eps=eps, affine=affine)

@@ -1,0 +1,26 @@
+import os
+
+import pyro
+import pytest
+import torch
+
+# Keep the suite fast and deterministic on a 2-core machine.
+torch.set_num_threads(int(os.environ.get("PYRO_FLOWS_TEST_THREADS", "2")))
+
+
+@pytest.fixture(autouse=True)
+def _seed_and_clean():
+    torch.manual_seed(0)
+    pyro.set_rng_seed(0)
+    pyro.clear_param_store()
+    yield
+    pyro.clear_param_store()
+
+
+def pytest_collection_modifyitems(config, items):
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs CUDA")
+    for item in items:
+        if "cuda" in item.keywords:
+            item.add_marker(skip)

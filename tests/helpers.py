@@ -1,0 +1,28 @@
+"""Shared test helpers: autograd log-determinants and parameter randomisation."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+
+def autograd_logdet(fn, x: torch.Tensor, event_dim: int) -> torch.Tensor:
+    """log|det dfn/dx| per batch element by the full autograd Jacobian (use float64)."""
+    event_shape = x.shape[x.dim() - event_dim :]
+    flat = x.reshape(-1, *event_shape)
+    n = math.prod(event_shape)
+    out = []
+    for v in flat:
+        jac = torch.autograd.functional.jacobian(lambda u: fn(u.view(1, *event_shape)).reshape(-1), v.reshape(-1))
+        out.append(torch.linalg.slogdet(jac.reshape(n, n))[1])
+    return torch.stack(out).reshape(x.shape[: x.dim() - event_dim])
+
+
+@torch.no_grad()
+def randomize(module: torch.nn.Module, scale: float = 0.3, seed: int = 0) -> torch.nn.Module:
+    """Perturb every parameter so that no layer is the identity."""
+    g = torch.Generator().manual_seed(seed)
+    for p in module.parameters():
+        p.add_(scale * torch.randn(p.shape, generator=g, dtype=torch.float64).to(p))
+    return module
