@@ -1,4 +1,4 @@
-"""Flow transforms: Pyro ``TransformModule``s, one module per family.
+"""Flow transforms: Pyro ``TransformModule`` subclasses, one module per family.
 
 Convention (Pyro's): ``_call`` maps the base side to the data side (sampling), and
 ``_inverse`` maps data to the base (scoring).
