@@ -103,11 +103,29 @@ def _resolve_alias(app, env, node, contnode):
         obj = _import_dotted(candidate)
         name = documented.get(id(obj)) if obj is not None else None
         if name is not None and name != candidate:
-            return domain.resolve_xref(
-                env, node.get("refdoc"), app.builder, "obj", name, node, contnode
-            )
+            return domain.resolve_xref(env, node.get("refdoc"), app.builder, "obj", name, node, contnode)
     return None
+
+
+# --- Pages written on other branches (``docs/<topic>.md``) join the "Topics" table of
+# contents of the home page as they land, so a strict build never fails with "document
+# isn't included in any toctree". Known topics come in reading order, any others after.
+TOPIC_MARKER = "TOPIC_PAGES_PRESENT"
+TOPIC_ORDER = ["tutorials", "one-d", "images", "inference", "ffjord", "cli", "benchmarks"]
+
+
+def _fill_topic_pages(app, docname, source):
+    if docname != root_doc or TOPIC_MARKER not in source[0]:
+        return
+    listed = {line.strip() for line in source[0].splitlines()}
+    top_level = {d for d in app.env.found_docs if "/" not in d and d != root_doc and d not in listed}
+    pages = [d for d in TOPIC_ORDER if d in top_level]
+    pages += sorted(top_level - set(pages))
+    source[0] = source[0].replace(TOPIC_MARKER, "\n".join(pages))
 
 
 def setup(app):
     app.connect("missing-reference", _resolve_alias)
+    app.connect("source-read", _fill_topic_pages)
+    # Re-read the home page on every build, so incremental builds see new topic pages too.
+    app.connect("env-get-outdated", lambda app, env, added, changed, removed: [root_doc])

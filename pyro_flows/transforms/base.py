@@ -71,6 +71,25 @@ class FlowTransform(TransformModule):
     implement :meth:`_call_and_ladj` and :meth:`_inverse_and_ladj`. Both return the
     log-determinant of the *forward* map ``_call`` at the pair (x, y), summed over the
     event dimensions, so ``log_abs_det_jacobian`` has shape ``batch_shape``.
+
+    A minimal subclass, :math:`y = x + c` with :math:`\\log|\\det J| = 0`:
+
+    >>> class Shift(FlowTransform):
+    ...     def __init__(self, shift, dim):
+    ...         super().__init__(event_shape=(dim,))
+    ...         self.shift = shift
+    ...     def _call_and_ladj(self, x):
+    ...         return x + self.shift, x.new_zeros(x.shape[:-1])
+    ...     def _inverse_and_ladj(self, y):
+    ...         return y - self.shift, y.new_zeros(y.shape[:-1])
+    >>> t = Shift(2.0, dim=3)
+    >>> y = t(torch.zeros(4, 3))
+    >>> y[0].tolist(), t.log_abs_det_jacobian(torch.zeros(4, 3), y).shape
+    ([2.0, 2.0, 2.0], torch.Size([4]))
+    >>> t(torch.zeros(4, 2))
+    Traceback (most recent call last):
+        ...
+    ValueError: Shift: expected input of shape (*batch_shape, 3) i.e. event shape (3,), got shape (4, 2)
     """
 
     bijective = True

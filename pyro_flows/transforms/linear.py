@@ -52,6 +52,15 @@ class LUWeight(nn.Module):
     :math:`\log|\det W| = \sum_i d_i` costs :math:`O(n)` and :math:`W` stays invertible
     whatever the optimizer does. Initialised from a random rotation (Glow) so that the
     map mixes coordinates from the start while :math:`\log|\det W| = 0`.
+
+    :param int n: size of the matrix.
+    :param generator: optional ``torch.Generator`` for the initial rotation.
+
+    >>> w = LUWeight(3)
+    >>> torch.allclose(w.weight() @ w.inverse_weight(), torch.eye(3), atol=1e-5)
+    True
+    >>> bool(torch.isclose(torch.linalg.slogdet(w.weight())[1], w.log_abs_det(), atol=1e-5))
+    True
     """
 
     def __init__(self, n: int, generator: torch.Generator | None = None):
@@ -128,10 +137,18 @@ class InvertibleLinear(FlowTransform):
 
 
 def scaling(input_dim: int) -> Scaling:
-    """A :class:`Scaling` layer on vectors of size ``input_dim``."""
+    """A :class:`Scaling` layer on vectors of size ``input_dim``.
+
+    >>> scaling(4).log_scale.shape
+    torch.Size([4])
+    """
     return Scaling((input_dim,))
 
 
 def invertible_linear(input_dim: int) -> InvertibleLinear:
-    """An :class:`InvertibleLinear` layer on vectors of size ``input_dim``."""
+    """An :class:`InvertibleLinear` layer on vectors of size ``input_dim``.
+
+    >>> invertible_linear(3)(torch.zeros(5, 3)).shape
+    torch.Size([5, 3])
+    """
     return InvertibleLinear(input_dim)
