@@ -43,7 +43,11 @@ mathjax_path = "mathjax/tex-svg.js"
 
 # --- API reference from the docstrings (Pyro-style reStructuredText).
 autodoc_member_order = "bysource"
-autodoc_typehints = "signature"
+# Types go into the parameter lists (as on Pyro's API pages), signatures stay readable,
+# and defaults are shown as written in the source (``nn.ReLU``, not its repr).
+autodoc_typehints = "description"
+autodoc_typehints_description_target = "documented_params"
+autodoc_preserve_defaults = True
 
 # Strict references: any unresolved cross-reference is a warning (and -W makes it an
 # error). Objects of torch, Pyro and NumPy are not documented here and there is no
