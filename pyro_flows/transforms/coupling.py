@@ -40,7 +40,7 @@ class _Coupling(FlowTransform):
     def __init__(
         self, mask: torch.Tensor, conditioner: Callable, event_shape: Optional[Sequence[int]] = None
     ):
-        mask = torch.as_tensor(mask, dtype=torch.bool)
+        mask = torch.as_tensor(mask, dtype=torch.bool, device="cpu")
         if event_shape is None:
             event_shape = mask.shape
         super().__init__(event_shape=event_shape)
@@ -171,7 +171,7 @@ def vector_mask(input_dim: int, mask: Union[str, torch.Tensor] = "half", parity:
         if mask not in makers:
             raise ValueError(f"unknown mask {mask!r}; expected one of {sorted(makers)} or a bool tensor")
         return makers[mask](input_dim, parity)
-    return torch.as_tensor(mask, dtype=torch.bool)
+    return torch.as_tensor(mask, dtype=torch.bool, device="cpu")
 
 
 def _mlp_conditioner(mask, num_params, hidden_dims, activation):
