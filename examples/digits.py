@@ -59,7 +59,7 @@ def train(
     seconds: float = 60.0,
     max_steps: int | None = None,
     batch_size: int = 64,
-    lr: float = 1e-3,
+    lr: float = 2e-3,
     seed: int = 0,
 ) -> int:
     """Maximum likelihood on freshly dequantized batches for ``seconds`` of wall time
