@@ -10,7 +10,11 @@ __all__ = ["ResNet", "ResidualBlock"]
 
 class ResidualBlock(nn.Module):
     """A pre-activation residual block ``h + conv(relu(bn(conv(relu(bn(h))))))`` with
-    3x3 convolutions that keep the spatial size."""
+    3x3 convolutions that keep the spatial size.
+
+    >>> ResidualBlock(4)(torch.randn(2, 4, 5, 5)).shape
+    torch.Size([2, 4, 5, 5])
+    """
 
     def __init__(self, channels: int, batch_norm: bool = True):
         super().__init__()

@@ -137,5 +137,9 @@ class Logit(FlowTransform):
 
 
 def logit(event_shape: Sequence[int], alpha: float = 0.05) -> Logit:
-    """A :class:`Logit` preprocessing layer for data of shape ``event_shape``."""
+    """A :class:`Logit` preprocessing layer for data of shape ``event_shape``.
+
+    >>> logit((1, 2, 2)).inv(torch.full((3, 1, 2, 2), 0.5)).abs().max().item()
+    0.0
+    """
     return Logit(event_shape, alpha)
