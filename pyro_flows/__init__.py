@@ -19,6 +19,12 @@ from .transforms import (
     scaling,
 )
 
+# 1-D flows, GMM baseline, inverse-CDF sampling (issue 4)
+from .builders import cdf_flow  # noqa: E402
+from .gmm import GaussianMixture  # noqa: E402
+from .sampling import inverse_cdf_sample  # noqa: E402
+from .transforms import base_cdf, change_of_base, mixture_cdf  # noqa: E402
+
 __version__ = "0.1.0"
 
 __all__ = [
@@ -33,4 +39,11 @@ __all__ = [
     "invertible_linear",
     "real_nvp_batch_norm",
     "scaling",
+    # 1-D flows, GMM baseline, inverse-CDF sampling (issue 4)
+    "cdf_flow",
+    "GaussianMixture",
+    "inverse_cdf_sample",
+    "base_cdf",
+    "change_of_base",
+    "mixture_cdf",
 ]

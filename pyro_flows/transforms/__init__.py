@@ -10,6 +10,16 @@ from .linear import InvertibleLinear, LUWeight, Scaling, invertible_linear, scal
 from .masks import alternating_mask, channel_mask, checkerboard_mask, half_mask
 from .normalization import RealNVPBatchNorm, real_nvp_batch_norm
 
+# elementwise 1-D flows (issue 4)
+from .elementwise import (  # noqa: E402
+    BaseCDF,
+    ChangeOfBase,
+    MixtureCDF,
+    base_cdf,
+    change_of_base,
+    mixture_cdf,
+)
+
 __all__ = [
     "FlowTransform",
     # coupling
@@ -31,4 +41,11 @@ __all__ = [
     # normalization
     "RealNVPBatchNorm",
     "real_nvp_batch_norm",
+    # elementwise 1-D flows (issue 4)
+    "MixtureCDF",
+    "BaseCDF",
+    "ChangeOfBase",
+    "mixture_cdf",
+    "base_cdf",
+    "change_of_base",
 ]
