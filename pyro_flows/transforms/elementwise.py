@@ -63,6 +63,18 @@ def _check_unit(name: str, u: torch.Tensor) -> None:
         raise ValueError(f"{name}: expected values in the unit interval [0, 1], got {bad} outside it")
 
 
+def _plain_support(support):
+    """The support as a parameter-free constraint (real, unit interval), or ``None``
+    when it depends on the base's tensors (then it is rebuilt on demand)."""
+    if isinstance(support, constraints._Real):
+        return constraints.real
+    if isinstance(support, constraints._Interval):
+        low, high = torch.as_tensor(support.lower_bound), torch.as_tensor(support.upper_bound)
+        if bool((low == 0).all()) and bool((high == 1).all()):
+            return constraints.unit_interval
+    return None
+
+
 def _sum_event(t: torch.Tensor, event_dim: int) -> torch.Tensor:
     return t.sum(tuple(range(-event_dim, 0))) if event_dim else t
 
@@ -145,7 +157,7 @@ class MixtureCDF(FlowTransform):
         centres = torch.quantile(data.reshape(data.shape[0], -1), levels, dim=0)  # (K, numel)
         spread = data.reshape(data.shape[0], -1).std(0).clamp_min(1e-3) / math.sqrt(k)
         self.loc.copy_(centres.T.reshape(self.loc.shape))
-        self.log_scale.copy_(spread.log().unsqueeze(-1).expand(self.log_scale.shape))
+        self.log_scale.copy_(spread.log().reshape(*self.event_shape, 1).expand(self.log_scale.shape))
         self.logits.zero_()
         return self
 
@@ -247,6 +259,7 @@ class BaseCDF(FlowTransform):
         super().__init__(event_shape=event_shape)
         self.base = base_distribution(base, self.event_shape, **params)
         check_supported(self._scalar())
+        self._support = _plain_support(self._scalar().support)
 
     def _scalar(self) -> torch.distributions.Distribution:
         d = self.base()
@@ -256,7 +269,8 @@ class BaseCDF(FlowTransform):
 
     @constraints.dependent_property(is_discrete=False)
     def domain(self):
-        return constraints.independent(self._scalar().support, self.event_dim_)
+        support = self._support if self._support is not None else self._scalar().support
+        return constraints.independent(support, self.event_dim_)
 
     @constraints.dependent_property(is_discrete=False)
     def codomain(self):

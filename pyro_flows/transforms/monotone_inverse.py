@@ -19,7 +19,7 @@ Newton step that leaves the bracket (or is not finite) is replaced by bisection,
 iteration always converges, quadratically near the root.
 
 **Tolerance.** Iteration stops when every element's last step is at most
-``rtol * (1 + |x|)`` with ``rtol = 8 * finfo(dtype).eps`` by default (about
+``rtol * |x|`` (relative, so tiny roots are resolved too) with ``rtol = 8 * finfo(dtype).eps`` by default (about
 :math:`1.8\cdot10^{-15}` in float64, :math:`10^{-6}` in float32), or after ``max_iter``
 steps.
 
@@ -92,7 +92,7 @@ def invert_monotone(
         inside = (step > lower) & (step < upper)
         new = torch.where(inside, step, 0.5 * (lower + upper))
         new = torch.where(residual == 0, x, new)
-        converged = (new - x).abs() <= rtol * (1 + x.abs())
+        converged = (new - x).abs() <= rtol * x.abs() + torch.finfo(x.dtype).tiny
         x = new
         if bool(converged.all()):
             break
