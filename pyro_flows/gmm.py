@@ -214,7 +214,8 @@ class GaussianMixture(nn.Module):
         self.history = []
         for _ in range(steps):
             idx = torch.randint(x.shape[0], (min(batch_size, x.shape[0]),), generator=generator)
-            loss = -self.log_prob(x[idx.to(x.device)].reshape(-1, *self.event_shape)).mean()
+            joint = self._component_log_prob(x[idx.to(x.device)]) + torch.log_softmax(self.logits, -1)
+            loss = -torch.logsumexp(joint, -1).mean()
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()
