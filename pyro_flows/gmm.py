@@ -100,7 +100,7 @@ class GaussianMixture(nn.Module):
         check_event(type(self).__name__, x, self.event_shape, "value")
         return self().log_prob(x)
 
-    def sample(self, sample_shape=torch.Size()) -> torch.Tensor:
+    def sample(self, sample_shape=()) -> torch.Tensor:
         """Pick a component by :math:`\\pi`, add its Gaussian noise (no gradients)."""
         with torch.no_grad():
             return self().sample(torch.Size(sample_shape))
@@ -219,7 +219,7 @@ class GaussianMixture(nn.Module):
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()
-            self.history.append(-float(loss))
+            self.history.append(-float(loss.detach()))
         return self
 
     def extra_repr(self) -> str:

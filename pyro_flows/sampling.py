@@ -29,7 +29,9 @@ def _find_mixture(model) -> Optional[MixtureCDF]:
         if len(found) == 1:
             return found[0]
         if len(found) > 1:
-            raise ValueError(f"{type(model).__name__} holds {len(found)} MixtureCDF layers; pass the one to sample")
+            raise ValueError(
+                f"{type(model).__name__} holds {len(found)} MixtureCDF layers; pass the one to sample"
+            )
     return None
 
 

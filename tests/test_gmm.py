@@ -33,7 +33,9 @@ def test_em_recovers_a_known_1d_mixture():
     order = gmm.loc[:, 0].argsort()
     weights = torch.softmax(gmm.logits, -1)[order]
     assert torch.allclose(gmm.loc[order, 0], torch.tensor([-2.0, 3.0], dtype=torch.float64), atol=0.15)
-    assert torch.allclose(gmm.log_scale[order, 0].exp(), torch.tensor([0.5, 1.5], dtype=torch.float64), atol=0.06)
+    assert torch.allclose(
+        gmm.log_scale[order, 0].exp(), torch.tensor([0.5, 1.5], dtype=torch.float64), atol=0.06
+    )
     assert torch.allclose(weights, torch.tensor([0.3, 0.7], dtype=torch.float64), atol=0.03)
 
 

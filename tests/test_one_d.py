@@ -17,17 +17,10 @@ from scipy import stats
 
 import pyro_flows
 from pyro_flows import Flow, GaussianMixture, cdf_flow, inverse_cdf_sample, mixture_cdf
+from pyro_flows.data import make_bimodal
 from pyro_flows.transforms import BaseCDF, MixtureCDF
 
 BASES = ["normal", "uniform", "beta"]
-
-
-def bimodal(n: int, seed: int) -> torch.Tensor:
-    """A Gaussian mode at -2 (40%) and a right-skewed log-normal mode near 2 (60%)."""
-    g = torch.Generator().manual_seed(seed)
-    left = -2.0 + 0.5 * torch.randn(n, generator=g, dtype=torch.float64)
-    right = 1.0 + torch.exp(0.5 * torch.randn(n, generator=g, dtype=torch.float64))
-    return torch.where(torch.rand(n, generator=g, dtype=torch.float64) < 0.4, left, right)
 
 
 def spread_mixture(component="gaussian", num_components=4, dtype=torch.float64) -> MixtureCDF:
@@ -55,7 +48,7 @@ def train(flow: Flow, data: torch.Tensor, steps: int = 150, lr: float = 0.05) ->
 def fitted():
     """A 4-component CDF flow trained on the bimodal data, and its held-out data."""
     torch.manual_seed(0)
-    train_x, test_x = bimodal(1000, seed=0), bimodal(1000, seed=1)
+    train_x, test_x = make_bimodal(1000, seed=0), make_bimodal(1000, seed=1)
     flow = train(Flow(cdf_flow(4)).double(), train_x)
     return flow, train_x, test_x
 
@@ -239,7 +232,7 @@ def test_rsample_gradients_match_finite_differences(base):
     value = objective()
     grads = torch.autograd.grad(value, list(flow.parameters()))
     h = 1e-6
-    for p, g in zip(flow.parameters(), grads):
+    for p, g in zip(flow.parameters(), grads, strict=True):
         for i in range(p.numel()):
             with torch.no_grad():
                 p.view(-1)[i] += h

@@ -217,7 +217,9 @@ class MixtureCDF(FlowTransform):
         return f"{super().extra_repr()}, num_components={self.num_components}, component={self.component!r}"
 
 
-def mixture_cdf(num_components: int = 4, event_shape: Sequence[int] = (), component: str = "gaussian") -> MixtureCDF:
+def mixture_cdf(
+    num_components: int = 4, event_shape: Sequence[int] = (), component: str = "gaussian"
+) -> MixtureCDF:
     """A :class:`MixtureCDF` with ``num_components`` components per coordinate.
 
     >>> mixture_cdf(5, event_shape=(2,)).loc.shape

@@ -49,7 +49,13 @@ ENTRIES = [
         sample_input=open_unit,
         base=uniform_base,
     ),
-    Entry("base_cdf_normal", lambda: pyro_flows.base_cdf("normal", (3,)), (3,), (BaseCDF,), sample_output=open_unit),
+    Entry(
+        "base_cdf_normal",
+        lambda: pyro_flows.base_cdf("normal", (3,)),
+        (3,),
+        (BaseCDF,),
+        sample_output=open_unit,
+    ),
     Entry(
         "base_cdf_beta",
         lambda: pyro_flows.base_cdf("beta", (2,), a=2.0, b=3.5),
