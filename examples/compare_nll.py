@@ -69,7 +69,11 @@ def compare_2d(args) -> dict:
     train_x = make_moons(args.n, noise=0.1, seed=0, dtype=torch.float64)
     test_x = make_moons(args.n, noise=0.1, seed=1, dtype=torch.float64)
     k = args.components_2d
-    results = {"GMM (EM, full cov.)": nll(GaussianMixture(k, dim=2, covariance="full").double().fit_em(train_x), test_x)}
+    results = {
+        "GMM (EM, full cov.)": nll(
+            GaussianMixture(k, dim=2, covariance="full").double().fit_em(train_x), test_x
+        )
+    }
     flow = Flow(cdf_flow(k, event_shape=(2,))).double()
     flow.transform.mixture.init_from_data(train_x)
     results["CDF flow (per coordinate)"] = nll(train(flow, train_x, args.steps, 0.05, len(train_x)), test_x)
@@ -79,7 +83,9 @@ def compare_2d(args) -> dict:
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--n", type=int, default=4000, help="training (and held-out) set size")
     parser.add_argument("--components-1d", type=int, default=5)
     parser.add_argument("--components-2d", type=int, default=8)

@@ -40,7 +40,9 @@ def bits_per_dim(model, x) -> float:
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "..", "docs", "img"))
     parser.add_argument("--components", type=int, nargs="+", default=[1, 10, 40])
     parser.add_argument("--nvp-steps", type=int, default=3000)

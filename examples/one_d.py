@@ -58,7 +58,9 @@ def to_latent(flow: Flow, x: torch.Tensor) -> torch.Tensor:
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "..", "docs", "img"))
     parser.add_argument("--components", type=int, default=5)
     parser.add_argument("--steps", type=int, default=400)

@@ -60,7 +60,9 @@ def train(data: torch.Tensor, normalize: bool, steps: int, lr: float = 1e-2):
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "..", "docs", "img"))
     parser.add_argument("--steps", type=int, default=600)
     parser.add_argument("--smoke", action="store_true", help="tiny run (for tests)")
