@@ -290,7 +290,9 @@ def test_cuda_to_device_and_default_device(entry):
     if entry.base is not None:
         base = entry.base(torch.Size(entry.event_shape), torch.float32, "cuda")
     else:
-        base = dist.Normal(torch.zeros(entry.event_shape, device="cuda"), 1.0).to_event(len(entry.event_shape))
+        base = dist.Normal(torch.zeros(entry.event_shape, device="cuda"), 1.0).to_event(
+            len(entry.event_shape)
+        )
     got = dist.TransformedDistribution(base, [t]).log_prob(x.cuda())
     assert got.device.type == "cuda"
     assert torch.allclose(got.cpu(), expected, atol=1e-4, rtol=1e-4)
