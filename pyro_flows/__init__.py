@@ -7,22 +7,26 @@
 torch.Size([3])
 """
 
-from . import transforms
+# images
+from . import metrics, transforms
 from .bases import BaseDistribution, base_distribution
-from .builders import nice, real_nvp
+
+# 1-D flows, GMM baseline, inverse-CDF sampling
+from .builders import cdf_flow, glow, nice, real_nvp, real_nvp_image
 from .flow import Flow
+from .gmm import GaussianMixture
+from .metrics import bits_per_dim
+from .sampling import inverse_cdf_sample
 from .transforms import (
     additive_coupling,
     affine_coupling,
+    base_cdf,
+    change_of_base,
     invertible_linear,
+    mixture_cdf,
     real_nvp_batch_norm,
     scaling,
 )
-
-# images
-from . import metrics
-from .builders import glow, real_nvp_image
-from .metrics import bits_per_dim
 
 __version__ = "0.1.0"
 
@@ -43,4 +47,11 @@ __all__ = [
     "real_nvp_image",
     "glow",
     "bits_per_dim",
+    # 1-D flows, GMM baseline, inverse-CDF sampling (issue 4)
+    "cdf_flow",
+    "GaussianMixture",
+    "inverse_cdf_sample",
+    "base_cdf",
+    "change_of_base",
+    "mixture_cdf",
 ]
