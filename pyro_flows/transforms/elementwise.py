@@ -297,7 +297,11 @@ class BaseCDF(FlowTransform):
 
 
 def base_cdf(base="normal", event_shape: Sequence[int] = (), **params) -> BaseCDF:
-    """A :class:`BaseCDF` (see there)."""
+    """A :class:`BaseCDF` (see there).
+
+    >>> base_cdf("normal")(torch.tensor([0.0])).tolist()
+    [0.5]
+    """
     return BaseCDF(base, event_shape, **params)
 
 
@@ -344,5 +348,9 @@ class ChangeOfBase(FlowTransform):
 
 
 def change_of_base(source="uniform", target="normal", event_shape: Sequence[int] = (), **source_params):
-    """A :class:`ChangeOfBase` (see there)."""
+    """A :class:`ChangeOfBase` (see there).
+
+    >>> change_of_base("uniform", "normal").inv(torch.tensor([0.0])).tolist()
+    [0.5]
+    """
     return ChangeOfBase(source, target, event_shape, **source_params)
