@@ -19,6 +19,9 @@ from .transforms import (
     scaling,
 )
 
+# continuous-time flows
+from .builders import ffjord  # noqa: E402
+
 __version__ = "0.1.0"
 
 __all__ = [
@@ -33,4 +36,6 @@ __all__ = [
     "invertible_linear",
     "real_nvp_batch_norm",
     "scaling",
+    # continuous-time flows
+    "ffjord",
 ]

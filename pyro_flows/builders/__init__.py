@@ -2,4 +2,12 @@
 
 from .vector import nice, real_nvp
 
-__all__ = ["nice", "real_nvp"]
+# continuous-time flows
+from .continuous import ffjord  # noqa: E402
+
+__all__ = [
+    "nice",
+    "real_nvp",
+    # continuous-time flows
+    "ffjord",
+]

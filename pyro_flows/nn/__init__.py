@@ -2,4 +2,12 @@
 
 from .mlp import MLP
 
-__all__ = ["MLP"]
+# continuous-time flows
+from .odefunc import ConcatSquashLinear, DynamicsNet  # noqa: E402
+
+__all__ = [
+    "MLP",
+    # continuous-time flows
+    "ConcatSquashLinear",
+    "DynamicsNet",
+]

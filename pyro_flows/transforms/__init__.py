@@ -10,6 +10,9 @@ from .linear import InvertibleLinear, LUWeight, Scaling, invertible_linear, scal
 from .masks import alternating_mask, channel_mask, checkerboard_mask, half_mask
 from .normalization import RealNVPBatchNorm, real_nvp_batch_norm
 
+# continuous-time flows
+from .continuous import FFJORD  # noqa: E402
+
 __all__ = [
     "FlowTransform",
     # coupling
@@ -31,4 +34,6 @@ __all__ = [
     # normalization
     "RealNVPBatchNorm",
     "real_nvp_batch_norm",
+    # continuous-time flows
+    "FFJORD",
 ]
