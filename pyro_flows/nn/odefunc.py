@@ -96,11 +96,15 @@ class DynamicsNet(nn.Module):
         super().__init__()
         if isinstance(activation, str):
             if activation not in ACTIVATIONS:
-                raise ValueError(f"DynamicsNet: unknown activation {activation!r}; expected one of {sorted(ACTIVATIONS)}")
+                raise ValueError(
+                    f"DynamicsNet: unknown activation {activation!r}; expected one of {sorted(ACTIVATIONS)}"
+                )
             activation = ACTIVATIONS[activation]
         sizes = [dim, *hidden_dims, dim]
         self.dim = dim
-        self.layers = nn.ModuleList(ConcatSquashLinear(a, b) for a, b in zip(sizes[:-1], sizes[1:]))
+        self.layers = nn.ModuleList(
+            ConcatSquashLinear(a, b) for a, b in zip(sizes[:-1], sizes[1:], strict=True)
+        )
         self.activations = nn.ModuleList(activation() for _ in hidden_dims)
         if zero_init:
             last = self.layers[-1]
@@ -108,7 +112,7 @@ class DynamicsNet(nn.Module):
                 nn.init.zeros_(p)
 
     def forward(self, t: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
-        for layer, act in zip(self.layers[:-1], self.activations):
+        for layer, act in zip(self.layers[:-1], self.activations, strict=True):
             z = act(layer(t, z))
         return self.layers[-1](t, z)
 

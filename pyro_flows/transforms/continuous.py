@@ -267,5 +267,7 @@ class FFJORD(FlowTransform):
         if self.adjoint:
             parts.append("adjoint=True")
         if self.regularizes:
-            parts.append(f"kinetic_weight={self.kinetic_weight:g}, frobenius_weight={self.frobenius_weight:g}")
+            parts.append(
+                f"kinetic_weight={self.kinetic_weight:g}, frobenius_weight={self.frobenius_weight:g}"
+            )
         return ", ".join(parts)
