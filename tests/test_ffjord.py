@@ -235,6 +235,7 @@ def test_nfe_reported_and_sample_scored_without_a_new_solve():
     assert len(calls) == solved, "scoring the sample just drawn must reuse the cached solve"
     d.log_prob(x.clone())
     assert len(calls) > solved
+    assert flow.regularization.item() == 0.0 and flow.kinetic_energy is None, "not regularising"
 
 
 def test_float32_solve_with_tolerance_below_its_precision():
@@ -284,6 +285,6 @@ def test_example_script_smoke(capsys):
     spec.loader.exec_module(example)
     rows = example.main(["--smoke"])
     out = capsys.readouterr().out
-    assert {row["model"] for row in rows} == {"ffjord", "real_nvp", "gaussian"}
+    assert {row["model"] for row in rows} == {"ffjord", "ffjord_reg", "real_nvp", "gaussian"}
     assert all(math.isfinite(row["test_nll"]) for row in rows)
     assert "moons" in out and "nfe" in out

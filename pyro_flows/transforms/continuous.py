@@ -188,7 +188,8 @@ class FFJORD(FlowTransform):
         r"""``kinetic_weight * mean(kinetic_energy) + frobenius_weight * mean(jacobian_frobenius)``
         of the last solve (a differentiable scalar; ``0.`` when not regularising)."""
         if not self.regularizes or self.kinetic_energy is None:
-            return sum((p.new_zeros(()) for p in self.dynamics.parameters()), torch.zeros(()))
+            param = next(self.dynamics.parameters(), None)
+            return torch.zeros(()) if param is None else param.new_zeros(())
         return (
             self.kinetic_weight * self.kinetic_energy.mean()
             + self.frobenius_weight * self.jacobian_frobenius.mean()
