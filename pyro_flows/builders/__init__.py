@@ -1,6 +1,7 @@
 """Builders that assemble whole flows, each returning one ``TransformModule``."""
 
 from .cdf import cdf_flow
+from .continuous import ffjord
 from .image import glow, real_nvp_image
 from .vector import nice, real_nvp
 
@@ -13,4 +14,6 @@ __all__ = [
     "glow",
     # 1-D
     "cdf_flow",
+    # continuous-time
+    "ffjord",
 ]

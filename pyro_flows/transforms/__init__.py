@@ -5,8 +5,7 @@ Convention (Pyro's): ``_call`` maps the base side to the data side (sampling), a
 """
 
 from .base import FlowTransform
-
-# images
+from .continuous import FFJORD
 from .coupling import (
     AdditiveCoupling,
     AffineCoupling,
@@ -16,8 +15,6 @@ from .coupling import (
     image_affine_coupling,
     image_mask,
 )
-
-# elementwise 1-D flows
 from .elementwise import (
     BaseCDF,
     ChangeOfBase,
@@ -85,4 +82,6 @@ __all__ = [
     "mixture_cdf",
     "base_cdf",
     "change_of_base",
+    # continuous-time flows
+    "FFJORD",
 ]
