@@ -19,6 +19,10 @@ from .transforms import (
     scaling,
 )
 
+# infer area: conditional flows and inference
+from .builders import conditional_real_nvp  # noqa: E402
+from .transforms import conditional_additive_coupling, conditional_affine_coupling  # noqa: E402
+
 __version__ = "0.1.0"
 
 __all__ = [
@@ -33,4 +37,8 @@ __all__ = [
     "invertible_linear",
     "real_nvp_batch_norm",
     "scaling",
+    # infer area
+    "conditional_real_nvp",
+    "conditional_additive_coupling",
+    "conditional_affine_coupling",
 ]

@@ -2,4 +2,11 @@
 
 from .mlp import MLP
 
-__all__ = ["MLP"]
+# infer area: conditional conditioners
+from .mlp import ConditionalMLP  # noqa: E402
+
+__all__ = [
+    "MLP",
+    # infer area
+    "ConditionalMLP",
+]

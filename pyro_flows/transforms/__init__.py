@@ -10,6 +10,14 @@ from .linear import InvertibleLinear, LUWeight, Scaling, invertible_linear, scal
 from .masks import alternating_mask, channel_mask, checkerboard_mask, half_mask
 from .normalization import RealNVPBatchNorm, real_nvp_batch_norm
 
+# infer area: conditional couplings
+from .coupling import (  # noqa: E402
+    ConditionalAdditiveCoupling,
+    ConditionalAffineCoupling,
+    conditional_additive_coupling,
+    conditional_affine_coupling,
+)
+
 __all__ = [
     "FlowTransform",
     # coupling
@@ -31,4 +39,9 @@ __all__ = [
     # normalization
     "RealNVPBatchNorm",
     "real_nvp_batch_norm",
+    # infer area: conditional couplings
+    "ConditionalAdditiveCoupling",
+    "ConditionalAffineCoupling",
+    "conditional_additive_coupling",
+    "conditional_affine_coupling",
 ]

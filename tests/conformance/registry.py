@@ -36,6 +36,9 @@ class Entry:
     jacobian: bool = True
     #: whether the transform supports torch.compile-equality checks on CPU
     compile: bool = True
+    #: size of the context vector of a conditional transform: the suite then sets
+    #: ``module.context`` and checks ``module.condition(context)``
+    context_dim: Optional[int] = None
 
 
 def all_entries():
