@@ -13,7 +13,10 @@ def _seed_and_clean():
     torch.manual_seed(0)
     pyro.set_rng_seed(0)
     pyro.clear_param_store()
+    # torch.compile turns distribution validation off globally; later tests rely on it
+    validate = torch.distributions.Distribution._validate_args
     yield
+    torch.distributions.Distribution.set_default_validate_args(validate)
     pyro.clear_param_store()
 
 
