@@ -59,9 +59,9 @@ class LUWeight(nn.Module):
         q = torch.linalg.qr(torch.randn(n, n, generator=generator, device="cpu", dtype=torch.float64))[0]
         p, lower, upper = torch.linalg.lu(q)
         diag = upper.diagonal()
-        # The factorisation runs on the CPU in float64; the module lives on the default
-        # device (e.g. under torch.set_default_device("cuda")) like every other layer.
-        like = dict(dtype=torch.get_default_dtype(), device=torch.empty(0).device)
+        # The factorisation runs on the CPU in float64; the results go to the default
+        # device and dtype (e.g. under torch.set_default_device("cuda")).
+        like = {"dtype": torch.get_default_dtype(), "device": torch.empty(0).device}
         self.register_buffer("perm", p.to(**like))
         self.register_buffer("sign", diag.sign().to(**like))
         self.register_buffer("lower_mask", torch.ones(n, n).tril(-1))
