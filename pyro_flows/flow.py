@@ -64,6 +64,10 @@ class Flow(nn.Module):
             base = getattr(transform, "default_base", "normal")
             base_params = {**getattr(transform, "default_base_params", {}), **base_params}
         self.base = base_distribution(base, self.event_shape, **base_params)
+        # Follow a transform that was already moved (e.g. built then .double()'d).
+        reference = next(iter(transform.parameters()), None)
+        if reference is not None:
+            self.base.to(device=reference.device, dtype=reference.dtype)
         self.bridge = latent_bridge(self.base(), transform, self.event_shape)
 
     def forward(self) -> dist.TransformedDistribution:

@@ -70,6 +70,8 @@ def _plain_support(support):
         return constraints.real
     if isinstance(support, constraints._Interval):
         low, high = torch.as_tensor(support.lower_bound), torch.as_tensor(support.upper_bound)
+        if "meta" in (low.device.type, high.device.type):
+            return None  # no values to inspect (construction under the meta device)
         if bool((low == 0).all()) and bool((high == 1).all()):
             return constraints.unit_interval
     return None

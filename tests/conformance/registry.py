@@ -45,6 +45,9 @@ class Entry:
     #: base distribution of the flow built in the checks on the transform's domain,
     #: ``(event_shape, dtype, device="cpu") -> distribution``; ``None``: N(0, I).
     base: Optional[Callable[..., torch.distributions.Distribution]] = None
+    #: SGD step size of the stale-cache check; deep flows on large events (losses summed
+    #: over many pixels) diverge at the default
+    lr: float = 0.05
 
 
 def draw_input(entry: Entry, shape, dtype=torch.float64) -> torch.Tensor:

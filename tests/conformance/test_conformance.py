@@ -200,7 +200,7 @@ def test_no_stale_cache_after_optimizer_step(entry):
     if not params:
         pytest.skip("no parameters")
     d = flow_dist(t, entry)
-    opt = torch.optim.SGD(params, lr=0.05)
+    opt = torch.optim.SGD(params, lr=entry.lr)
     for _ in range(3):
         opt.zero_grad()
         loss = -d.log_prob(x).mean()
@@ -263,6 +263,22 @@ def test_construction_under_default_float64(entry):
         torch.set_default_dtype(previous)
 
 
+def test_construction_under_default_device(entry):
+    """Everything a transform creates follows ``torch.set_default_device`` (masks and
+    factorisations made on the CPU break ``.to("cuda")``-free CUDA use). The meta
+    device shows it without a GPU."""
+    validate = torch.distributions.Distribution._validate_args
+    torch.distributions.Distribution.set_default_validate_args(False)  # meta has no values
+    torch.set_default_device("meta")
+    try:
+        module = entry.factory()
+    finally:
+        torch.set_default_device(None)
+        torch.distributions.Distribution.set_default_validate_args(validate)
+    on_cpu = [n for n, t in [*module.named_parameters(), *module.named_buffers()] if t.device.type != "meta"]
+    assert not on_cpu, f"created outside the default device: {on_cpu}"
+
+
 @pytest.mark.cuda
 def test_cuda_to_device_and_default_device(entry):
     module, t, x = build(entry, dtype=torch.float32)
@@ -274,7 +290,9 @@ def test_cuda_to_device_and_default_device(entry):
     if entry.base is not None:
         base = entry.base(torch.Size(entry.event_shape), torch.float32, "cuda")
     else:
-        base = dist.Normal(torch.zeros(entry.event_shape, device="cuda"), 1.0).to_event(len(entry.event_shape))
+        base = dist.Normal(torch.zeros(entry.event_shape, device="cuda"), 1.0).to_event(
+            len(entry.event_shape)
+        )
     got = dist.TransformedDistribution(base, [t]).log_prob(x.cuda())
     assert got.device.type == "cuda"
     assert torch.allclose(got.cpu(), expected, atol=1e-4, rtol=1e-4)
