@@ -7,12 +7,9 @@
 torch.Size([3])
 """
 
-# images
 from . import metrics, transforms
 from .bases import BaseDistribution, base_distribution
-
-# 1-D flows, GMM baseline, inverse-CDF sampling
-from .builders import cdf_flow, glow, nice, real_nvp, real_nvp_image
+from .builders import cdf_flow, conditional_real_nvp, ffjord, glow, nice, real_nvp, real_nvp_image
 from .flow import Flow
 from .gmm import GaussianMixture
 from .metrics import bits_per_dim
@@ -22,6 +19,8 @@ from .transforms import (
     affine_coupling,
     base_cdf,
     change_of_base,
+    conditional_additive_coupling,
+    conditional_affine_coupling,
     invertible_linear,
     mixture_cdf,
     real_nvp_batch_norm,
@@ -32,26 +31,32 @@ __version__ = "0.1.0"
 
 __all__ = [
     "transforms",
+    "metrics",
+    # models and bases
     "Flow",
     "BaseDistribution",
     "base_distribution",
+    # builders
     "nice",
     "real_nvp",
+    "real_nvp_image",
+    "glow",
+    "cdf_flow",
+    "ffjord",
+    "conditional_real_nvp",
+    # single layers
     "additive_coupling",
     "affine_coupling",
     "invertible_linear",
     "real_nvp_batch_norm",
     "scaling",
-    # images
-    "metrics",
-    "real_nvp_image",
-    "glow",
-    "bits_per_dim",
-    # 1-D flows, GMM baseline, inverse-CDF sampling (issue 4)
-    "cdf_flow",
-    "GaussianMixture",
-    "inverse_cdf_sample",
     "base_cdf",
     "change_of_base",
     "mixture_cdf",
+    "conditional_additive_coupling",
+    "conditional_affine_coupling",
+    # 1-D tools and baselines
+    "GaussianMixture",
+    "inverse_cdf_sample",
+    "bits_per_dim",
 ]

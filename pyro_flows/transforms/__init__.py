@@ -5,19 +5,20 @@ Convention (Pyro's): ``_call`` maps the base side to the data side (sampling), a
 """
 
 from .base import FlowTransform
-
-# images
+from .continuous import FFJORD
 from .coupling import (
     AdditiveCoupling,
     AffineCoupling,
+    ConditionalAdditiveCoupling,
+    ConditionalAffineCoupling,
     additive_coupling,
     affine_coupling,
+    conditional_additive_coupling,
+    conditional_affine_coupling,
     image_additive_coupling,
     image_affine_coupling,
     image_mask,
 )
-
-# elementwise 1-D flows
 from .elementwise import (
     BaseCDF,
     ChangeOfBase,
@@ -48,6 +49,10 @@ __all__ = [
     "AffineCoupling",
     "additive_coupling",
     "affine_coupling",
+    "ConditionalAdditiveCoupling",
+    "ConditionalAffineCoupling",
+    "conditional_additive_coupling",
+    "conditional_affine_coupling",
     # masks
     "alternating_mask",
     "channel_mask",
@@ -85,4 +90,6 @@ __all__ = [
     "mixture_cdf",
     "base_cdf",
     "change_of_base",
+    # continuous-time flows
+    "FFJORD",
 ]
