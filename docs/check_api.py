@@ -49,23 +49,47 @@ def documented_objects(api_dir: Path = DOCS / "api") -> Dict[int, str]:
     """Objects rendered by ``auto*`` directives in ``api_dir``: ``id(obj) -> dotted name``.
 
     Names are resolved as Sphinx does: relative to the last ``currentmodule`` (or
-    ``module``) directive of the page when they are not found as given.
+    ``module``) directive of the page when they are not found as given. An
+    ``automodule`` with a bare ``:members:`` option renders the names in the module's
+    ``__all__``; with a list, those names.
     """
     found: Dict[int, str] = {}
+
+    def record(obj, name):
+        if obj is not None:
+            found.setdefault(id(obj), name)
+
     for page in sorted(list(api_dir.rglob("*.rst")) + list(api_dir.rglob("*.md"))):
         module = None
-        for kind, name in _DIRECTIVE.findall(page.read_text()):
+        lines = page.read_text().splitlines()
+        for i, line in enumerate(lines):
+            match = _DIRECTIVE.match(line)
+            if not match:
+                continue
+            kind, name = match.groups()
             if kind in ("currentmodule", "module"):
                 module = name
                 continue
             if kind == "automodule":
                 module = name
-            candidates = [name] if module is None else [name, f"{module}.{name}"]
+            candidates = [name] if module is None or kind == "automodule" else [name, f"{module}.{name}"]
+            obj = None
             for candidate in candidates:
                 obj = _import_dotted(candidate)
                 if obj is not None:
-                    found.setdefault(id(obj), candidate)
+                    record(obj, candidate)
                     break
+            if kind == "automodule" and obj is not None:
+                for option in lines[i + 1 :]:
+                    if not option.startswith("   :"):
+                        break
+                    if option.strip().startswith(":members:"):
+                        listed = option.split(":members:", 1)[1].strip()
+                        names = (
+                            [n.strip() for n in listed.split(",")] if listed else getattr(obj, "__all__", [])
+                        )
+                        for member in names:
+                            record(getattr(obj, member, None), f"{name}.{member}")
     return found
 
 

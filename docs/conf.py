@@ -58,6 +58,8 @@ nitpick_ignore_regex = [
     # The standard library has no inventory offline either.
     (r"py:.*", r"(argparse|os|pathlib|io|json|dataclasses|collections|enum|functools|typing)\..*"),
     (r"py:.*", r"(Tensor|Module|Distribution|TransformModule|Generator|Size|dtype|device)"),
+    # ``:param callable f:`` names the builtin predicate, which has no page.
+    (r"py:.*", r"callable"),
     # Sphinx splits ``Callable[[], nn.Module]`` in signatures into unresolvable pieces.
     (r"py:.*", r"typing\.Callable\[.*"),
 ]
@@ -110,6 +112,16 @@ def _resolve_alias(app, env, node, contnode):
         name = documented.get(id(obj)) if obj is not None else None
         if name is not None and name != candidate:
             return domain.resolve_xref(env, node.get("refdoc"), app.builder, "obj", name, node, contnode)
+    # A bare name in a docstring (``:data:`EXACT_TRACE_MAX_DIM```) may refer to an object
+    # of the docstring's own module that is documented under its full path: accept a
+    # unique documented match.
+    if "." not in target:
+        suffix = "." + target
+        matches = [n for n in domain.objects if n.startswith("pyro_flows.") and n.endswith(suffix)]
+        if len(matches) == 1:
+            return domain.resolve_xref(
+                env, node.get("refdoc"), app.builder, "obj", matches[0], node, contnode
+            )
     return None
 
 
