@@ -7,9 +7,11 @@ Build (strict, warnings are errors)::
 
 from __future__ import annotations
 
+import ast
 import importlib
 import os
 import sys
+from pathlib import Path
 
 # Document the checkout this file lives in, not an installed copy.
 ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), ".."))
@@ -142,8 +144,26 @@ def _fill_topic_pages(app, docname, source):
     source[0] = source[0].replace(TOPIC_MARKER, "\n".join(pages))
 
 
+# --- Example scripts that the tutorials page does not describe yet are listed at its
+# end with their docstrings, so a new script is never missing from the site.
+def _list_other_examples(app, docname, source):
+    if docname != "tutorials":
+        return
+    scripts = sorted(p for p in (Path(ROOT) / "examples").glob("*.py") if not p.name.startswith("_"))
+    text = source[0]
+    missing = [p for p in scripts if f"examples/{p.name}" not in text and f"examples.{p.stem}" not in text]
+    if not missing:
+        return
+    parts = ["\n## More example scripts\n"]
+    for script in missing:
+        doc = ast.get_docstring(ast.parse(script.read_text())) or "(no description)"
+        parts.append(f"`examples/{script.name}`\n\n```text\n{doc.strip()}\n```\n")
+    source[0] = text + "\n".join(parts)
+
+
 def setup(app):
     app.connect("missing-reference", _resolve_alias)
     app.connect("source-read", _fill_topic_pages)
-    # Re-read the home page on every build, so incremental builds see new topic pages too.
-    app.connect("env-get-outdated", lambda app, env, added, changed, removed: [root_doc])
+    app.connect("source-read", _list_other_examples)
+    # Re-read these pages on every build, so incremental builds see new pages and scripts.
+    app.connect("env-get-outdated", lambda app, env, added, changed, removed: [root_doc, "tutorials"])
