@@ -13,7 +13,11 @@ def _seed_and_clean():
     torch.manual_seed(0)
     pyro.set_rng_seed(0)
     pyro.clear_param_store()
+    # torch.compile of a function building distributions (the conformance compile check)
+    # leaves Distribution's global validation switched off; later tests rely on it
+    validate = torch.distributions.Distribution._validate_args
     yield
+    torch.distributions.Distribution.set_default_validate_args(validate)
     pyro.clear_param_store()
 
 

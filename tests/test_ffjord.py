@@ -257,7 +257,7 @@ def test_bad_inputs_name_the_problem():
         flow(torch.zeros(3, 3))
     with pytest.raises(ValueError, match="floating-point"):
         flow.inv(torch.zeros(3, 2, dtype=torch.long))
-    with pytest.raises(ValueError, match="non-finite"):
+    with pyro.validation_enabled(True), pytest.raises(ValueError, match="non-finite"):
         flow(torch.tensor([[0.0, math.nan]]))
     with pytest.raises(ValueError, match="unknown solver 'dopri7'"):
         pyro_flows.ffjord(2, method="dopri7")
