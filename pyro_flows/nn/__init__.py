@@ -1,12 +1,16 @@
-"""Conditioner networks for coupling layers."""
+"""Networks used inside flows: coupling conditioners and ODE dynamics."""
 
-from .mlp import MLP
-
-# continuous-time flows
-from .odefunc import ConcatSquashLinear, DynamicsNet  # noqa: E402
+from .mlp import MLP, ConditionalMLP
+from .odefunc import ConcatSquashLinear, DynamicsNet
+from .resnet import ResidualBlock, ResNet
 
 __all__ = [
+    # vectors
     "MLP",
+    "ConditionalMLP",
+    # images
+    "ResNet",
+    "ResidualBlock",
     # continuous-time flows
     "ConcatSquashLinear",
     "DynamicsNet",
