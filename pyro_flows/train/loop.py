@@ -79,7 +79,7 @@ def lr_factor(step: int, total_steps: int, warmup_steps: int, schedule: str) -> 
     """Multiplier of the base learning rate before optimizer step ``step`` (0-based).
 
     >>> [round(lr_factor(s, 10, 2, "cosine"), 3) for s in (0, 1, 2, 6, 9)]
-    [0.5, 1.0, 1.0, 0.345, 0.03]
+    [0.5, 1.0, 1.0, 0.5, 0.038]
     """
     if step < warmup_steps:
         return (step + 1) / warmup_steps
@@ -153,7 +153,7 @@ def train(
     config,
     run_dir: Optional[str],
     *,
-    device: torch.device = torch.device("cpu"),
+    device: Optional[torch.device] = None,
     context: DistContext = SINGLE,
     resume_state: Optional[dict] = None,
     best_model_state: Optional[dict] = None,
@@ -176,6 +176,7 @@ def train(
     :raises NonFiniteLossError: on a NaN or infinite loss or gradient.
     """
     dtype = next(flow.parameters()).dtype
+    device = device if device is not None else next(flow.parameters()).device
     writes = run_dir is not None and context.is_main
     local_batch, steps_per_epoch = _batch_geometry(len(splits.train), config.batch_size, context)
     total_steps = config.epochs * steps_per_epoch if config.epochs else config.steps
@@ -292,12 +293,16 @@ def train(
 
 
 def _stop(state: LoopState, run_dir: Optional[str], what: str) -> None:
-    where = (
-        f"the last good checkpoint (step {state.best_step if state.history else 'none yet'}, last evaluation "
-        f"at step {state.history[-1]['step'] if state.history else 'none'}) is kept in {run_dir}"
-        if run_dir
-        else "nothing was written"
-    )
+    if not run_dir:
+        where = "nothing was written"
+    elif state.history:
+        where = (
+            f"the last good checkpoint (step {state.history[-1]['step']}) is kept in "
+            f"{os.path.join(run_dir, 'checkpoint.pt')}, the best model (step {state.best_step}) in "
+            f"{os.path.join(run_dir, 'best.pt')}"
+        )
+    else:
+        where = "no checkpoint had been written yet (one is written at each evaluation, see --eval-every)"
     raise NonFiniteLossError(
         f"stopped at step {state.step + 1}: {what}. Parameters were not updated with it; {where}. "
         "Try a lower --lr, a smaller --grad-clip, --dtype float64, or check the data for outliers."
