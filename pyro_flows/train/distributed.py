@@ -17,10 +17,10 @@ every process applies the same averaged gradient.
 Batch-norm statistics (``--batch-norm``). :class:`~pyro_flows.transforms.RealNVPBatchNorm`
 computes its statistics over the batch it is given, which under DDP is the local batch
 (as with ``torch.nn.BatchNorm`` without ``SyncBatchNorm``); we do not change that layer.
-What we do: DDP's ``broadcast_buffers=True`` copies rank 0's running averages (and the
-layer's ``initialized`` flag) to every process at the start of each forward pass, so all
-processes evaluate, checkpoint and sample with the *same* running statistics, namely
-those rank 0 accumulated from its local batches. Training normalizes with local-batch
+What we do: DDP copies rank 0's running averages (and the layer's ``initialized`` flag)
+to every process at the start of each forward pass, and :func:`sync_buffers` does so again
+before every evaluation, so all processes evaluate, stop, checkpoint and sample with the
+*same* running statistics, namely those rank 0 accumulated from its local batches. Training normalizes with local-batch
 statistics, so with batch norm the result is close to, not identical with, a
 single-process run; without batch norm it matches up to floating-point summation order
 (the tests check both properties). Use local batches of at least a few hundred points
@@ -39,7 +39,7 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
-__all__ = ["DistContext", "setup", "teardown", "launched_by_torchrun", "all_reduce_mean", "wrap_model"]
+__all__ = ["DistContext", "setup", "teardown", "launched_by_torchrun", "all_reduce_mean", "wrap_model", "sync_buffers"]
 
 
 @dataclass(frozen=True)
@@ -103,7 +103,18 @@ def wrap_model(module: torch.nn.Module, context: DistContext, device: torch.devi
     from torch.nn.parallel import DistributedDataParallel
 
     device_ids = [device.index] if device.type == "cuda" else None
-    return DistributedDataParallel(module, device_ids=device_ids, broadcast_buffers=True)
+    # Buffers (batch-norm running averages) are synced from rank 0 at every forward pass
+    # (DDP's default) and explicitly before every evaluation (sync_buffers).
+    return DistributedDataParallel(module, device_ids=device_ids)
+
+
+def sync_buffers(module: torch.nn.Module, context: DistContext) -> None:
+    """Copy rank 0's buffers to every process, so that evaluations, early-stopping
+    decisions and checkpoints agree across processes."""
+    if not context.distributed:
+        return
+    for buffer in module.buffers():
+        dist.broadcast(buffer.data, src=0)
 
 
 def all_reduce_mean(value: torch.Tensor, context: DistContext) -> torch.Tensor:

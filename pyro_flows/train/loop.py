@@ -32,7 +32,7 @@ import torch
 from torch import nn
 
 from .checkpoint import capture_rng, restore_rng, save_checkpoint
-from .distributed import SINGLE, DistContext, all_reduce_mean, wrap_model
+from .distributed import SINGLE, DistContext, all_reduce_mean, sync_buffers, wrap_model
 
 __all__ = [
     "NonFiniteLossError",
@@ -264,6 +264,7 @@ def train(
             bar.update(1)
 
             if state.step % config.eval_every == 0 or state.step == total_steps:
+                sync_buffers(flow, context)
                 val_nll, val_se = mean_and_standard_error(nll_per_point(flow, val_x) + offset)
                 if not math.isfinite(val_nll):
                     _stop(state, run_dir, f"the validation NLL is {val_nll}")
