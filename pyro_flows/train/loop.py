@@ -28,6 +28,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from typing import Callable, List, Optional, Tuple
 
+import pyro
 import torch
 from torch import nn
 
@@ -95,7 +96,7 @@ def nll_per_point(flow: nn.Module, x: torch.Tensor, batch_size: int = 4096) -> t
     was_training = flow.training
     flow.eval()
     try:
-        with torch.no_grad():
+        with torch.no_grad(), pyro.validation_enabled(False):
             parts = [-flow.log_prob(x[i : i + batch_size]).double() for i in range(0, len(x), batch_size)]
     finally:
         flow.train(was_training)
@@ -237,7 +238,10 @@ def train(
             idx = epoch_indices[within * local_batch : (within + 1) * local_batch]
             x = splits.prepare(train_x[idx])
 
-            loss = objective(x).mean()
+            # Validation off: a non-finite value inside the flow should reach the loss guard
+            # below (which says what to do) rather than a support check deep in the base.
+            with pyro.validation_enabled(False):
+                loss = objective(x).mean()
             global_loss = all_reduce_mean(loss.detach(), context)
             if not bool(torch.isfinite(global_loss)):
                 _stop(state, run_dir, f"the training loss is {float(global_loss)}")
