@@ -233,8 +233,14 @@ def evaluate_run(
         config = config.replace(data=data)
     torch.manual_seed(config.seed)
     splits = load_splits(config)
-    if splits.levels is None and state["data"].get("scale") is not None:
-        splits.shift, splits.scale = state["data"]["shift"], state["data"]["scale"]
+    saved = state["data"]
+    if list(splits.event_shape) != list(saved["event_shape"]):
+        raise ValueError(
+            f"{splits.name} has points of shape {tuple(splits.event_shape)}, but the run was trained on points "
+            f"of shape {tuple(saved['event_shape'])}"
+        )
+    # Score in the units the model was trained in: the run's own preprocessing.
+    splits.shift, splits.scale, splits.levels = saved["shift"], saved["scale"], saved["levels"] or None
     dev = resolve_device(device)
     flow = _restore_flow(state, config, dev, splits.event_shape)
     dtype = DTYPES[config.dtype]

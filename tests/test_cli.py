@@ -1,0 +1,160 @@
+"""The ``pyro-flows`` command end to end on tiny runs."""
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from pyro_flows.cli import main
+
+TINY = [
+    "--num-layers", "2", "--hidden-dims", "16", "--num-samples", "400", "--batch-size", "40",
+    "--steps", "12", "--eval-every", "6", "--plot-samples", "200", "--quiet",
+]
+
+
+def run(capsys, *argv):
+    code = main(list(argv))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_fit_evaluate_sample_end_to_end(tmp_path, capsys):
+    out_dir = tmp_path / "run"
+    code, out, err = run(capsys, "fit", *TINY, "--out", str(out_dir), "--data", "circles", "--no-quiet")
+    assert code == 0, err
+    assert "test NLL:" in out and "train 320, validation 40, test 40" in out
+    for name in ("config.toml", "metrics.jsonl", "results.json", "checkpoint.pt", "best.pt",
+                 "nll_curves.png", "samples.png"):
+        assert (out_dir / name).stat().st_size > 0, name
+    records = [json.loads(line) for line in open(out_dir / "metrics.jsonl")]
+    assert {r["split"] for r in records} == {"train", "val", "test"}
+    assert [r["step"] for r in records if r["split"] == "val"] == [6, 12]
+    results = json.loads((out_dir / "results.json").read_text())
+    assert results["data"] == "circles" and results["steps"] == 12 and results["test_nll_se"] > 0
+
+    code, out, err = run(capsys, "evaluate", str(out_dir), "--json")
+    assert code == 0, err
+    evaluation = json.loads(out)
+    assert evaluation["nll"] == pytest.approx(results["test_nll"], abs=1e-9)
+    assert evaluation["points"] == 40
+
+    code, out, err = run(capsys, "sample", str(out_dir), "-n", "25", "-o", str(tmp_path / "s.npy"))
+    assert code == 0, err
+    samples = np.load(tmp_path / "s.npy")
+    assert samples.shape == (25, 2) and np.isfinite(samples).all()
+
+
+def test_toml_config_and_command_line_precedence(tmp_path, capsys):
+    config = tmp_path / "run.toml"
+    config.write_text('flow = "nice"\nsteps = 6\nbatch_size = 20\nhidden_dims = [8, 8]\n[fit]\nlr = 0.002\n')
+    out_dir = tmp_path / "run"
+    code, _, err = run(capsys, "fit", *TINY, "--config", str(config), "--steps", "4", "--eval-every", "2",
+                       "--out", str(out_dir), "--no-plots")
+    assert code == 0, err
+    import tomllib
+
+    resolved = tomllib.loads((out_dir / "config.toml").read_text())
+    assert resolved["flow"] == "nice" and resolved["lr"] == 0.002  # from the file
+    assert resolved["steps"] == 4 and resolved["batch_size"] == 40  # the command line wins
+    assert resolved["hidden_dims"] == [16] and resolved["seed"] == 0  # every option written
+    # The written file is itself a valid config: it reproduces the run's options.
+    code, _, err = run(capsys, "fit", "--config", str(out_dir / "config.toml"), "--out", str(tmp_path / "again"))
+    assert code == 0, err
+    assert tomllib.loads((tmp_path / "again" / "config.toml").read_text()) == {**resolved, "out": str(tmp_path / "again")}
+
+    config.write_text("stepz = 3\n")
+    code, _, err = run(capsys, "fit", "--config", str(config))
+    assert code == 1 and "unknown option(s) stepz" in err
+    config.write_text('steps = "many"\n')
+    code, _, err = run(capsys, "fit", "--config", str(config))
+    assert code == 1 and "option steps expects a int" in err
+    code, _, err = run(capsys, "fit", "--config", str(tmp_path / "none.toml"))
+    assert code == 1 and "does not exist" in err
+
+
+def test_help_names_every_option_with_its_default(capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main(["fit", "--help"])
+    assert exit_.value.code == 0
+    text = " ".join(capsys.readouterr().out.split())
+    for expected in ("--flow", "(default: real_nvp)", "--steps", "(default: 2000)", "--batch-size",
+                     "(default: 256)", "--hidden-dims", "(default: 128,128)", "--device", "(default: auto)",
+                     "--resume", "--config", "--dtype", "(default: float32)", "--quiet"):
+        assert expected in text, expected
+    assert main([]) == 2  # no subcommand: usage
+
+
+def test_bad_options_and_paths_get_clear_errors(tmp_path, capsys):
+    code, _, err = run(capsys, "fit", "--lr", "-1", "--out", str(tmp_path / "a"))
+    assert code == 1 and "--lr must be a finite number > 0, got -1.0" in err
+    code, _, err = run(capsys, "fit", "--hidden-dims", "16,x")
+    assert code == 1 and "comma-separated integers" in err
+    code, _, err = run(capsys, "fit", *TINY, "--data", str(tmp_path / "missing.csv"), "--out", str(tmp_path / "b"))
+    assert code == 1 and "missing.csv does not exist" in err
+    code, _, err = run(capsys, "fit", *TINY, "--data", "nonsense", "--out", str(tmp_path / "c"))
+    assert code == 1 and "unknown data 'nonsense'" in err
+    code, _, err = run(capsys, "fit", *TINY, "--data", "power", "--out", str(tmp_path / "d"))
+    assert code == 1 and "--data-dir" in err
+    (tmp_path / "file").write_text("x")
+    code, _, err = run(capsys, "fit", *TINY, "--out", str(tmp_path / "file"))
+    assert code == 1 and "exists and is not a folder" in err
+    code, _, err = run(capsys, "evaluate", str(tmp_path / "no-run"))
+    assert code == 1 and "does not exist" in err
+    code, _, err = run(capsys, "sample", str(tmp_path))
+    assert code == 1 and "has no best.pt" in err
+    code, _, err = run(capsys, "fit", *TINY, "--batch-size", "1000", "--out", str(tmp_path / "e"))
+    assert code == 1 and "larger than the 320 training points" in err
+    code, _, err = run(capsys, "fit", "--resume", str(tmp_path / "e"), "--steps", "3")
+    assert code == 1 and "drop --steps" in err
+    code, _, err = run(capsys, "fit", "--resume", str(tmp_path / "no-run"))
+    assert code == 1 and "does not exist" in err
+
+
+@pytest.mark.parametrize(
+    "content, message",
+    [
+        ("a,b\n1,2\n3,nan\n4,5\n", "1 of 3 rows contain NaN or infinite values (first: row 1)"),
+        ("a,b\n1,2\n3,4,5\n", "line 3 has 3 columns, expected 2"),
+        ("", "is empty (0 bytes)"),
+        ("a,b\n", "is empty (no data rows)"),
+        ("a,b\n1,2\n3,oops\n", "non-numeric value 'oops'"),
+    ],
+    ids=["nan-row", "wrong-columns", "empty-file", "header-only", "non-numeric"],
+)
+def test_bad_data_files_get_clear_errors(tmp_path, capsys, content, message):
+    path = tmp_path / "data.csv"
+    path.write_text(content)
+    code, _, err = run(capsys, "fit", *TINY, "--data", str(path), "--out", str(tmp_path / "run"))
+    assert code == 1
+    assert message in err and str(path) in err
+
+
+def test_evaluate_on_a_file_with_the_wrong_columns(tmp_path, capsys):
+    rng = np.random.default_rng(0)
+    np.save(tmp_path / "train.npy", rng.normal(size=(400, 3)))
+    code, _, err = run(capsys, "fit", *TINY, "--data", str(tmp_path / "train.npy"), "--out", str(tmp_path / "r"),
+                       "--no-plots")
+    assert code == 0, err
+    np.save(tmp_path / "other.npy", rng.normal(size=(50, 2)))
+    code, _, err = run(capsys, "evaluate", str(tmp_path / "r"), "--data", str(tmp_path / "other.npy"))
+    assert code == 1 and "(2,)" in err and "(3,)" in err
+
+
+def test_flow_not_yet_installed_gives_a_clear_error():
+    from pyro_flows.train.registry import FlowEntry
+
+    entry = FlowEntry("later", "pyro_flows.not_there_yet", "vector", lambda c, s: {}, "a future flow")
+    with pytest.raises(ValueError, match=r"--flow later needs pyro_flows.not_there_yet.*available now: nice, real_nvp"):
+        entry.resolve()
+
+
+def test_python_dash_m_entry_point():
+    result = subprocess.run(
+        [sys.executable, "-m", "pyro_flows", "sample", "--help"], capture_output=True, text=True, timeout=120,
+        cwd=os.path.dirname(os.path.dirname(__file__)),
+    )
+    assert result.returncode == 0 and "--num-samples" in result.stdout
