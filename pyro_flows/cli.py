@@ -60,12 +60,16 @@ def build_parser() -> argparse.ArgumentParser:
         "(config.toml, metrics.jsonl, results.json, checkpoint.pt, best.pt, PNG plots).",
     )
     fit.add_argument(
-        "--config", metavar="FILE", default=None,
+        "--config",
+        metavar="FILE",
+        default=None,
         help="TOML file with any of the options below (named as here without dashes, e.g. "
         "batch_size = 128); command-line options override it (default: none)",
     )
     fit.add_argument(
-        "--resume", metavar="DIR", default=None,
+        "--resume",
+        metavar="DIR",
+        default=None,
         help="continue the run in DIR from its checkpoint.pt with its saved options (default: start a new run)",
     )
     _fit_options(fit)
@@ -77,9 +81,12 @@ def build_parser() -> argparse.ArgumentParser:
         "bits/dim for discrete data.",
     )
     ev.add_argument("run", metavar="DIR", help="a run folder written by `pyro-flows fit`")
-    ev.add_argument("--split", choices=("test", "val", "train"), default="test", help="which split (default: test)")
     ev.add_argument(
-        "--data", default=None,
+        "--split", choices=("test", "val", "train"), default="test", help="which split (default: test)"
+    )
+    ev.add_argument(
+        "--data",
+        default=None,
         help="score another data set or file of the same shape instead (default: the run's data)",
     )
     ev.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default: auto)")
@@ -129,7 +136,9 @@ def main(argv: Optional[List[str]] = None) -> int:
                 if args.config or set(extra) - {"quiet"}:
                     raise ValueError(
                         "fit --resume continues a run with its saved options; drop "
-                        + ", ".join(["--config"] * bool(args.config) + ["--" + e.replace("_", "-") for e in extra])
+                        + ", ".join(
+                            ["--config"] * bool(args.config) + ["--" + e.replace("_", "-") for e in extra]
+                        )
                     )
                 fit_run(_resume_config(args), resume_dir=args.resume)
             else:
@@ -139,7 +148,9 @@ def main(argv: Optional[List[str]] = None) -> int:
 
             from .train.run import evaluate_run
 
-            result = evaluate_run(args.run, split=args.split, data=args.data, device=args.device, quiet=args.json)
+            result = evaluate_run(
+                args.run, split=args.split, data=args.data, device=args.device, quiet=args.json
+            )
             if args.json:
                 print(json.dumps(result))
         elif args.command == "sample":
@@ -153,7 +164,10 @@ def main(argv: Optional[List[str]] = None) -> int:
         print(f"pyro-flows {args.command}: error: {err}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
-        print(f"pyro-flows {args.command}: interrupted; continue with `pyro-flows fit --resume DIR`", file=sys.stderr)
+        print(
+            f"pyro-flows {args.command}: interrupted; continue with `pyro-flows fit --resume DIR`",
+            file=sys.stderr,
+        )
         return 130
     return 0
 

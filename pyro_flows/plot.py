@@ -33,7 +33,11 @@ def plot_nll_curves(records: Sequence[dict], path: str, title: str = "") -> str:
     train = [r for r in records if r.get("split") == "train"]
     val = [r for r in records if r.get("split") == "val"]
     if train:
-        ax.plot([r["step"] for r in train], [r.get("running_nll", r["nll"]) for r in train], label="train (running)")
+        ax.plot(
+            [r["step"] for r in train],
+            [r.get("running_nll", r["nll"]) for r in train],
+            label="train (running)",
+        )
     if val:
         ax.plot([r["step"] for r in val], [r["nll"] for r in val], "o-", label="validation")
     ax.set_xlabel("step")
@@ -69,7 +73,9 @@ def plot_2d(
     axes[0].set_title("data")
     axes[1].scatter(samples[:, 0], samples[:, 1], s=2, alpha=0.4, color="tab:orange")
     axes[1].set_title("model samples")
-    axes[2].imshow(density, origin="lower", extent=(lo[0], hi[0], lo[1], hi[1]), aspect="auto", cmap="viridis")
+    axes[2].imshow(
+        density, origin="lower", extent=(lo[0], hi[0], lo[1], hi[1]), aspect="auto", cmap="viridis"
+    )
     axes[2].set_title("model density")
     for ax in axes:
         ax.set_xlim(lo[0], hi[0])
@@ -116,7 +122,9 @@ def plot_image_grid(images: torch.Tensor, path: str, title: str = "", nrow: Opti
     canvas = np.ones((ncol * (h + 1) + 1, nrow * (w + 1) + 1, c))
     for k in range(n):
         r, q = divmod(k, nrow)
-        canvas[1 + r * (h + 1) : 1 + r * (h + 1) + h, 1 + q * (w + 1) : 1 + q * (w + 1) + w] = images[k].transpose(1, 2, 0)
+        canvas[1 + r * (h + 1) : 1 + r * (h + 1) + h, 1 + q * (w + 1) : 1 + q * (w + 1) + w] = images[
+            k
+        ].transpose(1, 2, 0)
     fig = Figure(figsize=(max(3, nrow * 0.6), max(3, ncol * 0.6)))
     ax = fig.add_subplot()
     ax.imshow(canvas[..., 0] if c == 1 else canvas, cmap="gray" if c == 1 else None, vmin=0, vmax=1)

@@ -11,8 +11,21 @@ import pytest
 from pyro_flows.cli import main
 
 TINY = [
-    "--num-layers", "2", "--hidden-dims", "16", "--num-samples", "400", "--batch-size", "40",
-    "--steps", "12", "--eval-every", "6", "--plot-samples", "200", "--quiet",
+    "--num-layers",
+    "2",
+    "--hidden-dims",
+    "16",
+    "--num-samples",
+    "400",
+    "--batch-size",
+    "40",
+    "--steps",
+    "12",
+    "--eval-every",
+    "6",
+    "--plot-samples",
+    "200",
+    "--quiet",
 ]
 
 
@@ -27,8 +40,15 @@ def test_fit_evaluate_sample_end_to_end(tmp_path, capsys):
     code, out, err = run(capsys, "fit", *TINY, "--out", str(out_dir), "--data", "circles", "--no-quiet")
     assert code == 0, err
     assert "test NLL:" in out and "train 320, validation 40, test 40" in out
-    for name in ("config.toml", "metrics.jsonl", "results.json", "checkpoint.pt", "best.pt",
-                 "nll_curves.png", "samples.png"):
+    for name in (
+        "config.toml",
+        "metrics.jsonl",
+        "results.json",
+        "checkpoint.pt",
+        "best.pt",
+        "nll_curves.png",
+        "samples.png",
+    ):
         assert (out_dir / name).stat().st_size > 0, name
     records = [json.loads(line) for line in open(out_dir / "metrics.jsonl")]
     assert {r["split"] for r in records} == {"train", "val", "test"}
@@ -52,8 +72,20 @@ def test_toml_config_and_command_line_precedence(tmp_path, capsys):
     config = tmp_path / "run.toml"
     config.write_text('flow = "nice"\nsteps = 6\nbatch_size = 20\nhidden_dims = [8, 8]\n[fit]\nlr = 0.002\n')
     out_dir = tmp_path / "run"
-    code, _, err = run(capsys, "fit", *TINY, "--config", str(config), "--steps", "4", "--eval-every", "2",
-                       "--out", str(out_dir), "--no-plots")
+    code, _, err = run(
+        capsys,
+        "fit",
+        *TINY,
+        "--config",
+        str(config),
+        "--steps",
+        "4",
+        "--eval-every",
+        "2",
+        "--out",
+        str(out_dir),
+        "--no-plots",
+    )
     assert code == 0, err
     import tomllib
 
@@ -62,9 +94,14 @@ def test_toml_config_and_command_line_precedence(tmp_path, capsys):
     assert resolved["steps"] == 4 and resolved["batch_size"] == 40  # the command line wins
     assert resolved["hidden_dims"] == [16] and resolved["seed"] == 0  # every option written
     # The written file is itself a valid config: it reproduces the run's options.
-    code, _, err = run(capsys, "fit", "--config", str(out_dir / "config.toml"), "--out", str(tmp_path / "again"))
+    code, _, err = run(
+        capsys, "fit", "--config", str(out_dir / "config.toml"), "--out", str(tmp_path / "again")
+    )
     assert code == 0, err
-    assert tomllib.loads((tmp_path / "again" / "config.toml").read_text()) == {**resolved, "out": str(tmp_path / "again")}
+    assert tomllib.loads((tmp_path / "again" / "config.toml").read_text()) == {
+        **resolved,
+        "out": str(tmp_path / "again"),
+    }
 
     config.write_text("stepz = 3\n")
     code, _, err = run(capsys, "fit", "--config", str(config))
@@ -81,9 +118,23 @@ def test_help_names_every_option_with_its_default(capsys):
         main(["fit", "--help"])
     assert exit_.value.code == 0
     text = " ".join(capsys.readouterr().out.split())
-    for expected in ("--flow", "(default: real_nvp)", "--steps", "(default: 2000)", "--batch-size",
-                     "(default: 256)", "--hidden-dims", "(default: 128,128)", "--device", "(default: auto)",
-                     "--resume", "--config", "--dtype", "(default: float32)", "--quiet"):
+    for expected in (
+        "--flow",
+        "(default: real_nvp)",
+        "--steps",
+        "(default: 2000)",
+        "--batch-size",
+        "(default: 256)",
+        "--hidden-dims",
+        "(default: 128,128)",
+        "--device",
+        "(default: auto)",
+        "--resume",
+        "--config",
+        "--dtype",
+        "(default: float32)",
+        "--quiet",
+    ):
         assert expected in text, expected
     assert main([]) == 2  # no subcommand: usage
 
@@ -93,7 +144,9 @@ def test_bad_options_and_paths_get_clear_errors(tmp_path, capsys):
     assert code == 1 and "--lr must be a finite number > 0, got -1.0" in err
     code, _, err = run(capsys, "fit", "--hidden-dims", "16,x")
     assert code == 1 and "comma-separated integers" in err
-    code, _, err = run(capsys, "fit", *TINY, "--data", str(tmp_path / "missing.csv"), "--out", str(tmp_path / "b"))
+    code, _, err = run(
+        capsys, "fit", *TINY, "--data", str(tmp_path / "missing.csv"), "--out", str(tmp_path / "b")
+    )
     assert code == 1 and "missing.csv does not exist" in err
     code, _, err = run(capsys, "fit", *TINY, "--data", "nonsense", "--out", str(tmp_path / "c"))
     assert code == 1 and "unknown data 'nonsense'" in err
@@ -136,8 +189,16 @@ def test_bad_data_files_get_clear_errors(tmp_path, capsys, content, message):
 def test_evaluate_on_a_file_with_the_wrong_columns(tmp_path, capsys):
     rng = np.random.default_rng(0)
     np.save(tmp_path / "train.npy", rng.normal(size=(400, 3)))
-    code, _, err = run(capsys, "fit", *TINY, "--data", str(tmp_path / "train.npy"), "--out", str(tmp_path / "r"),
-                       "--no-plots")
+    code, _, err = run(
+        capsys,
+        "fit",
+        *TINY,
+        "--data",
+        str(tmp_path / "train.npy"),
+        "--out",
+        str(tmp_path / "r"),
+        "--no-plots",
+    )
     assert code == 0, err
     np.save(tmp_path / "other.npy", rng.normal(size=(50, 2)))
     code, _, err = run(capsys, "evaluate", str(tmp_path / "r"), "--data", str(tmp_path / "other.npy"))
@@ -148,13 +209,18 @@ def test_flow_not_yet_installed_gives_a_clear_error():
     from pyro_flows.train.registry import FlowEntry
 
     entry = FlowEntry("later", "pyro_flows.not_there_yet", "vector", lambda c, s: {}, "a future flow")
-    with pytest.raises(ValueError, match=r"--flow later needs pyro_flows.not_there_yet.*available now: nice, real_nvp"):
+    with pytest.raises(
+        ValueError, match=r"--flow later needs pyro_flows.not_there_yet.*available now: nice, real_nvp"
+    ):
         entry.resolve()
 
 
 def test_python_dash_m_entry_point():
     result = subprocess.run(
-        [sys.executable, "-m", "pyro_flows", "sample", "--help"], capture_output=True, text=True, timeout=120,
+        [sys.executable, "-m", "pyro_flows", "sample", "--help"],
+        capture_output=True,
+        text=True,
+        timeout=120,
         cwd=os.path.dirname(os.path.dirname(__file__)),
     )
     assert result.returncode == 0 and "--num-samples" in result.stdout

@@ -39,7 +39,9 @@ def test_toy_set_geometry():
 
     x = make_8gaussians(4000, noise=0.0, seed=0)
     angles = torch.atan2(x[:, 1], x[:, 0]) / (2 * math.pi / 8)
-    assert torch.allclose(angles, angles.round(), atol=1e-5) and torch.allclose(x.norm(dim=-1), torch.tensor(2.0))
+    assert torch.allclose(angles, angles.round(), atol=1e-5) and torch.allclose(
+        x.norm(dim=-1), torch.tensor(2.0)
+    )
     assert len(torch.unique(angles.round() % 8)) == 8
 
     x = make_checkerboard(4000, seed=0)
@@ -120,7 +122,7 @@ def test_tabular_errors(tmp_path):
 
 def _write_maf(root, name, dim, sizes=(30, 5, 7), layout="folder"):
     rng = np.random.default_rng(dim)
-    parts = {s: rng.normal(size=(n, dim)) for s, n in zip(("train", "val", "test"), sizes)}
+    parts = {s: rng.normal(size=(n, dim)) for s, n in zip(("train", "val", "test"), sizes, strict=True)}
     if layout == "folder":
         folder = root / (name if name != "bsds300" else "BSDS300")
         folder.mkdir()
@@ -144,7 +146,9 @@ def test_maf_npz_layout_and_errors(tmp_path):
     _write_maf(tmp_path, "gas", 8, layout="npz")
     assert load_maf("gas", str(tmp_path)).sizes() == {"train": 30, "val": 5, "test": 7}
     _write_maf(tmp_path, "power", 5)  # POWER has 6 columns after the MAF preprocessing
-    with pytest.raises(ValueError, match=r"power train: expected rows of 6 columns, got an array of shape \(30, 5\)"):
+    with pytest.raises(
+        ValueError, match=r"power train: expected rows of 6 columns, got an array of shape \(30, 5\)"
+    ):
         load_maf("power", str(tmp_path))
     with pytest.raises(ValueError, match="found neither"):
         load_maf("hepmass", str(tmp_path))
@@ -152,3 +156,34 @@ def test_maf_npz_layout_and_errors(tmp_path):
     np.save(tmp_path / "miniboone" / "train.npy", np.zeros((4, 43)))
     with pytest.raises(ValueError, match="has no val.npy"):
         load_maf("miniboone", str(tmp_path))
+
+
+def test_torchvision_folder_layout(monkeypatch):
+    # A stand-in for torchvision.datasets that serves arrays shaped like the real ones.
+    import sys
+    import types
+
+    def dataset(shape):
+        class Fake:
+            def __init__(self, root, train, download):
+                assert root == "/data" and download is False
+                n = 5010 if train else 7
+                self.data = np.arange(n * int(np.prod(shape))).reshape(n, *shape) % 256
+
+        return Fake
+
+    fake = types.ModuleType("torchvision.datasets")
+    fake.MNIST, fake.CIFAR10 = dataset((28, 28)), dataset((32, 32, 3))
+    package = types.ModuleType("torchvision")
+    package.datasets = fake
+    monkeypatch.setitem(sys.modules, "torchvision", package)
+    monkeypatch.setitem(sys.modules, "torchvision.datasets", fake)
+    from pyro_flows.data.vision import load_torchvision
+
+    mnist = load_torchvision("mnist", "/data")
+    assert mnist.sizes() == {"train": 10, "val": 5000, "test": 7} and mnist.event_shape == (1, 28, 28)
+    assert mnist.levels == 256 and mnist.nll_offset() == pytest.approx(784 * math.log(256))
+    cifar = load_torchvision("cifar10", "/data")
+    assert cifar.event_shape == (3, 32, 32)
+    raw = np.arange(32 * 32 * 3).reshape(32, 32, 3) % 256
+    assert torch.equal(cifar.train[0, :, 2, 5], torch.tensor(raw[2, 5], dtype=torch.float64))

@@ -19,8 +19,17 @@ STEPS = 6
 
 def _config(batch_norm: bool) -> RunConfig:
     return RunConfig(
-        num_layers=3, hidden_dims=(16,), batch_norm=batch_norm, steps=STEPS, batch_size=64, eval_every=3,
-        lr=1e-2, dtype="float64", quiet=True, plots=False, seed=3,
+        num_layers=3,
+        hidden_dims=(16,),
+        batch_norm=batch_norm,
+        steps=STEPS,
+        batch_size=64,
+        eval_every=3,
+        lr=1e-2,
+        dtype="float64",
+        quiet=True,
+        plots=False,
+        seed=3,
     )
 
 
@@ -39,8 +48,13 @@ def _trained(config: RunConfig, context=None) -> dict:
 
 
 def _worker(rank: int, world: int, port: int, out: str) -> None:
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world),
-                      LOCAL_RANK=str(rank))
+    os.environ.update(
+        MASTER_ADDR="127.0.0.1",
+        MASTER_PORT=str(port),
+        RANK=str(rank),
+        WORLD_SIZE=str(world),
+        LOCAL_RANK=str(rank),
+    )
     torch.set_num_threads(1)
     context = setup(torch.device("cpu"))
     try:

@@ -16,8 +16,17 @@ from pyro_flows.train.run import fit_run
 
 def tiny(tmp_path, name="run", **changes) -> RunConfig:
     options = dict(
-        num_layers=2, hidden_dims=(16,), num_samples=600, batch_size=50, steps=20, eval_every=5, lr=5e-3,
-        out=str(tmp_path / name), quiet=True, plots=False, patience=0,
+        num_layers=2,
+        hidden_dims=(16,),
+        num_samples=600,
+        batch_size=50,
+        steps=20,
+        eval_every=5,
+        lr=5e-3,
+        out=str(tmp_path / name),
+        quiet=True,
+        plots=False,
+        patience=0,
     )
     options.update(changes)
     return RunConfig(**options)

@@ -56,9 +56,13 @@ def load_maf(name: str, data_dir: str) -> Splits:
     archive = _find(data_dir, key + ".npz")
     if folder is not None and os.path.isdir(folder):
         for split in ("train", "val", "test"):
-            path = _find(folder, split + ".npy") or (_find(folder, "validation.npy") if split == "val" else None)
+            path = _find(folder, split + ".npy") or (
+                _find(folder, "validation.npy") if split == "val" else None
+            )
             if path is None:
-                raise ValueError(f"{key}: {folder} has no {split}.npy (expected train.npy, val.npy, test.npy)")
+                raise ValueError(
+                    f"{key}: {folder} has no {split}.npy (expected train.npy, val.npy, test.npy)"
+                )
             parts[split] = load_array(path)["data"]
             check_finite_rows(parts[split], path)
     elif archive is not None:
@@ -76,6 +80,8 @@ def load_maf(name: str, data_dir: str) -> Splits:
     dim = MAF_DIMENSIONS[key]
     for split, x in parts.items():
         if x.ndim != 2 or x.shape[1] != dim:
-            raise ValueError(f"{key} {split}: expected rows of {dim} columns, got an array of shape {x.shape}")
+            raise ValueError(
+                f"{key} {split}: expected rows of {dim} columns, got an array of shape {x.shape}"
+            )
     t = {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in parts.items()}
     return Splits(key, t["train"], t["val"], t["test"], split_rule="fixed (MAF paper)")

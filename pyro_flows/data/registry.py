@@ -80,6 +80,6 @@ def _optional(module: str, attr: str, what: str) -> Callable:
     try:
         return getattr(importlib.import_module(module), attr)
     except (ImportError, AttributeError):
-        raise ValueError(f"{what} is not available in this installation: {module}.{attr} is missing") from None
-
-
+        raise ValueError(
+            f"{what} is not available in this installation: {module}.{attr} is missing"
+        ) from None

@@ -89,11 +89,10 @@ class Splits:
         return float(torch.log(self.scale.double()).expand(self.event_shape).sum())
 
     def describe(self) -> str:
-        shape = "x".join(map(str, self.event_shape))
         kind = f", discrete with {self.levels} levels" if self.levels else ""
         return (
             f"{self.name}: train {len(self.train)}, validation {len(self.val)}, test {len(self.test)} "
-            f"points of shape ({shape}){kind}; split {self.split_rule}"
+            f"points of shape {tuple(self.event_shape)}{kind}; split {self.split_rule}"
         )
 
     def sizes(self) -> dict:

@@ -104,7 +104,9 @@ def _read_csv(path: str) -> np.ndarray:
                 rows.append([float(c) if c.strip() else float("nan") for c in row])
             except ValueError:
                 bad = next(c for c in row if c.strip() and not _is_float(c))
-                raise ValueError(f"data file {path}: line {line_no} has a non-numeric value {bad!r}") from None
+                raise ValueError(
+                    f"data file {path}: line {line_no} has a non-numeric value {bad!r}"
+                ) from None
     if not rows:
         raise ValueError(f"data file {path} is empty (no data rows)")
     return np.asarray(rows, dtype=np.float64)
@@ -151,7 +153,9 @@ def load_tabular_splits(path: str, config) -> Splits:
     name = os.path.basename(path)
     if "data" in arrays:
         x = torch.from_numpy(arrays["data"])
-        train, val, test = split_fractions(x, config.val_fraction, config.test_fraction, config.seed + 1, name)
+        train, val, test = split_fractions(
+            x, config.val_fraction, config.test_fraction, config.seed + 1, name
+        )
         rule = f"random (val {config.val_fraction}, test {config.test_fraction}, seed {config.seed})"
     else:
         train, val, test = (torch.from_numpy(arrays[k]) for k in ("train", "val", "test"))

@@ -45,7 +45,9 @@ def _generator(seed: int) -> torch.Generator:
     return torch.Generator().manual_seed(seed)
 
 
-def make_circles(n: int, noise: float = 0.05, seed: int = 0, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+def make_circles(
+    n: int, noise: float = 0.05, seed: int = 0, dtype: torch.dtype = torch.float32
+) -> torch.Tensor:
     """Two concentric circles of radii 2 and 1 (half the points on each), plus noise.
 
     >>> make_circles(6, seed=1).shape
@@ -59,7 +61,9 @@ def make_circles(n: int, noise: float = 0.05, seed: int = 0, dtype: torch.dtype 
     return x.to(dtype)
 
 
-def make_8gaussians(n: int, noise: float = 0.1, seed: int = 0, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+def make_8gaussians(
+    n: int, noise: float = 0.1, seed: int = 0, dtype: torch.dtype = torch.float32
+) -> torch.Tensor:
     """An equal mixture of 8 isotropic Gaussians (std ``noise * 2``) on a circle of radius 2.
 
     >>> make_8gaussians(5, seed=1).shape
@@ -86,7 +90,9 @@ def make_checkerboard(n: int, seed: int = 0, dtype: torch.dtype = torch.float32)
     return (corner + torch.rand(n, 2, generator=g, dtype=torch.float64)).to(dtype)
 
 
-def make_2spirals(n: int, noise: float = 0.1, seed: int = 0, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+def make_2spirals(
+    n: int, noise: float = 0.1, seed: int = 0, dtype: torch.dtype = torch.float32
+) -> torch.Tensor:
     """Two interleaved Archimedean spirals (one the other rotated by pi), scaled to about [-3, 3]^2.
 
     >>> make_2spirals(4, seed=1).shape
@@ -100,8 +106,13 @@ def make_2spirals(n: int, noise: float = 0.1, seed: int = 0, dtype: torch.dtype 
 
 
 def make_pinwheel(
-    n: int, num_arms: int = 5, radial_std: float = 0.3, tangential_std: float = 0.1, rate: float = 0.25,
-    seed: int = 0, dtype: torch.dtype = torch.float32,
+    n: int,
+    num_arms: int = 5,
+    radial_std: float = 0.3,
+    tangential_std: float = 0.1,
+    rate: float = 0.25,
+    seed: int = 0,
+    dtype: torch.dtype = torch.float32,
 ) -> torch.Tensor:
     """``num_arms`` curved Gaussian arms: a point at distance r along an arm is rotated by
     ``rate * exp(r)`` (the pinwheel of Johnson et al., 2016).
@@ -119,7 +130,9 @@ def make_pinwheel(
     return (2 * x).to(dtype)
 
 
-def make_rings(n: int, noise: float = 0.08, seed: int = 0, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+def make_rings(
+    n: int, noise: float = 0.08, seed: int = 0, dtype: torch.dtype = torch.float32
+) -> torch.Tensor:
     """Four concentric rings of radii 0.5, 1, 1.5 and 2, with points spread evenly.
 
     >>> make_rings(8, seed=1).shape

@@ -81,9 +81,13 @@ def load_checkpoint(path: str, map_location="cpu") -> Dict[str, Any]:
             f"are not plain tensors, which are never unpickled): {first}"
         ) from None
     if not isinstance(state, dict) or state.get("format") != FORMAT:
-        raise CheckpointError(f"{path} is a torch file but not a pyro-flows checkpoint (no '{FORMAT}' marker)")
+        raise CheckpointError(
+            f"{path} is a torch file but not a pyro-flows checkpoint (no '{FORMAT}' marker)"
+        )
     if state.get("version") != VERSION:
-        raise CheckpointError(f"{path} has checkpoint version {state.get('version')}; this pyro-flows reads {VERSION}")
+        raise CheckpointError(
+            f"{path} has checkpoint version {state.get('version')}; this pyro-flows reads {VERSION}"
+        )
     missing = [k for k in REQUIRED if k not in state]
     if missing:
         raise CheckpointError(f"{path} is missing {', '.join(missing)}")

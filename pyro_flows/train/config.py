@@ -23,7 +23,9 @@ __all__ = ["RunConfig", "GROUPS", "config_to_toml", "read_toml"]
 
 
 def _opt(default, help: str, group: str, choices=None, metavar=None):
-    return field(default=default, metadata={"help": help, "group": group, "choices": choices, "metavar": metavar})
+    return field(
+        default=default, metadata={"help": help, "group": group, "choices": choices, "metavar": metavar}
+    )
 
 
 #: option groups in the order ``--help`` shows them
@@ -58,20 +60,26 @@ class RunConfig:
     val_fraction: float = _opt(0.1, "fraction held out for validation (sets without a fixed split)", "data")
     test_fraction: float = _opt(0.1, "fraction held out for testing (sets without a fixed split)", "data")
     standardize: bool = _opt(
-        True, "shift and scale tabular files by the training mean and std (NLL reported in data units)", "data"
+        True,
+        "shift and scale tabular files by the training mean and std (NLL reported in data units)",
+        "data",
     )
     # training
     steps: int = _opt(2000, "optimizer steps (ignored when --epochs is set)", "training")
     epochs: int = _opt(0, "passes over the training set; 0 uses --steps", "training")
     batch_size: int = _opt(256, "global batch size (split across processes under torchrun)", "training")
     lr: float = _opt(1e-3, "Adam learning rate", "training")
-    schedule: str = _opt("cosine", "learning-rate schedule after warm-up", "training", choices=("constant", "cosine"))
+    schedule: str = _opt(
+        "cosine", "learning-rate schedule after warm-up", "training", choices=("constant", "cosine")
+    )
     warmup_steps: int = _opt(0, "steps of linear learning-rate warm-up", "training")
     weight_decay: float = _opt(0.0, "Adam weight decay", "training")
     grad_clip: float = _opt(5.0, "clip the gradient norm to this value; 0 disables clipping", "training")
     eval_every: int = _opt(200, "steps between validation NLL evaluations (and checkpoints)", "training")
     patience: int = _opt(
-        10, "stop after this many evaluations without a better validation NLL; 0 never stops early", "training"
+        10,
+        "stop after this many evaluations without a better validation NLL; 0 never stops early",
+        "training",
     )
     seed: int = _opt(0, "seed of the data split, the initial weights and the batch order", "training")
     device: str = _opt("auto", "cpu, cuda, cuda:N, or auto (CUDA when present)", "training")
@@ -102,8 +110,14 @@ class RunConfig:
         for name in ("lr", "grad_clip", "weight_decay"):
             value = getattr(self, name)
             if not math.isfinite(value) or value < 0 or (name == "lr" and value == 0):
-                raise ValueError(f"--{_flag(name)} must be a finite number {'> 0' if name == 'lr' else '>= 0'}, got {value}")
-        if not (0 < self.val_fraction < 1 and 0 < self.test_fraction < 1 and self.val_fraction + self.test_fraction < 1):
+                raise ValueError(
+                    f"--{_flag(name)} must be a finite number {'> 0' if name == 'lr' else '>= 0'}, got {value}"
+                )
+        if not (
+            0 < self.val_fraction < 1
+            and 0 < self.test_fraction < 1
+            and self.val_fraction + self.test_fraction < 1
+        ):
             raise ValueError(
                 "--val-fraction and --test-fraction must be in (0, 1) with a sum below 1, got "
                 f"{self.val_fraction} and {self.test_fraction}"
@@ -113,7 +127,9 @@ class RunConfig:
         for f in dataclasses.fields(self):
             choices = f.metadata.get("choices")
             if choices and getattr(self, f.name) not in choices:
-                raise ValueError(f"--{_flag(f.name)} must be one of {', '.join(choices)}, got {getattr(self, f.name)!r}")
+                raise ValueError(
+                    f"--{_flag(f.name)} must be one of {', '.join(choices)}, got {getattr(self, f.name)!r}"
+                )
 
     def to_dict(self) -> Dict[str, Any]:
         """Plain values (lists for tuples), as written to ``config.toml`` and checkpoints."""
@@ -143,7 +159,9 @@ def _parse_ints(text: str, name: str) -> Tuple[int, ...]:
     try:
         return tuple(int(p) for p in text.split(",") if p.strip())
     except ValueError:
-        raise ValueError(f"--{_flag(name)} expects comma-separated integers such as 128,128, got {text!r}") from None
+        raise ValueError(
+            f"--{_flag(name)} expects comma-separated integers such as 128,128, got {text!r}"
+        ) from None
 
 
 def _coerce(f: dataclasses.Field, value, source: str):
@@ -152,7 +170,9 @@ def _coerce(f: dataclasses.Field, value, source: str):
     if isinstance(default, tuple):
         if isinstance(value, str):
             return _parse_ints(value, f.name)
-        if isinstance(value, (list, tuple)) and all(isinstance(v, int) and not isinstance(v, bool) for v in value):
+        if isinstance(value, (list, tuple)) and all(
+            isinstance(v, int) and not isinstance(v, bool) for v in value
+        ):
             return tuple(value)
     elif kind is bool:
         if isinstance(value, bool):
@@ -204,4 +224,3 @@ def _toml_value(value) -> str:
         return "[" + ", ".join(_toml_value(v) for v in value) + "]"
     escaped = str(value).replace("\\", "\\\\").replace('"', '\\"')
     return f'"{escaped}"'
-

@@ -39,7 +39,15 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
-__all__ = ["DistContext", "setup", "teardown", "launched_by_torchrun", "all_reduce_mean", "wrap_model", "sync_buffers"]
+__all__ = [
+    "DistContext",
+    "setup",
+    "teardown",
+    "launched_by_torchrun",
+    "all_reduce_mean",
+    "wrap_model",
+    "sync_buffers",
+]
 
 
 @dataclass(frozen=True)

@@ -145,7 +145,9 @@ def read_metrics(path: str) -> List[dict]:
 def _progress(total: int, initial: int, enabled: bool):
     from tqdm.auto import tqdm
 
-    return tqdm(total=total, initial=initial, unit="step", disable=not enabled, dynamic_ncols=True, leave=False)
+    return tqdm(
+        total=total, initial=initial, unit="step", disable=not enabled, dynamic_ncols=True, leave=False
+    )
 
 
 def train(
@@ -207,8 +209,12 @@ def train(
         keep_until_step=state.step if resume_state is not None else None,
     )
     sampler = torch.utils.data.DistributedSampler(
-        range(len(train_x)), num_replicas=context.world_size, rank=context.rank, shuffle=True,
-        seed=config.seed, drop_last=True,
+        range(len(train_x)),
+        num_replicas=context.world_size,
+        rank=context.rank,
+        shuffle=True,
+        seed=config.seed,
+        drop_last=True,
     )
 
     def checkpoint_state() -> dict:
@@ -250,7 +256,9 @@ def train(
             max_norm = config.grad_clip if config.grad_clip > 0 else math.inf
             grad_norm = torch.nn.utils.clip_grad_norm_(flow.parameters(), max_norm)
             if not bool(torch.isfinite(grad_norm)):
-                _stop(state, run_dir, f"the gradient norm is {float(grad_norm)} (loss {float(global_loss):.4g})")
+                _stop(
+                    state, run_dir, f"the gradient norm is {float(grad_norm)} (loss {float(global_loss):.4g})"
+                )
             lr = optimizer.param_groups[0]["lr"]
             optimizer.step()
             scheduler.step()
@@ -261,8 +269,13 @@ def train(
             if state.step % 10 == 0 or state.step == total_steps:
                 rate = (state.step - started_step) / max(1e-9, time.perf_counter() - started)
                 metrics.write(
-                    split="train", step=state.step, nll=value, running_nll=running, lr=lr,
-                    grad_norm=float(grad_norm), steps_per_s=rate,
+                    split="train",
+                    step=state.step,
+                    nll=value,
+                    running_nll=running,
+                    lr=lr,
+                    grad_norm=float(grad_norm),
+                    steps_per_s=rate,
                 )
                 bar.set_postfix(nll=f"{running:.3f}", refresh=False)
             bar.update(1)

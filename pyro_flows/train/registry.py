@@ -52,7 +52,9 @@ def _vector_dim(shape, name):
 
 def _image_shape(shape, name):
     if len(shape) != 3:
-        raise ValueError(f"--flow {name} models images (C, H, W), but the data has points of shape {tuple(shape)}")
+        raise ValueError(
+            f"--flow {name} models images (C, H, W), but the data has points of shape {tuple(shape)}"
+        )
     return tuple(shape)
 
 
@@ -60,33 +62,49 @@ FLOWS = {
     e.name: e
     for e in [
         FlowEntry(
-            "nice", "pyro_flows.nice", "vector",
-            lambda c, s: dict(input_dim=_vector_dim(s, "nice"), num_layers=c.num_layers, hidden_dims=c.hidden_dims),
+            "nice",
+            "pyro_flows.nice",
+            "vector",
+            lambda c, s: dict(
+                input_dim=_vector_dim(s, "nice"), num_layers=c.num_layers, hidden_dims=c.hidden_dims
+            ),
             "NICE additive couplings",
         ),
         FlowEntry(
-            "real_nvp", "pyro_flows.real_nvp", "vector",
+            "real_nvp",
+            "pyro_flows.real_nvp",
+            "vector",
             lambda c, s: dict(
-                input_dim=_vector_dim(s, "real_nvp"), num_layers=c.num_layers, hidden_dims=c.hidden_dims,
+                input_dim=_vector_dim(s, "real_nvp"),
+                num_layers=c.num_layers,
+                hidden_dims=c.hidden_dims,
                 batch_norm=c.batch_norm,
             ),
             "RealNVP affine couplings",
         ),
         FlowEntry(
-            "real_nvp_image", "pyro_flows.real_nvp_image", "image",
+            "real_nvp_image",
+            "pyro_flows.real_nvp_image",
+            "image",
             lambda c, s: dict(shape=_image_shape(s, "real_nvp_image"), num_scales=c.num_scales),
             "multi-scale RealNVP for images, from the image-flows work",
         ),
         FlowEntry(
-            "glow", "pyro_flows.glow", "image",
+            "glow",
+            "pyro_flows.glow",
+            "image",
             lambda c, s: dict(
-                shape=_image_shape(s, "glow"), num_scales=c.num_scales, steps_per_scale=c.steps_per_scale,
+                shape=_image_shape(s, "glow"),
+                num_scales=c.num_scales,
+                steps_per_scale=c.steps_per_scale,
                 hidden_channels=c.hidden_channels,
             ),
             "Glow, from the image-flows work",
         ),
         FlowEntry(
-            "ffjord", "pyro_flows.ffjord", "vector",
+            "ffjord",
+            "pyro_flows.ffjord",
+            "vector",
             lambda c, s: dict(input_dim=_vector_dim(s, "ffjord"), hidden_dims=c.hidden_dims),
             "continuous-time FFJORD, from the FFJORD work",
         ),

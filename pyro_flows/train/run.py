@@ -104,19 +104,37 @@ def fit_run(
                 fh.write(config_to_toml(config))
         echo(splits.describe())
         n_params = sum(p.numel() for p in flow.parameters())
-        echo(f"{config.flow}: {n_params} parameters on {device} ({config.dtype}), {context.world_size} process(es)")
+        echo(
+            f"{config.flow}: {n_params} parameters on {device} ({config.dtype}), {context.world_size} process(es)"
+        )
         if resume_state is not None:
             echo(f"resuming {resume_dir} from step {resume_state['step']}")
         state = train(
-            flow, splits, config, run_dir, device=device, context=context, resume_state=resume_state,
-            best_model_state=best_state, on_step=on_step, data_state=_data_state(splits),
+            flow,
+            splits,
+            config,
+            run_dir,
+            device=device,
+            context=context,
+            resume_state=resume_state,
+            best_model_state=best_state,
+            on_step=on_step,
+            data_state=_data_state(splits),
         )
         results = _test_results(flow, splits, config, device, dtype)
         results.update(
-            flow=config.flow, data=splits.name, splits=splits.sizes(), split_rule=splits.split_rule,
-            best_val_nll=state.best_val_nll, best_step=state.best_step, steps=state.step,
-            stopped_early=state.stopped_early, parameters=n_params, device=str(device),
-            processes=context.world_size, seconds=round(time.perf_counter() - started, 2),
+            flow=config.flow,
+            data=splits.name,
+            splits=splits.sizes(),
+            split_rule=splits.split_rule,
+            best_val_nll=state.best_val_nll,
+            best_step=state.best_step,
+            steps=state.step,
+            stopped_early=state.stopped_early,
+            parameters=n_params,
+            device=str(device),
+            processes=context.world_size,
+            seconds=round(time.perf_counter() - started, 2),
         )
         if context.is_main:
             MetricsLog(os.path.join(run_dir, "metrics.jsonl"), keep_until_step=state.step).write(
@@ -143,7 +161,8 @@ def _prepare_out(run_dir: str, resuming: bool) -> None:
 
 def _test_results(flow, splits: Splits, config: RunConfig, device, dtype) -> dict:
     test_x = splits.prepare(
-        splits.test.to(device=device, dtype=dtype), generator=torch.Generator(device=device).manual_seed(config.seed + 3)
+        splits.test.to(device=device, dtype=dtype),
+        generator=torch.Generator(device=device).manual_seed(config.seed + 3),
     )
     nll, se = mean_and_standard_error(nll_per_point(flow, test_x) + splits.nll_offset())
     out = {"test_nll": nll, "test_nll_se": se}
@@ -173,7 +192,9 @@ def write_plots(flow, splits: Splits, config: RunConfig, run_dir: str) -> list:
     title = f"{config.flow} on {splits.name}"
     metrics_path = os.path.join(run_dir, "metrics.jsonl")
     if os.path.exists(metrics_path):
-        paths.append(plot.plot_nll_curves(read_metrics(metrics_path), os.path.join(run_dir, "nll_curves.png"), title))
+        paths.append(
+            plot.plot_nll_curves(read_metrics(metrics_path), os.path.join(run_dir, "nll_curves.png"), title)
+        )
     param = next(flow.parameters())
     torch.manual_seed(config.seed + 4)
     n = config.plot_samples
@@ -188,9 +209,13 @@ def write_plots(flow, splits: Splits, config: RunConfig, run_dir: str) -> list:
 
         data = splits.test if len(splits.test) >= n else torch.cat([splits.test, splits.train])[:n]
         if shape == (2,):
-            paths.append(plot.plot_2d(data, samples, log_density, os.path.join(run_dir, "samples.png"), title))
+            paths.append(
+                plot.plot_2d(data, samples, log_density, os.path.join(run_dir, "samples.png"), title)
+            )
         else:
-            paths.append(plot.plot_1d(data, log_density, os.path.join(run_dir, "density.png"), title, samples))
+            paths.append(
+                plot.plot_1d(data, log_density, os.path.join(run_dir, "density.png"), title, samples)
+            )
     elif n and len(shape) == 3:
         images = _unit_range(splits.to_data_units(flow.sample((min(n, 64),))), splits.levels)
         paths.append(plot.plot_image_grid(images.cpu(), os.path.join(run_dir, "samples.png"), title))
@@ -219,7 +244,9 @@ def _restore_flow(state: dict, config: RunConfig, device: torch.device, event_sh
     try:
         flow.load_state_dict(state["model"])
     except RuntimeError as err:
-        raise CheckpointError(f"the checkpoint's weights do not fit the {config.flow} it describes: {err}") from None
+        raise CheckpointError(
+            f"the checkpoint's weights do not fit the {config.flow} it describes: {err}"
+        ) from None
     return flow.eval()
 
 
@@ -245,7 +272,9 @@ def evaluate_run(
     flow = _restore_flow(state, config, dev, splits.event_shape)
     dtype = DTYPES[config.dtype]
     x = getattr(splits, split).to(device=dev, dtype=dtype)
-    x = splits.prepare(x, generator=torch.Generator(device=dev).manual_seed(config.seed + (3 if split == "test" else 2)))
+    x = splits.prepare(
+        x, generator=torch.Generator(device=dev).manual_seed(config.seed + (3 if split == "test" else 2))
+    )
     nll, se = mean_and_standard_error(nll_per_point(flow, x) + splits.nll_offset())
     out = {"run": run_dir, "data": splits.name, "split": split, "points": len(x), "nll": nll, "nll_se": se}
     if splits.levels:
@@ -260,7 +289,12 @@ def evaluate_run(
 
 
 def sample_run(
-    run_dir: str, num_samples: int, out: Optional[str] = None, seed: int = 0, device: str = "auto", quiet: bool = False
+    run_dir: str,
+    num_samples: int,
+    out: Optional[str] = None,
+    seed: int = 0,
+    device: str = "auto",
+    quiet: bool = False,
 ) -> dict:
     """Draw ``num_samples`` points (data units) from a run's best model into a ``.npy``
     file, plus a PNG grid for images."""
@@ -272,8 +306,13 @@ def sample_run(
     data = state["data"]
     event_shape = torch.Size(data["event_shape"])
     splits = Splits(
-        config.data, torch.zeros((1, *event_shape)), torch.zeros((1, *event_shape)), torch.zeros((1, *event_shape)),
-        levels=data["levels"] or None, shift=data["shift"], scale=data["scale"],
+        config.data,
+        torch.zeros((1, *event_shape)),
+        torch.zeros((1, *event_shape)),
+        torch.zeros((1, *event_shape)),
+        levels=data["levels"] or None,
+        shift=data["shift"],
+        scale=data["scale"],
     )
     dev = resolve_device(device)
     flow = _restore_flow(state, config, dev, event_shape)
@@ -291,8 +330,8 @@ def sample_run(
         grid = out[: -len(".npy")] + ".png"
         result["grid"] = plot.plot_image_grid(_unit_range(samples[:64], splits.levels), grid)
     if not quiet:
-        print(f"wrote {num_samples} samples of shape {tuple(event_shape)} to {out}" + (
-            f" and a grid to {result['grid']}" if "grid" in result else ""))
+        print(
+            f"wrote {num_samples} samples of shape {tuple(event_shape)} to {out}"
+            + (f" and a grid to {result['grid']}" if "grid" in result else "")
+        )
     return result
-
-
