@@ -25,10 +25,13 @@ def _fit_options(parser: argparse.ArgumentParser) -> None:
         flag = "--" + f.name.replace("_", "-")
         default = f.default
         shown = ",".join(map(str, default)) if isinstance(default, tuple) else default
+        shown = "none" if shown == "" else shown
         help_text = f"{meta['help']} (default: {shown})"
         kwargs = dict(dest=f.name, default=argparse.SUPPRESS, help=help_text)
         if meta.get("metavar"):
             kwargs["metavar"] = meta["metavar"]
+        elif type(default) in (int, float) and not meta.get("choices"):
+            kwargs["metavar"] = "N" if isinstance(default, int) else "X"
         if isinstance(default, bool):
             kwargs["action"] = argparse.BooleanOptionalAction
         elif isinstance(default, tuple):

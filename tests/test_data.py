@@ -187,3 +187,17 @@ def test_torchvision_folder_layout(monkeypatch):
     assert cifar.event_shape == (3, 32, 32)
     raw = np.arange(32 * 32 * 3).reshape(32, 32, 3) % 256
     assert torch.equal(cifar.train[0, :, 2, 5], torch.tensor(raw[2, 5], dtype=torch.float64))
+
+
+def test_discrete_files_with_levels(tmp_path):
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 4, size=(50, 1, 4, 4))
+    np.save(tmp_path / "img.npy", images)
+    splits = load_tabular_splits(str(tmp_path / "img.npy"), RunConfig(levels=4))
+    assert splits.levels == 4 and splits.event_shape == (1, 4, 4)
+    assert splits.nll_offset() == pytest.approx(16 * math.log(4))
+    y = splits.prepare(splits.train)  # dequantized into [0, 1)
+    assert (y >= 0).all() and (y < 1).all() and torch.equal((y * 4).floor(), splits.train)
+    np.save(tmp_path / "bad.npy", images + 0.5)
+    with pytest.raises(ValueError, match=r"--levels 4 expects integer values 0..3, found [0-3].5 \(640 such values\)"):
+        load_tabular_splits(str(tmp_path / "bad.npy"), RunConfig(levels=4))

@@ -20,7 +20,7 @@ import torch
 
 from .splits import Splits, split_fractions
 
-__all__ = ["load_array", "load_tabular_splits", "check_finite_rows"]
+__all__ = ["load_array", "load_tabular_splits", "check_finite_rows", "check_discrete"]
 
 SUFFIXES = (".npy", ".npz", ".csv")
 
@@ -145,7 +145,9 @@ def load_tabular_splits(path: str, config) -> Splits:
     """Read a tabular file and split it (or use its own ``train/val/test`` arrays).
 
     Vector data are standardized with the training mean and standard deviation when
-    ``config.standardize`` (the NLL is still reported in the file's units).
+    ``config.standardize`` (the NLL is still reported in the file's units). With
+    ``config.levels = K`` the values must be integers 0..K-1 (images as ``(N, C, H, W)``
+    arrays, for example); they are dequantized in training and scored in bits/dim.
     """
     arrays = load_array(path)
     for key, x in arrays.items():
@@ -166,10 +168,25 @@ def load_tabular_splits(path: str, config) -> Splits:
                     f"{tuple(train.shape[1:])}"
                 )
         rule = "fixed by the file"
+    if config.levels:
+        for key, part in (("train", train), ("val", val), ("test", test)):
+            check_discrete(part, config.levels, f"{path} [{key}]" if "data" not in arrays else path)
+        return Splits(name, train, val, test, levels=config.levels, split_rule=rule)
     shift = scale = None
     if config.standardize and train.dim() == 2:
         shift, scale = standardization(train)
     return Splits(name, train, val, test, shift=shift, scale=scale, split_rule=rule)
+
+
+def check_discrete(x: torch.Tensor, levels: int, where: str) -> None:
+    """Raise a ``ValueError`` unless every value is an integer in ``0..levels-1``."""
+    bad = (x != x.round()) | (x < 0) | (x > levels - 1)
+    if bool(bad.any()):
+        value = float(x[bad][0])
+        raise ValueError(
+            f"data file {where}: --levels {levels} expects integer values 0..{levels - 1}, found {value:g} "
+            f"({int(bad.sum())} such values)"
+        )
 
 
 def standardization(train: torch.Tensor):

@@ -59,6 +59,13 @@ class RunConfig:
     num_samples: int = _opt(10000, "points drawn from a built-in 2-D toy set (before splitting)", "data")
     val_fraction: float = _opt(0.1, "fraction held out for validation (sets without a fixed split)", "data")
     test_fraction: float = _opt(0.1, "fraction held out for testing (sets without a fixed split)", "data")
+    levels: int = _opt(
+        0,
+        "treat a data file as discrete with this many values 0..K-1 (e.g. 256 for 8-bit images): "
+        "dequantize in training and report bits/dim; 0 means continuous",
+        "data",
+        metavar="K",
+    )
     standardize: bool = _opt(
         True,
         "shift and scale tabular files by the training mean and std (NLL reported in data units)",
@@ -104,7 +111,7 @@ class RunConfig:
         for name in positive:
             if getattr(self, name) < 1:
                 raise ValueError(f"--{_flag(name)} must be >= 1, got {getattr(self, name)}")
-        for name in ("epochs", "warmup_steps", "patience", "plot_samples"):
+        for name in ("epochs", "warmup_steps", "patience", "plot_samples", "levels"):
             if getattr(self, name) < 0:
                 raise ValueError(f"--{_flag(name)} must be >= 0, got {getattr(self, name)}")
         for name in ("lr", "grad_clip", "weight_decay"):
