@@ -224,3 +224,39 @@ def test_python_dash_m_entry_point():
         cwd=os.path.dirname(os.path.dirname(__file__)),
     )
     assert result.returncode == 0 and "--num-samples" in result.stdout
+
+
+def test_docs_list_every_fit_option():
+    import dataclasses
+
+    from pyro_flows.train.config import RunConfig
+
+    docs = open(os.path.join(os.path.dirname(os.path.dirname(__file__)), "docs", "cli.md")).read()
+    for f in dataclasses.fields(RunConfig):
+        assert f"`--{f.name.replace('_', '-')}`" in docs, f.name
+
+
+def test_progress_bar_only_on_a_terminal(tmp_path, capsys, monkeypatch):
+    def args(name, *extra):
+        quiet_free = [a for a in TINY if a != "--quiet"]
+        return [
+            "fit",
+            *quiet_free,
+            "--steps",
+            "6",
+            "--eval-every",
+            "3",
+            "--no-plots",
+            "--out",
+            str(tmp_path / name),
+            *extra,
+        ]
+
+    assert main(args("a")) == 0
+    assert capsys.readouterr().err == ""  # not a terminal: no bar
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: True)
+    assert main(args("b")) == 0
+    err = capsys.readouterr().err
+    assert "step/s" in err and "nll=" in err  # running loss and step rate
+    assert main(args("c", "--quiet")) == 0
+    assert capsys.readouterr().err == ""  # --quiet wins

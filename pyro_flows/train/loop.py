@@ -277,6 +277,7 @@ def train(
                     grad_norm=float(grad_norm),
                     steps_per_s=rate,
                 )
+            if show:
                 bar.set_postfix(nll=f"{running:.3f}", refresh=False)
             bar.update(1)
 
