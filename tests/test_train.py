@@ -194,3 +194,18 @@ def test_float64_run(tmp_path):
     fit_run(config)
     state = _model(config.out)
     assert all(v.dtype == torch.float64 for v in state["model"].values() if v.is_floating_point())
+
+
+def test_regularization_terms_join_the_loss():
+    # A submodule that regularizes (as FFJORD's transform does) adds its penalty.
+    from pyro_flows import Flow, real_nvp
+    from pyro_flows.train.loop import NegativeLogLikelihood
+
+    flow = Flow(real_nvp(2, num_layers=1, hidden_dims=(4,)))
+    objective = NegativeLogLikelihood(flow)
+    x = torch.randn(5, 2)
+    nll, penalty = objective(x)
+    assert torch.allclose(nll, -flow.log_prob(x)) and float(penalty) == 0.0
+    flow.transform.regularizes = True
+    flow.transform.regularization = torch.tensor(0.25)
+    assert float(objective(x)[1]) == 0.25

@@ -47,6 +47,16 @@ class RunConfig:
     num_scales: int = _opt(2, "scales of the multi-scale image flows (real_nvp_image, glow)", "model")
     steps_per_scale: int = _opt(4, "flow steps per scale (glow)", "model")
     hidden_channels: int = _opt(32, "channels of the convolutional conditioners (image flows)", "model")
+    num_blocks: int = _opt(2, "residual blocks per convolutional conditioner (image flows)", "model")
+    num_components: int = _opt(8, "mixture components per coordinate (cdf)", "model")
+    logit_alpha: float = _opt(
+        0.05,
+        "for discrete data, model logit(alpha + (1 - 2 alpha) y) of the dequantized y in [0, 1) "
+        "(RealNVP's preprocessing, inside the flow so NLLs stay in data units); 0 turns it off",
+        "model",
+    )
+    kinetic_weight: float = _opt(0.0, "weight of the kinetic-energy regulariser (ffjord)", "model")
+    frobenius_weight: float = _opt(0.0, "weight of the Jacobian-Frobenius regulariser (ffjord)", "model")
     # data
     data: str = _opt(
         "moons",
@@ -107,6 +117,7 @@ class RunConfig:
     def validate(self) -> None:
         """Raise a ``ValueError`` naming the option and the value that is out of range."""
         positive = ("num_layers", "num_scales", "steps_per_scale", "hidden_channels", "num_samples", "steps")
+        positive += ("num_blocks", "num_components")
         positive += ("batch_size", "eval_every")
         for name in positive:
             if getattr(self, name) < 1:
@@ -114,7 +125,9 @@ class RunConfig:
         for name in ("epochs", "warmup_steps", "patience", "plot_samples", "levels"):
             if getattr(self, name) < 0:
                 raise ValueError(f"--{_flag(name)} must be >= 0, got {getattr(self, name)}")
-        for name in ("lr", "grad_clip", "weight_decay"):
+        if not 0 <= self.logit_alpha < 0.5:
+            raise ValueError(f"--logit-alpha must be in [0, 0.5), got {self.logit_alpha}")
+        for name in ("lr", "grad_clip", "weight_decay", "kinetic_weight", "frobenius_weight"):
             value = getattr(self, name)
             if not math.isfinite(value) or value < 0 or (name == "lr" and value == 0):
                 raise ValueError(

@@ -65,15 +65,24 @@ class LoopState:
 
 
 class NegativeLogLikelihood(nn.Module):
-    """``x -> -log p(x)`` per point: the module DDP wraps, so its forward is the whole
-    computation whose gradients are synchronised."""
+    """``x -> (-log p(x) per point, penalty)``: the module DDP wraps, so its forward is
+    the whole computation whose gradients are synchronised.
+
+    The penalty is the sum of the ``regularization`` of every submodule that
+    ``regularizes`` (FFJORD's kinetic-energy and Jacobian-Frobenius terms), else 0.
+    """
 
     def __init__(self, flow: nn.Module):
         super().__init__()
         self.flow = flow
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return -self.flow.log_prob(x)
+    def forward(self, x: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+        nll = -self.flow.log_prob(x)
+        penalty = torch.zeros((), dtype=nll.dtype, device=nll.device)
+        for module in self.flow.modules():
+            if getattr(module, "regularizes", False):
+                penalty = penalty + module.regularization
+        return nll, penalty
 
 
 def lr_factor(step: int, total_steps: int, warmup_steps: int, schedule: str) -> float:
@@ -247,7 +256,8 @@ def train(
             # Validation off: a non-finite value inside the flow should reach the loss guard
             # below (which says what to do) rather than a support check deep in the base.
             with pyro.validation_enabled(False):
-                loss = objective(x).mean()
+                nll, penalty = objective(x)
+                loss = nll.mean() + penalty
             global_loss = all_reduce_mean(loss.detach(), context)
             if not bool(torch.isfinite(global_loss)):
                 _stop(state, run_dir, f"the training loss is {float(global_loss)}")

@@ -86,7 +86,13 @@ FLOWS = {
             "real_nvp_image",
             "pyro_flows.real_nvp_image",
             "image",
-            lambda c, s: dict(shape=_image_shape(s, "real_nvp_image"), num_scales=c.num_scales),
+            lambda c, s: dict(
+                shape=_image_shape(s, "real_nvp_image"),
+                num_scales=c.num_scales,
+                hidden_channels=c.hidden_channels,
+                num_blocks=c.num_blocks,
+                batch_norm=c.batch_norm,
+            ),
             "multi-scale RealNVP for images, from the image-flows work",
         ),
         FlowEntry(
@@ -98,6 +104,7 @@ FLOWS = {
                 num_scales=c.num_scales,
                 steps_per_scale=c.steps_per_scale,
                 hidden_channels=c.hidden_channels,
+                num_blocks=c.num_blocks,
             ),
             "Glow, from the image-flows work",
         ),
@@ -105,8 +112,20 @@ FLOWS = {
             "ffjord",
             "pyro_flows.ffjord",
             "vector",
-            lambda c, s: dict(input_dim=_vector_dim(s, "ffjord"), hidden_dims=c.hidden_dims),
+            lambda c, s: dict(
+                input_dim=_vector_dim(s, "ffjord"),
+                hidden_dims=c.hidden_dims,
+                kinetic_weight=c.kinetic_weight,
+                frobenius_weight=c.frobenius_weight,
+            ),
             "continuous-time FFJORD, from the FFJORD work",
+        ),
+        FlowEntry(
+            "cdf",
+            "pyro_flows.cdf_flow",
+            "any",
+            lambda c, s: dict(num_components=c.num_components, base=c.base, event_shape=s),
+            "the 1-D mixture-CDF flow (coordinatewise), from the 1-D flows work",
         ),
     ]
 }
@@ -128,8 +147,12 @@ def available_flows() -> Tuple[str, ...]:
     return tuple(out)
 
 
-def build_model(config, event_shape) -> Flow:
+def build_model(config, event_shape, discrete: bool = False) -> Flow:
     """The :class:`~pyro_flows.Flow` (transform and base) a run configuration names.
+
+    For ``discrete`` data (dequantized into [0, 1)) with ``config.logit_alpha > 0`` the
+    flow ends in the logit preprocessing layer (data side), so the model's density is on
+    [0, 1)^D and bits/dim follow from its ``log_prob`` directly.
 
     >>> from pyro_flows.train.config import RunConfig
     >>> build_model(RunConfig(num_layers=2, hidden_dims=(8,)), (2,)).event_shape
@@ -140,4 +163,14 @@ def build_model(config, event_shape) -> Flow:
     entry = FLOWS[config.flow]
     builder = entry.resolve()
     transform = builder(**entry.arguments(config, tuple(event_shape)))
+    if discrete and config.logit_alpha > 0:
+        logit = FlowEntry("logit", "pyro_flows.transforms.logit", "any", None, "the image-flows work")
+        try:
+            make_logit = logit.resolve()
+        except ValueError:
+            raise ValueError(
+                "discrete data are modelled through the logit preprocessing (pyro_flows.transforms.logit), "
+                "which this installation does not have yet; pass --logit-alpha 0"
+            ) from None
+        transform = [transform, make_logit(tuple(event_shape), alpha=config.logit_alpha)]
     return Flow(transform, base=config.base, event_shape=torch.Size(event_shape))

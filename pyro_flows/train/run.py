@@ -96,7 +96,8 @@ def fit_run(
         torch.manual_seed(config.seed)
         splits = load_splits(config)
         dtype = DTYPES[config.dtype]
-        flow = build_model(config, splits.event_shape).to(device=device, dtype=dtype)
+        flow = build_model(config, splits.event_shape, discrete=splits.levels is not None)
+        flow = flow.to(device=device, dtype=dtype)
         run_dir = config.out
         if context.is_main:
             _prepare_out(run_dir, resume_dir is not None)
@@ -240,7 +241,8 @@ def _load_run(run_dir: str, which: str = "best.pt"):
 
 
 def _restore_flow(state: dict, config: RunConfig, device: torch.device, event_shape) -> torch.nn.Module:
-    flow = build_model(config, event_shape).to(device=device, dtype=DTYPES[config.dtype])
+    discrete = bool(state["data"].get("levels"))
+    flow = build_model(config, event_shape, discrete=discrete).to(device=device, dtype=DTYPES[config.dtype])
     try:
         flow.load_state_dict(state["model"])
     except RuntimeError as err:
