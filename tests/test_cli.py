@@ -260,3 +260,39 @@ def test_progress_bar_only_on_a_terminal(tmp_path, capsys, monkeypatch):
     assert "step/s" in err and "nll=" in err  # running loss and step rate
     assert main(args("c", "--quiet")) == 0
     assert capsys.readouterr().err == ""  # --quiet wins
+
+
+def test_discrete_data_are_scored_in_bits_per_dim(tmp_path, capsys):
+    # 4-level data concentrated on a few values: a trained flow must beat the uniform
+    # model's log2(4) = 2 bits/dim.
+    rng = np.random.default_rng(0)
+    first = rng.choice([0, 3], size=600, p=[0.7, 0.3])
+    data = np.stack([first, np.where(rng.random(600) < 0.9, first, 1)], axis=1)
+    np.save(tmp_path / "levels.npy", data)
+    out_dir = tmp_path / "run"
+    code, out, err = run(
+        capsys,
+        "fit",
+        *TINY,
+        "--steps",
+        "150",
+        "--eval-every",
+        "50",
+        "--lr",
+        "0.01",
+        "--data",
+        str(tmp_path / "levels.npy"),
+        "--levels",
+        "4",
+        "--logit-alpha",
+        "0",
+        "--out",
+        str(out_dir),
+        "--no-plots",
+    )
+    assert code == 0, err
+    results = json.loads((out_dir / "results.json").read_text())
+    assert results["test_bits_per_dim"] == pytest.approx(results["test_nll"] / (2 * np.log(2)))
+    assert results["test_bits_per_dim"] < 1.6, results
+    code, out, err = run(capsys, "evaluate", str(out_dir), "--json")
+    assert json.loads(out)["bits_per_dim"] == pytest.approx(results["test_bits_per_dim"], abs=1e-9)

@@ -68,8 +68,15 @@ def _need_dir(config, key: str) -> str:
 def _load_images(key: str, config) -> Splits:
     if key == "digits":
         loader = _optional("pyro_flows.data.digits", "load_digits", "the digits data (image flows work)")
-        parts = {s: torch.as_tensor(loader(s)).to(torch.float64) for s in ("train", "val", "test")}
-        return Splits("digits", parts["train"], parts["val"], parts["test"], levels=17, split_rule="fixed")
+        parts = {s: torch.as_tensor(loader(s)).to(torch.float64) for s in ("train", "validation", "test")}
+        return Splits(
+            "digits",
+            parts["train"],
+            parts["validation"],
+            parts["test"],
+            levels=17,
+            split_rule="fixed (pyro_flows.data.digits)",
+        )
     from .vision import load_torchvision
 
     return load_torchvision(key, _need_dir(config, key), config)

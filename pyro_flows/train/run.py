@@ -42,16 +42,23 @@ def resolve_device(name: str) -> torch.device:
     return device
 
 
-def bits_per_dim(nll_nats: float, dim: int) -> float:
-    r"""Bits per dimension of a dequantized discrete data point, :math:`\mathrm{NLL}/(D \ln 2)`,
-    where the NLL (nats) is of :math:`x + u` on the original integer scale, so the
-    :math:`D \log K` term of rescaling K-level data to [0, 1] is already included
-    (see :meth:`~pyro_flows.data.splits.Splits.nll_offset`).
+def bits_per_dim(nll_nats: float, dim: int, levels: int) -> float:
+    r"""Bits per dimension of dequantized K-level data from the NLL (nats) of :math:`x + u`
+    on the integer scale, which already includes the :math:`D \log K` of rescaling to
+    [0, 1) (see :meth:`~pyro_flows.data.splits.Splits.nll_offset`):
+    :math:`\mathrm{NLL} / (D \ln 2)`. Computed with :func:`pyro_flows.bits_per_dim` (the
+    image-flows helper, from the unit-cube log-density) when it is installed.
 
-    >>> round(bits_per_dim(64 * math.log(17), 64), 4)   # uniform over 17 levels
+    >>> round(bits_per_dim(64 * math.log(17), 64, 17), 4)   # uniform over 17 levels
     4.0875
     """
-    return nll_nats / (dim * math.log(2))
+    import pyro_flows
+
+    helper = getattr(pyro_flows, "bits_per_dim", None)
+    if helper is None:
+        return nll_nats / (dim * math.log(2))
+    unit_cube_log_prob = -(nll_nats - dim * math.log(levels))
+    return float(helper(unit_cube_log_prob, num_dims=dim, num_levels=levels))
 
 
 def _data_state(splits: Splits) -> dict:
@@ -168,8 +175,8 @@ def _test_results(flow, splits: Splits, config: RunConfig, device, dtype) -> dic
     nll, se = mean_and_standard_error(nll_per_point(flow, test_x) + splits.nll_offset())
     out = {"test_nll": nll, "test_nll_se": se}
     if splits.levels:
-        out["test_bits_per_dim"] = bits_per_dim(nll, splits.dim)
-        out["test_bits_per_dim_se"] = bits_per_dim(se, splits.dim)
+        out["test_bits_per_dim"] = bits_per_dim(nll, splits.dim, splits.levels)
+        out["test_bits_per_dim_se"] = se / (splits.dim * math.log(2))
     return out
 
 
@@ -280,8 +287,8 @@ def evaluate_run(
     nll, se = mean_and_standard_error(nll_per_point(flow, x) + splits.nll_offset())
     out = {"run": run_dir, "data": splits.name, "split": split, "points": len(x), "nll": nll, "nll_se": se}
     if splits.levels:
-        out["bits_per_dim"] = bits_per_dim(nll, splits.dim)
-        out["bits_per_dim_se"] = bits_per_dim(se, splits.dim)
+        out["bits_per_dim"] = bits_per_dim(nll, splits.dim, splits.levels)
+        out["bits_per_dim_se"] = se / (splits.dim * math.log(2))
     if not quiet:
         line = f"{split} NLL: {nll:.4f} ± {se:.4f} nats per point ({len(x)} points of {splits.name})"
         if splits.levels:
