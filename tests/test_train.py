@@ -40,10 +40,18 @@ class Interrupt(Exception):
     pass
 
 
-def test_interrupted_and_resumed_run_ends_bit_identical(tmp_path):
+@pytest.mark.parametrize("discrete", [False, True], ids=["continuous", "dequantized"])
+def test_interrupted_and_resumed_run_ends_bit_identical(tmp_path, discrete):
     # Batch norm makes the running averages part of the state; the cosine schedule
-    # makes the scheduler state matter; float32 with shuffled batches makes order matter.
-    config = tiny(tmp_path, "whole", batch_norm=True, warmup_steps=3)
+    # makes the scheduler state matter; float32 with shuffled batches makes order matter;
+    # dequantization noise makes the generator state matter.
+    data = {}
+    if discrete:
+        import numpy as np
+
+        np.save(tmp_path / "levels.npy", np.random.default_rng(0).integers(0, 5, size=(600, 2)))
+        data = dict(data=str(tmp_path / "levels.npy"), levels=5, logit_alpha=0.0)
+    config = tiny(tmp_path, "whole", batch_norm=True, warmup_steps=3, **data)
     fit_run(config)
     split = config.replace(out=str(tmp_path / "split"))
 
@@ -209,3 +217,13 @@ def test_regularization_terms_join_the_loss():
     flow.transform.regularizes = True
     flow.transform.regularization = torch.tensor(0.25)
     assert float(objective(x)[1]) == 0.25
+
+
+@pytest.mark.cuda
+def test_fit_on_cuda_matches_the_run_folder_contract(tmp_path):
+    config = tiny(tmp_path, device="auto", dtype="float64", steps=10)
+    results = fit_run(config)
+    assert results["device"].startswith("cuda")
+    state = _model(config.out)  # loaded onto the CPU
+    assert all(v.device.type == "cpu" for v in state["model"].values())
+    assert math.isfinite(results["test_nll"])
