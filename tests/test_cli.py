@@ -296,3 +296,21 @@ def test_discrete_data_are_scored_in_bits_per_dim(tmp_path, capsys):
     assert results["test_bits_per_dim"] < 1.6, results
     code, out, err = run(capsys, "evaluate", str(out_dir), "--json")
     assert json.loads(out)["bits_per_dim"] == pytest.approx(results["test_bits_per_dim"], abs=1e-9)
+
+
+def test_plots_write_pngs(tmp_path):
+    import torch
+    from matplotlib.image import imread
+
+    from pyro_flows import plot
+
+    normal = torch.distributions.Normal(0.0, 1.0)
+    x = torch.randn(500, 1)
+    path = plot.plot_1d(
+        x, lambda t: normal.log_prob(t).sum(-1), str(tmp_path / "d.png"), samples=torch.randn(300, 1)
+    )
+    assert imread(path).shape[2] == 4
+    grid = plot.plot_image_grid(torch.rand(10, 1, 8, 8), str(tmp_path / "g.png"), nrow=5)
+    assert imread(grid).ndim == 3
+    records = [{"split": "train", "step": 10, "nll": 2.0}, {"split": "val", "step": 10, "nll": 2.1}]
+    assert os.path.getsize(plot.plot_nll_curves(records, str(tmp_path / "c.png"))) > 1000
