@@ -130,22 +130,27 @@ def main(argv: Optional[List[str]] = None) -> int:
     from .train.checkpoint import CheckpointError
     from .train.loop import NonFiniteLossError
 
+    run_dir = None
     try:
         if args.command == "fit":
             from .train.run import fit_run
 
             if args.resume:
                 extra = [f.name for f in dataclasses.fields(RunConfig) if hasattr(args, f.name)]
-                if args.config or set(extra) - {"quiet"}:
+                extra = [name for name in extra if name != "quiet"]
+                if args.config or extra:
                     raise ValueError(
                         "fit --resume continues a run with its saved options; drop "
                         + ", ".join(
                             ["--config"] * bool(args.config) + ["--" + e.replace("_", "-") for e in extra]
                         )
                     )
+                run_dir = args.resume
                 fit_run(_resume_config(args), resume_dir=args.resume)
             else:
-                fit_run(resolve_fit_config(args))
+                config = resolve_fit_config(args)
+                run_dir = config.out
+                fit_run(config)
         elif args.command == "evaluate":
             import json
 
@@ -168,7 +173,12 @@ def main(argv: Optional[List[str]] = None) -> int:
         return 1
     except KeyboardInterrupt:
         print(
-            f"pyro-flows {args.command}: interrupted; continue with `pyro-flows fit --resume DIR`",
+            f"pyro-flows {args.command}: interrupted"
+            + (
+                f"; continue from the last checkpoint with `pyro-flows fit --resume {run_dir}`"
+                if run_dir
+                else ""
+            ),
             file=sys.stderr,
         )
         return 130
