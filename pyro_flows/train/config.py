@@ -212,8 +212,15 @@ def _coerce(f: dataclasses.Field, value, source: str):
 def read_toml(path) -> Dict[str, Any]:
     """Options from a TOML file: top-level keys, or a ``[fit]`` table, named as the
     long options without dashes (``batch_size = 128``)."""
-    import tomllib
-
+    try:
+        import tomllib
+    except ImportError:  # Python 3.10
+        try:
+            import tomli as tomllib
+        except ImportError:
+            raise ValueError(
+                "reading a TOML config needs Python 3.11+ or the tomli package (pip install tomli)"
+            ) from None
     try:
         with open(path, "rb") as fh:
             table = tomllib.load(fh)
