@@ -258,7 +258,9 @@ def train(
             with pyro.validation_enabled(False):
                 nll, penalty = objective(x)
                 loss = nll.mean() + penalty
-            global_loss = all_reduce_mean(loss.detach(), context)
+            # Mean NLL and penalty over all processes, for the guard and the log.
+            global_nll, global_penalty = all_reduce_mean(torch.stack([nll.mean(), penalty]).detach(), context)
+            global_loss = global_nll + global_penalty
             if not bool(torch.isfinite(global_loss)):
                 _stop(state, run_dir, f"the training loss is {float(global_loss)}")
             optimizer.zero_grad(set_to_none=True)
@@ -274,7 +276,7 @@ def train(
             scheduler.step()
             state.step += 1
 
-            value = float(global_loss) + offset
+            value = float(global_nll) + offset
             running = value if running is None else 0.95 * running + 0.05 * value
             if state.step % 10 == 0 or state.step == total_steps:
                 rate = (state.step - started_step) / max(1e-9, time.perf_counter() - started)
@@ -283,6 +285,7 @@ def train(
                     step=state.step,
                     nll=value,
                     running_nll=running,
+                    penalty=float(global_penalty),
                     lr=lr,
                     grad_norm=float(grad_norm),
                     steps_per_s=rate,
