@@ -1,5 +1,6 @@
 """Two Gloo processes on CPU train together like one process on the global batch."""
 
+import json
 import os
 import socket
 
@@ -13,6 +14,7 @@ from pyro_flows.train.config import RunConfig
 from pyro_flows.train.distributed import setup, teardown
 from pyro_flows.train.loop import train
 from pyro_flows.train.registry import build_model
+from pyro_flows.train.run import fit_run
 
 STEPS = 6
 
@@ -66,6 +68,20 @@ def _worker(rank: int, world: int, port: int, out: str) -> None:
             train(flow, _splits(), config, None, context=context)
             state = {k: v.clone() for k, v in flow.state_dict().items()}
             torch.save(state, os.path.join(out, f"bn{int(batch_norm)}_rank{rank}.pt"))
+        # The whole fit job: every rank runs it, only rank 0 writes the run folder.
+        fit_run(
+            RunConfig(
+                num_layers=2,
+                hidden_dims=(8,),
+                num_samples=400,
+                batch_size=40,
+                steps=8,
+                eval_every=4,
+                quiet=True,
+                out=os.path.join(out, "run"),
+                plot_samples=100,
+            )
+        )
     finally:
         teardown(context)
 
@@ -105,3 +121,20 @@ def test_two_gloo_processes_match_one_process(two_process_results, batch_norm):
         assert max(diffs.values()) < 0.2
     else:
         assert max(diffs.values()) < 1e-10, diffs
+
+
+def test_only_rank_zero_writes_the_run_folder(two_process_results):
+    run = two_process_results / "run"
+    records = [json.loads(line) for line in open(run / "metrics.jsonl")]
+    assert [r["step"] for r in records if r["split"] == "val"] == [4, 8]  # written once, not twice
+    results = json.loads((run / "results.json").read_text())
+    assert results["processes"] == 2 and results["splits"]["train"] == 320
+    assert sorted(p.name for p in run.iterdir()) == [
+        "best.pt",
+        "checkpoint.pt",
+        "config.toml",
+        "metrics.jsonl",
+        "nll_curves.png",
+        "results.json",
+        "samples.png",
+    ]
