@@ -85,7 +85,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     ev.add_argument("run", metavar="DIR", help="a run folder written by `pyro-flows fit`")
     ev.add_argument(
-        "--split", choices=("test", "val", "train"), default="test", help="which split (default: test)"
+        "--split",
+        choices=("test", "val", "train", "all"),
+        default="test",
+        help="which split; all = every point (default: test)",
     )
     ev.add_argument(
         "--data",

@@ -203,6 +203,23 @@ def test_evaluate_on_a_file_with_the_wrong_columns(tmp_path, capsys):
     np.save(tmp_path / "other.npy", rng.normal(size=(50, 2)))
     code, _, err = run(capsys, "evaluate", str(tmp_path / "r"), "--data", str(tmp_path / "other.npy"))
     assert code == 1 and "(2,)" in err and "(3,)" in err
+    # Another file of the right shape, every point, in the run's units: the NLL of points
+    # far from the training data is much higher.
+    np.save(tmp_path / "far.npy", rng.normal(size=(50, 3)) * 5 + 20)
+    code, out, err = run(
+        capsys,
+        "evaluate",
+        str(tmp_path / "r"),
+        "--data",
+        str(tmp_path / "far.npy"),
+        "--split",
+        "all",
+        "--json",
+    )
+    assert code == 0, err
+    far = json.loads(out)
+    code, out, err = run(capsys, "evaluate", str(tmp_path / "r"), "--json")
+    assert far["points"] == 50 and far["nll"] > json.loads(out)["nll"] + 50
 
 
 def test_flow_not_yet_installed_gives_a_clear_error():

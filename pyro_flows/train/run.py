@@ -107,7 +107,7 @@ def fit_run(
         flow = flow.to(device=device, dtype=dtype)
         run_dir = config.out
         if context.is_main:
-            _prepare_out(run_dir, resume_dir is not None)
+            _prepare_out(run_dir)
             with open(os.path.join(run_dir, "config.toml"), "w") as fh:
                 fh.write(config_to_toml(config))
         echo(splits.describe())
@@ -158,7 +158,7 @@ def fit_run(
         teardown(context)
 
 
-def _prepare_out(run_dir: str, resuming: bool) -> None:
+def _prepare_out(run_dir: str) -> None:
     if os.path.exists(run_dir) and not os.path.isdir(run_dir):
         raise ValueError(f"--out {run_dir} exists and is not a folder")
     try:
@@ -263,7 +263,8 @@ def evaluate_run(
     run_dir: str, split: str = "test", data: Optional[str] = None, device: str = "auto", quiet: bool = False
 ) -> dict:
     """Held-out NLL (nats, with its standard error) of a run's best model on ``split``,
-    and bits/dim for discrete data. ``data`` scores another file of the same shape."""
+    and bits/dim for discrete data. ``data`` scores another data set or file of the same
+    shape (``split="all"`` scores every point of it)."""
     state, config = _load_run(run_dir)
     if data is not None:
         config = config.replace(data=data)
@@ -280,7 +281,13 @@ def evaluate_run(
     dev = resolve_device(device)
     flow = _restore_flow(state, config, dev, splits.event_shape)
     dtype = DTYPES[config.dtype]
-    x = getattr(splits, split).to(device=dev, dtype=dtype)
+    if split == "all":
+        x = torch.cat([splits.train, splits.val, splits.test])
+    elif split in ("train", "val", "test"):
+        x = getattr(splits, split)
+    else:
+        raise ValueError(f"split must be train, val, test or all, got {split!r}")
+    x = x.to(device=dev, dtype=dtype)
     x = splits.prepare(
         x, generator=torch.Generator(device=dev).manual_seed(config.seed + (3 if split == "test" else 2))
     )
