@@ -19,6 +19,11 @@ from .transforms import (
     scaling,
 )
 
+# images
+from . import metrics
+from .builders import glow, real_nvp_image
+from .metrics import bits_per_dim
+
 __version__ = "0.1.0"
 
 __all__ = [
@@ -33,4 +38,9 @@ __all__ = [
     "invertible_linear",
     "real_nvp_batch_norm",
     "scaling",
+    # images
+    "metrics",
+    "real_nvp_image",
+    "glow",
+    "bits_per_dim",
 ]

@@ -2,4 +2,13 @@
 
 from .vector import nice, real_nvp
 
-__all__ = ["nice", "real_nvp"]
+# images
+from .image import glow, real_nvp_image
+
+__all__ = [
+    "nice",
+    "real_nvp",
+    # images
+    "real_nvp_image",
+    "glow",
+]

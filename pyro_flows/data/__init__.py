@@ -2,7 +2,18 @@
 
 from .toy import make_moons
 
-__all__ = ["make_moons"]
+# images
+from .digits import DIGITS_LEVELS, DIGITS_SPLIT_SIZES, load_cifar10, load_digits, load_mnist
+
+__all__ = [
+    "make_moons",
+    # images
+    "DIGITS_LEVELS",
+    "DIGITS_SPLIT_SIZES",
+    "load_digits",
+    "load_mnist",
+    "load_cifar10",
+]
 
 # cli: data sets by name, splits, tabular and MAF loaders
 from .registry import load_splits  # noqa: E402

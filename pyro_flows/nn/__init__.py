@@ -2,4 +2,12 @@
 
 from .mlp import MLP
 
-__all__ = ["MLP"]
+# images
+from .resnet import ResidualBlock, ResNet
+
+__all__ = [
+    "MLP",
+    # images
+    "ResNet",
+    "ResidualBlock",
+]

@@ -10,6 +10,14 @@ from .linear import InvertibleLinear, LUWeight, Scaling, invertible_linear, scal
 from .masks import alternating_mask, channel_mask, checkerboard_mask, half_mask
 from .normalization import RealNVPBatchNorm, real_nvp_batch_norm
 
+# images
+from .coupling import image_additive_coupling, image_affine_coupling, image_mask
+from .linear import Invertible1x1Conv, invertible_1x1_conv
+from .multiscale import MultiScale
+from .normalization import ActNorm, act_norm
+from .preprocess import Logit, dequantize, logit
+from .reshape import Squeeze, depth_to_space, space_to_depth, squeeze
+
 __all__ = [
     "FlowTransform",
     # coupling
@@ -31,4 +39,20 @@ __all__ = [
     # normalization
     "RealNVPBatchNorm",
     "real_nvp_batch_norm",
+    # images
+    "image_additive_coupling",
+    "image_affine_coupling",
+    "image_mask",
+    "Invertible1x1Conv",
+    "invertible_1x1_conv",
+    "MultiScale",
+    "ActNorm",
+    "act_norm",
+    "Logit",
+    "dequantize",
+    "logit",
+    "Squeeze",
+    "depth_to_space",
+    "space_to_depth",
+    "squeeze",
 ]

@@ -214,3 +214,103 @@ def affine_coupling(
     """
     m = vector_mask(input_dim, mask, parity)
     return AffineCoupling(m, _mlp_conditioner(m, 2, hidden_dims, activation), scale_bound=scale_bound)
+
+
+# ---------------------------------------------------------------------------- images
+# Helpers for couplings on (C, H, W) events with a convolutional conditioner
+# (lecture, Concepts 10.29 and 10.32).
+
+
+def image_mask(shape: Sequence[int], mask: Union[str, torch.Tensor] = "checkerboard", parity: int = 0) -> torch.Tensor:
+    """A mask for images of shape ``(C, H, W)`` by name: ``"checkerboard"`` (shape
+    ``(1, H, W)``, the same pattern in every channel) or ``"channel"`` (shape
+    ``(C, 1, 1)``, the first or second half of the channels); a tensor is returned as is.
+
+    >>> image_mask((2, 2, 2), "checkerboard", parity=1)[0].tolist()
+    [[False, True], [True, False]]
+    >>> image_mask((4, 2, 2), "channel").flatten().tolist()
+    [True, True, False, False]
+    """
+    from .masks import channel_mask, checkerboard_mask
+
+    shape = tuple(int(s) for s in shape)
+    if len(shape) != 3 or min(shape) < 1:
+        raise ValueError(f"expected an image shape (C, H, W), got {shape}")
+    if isinstance(mask, str):
+        if mask == "checkerboard":
+            if shape[1] < 2 or shape[2] < 2:
+                raise ValueError(f"a checkerboard mask needs H >= 2 and W >= 2, got image shape {shape}")
+            return checkerboard_mask(shape[1], shape[2], parity)
+        if mask == "channel":
+            if shape[0] < 2:
+                raise ValueError(f"a channel mask needs at least 2 channels, got image shape {shape}")
+            return channel_mask(shape[0], parity)
+        raise ValueError(f"unknown image mask {mask!r}; expected 'checkerboard', 'channel' or a bool tensor")
+    return torch.as_tensor(mask, dtype=torch.bool)
+
+
+def _resnet_conditioner(shape, mask, num_params, hidden_channels, num_blocks, batch_norm):
+    from ..nn.resnet import ResNet
+    from .masks import IndexPartition, MaskPartition
+
+    partition = make_partition(mask, shape)
+    if isinstance(partition, IndexPartition) and partition.dim == -3:
+        # channel mask: the network sees the C_A conditioning channels only
+        c_in, c_out = partition.sizes
+    elif isinstance(partition, MaskPartition):
+        # checkerboard mask: the network sees x * mask at full shape
+        c_in = c_out = shape[0]
+    else:
+        raise ValueError(
+            f"image couplings take a mask over channels (C, 1, 1) or over pixels (1, H, W) with H, W >= 2; "
+            f"got a mask of shape {tuple(mask.shape)} for images of shape {tuple(shape)}"
+        )
+    return ResNet(c_in, num_params * c_out, hidden_channels, num_blocks, batch_norm)
+
+
+def image_affine_coupling(
+    shape: Sequence[int],
+    mask: Union[str, torch.Tensor] = "checkerboard",
+    parity: int = 0,
+    hidden_channels: int = 64,
+    num_blocks: int = 4,
+    batch_norm: bool = True,
+    scale_bound: Optional[float] = 3.0,
+) -> AffineCoupling:
+    r"""One :class:`AffineCoupling` on images of shape ``(C, H, W)`` with a
+    :class:`~pyro_flows.nn.ResNet` conditioner (output layer zero: starts as the identity).
+
+    ``mask="checkerboard"`` conditions on the pixels where :math:`(i + j) \bmod 2 =`
+    ``parity`` and transforms the others; ``mask="channel"`` conditions on the first
+    (``parity=0``) or second half of the channels (lecture, Concept 10.29).
+
+    >>> layer = image_affine_coupling((2, 4, 4), "channel", hidden_channels=8, num_blocks=1)
+    >>> x = torch.randn(3, 2, 4, 4)
+    >>> torch.equal(layer(x), x)  # a new layer is the identity
+    True
+    """
+    m = image_mask(shape, mask, parity)
+    conditioner = _resnet_conditioner(shape, m, 2, hidden_channels, num_blocks, batch_norm)
+    return AffineCoupling(m, conditioner, event_shape=shape, scale_bound=scale_bound)
+
+
+def image_additive_coupling(
+    shape: Sequence[int],
+    mask: Union[str, torch.Tensor] = "checkerboard",
+    parity: int = 0,
+    hidden_channels: int = 64,
+    num_blocks: int = 4,
+    batch_norm: bool = True,
+) -> AdditiveCoupling:
+    """One :class:`AdditiveCoupling` on images of shape ``(C, H, W)`` with a
+    :class:`~pyro_flows.nn.ResNet` conditioner; masks as in :func:`image_affine_coupling`.
+
+    >>> image_additive_coupling((1, 4, 4), hidden_channels=8, num_blocks=1).event_shape
+    torch.Size([1, 4, 4])
+    """
+    m = image_mask(shape, mask, parity)
+    conditioner = _resnet_conditioner(shape, m, 1, hidden_channels, num_blocks, batch_norm)
+    return AdditiveCoupling(m, conditioner, event_shape=shape)
+
+
+__all__ += ["image_mask", "image_affine_coupling", "image_additive_coupling"]

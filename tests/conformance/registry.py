@@ -36,6 +36,13 @@ class Entry:
     jacobian: bool = True
     #: whether the transform supports torch.compile-equality checks on CPU
     compile: bool = True
+    #: maps a standard-normal batch into the transform's codomain (data side) for
+    #: transforms whose data live on a bounded set (e.g. Logit: data in [0, 1]); the
+    #: mapped batch is used on both sides, so it must also lie in the domain
+    to_codomain: Optional[Callable[[torch.Tensor], torch.Tensor]] = None
+    #: SGD step size of the stale-cache check; deep flows on large events (losses summed
+    #: over many pixels) diverge at the default
+    lr: float = 0.05
 
 
 def all_entries():

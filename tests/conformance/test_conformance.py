@@ -36,7 +36,7 @@ def build(entry, dtype=torch.float64, seed=0):
         module.context = torch.randn(entry.context_dim)
     module = module.to(dtype)
     randomize(module, entry.randomize_scale, seed)
-    x = torch.randn(6, *entry.event_shape, dtype=dtype)
+    x = data_batch(entry, 6, dtype)
     transform = as_transform(module, entry)
     if entry.warmup is not None:
         entry.warmup(transform, x)
@@ -46,6 +46,12 @@ def build(entry, dtype=torch.float64, seed=0):
             for k in range(3):
                 transform.inv(x * (1.5 + k) + 0.3 * k)
     return module, transform, x
+
+
+def data_batch(entry, n, dtype=None):
+    """``n`` standard-normal events, mapped into the codomain when the entry asks."""
+    x = torch.randn(n, *entry.event_shape, dtype=dtype)
+    return x if entry.to_codomain is None else entry.to_codomain(x)
 
 
 def as_transform(module, entry):
@@ -188,7 +194,7 @@ def test_no_stale_cache_after_optimizer_step(entry):
     if not params:
         pytest.skip("no parameters")
     d = flow_dist(t, entry)
-    opt = torch.optim.SGD(params, lr=0.05)
+    opt = torch.optim.SGD(params, lr=entry.lr)
     for _ in range(3):
         opt.zero_grad()
         loss = -d.log_prob(x).mean()
@@ -212,7 +218,7 @@ def test_log_det_independent_of_call_order(entry):
     module.eval()
     y = t(x)
     reference = t.log_abs_det_jacobian(x, y).detach().clone()
-    other = torch.randn_like(x)
+    other = data_batch(entry, x.shape[0], x.dtype)
     t.inv(other)  # overwrite the cache with unrelated data
     assert torch.allclose(t.log_abs_det_jacobian(x, y), reference, atol=1e-10)
     d = flow_dist(t, entry)
@@ -242,7 +248,7 @@ def test_construction_under_default_float64(entry):
             module.context = torch.randn(entry.context_dim)
         assert all(p.dtype == torch.float64 for p in module.parameters())
         t = as_transform(module, entry)
-        x = torch.randn(3, *entry.event_shape)
+        x = data_batch(entry, 3)
         if entry.warmup is not None:
             entry.warmup(t, x)
         assert flow_dist(t, entry).log_prob(x).dtype == torch.float64
@@ -280,7 +286,7 @@ def test_cuda_to_device_and_default_device(entry):
         if getattr(entry, "context_dim", None):
             fresh.context = torch.randn(entry.context_dim)
         ft = as_transform(fresh, entry)
-        xx = torch.randn(4, *entry.event_shape)
+        xx = data_batch(entry, 4)
         if entry.warmup is not None:
             entry.warmup(ft, xx)
         assert flow_dist(ft, entry, torch.float32).sample((2,)).device.type == "cuda"
