@@ -240,6 +240,7 @@ def train(
 
     show = context.is_main and not config.quiet and sys.stderr.isatty()
     bar = _progress(total_steps, state.step, show)
+    postfix = {}
     running, started, started_step = None, time.perf_counter(), state.step
     epoch_indices, epoch_of_indices = None, -1
     flow.train()
@@ -291,7 +292,8 @@ def train(
                     steps_per_s=rate,
                 )
             if show:
-                bar.set_postfix(nll=f"{running:.3f}", refresh=False)
+                postfix["nll"] = f"{running:.3f}"
+                bar.set_postfix(postfix, refresh=False)
             bar.update(1)
 
             if state.step % config.eval_every == 0 or state.step == total_steps:
@@ -307,6 +309,9 @@ def train(
                     state.bad_evals += 1
                 if config.patience and state.bad_evals >= config.patience:
                     state.stopped_early = True
+                if show:  # refresh now: fast runs may never reach tqdm's refresh interval
+                    postfix["val"] = f"{val_nll:.3f}"
+                    bar.set_postfix(postfix)
                 record = dict(split="val", step=state.step, nll=val_nll, se=val_se, best=improved)
                 state.history.append(record)
                 metrics.write(**record)
