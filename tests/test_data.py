@@ -199,5 +199,7 @@ def test_discrete_files_with_levels(tmp_path):
     y = splits.prepare(splits.train)  # dequantized into [0, 1)
     assert (y >= 0).all() and (y < 1).all() and torch.equal((y * 4).floor(), splits.train)
     np.save(tmp_path / "bad.npy", images + 0.5)
-    with pytest.raises(ValueError, match=r"--levels 4 expects integer values 0..3, found [0-3].5 \(640 such values\)"):
+    with pytest.raises(
+        ValueError, match=r"--levels 4 expects integer values 0..3, found [0-3].5 \(640 such values\)"
+    ):
         load_tabular_splits(str(tmp_path / "bad.npy"), RunConfig(levels=4))
