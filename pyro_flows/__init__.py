@@ -7,40 +7,51 @@
 torch.Size([3])
 """
 
-from . import transforms
+from . import metrics, transforms
 from .bases import BaseDistribution, base_distribution
-from .builders import nice, real_nvp
+from .builders import cdf_flow, ffjord, glow, nice, real_nvp, real_nvp_image
 from .flow import Flow
+from .gmm import GaussianMixture
+from .metrics import bits_per_dim
+from .sampling import inverse_cdf_sample
 from .transforms import (
     additive_coupling,
     affine_coupling,
+    base_cdf,
+    change_of_base,
     invertible_linear,
+    mixture_cdf,
     real_nvp_batch_norm,
     scaling,
 )
-
-# images
-from . import metrics
-from .builders import glow, real_nvp_image
-from .metrics import bits_per_dim
 
 __version__ = "0.1.0"
 
 __all__ = [
     "transforms",
+    "metrics",
+    # models and bases
     "Flow",
     "BaseDistribution",
     "base_distribution",
+    # builders
     "nice",
     "real_nvp",
+    "real_nvp_image",
+    "glow",
+    "cdf_flow",
+    "ffjord",
+    # single layers
     "additive_coupling",
     "affine_coupling",
     "invertible_linear",
     "real_nvp_batch_norm",
     "scaling",
-    # images
-    "metrics",
-    "real_nvp_image",
-    "glow",
+    "base_cdf",
+    "change_of_base",
+    "mixture_cdf",
+    # 1-D tools and baselines
+    "GaussianMixture",
+    "inverse_cdf_sample",
     "bits_per_dim",
 ]

@@ -1,12 +1,13 @@
 """Data sets: built-in toy data and loaders for user data."""
 
-from .toy import make_moons
-
-# images
 from .digits import DIGITS_LEVELS, DIGITS_SPLIT_SIZES, load_cifar10, load_digits, load_mnist
+from .one_d import make_bimodal
+from .toy import make_moons
 
 __all__ = [
     "make_moons",
+    # 1-D
+    "make_bimodal",
     # images
     "DIGITS_LEVELS",
     "DIGITS_SPLIT_SIZES",

@@ -1,13 +1,16 @@
-"""Conditioner networks for coupling layers."""
+"""Networks used inside flows: coupling conditioners and ODE dynamics."""
 
 from .mlp import MLP
-
-# images
+from .odefunc import ConcatSquashLinear, DynamicsNet
 from .resnet import ResidualBlock, ResNet
 
 __all__ = [
+    # vectors
     "MLP",
     # images
     "ResNet",
     "ResidualBlock",
+    # continuous-time flows
+    "ConcatSquashLinear",
+    "DynamicsNet",
 ]

@@ -125,7 +125,7 @@ ENTRIES = [
         lambda: logit((2, 3, 3), alpha=0.05),
         (2, 3, 3),
         (Logit,),
-        to_codomain=torch.sigmoid,
+        sample_output=lambda shape, dtype: torch.sigmoid(torch.randn(shape, dtype=dtype)),
     ),
     Entry(
         "real_nvp_image_1x4x4",
