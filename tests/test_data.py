@@ -167,8 +167,12 @@ def test_torchvision_folder_layout(monkeypatch):
         class Fake:
             def __init__(self, root, train, download):
                 assert root == "/data" and download is False
-                n = 5010 if train else 7
-                self.data = np.arange(n * int(np.prod(shape))).reshape(n, *shape) % 256
+                n = 15 if train else 7
+                data = np.arange(n * int(np.prod(shape))).reshape(n, *shape) % 256
+                # As torchvision: MNIST holds a uint8 tensor, CIFAR-10 a uint8 array.
+                self.data = (
+                    torch.as_tensor(data, dtype=torch.uint8) if len(shape) == 2 else data.astype(np.uint8)
+                )
 
         return Fake
 
@@ -178,12 +182,13 @@ def test_torchvision_folder_layout(monkeypatch):
     package.datasets = fake
     monkeypatch.setitem(sys.modules, "torchvision", package)
     monkeypatch.setitem(sys.modules, "torchvision.datasets", fake)
-    from pyro_flows.data.vision import load_torchvision
+    import pyro_flows.data.vision as vision
 
-    mnist = load_torchvision("mnist", "/data")
-    assert mnist.sizes() == {"train": 10, "val": 5000, "test": 7} and mnist.event_shape == (1, 28, 28)
+    monkeypatch.setattr(vision, "VAL_SIZE", 5)  # the last 5 training images validate
+    mnist = vision.load_torchvision("mnist", "/data")
+    assert mnist.sizes() == {"train": 10, "val": 5, "test": 7} and mnist.event_shape == (1, 28, 28)
     assert mnist.levels == 256 and mnist.nll_offset() == pytest.approx(784 * math.log(256))
-    cifar = load_torchvision("cifar10", "/data")
+    cifar = vision.load_torchvision("cifar10", "/data")
     assert cifar.event_shape == (3, 32, 32)
     raw = np.arange(32 * 32 * 3).reshape(32, 32, 3) % 256
     assert torch.equal(cifar.train[0, :, 2, 5], torch.tensor(raw[2, 5], dtype=torch.float64))

@@ -80,7 +80,7 @@ def test_interrupted_and_resumed_run_ends_bit_identical(tmp_path, discrete):
 
 
 def test_training_beats_the_best_gaussian(tmp_path):
-    config = tiny(tmp_path, num_layers=4, hidden_dims=(32, 32), steps=300, eval_every=100, lr=3e-3)
+    config = tiny(tmp_path, num_layers=4, hidden_dims=(32, 32), steps=150, eval_every=50, lr=5e-3)
     results = fit_run(config)
     # Held-out NLL of the maximum-likelihood Gaussian fitted to the same training split.
     from pyro_flows.data.registry import load_splits

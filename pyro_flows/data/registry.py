@@ -7,9 +7,7 @@ Every loader returns explicit :class:`~pyro_flows.data.splits.Splits`.
 
 from __future__ import annotations
 
-import importlib
 import os
-from typing import Callable
 
 import torch
 
@@ -67,26 +65,17 @@ def _need_dir(config, key: str) -> str:
 
 def _load_images(key: str, config) -> Splits:
     if key == "digits":
-        loader = _optional("pyro_flows.data.digits", "load_digits", "the digits data (image flows work)")
-        parts = {s: torch.as_tensor(loader(s)).to(torch.float64) for s in ("train", "validation", "test")}
+        from .digits import DIGITS_LEVELS, load_digits
+
+        parts = {s: load_digits(s, dtype=torch.float64) for s in ("train", "validation", "test")}
         return Splits(
             "digits",
             parts["train"],
             parts["validation"],
             parts["test"],
-            levels=17,
-            split_rule="fixed (pyro_flows.data.digits)",
+            levels=DIGITS_LEVELS,
+            split_rule="fixed (pyro_flows.data.load_digits)",
         )
     from .vision import load_torchvision
 
     return load_torchvision(key, _need_dir(config, key), config)
-
-
-def _optional(module: str, attr: str, what: str) -> Callable:
-    """An attribute of a module that other work may not have delivered yet."""
-    try:
-        return getattr(importlib.import_module(module), attr)
-    except (ImportError, AttributeError):
-        raise ValueError(
-            f"{what} is not available in this installation: {module}.{attr} is missing"
-        ) from None
