@@ -9,7 +9,7 @@ torch.Size([3])
 
 from . import metrics, transforms
 from .bases import BaseDistribution, base_distribution
-from .builders import cdf_flow, ffjord, glow, nice, real_nvp, real_nvp_image
+from .builders import cdf_flow, conditional_real_nvp, ffjord, glow, nice, real_nvp, real_nvp_image
 from .flow import Flow
 from .gmm import GaussianMixture
 from .metrics import bits_per_dim
@@ -19,6 +19,8 @@ from .transforms import (
     affine_coupling,
     base_cdf,
     change_of_base,
+    conditional_additive_coupling,
+    conditional_affine_coupling,
     invertible_linear,
     mixture_cdf,
     real_nvp_batch_norm,
@@ -41,6 +43,7 @@ __all__ = [
     "glow",
     "cdf_flow",
     "ffjord",
+    "conditional_real_nvp",
     # single layers
     "additive_coupling",
     "affine_coupling",
@@ -50,6 +53,8 @@ __all__ = [
     "base_cdf",
     "change_of_base",
     "mixture_cdf",
+    "conditional_additive_coupling",
+    "conditional_affine_coupling",
     # 1-D tools and baselines
     "GaussianMixture",
     "inverse_cdf_sample",

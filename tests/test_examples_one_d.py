@@ -6,8 +6,6 @@ import importlib.util
 import math
 import os
 
-import pytest
-
 EXAMPLES = os.path.join(os.path.dirname(__file__), "..", "examples")
 
 
@@ -38,8 +36,14 @@ def test_unnormalized_likelihood_runs_off_while_normalized_converges(tmp_path):
     assert (tmp_path / "unnormalized.png").stat().st_size > 10_000
 
 
-@pytest.mark.parametrize("name", ["compare_nll"])
-def test_compare_nll_smoke(name):
-    out = load(name).main(["--smoke"])
+def test_compare_nll_smoke():
+    out = load("compare_nll").main(["--smoke"])
     assert set(out) == {"1-D bimodal", "2-D moons"}
     assert all(math.isfinite(v) for table in out.values() for v in table.values())
+
+
+def test_gmm_digits_smoke(tmp_path):
+    results = load("gmm_digits").main(["--smoke", "--out", str(tmp_path)])
+    assert {"GMM K=2", "GMM K=2 (train)", "RealNVP", "RealNVP (train)"} <= set(results)
+    assert all(math.isfinite(v) for v in results.values())
+    assert (tmp_path / "gmm_digits.png").stat().st_size > 10_000

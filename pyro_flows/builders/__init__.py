@@ -1,6 +1,7 @@
 """Builders that assemble whole flows, each returning one ``TransformModule``."""
 
 from .cdf import cdf_flow
+from .conditional import conditional_real_nvp
 from .continuous import ffjord
 from .image import glow, real_nvp_image
 from .vector import nice, real_nvp
@@ -16,4 +17,6 @@ __all__ = [
     "cdf_flow",
     # continuous-time
     "ffjord",
+    # conditional
+    "conditional_real_nvp",
 ]

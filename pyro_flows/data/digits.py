@@ -8,6 +8,7 @@ bits/dim with :func:`pyro_flows.metrics.bits_per_dim` and the loader's number of
 
 from __future__ import annotations
 
+import functools
 from typing import Optional
 
 import numpy as np
@@ -38,11 +39,9 @@ def load_digits(split: str = "train", dtype: Optional[torch.dtype] = None) -> to
     >>> x.shape, float(x.min()), float(x.max())
     (torch.Size([360, 1, 8, 8]), 0.0, 16.0)
     """
-    from sklearn.datasets import load_digits as sklearn_digits
-
     if split not in _SPLITS + ("all",):
         raise ValueError(f"unknown split {split!r}; expected one of {_SPLITS + ('all',)}")
-    images = sklearn_digits().images  # (1797, 8, 8), float64 levels 0..16
+    images = _sklearn_images()
     if split != "all":
         order = np.random.RandomState(0).permutation(len(images))
         start = 0
@@ -52,7 +51,17 @@ def load_digits(split: str = "train", dtype: Optional[torch.dtype] = None) -> to
                 images = images[order[start:stop]]
                 break
             start = stop
-    return torch.as_tensor(images, dtype=dtype or torch.get_default_dtype()).unsqueeze(1)
+    return torch.tensor(images, dtype=dtype or torch.get_default_dtype()).unsqueeze(1)  # a copy
+
+
+@functools.lru_cache(maxsize=1)
+def _sklearn_images() -> np.ndarray:
+    """The (1797, 8, 8) float64 levels, parsed once per process (indexing copies them)."""
+    from sklearn.datasets import load_digits as sklearn_digits
+
+    images = sklearn_digits().images
+    images.setflags(write=False)
+    return images
 
 
 def _torchvision_datasets():

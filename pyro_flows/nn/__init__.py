@@ -1,12 +1,13 @@
 """Networks used inside flows: coupling conditioners and ODE dynamics."""
 
-from .mlp import MLP
+from .mlp import MLP, ConditionalMLP
 from .odefunc import ConcatSquashLinear, DynamicsNet
 from .resnet import ResidualBlock, ResNet
 
 __all__ = [
     # vectors
     "MLP",
+    "ConditionalMLP",
     # images
     "ResNet",
     "ResidualBlock",

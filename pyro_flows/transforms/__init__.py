@@ -9,8 +9,12 @@ from .continuous import FFJORD
 from .coupling import (
     AdditiveCoupling,
     AffineCoupling,
+    ConditionalAdditiveCoupling,
+    ConditionalAffineCoupling,
     additive_coupling,
     affine_coupling,
+    conditional_additive_coupling,
+    conditional_affine_coupling,
     image_additive_coupling,
     image_affine_coupling,
     image_mask,
@@ -45,6 +49,10 @@ __all__ = [
     "AffineCoupling",
     "additive_coupling",
     "affine_coupling",
+    "ConditionalAdditiveCoupling",
+    "ConditionalAffineCoupling",
+    "conditional_additive_coupling",
+    "conditional_affine_coupling",
     # masks
     "alternating_mask",
     "channel_mask",

@@ -48,6 +48,9 @@ class Entry:
     #: SGD step size of the stale-cache check; deep flows on large events (losses summed
     #: over many pixels) diverge at the default
     lr: float = 0.05
+    #: size of the context vector of a conditional transform: the suite then sets
+    #: ``module.context`` and checks ``module.condition(context)``
+    context_dim: Optional[int] = None
 
 
 def draw_input(entry: Entry, shape, dtype=torch.float64) -> torch.Tensor:
