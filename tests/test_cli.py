@@ -389,3 +389,21 @@ def test_every_installed_flow_trains_evaluates_and_samples(tmp_path, capsys, nam
     assert np.load(tmp_path / "s.npy").shape[0] == 6
     if name in ("real_nvp_image", "glow"):
         assert (tmp_path / "s.png").exists() and "test_bits_per_dim" in results
+
+
+def test_loss_guard_exit_status_and_message(tmp_path, capsys):
+    # Values near 1e30 squared overflow float32: the first loss is infinite.
+    np.save(tmp_path / "huge.npy", np.random.default_rng(0).normal(size=(300, 2)) * 1e30)
+    code, _, err = run(
+        capsys,
+        "fit",
+        *TINY,
+        "--data",
+        str(tmp_path / "huge.npy"),
+        "--no-standardize",
+        "--out",
+        str(tmp_path / "r"),
+    )
+    assert code == 3
+    assert "stopped at step 1: the training loss is inf" in err
+    assert "no checkpoint had been written yet" in err and "--dtype float64" in err
