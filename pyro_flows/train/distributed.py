@@ -20,11 +20,12 @@ computes its statistics over the batch it is given, which under DDP is the local
 What we do: DDP copies rank 0's running averages (and the layer's ``initialized`` flag)
 to every process at the start of each forward pass, and :func:`sync_buffers` does so again
 before every evaluation, so all processes evaluate, stop, checkpoint and sample with the
-*same* running statistics, namely those rank 0 accumulated from its local batches. Training normalizes with local-batch
-statistics, so with batch norm the result is close to, not identical with, a
-single-process run; without batch norm it matches up to floating-point summation order
-(the tests check both properties). Use local batches of at least a few hundred points
-with batch norm so the local statistics are good estimates.
+*same* running statistics, namely those rank 0 accumulated from its local batches. The
+same holds for the ``torch.nn.BatchNorm2d`` layers inside the image flows' conditioners.
+Training normalizes with local-batch statistics, so with batch norm the result is close
+to, not identical with, a single-process run; without batch norm it matches up to
+floating-point summation order (the tests check both properties). Use local batches of
+at least a few hundred points with batch norm so the local statistics are good estimates.
 
 Only rank 0 writes metrics, plots, checkpoints and the progress bar; every process
 evaluates the validation NLL (the same number on each, from identical parameters) so the
