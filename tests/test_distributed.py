@@ -68,6 +68,27 @@ def _worker(rank: int, world: int, port: int, out: str) -> None:
             train(flow, _splits(), config, None, context=context)
             state = {k: v.clone() for k, v in flow.state_dict().items()}
             torch.save(state, os.path.join(out, f"bn{int(batch_norm)}_rank{rank}.pt"))
+        # Glow's ActNorm initialises itself from the first (local) batch: the processes
+        # must still end with identical parameters.
+        images = torch.randint(0, 4, (200, 1, 4, 4), generator=torch.Generator().manual_seed(0)).double()
+        glow_data = Splits("images", images[:160], images[160:180], images[180:], levels=4)
+        glow_config = RunConfig(
+            flow="glow",
+            num_scales=1,
+            steps_per_scale=1,
+            hidden_channels=4,
+            num_blocks=1,
+            steps=3,
+            batch_size=40,
+            eval_every=3,
+            logit_alpha=0.05,
+            quiet=True,
+            plots=False,
+        )
+        torch.manual_seed(rank)
+        flow = build_model(glow_config, (1, 4, 4), discrete=True)
+        train(flow, glow_data, glow_config, None, context=context)
+        torch.save(dict(flow.state_dict()), os.path.join(out, f"glow_rank{rank}.pt"))
         # The whole fit job: every rank runs it, only rank 0 writes the run folder.
         fit_run(
             RunConfig(
@@ -142,3 +163,11 @@ def test_only_rank_zero_writes_the_run_folder(two_process_results):
         "results.json",
         "samples.png",
     ]
+
+
+def test_data_dependent_initialisation_is_the_same_on_every_process(two_process_results):
+    ranks = [torch.load(two_process_results / f"glow_rank{r}.pt", weights_only=True) for r in (0, 1)]
+    actnorm = [k for k in ranks[0] if "initialized" in k]
+    assert actnorm and all(bool(ranks[0][k]) for k in actnorm)
+    for key in ranks[0]:
+        assert torch.equal(ranks[0][key], ranks[1][key]), key

@@ -46,6 +46,7 @@ __all__ = [
     "teardown",
     "launched_by_torchrun",
     "all_reduce_mean",
+    "initialize_consistently",
     "wrap_model",
     "sync_buffers",
 ]
@@ -124,6 +125,27 @@ def sync_buffers(module: torch.nn.Module, context: DistContext) -> None:
         return
     for buffer in module.buffers():
         dist.broadcast(buffer.data, src=0)
+
+
+def initialize_consistently(flow: torch.nn.Module, first_batch: torch.Tensor, context: DistContext) -> None:
+    """Run data-dependent initialisation once and give every process rank 0's result.
+
+    Layers such as Glow's ActNorm set their parameters from the first batch they see;
+    under DDP each process would see its own local batch and the processes' parameters
+    would differ from then on (DDP only copies parameters when it is constructed). So
+    before wrapping, each process scores its first local batch once (no gradients) and
+    rank 0's parameters and buffers are broadcast to all. Nothing happens in a single
+    process or when no layer still waits for its initialisation.
+    """
+    if not context.distributed:
+        return
+    waiting = [b for name, b in flow.named_buffers() if name.endswith("initialized") and not bool(b.all())]
+    if not waiting:
+        return
+    with torch.no_grad():
+        flow.log_prob(first_batch)
+    for tensor in [*flow.parameters(), *flow.buffers()]:
+        dist.broadcast(tensor.data, src=0)
 
 
 def all_reduce_mean(value: torch.Tensor, context: DistContext) -> torch.Tensor:

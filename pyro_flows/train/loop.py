@@ -33,7 +33,14 @@ import torch
 from torch import nn
 
 from .checkpoint import capture_rng, restore_rng, save_checkpoint
-from .distributed import SINGLE, DistContext, all_reduce_mean, sync_buffers, wrap_model
+from .distributed import (
+    SINGLE,
+    DistContext,
+    all_reduce_mean,
+    initialize_consistently,
+    sync_buffers,
+    wrap_model,
+)
 
 __all__ = [
     "NonFiniteLossError",
@@ -193,7 +200,7 @@ def train(
     local_batch, steps_per_epoch = _batch_geometry(len(splits.train), config.batch_size, context)
     total_steps = config.epochs * steps_per_epoch if config.epochs else config.steps
 
-    objective = wrap_model(NegativeLogLikelihood(flow), context, device)
+    objective = None  # wrapped below, after any data-dependent initialisation
     optimizer = torch.optim.Adam(flow.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda s: lr_factor(s, total_steps, config.warmup_steps, config.schedule)
@@ -225,6 +232,12 @@ def train(
         seed=config.seed,
         drop_last=True,
     )
+
+    if context.distributed and resume_state is None:
+        sampler.set_epoch(0)
+        first = train_x[torch.tensor(list(iter(sampler))[:local_batch], dtype=torch.long, device=device)]
+        initialize_consistently(flow, splits.prepare(first), context)
+    objective = wrap_model(NegativeLogLikelihood(flow), context, device)
 
     def checkpoint_state() -> dict:
         return {
