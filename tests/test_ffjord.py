@@ -150,7 +150,7 @@ def test_short_training_on_moons_beats_a_gaussian():
     flow = pyro_flows.ffjord(2, hidden_dims=(16, 16), activation="tanh", rtol=1e-3, atol=1e-3)
     d = dist.TransformedDistribution(normal_base(2, torch.float32), [flow])
     optimizer = torch.optim.Adam(flow.parameters(), lr=3e-2)
-    for _ in range(50):
+    for _ in range(40):
         batch = train[torch.randint(0, len(train), (128,))]
         optimizer.zero_grad()
         (-d.log_prob(batch).mean()).backward()
@@ -257,7 +257,7 @@ def test_bad_inputs_name_the_problem():
         flow(torch.zeros(3, 3))
     with pytest.raises(ValueError, match="floating-point"):
         flow.inv(torch.zeros(3, 2, dtype=torch.long))
-    with pytest.raises(ValueError, match="non-finite"):
+    with pyro.validation_enabled(True), pytest.raises(ValueError, match="non-finite"):
         flow(torch.tensor([[0.0, math.nan]]))
     with pytest.raises(ValueError, match="unknown solver 'dopri7'"):
         pyro_flows.ffjord(2, method="dopri7")
