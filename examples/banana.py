@@ -15,7 +15,7 @@ import pyro
 import pyro.distributions as dist
 import torch
 
-from examples.guide_comparison import common_args, compare, scatter_figure, smoke_guides, write_table
+from examples.guide_comparison import common_args, compare, scatter_figure, selected_guides, write_table
 
 
 def banana():
@@ -39,14 +39,15 @@ def main(argv=None):
         args.steps = 5
     torch.manual_seed(args.seed)
     results = compare(
-        banana, EXACT, ("b", 0), args.steps, args.lr, args.particles, smoke_guides() if args.smoke else None, args.seed
+        banana, EXACT, ("b", 0), args.steps, args.lr, args.particles, selected_guides(args), args.seed
     )
     header = (
         f"Banana (2-D), {args.steps} steps, Adam lr {args.lr}, {args.particles} vectorised particles; exact "
-        f"sd(b) = 3. Command: `python -m examples.banana{' --smoke' if args.smoke else ''}`"
+        f"sd(b) = 3. Command: `python -m examples.banana{' --smoke' if args.smoke else ''}"
+        f"{' --flow-kwargs ' + repr(args.flow_kwargs) if args.flow_kwargs != '{}' else ''}`"
     )
-    print(write_table(results, args.out / "banana.md", "b", header))
-    scatter_figure(results, exact_samples(4000), lambda s: s["a"], lambda s: s["b"], args.out / "banana.png", ("a", "b"))
+    print(write_table(results, args.out / f"banana{args.tag}.md", "b", header))
+    scatter_figure(results, exact_samples(4000), lambda s: s["a"], lambda s: s["b"], args.out / f"banana{args.tag}.png", ("a", "b"))
     return results
 
 

@@ -17,7 +17,7 @@ import pyro
 import pyro.distributions as dist
 import torch
 
-from examples.guide_comparison import common_args, compare, scatter_figure, smoke_guides, write_table
+from examples.guide_comparison import common_args, compare, scatter_figure, selected_guides, write_table
 
 Y = torch.tensor([28.0, 8.0, -3.0, 7.0, -1.0, 1.0, 18.0, 12.0])
 SIGMA = torch.tensor([15.0, 10.0, 16.0, 11.0, 9.0, 11.0, 10.0, 18.0])
@@ -77,17 +77,18 @@ def main(argv=None):
     print(f"exact (quadrature): E[tau] = {exact['tau']['mean']:.3f}, sd(tau) = {exact['tau']['sd']:.3f}")
     results = compare(
         eight_schools, exact, ("tau", 0), args.steps, args.lr, args.particles,
-        smoke_guides() if args.smoke else None, args.seed,
+        selected_guides(args), args.seed,
     )
     header = (
         f"Eight schools (centered), {args.steps} steps, Adam lr {args.lr}, {args.particles} vectorised particles; "
         f"reference by quadrature: E[tau] = {exact['tau']['mean']:.3f}, sd(tau) = {exact['tau']['sd']:.3f}. "
-        f"Command: `python -m examples.eight_schools{' --smoke' if args.smoke else ''}`"
+        f"Command: `python -m examples.eight_schools{' --smoke' if args.smoke else ''}"
+        f"{' --flow-kwargs ' + repr(args.flow_kwargs) if args.flow_kwargs != '{}' else ''}`"
     )
-    print(write_table(results, args.out / "eight_schools.md", "tau", header))
+    print(write_table(results, args.out / f"eight_schools{args.tag}.md", "tau", header))
     scatter_figure(
         results, draws, lambda s: s["tau"].log(), lambda s: s["theta"][..., 0],
-        args.out / "eight_schools.png", labels=("log tau", "theta_1"),
+        args.out / f"eight_schools{args.tag}.png", labels=("log tau", "theta_1"),
     )
     return results
 

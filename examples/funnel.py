@@ -17,7 +17,7 @@ import pyro
 import pyro.distributions as dist
 import torch
 
-from examples.guide_comparison import common_args, compare, scatter_figure, smoke_guides, write_table
+from examples.guide_comparison import common_args, compare, scatter_figure, selected_guides, write_table
 
 
 def funnel():
@@ -43,20 +43,21 @@ def main(argv=None):
         args.steps = 5
     torch.manual_seed(args.seed)
     results = compare(
-        funnel, EXACT, ("v", 0), args.steps, args.lr, args.particles, smoke_guides() if args.smoke else None, args.seed
+        funnel, EXACT, ("v", 0), args.steps, args.lr, args.particles, selected_guides(args), args.seed
     )
     header = (
         f"Neal's funnel (10-D), {args.steps} steps, Adam lr {args.lr}, {args.particles} vectorised particles; "
         "ELBO and k-hat from 4000 importance weights; exact sd(v) = 3. Command: "
-        f"`python -m examples.funnel{' --smoke' if args.smoke else ''}`"
+        f"`python -m examples.funnel{' --smoke' if args.smoke else ''}"
+        f"{' --flow-kwargs ' + repr(args.flow_kwargs) if args.flow_kwargs != '{}' else ''}`"
     )
-    print(write_table(results, args.out / "funnel.md", "v", header))
+    print(write_table(results, args.out / f"funnel{args.tag}.md", "v", header))
     scatter_figure(
         results,
         exact_samples(4000),
         lambda s: s["v"],
         lambda s: s["x"][..., 0],
-        args.out / "funnel.png",
+        args.out / f"funnel{args.tag}.png",
         labels=("v", "x_1"),
     )
     return results

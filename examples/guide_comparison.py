@@ -109,7 +109,8 @@ def scatter_figure(results, reference_samples, x_site, y_site, path: Path, label
         x, y = x_site(samples), y_site(samples)
         return x.reshape(-1).numpy(), y.reshape(-1).numpy()
 
-    fig, axes = plt.subplots(1, len(results), figsize=(4 * len(results), 3.6), sharex=True, sharey=True)
+    fig, axes = plt.subplots(1, len(results), figsize=(4 * len(results), 3.6), sharex=True, sharey=True, squeeze=False)
+    axes = axes[0]
     rx, ry = coords(reference_samples)
     for ax, (name, m) in zip(axes, results.items(), strict=True):
         ax.scatter(rx[:2000], ry[:2000], s=2, alpha=0.3, color="grey", label="reference")
@@ -134,7 +135,24 @@ def common_args(parser, steps, lr, particles):
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, default=Path("examples/output"))
     parser.add_argument("--smoke", action="store_true", help="a few steps of each guide, to check the script runs")
+    parser.add_argument("--guides", default=None, help="comma-separated subset of: " + ", ".join(GUIDES))
+    parser.add_argument("--flow-kwargs", default="{}", help="JSON keyword arguments of AutoRealNVP")
+    parser.add_argument("--tag", default="", help="suffix of the output file names")
     return parser
+
+
+def selected_guides(args):
+    """The guides chosen on the command line (all by default; tiny ones with --smoke)."""
+    import json
+
+    guides = dict(smoke_guides() if args.smoke else GUIDES)
+    kwargs = json.loads(args.flow_kwargs)
+    if kwargs:
+        guides["AutoRealNVP (ours)"] = functools.partial(AutoRealNVP, **kwargs)
+    if args.guides:
+        wanted = [g.strip() for g in args.guides.split(",")]
+        guides = {k: v for k, v in guides.items() if any(k.startswith(w) for w in wanted)}
+    return guides
 
 
 def smoke_guides():
