@@ -47,7 +47,14 @@ def main(argv=None):
         f"{' --flow-kwargs ' + repr(args.flow_kwargs) if args.flow_kwargs != '{}' else ''}`"
     )
     print(write_table(results, args.out / f"banana{args.tag}.md", "b", header))
-    scatter_figure(results, exact_samples(4000), lambda s: s["a"], lambda s: s["b"], args.out / f"banana{args.tag}.png", ("a", "b"))
+    scatter_figure(
+        results,
+        exact_samples(4000),
+        lambda s: s["a"],
+        lambda s: s["b"],
+        args.out / f"banana{args.tag}.png",
+        ("a", "b"),
+    )
     return results
 
 

@@ -38,7 +38,9 @@ def quadrature_reference(n_draws=4000, seed=1, y=Y, sigma=SIGMA):
     log_tau = torch.linspace(-9, 5, 701, dtype=torch.float64)
     m, lt = torch.meshgrid(mu, log_tau, indexing="ij")
     tau = lt.exp()
-    log_p = dist.Normal(0.0, 5.0).log_prob(m) + dist.HalfCauchy(5.0).log_prob(tau) + lt  # + log|d tau/d log tau|
+    log_p = (
+        dist.Normal(0.0, 5.0).log_prob(m) + dist.HalfCauchy(5.0).log_prob(tau) + lt
+    )  # + log|d tau/d log tau|
     scale = (sigma.square() + tau.unsqueeze(-1).square()).sqrt()
     log_p = log_p + dist.Normal(m.unsqueeze(-1), scale).log_prob(y).sum(-1)
     w = (log_p - log_p.max()).exp()
@@ -76,8 +78,14 @@ def main(argv=None):
     exact, draws = quadrature_reference()
     print(f"exact (quadrature): E[tau] = {exact['tau']['mean']:.3f}, sd(tau) = {exact['tau']['sd']:.3f}")
     results = compare(
-        eight_schools, exact, ("tau", 0), args.steps, args.lr, args.particles,
-        selected_guides(args), args.seed,
+        eight_schools,
+        exact,
+        ("tau", 0),
+        args.steps,
+        args.lr,
+        args.particles,
+        selected_guides(args),
+        args.seed,
     )
     header = (
         f"Eight schools (centered), {args.steps} steps, Adam lr {args.lr}, {args.particles} vectorised particles; "
@@ -87,8 +95,12 @@ def main(argv=None):
     )
     print(write_table(results, args.out / f"eight_schools{args.tag}.md", "tau", header))
     scatter_figure(
-        results, draws, lambda s: s["tau"].log(), lambda s: s["theta"][..., 0],
-        args.out / f"eight_schools{args.tag}.png", labels=("log tau", "theta_1"),
+        results,
+        draws,
+        lambda s: s["tau"].log(),
+        lambda s: s["theta"][..., 0],
+        args.out / f"eight_schools{args.tag}.png",
+        labels=("log tau", "theta_1"),
     )
     return results
 

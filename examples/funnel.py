@@ -27,7 +27,10 @@ def funnel():
 
 
 # Exact moments: sd(x_i) = sqrt(E[exp(v)]) = exp(9 / 4).
-EXACT = {"v": {"mean": 0.0, "sd": 3.0}, "x": {"mean": torch.zeros(9), "sd": torch.full((9,), math.exp(9 / 4))}}
+EXACT = {
+    "v": {"mean": 0.0, "sd": 3.0},
+    "x": {"mean": torch.zeros(9), "sd": torch.full((9,), math.exp(9 / 4))},
+}
 
 
 def exact_samples(n, seed=1):

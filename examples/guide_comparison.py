@@ -17,7 +17,14 @@ import torch
 from pyro.infer import SVI, Trace_ELBO
 from pyro.infer.autoguide import AutoIAFNormal, AutoMultivariateNormal, AutoNormal
 
-from pyro_flows.infer import AutoRealNVP, compare_moments, guide_samples, importance_log_weights, moments_table, psis_khat
+from pyro_flows.infer import (
+    AutoRealNVP,
+    compare_moments,
+    guide_samples,
+    importance_log_weights,
+    moments_table,
+    psis_khat,
+)
 
 GUIDES = {
     "AutoNormal": AutoNormal,
@@ -109,7 +116,9 @@ def scatter_figure(results, reference_samples, x_site, y_site, path: Path, label
         x, y = x_site(samples), y_site(samples)
         return x.reshape(-1).numpy(), y.reshape(-1).numpy()
 
-    fig, axes = plt.subplots(1, len(results), figsize=(4 * len(results), 3.6), sharex=True, sharey=True, squeeze=False)
+    fig, axes = plt.subplots(
+        1, len(results), figsize=(4 * len(results), 3.6), sharex=True, sharey=True, squeeze=False
+    )
     axes = axes[0]
     rx, ry = coords(reference_samples)
     for ax, (name, m) in zip(axes, results.items(), strict=True):
@@ -134,7 +143,9 @@ def common_args(parser, steps, lr, particles):
     parser.add_argument("--particles", type=int, default=particles)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, default=Path("examples/output"))
-    parser.add_argument("--smoke", action="store_true", help="a few steps of each guide, to check the script runs")
+    parser.add_argument(
+        "--smoke", action="store_true", help="a few steps of each guide, to check the script runs"
+    )
     parser.add_argument("--guides", default=None, help="comma-separated subset of: " + ", ".join(GUIDES))
     parser.add_argument("--flow-kwargs", default="{}", help="JSON keyword arguments of AutoRealNVP")
     parser.add_argument("--tag", default="", help="suffix of the output file names")

@@ -42,7 +42,9 @@ class Encoder(nn.Module):
 
     def __init__(self, z_dim, hidden=128, context_dim=32):
         super().__init__()
-        self.trunk = nn.Sequential(nn.Linear(64, hidden), nn.ReLU(), nn.Linear(hidden, context_dim), nn.ReLU())
+        self.trunk = nn.Sequential(
+            nn.Linear(64, hidden), nn.ReLU(), nn.Linear(hidden, context_dim), nn.ReLU()
+        )
         self.loc_scale = nn.Linear(context_dim, 2 * z_dim)
 
     def forward(self, x):
@@ -126,10 +128,17 @@ def main(argv=None):
         pyro.set_rng_seed(args.seed + 1)
         elbo = test_elbo(vae, x_test)
         rows.append(
-            {"model": name, "train ELBO": history[-1], "test ELBO": elbo, "seconds": seconds,
-             "parameters": sum(p.numel() for p in vae.parameters())}
+            {
+                "model": name,
+                "train ELBO": history[-1],
+                "test ELBO": elbo,
+                "seconds": seconds,
+                "parameters": sum(p.numel() for p in vae.parameters()),
+            }
         )
-        print(f"{name:32s} train ELBO {history[-1]:8.2f}  test ELBO {elbo:8.2f}  ({seconds:.0f} s)", flush=True)
+        print(
+            f"{name:32s} train ELBO {history[-1]:8.2f}  test ELBO {elbo:8.2f}  ({seconds:.0f} s)", flush=True
+        )
     header = (
         f"VAE on sklearn digits (64-D, {len(x_train)} train / {len(x_test)} test), z_dim {args.z_dim}, "
         f"{args.epochs} epochs, Adam 2e-3, batch 100; ELBO in nats per digit (ContinuousBernoulli likelihood, "

@@ -40,7 +40,13 @@ def _latent_sites(model, guide, args, kwargs) -> list:
 
 @torch.no_grad()
 def guide_samples(
-    model, guide, num_samples: int, *args, sites: Optional[Sequence[str]] = None, parallel: bool = True, **kwargs
+    model,
+    guide,
+    num_samples: int,
+    *args,
+    sites: Optional[Sequence[str]] = None,
+    parallel: bool = True,
+    **kwargs,
 ) -> Dict[str, torch.Tensor]:
     """Draw ``num_samples`` joint samples of the latent sites of ``guide`` (all of them,
     or ``sites``) with :class:`pyro.infer.Predictive`; each of shape
@@ -48,7 +54,9 @@ def guide_samples(
     (the model must broadcast over a leading batch dimension); ``False`` loops."""
     if sites is None:
         sites = _latent_sites(model, guide, args, kwargs)
-    predictive = Predictive(model, guide=guide, num_samples=num_samples, return_sites=list(sites), parallel=parallel)
+    predictive = Predictive(
+        model, guide=guide, num_samples=num_samples, return_sites=list(sites), parallel=parallel
+    )
     return {k: v.detach() for k, v in predictive(*args, **kwargs).items()}
 
 
@@ -67,7 +75,13 @@ def _squeeze_plates(value: np.ndarray, num_leading: int) -> np.ndarray:
 
 
 def guide_to_inference_data(
-    model, guide, num_samples: int, *args, sites: Optional[Sequence[str]] = None, parallel: bool = True, **kwargs
+    model,
+    guide,
+    num_samples: int,
+    *args,
+    sites: Optional[Sequence[str]] = None,
+    parallel: bool = True,
+    **kwargs,
 ):
     """Samples of a trained guide as an :class:`arviz.InferenceData` (one chain).
 
@@ -111,7 +125,13 @@ def importance_log_weights(
     shape ``(num_particles,)``, drawn in one vectorised pass. Their mean is an ELBO
     estimate and their log-mean-exp an importance-weighted bound on :math:`\log p(x)`."""
     log_weights, _, _ = vectorized_importance_weights(
-        model, guide, *args, num_samples=num_particles, max_plate_nesting=max_plate_nesting, normalized=False, **kwargs
+        model,
+        guide,
+        *args,
+        num_samples=num_particles,
+        max_plate_nesting=max_plate_nesting,
+        normalized=False,
+        **kwargs,
     )
     return log_weights.detach()
 

@@ -10,13 +10,12 @@ from __future__ import annotations
 from typing import Callable, Optional, Sequence
 
 import pyro
+import pyro.distributions as dist
 import torch
 from pyro.distributions.torch_transform import ComposeTransformModule
 from pyro.infer.autoguide import AutoContinuous
 from pyro.infer.autoguide.initialization import init_to_median
 from torch import nn
-
-import pyro.distributions as dist
 
 from ..transforms.base import FlowTransform
 from ..transforms.coupling import affine_coupling
@@ -185,7 +184,12 @@ class AutoRealNVP(AutoContinuous):
     def _setup_prototype(self, *args, **kwargs):
         super()._setup_prototype(*args, **kwargs)
         couplings = guide_real_nvp(
-            self.latent_dim, self.num_layers, self.hidden_dims, self.scale_bound, self.permute, self.activation
+            self.latent_dim,
+            self.num_layers,
+            self.hidden_dims,
+            self.scale_bound,
+            self.permute,
+            self.activation,
         )
         loc_scale = LocScale(self._init_loc(), self.init_scale)
         self.transform = ComposeTransformModule([*couplings.parts, loc_scale])
