@@ -20,6 +20,7 @@ from .transforms import (
 )
 
 # infer area: conditional flows and inference
+from . import infer  # noqa: E402
 from .builders import conditional_real_nvp  # noqa: E402
 from .transforms import conditional_additive_coupling, conditional_affine_coupling  # noqa: E402
 
@@ -38,6 +39,7 @@ __all__ = [
     "real_nvp_batch_norm",
     "scaling",
     # infer area
+    "infer",
     "conditional_real_nvp",
     "conditional_additive_coupling",
     "conditional_affine_coupling",
