@@ -7,7 +7,7 @@
 torch.Size([3])
 """
 
-from . import metrics, transforms
+from . import infer, metrics, transforms
 from .bases import BaseDistribution, base_distribution
 from .builders import cdf_flow, conditional_real_nvp, ffjord, glow, nice, real_nvp, real_nvp_image
 from .flow import Flow
@@ -32,6 +32,7 @@ __version__ = "0.1.0"
 __all__ = [
     "transforms",
     "metrics",
+    "infer",
     # models and bases
     "Flow",
     "BaseDistribution",

@@ -25,7 +25,11 @@ class ConditionalVectorFlow(ConditionalComposeTransformModule):
         self.context_dim = context_dim
 
     def condition(self, context: torch.Tensor) -> VectorFlow:
-        if not isinstance(context, torch.Tensor) or context.dim() < 1 or context.shape[-1] != self.context_dim:
+        if (
+            not isinstance(context, torch.Tensor)
+            or context.dim() < 1
+            or context.shape[-1] != self.context_dim
+        ):
             shape = tuple(context.shape) if isinstance(context, torch.Tensor) else type(context).__name__
             raise ValueError(
                 f"conditional flow: expected a context of shape (*batch, {self.context_dim}), got {shape}"

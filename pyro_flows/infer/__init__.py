@@ -1,5 +1,6 @@
 """Pyro inference with flows: flow guides and ArviZ diagnostics."""
 
+from ..transforms.linear import LocScale, Permutation
 from .diagnostics import (
     compare_moments,
     guide_samples,
@@ -9,7 +10,7 @@ from .diagnostics import (
     moments_table,
     psis_khat,
 )
-from .guides import AutoRealNVP, LocScale, Permutation, guide_real_nvp
+from .guides import AutoRealNVP, guide_real_nvp
 
 __all__ = [
     "AutoRealNVP",

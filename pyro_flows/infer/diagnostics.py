@@ -39,13 +39,24 @@ def _latent_sites(model, guide, args, kwargs) -> list:
 
 
 @torch.no_grad()
-def guide_samples(model, guide, num_samples: int, *args, sites: Optional[Sequence[str]] = None, **kwargs) -> Dict[str, torch.Tensor]:
+def guide_samples(
+    model,
+    guide,
+    num_samples: int,
+    *args,
+    sites: Optional[Sequence[str]] = None,
+    parallel: bool = True,
+    **kwargs,
+) -> Dict[str, torch.Tensor]:
     """Draw ``num_samples`` joint samples of the latent sites of ``guide`` (all of them,
     or ``sites``) with :class:`pyro.infer.Predictive`; each of shape
-    ``(num_samples, *site_shape)``."""
+    ``(num_samples, *site_shape)``. ``parallel=True`` draws them in one vectorised pass
+    (the model must broadcast over a leading batch dimension); ``False`` loops."""
     if sites is None:
         sites = _latent_sites(model, guide, args, kwargs)
-    predictive = Predictive(model, guide=guide, num_samples=num_samples, return_sites=list(sites))
+    predictive = Predictive(
+        model, guide=guide, num_samples=num_samples, return_sites=list(sites), parallel=parallel
+    )
     return {k: v.detach() for k, v in predictive(*args, **kwargs).items()}
 
 
@@ -64,7 +75,13 @@ def _squeeze_plates(value: np.ndarray, num_leading: int) -> np.ndarray:
 
 
 def guide_to_inference_data(
-    model, guide, num_samples: int, *args, sites: Optional[Sequence[str]] = None, **kwargs
+    model,
+    guide,
+    num_samples: int,
+    *args,
+    sites: Optional[Sequence[str]] = None,
+    parallel: bool = True,
+    **kwargs,
 ):
     """Samples of a trained guide as an :class:`arviz.InferenceData` (one chain).
 
@@ -79,7 +96,7 @@ def guide_to_inference_data(
     """
     import arviz as az
 
-    samples = guide_samples(model, guide, num_samples, *args, sites=sites, **kwargs)
+    samples = guide_samples(model, guide, num_samples, *args, sites=sites, parallel=parallel, **kwargs)
     posterior = {k: _squeeze_plates(_to_numpy(v), 1)[None] for k, v in samples.items()}
     return az.from_dict(posterior=posterior)
 
@@ -93,11 +110,11 @@ def mcmc_to_inference_data(mcmc, sites: Optional[Sequence[str]] = None):
     if sites is not None:
         samples = {k: samples[k] for k in sites}
     posterior = {k: _squeeze_plates(_to_numpy(v), 2) for k, v in samples.items()}
-    stats = {}
-    diagnostics = mcmc.get_extra_fields(group_by_chain=True)
-    if "diverging" in diagnostics:
-        stats["diverging"] = _to_numpy(diagnostics["diverging"]).astype(bool)
-    return az.from_dict(posterior=posterior, sample_stats=stats or None)
+    num_chains, num_draws = next(iter(posterior.values())).shape[:2]
+    diverging = np.zeros((num_chains, num_draws), dtype=bool)
+    for chain, where in enumerate(mcmc.diagnostics().get("divergences", {}).values()):
+        diverging[chain, list(where)] = True
+    return az.from_dict(posterior=posterior, sample_stats={"diverging": diverging})
 
 
 @torch.no_grad()
@@ -108,7 +125,13 @@ def importance_log_weights(
     shape ``(num_particles,)``, drawn in one vectorised pass. Their mean is an ELBO
     estimate and their log-mean-exp an importance-weighted bound on :math:`\log p(x)`."""
     log_weights, _, _ = vectorized_importance_weights(
-        model, guide, *args, num_samples=num_particles, max_plate_nesting=max_plate_nesting, normalized=False, **kwargs
+        model,
+        guide,
+        *args,
+        num_samples=num_particles,
+        max_plate_nesting=max_plate_nesting,
+        normalized=False,
+        **kwargs,
     )
     return log_weights.detach()
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from typing import Callable, Optional, Sequence
 
+import pyro
 import pyro.distributions as dist
 import torch
 from pyro.distributions.torch_transform import ComposeTransformModule
@@ -16,77 +17,14 @@ from pyro.infer.autoguide import AutoContinuous
 from pyro.infer.autoguide.initialization import init_to_median
 from torch import nn
 
-from ..transforms.base import FlowTransform
 from ..transforms.coupling import affine_coupling
+from ..transforms.linear import LocScale, Permutation
 
-__all__ = ["AutoRealNVP", "LocScale", "Permutation", "guide_real_nvp"]
-
-
-class LocScale(FlowTransform):
-    r"""A learnable elementwise affine map :math:`y = \mu + e^{\rho} \odot x`,
-    :math:`\log|\det J| = \sum_i \rho_i`, started at a given location and scale.
-
-    The last layer of a flow guide: it places the flow at the model's initial point and
-    sets the initial spread, so the couplings only have to learn the shape.
-
-    :param loc: initial :math:`\mu`, shape ``(D,)``.
-    :param float init_scale: initial :math:`e^{\rho}` (all coordinates).
-
-    >>> layer = LocScale(torch.tensor([1.0, -1.0]), init_scale=0.5)
-    >>> layer(torch.ones(2)).tolist()
-    [1.5, -0.5]
-    """
-
-    def __init__(self, loc: torch.Tensor, init_scale: float = 1.0):
-        loc = torch.as_tensor(loc, dtype=torch.get_default_dtype())
-        super().__init__(event_shape=loc.shape)
-        if not init_scale > 0:
-            raise ValueError(f"init_scale must be positive, got {init_scale}")
-        self.loc = nn.Parameter(loc.detach().clone())
-        self.log_scale = nn.Parameter(torch.full_like(self.loc, float(torch.log(torch.tensor(init_scale)))))
-
-    def _ladj(self, x):
-        return self.log_scale.sum().expand(x.shape[:-1])
-
-    def _call_and_ladj(self, x):
-        return self.loc + x * self.log_scale.exp(), self._ladj(x)
-
-    def _inverse_and_ladj(self, y):
-        return (y - self.loc) * torch.exp(-self.log_scale), self._ladj(y)
-
-
-class Permutation(FlowTransform):
-    r"""A fixed permutation of coordinates, :math:`y = x_{\pi}`, :math:`\log|\det J| = 0`.
-
-    Between coupling layers it lets every pair of coordinates meet on opposite sides of
-    some partition (with fixed half masks, coordinates in the same half never condition
-    one another). The permutation is drawn from a generator seeded by ``seed`` so that a
-    rebuilt guide has the same one: the parameter store alone restores a guide.
-
-    :param int dim: size of the vectors.
-    :param int seed: seed of the permutation.
-
-    >>> p = Permutation(4, seed=0)
-    >>> x = torch.randn(3, 4)
-    >>> torch.equal(p.inv(p(x)), x)
-    True
-    """
-
-    def __init__(self, dim: int, seed: int = 0):
-        super().__init__(event_shape=(dim,))
-        perm = torch.randperm(dim, generator=torch.Generator().manual_seed(seed))
-        self.register_buffer("perm", perm)
-        self.register_buffer("inverse_perm", torch.argsort(perm))
-
-    def _call_and_ladj(self, x):
-        return x[..., self.perm], x.new_zeros(x.shape[:-1])
-
-    def _inverse_and_ladj(self, y):
-        return y[..., self.inverse_perm], y.new_zeros(y.shape[:-1])
+__all__ = ["AutoRealNVP", "guide_real_nvp"]
 
 
 def _default_hidden_dims(dim: int) -> tuple:
-    width = max(32, 4 * dim)
+    width = max(64, 4 * dim)
     return (width, width)
 
 
@@ -143,10 +81,11 @@ class AutoRealNVP(AutoContinuous):
     :param callable model: a Pyro model.
     :param int num_layers: number of coupling layers.
     :param hidden_dims: conditioner hidden sizes; default two layers of
-        ``max(32, 4 * latent_dim)``.
+        ``max(64, 4 * latent_dim)``.
     :param float scale_bound: soft bound of each coupling's log-scale.
     :param bool permute: fixed permutations between coupling pairs.
-    :param float init_scale: initial :math:`\sigma`.
+    :param float init_scale: initial :math:`\sigma` (default 1.0; a narrower start helped the
+        funnel's k-hat a little but hurt the banana and eight schools, see docs/inference.md).
     :param callable init_loc_fn: per-site initialisation (default ``init_to_median``).
 
     >>> import pyro, pyro.distributions as dist
@@ -181,17 +120,31 @@ class AutoRealNVP(AutoContinuous):
     def _setup_prototype(self, *args, **kwargs):
         super()._setup_prototype(*args, **kwargs)
         couplings = guide_real_nvp(
-            self.latent_dim, self.num_layers, self.hidden_dims, self.scale_bound, self.permute, self.activation
+            self.latent_dim,
+            self.num_layers,
+            self.hidden_dims,
+            self.scale_bound,
+            self.permute,
+            self.activation,
         )
         loc_scale = LocScale(self._init_loc(), self.init_scale)
         self.transform = ComposeTransformModule([*couplings.parts, loc_scale])
+
+    def _synced_transform(self):
+        # ``pyro.module`` with update_module_params=True makes the parameter store the
+        # source of truth: after ``pyro.get_param_store().load(...)`` the loaded values
+        # replace the module's own (the plain attribute access only registers them).
+        transform = self.transform
+        pyro.module(self._pyro_get_fullname("transform"), transform, update_module_params=True)
+        return transform
 
     def get_base_dist(self):
         loc = self.transform.parts[-1].loc
         return dist.Normal(torch.zeros_like(loc), torch.ones_like(loc)).to_event(1)
 
     def get_transform(self, *args, **kwargs):
-        return self.transform
+        return self._synced_transform()
 
     def get_posterior(self, *args, **kwargs):
-        return dist.TransformedDistribution(self.get_base_dist(), self.transform)
+        transform = self._synced_transform()
+        return dist.TransformedDistribution(self.get_base_dist(), transform)

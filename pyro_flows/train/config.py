@@ -101,6 +101,13 @@ class RunConfig:
     seed: int = _opt(0, "seed of the data split, the initial weights and the batch order", "training")
     device: str = _opt("auto", "cpu, cuda, cuda:N, or auto (CUDA when present)", "training")
     dtype: str = _opt("float32", "floating-point precision", "training", choices=("float32", "float64"))
+    threads: int = _opt(
+        1,
+        "CPU threads per process for torch's operations (0: torch's default). One is fastest for "
+        "coupling layers of a few hundred units and never stalls on a busy machine; raise it for "
+        "large image models",
+        "training",
+    )
     # output
     out: str = _opt("outputs", "folder for the run's results, plots and checkpoints", "output", metavar="DIR")
     plot_samples: int = _opt(2000, "samples drawn for the plots", "output")

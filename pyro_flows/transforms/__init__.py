@@ -30,7 +30,9 @@ from .elementwise import (
 from .linear import (
     Invertible1x1Conv,
     InvertibleLinear,
+    LocScale,
     LUWeight,
+    Permutation,
     Scaling,
     invertible_1x1_conv,
     invertible_linear,
@@ -60,6 +62,8 @@ __all__ = [
     "half_mask",
     # linear
     "InvertibleLinear",
+    "LocScale",
+    "Permutation",
     "LUWeight",
     "Scaling",
     "invertible_linear",

@@ -3,6 +3,7 @@ LU-parameterized invertible linear map (lecture, Def. 10.21)."""
 
 from __future__ import annotations
 
+import math
 from typing import Sequence
 
 import torch
@@ -10,7 +11,9 @@ from torch import nn
 
 from .base import FlowTransform, check_event
 
-__all__ = ["Scaling", "InvertibleLinear", "LUWeight", "scaling", "invertible_linear"]
+__all__ = [
+    "LocScale",
+    "Permutation","Scaling", "InvertibleLinear", "LUWeight", "scaling", "invertible_linear"]
 
 
 class Scaling(FlowTransform):
@@ -219,3 +222,67 @@ def invertible_1x1_conv(num_channels: int) -> Invertible1x1Conv:
 
 
 __all__ += ["Invertible1x1Conv", "invertible_1x1_conv"]
+
+
+class LocScale(FlowTransform):
+    r"""A learnable elementwise affine map :math:`y = \mu + e^{\rho} \odot x`,
+    :math:`\log|\det J| = \sum_i \rho_i`, started at a given location and scale.
+
+    The last layer of a flow guide: it places the flow at the model's initial point and
+    sets the initial spread, so the couplings only have to learn the shape.
+
+    :param loc: initial :math:`\mu`, shape ``(D,)``.
+    :param float init_scale: initial :math:`e^{\rho}` (all coordinates).
+
+    >>> layer = LocScale(torch.tensor([1.0, -1.0]), init_scale=0.5)
+    >>> layer(torch.ones(2)).tolist()
+    [1.5, -0.5]
+    """
+
+    def __init__(self, loc: torch.Tensor, init_scale: float = 1.0):
+        loc = torch.as_tensor(loc, dtype=torch.get_default_dtype())
+        super().__init__(event_shape=loc.shape)
+        if not init_scale > 0:
+            raise ValueError(f"init_scale must be positive, got {init_scale}")
+        self.loc = nn.Parameter(loc.detach().clone())
+        self.log_scale = nn.Parameter(torch.full_like(self.loc, math.log(init_scale)))
+
+    def _ladj(self, x):
+        return self.log_scale.sum().expand(x.shape[:-1])
+
+    def _call_and_ladj(self, x):
+        return self.loc + x * self.log_scale.exp(), self._ladj(x)
+
+    def _inverse_and_ladj(self, y):
+        return (y - self.loc) * torch.exp(-self.log_scale), self._ladj(y)
+
+
+class Permutation(FlowTransform):
+    r"""A fixed permutation of coordinates, :math:`y = x_{\pi}`, :math:`\log|\det J| = 0`.
+
+    Between coupling layers it lets every pair of coordinates meet on opposite sides of
+    some partition (with fixed half masks, coordinates in the same half never condition
+    one another). The permutation is drawn from a generator seeded by ``seed`` so that a
+    rebuilt guide has the same one: the parameter store alone restores a guide.
+
+    :param int dim: size of the vectors.
+    :param int seed: seed of the permutation.
+
+    >>> p = Permutation(4, seed=0)
+    >>> x = torch.randn(3, 4)
+    >>> torch.equal(p.inv(p(x)), x)
+    True
+    """
+
+    def __init__(self, dim: int, seed: int = 0):
+        super().__init__(event_shape=(dim,))
+        perm = torch.randperm(dim, generator=torch.Generator().manual_seed(seed), device="cpu")
+        device = torch.empty(0).device  # drawn on the CPU for reproducibility, kept on the default device
+        self.register_buffer("perm", perm.to(device))
+        self.register_buffer("inverse_perm", torch.argsort(perm).to(device))
+
+    def _call_and_ladj(self, x):
+        return x[..., self.perm], x.new_zeros(x.shape[:-1])
+
+    def _inverse_and_ladj(self, y):
+        return y[..., self.inverse_perm], y.new_zeros(y.shape[:-1])

@@ -1,0 +1,197 @@
+"""Flow guides, flow priors, NeuTra, serialisation and diagnostics with Pyro inference."""
+
+import functools
+
+import pyro
+import pyro.distributions as dist
+import pytest
+import torch
+from pyro.infer import MCMC, NUTS, SVI, Predictive, Trace_ELBO, TraceMeanField_ELBO
+from pyro.infer.autoguide import AutoNormal, AutoNormalizingFlow
+from pyro.infer.reparam import NeuTraReparam
+
+import pyro_flows
+from pyro_flows.infer import (
+    AutoRealNVP,
+    compare_moments,
+    guide_to_inference_data,
+    importance_log_weights,
+    mcmc_to_inference_data,
+    psis_khat,
+)
+
+# Normal-Normal conjugate model: z ~ N(0, I_2), x_i | z ~ N(z, I_2), i = 1..4, so
+# z | x ~ N(sum(x) / 5, I / 5).
+X = torch.tensor([[1.0, -0.5], [2.0, 0.3], [0.5, -1.0], [1.5, 0.2]])
+POST_MEAN = X.sum(0) / (len(X) + 1)
+POST_VAR = torch.full((2,), 1.0 / (len(X) + 1))
+
+
+def conjugate_model(x=X):
+    z = pyro.sample("z", dist.Normal(torch.zeros(2), 1.0).to_event(1))
+    loc = z.unsqueeze(-2).expand(*z.shape[:-1], *x.shape)
+    pyro.sample("x", dist.Normal(loc, 1.0).to_event(2), obs=x)
+
+
+def funnel(dim=3):
+    v = pyro.sample("v", dist.Normal(0.0, 3.0))
+    pyro.sample("x", dist.Normal(torch.zeros(dim - 1), (v / 2).exp().unsqueeze(-1)).to_event(1))
+
+
+def _train(model, guide, steps, elbo, lr=0.02, decay=1.0):
+    optim = pyro.optim.ClippedAdam({"lr": lr, "lrd": decay ** (1 / steps)})
+    svi = SVI(model, guide, optim, elbo)
+    return [svi.step() for _ in range(steps)]
+
+
+def _small_guide(model, **kw):
+    return AutoRealNVP(model, num_layers=2, hidden_dims=(8,), **kw)
+
+
+def test_svi_recovers_the_exact_conjugate_posterior():
+    guide = _small_guide(conjugate_model)
+    _train(
+        conjugate_model,
+        guide,
+        300,
+        Trace_ELBO(num_particles=32, vectorize_particles=True, max_plate_nesting=0),
+        0.03,
+        0.05,
+    )
+    with torch.no_grad():
+        z = guide.get_posterior().sample((40000,))
+    assert torch.allclose(z.mean(0), POST_MEAN, atol=0.04), (z.mean(0), POST_MEAN)
+    assert torch.allclose(z.var(0), POST_VAR, rtol=0.08), (z.var(0), POST_VAR)
+    # the trained guide is almost the posterior: importance weights are nearly constant
+    lw = importance_log_weights(conjugate_model, guide, num_particles=2000, max_plate_nesting=0)
+    log_evidence = dist.MultivariateNormal(
+        torch.zeros(8), torch.eye(8) + torch.ones(4, 4).kron(torch.eye(2))
+    ).log_prob(X.reshape(-1))
+    assert abs(lw.mean() - log_evidence) < 0.05, (lw.mean(), log_evidence)
+    assert psis_khat(conjugate_model, guide, log_weights=lw) < 0.5
+
+
+def test_real_nvp_as_init_transform_fn_of_auto_normalizing_flow():
+    guide = AutoNormalizingFlow(
+        conjugate_model, functools.partial(pyro_flows.real_nvp, num_layers=2, hidden_dims=(8,))
+    )
+    losses = _train(conjugate_model, guide, 200, Trace_ELBO(num_particles=8, vectorize_particles=True), 0.03)
+    assert sum(losses[-30:]) / 30 < sum(losses[:30]) / 30
+    with torch.no_grad():
+        z = guide.get_posterior().sample((20000,))
+    assert torch.allclose(z.mean(0), POST_MEAN, atol=0.1), z.mean(0)
+    assert isinstance(guide.transform, pyro_flows.builders.vector.VectorFlow)
+
+
+def test_guide_with_predictive_plates_and_vectorised_particles():
+    def model():
+        a = pyro.sample("a", dist.Normal(0.0, 1.0))
+        with pyro.plate("p", 3):
+            pyro.sample("b", dist.LogNormal(a, 1.0))
+            pyro.sample("c", dist.Normal(0.0, 1.0), obs=torch.zeros(3))
+
+    guide = _small_guide(model)
+    losses = []
+    for elbo in (Trace_ELBO, TraceMeanField_ELBO):
+        losses += _train(
+            model, guide, 3, elbo(num_particles=5, vectorize_particles=True, max_plate_nesting=1)
+        )
+    assert all(torch.isfinite(torch.tensor(losses)))
+    samples = Predictive(model, guide=guide, num_samples=7)()
+    assert samples["a"].numel() == 7 and samples["b"].shape[0] == 7 and samples["b"].shape[-1] == 3
+    assert (samples["b"] > 0).all()  # constrained sites are mapped to their support
+    idata = guide_to_inference_data(model, guide, 11)
+    assert idata.posterior["b"].shape == (1, 11, 3)
+
+
+def test_flow_prior_is_learned_inside_a_model():
+    """A RealNVP prior over local latents z_n, registered with pyro.module, learns where
+    the data are: its mean moves from 0 to near (3, -2)."""
+    torch.manual_seed(0)
+    data = torch.tensor([3.0, -2.0]) + 0.5 * torch.randn(64, 2)
+    prior_flow = pyro_flows.real_nvp(2, num_layers=4, hidden_dims=(16,))
+    base = dist.Normal(torch.zeros(2), 1.0).to_event(1)
+
+    def model(x):
+        pyro.module("prior_flow", prior_flow)
+        with pyro.plate("data", len(x)):
+            z = pyro.sample("z", dist.TransformedDistribution(base, [prior_flow]))
+            pyro.sample("x", dist.Normal(z, 0.1).to_event(1), obs=x)
+
+    guide = AutoNormal(model)
+    losses = _train(functools.partial(model, data), functools.partial(guide, data), 150, Trace_ELBO(), 0.04)
+    assert sum(losses[-20:]) / 20 < sum(losses[:20]) / 20 - 100
+    names = [n for n in pyro.get_param_store() if n.startswith("prior_flow$$$")]
+    assert len(names) == len(list(prior_flow.parameters()))
+    with torch.no_grad():
+        prior_mean = dist.TransformedDistribution(base, [prior_flow]).sample((4000,)).mean(0)
+    assert torch.allclose(prior_mean, torch.tensor([3.0, -2.0]), atol=0.5), prior_mean
+
+
+def test_neutra_hmc_with_a_trained_flow_guide():
+    pyro.set_rng_seed(0)
+    guide = _small_guide(funnel)
+    _train(funnel, guide, 100, Trace_ELBO(num_particles=4, vectorize_particles=True), 0.02)
+    neutra = NeuTraReparam(guide.requires_grad_(False).eval())
+    mcmc = MCMC(
+        NUTS(neutra.reparam(funnel), max_tree_depth=4), num_samples=30, warmup_steps=20, disable_progbar=True
+    )
+    mcmc.run()
+    latent = mcmc.get_samples()["v_shared_latent"]
+    assert latent.shape == (30, 3)
+    samples = neutra.transform_sample(latent)
+    assert samples["v"].shape == (30,) and samples["x"].shape == (30, 2)
+    assert torch.isfinite(samples["x"]).all()
+    idata = mcmc_to_inference_data(mcmc)
+    assert idata.posterior["v_shared_latent"].shape == (1, 30, 3)
+    assert idata.sample_stats["diverging"].shape == (1, 30)
+
+
+def test_param_store_save_load_restores_the_guide(tmp_path):
+    guide = _small_guide(funnel)
+    _train(funnel, guide, 20, Trace_ELBO(num_particles=4, vectorize_particles=True))
+    z = torch.randn(10, 3)
+    with torch.no_grad():
+        expected = guide.get_posterior().log_prob(z)
+    pyro.get_param_store().save(tmp_path / "params.pt")
+    pyro.clear_param_store()
+    fresh = _small_guide(funnel)
+    fresh()  # set up the (differently initialised) guide
+    with torch.no_grad():
+        assert not torch.allclose(fresh.get_posterior().log_prob(z), expected, atol=1e-4)
+    pyro.get_param_store().load(tmp_path / "params.pt")
+    with torch.no_grad():
+        fresh()  # PyroModule syncs parameters from the store
+        got = fresh.get_posterior().log_prob(z)
+    assert torch.allclose(got, expected, atol=1e-6)
+
+
+def test_khat_separates_a_good_guide_from_a_bad_one():
+    good = _small_guide(conjugate_model)
+    _train(conjugate_model, good, 150, Trace_ELBO(num_particles=8, vectorize_particles=True), 0.05)
+    k_good = psis_khat(conjugate_model, good, num_particles=2000, max_plate_nesting=0)
+    pyro.clear_param_store()
+    # a guide ten times too narrow misses the posterior's tails: heavy-tailed weights
+    bad = AutoNormal(conjugate_model, init_scale=0.05)
+    k_bad = psis_khat(conjugate_model, bad, num_particles=2000, max_plate_nesting=0)
+    assert k_good < 0.5 < 0.7 < k_bad, (k_good, k_bad)
+
+
+def test_compare_moments_against_inference_data_and_exact():
+    torch.manual_seed(0)
+    samples = {"v": 3 * torch.randn(8000), "x": torch.randn(8000, 2) + torch.tensor([1.0, -1.0])}
+    rows = compare_moments(
+        samples, {"v": {"mean": 0.0, "sd": 3.0}, "x": {"mean": [1.0, -1.0], "sd": [1.0, 1.0]}}
+    )
+    assert [(r["site"], r["index"]) for r in rows] == [("v", 0), ("x", 0), ("x", 1)]
+    assert all(r["mean_error"] < 0.1 and abs(r["sd_rel_error"]) < 0.05 for r in rows)
+    import arviz as az
+
+    reference = az.from_dict(posterior={"v": 1.5 * torch.randn(2, 4000).numpy()})
+    (row,) = compare_moments(samples, reference, sites=["v"])
+    assert abs(row["sd_rel_error"] - 1.0) < 0.06  # sd 3 against 1.5: +100%
+
+
+def test_psis_khat_rejects_non_finite_weights():
+    with pytest.raises(ValueError, match="non-finite"):
+        psis_khat(None, None, log_weights=torch.tensor([0.0, float("nan")] * 50))
