@@ -12,7 +12,41 @@ from .base import FlowTransform, check_event
 __all__ = ["RealNVPBatchNorm", "real_nvp_batch_norm"]
 
 
-class RealNVPBatchNorm(FlowTransform):
+class _PerFeature(FlowTransform):
+    """Shared plumbing of layers with one statistic or parameter per feature (vectors,
+    ``event_dim=1``) or per channel (images ``(C, H, W)``, ``event_dim=3``)."""
+
+    def __init__(self, num_features: int, event_dim: int):
+        if event_dim not in (1, 3):
+            raise ValueError(f"event_dim must be 1 (vectors) or 3 (images), got {event_dim}")
+        if num_features < 1:
+            raise ValueError(f"num_features must be positive, got {num_features}")
+        super().__init__()
+        self.event_dim_ = event_dim
+        self.num_features = num_features
+
+    def _check(self, x, what):
+        check_event(type(self).__name__, x, None, what)
+        d = x.dim() - self.event_dim_
+        if d < 0 or x.shape[d] != self.num_features:
+            kind = "features" if self.event_dim_ == 1 else "channels (C, H, W)"
+            raise ValueError(
+                f"{type(self).__name__}: expected {what} with {self.num_features} {kind} at dim "
+                f"{-self.event_dim_}, got shape {tuple(x.shape)}"
+            )
+
+    def _view(self, t: torch.Tensor) -> torch.Tensor:
+        """Per-feature vector -> broadcastable over the event."""
+        return t.view(-1, 1, 1) if self.event_dim_ == 3 else t
+
+    def _per_event(self, per_feature: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """A per-feature log-det summed over the event (every pixel counts for images),
+        expanded to ``x``'s batch shape."""
+        positions = x.shape[-1] * x.shape[-2] if self.event_dim_ == 3 else 1
+        return (per_feature.sum() * positions).expand(x.shape[: x.dim() - self.event_dim_])
+
+
+class RealNVPBatchNorm(_PerFeature):
     r"""Batch normalization as a bijection (Dinh et al., 2017; lecture Concept 10.31).
 
     In the normalizing direction (data :math:`y` to base :math:`x`, Pyro's ``_inverse``,
@@ -71,13 +105,9 @@ class RealNVPBatchNorm(FlowTransform):
         eps: float = 1e-5,
         affine: bool = False,
     ):
-        if event_dim not in (1, 3):
-            raise ValueError(f"event_dim must be 1 (vectors) or 3 (images), got {event_dim}")
         if not 0.0 < momentum <= 1.0:
             raise ValueError(f"momentum must be in (0, 1], got {momentum}")
-        super().__init__()
-        self.event_dim_ = event_dim
-        self.num_features = num_features
+        super().__init__(num_features, event_dim)
         self.momentum = momentum
         self.eps = eps
         self.affine = affine
@@ -88,33 +118,12 @@ class RealNVPBatchNorm(FlowTransform):
             self.log_gamma = nn.Parameter(torch.zeros(num_features))
             self.beta = nn.Parameter(torch.zeros(num_features))
 
-    def _check(self, x, what):
-        check_event(type(self).__name__, x, None, what)
-        d = x.dim() - self.event_dim_
-        if d < 0 or x.shape[d] != self.num_features:
-            kind = "features" if self.event_dim_ == 1 else "channels (C, H, W)"
-            raise ValueError(
-                f"{type(self).__name__}: expected {what} with {self.num_features} {kind} at dim "
-                f"{-self.event_dim_}, got shape {tuple(x.shape)}"
-            )
-
-    def _view(self, t: torch.Tensor) -> torch.Tensor:
-        """Per-feature vector -> broadcastable over the event."""
-        return t.view(-1, 1, 1) if self.event_dim_ == 3 else t
-
-    def _positions(self, x: torch.Tensor) -> int:
-        """Pixels per channel (1 for vectors): each contributes to the log-determinant."""
-        return x.shape[-1] * x.shape[-2] if self.event_dim_ == 3 else 1
-
-    def _batch_shape(self, x):
-        return x.shape[: x.dim() - self.event_dim_]
-
     def _ladj(self, x, var):
         """log|det| of the de-normalizing ``_call``, shape batch_shape."""
         per_feature = 0.5 * torch.log(var + self.eps)
         if self.affine:
             per_feature = per_feature - self.log_gamma
-        return (per_feature.sum() * self._positions(x)).expand(self._batch_shape(x))
+        return self._per_event(per_feature, x)
 
     def _call_and_ladj(self, x):
         mean, var = self.running_mean, self.running_var
@@ -179,7 +188,7 @@ def real_nvp_batch_norm(
 
 
 # ---------------------------------------------------------------------------- images
-class ActNorm(FlowTransform):
+class ActNorm(_PerFeature):
     r"""Glow's activation normalization (Kingma & Dhariwal, 2018; lecture Def. 10.33): a
     per-channel affine map with data-dependent initialisation.
 
@@ -214,34 +223,14 @@ class ActNorm(FlowTransform):
     """
 
     def __init__(self, num_features: int, event_dim: int = 3, eps: float = 1e-6):
-        if event_dim not in (1, 3):
-            raise ValueError(f"event_dim must be 1 (vectors) or 3 (images), got {event_dim}")
-        if num_features < 1:
-            raise ValueError(f"num_features must be positive, got {num_features}")
-        super().__init__()
-        self.event_dim_ = event_dim
-        self.num_features = num_features
+        super().__init__(num_features, event_dim)
         self.eps = eps
         self.loc = nn.Parameter(torch.zeros(num_features))
         self.log_scale = nn.Parameter(torch.zeros(num_features))
         self.register_buffer("initialized", torch.tensor(False))
 
-    def _check(self, x, what):
-        check_event(type(self).__name__, x, None, what)
-        d = x.dim() - self.event_dim_
-        if d < 0 or x.shape[d] != self.num_features:
-            kind = "features" if self.event_dim_ == 1 else "channels (C, H, W)"
-            raise ValueError(
-                f"{type(self).__name__}: expected {what} with {self.num_features} {kind} at dim "
-                f"{-self.event_dim_}, got shape {tuple(x.shape)}"
-            )
-
-    def _view(self, t):
-        return t.view(-1, 1, 1) if self.event_dim_ == 3 else t
-
     def _ladj(self, x):
-        positions = x.shape[-1] * x.shape[-2] if self.event_dim_ == 3 else 1
-        return (self.log_scale.sum() * positions).expand(x.shape[: x.dim() - self.event_dim_])
+        return self._per_event(self.log_scale, x)
 
     @torch.no_grad()
     def initialize(self, y: torch.Tensor) -> None:
