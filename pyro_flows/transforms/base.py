@@ -29,8 +29,26 @@ from typing import Optional, Sequence, Tuple
 import torch
 from pyro.distributions.torch_transform import TransformModule
 from torch.distributions import Distribution, constraints
+from torch.nn.modules import module as _module
 
 __all__ = ["FlowTransform", "check_event", "validation_enabled"]
+
+
+# Bumped whenever any module registers or replaces a parameter, buffer or submodule
+# (torch calls these hooks from ``__setattr__`` and ``register_*``), so that a transform
+# can keep the list of its state tensors between calls instead of walking its submodules
+# on every call (which cost more than the arithmetic of a small layer).
+_structure_generation = 0
+
+
+def _bump_structure_generation(module, name, value):
+    global _structure_generation
+    _structure_generation += 1
+
+
+_module.register_module_parameter_registration_hook(_bump_structure_generation)
+_module.register_module_buffer_registration_hook(_bump_structure_generation)
+_module.register_module_module_registration_hook(_bump_structure_generation)
 
 
 def validation_enabled() -> bool:
@@ -116,8 +134,11 @@ class FlowTransform(TransformModule):
         return (self.training,) + tuple(t._version for t in self._state_tensors())
 
     def _state_tensors(self):
-        yield from self.parameters()
-        yield from self.buffers()
+        cached = self.__dict__.get("_state_tensor_list")
+        if cached is None or cached[0] != _structure_generation:
+            cached = _structure_generation, (*self.parameters(), *self.buffers())
+            self.__dict__["_state_tensor_list"] = cached
+        return cached[1]
 
     def _clear_cache(self):
         self._cached_x_y = None, None
@@ -165,6 +186,7 @@ class FlowTransform(TransformModule):
     # -------------------------------------------------------- module housekeeping
     def _apply(self, fn, *args, **kwargs):
         self._clear_cache()
+        self.__dict__.pop("_state_tensor_list", None)  # .to() may swap the tensors
         return super()._apply(fn, *args, **kwargs)
 
     def train(self, mode: bool = True):
@@ -178,6 +200,7 @@ class FlowTransform(TransformModule):
         state["_cached_x_y"] = None, None
         state["_cached_ladj"] = None
         state["_cache_stamp"] = None
+        state.pop("_state_tensor_list", None)  # a copy has tensors of its own
         return state
 
     def extra_repr(self) -> str:
