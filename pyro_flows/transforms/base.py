@@ -51,6 +51,17 @@ _module.register_module_buffer_registration_hook(_bump_structure_generation)
 _module.register_module_module_registration_hook(_bump_structure_generation)
 
 
+# Shared (immutable) constraints for the usual event dims: TransformedDistribution reads
+# domain/codomain several times per layer and call, and building one each time showed.
+_REAL_EVENTS = tuple(constraints.independent(constraints.real, n) for n in range(5))
+
+
+def _real_events(event_dim: int) -> constraints.Constraint:
+    if event_dim < len(_REAL_EVENTS):
+        return _REAL_EVENTS[event_dim]
+    return constraints.independent(constraints.real, event_dim)
+
+
 def validation_enabled() -> bool:
     """Whether value checks that need a device sync (finiteness) should run."""
     if torch.compiler.is_compiling():
@@ -105,11 +116,11 @@ class FlowTransform(TransformModule):
     # ----------------------------------------------------------------- constraints
     @constraints.dependent_property(is_discrete=False)
     def domain(self):
-        return constraints.independent(constraints.real, self.event_dim_)
+        return _real_events(self.event_dim_)
 
     @constraints.dependent_property(is_discrete=False)
     def codomain(self):
-        return constraints.independent(constraints.real, self.event_dim_)
+        return _real_events(self.event_dim_)
 
     # --------------------------------------------------------------- to implement
     def _call_and_ladj(self, x: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
@@ -141,9 +152,13 @@ class FlowTransform(TransformModule):
         return cached[1]
 
     def _clear_cache(self):
-        self._cached_x_y = None, None
-        self._cached_ladj = None
-        self._cache_stamp = None
+        self._store_entry((None, None), None, None)
+
+    def _store_entry(self, x_y, ladj, stamp):
+        # Plain attributes, written to __dict__ directly: nn.Module.__setattr__ (which
+        # looks for parameters, buffers and submodules first) was a visible part of a
+        # small layer's call time.
+        self.__dict__.update(_cached_x_y=x_y, _cached_ladj=ladj, _cache_stamp=stamp)
 
     def _cache_hit(self, x, y) -> bool:
         x_old, y_old = self._cached_x_y
@@ -155,9 +170,7 @@ class FlowTransform(TransformModule):
 
     def _store(self, x, y, ladj):
         if self._cache_size:
-            self._cached_x_y = x, y
-            self._cached_ladj = ladj
-            self._cache_stamp = self._stamp()
+            self._store_entry((x, y), ladj, self._stamp())
 
     def __call__(self, x):
         if self._cache_size and self._cache_hit(x, None):
