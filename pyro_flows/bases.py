@@ -41,7 +41,9 @@ class BaseDistribution(nn.Module):
             if isinstance(value, torch.Tensor):
                 self.register_buffer(name, value.detach().clone())
                 self.names.append(name)
-        self.kwargs = {k: v for k, v in vars(distribution).items() if k == "df" and not isinstance(v, torch.Tensor)}
+        self.kwargs = {
+            k: v for k, v in vars(distribution).items() if k == "df" and not isinstance(v, torch.Tensor)
+        }
 
     def forward(self) -> torch.distributions.Distribution:
         d = self.cls(**{n: getattr(self, n) for n in self.names}, **self.kwargs)

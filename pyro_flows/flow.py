@@ -56,9 +56,15 @@ class Flow(nn.Module):
             event_shape = _event_shape_of(transform)
         self.event_shape = torch.Size(event_shape)
         self.base = base_distribution(base, self.event_shape, **base_params)
+        # Follow a transform that was already moved (e.g. built then .double()'d).
+        reference = next(iter(transform.parameters()), None)
+        if reference is not None:
+            self.base.to(device=reference.device, dtype=reference.dtype)
 
     def forward(self) -> dist.TransformedDistribution:
-        parts = self.transform.parts if isinstance(self.transform, ComposeTransformModule) else [self.transform]
+        parts = (
+            self.transform.parts if isinstance(self.transform, ComposeTransformModule) else [self.transform]
+        )
         return dist.TransformedDistribution(self.base(), list(parts))
 
     def log_prob(self, x: torch.Tensor) -> torch.Tensor:

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 # Keep the suite fast and deterministic on a 2-core machine.
-torch.set_num_threads(int(os.environ.get("PYRO_FLOWS_TEST_THREADS", "2")))
+torch.set_num_threads(int(os.environ.get("PYRO_FLOWS_TEST_THREADS", "1")))
 
 
 @pytest.fixture(autouse=True)

@@ -14,7 +14,9 @@ def autograd_logdet(fn, x: torch.Tensor, event_dim: int) -> torch.Tensor:
     n = math.prod(event_shape)
     out = []
     for v in flat:
-        jac = torch.autograd.functional.jacobian(lambda u: fn(u.view(1, *event_shape)).reshape(-1), v.reshape(-1))
+        jac = torch.autograd.functional.jacobian(
+            lambda u: fn(u.view(1, *event_shape)).reshape(-1), v.reshape(-1)
+        )
         out.append(torch.linalg.slogdet(jac.reshape(n, n))[1])
     return torch.stack(out).reshape(x.shape[: x.dim() - event_dim])
 

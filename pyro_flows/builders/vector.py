@@ -65,7 +65,7 @@ def real_nvp(
     batch_norm: bool = False,
     mask: Union[str, torch.Tensor] = "half",
     activation: Callable[[], nn.Module] = nn.ReLU,
-    scale_bound: Optional[float] = 3.0,
+    scale_bound: Optional[float] = 2.0,
     momentum: float = 0.1,
 ) -> VectorFlow:
     r"""RealNVP for vectors (Dinh et al., 2017; lecture Def. 10.27): ``num_layers`` affine

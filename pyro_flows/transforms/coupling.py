@@ -37,8 +37,10 @@ class _Coupling(FlowTransform):
     #: how many parameter tensors the conditioner returns per transformed coordinate
     num_params = 1
 
-    def __init__(self, mask: torch.Tensor, conditioner: Callable, event_shape: Optional[Sequence[int]] = None):
-        mask = torch.as_tensor(mask, dtype=torch.bool)
+    def __init__(
+        self, mask: torch.Tensor, conditioner: Callable, event_shape: Optional[Sequence[int]] = None
+    ):
+        mask = torch.as_tensor(mask, dtype=torch.bool, device="cpu")
         if event_shape is None:
             event_shape = mask.shape
         super().__init__(event_shape=event_shape)
@@ -50,7 +52,9 @@ class _Coupling(FlowTransform):
         raw = self.conditioner(x_a)
         chunks = raw.chunk(self.num_params, dim=self.partition.param_dim) if self.num_params > 1 else (raw,)
         expected = self.partition.b_shape
-        if chunks[0].shape[chunks[0].dim() - len(expected) :] != expected:
+        if len(chunks) != self.num_params or any(
+            c.shape[c.dim() - len(expected) :] != expected for c in chunks
+        ):
             raise ValueError(
                 f"{type(self).__name__}: conditioner returned shape {tuple(raw.shape)}; expected "
                 f"{self.num_params} x {tuple(expected)} stacked along dim {self.partition.param_dim}"
@@ -115,7 +119,7 @@ class AffineCoupling(_Coupling):
         :math:`x^B`, stacked along the partitioned dimension (vectors: last dim of size
         ``2 * |B|``; images: channel dim of size ``2 * C_B``), shift first.
     :param event_shape: the event shape; defaults to ``mask.shape``.
-    :param float scale_bound: the soft bound :math:`b` on :math:`|s|` (default 3).
+    :param float scale_bound: the soft bound :math:`b` on :math:`|s|` (default 2).
 
     >>> layer = affine_coupling(4, hidden_dims=(16,))
     >>> x = torch.randn(10, 4)
@@ -131,7 +135,7 @@ class AffineCoupling(_Coupling):
         mask: torch.Tensor,
         conditioner: Callable,
         event_shape: Optional[Sequence[int]] = None,
-        scale_bound: Optional[float] = 3.0,
+        scale_bound: Optional[float] = 2.0,
     ):
         super().__init__(mask, conditioner, event_shape)
         if scale_bound is not None and not scale_bound > 0:
@@ -167,7 +171,7 @@ def vector_mask(input_dim: int, mask: Union[str, torch.Tensor] = "half", parity:
         if mask not in makers:
             raise ValueError(f"unknown mask {mask!r}; expected one of {sorted(makers)} or a bool tensor")
         return makers[mask](input_dim, parity)
-    return torch.as_tensor(mask, dtype=torch.bool)
+    return torch.as_tensor(mask, dtype=torch.bool, device="cpu")
 
 
 def _mlp_conditioner(mask, num_params, hidden_dims, activation):
@@ -198,7 +202,7 @@ def affine_coupling(
     mask: Union[str, torch.Tensor] = "half",
     parity: int = 0,
     activation: Callable[[], nn.Module] = nn.ReLU,
-    scale_bound: Optional[float] = 3.0,
+    scale_bound: Optional[float] = 2.0,
 ) -> AffineCoupling:
     """One :class:`AffineCoupling` on vectors of size ``input_dim`` with an
     :class:`~pyro_flows.nn.MLP` conditioner (last layer zero: starts as the identity).

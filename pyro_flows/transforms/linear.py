@@ -59,13 +59,15 @@ class LUWeight(nn.Module):
         q = torch.linalg.qr(torch.randn(n, n, generator=generator, device="cpu", dtype=torch.float64))[0]
         p, lower, upper = torch.linalg.lu(q)
         diag = upper.diagonal()
-        dtype = torch.get_default_dtype()
-        self.register_buffer("perm", p.to(dtype))
-        self.register_buffer("sign", diag.sign().to(dtype))
+        # The factorisation runs on the CPU in float64; the results go to the default
+        # device and dtype (e.g. under torch.set_default_device("cuda")).
+        like = {"dtype": torch.get_default_dtype(), "device": torch.empty(0).device}
+        self.register_buffer("perm", p.to(**like))
+        self.register_buffer("sign", diag.sign().to(**like))
         self.register_buffer("lower_mask", torch.ones(n, n).tril(-1))
-        self.lower = nn.Parameter(lower.tril(-1).to(dtype))
-        self.upper = nn.Parameter(upper.triu(1).to(dtype))
-        self.log_diag = nn.Parameter(diag.abs().log().to(dtype))
+        self.lower = nn.Parameter(lower.tril(-1).to(**like))
+        self.upper = nn.Parameter(upper.triu(1).to(**like))
+        self.log_diag = nn.Parameter(diag.abs().log().to(**like))
         self.n = n
 
     def factors(self):

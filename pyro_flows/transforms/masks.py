@@ -43,7 +43,7 @@ def half_mask(dim: int, parity: int = 0) -> torch.Tensor:
     [False, False, True, True, True]
     """
     _check_dim(dim)
-    mask = torch.arange(dim) < dim // 2
+    mask = torch.arange(dim, device="cpu") < dim // 2
     return ~mask if parity % 2 else mask
 
 
@@ -54,7 +54,7 @@ def alternating_mask(dim: int, parity: int = 0) -> torch.Tensor:
     [True, False, True, False]
     """
     _check_dim(dim)
-    return torch.arange(dim) % 2 == parity % 2
+    return torch.arange(dim, device="cpu") % 2 == parity % 2
 
 
 def checkerboard_mask(height: int, width: int, parity: int = 0) -> torch.Tensor:
@@ -63,8 +63,8 @@ def checkerboard_mask(height: int, width: int, parity: int = 0) -> torch.Tensor:
     >>> checkerboard_mask(2, 2)[0].tolist()
     [[True, False], [False, True]]
     """
-    rows = torch.arange(height).view(-1, 1)
-    cols = torch.arange(width).view(1, -1)
+    rows = torch.arange(height, device="cpu").view(-1, 1)
+    cols = torch.arange(width, device="cpu").view(1, -1)
     return ((rows + cols) % 2 == parity % 2).unsqueeze(0)
 
 
@@ -86,7 +86,9 @@ def _check_dim(dim: int) -> None:
 def make_partition(mask: torch.Tensor, event_shape: Sequence[int]) -> nn.Module:
     """Build the partition that applies ``mask`` (broadcastable to ``event_shape``)."""
     event_shape = torch.Size(event_shape)
-    mask = torch.as_tensor(mask, dtype=torch.bool)
+    # Masks are structure, not data: they are analysed on the CPU and the partition's
+    # buffers are then created on the default device.
+    mask = torch.as_tensor(mask, dtype=torch.bool, device="cpu")
     if mask.dim() != len(event_shape):
         raise ValueError(
             f"mask of shape {tuple(mask.shape)} must have one dimension per event dimension "
@@ -112,12 +114,15 @@ class IndexPartition(nn.Module):
         self.sizes = (len(idx_a), len(idx_b))
         # A contiguous prefix/suffix needs no gather: split and cat are views and one copy.
         self.contiguous = bool(
-            (idx_a == torch.arange(len(idx_a))).all() or (idx_b == torch.arange(len(idx_b))).all()
+            (idx_a == torch.arange(len(idx_a), device="cpu")).all()
+            or (idx_b == torch.arange(len(idx_b), device="cpu")).all()
         )
         self.a_first = bool(mask[0])
-        self.register_buffer("idx_a", idx_a, persistent=False)
-        self.register_buffer("idx_b", idx_b, persistent=False)
-        self.register_buffer("inverse_perm", torch.argsort(torch.cat([idx_a, idx_b])), persistent=False)
+        device = torch.empty(0).device
+        self.register_buffer("idx_a", idx_a.to(device), persistent=False)
+        self.register_buffer("idx_b", idx_b.to(device), persistent=False)
+        inverse_perm = torch.argsort(torch.cat([idx_a, idx_b]))
+        self.register_buffer("inverse_perm", inverse_perm.to(device), persistent=False)
         shape = list(event_shape)
         shape[dim] = self.sizes[0]
         self.a_shape = torch.Size(shape)
@@ -146,7 +151,8 @@ class MaskPartition(nn.Module):
 
     def __init__(self, mask: torch.Tensor, event_shape: Sequence[int]):
         super().__init__()
-        self.register_buffer("mask", mask.to(torch.get_default_dtype()), persistent=False)
+        mask = mask.to(device=torch.empty(0).device, dtype=torch.get_default_dtype())
+        self.register_buffer("mask", mask, persistent=False)
         self.a_shape = self.b_shape = torch.Size(event_shape)
         # Parameters are stacked along the channel dimension (the first event dimension).
         self.param_dim = -len(event_shape)

@@ -44,8 +44,18 @@ ENTRIES = [
         (RealNVPBatchNorm,),
         has_train_mode=True,
     ),
-    Entry("nice", lambda: pyro_flows.nice(4, num_layers=3, hidden_dims=(16,)), (4,), (VectorFlow, pyro_flows.nice)),
-    Entry("real_nvp", lambda: pyro_flows.real_nvp(3, num_layers=3, hidden_dims=(16,)), (3,), (VectorFlow, pyro_flows.real_nvp)),
+    Entry(
+        "nice",
+        lambda: pyro_flows.nice(4, num_layers=3, hidden_dims=(16,)),
+        (4,),
+        (VectorFlow, pyro_flows.nice),
+    ),
+    Entry(
+        "real_nvp",
+        lambda: pyro_flows.real_nvp(3, num_layers=3, hidden_dims=(16,)),
+        (3,),
+        (VectorFlow, pyro_flows.real_nvp),
+    ),
     Entry(
         "real_nvp_bn",
         lambda: pyro_flows.real_nvp(4, num_layers=3, hidden_dims=(16,), batch_norm=True, mask="alternating"),

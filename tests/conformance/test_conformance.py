@@ -250,6 +250,19 @@ def test_construction_under_default_float64(entry):
         torch.set_default_dtype(previous)
 
 
+def test_construction_under_default_device(entry):
+    """Everything a transform creates follows ``torch.set_default_device`` (masks and
+    factorisations made on the CPU break ``.to("cuda")``-free CUDA use). The meta
+    device shows it without a GPU."""
+    torch.set_default_device("meta")
+    try:
+        module = entry.factory()
+    finally:
+        torch.set_default_device(None)
+    on_cpu = [n for n, t in [*module.named_parameters(), *module.named_buffers()] if t.device.type != "meta"]
+    assert not on_cpu, f"created outside the default device: {on_cpu}"
+
+
 @pytest.mark.cuda
 def test_cuda_to_device_and_default_device(entry):
     module, t, x = build(entry, dtype=torch.float32)
