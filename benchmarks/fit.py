@@ -56,7 +56,7 @@ def fit_one(name, train, test, args):
     finite = bool(torch.isfinite(nll).all())
     mean = float(nll.mean()) if finite else float("nan")
     se = float(nll.std() / math.sqrt(len(nll))) if finite else float("nan")
-    return {"nll": mean, "se": se, "train_seconds": seconds, "final_train_loss": float(loss)}
+    return {"nll": mean, "se": se, "train_seconds": seconds, "final_train_loss": float(loss.detach())}
 
 
 def render(results, names, info, cmd, args) -> str:
