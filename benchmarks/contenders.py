@@ -52,6 +52,22 @@ def available(names: Sequence[str] = NAMES) -> list:
     return [n for n in names if importlib.util.find_spec(PACKAGES[n]) is not None]
 
 
+def set_validation(names: Sequence[str], enabled: bool) -> None:
+    """Import the libraries of ``names``, then set distribution validation for all.
+
+    Importing changes the global setting: ``import pyro`` turns torch's distribution
+    validation on and ``import zuko`` turns it off. So import everything first and
+    set it once, for everyone, afterwards.
+    """
+    for name in names:
+        importlib.import_module(PACKAGES[name])
+    torch.distributions.Distribution.set_default_validate_args(enabled)
+    if importlib.util.find_spec("pyro") is not None:
+        import pyro
+
+        pyro.enable_validation(enabled)
+
+
 def build(name: str, dim: int, num_layers: int = 8, hidden_dims: Sequence[int] = (256, 256)) -> Contender:
     """The matched model of library ``name`` on vectors of size ``dim`` (even)."""
     if dim % 2:

@@ -21,7 +21,7 @@ import time
 import torch
 
 from . import report
-from .contenders import NAMES, available, build
+from .contenders import NAMES, available, build, set_validation
 from .toy_targets import TARGETS
 
 GAUSSIAN = "gaussian"
@@ -109,8 +109,8 @@ def parse_args(argv=None):
 
 def main(argv=None) -> dict:
     args = parse_args(argv)
-    torch.distributions.Distribution.set_default_validate_args(args.validate)
     names = available(args.libs)
+    set_validation(names, args.validate)
     info, cmd = report.machine("cpu"), report.command()
     results = {}
     for target_name in args.targets:

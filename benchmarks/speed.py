@@ -13,8 +13,10 @@ hits everyone alike; medians are reported as ratios to the floor and to the fast
 peer. Every call gets a fresh copy of its input: Pyro-style transforms cache on input
 identity, and re-scoring the same tensor would time a cache lookup.
 
-Distribution argument validation (torch's and Pyro's, which both libraries' and zuko's
-``TransformedDistribution`` consult) is off for everyone unless ``--validate``.
+Distribution argument validation (torch's flag, which Pyro's ``TransformedDistribution``,
+zuko's distributions and our finiteness checks all read) is off for everyone unless
+``--validate``. It is set after every library is imported, because importing changes it
+(``import pyro`` turns it on, ``import zuko`` off).
 
     OMP_NUM_THREADS=1 python -m benchmarks.speed --dims 2 16 64 --device cpu
 """
@@ -29,7 +31,7 @@ from typing import Callable, Dict, List
 import torch
 
 from . import report
-from .contenders import NAMES, ConditionerFloor, available, build
+from .contenders import NAMES, ConditionerFloor, available, build, set_validation
 
 OPS = ("train", "log_prob", "sample")
 FLOOR = "floor"
@@ -121,6 +123,8 @@ def bench_dim(dim: int, names: List[str], args, device: torch.device) -> dict:
     tasks[FLOOR] = floor_tasks(floor, x_train, x_eval, args.lr)
     print(f"dim {dim}: trainable parameters " + ", ".join(f"{k} {v}" for k, v in params.items()), flush=True)
 
+    if torch.distributions.Distribution._validate_args != args.validate:
+        raise RuntimeError("distribution validation changed while building the models")
     compile_s = None
     if COMPILED in tasks:
         # Compilation (and the recompile for a new input tensor) happen here, untimed.
@@ -236,8 +240,8 @@ def parse_args(argv=None):
 def main(argv=None) -> dict:
     args = parse_args(argv)
     device = torch.device(args.device)
-    torch.distributions.Distribution.set_default_validate_args(args.validate)
     names = available(args.libs)
+    set_validation(names, args.validate)
     missing = sorted(set(args.libs) - set(names))
     if missing:
         print(f"not installed, skipped: {', '.join(missing)}")
