@@ -147,25 +147,47 @@ def bench_dim(dim: int, names: List[str], args, device: torch.device) -> dict:
     return {"parameters": params, "compile_s": compile_s, "summary": summarize(times)}
 
 
+def _quartiles(values):
+    if len(values) == 1:
+        return values[0], values[0], values[0]
+    q1, q2, q3 = statistics.quantiles(values, n=4, method="inclusive")
+    return q1, q2, q3
+
+
 def summarize(times: dict) -> dict:
+    """Medians and quartiles, absolute and as *paired* ratios: a ratio is formed within
+    each repetition (whose timings are seconds apart) and then the median is taken over
+    repetitions, which cancels most of the slow drift of a shared machine's load."""
     out = {}
     for op, by_name in times.items():
-        medians = {name: statistics.median(t) for name, t in by_name.items()}
-        peers = [n for n in medians if n not in ("ours", COMPILED, FLOOR)]
-        fastest = min(peers, key=medians.get) if peers else None
+
+        def paired(a, b, by_name=by_name):
+            return _quartiles([x / y for x, y in zip(by_name[a], by_name[b], strict=True)])
+
+        to_floor = {name: paired(name, FLOOR) for name in by_name}
+        peers = [n for n in by_name if n not in ("ours", COMPILED, FLOOR)]
+        fastest = min(peers, key=lambda n: to_floor[n][1]) if peers else None
         rows = {}
         for name, t in by_name.items():
-            q = statistics.quantiles(t, n=4) if len(t) > 1 else [t[0], t[0], t[0]]
-            rows[name] = {
-                "median_ms": 1e3 * medians[name],
-                "q1_ms": 1e3 * q[0],
-                "q3_ms": 1e3 * q[2],
-                "reps": len(t),
-                "to_floor": medians[name] / medians[FLOOR],
-                "to_fastest_peer": medians[name] / medians[fastest] if fastest else None,
-            }
+            q1, median, q3 = _quartiles(t)
+            row = {"median_ms": 1e3 * median, "q1_ms": 1e3 * q1, "q3_ms": 1e3 * q3, "reps": len(t)}
+            row["to_floor"] = to_floor[name][1]
+            row["to_floor_iqr"] = [to_floor[name][0], to_floor[name][2]]
+            if fastest:
+                q1, median, q3 = paired(name, fastest)
+                row["to_fastest_peer"], row["to_fastest_peer_iqr"] = median, [q1, q3]
+            else:
+                row["to_fastest_peer"], row["to_fastest_peer_iqr"] = None, None
+            rows[name] = row
         out[op] = {"fastest_peer": fastest, "by_name": rows}
     return out
+
+
+def verdict(row: dict) -> str:
+    """``ahead``/``behind`` when the interquartile range of the paired ratio to the
+    fastest peer lies entirely below/above 1, else ``tie`` (within noise)."""
+    q1, q3 = row["to_fastest_peer_iqr"]
+    return "ahead" if q3 < 1 else "behind" if q1 > 1 else "tie"
 
 
 def render(results: dict, names: List[str], info: dict, cmd: str, args) -> str:
@@ -178,8 +200,10 @@ def render(results: dict, names: List[str], info: dict, cmd: str, args) -> str:
         f"{args.reps} interleaved repetitions after {args.warmup} warm-up, validation "
         f"{'on' if args.validate else 'off'} for every library",
         "",
-        "Cells are median time / conditioner floor (the same 8 MLPs alone: forward, and for `train` "
-        "backward with input gradients plus the Adam step). `ours / fastest peer` < 1 means we are faster.",
+        "Cells are the median over repetitions of time / conditioner-floor time in the same repetition "
+        "(the floor: the same 8 MLPs alone; forward, and for `train` backward with input gradients plus "
+        "the Adam step). `ours / fastest peer` is the median paired ratio with its interquartile range; "
+        "< 1 means we are faster; `tie` when the range contains 1 (within the noise of a shared machine).",
         "",
     ]
     cols = names + ([COMPILED] if args.compile else [])
@@ -192,12 +216,16 @@ def render(results: dict, names: List[str], info: dict, cmd: str, args) -> str:
             fastest = summary["fastest_peer"]
             row = [dim, f"{by[FLOOR]['median_ms']:.1f}"]
             row += [f"{by[n]['to_floor']:.2f}" if n in by else "" for n in cols]
-            ours = by.get("ours", {}).get("to_fastest_peer")
-            row += [fastest or "-", f"{ours:.3f}" if ours is not None else "-"]
+            ours = by.get("ours")
+            if ours is not None and ours["to_fastest_peer"] is not None:
+                q1, q3 = ours["to_fastest_peer_iqr"]
+                row += [fastest, f"{ours['to_fastest_peer']:.3f} [{q1:.2f}, {q3:.2f}] {verdict(ours)}"]
+            else:
+                row += [fastest or "-", "-"]
             if COMPILED in by:
                 row.append(f"{by['ours']['median_ms'] / by[COMPILED]['median_ms']:.2f}x")
             rows.append(row)
-        head = ["D", "floor (ms)", *cols, "fastest peer", "ours / fastest peer"]
+        head = ["D", "floor (ms)", *cols, "fastest peer", "ours / fastest peer [IQR]"]
         if any(COMPILED in res["summary"][op]["by_name"] for res in results.values()):
             head.append("compile gain")
         lines += [report.markdown_table(head, rows), ""]
