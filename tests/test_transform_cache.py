@@ -53,3 +53,33 @@ def test_deepcopy_does_not_share_the_tensor_list():
         twin.conditioner[-1].bias.add_(1.0)
     # An in-place update of the copy's own parameter must be seen by the copy's cache.
     assert not torch.allclose(twin(x), y)
+
+
+def test_compiled_log_prob_does_not_recompile_after_optimizer_steps():
+    from torch._dynamo.testing import CompileCounter
+
+    import pyro_flows
+
+    torch._dynamo.reset()
+    flow = pyro_flows.Flow(pyro_flows.real_nvp(4, num_layers=2, hidden_dims=(8,)))
+    optimizer = torch.optim.Adam(flow.parameters(), lr=1e-2)
+    counter = CompileCounter()
+    compiled = torch.compile(flow.log_prob, backend=counter)
+    x = torch.randn(32, 4)
+
+    def step():
+        optimizer.zero_grad()
+        loss = -compiled(x.clone()).mean()
+        loss.backward()
+        optimizer.step()
+
+    for _ in range(2):
+        step()
+    frames = counter.frame_count
+    for _ in range(3):
+        step()
+    # The cache's parameter version counters change at every step; they must not be guards.
+    assert counter.frame_count == frames
+    with torch.no_grad():
+        assert torch.allclose(compiled(x.clone()), flow.log_prob(x.clone()), atol=1e-6)
+    torch._dynamo.reset()

@@ -161,6 +161,13 @@ class FlowTransform(TransformModule):
         self.__dict__.update(_cached_x_y=x_y, _cached_ladj=ladj, _cache_stamp=stamp)
 
     def _cache_hit(self, x, y) -> bool:
+        if torch.compiler.is_compiling():
+            # Traced, the version counters would become guards of the compiled graph and
+            # every optimizer step would trigger a recompilation; run the lookup eagerly.
+            return _cache_hit_eagerly(self, x, y)
+        return self._cache_lookup(x, y)
+
+    def _cache_lookup(self, x, y) -> bool:
         x_old, y_old = self._cached_x_y
         if x_old is None or self._cache_stamp is None:
             return False
@@ -170,7 +177,13 @@ class FlowTransform(TransformModule):
 
     def _store(self, x, y, ladj):
         if self._cache_size:
-            self._store_entry((x, y), ladj, self._stamp())
+            if torch.compiler.is_compiling():
+                _store_eagerly(self, x, y, ladj)  # as in _cache_hit
+            else:
+                self._store_stamped(x, y, ladj)
+
+    def _store_stamped(self, x, y, ladj):
+        self._store_entry((x, y), ladj, self._stamp())
 
     def __call__(self, x):
         if self._cache_size and self._cache_hit(x, None):
@@ -218,6 +231,11 @@ class FlowTransform(TransformModule):
 
     def extra_repr(self) -> str:
         return "" if self.event_shape is None else f"event_shape={tuple(self.event_shape)}"
+
+
+# Cache bookkeeping run outside compiled graphs (see FlowTransform._cache_hit).
+_cache_hit_eagerly = torch.compiler.disable(FlowTransform._cache_lookup)
+_store_eagerly = torch.compiler.disable(FlowTransform._store_stamped)
 
 
 def event_numel(shape: Sequence[int]) -> int:
