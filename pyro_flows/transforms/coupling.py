@@ -180,8 +180,17 @@ def vector_mask(input_dim: int, mask: Union[str, torch.Tensor] = "half", parity:
     return torch.as_tensor(mask, dtype=torch.bool, device="cpu")
 
 
+def _relu_in_place() -> nn.Module:
+    return nn.ReLU(inplace=True)
+
+
 def _mlp_conditioner(mask, num_params, hidden_dims, activation):
     n_a = int(mask.sum())
+    if activation is nn.ReLU:
+        # Each ReLU follows a Linear whose output nothing else reads, so it can run in
+        # place: same values and gradients, one large allocation less per hidden layer
+        # (on CPU about a fifth of the conditioner's time for log_prob and sample).
+        activation = _relu_in_place
     return MLP(n_a, num_params * (mask.numel() - n_a), hidden_dims, activation)
 
 
