@@ -118,13 +118,13 @@ def _pyro(dim, num_layers, hidden_dims):
     return Contender("pyro", couplings, lambda x: distribution().log_prob(x), sample)
 
 
-def _mlp(n_in, hidden_dims, n_out):
+def _mlp(n_in, hidden_dims, n_out, in_place=False):
     sizes = [n_in, *hidden_dims, n_out]
     layers = []
     for i, (a, b) in enumerate(zip(sizes[:-1], sizes[1:], strict=True)):
         layers.append(nn.Linear(a, b))
         if i < len(sizes) - 2:
-            layers.append(nn.ReLU())
+            layers.append(nn.ReLU(inplace=in_place))
     return nn.Sequential(*layers)
 
 
@@ -200,14 +200,15 @@ def _zuko(dim, num_layers, hidden_dims):
 
 class ConditionerFloor(nn.Module):
     """The conditioner MLPs of a matched flow and nothing else: the work a coupling
-    flow cannot avoid. ``forward(x)`` runs each network on the conditioning half of
-    ``x`` and returns the sum of all outputs (a scalar to backpropagate)."""
+    flow cannot avoid, in the fastest eager form we know (ReLU in place, which saves an
+    allocation per hidden layer). ``forward(x)`` runs each network on the conditioning
+    half of ``x`` and returns the sum of all outputs (a scalar to backpropagate)."""
 
     def __init__(self, dim: int, num_layers: int = 8, hidden_dims: Sequence[int] = (256, 256)):
         super().__init__()
         self.half = dim // 2
         self.nets = nn.ModuleList(
-            _mlp(self.half, hidden_dims, 2 * (dim - self.half)) for _ in range(num_layers)
+            _mlp(self.half, hidden_dims, 2 * (dim - self.half), in_place=True) for _ in range(num_layers)
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

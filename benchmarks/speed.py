@@ -132,6 +132,8 @@ def bench_dim(dim: int, names: List[str], args, device: torch.device) -> dict:
         for _ in range(2):
             time_task(tasks[COMPILED]["log_prob"], device)
         compile_s = time.perf_counter() - start
+        # The first torch.compile turns distribution validation off globally: set it again.
+        set_validation(names, args.validate)
 
     entries = list(tasks)
     times = {op: {name: [] for name in entries if op in tasks[name]} for op in OPS}
@@ -201,7 +203,7 @@ def render(results: dict, names: List[str], info: dict, cmd: str, args) -> str:
         f"{'on' if args.validate else 'off'} for every library",
         "",
         "Cells are the median over repetitions of time / conditioner-floor time in the same repetition "
-        "(the floor: the same 8 MLPs alone; forward, and for `train` backward with input gradients plus "
+        "(the floor: the same 8 MLPs alone with ReLU in place; forward, and for `train` backward with input gradients plus "
         "the Adam step). `ours / fastest peer` is the median paired ratio with its interquartile range; "
         "< 1 means we are faster; `tie` when the range contains 1 (within the noise of a shared machine).",
         "",
