@@ -7,14 +7,22 @@
 torch.Size([3])
 """
 
-from . import transforms
+from . import metrics, transforms
 from .bases import BaseDistribution, base_distribution
-from .builders import nice, real_nvp
+from .builders import cdf_flow, conditional_real_nvp, ffjord, glow, nice, real_nvp, real_nvp_image
 from .flow import Flow
+from .gmm import GaussianMixture
+from .metrics import bits_per_dim
+from .sampling import inverse_cdf_sample
 from .transforms import (
     additive_coupling,
     affine_coupling,
+    base_cdf,
+    change_of_base,
+    conditional_additive_coupling,
+    conditional_affine_coupling,
     invertible_linear,
+    mixture_cdf,
     real_nvp_batch_norm,
     scaling,
 )
@@ -23,14 +31,32 @@ __version__ = "0.1.0"
 
 __all__ = [
     "transforms",
+    "metrics",
+    # models and bases
     "Flow",
     "BaseDistribution",
     "base_distribution",
+    # builders
     "nice",
     "real_nvp",
+    "real_nvp_image",
+    "glow",
+    "cdf_flow",
+    "ffjord",
+    "conditional_real_nvp",
+    # single layers
     "additive_coupling",
     "affine_coupling",
     "invertible_linear",
     "real_nvp_batch_norm",
     "scaling",
+    "base_cdf",
+    "change_of_base",
+    "mixture_cdf",
+    "conditional_additive_coupling",
+    "conditional_affine_coupling",
+    # 1-D tools and baselines
+    "GaussianMixture",
+    "inverse_cdf_sample",
+    "bits_per_dim",
 ]

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-from typing import Sequence, Union
+from typing import Optional, Sequence, Union
 
 import pyro.distributions as dist
 import torch
 from torch import nn
+from torch.distributions import constraints
 
-__all__ = ["BaseDistribution", "base_distribution"]
+__all__ = ["BaseDistribution", "base_distribution", "latent_bridge"]
 
 
 class BaseDistribution(nn.Module):
@@ -93,3 +94,54 @@ def base_distribution(
         f"base distribution has batch shape {tuple(base.batch_shape)} and event shape "
         f"{tuple(base.event_shape)}; expected event shape {tuple(shape)}"
     )
+
+
+def _support_kind(constraint) -> str:
+    """``"real"``, ``"unit"`` (the interval (0, 1)) or ``"other"``."""
+    while isinstance(constraint, constraints.independent):
+        constraint = constraint.base_constraint
+    if isinstance(constraint, constraints._Real):
+        return "real"
+    if isinstance(constraint, constraints._Interval):
+        low, high = torch.as_tensor(constraint.lower_bound), torch.as_tensor(constraint.upper_bound)
+        if bool((low == 0).all()) and bool((high == 1).all()):
+            return "unit"
+    return "other"
+
+
+def latent_bridge(
+    base: torch.distributions.Distribution, transform: nn.Module, event_shape: Sequence[int]
+) -> Optional[nn.Module]:
+    """The transform that lets ``base`` drive ``transform`` when the base's support is
+    not the transform's domain, or ``None`` when it is.
+
+    * transform on the reals (RealNVP, NICE, ...), base on (0, 1) or elsewhere:
+      :class:`~pyro_flows.transforms.ChangeOfBase` from the base to N(0, 1);
+    * transform on (0, 1) (a bare :class:`~pyro_flows.transforms.MixtureCDF`), base on
+      the reals: the base's :class:`~pyro_flows.transforms.BaseCDF`.
+
+    The bridge is a fixed bijection between the two latents, so the density of the
+    model is the same for every such base (Concept 10.13); only the latent changes.
+    Supports of the same kind (Beta and Uniform on (0, 1)) are not bridged: the base
+    then feeds the transform directly, as in the lecture's Example 10.10.
+
+    >>> from pyro_flows import real_nvp
+    >>> bridge = latent_bridge(base_distribution("beta", (2,))(), real_nvp(2, num_layers=2, hidden_dims=(4,)), (2,))
+    >>> type(bridge).__name__, bridge.codomain.base_constraint
+    ('ChangeOfBase', Real())
+    """
+    from .transforms.elementwise import BaseCDF, ChangeOfBase  # elementwise builds on this module
+
+    domain = _support_kind(getattr(transform, "domain", constraints.real))
+    support = _support_kind(base.support)
+    if domain == support:
+        return None
+    if domain == "real":
+        return ChangeOfBase(base, "normal", event_shape)
+    if domain == "unit":
+        return BaseCDF(base, event_shape)
+    raise ValueError(
+        f"cannot bridge a base with support {base.support} to a transform with domain "
+        f"{transform.domain}; use a base on the transform's domain"
+    )
+

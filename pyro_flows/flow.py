@@ -9,7 +9,7 @@ import torch
 from pyro.distributions.torch_transform import ComposeTransformModule
 from torch import nn
 
-from .bases import base_distribution
+from .bases import base_distribution, latent_bridge
 
 __all__ = ["Flow"]
 
@@ -29,8 +29,13 @@ class Flow(nn.Module):
 
     :param transform: a :class:`~pyro.distributions.TransformModule` or a list of them
         (applied in order from the base).
-    :param base: ``"normal"`` (default), ``"uniform"``, ``"beta"`` or a distribution; see
-        :func:`~pyro_flows.bases.base_distribution`.
+    :param base: ``"normal"``, ``"uniform"``, ``"beta"`` or a distribution; see
+        :func:`~pyro_flows.bases.base_distribution`. Default: the transform's
+        ``default_base`` if it has one (e.g. :func:`~pyro_flows.cdf_flow`), else ``"normal"``.
+        When the base's support differs from the transform's domain (a Beta base for a
+        RealNVP), :func:`~pyro_flows.bases.latent_bridge` puts the matching
+        :class:`~pyro_flows.transforms.ChangeOfBase` in front (Concept 10.13); the
+        model's density is unchanged, only its latent follows the chosen base.
     :param event_shape: shape of one data point; read from the transform when it has an
         ``event_shape`` attribute.
 
@@ -44,7 +49,7 @@ class Flow(nn.Module):
     def __init__(
         self,
         transform: Union[nn.Module, Sequence[nn.Module]],
-        base: Union[str, torch.distributions.Distribution] = "normal",
+        base: Union[str, torch.distributions.Distribution, None] = None,
         event_shape: Optional[Sequence[int]] = None,
         **base_params,
     ):
@@ -55,17 +60,20 @@ class Flow(nn.Module):
         if event_shape is None:
             event_shape = _event_shape_of(transform)
         self.event_shape = torch.Size(event_shape)
+        if base is None:
+            base = getattr(transform, "default_base", "normal")
+            base_params = {**getattr(transform, "default_base_params", {}), **base_params}
         self.base = base_distribution(base, self.event_shape, **base_params)
         # Follow a transform that was already moved (e.g. built then .double()'d).
         reference = next(iter(transform.parameters()), None)
         if reference is not None:
             self.base.to(device=reference.device, dtype=reference.dtype)
+        self.bridge = latent_bridge(self.base(), transform, self.event_shape)
 
     def forward(self) -> dist.TransformedDistribution:
-        parts = (
-            self.transform.parts if isinstance(self.transform, ComposeTransformModule) else [self.transform]
-        )
-        return dist.TransformedDistribution(self.base(), list(parts))
+        parts = self.transform.parts if isinstance(self.transform, ComposeTransformModule) else [self.transform]
+        bridge = [] if self.bridge is None else [self.bridge]
+        return dist.TransformedDistribution(self.base(), bridge + list(parts))
 
     def log_prob(self, x: torch.Tensor) -> torch.Tensor:
         """Log-density of data ``x`` of shape ``(*batch, *event_shape)``; shape ``batch``."""

@@ -3,6 +3,7 @@ import os
 import pyro
 import pytest
 import torch
+from torch.distributions import Distribution
 
 # Keep the suite fast and deterministic on a 2-core machine.
 torch.set_num_threads(int(os.environ.get("PYRO_FLOWS_TEST_THREADS", "1")))
@@ -13,7 +14,11 @@ def _seed_and_clean():
     torch.manual_seed(0)
     pyro.set_rng_seed(0)
     pyro.clear_param_store()
+    # torch.compile switches distribution validation off process-wide; restore it so
+    # that the checks of non-finite input stay on for every test.
+    validate = Distribution._validate_args
     yield
+    Distribution.set_default_validate_args(validate)
     pyro.clear_param_store()
 
 

@@ -1,5 +1,17 @@
-"""Conditioner networks for coupling layers."""
+"""Networks used inside flows: coupling conditioners and ODE dynamics."""
 
-from .mlp import MLP
+from .mlp import MLP, ConditionalMLP
+from .odefunc import ConcatSquashLinear, DynamicsNet
+from .resnet import ResidualBlock, ResNet
 
-__all__ = ["MLP"]
+__all__ = [
+    # vectors
+    "MLP",
+    "ConditionalMLP",
+    # images
+    "ResNet",
+    "ResidualBlock",
+    # continuous-time flows
+    "ConcatSquashLinear",
+    "DynamicsNet",
+]

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from typing import Callable, Sequence
 
+import torch
 from torch import nn
 
-__all__ = ["MLP"]
+__all__ = ["MLP", "ConditionalMLP"]
 
 
 class MLP(nn.Sequential):
@@ -47,3 +48,52 @@ class MLP(nn.Sequential):
         if zero_init:
             nn.init.zeros_(self[-1].weight)
             nn.init.zeros_(self[-1].bias)
+
+
+# ---------------------------------------------------------------- conditional (infer area)
+class ConditionalMLP(MLP):
+    """An :class:`MLP` on the concatenation ``[x, context]``, for conditional couplings.
+
+    The leading batch shapes of ``x`` and ``context`` are broadcast against each other,
+    so one context can serve a whole batch of inputs, a batch of contexts can serve one
+    input, or both can be batched alike. The first ``in_features`` input columns read
+    ``x`` and the last ``context_features`` read the context: zeroing the latter turns the
+    network into an :class:`MLP` with the same weights.
+
+    :param int in_features: size of ``x``.
+    :param int context_features: size of the context.
+    :param int out_features: output size.
+    :param hidden_dims: sizes of the hidden layers.
+    :param activation: a callable returning an ``nn.Module`` (default ``nn.ReLU``).
+    :param bool zero_init: zero the weights and bias of the last layer.
+
+    >>> net = ConditionalMLP(3, 2, 4, hidden_dims=(16,))
+    >>> net(torch.randn(5, 3), torch.randn(2)).shape
+    torch.Size([5, 4])
+    >>> net(torch.randn(3), torch.randn(7, 2)).shape
+    torch.Size([7, 4])
+    """
+
+    def __init__(
+        self,
+        in_features: int,
+        context_features: int,
+        out_features: int,
+        hidden_dims: Sequence[int] = (256, 256),
+        activation: Callable[[], nn.Module] = nn.ReLU,
+        zero_init: bool = True,
+    ):
+        super().__init__(in_features + context_features, out_features, hidden_dims, activation, zero_init)
+        self.in_features = in_features
+        self.context_features = context_features
+
+    def forward(self, x: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
+        if context.shape[-1:] != (self.context_features,):
+            raise ValueError(
+                f"ConditionalMLP: expected a context of shape (*batch, {self.context_features}), "
+                f"got shape {tuple(context.shape)}"
+            )
+        batch = torch.broadcast_shapes(x.shape[:-1], context.shape[:-1])
+        x = x.expand(*batch, x.shape[-1])
+        context = context.to(x.dtype).expand(*batch, self.context_features)
+        return super().forward(torch.cat([x, context], dim=-1))

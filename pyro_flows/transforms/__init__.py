@@ -5,10 +5,42 @@ Convention (Pyro's): ``_call`` maps the base side to the data side (sampling), a
 """
 
 from .base import FlowTransform
-from .coupling import AdditiveCoupling, AffineCoupling, additive_coupling, affine_coupling
-from .linear import InvertibleLinear, LUWeight, Scaling, invertible_linear, scaling
+from .continuous import FFJORD
+from .coupling import (
+    AdditiveCoupling,
+    AffineCoupling,
+    ConditionalAdditiveCoupling,
+    ConditionalAffineCoupling,
+    additive_coupling,
+    affine_coupling,
+    conditional_additive_coupling,
+    conditional_affine_coupling,
+    image_additive_coupling,
+    image_affine_coupling,
+    image_mask,
+)
+from .elementwise import (
+    BaseCDF,
+    ChangeOfBase,
+    MixtureCDF,
+    base_cdf,
+    change_of_base,
+    mixture_cdf,
+)
+from .linear import (
+    Invertible1x1Conv,
+    InvertibleLinear,
+    LUWeight,
+    Scaling,
+    invertible_1x1_conv,
+    invertible_linear,
+    scaling,
+)
 from .masks import alternating_mask, channel_mask, checkerboard_mask, half_mask
-from .normalization import RealNVPBatchNorm, real_nvp_batch_norm
+from .multiscale import MultiScale
+from .normalization import ActNorm, RealNVPBatchNorm, act_norm, real_nvp_batch_norm
+from .preprocess import Logit, dequantize, logit
+from .reshape import Squeeze, depth_to_space, space_to_depth, squeeze
 
 __all__ = [
     "FlowTransform",
@@ -17,6 +49,10 @@ __all__ = [
     "AffineCoupling",
     "additive_coupling",
     "affine_coupling",
+    "ConditionalAdditiveCoupling",
+    "ConditionalAffineCoupling",
+    "conditional_additive_coupling",
+    "conditional_affine_coupling",
     # masks
     "alternating_mask",
     "channel_mask",
@@ -31,4 +67,29 @@ __all__ = [
     # normalization
     "RealNVPBatchNorm",
     "real_nvp_batch_norm",
+    # images
+    "image_additive_coupling",
+    "image_affine_coupling",
+    "image_mask",
+    "Invertible1x1Conv",
+    "invertible_1x1_conv",
+    "MultiScale",
+    "ActNorm",
+    "act_norm",
+    "Logit",
+    "dequantize",
+    "logit",
+    "Squeeze",
+    "depth_to_space",
+    "space_to_depth",
+    "squeeze",
+    # elementwise 1-D flows
+    "MixtureCDF",
+    "BaseCDF",
+    "ChangeOfBase",
+    "mixture_cdf",
+    "base_cdf",
+    "change_of_base",
+    # continuous-time flows
+    "FFJORD",
 ]

@@ -229,3 +229,333 @@ def affine_coupling(
     """
     m = vector_mask(input_dim, mask, parity)
     return AffineCoupling(m, _mlp_conditioner(m, 2, hidden_dims, activation), scale_bound=scale_bound)
+
+
+# ---------------------------------------------------------------------------- images
+# Helpers for couplings on (C, H, W) events with a convolutional conditioner
+# (lecture, Concepts 10.29 and 10.32).
+
+
+def image_mask(shape: Sequence[int], mask: Union[str, torch.Tensor] = "checkerboard", parity: int = 0) -> torch.Tensor:
+    """A mask for images of shape ``(C, H, W)`` by name: ``"checkerboard"`` (shape
+    ``(1, H, W)``, the same pattern in every channel) or ``"channel"`` (shape
+    ``(C, 1, 1)``, the first or second half of the channels); a tensor is returned as is.
+
+    >>> image_mask((2, 2, 2), "checkerboard", parity=1)[0].tolist()
+    [[False, True], [True, False]]
+    >>> image_mask((4, 2, 2), "channel").flatten().tolist()
+    [True, True, False, False]
+    """
+    from .masks import channel_mask, checkerboard_mask
+
+    shape = tuple(int(s) for s in shape)
+    if len(shape) != 3 or min(shape) < 1:
+        raise ValueError(f"expected an image shape (C, H, W), got {shape}")
+    if isinstance(mask, str):
+        if mask == "checkerboard":
+            if shape[1] < 2 or shape[2] < 2:
+                raise ValueError(f"a checkerboard mask needs H >= 2 and W >= 2, got image shape {shape}")
+            return checkerboard_mask(shape[1], shape[2], parity)
+        if mask == "channel":
+            if shape[0] < 2:
+                raise ValueError(f"a channel mask needs at least 2 channels, got image shape {shape}")
+            return channel_mask(shape[0], parity)
+        raise ValueError(f"unknown image mask {mask!r}; expected 'checkerboard', 'channel' or a bool tensor")
+    return torch.as_tensor(mask, dtype=torch.bool, device="cpu")
+
+
+def _resnet_conditioner(shape, mask, num_params, hidden_channels, num_blocks, batch_norm):
+    from ..nn.resnet import ResNet
+    from .masks import IndexPartition, MaskPartition
+
+    partition = make_partition(mask, shape)
+    if isinstance(partition, IndexPartition) and partition.dim == -3:
+        # channel mask: the network sees the C_A conditioning channels only
+        c_in, c_out = partition.sizes
+    elif isinstance(partition, MaskPartition):
+        # checkerboard mask: the network sees x * mask at full shape
+        c_in = c_out = shape[0]
+    else:
+        raise ValueError(
+            f"image couplings take a mask over channels (C, 1, 1) or over pixels (1, H, W) with H, W >= 2; "
+            f"got a mask of shape {tuple(mask.shape)} for images of shape {tuple(shape)}"
+        )
+    return ResNet(c_in, num_params * c_out, hidden_channels, num_blocks, batch_norm)
+
+
+def image_affine_coupling(
+    shape: Sequence[int],
+    mask: Union[str, torch.Tensor] = "checkerboard",
+    parity: int = 0,
+    hidden_channels: int = 64,
+    num_blocks: int = 4,
+    batch_norm: bool = True,
+    scale_bound: Optional[float] = 2.0,
+) -> AffineCoupling:
+    r"""One :class:`AffineCoupling` on images of shape ``(C, H, W)`` with a
+    :class:`~pyro_flows.nn.ResNet` conditioner (output layer zero: starts as the identity).
+
+    ``mask="checkerboard"`` conditions on the pixels where :math:`(i + j) \bmod 2 =`
+    ``parity`` and transforms the others; ``mask="channel"`` conditions on the first
+    (``parity=0``) or second half of the channels (lecture, Concept 10.29).
+
+    >>> layer = image_affine_coupling((2, 4, 4), "channel", hidden_channels=8, num_blocks=1)
+    >>> x = torch.randn(3, 2, 4, 4)
+    >>> torch.equal(layer(x), x)  # a new layer is the identity
+    True
+    """
+    m = image_mask(shape, mask, parity)
+    conditioner = _resnet_conditioner(shape, m, 2, hidden_channels, num_blocks, batch_norm)
+    return AffineCoupling(m, conditioner, event_shape=shape, scale_bound=scale_bound)
+
+
+def image_additive_coupling(
+    shape: Sequence[int],
+    mask: Union[str, torch.Tensor] = "checkerboard",
+    parity: int = 0,
+    hidden_channels: int = 64,
+    num_blocks: int = 4,
+    batch_norm: bool = True,
+) -> AdditiveCoupling:
+    """One :class:`AdditiveCoupling` on images of shape ``(C, H, W)`` with a
+    :class:`~pyro_flows.nn.ResNet` conditioner; masks as in :func:`image_affine_coupling`.
+
+    >>> image_additive_coupling((1, 4, 4), hidden_channels=8, num_blocks=1).event_shape
+    torch.Size([1, 4, 4])
+    """
+    m = image_mask(shape, mask, parity)
+    conditioner = _resnet_conditioner(shape, m, 1, hidden_channels, num_blocks, batch_norm)
+    return AdditiveCoupling(m, conditioner, event_shape=shape)
+
+
+__all__ += ["image_mask", "image_affine_coupling", "image_additive_coupling"]
+# ------------------------------------------------------------------------------------------
+# Conditional couplings (infer area): the conditioner also sees a context vector c,
+#   y^A = x^A,  y^B = \hat f(x^B | psi(x^A, c)),
+# so one set of weights defines a family of flows indexed by c (amortized posteriors,
+# class-conditional densities). ``condition(c)`` returns an ordinary coupling that shares
+# the partition and the conditioner with this module: no copies, nothing rebuilt.
+# ------------------------------------------------------------------------------------------
+from pyro.distributions.conditional import ConditionalTransformModule  # noqa: E402
+
+from ..nn.mlp import ConditionalMLP  # noqa: E402
+
+__all__ += [
+    "ConditionalAdditiveCoupling",
+    "ConditionalAffineCoupling",
+    "conditional_additive_coupling",
+    "conditional_affine_coupling",
+]
+
+
+class _BoundConditioner(nn.Module):
+    """A conditional conditioner with its context fixed: ``x_a -> conditioner(x_a, context)``.
+
+    The context is held as a plain attribute (not a buffer), so gradients flow back to
+    whatever produced it (an encoder, a data tensor with ``requires_grad``)."""
+
+    def __init__(self, conditioner: nn.Module, context: torch.Tensor):
+        super().__init__()
+        self.conditioner = conditioner
+        self.context = context
+
+    def forward(self, x_a: torch.Tensor) -> torch.Tensor:
+        return self.conditioner(x_a, self.context)
+
+
+class _ContextBroadcast:
+    """Mixin for a coupling conditioned on a context: the input's batch shape is
+    broadcast against the context's before the coupling runs, so that ``x^A`` and the
+    conditioner's outputs line up (e.g. one base sample per context in a batch)."""
+
+    def _bind(self, parent, context: torch.Tensor) -> None:
+        # Bypasses _Coupling.__init__ on purpose: the partition is the parent's own.
+        FlowTransform.__init__(self, event_shape=parent.event_shape)
+        self.partition = parent.partition
+        self.conditioner = _BoundConditioner(parent.conditioner, context)
+        self.context = context
+
+    def _expand(self, x: torch.Tensor) -> torch.Tensor:
+        event_dim = len(self.event_shape)
+        batch = torch.broadcast_shapes(x.shape[: x.dim() - event_dim], self.context.shape[:-1])
+        return x.expand(*batch, *self.event_shape)
+
+    def _state_tensors(self):
+        # A context changed in place must invalidate the cache like a parameter would.
+        yield from super()._state_tensors()
+        yield self.context
+
+    def _call_and_ladj(self, x):
+        return super()._call_and_ladj(self._expand(x))
+
+    def _inverse_and_ladj(self, y):
+        return super()._inverse_and_ladj(self._expand(y))
+
+
+class _ConditionedAdditiveCoupling(_ContextBroadcast, AdditiveCoupling):
+    def __init__(self, parent: "ConditionalAdditiveCoupling", context: torch.Tensor):
+        self._bind(parent, context)
+
+
+class _ConditionedAffineCoupling(_ContextBroadcast, AffineCoupling):
+    def __init__(self, parent: "ConditionalAffineCoupling", context: torch.Tensor):
+        self._bind(parent, context)
+        self.scale_bound = parent.scale_bound
+
+
+class _ConditionalCoupling(ConditionalTransformModule):
+    """Shared machinery: the partition (built once), the conditioner, context checks."""
+
+    bijective = True
+
+    def __init__(
+        self,
+        mask: torch.Tensor,
+        conditioner: nn.Module,
+        context_dim: int,
+        event_shape: Optional[Sequence[int]] = None,
+    ):
+        super().__init__()
+        mask = torch.as_tensor(mask, dtype=torch.bool, device="cpu")
+        self.event_shape = torch.Size(mask.shape if event_shape is None else event_shape)
+        if not isinstance(context_dim, int) or context_dim < 1:
+            raise ValueError(f"context_dim must be a positive int, got {context_dim!r}")
+        self.context_dim = context_dim
+        self.partition = make_partition(mask, self.event_shape)
+        self.conditioner = conditioner
+
+    def _check_context(self, context: torch.Tensor) -> torch.Tensor:
+        if not isinstance(context, torch.Tensor):
+            raise TypeError(f"{type(self).__name__}: expected a tensor context, got {type(context).__name__}")
+        if not context.is_floating_point():
+            raise ValueError(f"{type(self).__name__}: expected a floating-point context, got dtype {context.dtype}")
+        if context.dim() < 1 or context.shape[-1] != self.context_dim:
+            raise ValueError(
+                f"{type(self).__name__}: expected a context of shape (*batch, {self.context_dim}), "
+                f"got shape {tuple(context.shape)}"
+            )
+        return context
+
+    def extra_repr(self) -> str:
+        return f"event_shape={tuple(self.event_shape)}, context_dim={self.context_dim}"
+
+
+class ConditionalAdditiveCoupling(_ConditionalCoupling):
+    r"""NICE's additive coupling with a context :math:`c` (see :class:`AdditiveCoupling`).
+
+    .. math::
+
+        y^A = x^A,\quad y^B = x^B + t(x^A, c);\qquad
+        x^B = y^B - t(y^A, c);\qquad \log|\det J| = 0.
+
+    :param mask: boolean tensor, ``True`` on the conditioning part A.
+    :param conditioner: module called as ``conditioner(x_a, context)``, returning the
+        shift of :math:`x^B` (e.g. :class:`~pyro_flows.nn.ConditionalMLP`).
+    :param int context_dim: size of the context vector.
+    :param event_shape: the event shape; defaults to ``mask.shape``.
+
+    ``condition(context)`` (context of shape ``(*context_batch, context_dim)``) returns
+    an :class:`AdditiveCoupling` sharing this module's partition and conditioner; input
+    batch shapes are broadcast against ``context_batch``.
+
+    >>> layer = conditional_additive_coupling(4, context_dim=2, hidden_dims=(16,))
+    >>> t = layer.condition(torch.randn(2))
+    >>> x = torch.randn(10, 4)
+    >>> torch.allclose(t.inv(t(x)), x, atol=1e-6)
+    True
+    """
+
+    def condition(self, context: torch.Tensor) -> AdditiveCoupling:
+        return _ConditionedAdditiveCoupling(self, self._check_context(context))
+
+
+class ConditionalAffineCoupling(_ConditionalCoupling):
+    r"""RealNVP's affine coupling with a context :math:`c` (see :class:`AffineCoupling`).
+
+    .. math::
+
+        y^A = x^A,\quad y^B = e^{s(x^A, c)} \odot x^B + t(x^A, c);\qquad
+        x^B = (y^B - t(y^A, c)) \odot e^{-s(y^A, c)};\qquad
+        \log|\det J| = \textstyle\sum_i s_i(x^A, c),
+
+    with the log-scale soft-bounded by ``scale_bound`` as in :class:`AffineCoupling`.
+
+    :param mask: boolean tensor, ``True`` on the conditioning part A.
+    :param conditioner: module called as ``conditioner(x_a, context)`` returning shift
+        and raw log-scale of :math:`x^B` stacked along the partitioned dimension.
+    :param int context_dim: size of the context vector.
+    :param event_shape: the event shape; defaults to ``mask.shape``.
+    :param float scale_bound: the soft bound on :math:`|s|` (default 3, ``None`` for none).
+
+    >>> import pyro.distributions as dist
+    >>> layer = conditional_affine_coupling(3, context_dim=2, hidden_dims=(8,))
+    >>> d = dist.ConditionalTransformedDistribution(dist.Normal(torch.zeros(3), 1.0).to_event(1), [layer])
+    >>> d.condition(torch.randn(5, 2)).log_prob(torch.randn(5, 3)).shape
+    torch.Size([5])
+    """
+
+    def __init__(
+        self,
+        mask: torch.Tensor,
+        conditioner: nn.Module,
+        context_dim: int,
+        event_shape: Optional[Sequence[int]] = None,
+        scale_bound: Optional[float] = 2.0,
+    ):
+        super().__init__(mask, conditioner, context_dim, event_shape)
+        if scale_bound is not None and not scale_bound > 0:
+            raise ValueError(f"scale_bound must be positive or None, got {scale_bound}")
+        self.scale_bound = scale_bound
+
+    def condition(self, context: torch.Tensor) -> AffineCoupling:
+        return _ConditionedAffineCoupling(self, self._check_context(context))
+
+    def extra_repr(self) -> str:
+        return f"{super().extra_repr()}, scale_bound={self.scale_bound}"
+
+
+def _conditional_mlp(mask, context_dim, num_params, hidden_dims, activation):
+    n_a = int(mask.sum())
+    return ConditionalMLP(n_a, context_dim, num_params * (mask.numel() - n_a), hidden_dims, activation)
+
+
+def conditional_additive_coupling(
+    input_dim: int,
+    context_dim: int,
+    hidden_dims: Sequence[int] = (256, 256),
+    mask: Union[str, torch.Tensor] = "half",
+    parity: int = 0,
+    activation: Callable[[], nn.Module] = nn.ReLU,
+) -> ConditionalAdditiveCoupling:
+    """One :class:`ConditionalAdditiveCoupling` on vectors of size ``input_dim`` with a
+    :class:`~pyro_flows.nn.ConditionalMLP` conditioner (last layer zero).
+
+    >>> conditional_additive_coupling(4, 3, hidden_dims=(8,)).context_dim
+    3
+    """
+    m = vector_mask(input_dim, mask, parity)
+    return ConditionalAdditiveCoupling(m, _conditional_mlp(m, context_dim, 1, hidden_dims, activation), context_dim)
+
+
+def conditional_affine_coupling(
+    input_dim: int,
+    context_dim: int,
+    hidden_dims: Sequence[int] = (256, 256),
+    mask: Union[str, torch.Tensor] = "half",
+    parity: int = 0,
+    activation: Callable[[], nn.Module] = nn.ReLU,
+    scale_bound: Optional[float] = 2.0,
+) -> ConditionalAffineCoupling:
+    """One :class:`ConditionalAffineCoupling` on vectors of size ``input_dim`` with a
+    :class:`~pyro_flows.nn.ConditionalMLP` conditioner (last layer zero: every
+    conditioned coupling starts as the identity).
+
+    >>> layer = conditional_affine_coupling(2, 1, hidden_dims=(8,))
+    >>> x = torch.randn(3, 2)
+    >>> torch.equal(layer.condition(torch.ones(1))(x), x)
+    True
+    """
+    m = vector_mask(input_dim, mask, parity)
+    return ConditionalAffineCoupling(
+        m, _conditional_mlp(m, context_dim, 2, hidden_dims, activation), context_dim, scale_bound=scale_bound
+    )

@@ -176,3 +176,102 @@ def real_nvp_batch_norm(
     [1.0, 1.0, 1.0, 1.0]
     """
     return RealNVPBatchNorm(input_dim, event_dim=event_dim, momentum=momentum, eps=eps, affine=affine)
+
+
+# ---------------------------------------------------------------------------- images
+class ActNorm(FlowTransform):
+    r"""Glow's activation normalization (Kingma & Dhariwal, 2018; lecture Def. 10.33): a
+    per-channel affine map with data-dependent initialisation.
+
+    Sampling (``_call``, base to data) and scoring (``_inverse``, data to base):
+
+    .. math::
+
+        y = e^{s} \odot x + b, \qquad x = (y - b) \odot e^{-s}, \qquad
+        \log|\det J| = H W \textstyle\sum_c s_c
+
+    with one :math:`s_c, b_c` per channel, broadcast over the pixels of ``(C, H, W)``
+    events (for vectors ``(D,)``, one per feature and :math:`\log|\det J| = \sum_i s_i`).
+
+    **Data-dependent initialisation.** The first call in the scoring direction
+    (``log_prob``), in train mode, sets :math:`b` to the per-channel mean and
+    :math:`e^{s}` to the per-channel standard deviation of that batch (over the batch
+    and the pixels), so the layer's output on it has zero mean and unit variance per
+    channel. Afterwards :math:`s, b` are ordinary parameters. The ``initialized`` flag
+    is a buffer, so it is saved in ``state_dict`` and a reloaded model is not
+    re-initialised on its first batch. Sampling before initialisation uses the
+    identity.
+
+    :param int num_features: channels (images) or features (vectors).
+    :param int event_dim: 3 for images ``(C, H, W)``, 1 for vectors.
+    :param float eps: added to the standard deviation at initialisation.
+
+    >>> layer = act_norm(2)
+    >>> y = torch.randn(64, 2, 4, 4) * torch.tensor([3.0, 0.5]).view(2, 1, 1) + 1.0
+    >>> x = layer.inv(y)                          # first batch: initialises
+    >>> bool(layer.initialized), round(float(x[:, 0].detach().std(unbiased=False)), 4)
+    (True, 1.0)
+    """
+
+    def __init__(self, num_features: int, event_dim: int = 3, eps: float = 1e-6):
+        if event_dim not in (1, 3):
+            raise ValueError(f"event_dim must be 1 (vectors) or 3 (images), got {event_dim}")
+        if num_features < 1:
+            raise ValueError(f"num_features must be positive, got {num_features}")
+        super().__init__()
+        self.event_dim_ = event_dim
+        self.num_features = num_features
+        self.eps = eps
+        self.loc = nn.Parameter(torch.zeros(num_features))
+        self.log_scale = nn.Parameter(torch.zeros(num_features))
+        self.register_buffer("initialized", torch.tensor(False))
+
+    def _check(self, x, what):
+        check_event(type(self).__name__, x, None, what)
+        d = x.dim() - self.event_dim_
+        if d < 0 or x.shape[d] != self.num_features:
+            kind = "features" if self.event_dim_ == 1 else "channels (C, H, W)"
+            raise ValueError(
+                f"{type(self).__name__}: expected {what} with {self.num_features} {kind} at dim "
+                f"{-self.event_dim_}, got shape {tuple(x.shape)}"
+            )
+
+    def _view(self, t):
+        return t.view(-1, 1, 1) if self.event_dim_ == 3 else t
+
+    def _ladj(self, x):
+        positions = x.shape[-1] * x.shape[-2] if self.event_dim_ == 3 else 1
+        return (self.log_scale.sum() * positions).expand(x.shape[: x.dim() - self.event_dim_])
+
+    @torch.no_grad()
+    def initialize(self, y: torch.Tensor) -> None:
+        """Set :math:`b, s` from the per-channel statistics of the data batch ``y``."""
+        channel_dim = y.dim() - self.event_dim_
+        per_channel = y.detach().movedim(channel_dim, 0).reshape(self.num_features, -1)
+        self.loc.copy_(per_channel.mean(1))
+        self.log_scale.copy_(torch.log(per_channel.std(1, unbiased=False) + self.eps))
+        self.initialized.fill_(True)
+
+    def _call_and_ladj(self, x):
+        return x * self._view(self.log_scale.exp()) + self._view(self.loc), self._ladj(x)
+
+    def _inverse_and_ladj(self, y):
+        if self.training and not bool(self.initialized):
+            self.initialize(y)
+        return (y - self._view(self.loc)) * self._view(torch.exp(-self.log_scale)), self._ladj(y)
+
+    def extra_repr(self):
+        return f"num_features={self.num_features}, event_dim={self.event_dim_}"
+
+
+def act_norm(num_features: int, event_dim: int = 3) -> ActNorm:
+    """An :class:`ActNorm` layer over ``num_features`` channels (``event_dim=3``) or
+    features (``event_dim=1``).
+
+    >>> act_norm(3).log_scale.shape
+    torch.Size([3])
+    """
+    return ActNorm(num_features, event_dim=event_dim)
+
+
+__all__ += ["ActNorm", "act_norm"]

@@ -36,6 +36,33 @@ class Entry:
     jacobian: bool = True
     #: whether the transform supports torch.compile-equality checks on CPU
     compile: bool = True
+    #: draws inputs on the transform's domain (base side), ``(shape, dtype) -> tensor``;
+    #: ``None``: standard normal. Needed where the domain is not all of R^n (e.g. (0, 1)).
+    sample_input: Optional[Callable[[Sequence[int], torch.dtype], torch.Tensor]] = None
+    #: draws values on the codomain (data side) where they cannot be normal draws;
+    #: ``None``: the checks reuse normal draws as data.
+    sample_output: Optional[Callable[[Sequence[int], torch.dtype], torch.Tensor]] = None
+    #: base distribution of the flow built in the checks on the transform's domain,
+    #: ``(event_shape, dtype, device="cpu") -> distribution``; ``None``: N(0, I).
+    base: Optional[Callable[..., torch.distributions.Distribution]] = None
+    #: SGD step size of the stale-cache check; deep flows on large events (losses summed
+    #: over many pixels) diverge at the default
+    lr: float = 0.05
+    #: size of the context vector of a conditional transform: the suite then sets
+    #: ``module.context`` and checks ``module.condition(context)``
+    context_dim: Optional[int] = None
+
+
+def draw_input(entry: Entry, shape, dtype=torch.float64) -> torch.Tensor:
+    """Inputs on the entry's domain (standard normal unless the entry says otherwise)."""
+    if entry.sample_input is None:
+        return torch.randn(tuple(shape), dtype=dtype)
+    return entry.sample_input(tuple(shape), dtype)
+
+
+def open_unit(shape, dtype):
+    """Uniform draws inside (0.02, 0.98): inputs for transforms whose domain is (0, 1)."""
+    return 0.02 + 0.96 * torch.rand(tuple(shape), dtype=dtype)
 
 
 def all_entries():

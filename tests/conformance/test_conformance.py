@@ -22,7 +22,7 @@ import pyro_flows.builders
 import pyro_flows.transforms
 
 from ..helpers import autograd_logdet, randomize
-from .registry import all_entries
+from .registry import all_entries, draw_input
 
 ENTRIES = all_entries()
 IDS = [e.name for e in ENTRIES]
@@ -36,7 +36,7 @@ def build(entry, dtype=torch.float64, seed=0):
         module.context = torch.randn(entry.context_dim)
     module = module.to(dtype)
     randomize(module, entry.randomize_scale, seed)
-    x = torch.randn(6, *entry.event_shape, dtype=dtype)
+    x = draw_input(entry, (6, *entry.event_shape), dtype)
     transform = as_transform(module, entry)
     if entry.warmup is not None:
         entry.warmup(transform, x)
@@ -48,6 +48,13 @@ def build(entry, dtype=torch.float64, seed=0):
     return module, transform, x
 
 
+def as_data(entry, x):
+    """Values to score: ``x`` itself unless the codomain needs its own draws."""
+    if entry.sample_output is None:
+        return x
+    return entry.sample_output(tuple(x.shape), x.dtype)
+
+
 def as_transform(module, entry):
     if getattr(entry, "context_dim", None):
         return module.condition(module.context.to(next(module.parameters()).dtype))
@@ -56,6 +63,8 @@ def as_transform(module, entry):
 
 def flow_dist(transform, entry, dtype=torch.float64):
     shape = torch.Size(entry.event_shape)
+    if entry.base is not None:
+        return dist.TransformedDistribution(entry.base(shape, dtype), [transform])
     base = dist.Normal(torch.zeros(shape, dtype=dtype), torch.ones(shape, dtype=dtype)).to_event(len(shape))
     return dist.TransformedDistribution(base, [transform])
 
@@ -106,8 +115,9 @@ def test_round_trip_float64(entry, mode):
             assert torch.allclose(t.inv(y.clone()), x, atol=1e-10, rtol=0)
         # scoring data, then mapping it back (in train mode scoring updates the batch
         # statistics, so only this order is a round trip there)
-        x2 = t.inv(x.clone())
-        assert torch.allclose(t(x2.clone()), x, atol=1e-10, rtol=0)
+        data = as_data(entry, x)
+        x2 = t.inv(data.clone())
+        assert torch.allclose(t(x2.clone()), data, atol=1e-10, rtol=0)
 
 
 def test_log_det_matches_autograd_eval(entry):
@@ -146,7 +156,7 @@ def test_log_det_matches_autograd_train(entry):
 def test_batch_shapes(entry, batch_shape):
     module, t, _ = build(entry)
     module.eval()
-    x = torch.randn(*batch_shape, *entry.event_shape, dtype=torch.float64)
+    x = draw_input(entry, (*batch_shape, *entry.event_shape))
     y = t(x)
     assert y.shape == x.shape
     assert t.log_abs_det_jacobian(x, y).shape == torch.Size(batch_shape)
@@ -168,6 +178,7 @@ def test_sample_rsample_shapes_and_gradients(entry):
 
 def test_gradients_reach_every_parameter(entry):
     module, t, x = build(entry)
+    x = as_data(entry, x)
     params = dict(module.named_parameters())
     if not params:
         pytest.skip("no parameters")
@@ -184,11 +195,12 @@ def test_no_stale_cache_after_optimizer_step(entry):
     """Scoring the same tensor after a step must recompute (wrong log-dets and
     'backward through the graph a second time' otherwise)."""
     module, t, x = build(entry)
+    x = as_data(entry, x)
     params = [p for p in module.parameters()]
     if not params:
         pytest.skip("no parameters")
     d = flow_dist(t, entry)
-    opt = torch.optim.SGD(params, lr=0.05)
+    opt = torch.optim.SGD(params, lr=entry.lr)
     for _ in range(3):
         opt.zero_grad()
         loss = -d.log_prob(x).mean()
@@ -212,7 +224,7 @@ def test_log_det_independent_of_call_order(entry):
     module.eval()
     y = t(x)
     reference = t.log_abs_det_jacobian(x, y).detach().clone()
-    other = torch.randn_like(x)
+    other = torch.randn_like(x) if entry.sample_output is None else as_data(entry, x)
     t.inv(other)  # overwrite the cache with unrelated data
     assert torch.allclose(t.log_abs_det_jacobian(x, y), reference, atol=1e-10)
     d = flow_dist(t, entry)
@@ -224,6 +236,7 @@ def test_log_det_independent_of_call_order(entry):
 # ------------------------------------------------------------ dtype, device
 def test_to_float64_matches_float32(entry):
     module, t, x = build(entry, dtype=torch.float32)
+    x = as_data(entry, x)
     module.eval()
     lp32 = flow_dist(t, entry, torch.float32).log_prob(x)
     module64 = module.to(torch.float64)
@@ -242,7 +255,7 @@ def test_construction_under_default_float64(entry):
             module.context = torch.randn(entry.context_dim)
         assert all(p.dtype == torch.float64 for p in module.parameters())
         t = as_transform(module, entry)
-        x = torch.randn(3, *entry.event_shape)
+        x = as_data(entry, draw_input(entry, (3, *entry.event_shape), torch.float64))
         if entry.warmup is not None:
             entry.warmup(t, x)
         assert flow_dist(t, entry).log_prob(x).dtype == torch.float64
@@ -254,11 +267,14 @@ def test_construction_under_default_device(entry):
     """Everything a transform creates follows ``torch.set_default_device`` (masks and
     factorisations made on the CPU break ``.to("cuda")``-free CUDA use). The meta
     device shows it without a GPU."""
+    validate = torch.distributions.Distribution._validate_args
+    torch.distributions.Distribution.set_default_validate_args(False)  # meta has no values
     torch.set_default_device("meta")
     try:
         module = entry.factory()
     finally:
         torch.set_default_device(None)
+        torch.distributions.Distribution.set_default_validate_args(validate)
     on_cpu = [n for n, t in [*module.named_parameters(), *module.named_buffers()] if t.device.type != "meta"]
     assert not on_cpu, f"created outside the default device: {on_cpu}"
 
@@ -266,11 +282,17 @@ def test_construction_under_default_device(entry):
 @pytest.mark.cuda
 def test_cuda_to_device_and_default_device(entry):
     module, t, x = build(entry, dtype=torch.float32)
+    x = as_data(entry, x)
     module.eval()
     expected = flow_dist(t, entry, torch.float32).log_prob(x)
     module = module.to("cuda")
     t = as_transform(module, entry)
-    base = dist.Normal(torch.zeros(entry.event_shape, device="cuda"), 1.0).to_event(len(entry.event_shape))
+    if entry.base is not None:
+        base = entry.base(torch.Size(entry.event_shape), torch.float32, "cuda")
+    else:
+        base = dist.Normal(torch.zeros(entry.event_shape, device="cuda"), 1.0).to_event(
+            len(entry.event_shape)
+        )
     got = dist.TransformedDistribution(base, [t]).log_prob(x.cuda())
     assert got.device.type == "cuda"
     assert torch.allclose(got.cpu(), expected, atol=1e-4, rtol=1e-4)
@@ -280,7 +302,7 @@ def test_cuda_to_device_and_default_device(entry):
         if getattr(entry, "context_dim", None):
             fresh.context = torch.randn(entry.context_dim)
         ft = as_transform(fresh, entry)
-        xx = torch.randn(4, *entry.event_shape)
+        xx = draw_input(entry, (4, *entry.event_shape), torch.float32)
         if entry.warmup is not None:
             entry.warmup(ft, xx)
         assert flow_dist(ft, entry, torch.float32).sample((2,)).device.type == "cuda"
@@ -291,6 +313,7 @@ def test_cuda_to_device_and_default_device(entry):
 # ---------------------------------------------------------- serialisation
 def test_state_dict_round_trip(entry):
     module, t, x = build(entry)
+    x = as_data(entry, x)
     module.eval()
     expected = flow_dist(t, entry).log_prob(x)
     torch.manual_seed(123)
@@ -308,6 +331,7 @@ def test_state_dict_round_trip(entry):
 
 def test_deepcopy_and_pickle_after_log_prob(entry):
     module, t, x = build(entry)
+    x = as_data(entry, x)
     module.eval()
     d = flow_dist(t, entry)
     lp = d.log_prob(x)
@@ -323,6 +347,7 @@ def test_torch_compile_log_prob(entry):
     if not entry.compile:
         pytest.skip("compile check not registered for this entry")
     module, t, x = build(entry, dtype=torch.float32)
+    x = as_data(entry, x)
     module.eval()
     d = flow_dist(t, entry, torch.float32)
     expected = d.log_prob(x)

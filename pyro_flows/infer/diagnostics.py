@@ -1,0 +1,217 @@
+"""Diagnostics of approximate posteriors: ArviZ ``InferenceData``, PSIS k-hat, and
+moment comparisons against a reference (exact moments or a long NUTS run).
+
+PSIS is not reimplemented here: :func:`psis_khat` hands importance log-weights to
+ArviZ's :func:`arviz.psislw`. ArviZ is imported lazily, so ``import pyro_flows`` stays fast.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Dict, Mapping, Optional, Sequence, Union
+
+import numpy as np
+import pyro
+import torch
+from pyro.infer import Predictive
+from pyro.infer.importance import vectorized_importance_weights
+
+__all__ = [
+    "guide_samples",
+    "guide_to_inference_data",
+    "mcmc_to_inference_data",
+    "importance_log_weights",
+    "psis_khat",
+    "compare_moments",
+    "moments_table",
+]
+
+Samples = Mapping[str, Union[torch.Tensor, np.ndarray]]
+
+
+def _latent_sites(model, guide, args, kwargs) -> list:
+    trace = pyro.poutine.trace(guide).get_trace(*args, **kwargs)
+    return [
+        name
+        for name, site in trace.nodes.items()
+        if site["type"] == "sample" and not site["is_observed"] and not site["infer"].get("is_auxiliary")
+    ]
+
+
+@torch.no_grad()
+def guide_samples(model, guide, num_samples: int, *args, sites: Optional[Sequence[str]] = None, **kwargs) -> Dict[str, torch.Tensor]:
+    """Draw ``num_samples`` joint samples of the latent sites of ``guide`` (all of them,
+    or ``sites``) with :class:`pyro.infer.Predictive`; each of shape
+    ``(num_samples, *site_shape)``."""
+    if sites is None:
+        sites = _latent_sites(model, guide, args, kwargs)
+    predictive = Predictive(model, guide=guide, num_samples=num_samples, return_sites=list(sites))
+    return {k: v.detach() for k, v in predictive(*args, **kwargs).items()}
+
+
+def _to_numpy(value) -> np.ndarray:
+    if isinstance(value, torch.Tensor):
+        return value.detach().cpu().double().numpy()
+    return np.asarray(value, dtype=float)
+
+
+def _squeeze_plates(value: np.ndarray, num_leading: int) -> np.ndarray:
+    # Predictive keeps singleton plate dimensions (e.g. shape (S, 1, 8)); ArviZ wants
+    # (chain, draw, *event) with no placeholder axes.
+    keep = value.shape[:num_leading]
+    rest = tuple(s for s in value.shape[num_leading:] if s != 1)
+    return value.reshape(*keep, *rest)
+
+
+def guide_to_inference_data(
+    model, guide, num_samples: int, *args, sites: Optional[Sequence[str]] = None, **kwargs
+):
+    """Samples of a trained guide as an :class:`arviz.InferenceData` (one chain).
+
+    >>> import pyro, pyro.distributions as dist
+    >>> from pyro.infer.autoguide import AutoNormal
+    >>> def model():
+    ...     pyro.sample("mu", dist.Normal(0.0, 1.0))
+    >>> guide = AutoNormal(model)
+    >>> idata = guide_to_inference_data(model, guide, 100)
+    >>> idata.posterior["mu"].shape
+    (1, 100)
+    """
+    import arviz as az
+
+    samples = guide_samples(model, guide, num_samples, *args, sites=sites, **kwargs)
+    posterior = {k: _squeeze_plates(_to_numpy(v), 1)[None] for k, v in samples.items()}
+    return az.from_dict(posterior=posterior)
+
+
+def mcmc_to_inference_data(mcmc, sites: Optional[Sequence[str]] = None):
+    """Samples of a finished :class:`pyro.infer.MCMC` run, grouped by chain, as an
+    :class:`arviz.InferenceData` (with the sampler's divergences when recorded)."""
+    import arviz as az
+
+    samples = mcmc.get_samples(group_by_chain=True)
+    if sites is not None:
+        samples = {k: samples[k] for k in sites}
+    posterior = {k: _squeeze_plates(_to_numpy(v), 2) for k, v in samples.items()}
+    stats = {}
+    diagnostics = mcmc.get_extra_fields(group_by_chain=True)
+    if "diverging" in diagnostics:
+        stats["diverging"] = _to_numpy(diagnostics["diverging"]).astype(bool)
+    return az.from_dict(posterior=posterior, sample_stats=stats or None)
+
+
+@torch.no_grad()
+def importance_log_weights(
+    model, guide, *args, num_particles: int = 1000, max_plate_nesting: int = 1, **kwargs
+) -> torch.Tensor:
+    r"""Log importance weights :math:`\log p(x, z_s) - \log q(z_s)`, :math:`z_s \sim q`,
+    shape ``(num_particles,)``, drawn in one vectorised pass. Their mean is an ELBO
+    estimate and their log-mean-exp an importance-weighted bound on :math:`\log p(x)`."""
+    log_weights, _, _ = vectorized_importance_weights(
+        model, guide, *args, num_samples=num_particles, max_plate_nesting=max_plate_nesting, normalized=False, **kwargs
+    )
+    return log_weights.detach()
+
+
+def psis_khat(
+    model, guide, *args, num_particles: int = 1000, max_plate_nesting: int = 1, log_weights=None, **kwargs
+) -> float:
+    r"""The Pareto-smoothed importance-sampling shape :math:`\hat k` of ``guide`` as a
+    proposal for the posterior of ``model`` (Yao et al., 2018), from ArviZ's
+    :func:`arviz.psislw`. :math:`\hat k < 0.5`: the guide is close to the posterior;
+    :math:`0.5 \le \hat k < 0.7`: usable for importance sampling; :math:`\hat k \ge 0.7`:
+    the guide misses mass the posterior has (typically the tails).
+
+    Pass precomputed ``log_weights`` (from :func:`importance_log_weights`) to reuse them.
+    """
+    import arviz as az
+
+    if log_weights is None:
+        log_weights = importance_log_weights(
+            model, guide, *args, num_particles=num_particles, max_plate_nesting=max_plate_nesting, **kwargs
+        )
+    lw = _to_numpy(log_weights).reshape(-1)
+    if not np.isfinite(lw).all():
+        raise ValueError(f"psis_khat: {int((~np.isfinite(lw)).sum())} non-finite log-weights")
+    _, khat = az.psislw(lw)
+    return float(khat)
+
+
+def _moments(value) -> tuple:
+    if isinstance(value, Mapping):
+        return _to_numpy(value["mean"]).reshape(-1), _to_numpy(value["sd"]).reshape(-1)
+    flat = _to_numpy(value)
+    flat = flat.reshape(flat.shape[0], -1)
+    return flat.mean(0), flat.std(0, ddof=1)
+
+
+def _reference_dict(reference) -> dict:
+    posterior = getattr(reference, "posterior", None)
+    if posterior is not None:  # InferenceData: flatten chains
+        out = {}
+        for name, var in posterior.data_vars.items():
+            a = var.values
+            out[name] = a.reshape(a.shape[0] * a.shape[1], *a.shape[2:])
+        return out
+    return dict(reference)
+
+
+def compare_moments(samples, reference, sites: Optional[Sequence[str]] = None) -> list:
+    """Compare posterior means and standard deviations coordinate by coordinate.
+
+    :param samples: dict ``site -> samples`` (first dimension the draws) or an
+        ``InferenceData``, e.g. from :func:`guide_samples`.
+    :param reference: the same kind of object (e.g. a NUTS run), or exact moments as a
+        dict ``site -> {"mean": ..., "sd": ...}``.
+    :returns: one dict per site and coordinate with ``site``, ``index``, ``mean``,
+        ``ref_mean``, ``sd``, ``ref_sd``, ``mean_error`` (absolute) and ``sd_rel_error``
+        (``sd / ref_sd - 1``).
+
+    >>> rows = compare_moments({"v": torch.randn(4000) * 3}, {"v": {"mean": 0.0, "sd": 3.0}})
+    >>> abs(rows[0]["sd_rel_error"]) < 0.05
+    True
+    """
+    samples = _reference_dict(samples)
+    reference = _reference_dict(reference)
+    names = list(sites) if sites is not None else [n for n in samples if n in reference]
+    rows = []
+    for name in names:
+        mean, sd = _moments(samples[name])
+        ref_mean, ref_sd = _moments(reference[name])
+        if mean.shape != ref_mean.shape:
+            ref_mean, ref_sd = np.broadcast_to(ref_mean, mean.shape), np.broadcast_to(ref_sd, mean.shape)
+        for i in range(mean.size):
+            rows.append(
+                {
+                    "site": name,
+                    "index": i,
+                    "mean": float(mean[i]),
+                    "ref_mean": float(ref_mean[i]),
+                    "sd": float(sd[i]),
+                    "ref_sd": float(ref_sd[i]),
+                    "mean_error": float(abs(mean[i] - ref_mean[i])),
+                    "sd_rel_error": float(sd[i] / ref_sd[i] - 1) if ref_sd[i] > 0 else math.nan,
+                }
+            )
+    return rows
+
+
+def moments_table(rows: Sequence[Mapping], columns: Optional[Sequence[str]] = None, digits: int = 3) -> str:
+    """A markdown table of dict rows (e.g. from :func:`compare_moments`).
+
+    >>> print(moments_table([{"site": "v", "sd": 2.9512}], digits=2))
+    | site | sd |
+    |---|---|
+    | v | 2.95 |
+    """
+    if not rows:
+        return ""
+    columns = list(columns) if columns is not None else list(rows[0])
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    for row in rows:
+        cells = []
+        for c in columns:
+            v = row.get(c, "")
+            cells.append(f"{v:.{digits}f}" if isinstance(v, float) else str(v))
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)

@@ -1,0 +1,274 @@
+r"""Continuous-time flows: FFJORD (lecture Def. 10.34; Chen et al., 2018; Grathwohl et al., 2019).
+
+The lecture's normalizing map :math:`f` (data :math:`x` to latent :math:`z`) is the flow of
+an ODE from :math:`t=0` to :math:`t=1`:
+
+.. math::
+
+    z_0 = x,\qquad \frac{dz_t}{dt} = h(t, z_t),\qquad f(x) = z_1,
+
+and :math:`f^{-1}` integrates the same ODE backwards, from :math:`t=1` to :math:`t=0`. Any
+network :math:`h` gives an invertible map (solutions of a Lipschitz ODE never cross), and
+the log-determinant is the integrated trace of the Jacobian of :math:`h` (not of the whole
+map), so the Jacobian needs no structure at all:
+
+.. math::
+
+    \log\Big|\det\frac{\partial f}{\partial x}\Big| = \int_0^1
+    \operatorname{tr}\frac{\partial h}{\partial z}(t, z_t)\,dt .
+
+In Pyro's convention (``_call`` = base to data) :class:`FFJORD` therefore *samples* by
+integrating :math:`1 \to 0` and *scores* (``_inverse``) by integrating :math:`0 \to 1`.
+"""
+
+from __future__ import annotations
+
+import importlib
+import math
+from typing import Optional, Tuple
+
+import torch
+from torch import nn
+
+from ..nn.odefunc import AugmentedDynamics, trace_noise
+from .base import FlowTransform
+
+__all__ = ["FFJORD", "EXACT_TRACE_MAX_DIM"]
+
+#: with ``trace="auto"``, dimensions up to this use the exact trace even in training
+EXACT_TRACE_MAX_DIM = 8
+
+_TRACES = ("auto", "exact", "hutchinson")
+
+
+def _torchdiffeq():
+    try:
+        import torchdiffeq
+    except ImportError as error:
+        raise ImportError(
+            "FFJORD solves ODEs with torchdiffeq, which is not installed; install it with "
+            "`pip install torchdiffeq` (or the optional extra: `pip install 'pyro-flows[ode]'`)"
+        ) from error
+    return torchdiffeq
+
+
+def _solver_names() -> Tuple[str, ...]:
+    """torchdiffeq's solver names (empty if its layout changes: torchdiffeq then names the
+    problem itself at the first solve)."""
+    _torchdiffeq()
+    try:
+        return tuple(importlib.import_module("torchdiffeq._impl.odeint").SOLVERS)
+    except (ImportError, AttributeError):
+        return ()
+
+
+class FFJORD(FlowTransform):
+    r"""Free-form continuous flow (FFJORD) on vectors, as a Pyro ``TransformModule``.
+
+    With dynamics :math:`h(t, z)` and :math:`\tau(t) = \int_0^t \operatorname{tr}
+    \frac{\partial h}{\partial z}(s, z_s)\,ds`:
+
+    * ``_inverse`` (data :math:`x` to base, the lecture's :math:`f`): solve
+      :math:`t: 0 \to 1` from :math:`z_0 = x`; returns :math:`z_1`.
+    * ``_call`` (base :math:`z` to data, sampling): solve :math:`t: 1 \to 0` from
+      :math:`z_1 = z`; returns :math:`x = z_0`.
+    * ``log_abs_det_jacobian`` of ``_call``: :math:`\log|\det \partial x/\partial z| =
+      -\tau(1)`, so :math:`\log p(x) = \log p_Z(z_1) + \int_0^1 \operatorname{tr}
+      \frac{\partial h}{\partial z}\,dt`.
+
+    The trace is computed exactly (one backward pass per dimension) or estimated with
+    Hutchinson's estimator :math:`\varepsilon^\top \frac{\partial h}{\partial z}\varepsilon`
+    (one pass; the probes :math:`\varepsilon` are drawn once per solve, so every step of
+    one solve sees the same noise). ``trace="auto"`` uses the exact trace in eval mode and
+    for dimensions up to :data:`EXACT_TRACE_MAX_DIM`, Hutchinson otherwise; in eval mode
+    the log-density is then deterministic.
+
+    After each solve, :attr:`nfe` holds the number of evaluations of :math:`h` (it grows as
+    the dynamics get stiff) and, with the adjoint method, :attr:`nfe_backward` those of the
+    last backward pass. With ``kinetic_weight`` or ``frobenius_weight`` positive, the
+    integrals :math:`\int_0^1 \|h\|^2 dt` and :math:`\int_0^1 \|\partial h/\partial z\|_F^2 dt`
+    (Finlay et al., 2020) are integrated alongside, exposed per sample as
+    :attr:`kinetic_energy` and :attr:`jacobian_frobenius`, and their weighted batch mean as
+    :attr:`regularization`, to add to the loss.
+
+    Inputs of shape ``(*batch, D)``; the batch is flattened for the solver and restored.
+
+    :param dynamics: the network :math:`h(t, z)` mapping a scalar time and ``(N, D)`` to
+        ``(N, D)``, e.g. :class:`~pyro_flows.nn.DynamicsNet`.
+    :param int input_dim: :math:`D`.
+    :param str trace: ``"auto"``, ``"exact"`` or ``"hutchinson"``.
+    :param str noise: Hutchinson probes, ``"rademacher"`` or ``"gaussian"``.
+    :param str method: a torchdiffeq solver (``"dopri5"``, ``"dopri8"``, ``"rk4"``, ...).
+    :param float rtol: relative tolerance of adaptive solvers.
+    :param float atol: absolute tolerance. Both are raised to at least
+        :math:`64\,\epsilon_\text{dtype}`: a float32 solve cannot resolve 1e-12, and its steps
+        would shrink until they underflow.
+    :param bool adjoint: backpropagate with the adjoint method (memory independent of the
+        number of steps, at the cost of a backward solve).
+    :param options: extra solver options (e.g. ``{"step_size": 0.05}`` for ``"rk4"``).
+    :param float kinetic_weight: weight of the kinetic-energy regulariser.
+    :param float frobenius_weight: weight of the Jacobian-Frobenius regulariser.
+
+    >>> import pyro.distributions as dist
+    >>> from pyro_flows.nn import DynamicsNet
+    >>> flow = FFJORD(DynamicsNet(2, (16,), zero_init=False), input_dim=2)
+    >>> d = dist.TransformedDistribution(dist.Normal(torch.zeros(2), 1.0).to_event(1), [flow])
+    >>> x = d.sample((5,))
+    >>> d.log_prob(x).shape, flow.nfe > 0
+    (torch.Size([5]), True)
+    """
+
+    def __init__(
+        self,
+        dynamics: nn.Module,
+        input_dim: int,
+        trace: str = "auto",
+        noise: str = "rademacher",
+        method: str = "dopri5",
+        rtol: float = 1e-5,
+        atol: float = 1e-5,
+        adjoint: bool = False,
+        options: Optional[dict] = None,
+        kinetic_weight: float = 0.0,
+        frobenius_weight: float = 0.0,
+    ):
+        if not isinstance(input_dim, int) or input_dim < 1:
+            raise ValueError(f"FFJORD: expected a positive integer input_dim, got {input_dim!r}")
+        if trace not in _TRACES:
+            raise ValueError(f"FFJORD: expected trace in {_TRACES}, got {trace!r}")
+        if noise not in ("rademacher", "gaussian"):
+            raise ValueError(f"FFJORD: expected noise 'rademacher' or 'gaussian', got {noise!r}")
+        solvers = _solver_names()
+        if solvers and method not in solvers:
+            raise ValueError(f"FFJORD: unknown solver {method!r}; expected one of {sorted(solvers)}")
+        if not (rtol > 0 and atol > 0):
+            raise ValueError(f"FFJORD: tolerances must be positive, got rtol={rtol}, atol={atol}")
+        if kinetic_weight < 0 or frobenius_weight < 0:
+            raise ValueError(
+                f"FFJORD: regularisation weights must be >= 0, got {kinetic_weight}, {frobenius_weight}"
+            )
+        super().__init__(event_shape=(input_dim,))
+        self.dynamics = dynamics
+        self.input_dim = input_dim
+        self.trace = trace
+        self.noise = noise
+        self.method = method
+        self.rtol = rtol
+        self.atol = atol
+        self.adjoint = adjoint
+        self.options = dict(options or {})
+        self.kinetic_weight = float(kinetic_weight)
+        self.frobenius_weight = float(frobenius_weight)
+        self._reset_solve_stats()
+
+    # ----------------------------------------------------------------- results
+    def _reset_solve_stats(self):
+        #: evaluations of h in the last solve
+        self.nfe = 0
+        #: per-sample integrals of the last solve (``None`` unless regularising)
+        self.kinetic_energy: Optional[torch.Tensor] = None
+        self.jacobian_frobenius: Optional[torch.Tensor] = None
+        # the last solve's ODE function (not a submodule: it only holds a reference to
+        # ``dynamics`` and its probes), kept to count the adjoint pass's evaluations
+        self.__dict__["_last_solve"] = None
+
+    @property
+    def regularizes(self) -> bool:
+        return self.kinetic_weight > 0 or self.frobenius_weight > 0
+
+    @property
+    def nfe_backward(self) -> int:
+        """Evaluations of :math:`h` by the adjoint pass since the last solve (0 without
+        ``adjoint=True``: plain backpropagation goes through the stored steps instead)."""
+        last = self.__dict__.get("_last_solve")
+        return 0 if last is None else last.calls - self.nfe
+
+    @property
+    def regularization(self) -> torch.Tensor:
+        r"""``kinetic_weight * mean(kinetic_energy) + frobenius_weight * mean(jacobian_frobenius)``
+        of the last solve (a differentiable scalar; ``0.`` when not regularising)."""
+        if not self.regularizes or self.kinetic_energy is None:
+            param = next(self.dynamics.parameters(), None)
+            return torch.zeros(()) if param is None else param.new_zeros(())
+        return (
+            self.kinetic_weight * self.kinetic_energy.mean()
+            + self.frobenius_weight * self.jacobian_frobenius.mean()
+        )
+
+    def uses_exact_trace(self) -> bool:
+        """Whether the next solve computes the trace exactly (see ``trace``)."""
+        if self.trace == "auto":
+            return not self.training or self.input_dim <= EXACT_TRACE_MAX_DIM
+        return self.trace == "exact"
+
+    # ------------------------------------------------------------------- solve
+    def _solve(self, z: torch.Tensor, t0: float, t1: float) -> Tuple[torch.Tensor, torch.Tensor]:
+        """Integrate from ``t0`` to ``t1``; returns the end point and
+        :math:`\\int_{t_0}^{t_1} \\operatorname{tr}(\\partial h/\\partial z)\\,dt`, which is
+        the log|det| of the map ``z(t0) -> z(t1)``."""
+        torchdiffeq = _torchdiffeq()
+        batch_shape = z.shape[:-1]
+        flat = z.reshape(-1, self.input_dim)
+        n = flat.shape[0]
+        zeros = flat.new_zeros(n)
+        if n == 0:
+            self._reset_solve_stats()
+            return z, zeros.reshape(batch_shape)
+        noise = None if self.uses_exact_trace() else trace_noise(self.noise, flat)
+        func = AugmentedDynamics(self.dynamics, noise, self.regularizes)
+        state = (flat, zeros) + ((zeros, zeros) if self.regularizes else ())
+        times = torch.tensor([t0, t1], dtype=flat.dtype, device=flat.device)
+        floor = 64 * torch.finfo(flat.dtype).eps
+        kwargs = dict(rtol=max(self.rtol, floor), atol=max(self.atol, floor), method=self.method)
+        if self.options:
+            kwargs["options"] = dict(self.options)
+        if self.adjoint:
+            params = tuple(p for p in self.dynamics.parameters() if p.requires_grad)
+            solution = torchdiffeq.odeint_adjoint(func, state, times, adjoint_params=params, **kwargs)
+        else:
+            solution = torchdiffeq.odeint(func, state, times, **kwargs)
+        end = [s[-1] for s in solution]
+        self.nfe = func.calls
+        self.__dict__["_last_solve"] = func
+        if self.regularizes:
+            # the integrands are >= 0; a backward solve accumulates them with a minus sign
+            sign = math.copysign(1.0, t1 - t0)
+            self.kinetic_energy = (sign * end[2]).reshape(batch_shape)
+            self.jacobian_frobenius = (sign * end[3]).reshape(batch_shape)
+        return end[0].reshape(z.shape), end[1].reshape(batch_shape)
+
+    def _call_and_ladj(self, x):
+        # base -> data: t from 1 to 0; the integrated trace is log|det dx/dz| directly
+        return self._solve(x, 1.0, 0.0)
+
+    def _inverse_and_ladj(self, y):
+        # data -> base: t from 0 to 1, the lecture's f; the ladj of _call is minus its log-det
+        z, log_det = self._solve(y, 0.0, 1.0)
+        return z, -log_det
+
+    # ------------------------------------------------------------ housekeeping
+    def __getstate__(self):
+        state = super().__getstate__()
+        state["_last_solve"] = None
+        state["kinetic_energy"] = None
+        state["jacobian_frobenius"] = None
+        return state
+
+    # torch.distributions.Transform's repr hides the module tree and the solver settings
+    __repr__ = nn.Module.__repr__
+
+    def extra_repr(self) -> str:
+        parts = [
+            f"input_dim={self.input_dim}",
+            f"method={self.method!r}",
+            f"rtol={self.rtol:g}",
+            f"atol={self.atol:g}",
+            f"trace={self.trace!r}",
+        ]
+        if self.adjoint:
+            parts.append("adjoint=True")
+        if self.regularizes:
+            parts.append(
+                f"kinetic_weight={self.kinetic_weight:g}, frobenius_weight={self.frobenius_weight:g}"
+            )
+        return ", ".join(parts)

@@ -1,0 +1,403 @@
+"""Image flows: squeeze, multi-scale split, ActNorm, 1x1 convolutions, logit
+preprocessing, bits/dim, the RealNVP and Glow builders, and a short training run on
+sklearn's digits."""
+
+from __future__ import annotations
+
+import importlib
+import io
+import math
+import sys
+
+import pyro
+import pyro.distributions as dist
+import pytest
+import torch
+
+import pyro_flows
+from pyro_flows import Flow, bits_per_dim
+from pyro_flows.data import DIGITS_LEVELS, DIGITS_SPLIT_SIZES, load_cifar10, load_digits, load_mnist
+from pyro_flows.nn import ResNet
+from pyro_flows.transforms import (
+    ActNorm,
+    Invertible1x1Conv,
+    Logit,
+    MultiScale,
+    Squeeze,
+    depth_to_space,
+    dequantize,
+    image_affine_coupling,
+    space_to_depth,
+)
+
+from .helpers import randomize
+
+TINY = dict(hidden_channels=4, num_blocks=1)
+
+
+def jacobian_logdet(fn, x):
+    """log|det dfn/dx| of one event x (float64), by the full vectorized Jacobian."""
+    n = x.numel()
+    jac = torch.autograd.functional.jacobian(
+        lambda v: fn(v.view(1, *x.shape)).reshape(-1), x.reshape(-1), vectorize=True
+    )
+    return torch.linalg.slogdet(jac.reshape(n, n))[1]
+
+
+def standard_normal(shape, dtype=torch.float64):
+    return dist.Normal(torch.zeros(shape, dtype=dtype), torch.ones(shape, dtype=dtype)).to_event(len(shape))
+
+
+# ---------------------------------------------------------------------- squeeze
+def test_space_to_depth_moves_each_2x2_block_into_channels():
+    x = torch.arange(2 * 4 * 6.0).view(2, 4, 6)
+    y = space_to_depth(x)
+    assert y.shape == (8, 2, 3)
+    for c in range(2):
+        for i in range(2):
+            for j in range(2):
+                assert torch.equal(y[4 * c + 2 * i + j], x[c, i::2, j::2])
+
+
+def test_squeeze_and_unsqueeze_are_exact_inverses():
+    x = torch.randn(3, 5, 2, 4, 6, dtype=torch.float64)
+    assert torch.equal(depth_to_space(space_to_depth(x)), x)
+    y = torch.randn(3, 8, 2, 3)
+    assert torch.equal(space_to_depth(depth_to_space(y)), y)
+    layer = Squeeze((2, 4, 6))
+    assert layer.event_shape == (8, 2, 3) and layer.data_shape == (2, 4, 6)
+    assert torch.equal(layer(layer.inv(x)), x)
+    assert torch.equal(layer.log_abs_det_jacobian(layer.inv(x), x), torch.zeros(3, 5, dtype=torch.float64))
+
+
+def test_squeeze_shapes_distribution_and_errors():
+    layer = Squeeze((1, 4, 4))
+    assert layer.forward_shape((7, 4, 2, 2)) == (7, 1, 4, 4)
+    assert layer.inverse_shape((7, 1, 4, 4)) == (7, 4, 2, 2)
+    d = dist.TransformedDistribution(standard_normal((4, 2, 2)), [layer])
+    x = d.sample((5,))
+    assert x.shape == (5, 1, 4, 4)
+    # a permutation of coordinates: the density is the base density of the squeezed image
+    assert torch.allclose(d.log_prob(x.clone()), standard_normal((1, 4, 4)).log_prob(x))
+    with pytest.raises(ValueError, match=r"H and W must be even.*\(1, 5, 4\)"):
+        Squeeze((1, 5, 4))
+    with pytest.raises(ValueError, match=r"expected value of shape .*1, 4, 4.*got shape \(2, 1, 4, 6\)"):
+        layer.inv(torch.randn(2, 1, 4, 6))
+
+
+# ------------------------------------------------------------------- multiscale
+def test_lecture_latent_structure_3x32x32():
+    """Def. 10.30: Z1 2c x 16 x 16, Z2 4c x 8 x 8, Z3 16c x 4 x 4 for c = 3."""
+    c = 3
+    expected = [(2 * c, 16, 16), (4 * c, 8, 8), (16 * c, 4, 4)]
+    for flow in (
+        pyro_flows.real_nvp_image((c, 32, 32), num_scales=3, hidden_channels=2, num_blocks=0),
+        pyro_flows.glow((c, 32, 32), num_scales=3, steps_per_scale=1, hidden_channels=2, num_blocks=0),
+    ):
+        assert [tuple(s) for s in flow.latent_shapes] == expected
+        assert sum(math.prod(s) for s in expected) == c * 32 * 32
+        flow.eval()
+        u = flow.inv(torch.rand(2, c, 32, 32))
+        assert u.shape == (2, c, 32, 32)
+        assert [tuple(z.shape) for z in flow.latents(u)] == [(2, *s) for s in expected]
+
+
+def test_shapes_through_every_scale():
+    flow = pyro_flows.real_nvp_image((2, 8, 8), num_scales=2, **TINY)
+    scales = []
+    level = flow
+    while level is not None:
+        scales.append(
+            (tuple(level.event_shape), tuple(level.scale_shape), level.kept_shape and tuple(level.kept_shape))
+        )
+        level = level.inner
+    # scale 1: (2, 8, 8) -> squeeze (8, 4, 4) -> Z1 (4, 4, 4), keep (4, 4, 4)
+    # scale 2: (4, 4, 4) -> squeeze (16, 2, 2), last scale: Z2 (16, 2, 2)
+    assert scales == [((2, 8, 8), (8, 4, 4), (4, 4, 4)), ((4, 4, 4), (16, 2, 2), None)]
+    kinds = [type(p).__name__ for p in reversed(flow.transform.parts)]  # normalizing order
+    assert kinds == ["AffineCoupling"] * 3 + ["Squeeze"] + ["AffineCoupling"] * 3
+    inner_parts = list(reversed(flow.inner.transform.parts))
+    assert [type(p).__name__ for p in inner_parts] == ["AffineCoupling"] * 3 + ["Squeeze"] + [
+        "AffineCoupling"
+    ] * 7
+    masks = [tuple(p.partition.a_shape) for p in inner_parts if hasattr(p, "partition")]
+    assert (
+        masks == [(4, 4, 4)] * 3 + [(8, 2, 2)] * 3 + [(16, 2, 2)] * 4
+    )  # checkerboard, channel, checkerboard
+    glow = pyro_flows.glow((2, 8, 8), num_scales=2, steps_per_scale=2, **TINY)
+    assert [type(p).__name__ for p in reversed(glow.transform.parts)] == ["Squeeze"] + [
+        "ActNorm",
+        "Invertible1x1Conv",
+        "AffineCoupling",
+    ] * 2
+
+
+@pytest.mark.parametrize(
+    "build, shape",
+    [
+        (lambda: pyro_flows.real_nvp_image((1, 4, 4), num_scales=1, **TINY), (1, 4, 4)),
+        (lambda: pyro_flows.real_nvp_image((2, 8, 8), num_scales=2, num_final_layers=2, **TINY), (2, 8, 8)),
+        (lambda: pyro_flows.glow((1, 4, 4), num_scales=2, steps_per_scale=2, **TINY), (1, 4, 4)),
+        (lambda: pyro_flows.glow((2, 8, 8), num_scales=3, steps_per_scale=1, **TINY), (2, 8, 8)),
+    ],
+    ids=["real_nvp_1x4x4", "real_nvp_2x8x8", "glow_1x4x4", "glow_2x8x8"],
+)
+def test_builders_round_trip_and_log_det_float64(build, shape):
+    torch.manual_seed(0)
+    flow = build().double()
+    flow.train()
+    flow.inv(torch.randn(16, *shape, dtype=torch.float64))  # ActNorm init, batch-norm statistics
+    randomize(flow, 0.05)
+    flow.eval()
+    u = torch.randn(3, *shape, dtype=torch.float64)
+    x = flow(u)
+    assert torch.allclose(flow.inv(x.clone()), u, atol=1e-10)
+    ladj = flow.log_abs_det_jacobian(u, x)
+    assert torch.allclose(ladj[0], jacobian_logdet(flow, u[0]), atol=1e-8)
+    assert torch.allclose(-ladj[1], jacobian_logdet(flow.inv, x[1].detach()), atol=1e-8)
+    assert ladj.abs().min() > 1e-3  # not volume-preserving: the check has teeth
+
+
+def test_multiscale_rejects_mismatched_inner():
+    with pytest.raises(ValueError, match=r"kept half \(2, 2, 2\).*\(4, 2, 2\)"):
+        MultiScale(Squeeze((1, 4, 4)), (1, 4, 4), inner=Squeeze((1, 4, 4)))
+
+
+def test_builders_reject_bad_shapes():
+    with pytest.raises(ValueError, match=r"divisible by 2\*\*num_scales = 8.*\(1, 12, 8\)"):
+        pyro_flows.real_nvp_image((1, 12, 8), num_scales=3)
+    with pytest.raises(ValueError, match=r"divisible by 2\*\*num_scales = 4"):
+        pyro_flows.glow((3, 6, 8), num_scales=2)
+    with pytest.raises(ValueError, match=r"at least 2x2 pixels.*leaves 1x1"):
+        pyro_flows.real_nvp_image((1, 8, 8), num_scales=3)
+    with pytest.raises(ValueError, match="image shape"):
+        pyro_flows.glow((8, 8), num_scales=1)
+    # the same shape works for glow, and for real_nvp_image without the final checkerboards
+    assert pyro_flows.glow((1, 8, 8), num_scales=3, steps_per_scale=1, **TINY).latent_shapes[-1] == (16, 1, 1)
+    pyro_flows.real_nvp_image((1, 8, 8), num_scales=3, num_final_layers=0, **TINY)
+
+
+# ------------------------------------------------------------------- conditioner
+def test_resnet_depth_batch_shapes_and_zero_init():
+    net = ResNet(3, 6, hidden_channels=8, num_blocks=9)
+    assert sum(isinstance(m, torch.nn.Conv2d) for m in net.modules()) == 20  # the lecture's 20 layers
+    assert sum(isinstance(m, torch.nn.BatchNorm2d) for m in net.modules()) == 19
+    out = net(torch.randn(2, 5, 3, 4, 4))
+    assert out.shape == (2, 5, 6, 4, 4) and bool((out == 0).all())
+    layer = image_affine_coupling((3, 4, 4), "checkerboard", hidden_channels=8, num_blocks=2)
+    x = torch.randn(4, 3, 4, 4)
+    assert torch.equal(layer(x), x)
+    with pytest.raises(ValueError, match=r"expected input of shape \(\*batch, 3, H, W\)"):
+        net(torch.randn(2, 4, 4, 4))
+
+
+def test_batch_normalized_conditioner_round_trips_in_train_mode():
+    """The conditioner sees the unchanged half x^A in both directions, so even with batch
+    statistics (train mode) a coupling inverts exactly on the same batch."""
+    torch.manual_seed(0)
+    layer = image_affine_coupling((2, 4, 4), "checkerboard", 1, hidden_channels=8, num_blocks=2).double()
+    randomize(layer, 0.3)
+    layer.train()
+    y = torch.randn(8, 2, 4, 4, dtype=torch.float64)
+    x = layer.inv(y)
+    assert torch.allclose(layer(x.clone()), y, atol=1e-10)
+    assert (x - y).abs().max() > 0.1
+    layer.eval()  # running averages instead of batch statistics: a different map
+    assert not torch.allclose(layer.inv(y.clone()), x, atol=1e-3)
+
+
+# ---------------------------------------------------------------------- ActNorm
+def test_act_norm_data_dependent_init():
+    torch.manual_seed(0)
+    layer = ActNorm(3)
+    scale = torch.tensor([0.1, 2.0, 7.0]).view(3, 1, 1)
+    y = torch.randn(32, 3, 4, 4) * scale + torch.tensor([5.0, -1.0, 0.3]).view(3, 1, 1)
+    x = layer.inv(y).detach()
+    assert bool(layer.initialized)
+    assert torch.allclose(x.mean((0, 2, 3)), torch.zeros(3), atol=1e-5)
+    assert torch.allclose(x.var((0, 2, 3), unbiased=False), torch.ones(3), atol=1e-4)
+    expected_ladj = 16 * torch.log(y.transpose(0, 1).reshape(3, -1).std(1, unbiased=False)).sum()
+    assert torch.allclose(layer.log_abs_det_jacobian(x, y), expected_ladj.expand(32), atol=1e-4)
+    # later batches do not re-initialise
+    before = layer.loc.detach().clone()
+    layer.inv(y * 3 + 1)
+    assert torch.equal(layer.loc.detach(), before)
+
+
+def test_act_norm_init_flag_survives_state_dict():
+    torch.manual_seed(0)
+    layer = ActNorm(2)
+    y = torch.randn(16, 2, 3, 3) * 4 + 2
+    layer.inv(y)
+    state = layer.state_dict()
+    assert "initialized" in state and bool(state["initialized"])
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    buffer.seek(0)
+    fresh = ActNorm(2)
+    fresh.load_state_dict(torch.load(buffer, weights_only=True))
+    other = torch.randn(16, 2, 3, 3) * 0.1 - 5  # would move loc/scale if it re-initialised
+    assert torch.allclose(fresh.inv(other), layer.inv(other))
+    assert torch.equal(fresh.loc, layer.loc)
+    # the same through a whole Glow model
+    model = Flow(pyro_flows.glow((1, 4, 4), num_scales=2, steps_per_scale=1, **TINY))
+    data = torch.rand(8, 1, 4, 4)
+    expected = model.log_prob(data).detach()
+    copy = Flow(pyro_flows.glow((1, 4, 4), num_scales=2, steps_per_scale=1, **TINY))
+    copy.load_state_dict(model.state_dict())
+    other = torch.rand(8, 1, 4, 4) * 9  # the first batch the copy sees: must not re-initialise it
+    assert torch.allclose(copy.log_prob(other), model.log_prob(other), atol=1e-5)
+    assert torch.allclose(copy.log_prob(data), expected, atol=1e-5)
+
+
+def test_invertible_1x1_conv_log_det_is_hw_log_det_w():
+    torch.manual_seed(0)
+    layer = Invertible1x1Conv(4).double()
+    randomize(layer, 0.5)
+    x = torch.randn(2, 4, 3, 5, dtype=torch.float64)
+    y = layer(x)
+    w = layer.weight.weight()
+    assert torch.allclose(y[1, :, 2, 3], w @ x[1, :, 2, 3])
+    expected = 15 * torch.linalg.slogdet(w)[1]
+    assert torch.allclose(layer.log_abs_det_jacobian(x, y), expected.expand(2), atol=1e-10)
+    assert expected.abs() > 0.1
+
+
+# -------------------------------------------------- preprocessing and bits/dim
+def test_logit_log_det_and_density_normalizes():
+    layer = Logit((1,), alpha=0.05)
+    z = torch.linspace(-4, 4, 9, dtype=torch.float64).view(9, 1)
+    x = layer(z)
+    assert torch.allclose(layer.inv(x.clone()), z, atol=1e-10)
+    expected = torch.stack([jacobian_logdet(layer, v) for v in z])
+    assert torch.allclose(layer.log_abs_det_jacobian(z, x), expected, atol=1e-10)
+    # p(x) = N(logit(a + (1-2a)x)) |dz/dx| integrates to 1 over the image of R
+    d = dist.TransformedDistribution(standard_normal((1,)), [layer])
+    low, high = -0.05 / 0.9, 0.95 / 0.9
+    grid = torch.linspace(low, high, 200001, dtype=torch.float64)[1:-1].view(-1, 1)
+    density = d.log_prob(grid).exp()
+    assert abs(float(torch.trapezoid(density, grid.flatten())) - 1.0) < 1e-4
+    with pyro.validation_enabled(True), pytest.raises(ValueError, match=r"expected data in \[0, 1\]"):
+        layer.inv(torch.tensor([[1.5]]))
+
+
+def test_dequantize_range_and_errors():
+    levels = torch.tensor([[0.0, 16.0], [3.0, 7.0]])
+    y = dequantize(levels, 17, generator=torch.Generator().manual_seed(0))
+    assert bool((y >= levels / 17).all() and (y < (levels + 1) / 17).all())
+    assert torch.equal((y * 17).floor(), levels)
+    with pytest.raises(ValueError, match=r"integer levels in \[0, 16\]"):
+        dequantize(levels / 17, 17)
+    with pytest.raises(ValueError, match=r"integer levels in \[0, 3\]"):
+        dequantize(torch.tensor([4.0]), 4)
+
+
+def test_bits_per_dim_formula():
+    # uniform density on [0, 1]^D of K-level data: log2 K bits/dim
+    assert torch.allclose(bits_per_dim(torch.zeros(3), 64, 256), torch.full((3,), 8.0))
+    assert math.isclose(bits_per_dim(0.0, 10, 17), math.log2(17))
+    # a density of 2^-D on the cube is one bit per dimension less informative
+    assert math.isclose(bits_per_dim(-64 * math.log(2), 64), 1.0)
+    # matches the definition -log2 P(x) / D for a discrete model (piecewise-constant density)
+    probs = torch.tensor([0.5, 0.25, 0.125, 0.125])
+    x = torch.tensor([0, 1, 2, 3, 0])
+    log_density = (probs[x] * 4).log().sum()  # density on [0, 1]: K * P(level)
+    assert torch.allclose(bits_per_dim(log_density, 5, 4), -probs[x].log2().mean())
+
+
+# ------------------------------------------------------------------------- data
+def test_load_digits_fixed_split():
+    parts = {s: load_digits(s) for s in ("train", "validation", "test")}
+    assert {s: len(v) for s, v in parts.items()} == DIGITS_SPLIT_SIZES
+    everything = load_digits("all")
+    assert everything.shape == (1797, 1, 8, 8) and everything.dtype == torch.get_default_dtype()
+    assert set(everything.unique().tolist()) == set(range(DIGITS_LEVELS))
+    joined = torch.cat(list(parts.values())).flatten(1)
+    key = lambda t: sorted(map(tuple, t.tolist()))  # noqa: E731
+    assert key(joined) == key(everything.flatten(1))  # a partition of the data set
+    assert torch.equal(load_digits("test"), parts["test"])  # the same split every call
+    with pytest.raises(ValueError, match="unknown split"):
+        load_digits("val")
+
+
+def test_mnist_and_cifar_need_torchvision(monkeypatch, tmp_path):
+    monkeypatch.setitem(sys.modules, "torchvision", None)
+    monkeypatch.setitem(sys.modules, "torchvision.datasets", None)
+    for loader in (load_mnist, load_cifar10):
+        with pytest.raises(ImportError, match=r"needs torchvision.*load_digits"):
+            loader(str(tmp_path))
+
+
+# --------------------------------------------------------------------- training
+def _digits_example():
+    return importlib.import_module("examples.digits")
+
+
+def test_short_training_run_beats_independent_pixel_baseline():
+    example = _digits_example()
+    torch.manual_seed(0)
+    train_levels, test_levels = load_digits("train"), load_digits("test")
+    gaussian = example.gaussian_baseline(train_levels, test_levels)
+    histogram = example.histogram_baseline(train_levels, test_levels)
+    assert 3.2 < gaussian < 3.6 and 2.2 < histogram < 2.6  # independent pixels, dequantized digits
+    model = Flow(
+        [
+            pyro_flows.real_nvp_image((1, 8, 8), num_scales=2, hidden_channels=16, num_blocks=1),
+            Logit((1, 8, 8)),
+        ]
+    )
+    untrained = example.test_bits_per_dim(model, test_levels)
+    example.train(model, train_levels, seconds=math.inf, max_steps=40, lr=3e-3)
+    trained = example.test_bits_per_dim(model, test_levels)
+    print(
+        f"histogram {histogram:.3f} gaussian {gaussian:.3f} untrained {untrained:.3f} trained {trained:.3f}"
+    )
+    # below both independent-pixel baselines, even the per-pixel histogram (the best any
+    # independent-pixel model of the dequantized training data can do)
+    assert trained < histogram - 0.05 < gaussian, (trained, histogram, gaussian)
+    assert trained < untrained - 1.0, (trained, untrained)
+
+
+def test_digits_example_smoke(tmp_path):
+    results = _digits_example().main(["--smoke", "--out", str(tmp_path)])
+    assert set(results) == {
+        "histogram_baseline",
+        "gaussian_baseline",
+        "real_nvp_image",
+        "glow",
+        "real_nvp_vector",
+    }
+    assert all(math.isfinite(v) and 0 < v < 10 for v in results.values())
+    for name in ("real_nvp_image", "glow", "real_nvp_vector"):
+        for kind in ("samples", "reconstructions"):
+            assert (tmp_path / f"{name}_{kind}.png").stat().st_size > 1000
+
+
+# ------------------------------------------------------------------------- CUDA
+@pytest.mark.cuda
+@pytest.mark.parametrize("name", ["real_nvp_image", "glow"])
+def test_cuda_builders_match_cpu(name):
+    torch.manual_seed(0)
+    build = {
+        "real_nvp_image": lambda: pyro_flows.real_nvp_image((1, 8, 8), num_scales=2, **TINY),
+        "glow": lambda: pyro_flows.glow((1, 8, 8), num_scales=3, steps_per_scale=2, **TINY),
+    }[name]
+    model = Flow([build(), Logit((1, 8, 8))])
+    x = dequantize(load_digits("test")[:32], DIGITS_LEVELS)
+    model.train()
+    model.log_prob(x)  # initialise ActNorm, batch statistics
+    randomize(model, 0.05)
+    model.eval()
+    expected = model.log_prob(x)
+    model = model.to("cuda")
+    got = model.log_prob(x.cuda())
+    assert got.device.type == "cuda"
+    assert torch.allclose(got.cpu(), expected, atol=1e-3, rtol=1e-4)
+    assert model.sample((4,)).shape == (4, 1, 8, 8)
+    torch.set_default_device("cuda")
+    try:
+        fresh = Flow([build(), Logit((1, 8, 8))])
+        fresh.log_prob(torch.rand(8, 1, 8, 8))
+        assert fresh.sample((2,)).device.type == "cuda"
+    finally:
+        torch.set_default_device("cpu")

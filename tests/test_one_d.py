@@ -1,0 +1,271 @@
+"""1-D flows: the mixture CDF, its inverse, base CDFs, training and sampling.
+
+Specific checks beyond the conformance suite (entries_elementwise.py): monotonicity and
+the log-derivative, inverse accuracy at extreme targets, normalization by quadrature,
+the trained flow against the EM-fitted GMM, Kolmogorov-Smirnov checks of samples and
+latents for every base, and rsample gradients against finite differences.
+"""
+
+from __future__ import annotations
+
+import math
+
+import pyro.distributions as dist
+import pytest
+import torch
+from scipy import stats
+
+import pyro_flows
+from pyro_flows import Flow, GaussianMixture, cdf_flow, inverse_cdf_sample, mixture_cdf
+from pyro_flows.data import make_bimodal
+from pyro_flows.transforms import BaseCDF, MixtureCDF
+
+BASES = ["normal", "uniform", "beta"]
+
+
+def spread_mixture(component="gaussian", num_components=4, dtype=torch.float64) -> MixtureCDF:
+    """A mixture with far-apart, very narrow and very wide components."""
+    t = mixture_cdf(num_components, component=component).to(dtype)
+    with torch.no_grad():
+        t.loc.copy_(torch.tensor([-300.0, -1.0, 0.5, 40.0])[:num_components])
+        t.log_scale.copy_(torch.tensor([-3.0, 0.0, 2.0, -6.0])[:num_components])
+        t.logits.copy_(torch.tensor([0.5, -1.0, 0.0, 1.0])[:num_components])
+    return t
+
+
+def train(flow: Flow, data: torch.Tensor, steps: int = 150, lr: float = 0.05) -> Flow:
+    flow.transform.mixture.init_from_data(data)
+    optimizer = torch.optim.Adam(flow.parameters(), lr=lr)
+    for _ in range(steps):
+        loss = -flow.log_prob(data).mean()
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    return flow
+
+
+@pytest.fixture(scope="module")
+def fitted():
+    """A 4-component CDF flow trained on the bimodal data, and its held-out data."""
+    torch.manual_seed(0)
+    train_x, test_x = make_bimodal(1000, seed=0), make_bimodal(1000, seed=1)
+    flow = train(Flow(cdf_flow(4)).double(), train_x)
+    return flow, train_x, test_x
+
+
+def with_base(fitted_flow: Flow, base: str) -> Flow:
+    """The same learned mixture, targeting another base."""
+    flow = Flow(cdf_flow(4, base=base)).double()
+    flow.transform.mixture.load_state_dict(fitted_flow.transform.mixture.state_dict())
+    return flow
+
+
+# ---------------------------------------------------------- the mixture CDF
+@pytest.mark.parametrize("component", ["gaussian", "logistic"])
+def test_monotone_and_log_derivative_matches_autograd(component):
+    t = spread_mixture(component)
+    x = torch.linspace(-400.0, 100.0, 20001, dtype=torch.float64, requires_grad=True)
+    log_cdf, log_sf, log_pdf = t.log_parts(x)
+    # never decreasing; strictly increasing wherever the step changes the smaller of F
+    # and 1 - F by more than 1e-12 relatively (on the plateau between the components at
+    # -300 and -1 it changes by exp(-40000), which no float can show)
+    assert (log_cdf.diff() >= 0).all() and (log_sf.diff() <= 0).all()
+    resolvable = (log_pdf - torch.minimum(log_cdf, log_sf))[:-1] + math.log(0.025) > math.log(1e-12)
+    assert resolvable.float().mean() > 0.4
+    assert ((log_cdf.diff() > 0) | (log_sf.diff() < 0))[resolvable].all()
+    assert torch.isfinite(log_pdf).all()
+    # d/dx log F = F'/F and d/dx log(1-F) = -F'/(1-F), exact in float64
+    grad_cdf = torch.autograd.grad(log_cdf.sum(), x, retain_graph=True)[0]
+    grad_sf = torch.autograd.grad(log_sf.sum(), x)[0]
+    assert torch.allclose(grad_cdf, torch.exp(log_pdf - log_cdf), rtol=1e-8, atol=1e-300)
+    assert torch.allclose(grad_sf, -torch.exp(log_pdf - log_sf), rtol=1e-8, atol=1e-300)
+    # the closed-form CDF itself against autograd of the CDF value
+    y = torch.linspace(-5.0, 5.0, 101, dtype=torch.float64, requires_grad=True)
+    u = t.inv(y)
+    dudy = torch.autograd.grad(u.sum(), y)[0]
+    assert torch.allclose(dudy.log(), t.log_parts(y.detach())[2], atol=1e-10)
+
+
+@pytest.mark.parametrize("component", ["gaussian", "logistic"])
+def test_inverse_at_extreme_targets(component):
+    t = spread_mixture(component)
+    u = torch.tensor(
+        [1e-300, 1e-100, 1e-12, 1e-6, 0.01, 0.3, 0.5, 0.7, 0.99, 1 - 1e-6, 1 - 1e-12, 1 - 2**-53],
+        dtype=torch.float64,
+    )
+    x = t(u)
+    assert torch.isfinite(x).all()
+
+    def residual(v):  # increasing in v, zero at the root, on the accurate tail
+        log_cdf, log_sf, _ = t.log_parts(v)
+        return torch.where(u <= 0.5, log_cdf - u.log(), torch.log1p(-u) - log_sf)
+
+    # backward error: x is the exact root of a target within what 16 ulps of x can
+    # resolve, |r(x)| <= 16 eps |x| r'(x) (conditioning-aware; r' from autograd)
+    xg = x.detach().requires_grad_()
+    r = residual(xg)
+    slope = torch.autograd.grad(r.sum(), xg)[0]
+    bound = 16 * torch.finfo(x.dtype).eps * (1 + x.abs()) * slope + 1e-14
+    assert (r.abs() <= bound).all(), (r, bound)
+    assert (x.diff() > 0).all()
+
+
+def test_edges_and_far_tails_give_no_nan():
+    for dtype in (torch.float32, torch.float64):
+        t = spread_mixture(dtype=dtype)
+        u = torch.tensor([0.0, 1e-30, 1e-7, 0.5, 1 - 1e-7, 1.0], dtype=dtype)
+        x = t(u)
+        assert torch.isfinite(x).all() and (x.diff() >= 0).all()
+        assert torch.isfinite(t.log_abs_det_jacobian(u, x)).all()
+        far = torch.tensor([-1e8, -1e4, 1e4, 1e8], dtype=dtype)
+        back = t.inv(far)
+        assert torch.isfinite(back).all() and ((back > 0) & (back < 1)).all()
+        d = pyro_flows.Flow(cdf_flow(4)).to(dtype)
+        assert torch.isfinite(d.log_prob(far)).all()
+        # float32 sampling with the smallest and largest uniforms stays finite
+        assert torch.isfinite(d().transforms[0].inv(u.clamp(1e-30, 1 - 1e-7))).all()
+
+
+def test_out_of_range_input_is_a_clear_error():
+    t = mixture_cdf(3)
+    with pytest.raises(ValueError, match=r"unit interval \[0, 1\]"):
+        t(torch.tensor([0.5, 1.5]))
+    with pytest.raises(ValueError, match="component must be one of"):
+        mixture_cdf(3, component="cauchy")
+    with pytest.raises(ValueError, match="expected input of shape"):
+        mixture_cdf(3, event_shape=(2,))(torch.rand(4, 3))
+
+
+# --------------------------------------------------------------- base CDFs
+@pytest.mark.parametrize(
+    "base, params, reference",
+    [
+        ("normal", {}, stats.norm()),
+        ("uniform", {}, stats.uniform()),
+        ("beta", {"a": 5.0, "b": 5.0}, stats.beta(5, 5)),
+        ("beta", {"a": 0.6, "b": 3.0}, stats.beta(0.6, 3.0)),
+        ("beta", {"a": 40.0, "b": 1.5}, stats.beta(40.0, 1.5)),
+    ],
+)
+def test_base_cdf_and_quantile_match_scipy(base, params, reference):
+    if params:  # parameters made in float64 (0.6 is not a float32 number)
+        a, b = (torch.tensor(params[k], dtype=torch.float64) for k in "ab")
+        base = dist.Beta(a, b)
+    g = BaseCDF(base).double()
+    u = torch.tensor([1e-12, 1e-4, 0.1, 0.5, 0.9, 1 - 1e-4, 1 - 1e-9], dtype=torch.float64)
+    z = g.inv(u)
+    expected = torch.tensor(reference.ppf(u.numpy()))
+    assert torch.allclose(z, expected, rtol=1e-9, atol=1e-12)
+    assert torch.allclose(g(z), u, rtol=1e-9, atol=1e-15)
+
+
+# --------------------------------------------------- a trained 1-D flow
+@pytest.mark.parametrize("base", BASES)
+def test_fitted_density_integrates_to_one(fitted, base):
+    flow = with_base(fitted[0], base)
+    # the density vanishes at both ends, where the trapezoid rule is spectrally accurate
+    grid = torch.linspace(-15.0, 25.0, 8001, dtype=torch.float64)
+    with torch.no_grad():
+        density = flow.log_prob(grid).exp()
+    assert abs(torch.trapezoid(density, grid).item() - 1.0) < 1e-6
+    # the base changes the latent, not the density (Concept 10.13)
+    with torch.no_grad():
+        assert torch.allclose(flow.log_prob(grid[::97]), fitted[0].log_prob(grid[::97]), atol=1e-9)
+
+
+def test_cdf_flow_matches_or_beats_em_gmm_on_held_out_nll(fitted):
+    flow, train_x, test_x = fitted
+    gmm = GaussianMixture(4).double().fit_em(train_x)
+    with torch.no_grad():
+        flow_nll = -flow.log_prob(test_x).mean().item()
+        gmm_nll = -gmm.log_prob(test_x).mean().item()
+    # both are 4-component models; a flow stuck in a bad optimum would lose by >> 0.01 nat
+    assert flow_nll <= gmm_nll + 0.01, (flow_nll, gmm_nll)
+    # and both are far better than a single Gaussian
+    single = -torch.distributions.Normal(train_x.mean(), train_x.std()).log_prob(test_x).mean().item()
+    assert flow_nll < single - 0.2
+
+
+@pytest.mark.parametrize("base", BASES)
+def test_samples_and_latents_pass_ks(fitted, base):
+    flow = with_base(fitted[0], base)
+    test_x = fitted[2]
+    torch.manual_seed(1)
+    samples = flow.sample((1000,))
+    assert stats.ks_2samp(samples.numpy(), test_x.numpy()).pvalue > 0.01
+    # data mapped to the latent follow the base (Example 10.10's z histograms)
+    with torch.no_grad():
+        z = flow().transforms[0].inv(flow().transforms[1].inv(test_x))
+    reference = {"normal": stats.norm(), "uniform": stats.uniform(), "beta": stats.beta(5, 5)}[base]
+    assert stats.kstest(z.numpy(), reference.cdf).pvalue > 0.01
+
+
+def test_inverse_cdf_sample(fitted):
+    flow, _, test_x = fitted
+    x = inverse_cdf_sample(flow, 1000, torch.Generator().manual_seed(3))
+    assert x.shape == (1000,) and x.dtype == torch.float64
+    assert stats.ks_2samp(x.numpy(), test_x.numpy()).pvalue > 0.01
+    # any increasing CDF given as a function: the logistic law
+    y = inverse_cdf_sample(
+        torch.sigmoid, 2000, torch.Generator().manual_seed(4), bracket=(-60.0, 60.0), dtype=torch.float64
+    )
+    assert stats.kstest(y.numpy(), stats.logistic().cdf).pvalue > 0.01
+    with pytest.raises(ValueError, match="bracket"):
+        inverse_cdf_sample(torch.sigmoid, 10)
+
+
+# ------------------------------------------------------ rsample gradients
+@pytest.mark.parametrize("base", BASES)
+def test_rsample_gradients_match_finite_differences(base):
+    torch.manual_seed(0)
+    flow = Flow(cdf_flow(3, base=base, component="logistic")).double()
+    with torch.no_grad():
+        for p in flow.parameters():
+            p.add_(0.4 * torch.randn_like(p))
+    z = flow.base().sample((7,))
+    weights = torch.randn(7, dtype=torch.float64)
+
+    def objective():
+        x = flow().transforms[1](flow().transforms[0](z.clone()))  # base -> u -> data
+        return (weights * x).sum()
+
+    value = objective()
+    grads = torch.autograd.grad(value, list(flow.parameters()))
+    h = 1e-6
+    for p, g in zip(flow.parameters(), grads, strict=True):
+        for i in range(p.numel()):
+            with torch.no_grad():
+                p.view(-1)[i] += h
+            up = objective().item()
+            with torch.no_grad():
+                p.view(-1)[i] -= 2 * h
+            down = objective().item()
+            with torch.no_grad():
+                p.view(-1)[i] += h
+            assert math.isclose(g.view(-1)[i].item(), (up - down) / (2 * h), rel_tol=1e-5, abs_tol=1e-6)
+
+
+# ------------------------------------------------------- choice of base
+@pytest.mark.parametrize("base", ["uniform", "beta"])
+def test_base_is_a_choice_for_real_nvp_too(base):
+    torch.manual_seed(0)
+    normal = Flow(pyro_flows.real_nvp(2, num_layers=2, hidden_dims=(8,))).double()
+    with torch.no_grad():
+        for p in normal.parameters():
+            p.add_(0.3 * torch.randn_like(p))
+    other = Flow(normal.transform, base=base).double()
+    x = torch.randn(5, 2, dtype=torch.float64)
+    # same density (the bridge to N(0, 1) cancels), latent on (0, 1)
+    assert torch.allclose(other.log_prob(x), normal.log_prob(x), atol=1e-9)
+    with torch.no_grad():
+        latent = other().transforms[0].inv(other().transforms[1].inv(x))
+    assert ((latent > 0) & (latent < 1)).all()
+    assert other.sample((3,)).shape == (3, 2)
+
+
+def test_bare_mixture_cdf_with_a_normal_base_gets_bridged():
+    flow = Flow(mixture_cdf(3), base="normal").double()
+    assert isinstance(flow.bridge, BaseCDF)
+    x = torch.linspace(-30.0, 30.0, 20001, dtype=torch.float64)
+    with torch.no_grad():
+        assert abs(torch.trapezoid(flow.log_prob(x).exp(), x).item() - 1) < 1e-6
