@@ -30,12 +30,3 @@ def pytest_collection_modifyitems(config, items):
         if "cuda" in item.keywords:
             item.add_marker(skip)
 
-
-@pytest.fixture(autouse=True)
-def _restore_distribution_validation():
-    # The first torch.compile in a process turns distribution validation off globally
-    # (torch/_dynamo/eval_frame.py), which would silently disable the finiteness checks
-    # in every later test; restore the setting after each test.
-    saved = torch.distributions.Distribution._validate_args
-    yield
-    torch.distributions.Distribution.set_default_validate_args(saved)
