@@ -72,7 +72,7 @@ def throughput(builder: str, precision: str, args, device) -> dict:
     out = {
         "images_per_s": args.batch * args.steps / seconds,
         "ms_per_step": 1e3 * seconds / args.steps,
-        "final_loss": float(loss),
+        "final_loss": float(loss.detach()),
         "parameters": sum(p.numel() for p in flow.parameters()),
     }
     if device.type == "cuda":

@@ -99,3 +99,13 @@ def test_fit_smoke(tmp_path):
     assert moons["ours"]["nll"] < moons[fit.GAUSSIAN]["nll"] - 0.1
     # ... and no model beats the true entropy of the checkerboard.
     assert board["by_name"]["ours"]["nll"] > board["entropy"] - 3 * board["by_name"]["ours"]["se"]
+
+
+def test_gpu_images_script_runs_on_cpu(tmp_path):
+    from benchmarks import gpu_images
+
+    args = ["--device", "cpu", "--shape", "3", "8", "8", "--batch", "2", "--steps", "1", "--warmup", "0"]
+    args += ["--builders", "glow", "--precisions", "float32", "--out", str(tmp_path)]
+    result = gpu_images.main(args)["results"]["glow"]["float32"]
+    assert "error" not in result, result.get("error")
+    assert result["images_per_s"] > 0 and math.isfinite(result["final_loss"])
