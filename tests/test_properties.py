@@ -71,3 +71,55 @@ def test_batch_norm_normalises_any_scale(dim, batch, magnitude, shift, seed):
     assert torch.allclose(x.mean(0), torch.zeros(dim, dtype=torch.float64), atol=1e-6)
     bn.eval()
     assert torch.allclose(bn(bn.inv(y.clone())), y, rtol=1e-9, atol=1e-9 * (magnitude + abs(shift)))
+
+
+@SETTINGS
+@given(
+    channels=st.integers(1, 3),
+    half_height=st.integers(1, 3),
+    half_width=st.integers(1, 3),
+    batch_shape=batch_shapes,
+    magnitude=magnitudes,
+    seed=st.integers(0, 2**16),
+)
+def test_squeeze_is_an_exact_permutation(channels, half_height, half_width, batch_shape, magnitude, seed):
+    from pyro_flows.transforms import depth_to_space, space_to_depth
+
+    shape = (channels, 2 * half_height, 2 * half_width)
+    g = torch.Generator().manual_seed(seed)
+    x = magnitude * torch.randn(*batch_shape, *shape, generator=g, dtype=torch.float64)
+    z = space_to_depth(x)
+    assert z.shape == (*batch_shape, 4 * channels, half_height, half_width)
+    assert torch.equal(depth_to_space(z), x)
+    assert torch.equal(z.flatten().sort().values, x.flatten().sort().values)
+
+
+@SETTINGS
+@given(
+    components=st.integers(1, 5),
+    component=st.sampled_from(["gaussian", "logistic"]),
+    batch_shape=batch_shapes,
+    magnitude=st.sampled_from([1e-2, 1.0, 10.0, 1e3]),
+    seed=st.integers(0, 2**16),
+)
+def test_mixture_cdf_is_monotone_and_invertible(components, component, batch_shape, magnitude, seed):
+    torch.manual_seed(seed)
+    cdf = randomize(pyro_flows.mixture_cdf(components, event_shape=(2,), component=component).double(), 0.5, seed)
+    x = _inputs(batch_shape, 2, magnitude, seed)
+    u = cdf.inv(x)  # data -> (0, 1) in closed form
+    assert torch.isfinite(u).all() and ((u >= 0) & (u <= 1)).all()
+    sorted_x, order = x.reshape(-1, 2)[:, 0].sort()
+    assert (u.reshape(-1, 2)[:, 0][order].diff() >= 0).all()  # monotone
+    inner = (u > 1e-6) & (u < 1 - 1e-6)  # where u still resolves x in float64
+    back = cdf(u.clone())
+    assert torch.allclose(back[inner], x[inner], rtol=1e-6, atol=1e-6)
+
+
+@SETTINGS
+@given(channels=st.integers(1, 4), batch=st.integers(2, 6), magnitude=magnitudes, seed=st.integers(0, 2**16))
+def test_act_norm_initialises_to_unit_statistics(channels, batch, magnitude, seed):
+    layer = pyro_flows.transforms.act_norm(channels).double()
+    y = _inputs((batch, 3, 3), channels, magnitude, seed).movedim(-1, -3) + 5.0
+    x = layer.inv(y)
+    assert torch.allclose(x.mean((0, 2, 3)), torch.zeros(channels, dtype=torch.float64), atol=1e-6)
+    assert torch.allclose(layer(x.clone()), y, rtol=1e-9, atol=1e-9 * (magnitude + 5))

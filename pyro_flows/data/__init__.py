@@ -15,3 +15,28 @@ __all__ = [
     "load_mnist",
     "load_cifar10",
 ]
+
+# cli: data sets by name, splits, tabular and MAF loaders
+from .registry import load_splits  # noqa: E402
+from .splits import Splits  # noqa: E402
+from .toy import (  # noqa: E402
+    TOY_DATASETS,
+    make_2spirals,
+    make_8gaussians,
+    make_checkerboard,
+    make_circles,
+    make_pinwheel,
+    make_rings,
+)
+
+__all__ += [
+    "load_splits",
+    "Splits",
+    "TOY_DATASETS",
+    "make_circles",
+    "make_8gaussians",
+    "make_checkerboard",
+    "make_2spirals",
+    "make_pinwheel",
+    "make_rings",
+]

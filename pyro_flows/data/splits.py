@@ -1,0 +1,120 @@
+"""Train/validation/test splits and the map from data units to the space a flow models."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Optional, Tuple
+
+import torch
+
+__all__ = ["Splits", "split_fractions"]
+
+
+@dataclass
+class Splits:
+    r"""A data set split three ways, in data units, with the preprocessing the flow sees.
+
+    The flow models :math:`y = (\tilde x - \text{shift}) / \text{scale}`, where
+    :math:`\tilde x = x` for continuous data and :math:`\tilde x = x + u`,
+    :math:`u \sim U[0, 1)^D`, for discrete data with ``levels`` values (uniform
+    dequantization). The change of variables gives the NLL in data units,
+
+    .. math::
+
+        -\log p(\tilde x) = -\log p_\theta(y) + \textstyle\sum_i \log \text{scale}_i,
+
+    which :meth:`nll_offset` returns; for discrete data ``scale = levels`` and the
+    bits per dimension are :math:`-\log p(\tilde x) / (D \ln 2)`.
+
+    >>> s = Splits("demo", torch.zeros(8, 2), torch.zeros(2, 2), torch.zeros(2, 2))
+    >>> s.event_shape, s.nll_offset()
+    (torch.Size([2]), 0.0)
+    """
+
+    name: str
+    train: torch.Tensor
+    val: torch.Tensor
+    test: torch.Tensor
+    #: number of discrete values (0..levels-1) for discrete data, else None
+    levels: Optional[int] = None
+    shift: Optional[torch.Tensor] = None
+    scale: Optional[torch.Tensor] = None
+    #: where the split came from ("fixed" by the data set, or "random, seed N")
+    split_rule: str = "fixed"
+
+    def __post_init__(self):
+        for split in ("train", "val", "test"):
+            x = getattr(self, split)
+            if x.shape[0] == 0:
+                raise ValueError(f"{self.name}: the {split} split is empty; use more data or other fractions")
+            if x.shape[1:] != self.train.shape[1:]:
+                raise ValueError(
+                    f"{self.name}: {split} points have shape {tuple(x.shape[1:])}, train points "
+                    f"{tuple(self.train.shape[1:])}"
+                )
+        if self.levels is not None and self.scale is None:
+            self.scale = torch.tensor(float(self.levels))
+
+    @property
+    def event_shape(self) -> torch.Size:
+        return self.train.shape[1:]
+
+    @property
+    def dim(self) -> int:
+        return int(math.prod(self.event_shape))
+
+    def prepare(self, x: torch.Tensor, generator: Optional[torch.Generator] = None) -> torch.Tensor:
+        """Data units -> the space the flow models (dequantized and standardized)."""
+        if self.levels is not None:
+            x = x + torch.rand(x.shape, generator=generator, dtype=x.dtype, device=x.device)
+        if self.shift is not None:
+            x = x - self.shift.to(x)
+        if self.scale is not None:
+            x = x / self.scale.to(x)
+        return x
+
+    def to_data_units(self, y: torch.Tensor) -> torch.Tensor:
+        """The inverse of :meth:`prepare` (without the dequantization noise)."""
+        if self.scale is not None:
+            y = y * self.scale.to(y)
+        if self.shift is not None:
+            y = y + self.shift.to(y)
+        return y
+
+    def nll_offset(self) -> float:
+        r""":math:`\sum_i \log \text{scale}_i` over one event (nats)."""
+        if self.scale is None:
+            return 0.0
+        return float(torch.log(self.scale.double()).expand(self.event_shape).sum())
+
+    def describe(self) -> str:
+        kind = f", discrete with {self.levels} levels" if self.levels else ""
+        return (
+            f"{self.name}: train {len(self.train)}, validation {len(self.val)}, test {len(self.test)} "
+            f"points of shape {tuple(self.event_shape)}{kind}; split {self.split_rule}"
+        )
+
+    def sizes(self) -> dict:
+        return {"train": len(self.train), "val": len(self.val), "test": len(self.test)}
+
+
+def split_fractions(
+    x: torch.Tensor, val_fraction: float, test_fraction: float, seed: int, name: str
+) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Shuffle ``x`` with ``seed`` and cut it into train, validation and test parts.
+
+    >>> tr, va, te = split_fractions(torch.arange(10.0).unsqueeze(-1), 0.2, 0.1, 0, "demo")
+    >>> len(tr), len(va), len(te)
+    (7, 2, 1)
+    """
+    n = len(x)
+    n_val, n_test = round(n * val_fraction), round(n * test_fraction)
+    if n - n_val - n_test < 1 or n_val < 1 or n_test < 1:
+        raise ValueError(
+            f"{name}: {n} points are too few to split with validation fraction {val_fraction} and test "
+            f"fraction {test_fraction} (each split needs at least one point)"
+        )
+    perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
+    x = x[perm]
+    return x[: n - n_val - n_test], x[n - n_val - n_test : n - n_test], x[n - n_test :]

@@ -1,0 +1,140 @@
+"""PNG plots of a training run (matplotlib's object API with the Agg canvas: no display,
+no global pyplot state, safe in scripts and worker processes).
+
+* :func:`plot_nll_curves`: training and validation NLL against the step;
+* :func:`plot_2d`: for 2-D data, the data | the model's samples | its density on a grid;
+* :func:`plot_1d`: for 1-D data, the histogram with the learned density;
+* :func:`plot_image_grid`: a grid of images (samples of an image flow).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Callable, Optional, Sequence
+
+import numpy as np
+import torch
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+
+__all__ = ["plot_nll_curves", "plot_2d", "plot_1d", "plot_image_grid"]
+
+
+def _save(fig: Figure, path: str) -> str:
+    FigureCanvasAgg(fig)
+    fig.savefig(path, dpi=110, bbox_inches="tight")
+    return path
+
+
+def plot_nll_curves(records: Sequence[dict], path: str, title: str = "") -> str:
+    """Training (running) and validation NLL per step from the ``metrics.jsonl`` records."""
+    fig = Figure(figsize=(6, 4))
+    ax = fig.add_subplot()
+    train = [r for r in records if r.get("split") == "train"]
+    val = [r for r in records if r.get("split") == "val"]
+    if train:
+        ax.plot(
+            [r["step"] for r in train],
+            [r.get("running_nll", r["nll"]) for r in train],
+            label="train (running)",
+        )
+    if val:
+        ax.plot([r["step"] for r in val], [r["nll"] for r in val], "o-", label="validation")
+    ax.set_xlabel("step")
+    ax.set_ylabel("NLL (nats per point)")
+    ax.set_title(title or "negative log-likelihood")
+    ax.legend()
+    ax.grid(alpha=0.3)
+    return _save(fig, path)
+
+
+def plot_2d(
+    data: torch.Tensor,
+    samples: torch.Tensor,
+    log_density: Callable[[torch.Tensor], torch.Tensor],
+    path: str,
+    title: str = "",
+    resolution: int = 150,
+) -> str:
+    """Three panels on the same axes: data points, model samples, and the model's
+    density :math:`p(x)` evaluated on a ``resolution``-squared grid."""
+    data, samples = _numpy(data), _numpy(samples)
+    lo = np.percentile(data, 0.5, axis=0)
+    hi = np.percentile(data, 99.5, axis=0)
+    pad = 0.15 * (hi - lo)
+    lo, hi = lo - pad, hi + pad
+    xs, ys = np.linspace(lo[0], hi[0], resolution), np.linspace(lo[1], hi[1], resolution)
+    grid = torch.tensor(np.stack(np.meshgrid(xs, ys), -1).reshape(-1, 2))
+    with torch.no_grad():
+        density = torch.exp(log_density(grid)).reshape(resolution, resolution).double().numpy()
+    fig = Figure(figsize=(13, 4.3))
+    axes = fig.subplots(1, 3)
+    axes[0].scatter(data[:, 0], data[:, 1], s=2, alpha=0.4)
+    axes[0].set_title("data")
+    axes[1].scatter(samples[:, 0], samples[:, 1], s=2, alpha=0.4, color="tab:orange")
+    axes[1].set_title("model samples")
+    axes[2].imshow(
+        density, origin="lower", extent=(lo[0], hi[0], lo[1], hi[1]), aspect="auto", cmap="viridis"
+    )
+    axes[2].set_title("model density")
+    for ax in axes:
+        ax.set_xlim(lo[0], hi[0])
+        ax.set_ylim(lo[1], hi[1])
+    if title:
+        fig.suptitle(title)
+    return _save(fig, path)
+
+
+def plot_1d(
+    data: torch.Tensor,
+    log_density: Callable[[torch.Tensor], torch.Tensor],
+    path: str,
+    title: str = "",
+    samples: Optional[torch.Tensor] = None,
+) -> str:
+    """Histogram of 1-D data (density-normalised) with the model's density on top."""
+    data = _numpy(data).reshape(-1)
+    lo, hi = np.percentile(data, 0.1), np.percentile(data, 99.9)
+    pad = 0.1 * (hi - lo)
+    xs = np.linspace(lo - pad, hi + pad, 400)
+    with torch.no_grad():
+        density = torch.exp(log_density(torch.tensor(xs).unsqueeze(-1))).double().numpy()
+    fig = Figure(figsize=(6, 4))
+    ax = fig.add_subplot()
+    ax.hist(data, bins=80, density=True, alpha=0.45, label="data")
+    if samples is not None:
+        ax.hist(_numpy(samples).reshape(-1), bins=80, density=True, histtype="step", label="model samples")
+    ax.plot(xs, density, color="black", label="model density")
+    ax.set_xlabel("x")
+    ax.set_ylabel("density")
+    ax.legend()
+    ax.set_title(title or "data and learned density")
+    return _save(fig, path)
+
+
+def plot_image_grid(images: torch.Tensor, path: str, title: str = "", nrow: Optional[int] = None) -> str:
+    """Images ``(N, C, H, W)`` with values in [0, 1] tiled into one picture
+    (grey for C = 1, RGB for C = 3)."""
+    images = _numpy(images).clip(0.0, 1.0)
+    n, c, h, w = images.shape
+    nrow = nrow or int(math.ceil(math.sqrt(n)))
+    ncol = int(math.ceil(n / nrow))
+    canvas = np.ones((ncol * (h + 1) + 1, nrow * (w + 1) + 1, c))
+    for k in range(n):
+        r, q = divmod(k, nrow)
+        canvas[1 + r * (h + 1) : 1 + r * (h + 1) + h, 1 + q * (w + 1) : 1 + q * (w + 1) + w] = images[
+            k
+        ].transpose(1, 2, 0)
+    fig = Figure(figsize=(max(3, nrow * 0.6), max(3, ncol * 0.6)))
+    ax = fig.add_subplot()
+    ax.imshow(canvas[..., 0] if c == 1 else canvas, cmap="gray" if c == 1 else None, vmin=0, vmax=1)
+    ax.axis("off")
+    if title:
+        ax.set_title(title)
+    return _save(fig, path)
+
+
+def _numpy(x) -> np.ndarray:
+    if isinstance(x, torch.Tensor):
+        return x.detach().cpu().double().numpy()
+    return np.asarray(x, dtype=np.float64)

@@ -1,0 +1,22 @@
+"""Training flows by maximum likelihood: options, the loop, checkpoints and multi-process runs.
+
+The ``pyro-flows`` command is a thin layer over :func:`fit_run`, :func:`evaluate_run` and
+:func:`sample_run`.
+"""
+
+from .checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from .config import RunConfig
+from .loop import NonFiniteLossError, train
+from .run import evaluate_run, fit_run, sample_run
+
+__all__ = [
+    "RunConfig",
+    "train",
+    "fit_run",
+    "evaluate_run",
+    "sample_run",
+    "save_checkpoint",
+    "load_checkpoint",
+    "CheckpointError",
+    "NonFiniteLossError",
+]

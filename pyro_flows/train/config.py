@@ -1,0 +1,253 @@
+"""The options of a training run: one table that the command line, TOML config files and
+saved runs all share.
+
+Each option is a field of :class:`RunConfig` with its default and help text, so
+``pyro-flows fit --help``, a ``config.toml`` and the ``config.toml`` a run writes beside
+its results can never disagree about names or defaults.
+
+>>> cfg = RunConfig(steps=10)
+>>> cfg.flow, cfg.steps, cfg.hidden_dims
+('real_nvp', 10, (128, 128))
+>>> RunConfig.from_dict(cfg.to_dict()) == cfg
+True
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass, field
+from typing import Any, Dict, Tuple
+
+__all__ = ["RunConfig", "GROUPS", "config_to_toml", "read_toml"]
+
+
+def _opt(default, help: str, group: str, choices=None, metavar=None):
+    return field(
+        default=default, metadata={"help": help, "group": group, "choices": choices, "metavar": metavar}
+    )
+
+
+#: option groups in the order ``--help`` shows them
+GROUPS = ("model", "data", "training", "output")
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """Every option of ``pyro-flows fit`` (see ``docs/cli.md``)."""
+
+    # model
+    flow: str = _opt("real_nvp", "flow family to train", "model")
+    num_layers: int = _opt(8, "coupling layers (vector flows: nice, real_nvp)", "model")
+    hidden_dims: Tuple[int, ...] = _opt(
+        (128, 128), "hidden sizes of each conditioner network, comma separated", "model", metavar="H1,H2,..."
+    )
+    batch_norm: bool = _opt(False, "RealNVP batch norm between couplings (real_nvp)", "model")
+    base: str = _opt("normal", "base distribution", "model", choices=("normal", "uniform", "beta"))
+    num_scales: int = _opt(2, "scales of the multi-scale image flows (real_nvp_image, glow)", "model")
+    steps_per_scale: int = _opt(4, "flow steps per scale (glow)", "model")
+    hidden_channels: int = _opt(32, "channels of the convolutional conditioners (image flows)", "model")
+    num_blocks: int = _opt(2, "residual blocks per convolutional conditioner (image flows)", "model")
+    num_components: int = _opt(8, "mixture components per coordinate (cdf)", "model")
+    logit_alpha: float = _opt(
+        0.05,
+        "for discrete data, model logit(alpha + (1 - 2 alpha) y) of the dequantized y in [0, 1) "
+        "(RealNVP's preprocessing, inside the flow so NLLs stay in data units); 0 turns it off",
+        "model",
+    )
+    kinetic_weight: float = _opt(0.0, "weight of the kinetic-energy regulariser (ffjord)", "model")
+    frobenius_weight: float = _opt(0.0, "weight of the Jacobian-Frobenius regulariser (ffjord)", "model")
+    # data
+    data: str = _opt(
+        "moons",
+        "a built-in data set (moons, circles, 8gaussians, checkerboard, 2spirals, pinwheel, rings, digits), "
+        "a MAF-paper set read from --data-dir (power, gas, hepmass, miniboone, bsds300), "
+        "mnist/cifar10 from a torchvision folder in --data-dir, or a path to a .npy, .npz or .csv file",
+        "data",
+    )
+    data_dir: str = _opt("", "folder holding the MAF-paper or torchvision data", "data", metavar="DIR")
+    num_samples: int = _opt(10000, "points drawn from a built-in 2-D toy set (before splitting)", "data")
+    val_fraction: float = _opt(0.1, "fraction held out for validation (sets without a fixed split)", "data")
+    test_fraction: float = _opt(0.1, "fraction held out for testing (sets without a fixed split)", "data")
+    levels: int = _opt(
+        0,
+        "treat a data file as discrete with this many values 0..K-1 (e.g. 256 for 8-bit images): "
+        "dequantize in training and report bits/dim; 0 means continuous",
+        "data",
+        metavar="K",
+    )
+    standardize: bool = _opt(
+        True,
+        "shift and scale tabular files by the training mean and std (NLL reported in data units)",
+        "data",
+    )
+    # training
+    steps: int = _opt(2000, "optimizer steps (ignored when --epochs is set)", "training")
+    epochs: int = _opt(0, "passes over the training set; 0 uses --steps", "training")
+    batch_size: int = _opt(256, "global batch size (split across processes under torchrun)", "training")
+    lr: float = _opt(1e-3, "Adam learning rate", "training")
+    schedule: str = _opt(
+        "cosine", "learning-rate schedule after warm-up", "training", choices=("constant", "cosine")
+    )
+    warmup_steps: int = _opt(0, "steps of linear learning-rate warm-up", "training")
+    weight_decay: float = _opt(0.0, "Adam weight decay", "training")
+    grad_clip: float = _opt(5.0, "clip the gradient norm to this value; 0 disables clipping", "training")
+    eval_every: int = _opt(200, "steps between validation NLL evaluations (and checkpoints)", "training")
+    patience: int = _opt(
+        10,
+        "stop after this many evaluations without a better validation NLL; 0 never stops early",
+        "training",
+    )
+    seed: int = _opt(0, "seed of the data split, the initial weights and the batch order", "training")
+    device: str = _opt("auto", "cpu, cuda, cuda:N, or auto (CUDA when present)", "training")
+    dtype: str = _opt("float32", "floating-point precision", "training", choices=("float32", "float64"))
+    # output
+    out: str = _opt("outputs", "folder for the run's results, plots and checkpoints", "output", metavar="DIR")
+    plot_samples: int = _opt(2000, "samples drawn for the plots", "output")
+    plots: bool = _opt(True, "write PNG plots", "output")
+    quiet: bool = _opt(False, "no progress bar or summary lines", "output")
+
+    def __post_init__(self):
+        hd = self.hidden_dims
+        if isinstance(hd, str):
+            hd = _parse_ints(hd, "hidden_dims")
+        object.__setattr__(self, "hidden_dims", tuple(int(h) for h in hd))
+        self.validate()
+
+    def validate(self) -> None:
+        """Raise a ``ValueError`` naming the option and the value that is out of range."""
+        positive = ("num_layers", "num_scales", "steps_per_scale", "hidden_channels", "num_samples", "steps")
+        positive += ("num_blocks", "num_components")
+        positive += ("batch_size", "eval_every")
+        for name in positive:
+            if getattr(self, name) < 1:
+                raise ValueError(f"--{_flag(name)} must be >= 1, got {getattr(self, name)}")
+        for name in ("epochs", "warmup_steps", "patience", "plot_samples", "levels"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"--{_flag(name)} must be >= 0, got {getattr(self, name)}")
+        if not 0 <= self.logit_alpha < 0.5:
+            raise ValueError(f"--logit-alpha must be in [0, 0.5), got {self.logit_alpha}")
+        for name in ("lr", "grad_clip", "weight_decay", "kinetic_weight", "frobenius_weight"):
+            value = getattr(self, name)
+            if not math.isfinite(value) or value < 0 or (name == "lr" and value == 0):
+                raise ValueError(
+                    f"--{_flag(name)} must be a finite number {'> 0' if name == 'lr' else '>= 0'}, got {value}"
+                )
+        if not (
+            0 < self.val_fraction < 1
+            and 0 < self.test_fraction < 1
+            and self.val_fraction + self.test_fraction < 1
+        ):
+            raise ValueError(
+                "--val-fraction and --test-fraction must be in (0, 1) with a sum below 1, got "
+                f"{self.val_fraction} and {self.test_fraction}"
+            )
+        if any(h < 1 for h in self.hidden_dims):
+            raise ValueError(f"--hidden-dims must be positive integers, got {self.hidden_dims}")
+        for f in dataclasses.fields(self):
+            choices = f.metadata.get("choices")
+            if choices and getattr(self, f.name) not in choices:
+                raise ValueError(
+                    f"--{_flag(f.name)} must be one of {', '.join(choices)}, got {getattr(self, f.name)!r}"
+                )
+
+    def to_dict(self) -> Dict[str, Any]:
+        """Plain values (lists for tuples), as written to ``config.toml`` and checkpoints."""
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(self).items()}
+
+    @classmethod
+    def from_dict(cls, values: Dict[str, Any], source: str = "config") -> "RunConfig":
+        """Build from a mapping (TOML table, saved config); unknown keys are an error."""
+        names = {f.name: f for f in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - set(names))
+        if unknown:
+            raise ValueError(f"{source}: unknown option(s) {', '.join(unknown)}; known: {', '.join(names)}")
+        typed = {}
+        for key, value in values.items():
+            typed[key] = _coerce(names[key], value, source)
+        return cls(**typed)
+
+    def replace(self, **changes) -> "RunConfig":
+        return dataclasses.replace(self, **changes)
+
+
+def _flag(name: str) -> str:
+    return name.replace("_", "-")
+
+
+def _parse_ints(text: str, name: str) -> Tuple[int, ...]:
+    try:
+        return tuple(int(p) for p in text.split(",") if p.strip())
+    except ValueError:
+        raise ValueError(
+            f"--{_flag(name)} expects comma-separated integers such as 128,128, got {text!r}"
+        ) from None
+
+
+def _coerce(f: dataclasses.Field, value, source: str):
+    default = f.default
+    kind = type(default)
+    if isinstance(default, tuple):
+        if isinstance(value, str):
+            return _parse_ints(value, f.name)
+        if isinstance(value, (list, tuple)) and all(
+            isinstance(v, int) and not isinstance(v, bool) for v in value
+        ):
+            return tuple(value)
+    elif kind is bool:
+        if isinstance(value, bool):
+            return value
+    elif kind is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+    elif kind is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+    elif kind is str:
+        if isinstance(value, str):
+            return value
+    raise ValueError(f"{source}: option {f.name} expects a {kind.__name__}, got {value!r}")
+
+
+def read_toml(path) -> Dict[str, Any]:
+    """Options from a TOML file: top-level keys, or a ``[fit]`` table, named as the
+    long options without dashes (``batch_size = 128``)."""
+    try:
+        import tomllib
+    except ImportError:  # Python 3.10
+        try:
+            import tomli as tomllib
+        except ImportError:
+            raise ValueError(
+                "reading a TOML config needs Python 3.11+ or the tomli package (pip install tomli)"
+            ) from None
+    try:
+        with open(path, "rb") as fh:
+            table = tomllib.load(fh)
+    except FileNotFoundError:
+        raise ValueError(f"config file {path} does not exist") from None
+    except tomllib.TOMLDecodeError as err:
+        raise ValueError(f"config file {path} is not valid TOML: {err}") from None
+    if "fit" in table and isinstance(table["fit"], dict):
+        rest = {k: v for k, v in table.items() if k != "fit"}
+        table = {**rest, **table["fit"]}
+    return {k.replace("-", "_"): v for k, v in table.items()}
+
+
+def config_to_toml(config: RunConfig) -> str:
+    """The resolved configuration as TOML, readable by ``pyro-flows fit --config``."""
+    lines = ["# pyro-flows run configuration (pyro-flows fit --config this-file)"]
+    for key, value in config.to_dict().items():
+        lines.append(f"{key} = {_toml_value(value)}")
+    return "\n".join(lines) + "\n"
+
+
+def _toml_value(value) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return repr(value)
+    if isinstance(value, list):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    escaped = str(value).replace("\\", "\\\\").replace('"', '\\"')
+    return f'"{escaped}"'

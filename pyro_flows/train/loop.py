@@ -1,0 +1,379 @@
+r"""Maximum-likelihood training of a flow: the loop behind ``pyro-flows fit``.
+
+Each step draws a batch :math:`x_{1..B}` (preprocessed by the data's
+:meth:`~pyro_flows.data.splits.Splits.prepare`), minimises the mean negative
+log-likelihood :math:`-\frac1B\sum_b \log p_\theta(x_b)` with Adam, a warm-up then
+constant or cosine learning rate, and gradient-norm clipping. Every ``eval_every`` steps
+the validation NLL (eval mode, no gradients) decides whether the model is the best so
+far (kept in memory and in ``best.pt``) and whether to stop early; the full training state
+then goes to ``checkpoint.pt`` so ``fit --resume`` can continue exactly where it was.
+
+Batch order is a function of ``(seed, epoch)`` only (a ``DistributedSampler``), and
+the checkpoint holds the generator states, so an interrupted and resumed run on CPU
+ends with the same parameters, bit for bit, as an uninterrupted one.
+
+**Loss guard.** A NaN or infinite loss or gradient norm stops the run *before* the
+optimizer applies it, with :class:`NonFiniteLossError` naming the step; the checkpoint
+of the last evaluation (all finite) is left untouched.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+import os
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Callable, List, Optional, Tuple
+
+import pyro
+import torch
+from torch import nn
+
+from .checkpoint import capture_rng, restore_rng, save_checkpoint
+from .distributed import (
+    SINGLE,
+    DistContext,
+    all_reduce_mean,
+    initialize_consistently,
+    sync_buffers,
+    wrap_model,
+)
+
+__all__ = [
+    "NonFiniteLossError",
+    "LoopState",
+    "NegativeLogLikelihood",
+    "train",
+    "nll_per_point",
+    "mean_and_standard_error",
+    "lr_factor",
+    "MetricsLog",
+]
+
+
+class NonFiniteLossError(RuntimeError):
+    """The loss or its gradient became NaN or infinite; the run stopped."""
+
+
+@dataclass
+class LoopState:
+    """Progress and early-stopping state (saved in every checkpoint)."""
+
+    step: int = 0
+    best_val_nll: float = math.inf
+    best_step: int = -1
+    bad_evals: int = 0
+    stopped_early: bool = False
+    total_steps: int = 0
+    history: List[dict] = field(default_factory=list)
+
+
+class NegativeLogLikelihood(nn.Module):
+    """``x -> (-log p(x) per point, penalty)``: the module DDP wraps, so its forward is
+    the whole computation whose gradients are synchronised.
+
+    The penalty is the sum of the ``regularization`` of every submodule that
+    ``regularizes`` (FFJORD's kinetic-energy and Jacobian-Frobenius terms), else 0.
+    """
+
+    def __init__(self, flow: nn.Module):
+        super().__init__()
+        self.flow = flow
+
+    def forward(self, x: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+        nll = -self.flow.log_prob(x)
+        penalty = torch.zeros((), dtype=nll.dtype, device=nll.device)
+        for module in self.flow.modules():
+            if getattr(module, "regularizes", False):
+                penalty = penalty + module.regularization
+        return nll, penalty
+
+
+def lr_factor(step: int, total_steps: int, warmup_steps: int, schedule: str) -> float:
+    """Multiplier of the base learning rate before optimizer step ``step`` (0-based).
+
+    >>> [round(lr_factor(s, 10, 2, "cosine"), 3) for s in (0, 1, 2, 6, 9)]
+    [0.5, 1.0, 1.0, 0.5, 0.038]
+    """
+    if step < warmup_steps:
+        return (step + 1) / warmup_steps
+    if schedule == "constant":
+        return 1.0
+    span = max(1, total_steps - warmup_steps)
+    progress = min(1.0, (step - warmup_steps) / span)
+    return 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+def nll_per_point(flow: nn.Module, x: torch.Tensor, batch_size: int = 4096) -> torch.Tensor:
+    """``-log p(x)`` for every point of ``x`` in eval mode without gradients (float64)."""
+    was_training = flow.training
+    flow.eval()
+    try:
+        with torch.no_grad(), pyro.validation_enabled(False):
+            parts = [-flow.log_prob(x[i : i + batch_size]).double() for i in range(0, len(x), batch_size)]
+    finally:
+        flow.train(was_training)
+    return torch.cat(parts)
+
+
+def mean_and_standard_error(values: torch.Tensor) -> Tuple[float, float]:
+    """Mean and its standard error ``std / sqrt(n)``.
+
+    >>> mean_and_standard_error(torch.tensor([1.0, 3.0]))
+    (2.0, 1.0)
+    """
+    n = values.numel()
+    mean = float(values.mean())
+    se = float(values.std(unbiased=True) / math.sqrt(n)) if n > 1 else float("nan")
+    return mean, se
+
+
+class MetricsLog:
+    """Metrics as JSON lines (one object per event), written by the main process only."""
+
+    def __init__(self, path: Optional[str], keep_until_step: Optional[int] = None):
+        self.path = path
+        if path is None:
+            return
+        if keep_until_step is not None and os.path.exists(path):
+            # Resuming: drop what the interrupted run logged after its checkpoint.
+            kept = [r for r in read_metrics(path) if r.get("step", 0) <= keep_until_step]
+            with open(path, "w") as fh:
+                fh.writelines(json.dumps(r) + "\n" for r in kept)
+        elif keep_until_step is None:
+            open(path, "w").close()
+
+    def write(self, **record) -> None:
+        if self.path is None:
+            return
+        with open(self.path, "a") as fh:
+            fh.write(json.dumps(record) + "\n")
+
+
+def read_metrics(path: str) -> List[dict]:
+    with open(path) as fh:
+        return [json.loads(line) for line in fh if line.strip()]
+
+
+def _progress(total: int, initial: int, enabled: bool):
+    from tqdm.auto import tqdm
+
+    return tqdm(
+        total=total, initial=initial, unit="step", disable=not enabled, dynamic_ncols=True, leave=False
+    )
+
+
+def train(
+    flow: nn.Module,
+    splits,
+    config,
+    run_dir: Optional[str],
+    *,
+    device: Optional[torch.device] = None,
+    context: DistContext = SINGLE,
+    resume_state: Optional[dict] = None,
+    best_model_state: Optional[dict] = None,
+    on_step: Optional[Callable[[int], None]] = None,
+    data_state: Optional[dict] = None,
+) -> LoopState:
+    """Train ``flow`` on ``splits.train`` by maximum likelihood, in place.
+
+    On return ``flow`` holds the parameters of the best validation NLL.
+
+    :param flow: a :class:`~pyro_flows.Flow` on ``device`` in the run's dtype.
+    :param splits: :class:`~pyro_flows.data.splits.Splits`.
+    :param config: the run's :class:`~pyro_flows.train.config.RunConfig`.
+    :param run_dir: where ``checkpoint.pt``, ``best.pt`` and ``metrics.jsonl`` go (main
+        process only); ``None`` writes nothing.
+    :param resume_state: a checkpoint from :func:`~pyro_flows.train.checkpoint.load_checkpoint`
+        to continue from.
+    :param on_step: called with the step count after each step (and its checkpoint).
+    :param data_state: the preprocessing saved in checkpoints (see ``run.py``).
+    :raises NonFiniteLossError: on a NaN or infinite loss or gradient.
+    """
+    dtype = next(flow.parameters()).dtype
+    device = device if device is not None else next(flow.parameters()).device
+    writes = run_dir is not None and context.is_main
+    local_batch, steps_per_epoch = _batch_geometry(len(splits.train), config.batch_size, context)
+    total_steps = config.epochs * steps_per_epoch if config.epochs else config.steps
+
+    objective = None  # wrapped below, after any data-dependent initialisation
+    optimizer = torch.optim.Adam(flow.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda s: lr_factor(s, total_steps, config.warmup_steps, config.schedule)
+    )
+    state = LoopState(total_steps=total_steps)
+    best = copy.deepcopy(flow.state_dict())
+    if resume_state is not None:
+        flow.load_state_dict(resume_state["model"])
+        optimizer.load_state_dict(resume_state["optimizer"])
+        scheduler.load_state_dict(resume_state["scheduler"])
+        state = LoopState(**resume_state["trainer"])
+        restore_rng(resume_state["rng"])
+        best = best_model_state if best_model_state is not None else copy.deepcopy(flow.state_dict())
+
+    train_x = splits.train.to(device=device, dtype=dtype)
+    offset = splits.nll_offset()
+    val_x = splits.prepare(
+        splits.val.to(device=device, dtype=dtype), generator=_fixed_noise(config.seed + 2, device)
+    )
+    metrics = MetricsLog(
+        os.path.join(run_dir, "metrics.jsonl") if writes else None,
+        keep_until_step=state.step if resume_state is not None else None,
+    )
+    sampler = torch.utils.data.DistributedSampler(
+        range(len(train_x)),
+        num_replicas=context.world_size,
+        rank=context.rank,
+        shuffle=True,
+        seed=config.seed,
+        drop_last=True,
+    )
+
+    if context.distributed and resume_state is None:
+        sampler.set_epoch(0)
+        first = train_x[torch.tensor(list(iter(sampler))[:local_batch], dtype=torch.long, device=device)]
+        initialize_consistently(flow, splits.prepare(first), context)
+    objective = wrap_model(NegativeLogLikelihood(flow), context, device)
+
+    def checkpoint_state() -> dict:
+        return {
+            "model": flow.state_dict(),
+            "optimizer": optimizer.state_dict(),
+            "scheduler": scheduler.state_dict(),
+            "step": state.step,
+            "trainer": asdict(state),
+            "rng": capture_rng(),
+            "config": config.to_dict(),
+            "data": data_state or {},
+        }
+
+    show = context.is_main and not config.quiet and sys.stderr.isatty()
+    bar = _progress(total_steps, state.step, show)
+    postfix = {}
+    running, started, started_step = None, time.perf_counter(), state.step
+    epoch_indices, epoch_of_indices = None, -1
+    flow.train()
+    try:
+        while state.step < total_steps and not state.stopped_early:
+            epoch, within = divmod(state.step, steps_per_epoch)
+            if epoch != epoch_of_indices:
+                sampler.set_epoch(epoch)
+                epoch_indices = torch.tensor(list(iter(sampler)), dtype=torch.long, device=device)
+                epoch_of_indices = epoch
+            idx = epoch_indices[within * local_batch : (within + 1) * local_batch]
+            x = splits.prepare(train_x[idx])
+
+            # Validation off: a non-finite value inside the flow should reach the loss guard
+            # below (which says what to do) rather than a support check deep in the base.
+            with pyro.validation_enabled(False):
+                nll, penalty = objective(x)
+                loss = nll.mean() + penalty
+            # Mean NLL and penalty over all processes, for the guard and the log.
+            global_nll, global_penalty = all_reduce_mean(torch.stack([nll.mean(), penalty]).detach(), context)
+            global_loss = global_nll + global_penalty
+            if not bool(torch.isfinite(global_loss)):
+                _stop(state, run_dir, f"the training loss is {float(global_loss)}")
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            max_norm = config.grad_clip if config.grad_clip > 0 else math.inf
+            grad_norm = torch.nn.utils.clip_grad_norm_(flow.parameters(), max_norm)
+            if not bool(torch.isfinite(grad_norm)):
+                _stop(
+                    state, run_dir, f"the gradient norm is {float(grad_norm)} (loss {float(global_loss):.4g})"
+                )
+            lr = optimizer.param_groups[0]["lr"]
+            optimizer.step()
+            scheduler.step()
+            state.step += 1
+
+            value = float(global_nll) + offset
+            running = value if running is None else 0.95 * running + 0.05 * value
+            if state.step % 10 == 0 or state.step == total_steps:
+                rate = (state.step - started_step) / max(1e-9, time.perf_counter() - started)
+                metrics.write(
+                    split="train",
+                    step=state.step,
+                    nll=value,
+                    running_nll=running,
+                    penalty=float(global_penalty),
+                    lr=lr,
+                    grad_norm=float(grad_norm),
+                    steps_per_s=rate,
+                )
+            if show:
+                postfix["nll"] = f"{running:.3f}"
+                bar.set_postfix(postfix, refresh=False)
+            bar.update(1)
+
+            if state.step % config.eval_every == 0 or state.step == total_steps:
+                sync_buffers(flow, context)
+                val_nll, val_se = mean_and_standard_error(nll_per_point(flow, val_x) + offset)
+                if not math.isfinite(val_nll):
+                    _stop(state, run_dir, f"the validation NLL is {val_nll}")
+                improved = val_nll < state.best_val_nll
+                if improved:
+                    state.best_val_nll, state.best_step, state.bad_evals = val_nll, state.step, 0
+                    best = copy.deepcopy(flow.state_dict())
+                else:
+                    state.bad_evals += 1
+                if config.patience and state.bad_evals >= config.patience:
+                    state.stopped_early = True
+                if show:  # refresh now: fast runs may never reach tqdm's refresh interval
+                    postfix["val"] = f"{val_nll:.3f}"
+                    bar.set_postfix(postfix)
+                record = dict(split="val", step=state.step, nll=val_nll, se=val_se, best=improved)
+                state.history.append(record)
+                metrics.write(**record)
+                if writes:
+                    snapshot = checkpoint_state()
+                    if improved:
+                        save_checkpoint(os.path.join(run_dir, "best.pt"), snapshot)
+                    save_checkpoint(os.path.join(run_dir, "checkpoint.pt"), snapshot)
+            if on_step is not None:
+                on_step(state.step)
+    finally:
+        bar.close()
+    flow.load_state_dict(best)
+    flow.eval()
+    return state
+
+
+def _stop(state: LoopState, run_dir: Optional[str], what: str) -> None:
+    if not run_dir:
+        where = "nothing was written"
+    elif state.history:
+        where = (
+            f"the last good checkpoint (step {state.history[-1]['step']}) is kept in "
+            f"{os.path.join(run_dir, 'checkpoint.pt')}, the best model (step {state.best_step}) in "
+            f"{os.path.join(run_dir, 'best.pt')}"
+        )
+    else:
+        where = "no checkpoint had been written yet (one is written at each evaluation, see --eval-every)"
+    raise NonFiniteLossError(
+        f"stopped at step {state.step + 1}: {what}. Parameters were not updated with it; {where}. "
+        "Try a lower --lr, a smaller --grad-clip, --dtype float64, or check the data for outliers."
+    )
+
+
+def _fixed_noise(seed: int, device: torch.device) -> torch.Generator:
+    """A generator for the dequantization noise of validation and test data: fixed, so
+    their NLLs are comparable from evaluation to evaluation and with ``evaluate``."""
+    return torch.Generator(device=device).manual_seed(seed)
+
+
+def _batch_geometry(n_train: int, batch_size: int, context: DistContext) -> Tuple[int, int]:
+    if batch_size % context.world_size:
+        raise ValueError(
+            f"--batch-size {batch_size} must be divisible by the number of processes {context.world_size}"
+        )
+    local = batch_size // context.world_size
+    steps_per_epoch = (n_train // context.world_size) // local
+    if steps_per_epoch < 1:
+        raise ValueError(
+            f"--batch-size {batch_size} is larger than the {n_train} training points; lower --batch-size"
+        )
+    return local, steps_per_epoch

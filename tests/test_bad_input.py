@@ -1,0 +1,58 @@
+"""Bad input gets a ValueError naming what was expected and what was received: one
+test per case listed in the reliability issue."""
+
+import pyro.distributions as dist
+import pytest
+import torch
+
+import pyro_flows
+from pyro_flows.transforms import logit, squeeze
+
+
+@pytest.fixture(scope="module")
+def image_flow():
+    return pyro_flows.Flow(pyro_flows.real_nvp_image((1, 4, 4), num_scales=1, hidden_channels=4, num_blocks=1))
+
+
+def test_wrong_event_shape(image_flow):
+    with pytest.raises(ValueError, match=r"event_shape: torch.Size\(\[2, 1, 4, 5\]\) vs torch.Size\(\[1, 4, 4\]\)"):
+        image_flow.log_prob(torch.rand(2, 1, 4, 5))
+    with pytest.raises(ValueError, match=r"expected input of shape .*3.* got shape \(2, 4\)"):
+        pyro_flows.real_nvp(3, num_layers=2)(torch.randn(2, 4))
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), -float("inf")])
+def test_non_finite_values(bad):
+    x = torch.randn(3, 2)
+    x[2, 1] = bad
+    with pytest.raises(ValueError, match="1 non-finite value"):
+        pyro_flows.real_nvp(2, num_layers=2).inv(x)
+
+
+def test_wrong_dtype():
+    with pytest.raises(ValueError, match="expected a floating-point value, got dtype torch.int32"):
+        pyro_flows.real_nvp(2, num_layers=2).inv(torch.ones(3, 2, dtype=torch.int32))
+
+
+def test_integer_images_where_dequantized_floats_are_expected(image_flow):
+    levels = torch.randint(0, 17, (2, 1, 4, 4))
+    with pytest.raises(ValueError, match="floating-point .* got dtype torch.int64 .*dequantize"):
+        image_flow.log_prob(levels)
+    # raw levels as floats, fed to the logit preprocessing that expects [0, 1]
+    with pytest.raises(ValueError, match=r"expected data in \[0, 1\]"):
+        logit((1, 4, 4)).inv(levels.float())
+
+
+def test_odd_spatial_sizes_for_squeeze():
+    with pytest.raises(ValueError, match="odd|even|divisible"):
+        squeeze((1, 5, 4))
+    with pytest.raises(ValueError, match=r"\(1, 6, 8\)|divisible|2\*\*"):
+        pyro_flows.real_nvp_image((1, 6, 8), num_scales=2)
+
+
+def test_context_of_the_wrong_size():
+    flow = pyro_flows.conditional_real_nvp(2, context_dim=3, num_layers=2, hidden_dims=(8,))
+    base = dist.Normal(torch.zeros(2), torch.ones(2)).to_event(1)
+    d = dist.ConditionalTransformedDistribution(base, [flow])
+    with pytest.raises(ValueError, match=r"context of shape \(\*batch, 3\), got \(5, 4\)"):
+        d.condition(torch.randn(5, 4)).log_prob(torch.randn(5, 2))

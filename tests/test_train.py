@@ -1,0 +1,229 @@
+"""The training loop and checkpoints: resume bit-exactness, the loss guard, safe loading."""
+
+import json
+import math
+import os
+import pickle
+
+import pytest
+import torch
+
+from pyro_flows.train.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from pyro_flows.train.config import RunConfig
+from pyro_flows.train.loop import NonFiniteLossError, lr_factor
+from pyro_flows.train.run import fit_run
+
+
+def tiny(tmp_path, name="run", **changes) -> RunConfig:
+    options = dict(
+        num_layers=2,
+        hidden_dims=(16,),
+        num_samples=600,
+        batch_size=50,
+        steps=20,
+        eval_every=5,
+        lr=5e-3,
+        out=str(tmp_path / name),
+        quiet=True,
+        plots=False,
+        patience=0,
+    )
+    options.update(changes)
+    return RunConfig(**options)
+
+
+def _model(run_dir, which="checkpoint.pt"):
+    return load_checkpoint(os.path.join(run_dir, which))
+
+
+class Interrupt(Exception):
+    pass
+
+
+@pytest.mark.parametrize("discrete", [False, True], ids=["continuous", "dequantized"])
+def test_interrupted_and_resumed_run_ends_bit_identical(tmp_path, discrete):
+    # Batch norm makes the running averages part of the state; the cosine schedule
+    # makes the scheduler state matter; float32 with shuffled batches makes order matter;
+    # dequantization noise makes the generator state matter.
+    data = {}
+    if discrete:
+        import numpy as np
+
+        np.save(tmp_path / "levels.npy", np.random.default_rng(0).integers(0, 5, size=(600, 2)))
+        data = dict(data=str(tmp_path / "levels.npy"), levels=5, logit_alpha=0.0)
+    config = tiny(tmp_path, "whole", batch_norm=True, warmup_steps=3, **data)
+    fit_run(config)
+    split = config.replace(out=str(tmp_path / "split"))
+
+    def interrupt_at_12(step):
+        if step == 12:
+            raise Interrupt
+
+    with pytest.raises(Interrupt):
+        fit_run(split, on_step=interrupt_at_12)
+    assert _model(split.out)["step"] == 10  # the last checkpoint before the interruption
+    fit_run(RunConfig(quiet=True), resume_dir=split.out)
+
+    whole, resumed = _model(config.out), _model(split.out)
+    assert whole["step"] == resumed["step"] == 20
+    for key, value in whole["model"].items():
+        assert torch.equal(value, resumed["model"][key]), key
+    for key, value in _model(config.out, "best.pt")["model"].items():
+        assert torch.equal(value, _model(split.out, "best.pt")["model"][key]), key
+    # The metrics of the resumed run are the uninterrupted run's (no duplicated steps).
+    lines = [json.loads(x) for x in open(os.path.join(split.out, "metrics.jsonl"))]
+    steps = [r["step"] for r in lines if r["split"] == "val"]
+    assert steps == [5, 10, 15, 20]
+    whole_results = json.load(open(os.path.join(config.out, "results.json")))
+    resumed_results = json.load(open(os.path.join(split.out, "results.json")))
+    assert whole_results["test_nll"] == resumed_results["test_nll"]
+
+
+def test_training_beats_the_best_gaussian(tmp_path):
+    config = tiny(tmp_path, num_layers=4, hidden_dims=(32, 32), steps=150, eval_every=50, lr=5e-3)
+    results = fit_run(config)
+    # Held-out NLL of the maximum-likelihood Gaussian fitted to the same training split.
+    from pyro_flows.data.registry import load_splits
+
+    splits = load_splits(config)
+    mean, cov = splits.train.mean(0), torch.cov(splits.train.T)
+    gaussian = torch.distributions.MultivariateNormal(mean, cov)
+    gaussian_nll = float(-gaussian.log_prob(splits.test).mean())
+    assert gaussian_nll > 2.5  # two moons are far from Gaussian
+    assert results["test_nll"] < gaussian_nll - 0.3, (results["test_nll"], gaussian_nll)
+
+
+def test_loss_guard_stops_on_nan_and_keeps_the_last_good_checkpoint(tmp_path):
+    config = tiny(tmp_path)
+    flows = []
+
+    def poison_after_7(step):
+        if step == 7:
+            # What a diverging run looks like: a parameter becomes NaN.
+            flow_param = flows[0]
+            with torch.no_grad():
+                flow_param.fill_(float("nan"))
+
+    import pyro_flows.train.run as run
+
+    original = run.build_model
+
+    def capture(*args, **kwargs):
+        model = original(*args, **kwargs)
+        flows.append(next(model.parameters()))
+        return model
+
+    run.build_model = capture
+    try:
+        with pytest.raises(NonFiniteLossError) as err:
+            fit_run(config, on_step=poison_after_7)
+    finally:
+        run.build_model = original
+    message = str(err.value)
+    assert "stopped at step 8" in message and "nan" in message.lower()
+    assert "checkpoint.pt" in message and "--lr" in message
+    kept = _model(config.out)
+    assert kept["step"] == 5
+    assert all(torch.isfinite(v).all() for v in kept["model"].values() if v.is_floating_point())
+
+
+def test_checkpoint_write_is_atomic(tmp_path, monkeypatch):
+    path = str(tmp_path / "c.pt")
+    save_checkpoint(path, {"model": {"w": torch.ones(2)}, "step": 1, "config": {}})
+
+    def broken_save(obj, fh):
+        fh.write(b"partial")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(torch, "save", broken_save)
+    with pytest.raises(OSError):
+        save_checkpoint(path, {"model": {"w": torch.zeros(2)}, "step": 2, "config": {}})
+    monkeypatch.undo()
+    assert load_checkpoint(path)["step"] == 1  # the old checkpoint is intact
+    assert os.listdir(tmp_path) == ["c.pt"]  # no temporary file left behind
+
+
+class _Exploit:
+    def __reduce__(self):
+        return (os.makedirs, ("/tmp/pyro_flows_exploit_ran",))
+
+
+@pytest.mark.filterwarnings("ignore:Detected pickle protocol")
+def test_corrupt_and_foreign_checkpoints_get_clear_errors(tmp_path):
+    garbage = tmp_path / "garbage.pt"
+    garbage.write_bytes(b"\x00not a checkpoint" * 10)
+    with pytest.raises(CheckpointError, match="not a readable pyro-flows checkpoint"):
+        load_checkpoint(str(garbage))
+
+    good = tmp_path / "good.pt"
+    save_checkpoint(str(good), {"model": {"w": torch.ones(3)}, "step": 4, "config": {}})
+    truncated = tmp_path / "truncated.pt"
+    truncated.write_bytes(good.read_bytes()[:100])
+    with pytest.raises(CheckpointError, match="corrupt, truncated"):
+        load_checkpoint(str(truncated))
+
+    foreign = tmp_path / "foreign.pt"
+    torch.save({"state_dict": {"w": torch.ones(1)}}, foreign)
+    with pytest.raises(CheckpointError, match="not a pyro-flows checkpoint"):
+        load_checkpoint(str(foreign))
+
+    hostile = tmp_path / "hostile.pt"
+    with open(hostile, "wb") as fh:
+        pickle.dump({"format": "pyro-flows-checkpoint", "payload": _Exploit()}, fh)
+    with pytest.raises(CheckpointError):
+        load_checkpoint(str(hostile))
+    assert not os.path.exists("/tmp/pyro_flows_exploit_ran")  # nothing was unpickled
+
+    with pytest.raises(CheckpointError, match="does not exist"):
+        load_checkpoint(str(tmp_path / "missing.pt"))
+
+
+def test_learning_rate_schedule():
+    assert lr_factor(0, 100, 10, "cosine") == pytest.approx(0.1)
+    assert lr_factor(9, 100, 10, "cosine") == pytest.approx(1.0)
+    assert lr_factor(55, 100, 10, "cosine") == pytest.approx(0.5)
+    assert lr_factor(99, 100, 10, "cosine") == pytest.approx(0.5 * (1 + math.cos(math.pi * 89 / 90)))
+    assert lr_factor(99, 100, 0, "constant") == 1.0
+
+
+def test_early_stopping_and_epochs(tmp_path):
+    # lr so small that nothing improves after the first evaluation: patience 2 stops at
+    # the third evaluation.
+    config = tiny(tmp_path, lr=1e-9, patience=2, steps=100, eval_every=2, schedule="constant")
+    results = fit_run(config)
+    assert results["stopped_early"] and results["steps"] < 100
+    # --epochs overrides --steps: 480 training points / batch 48 = 10 steps per epoch.
+    results = fit_run(tiny(tmp_path, "ep", epochs=2, batch_size=48, steps=999))
+    assert results["steps"] == 20 and results["splits"] == {"train": 480, "val": 60, "test": 60}
+
+
+def test_float64_run(tmp_path):
+    config = tiny(tmp_path, dtype="float64", steps=10)
+    fit_run(config)
+    state = _model(config.out)
+    assert all(v.dtype == torch.float64 for v in state["model"].values() if v.is_floating_point())
+
+
+def test_regularization_terms_join_the_loss():
+    # A submodule that regularizes (as FFJORD's transform does) adds its penalty.
+    from pyro_flows import Flow, real_nvp
+    from pyro_flows.train.loop import NegativeLogLikelihood
+
+    flow = Flow(real_nvp(2, num_layers=1, hidden_dims=(4,)))
+    objective = NegativeLogLikelihood(flow)
+    x = torch.randn(5, 2)
+    nll, penalty = objective(x)
+    assert torch.allclose(nll, -flow.log_prob(x)) and float(penalty) == 0.0
+    flow.transform.regularizes = True
+    flow.transform.regularization = torch.tensor(0.25)
+    assert float(objective(x)[1]) == 0.25
+
+
+@pytest.mark.cuda
+def test_fit_on_cuda_matches_the_run_folder_contract(tmp_path):
+    config = tiny(tmp_path, device="auto", dtype="float64", steps=10)
+    results = fit_run(config)
+    assert results["device"].startswith("cuda")
+    state = _model(config.out)  # loaded onto the CPU
+    assert all(v.device.type == "cpu" for v in state["model"].values())
+    assert math.isfinite(results["test_nll"])
