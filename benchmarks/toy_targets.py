@@ -1,12 +1,16 @@
 """2-D toy targets for the fit benchmark, each with what is known of its true density.
 
+The samples come from :mod:`pyro_flows.data`; the densities are written here.
+
 * ``moons``: :func:`pyro_flows.data.make_moons` (its density has no closed form, so no
   entropy is reported);
-* ``checkerboard``: uniform on the 8 dark squares of a 4 x 4 board of unit squares on
-  :math:`[-2, 2]^2`, so :math:`p = 1/8` there and the entropy is exactly :math:`\\log 8`;
-* ``8gaussians``: an equal-weight mixture of 8 isotropic Gaussians (standard deviation
-  ``0.25``) centred on the circle of radius 2; its log-density is exact (a log-sum-exp),
-  and its entropy :math:`-E[\\log p(X)]` is estimated by Monte Carlo with that density.
+* ``checkerboard``: :func:`pyro_flows.data.make_checkerboard`, uniform on the 8 dark
+  squares of a 4 x 4 board of unit squares on :math:`[-2, 2]^2`, so :math:`p = 1/8` there
+  and the entropy is exactly :math:`\\log 8`;
+* ``8gaussians``: :func:`pyro_flows.data.make_8gaussians`, an equal-weight mixture of 8
+  isotropic Gaussians (standard deviation 0.2) centred on the circle of radius 2; its
+  log-density is exact (a log-sum-exp), and its entropy :math:`-E[\\log p(X)]` is
+  estimated by Monte Carlo with that density.
 
 >>> x = CHECKERBOARD.sample(1000, seed=0)
 >>> bool((CHECKERBOARD.log_prob(x) == -math.log(8)).all())
@@ -50,14 +54,9 @@ def _moons(n, seed=0):
 
 
 def _checkerboard_sample(n, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    # The dark squares of the 4 x 4 board: (column + row) even, lower-left corners.
-    corners = torch.tensor(
-        [(i, j) for i in range(4) for j in range(4) if (i + j) % 2 == 0], dtype=torch.float64
-    )
-    pick = torch.randint(len(corners), (n,), generator=g)
-    x = corners[pick] + torch.rand(n, 2, generator=g, dtype=torch.float64) - 2.0
-    return x.float()
+    from pyro_flows.data import make_checkerboard
+
+    return make_checkerboard(n, seed=seed)
 
 
 def _checkerboard_log_prob(x):
@@ -67,7 +66,9 @@ def _checkerboard_log_prob(x):
     return torch.where(inside & dark, -math.log(8.0), -math.inf).to(x.dtype)
 
 
-_RADIUS, _STD = 2.0, 0.25
+# make_8gaussians' defaults: radius 2, standard deviation 2 * noise = 0.2.
+_RADIUS, _NOISE = 2.0, 0.1
+_STD = 2 * _NOISE
 
 
 def _centres(dtype=torch.float64):
@@ -76,10 +77,9 @@ def _centres(dtype=torch.float64):
 
 
 def _gaussians_sample(n, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    pick = torch.randint(8, (n,), generator=g)
-    x = _centres()[pick] + _STD * torch.randn(n, 2, generator=g, dtype=torch.float64)
-    return x.float()
+    from pyro_flows.data import make_8gaussians
+
+    return make_8gaussians(n, noise=_NOISE, seed=seed)
 
 
 def _gaussians_log_prob(x):
