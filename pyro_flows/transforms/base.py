@@ -29,8 +29,37 @@ from typing import Optional, Sequence, Tuple
 import torch
 from pyro.distributions.torch_transform import TransformModule
 from torch.distributions import Distribution, constraints
+from torch.nn.modules import module as _module
 
 __all__ = ["FlowTransform", "check_event", "validation_enabled"]
+
+
+# Bumped whenever any module registers or replaces a parameter, buffer or submodule
+# (torch calls these hooks from ``__setattr__`` and ``register_*``), so that a transform
+# can keep the list of its state tensors between calls instead of walking its submodules
+# on every call (which cost more than the arithmetic of a small layer).
+_structure_generation = 0
+
+
+def _bump_structure_generation(module, name, value):
+    global _structure_generation
+    _structure_generation += 1
+
+
+_module.register_module_parameter_registration_hook(_bump_structure_generation)
+_module.register_module_buffer_registration_hook(_bump_structure_generation)
+_module.register_module_module_registration_hook(_bump_structure_generation)
+
+
+# Shared (immutable) constraints for the usual event dims: TransformedDistribution reads
+# domain/codomain several times per layer and call, and building one each time showed.
+_REAL_EVENTS = tuple(constraints.independent(constraints.real, n) for n in range(5))
+
+
+def _real_events(event_dim: int) -> constraints.Constraint:
+    if event_dim < len(_REAL_EVENTS):
+        return _REAL_EVENTS[event_dim]
+    return constraints.independent(constraints.real, event_dim)
 
 
 def validation_enabled() -> bool:
@@ -106,11 +135,11 @@ class FlowTransform(TransformModule):
     # ----------------------------------------------------------------- constraints
     @constraints.dependent_property(is_discrete=False)
     def domain(self):
-        return constraints.independent(constraints.real, self.event_dim_)
+        return _real_events(self.event_dim_)
 
     @constraints.dependent_property(is_discrete=False)
     def codomain(self):
-        return constraints.independent(constraints.real, self.event_dim_)
+        return _real_events(self.event_dim_)
 
     # --------------------------------------------------------------- to implement
     def _call_and_ladj(self, x: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
@@ -135,15 +164,29 @@ class FlowTransform(TransformModule):
         return (self.training,) + tuple(t._version for t in self._state_tensors())
 
     def _state_tensors(self):
-        yield from self.parameters()
-        yield from self.buffers()
+        cached = self.__dict__.get("_state_tensor_list")
+        if cached is None or cached[0] != _structure_generation:
+            cached = _structure_generation, (*self.parameters(), *self.buffers())
+            self.__dict__["_state_tensor_list"] = cached
+        return cached[1]
 
     def _clear_cache(self):
-        self._cached_x_y = None, None
-        self._cached_ladj = None
-        self._cache_stamp = None
+        self._store_entry((None, None), None, None)
+
+    def _store_entry(self, x_y, ladj, stamp):
+        # Plain attributes, written to __dict__ directly: nn.Module.__setattr__ (which
+        # looks for parameters, buffers and submodules first) was a visible part of a
+        # small layer's call time.
+        self.__dict__.update(_cached_x_y=x_y, _cached_ladj=ladj, _cache_stamp=stamp)
 
     def _cache_hit(self, x, y) -> bool:
+        if torch.compiler.is_compiling():
+            # Traced, the version counters would become guards of the compiled graph and
+            # every optimizer step would trigger a recompilation; run the lookup eagerly.
+            return _cache_hit_eagerly(self, x, y)
+        return self._cache_lookup(x, y)
+
+    def _cache_lookup(self, x, y) -> bool:
         x_old, y_old = self._cached_x_y
         if x_old is None or self._cache_stamp is None:
             return False
@@ -153,9 +196,13 @@ class FlowTransform(TransformModule):
 
     def _store(self, x, y, ladj):
         if self._cache_size:
-            self._cached_x_y = x, y
-            self._cached_ladj = ladj
-            self._cache_stamp = self._stamp()
+            if torch.compiler.is_compiling():
+                _store_eagerly(self, x, y, ladj)  # as in _cache_hit
+            else:
+                self._store_stamped(x, y, ladj)
+
+    def _store_stamped(self, x, y, ladj):
+        self._store_entry((x, y), ladj, self._stamp())
 
     def __call__(self, x):
         if self._cache_size and self._cache_hit(x, None):
@@ -184,6 +231,7 @@ class FlowTransform(TransformModule):
     # -------------------------------------------------------- module housekeeping
     def _apply(self, fn, *args, **kwargs):
         self._clear_cache()
+        self.__dict__.pop("_state_tensor_list", None)  # .to() may swap the tensors
         return super()._apply(fn, *args, **kwargs)
 
     def train(self, mode: bool = True):
@@ -197,10 +245,16 @@ class FlowTransform(TransformModule):
         state["_cached_x_y"] = None, None
         state["_cached_ladj"] = None
         state["_cache_stamp"] = None
+        state.pop("_state_tensor_list", None)  # a copy has tensors of its own
         return state
 
     def extra_repr(self) -> str:
         return "" if self.event_shape is None else f"event_shape={tuple(self.event_shape)}"
+
+
+# Cache bookkeeping run outside compiled graphs (see FlowTransform._cache_hit).
+_cache_hit_eagerly = torch.compiler.disable(FlowTransform._cache_lookup)
+_store_eagerly = torch.compiler.disable(FlowTransform._store_stamped)
 
 
 def event_numel(shape: Sequence[int]) -> int:

@@ -49,20 +49,24 @@ class _Coupling(FlowTransform):
 
     def _params(self, x_a: torch.Tensor) -> Tuple[torch.Tensor, ...]:
         """Run the conditioner once and return its outputs for :math:`x^B`."""
+        partition = self.partition  # one nn.Module attribute lookup, not four
         raw = self.conditioner(x_a)
-        chunks = raw.chunk(self.num_params, dim=self.partition.param_dim) if self.num_params > 1 else (raw,)
-        expected = self.partition.b_shape
-        if len(chunks) != self.num_params or any(
-            c.shape[c.dim() - len(expected) :] != expected for c in chunks
-        ):
+        num = self.num_params
+        chunks = raw.chunk(num, dim=partition.param_dim) if num > 1 else (raw,)
+        expected = partition.b_shape
+        n = len(expected)
+        if len(chunks) != num or any(c.shape[c.dim() - n :] != expected for c in chunks):
             raise ValueError(
                 f"{type(self).__name__}: conditioner returned shape {tuple(raw.shape)}; expected "
-                f"{self.num_params} x {tuple(expected)} stacked along dim {self.partition.param_dim}"
+                f"{num} x {tuple(expected)} stacked along dim {partition.param_dim}"
             )
-        return tuple(self.partition.mask_params(c) for c in chunks)
+        if partition.masks_params:
+            return tuple(partition.mask_params(c) for c in chunks)
+        return chunks
 
     def _sum_event(self, t: torch.Tensor) -> torch.Tensor:
-        return t.flatten(t.dim() - len(self.event_shape)).sum(-1)
+        n = len(self.event_shape)
+        return t.sum(-1) if n == 1 else t.flatten(t.dim() - n).sum(-1)
 
 
 class AdditiveCoupling(_Coupling):
@@ -149,15 +153,17 @@ class AffineCoupling(_Coupling):
         return shift, self.scale_bound * torch.tanh(raw / self.scale_bound)
 
     def _call_and_ladj(self, x):
-        x_a, x_b = self.partition.split(x)
+        partition = self.partition
+        x_a, x_b = partition.split(x)
         shift, log_scale = self._shift_log_scale(x_a)
-        y = self.partition.merge(x_a, x_b * log_scale.exp() + shift)
+        y = partition.merge(x_a, x_b * log_scale.exp() + shift)
         return y, self._sum_event(log_scale)
 
     def _inverse_and_ladj(self, y):
-        y_a, y_b = self.partition.split(y)
+        partition = self.partition
+        y_a, y_b = partition.split(y)
         shift, log_scale = self._shift_log_scale(y_a)
-        x = self.partition.merge(y_a, (y_b - shift) * torch.exp(-log_scale))
+        x = partition.merge(y_a, (y_b - shift) * torch.exp(-log_scale))
         return x, self._sum_event(log_scale)
 
     def extra_repr(self):
@@ -174,8 +180,17 @@ def vector_mask(input_dim: int, mask: Union[str, torch.Tensor] = "half", parity:
     return torch.as_tensor(mask, dtype=torch.bool, device="cpu")
 
 
+def _relu_in_place() -> nn.Module:
+    return nn.ReLU(inplace=True)
+
+
 def _mlp_conditioner(mask, num_params, hidden_dims, activation):
     n_a = int(mask.sum())
+    if activation is nn.ReLU:
+        # Each ReLU follows a Linear whose output nothing else reads, so it can run in
+        # place: same values and gradients, one large allocation less per hidden layer
+        # (on CPU about a fifth of the conditioner's time for log_prob and sample).
+        activation = _relu_in_place
     return MLP(n_a, num_params * (mask.numel() - n_a), hidden_dims, activation)
 
 

@@ -1,0 +1,153 @@
+"""Training throughput of the image flows (3 x 32 x 32, batch 64) in float32 and bf16.
+
+Prepared for a GPU machine; nothing here needs one, but the numbers only mean something
+on one. Each configuration (builder x precision) times ``--steps`` training steps
+(``-log_prob`` of a batch of dequantized images, ``backward``, Adam) after ``--warmup``
+untimed ones, synchronizing the device around the timed loop, and reports images per
+second and peak device memory. ``bf16`` wraps the forward pass in
+``torch.autocast(dtype=torch.bfloat16)`` (parameters and optimizer stay float32). A
+configuration that fails (e.g. an op without a bf16 kernel) is recorded with its error
+instead of stopping the run.
+
+    python -m benchmarks.gpu_images --device cuda
+
+The image builders (:func:`pyro_flows.real_nvp_image`, :func:`pyro_flows.glow`) are
+imported when the script runs, so it can live next to a checkout that lacks them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import torch
+
+from . import report
+from .contenders import set_validation
+
+BUILDERS = ("real_nvp_image", "glow")
+PRECISIONS = ("float32", "bf16")
+
+
+def build_flow(builder: str, shape, device):
+    import pyro_flows
+
+    if not hasattr(pyro_flows, builder):
+        raise RuntimeError(f"pyro_flows.{builder} is not in this checkout (merge the image flows first)")
+    return pyro_flows.Flow(getattr(pyro_flows, builder)(tuple(shape))).to(device)
+
+
+def _sync(device):
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def throughput(builder: str, precision: str, args, device) -> dict:
+    torch.manual_seed(0)
+    flow = build_flow(builder, args.shape, device)
+    optimizer = torch.optim.Adam(flow.parameters(), lr=1e-4)
+    batches = [
+        torch.rand(args.batch, *args.shape, device=device) for _ in range(4)
+    ]  # dequantized pixels in [0, 1)
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
+
+    def step(x):
+        optimizer.zero_grad(set_to_none=True)
+        with autocast:
+            loss = -flow.log_prob(x).mean()
+        loss.backward()
+        optimizer.step()
+        return loss
+
+    for i in range(args.warmup):
+        step(batches[i % len(batches)].clone())
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    _sync(device)
+    start = time.perf_counter()
+    for i in range(args.steps):
+        loss = step(batches[i % len(batches)].clone())
+    _sync(device)
+    seconds = time.perf_counter() - start
+    out = {
+        "images_per_s": args.batch * args.steps / seconds,
+        "ms_per_step": 1e3 * seconds / args.steps,
+        "final_loss": float(loss.detach()),
+        "parameters": sum(p.numel() for p in flow.parameters()),
+    }
+    if device.type == "cuda":
+        out["peak_memory_gib"] = torch.cuda.max_memory_allocated(device) / 2**30
+    return out
+
+
+def render(results, info, cmd, args) -> str:
+    rows = []
+    for builder, by_precision in results.items():
+        for precision, r in by_precision.items():
+            if "error" in r:
+                rows.append([builder, precision, "failed", "", "", r["error"][:80]])
+            else:
+                memory = f"{r['peak_memory_gib']:.2f}" if "peak_memory_gib" in r else "-"
+                rows.append(
+                    [
+                        builder,
+                        precision,
+                        f"{r['images_per_s']:.0f}",
+                        f"{r['ms_per_step']:.1f}",
+                        memory,
+                        r["parameters"],
+                    ]
+                )
+    return "\n".join(
+        [
+            f"# Image flows: training throughput at {'x'.join(map(str, args.shape))}, batch {args.batch}",
+            "",
+            report.header(info, cmd),
+            f"- settings: {args.steps} timed steps after {args.warmup} warm-up, Adam lr 1e-4, builders' defaults",
+            "",
+            report.markdown_table(
+                ["builder", "precision", "images/s", "ms/step", "peak GiB", "parameters / error"], rows
+            ),
+            "",
+        ]
+    )
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--device", default="cuda")
+    p.add_argument("--builders", nargs="+", default=list(BUILDERS), choices=BUILDERS)
+    p.add_argument("--precisions", nargs="+", default=list(PRECISIONS), choices=PRECISIONS)
+    p.add_argument("--shape", type=int, nargs=3, default=[3, 32, 32])
+    p.add_argument("--batch", type=int, default=64)
+    p.add_argument("--steps", type=int, default=30)
+    p.add_argument("--warmup", type=int, default=5)
+    p.add_argument("--out", default=str(report.RESULTS))
+    p.add_argument("--stem", default=None, help="file name stem (default images_<device>)")
+    return p.parse_args(argv)
+
+
+def main(argv=None) -> dict:
+    args = parse_args(argv)
+    device = torch.device(args.device)
+    set_validation(["ours"], False)
+    info, cmd = report.machine(args.device), report.command()
+    results = {}
+    for builder in args.builders:
+        results[builder] = {}
+        for precision in args.precisions:
+            try:
+                results[builder][precision] = throughput(builder, precision, args, device)
+            except Exception as error:  # record and go on: one failure should not cost the run
+                results[builder][precision] = {"error": f"{type(error).__name__}: {error}"}
+            print(builder, precision, results[builder][precision], flush=True)
+    markdown = render(results, info, cmd, args)
+    data = {"machine": info, "command": cmd, "settings": vars(args), "results": results}
+    paths = report.write(args.stem or f"images_{device.type}", markdown, data, args.out)
+    print(markdown)
+    print("written: " + ", ".join(map(str, paths)))
+    return data
+
+
+if __name__ == "__main__":
+    main()

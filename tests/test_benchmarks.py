@@ -1,0 +1,111 @@
+"""Smoke tests that keep the benchmark harness from rotting (no timing assertions:
+speed is measured by ``python -m benchmarks.speed``, never asserted in tests)."""
+
+import json
+import math
+
+import pytest
+import torch
+
+from benchmarks import contenders, fit, speed
+from benchmarks.toy_targets import CHECKERBOARD, EIGHT_GAUSSIANS
+
+TINY = ["--dims", "4", "--reps", "1", "--warmup", "0", "--batch", "16", "--points", "32"]
+TINY += ["--layers", "2", "--hidden", "8", "--no-compile"]
+
+
+def _run_speed(tmp_path, libs):
+    data = speed.main([*TINY, "--libs", *libs, "--out", str(tmp_path), "--stem", "smoke"])
+    on_disk = json.loads((tmp_path / "smoke.json").read_text())
+    assert "| 4 |" in (tmp_path / "smoke.md").read_text()
+    assert (
+        on_disk["command"].startswith("python -m benchmarks.")
+        or "python -m benchmarks." in on_disk["command"]
+    )
+    return data
+
+
+def test_speed_smoke_ours_alone(tmp_path):
+    data = _run_speed(tmp_path, ["ours"])
+    summary = data["results"][4]["summary"]
+    for op in speed.OPS:
+        rows = summary[op]["by_name"]
+        assert set(rows) == {"ours", speed.FLOOR}
+        assert rows[speed.FLOOR]["to_floor"] == 1.0
+        assert math.isfinite(rows["ours"]["to_floor"]) and rows["ours"]["to_floor"] > 0
+        assert summary[op]["fastest_peer"] is None
+
+
+@pytest.mark.parametrize("peer", ["pyro", "nflows", "normflows", "zuko"])
+def test_speed_smoke_with_peer(tmp_path, peer):
+    pytest.importorskip(contenders.PACKAGES[peer])
+    data = _run_speed(tmp_path, ["ours", peer])
+    result = data["results"][4]
+    # The matched architectures have exactly the same number of trainable parameters.
+    assert result["parameters"][peer] == result["parameters"]["ours"] == result["parameters"][speed.FLOOR]
+    train = result["summary"]["train"]
+    assert train["fastest_peer"] == peer
+    assert train["by_name"][peer]["to_fastest_peer"] == 1.0
+
+
+@pytest.mark.parametrize("name", contenders.NAMES)
+def test_contenders_start_as_a_normalized_density(name):
+    pytest.importorskip(contenders.PACKAGES[name])
+    torch.manual_seed(0)
+    model = contenders.build(name, 2, num_layers=2, hidden_dims=(8,))
+    # Quadrature of the model density over a box holding nearly all its mass.
+    grid = torch.linspace(-7, 7, 281)
+    xy = torch.cartesian_prod(grid, grid)
+    with torch.no_grad():
+        mass = model.log_prob(xy).exp().sum() * (grid[1] - grid[0]) ** 2
+    assert abs(float(mass) - 1.0) < 0.02
+    assert model.sample(11).shape == (11, 2)
+
+
+def test_toy_target_densities_integrate_to_one_and_entropies():
+    grid = torch.linspace(-3.5, 3.5, 701, dtype=torch.float64)
+    xy = torch.cartesian_prod(grid, grid)
+    cell = float(grid[1] - grid[0]) ** 2
+    for target in (CHECKERBOARD, EIGHT_GAUSSIANS):
+        mass = float(target.log_prob(xy).exp().sum()) * cell
+        assert abs(mass - 1.0) < 0.02, target.name
+    x = CHECKERBOARD.sample(4000, seed=3)
+    assert bool(torch.isfinite(CHECKERBOARD.log_prob(x)).all())
+    assert CHECKERBOARD.entropy() == (math.log(8), 0.0)
+    # Well separated components: entropy ~ log 8 + that of one 2-D Gaussian (std 0.2).
+    entropy, se = EIGHT_GAUSSIANS.entropy(num_samples=20_000)
+    assert abs(entropy - (math.log(8) + 1 + math.log(2 * math.pi * 0.2**2))) < 0.03
+    assert 0 < se < 0.02
+
+
+def test_fit_smoke(tmp_path):
+    args = [
+        "--targets",
+        "moons",
+        "checkerboard",
+        "--libs",
+        "ours",
+        "--steps",
+        "60",
+        "--layers",
+        "4",
+        "--hidden",
+        "32",
+    ]
+    args += ["--train", "2000", "--test", "2000", "--out", str(tmp_path)]
+    data = fit.main(args)
+    moons, board = data["results"]["moons"]["by_name"], data["results"]["checkerboard"]
+    # Even 60 steps beat the best Gaussian on the moons ...
+    assert moons["ours"]["nll"] < moons[fit.GAUSSIAN]["nll"] - 0.1
+    # ... and no model beats the true entropy of the checkerboard.
+    assert board["by_name"]["ours"]["nll"] > board["entropy"] - 3 * board["by_name"]["ours"]["se"]
+
+
+def test_gpu_images_script_runs_on_cpu(tmp_path):
+    from benchmarks import gpu_images
+
+    args = ["--device", "cpu", "--shape", "3", "8", "8", "--batch", "2", "--steps", "1", "--warmup", "0"]
+    args += ["--builders", "glow", "--precisions", "float32", "--out", str(tmp_path)]
+    result = gpu_images.main(args)["results"]["glow"]["float32"]
+    assert "error" not in result, result.get("error")
+    assert result["images_per_s"] > 0 and math.isfinite(result["final_loss"])
