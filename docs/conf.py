@@ -161,9 +161,17 @@ def _list_other_examples(app, docname, source):
     source[0] = text + "\n".join(parts)
 
 
+def _always_reread(app, env, added, changed, removed):
+    """Pages to re-read even when unchanged, so that incremental builds stay right: the
+    generated lists on every build, and every page (whose sidebar holds the table of
+    contents) when pages were added or removed."""
+    if added or removed:
+        return sorted(env.found_docs)
+    return [root_doc, "tutorials"]
+
+
 def setup(app):
     app.connect("missing-reference", _resolve_alias)
     app.connect("source-read", _fill_topic_pages)
     app.connect("source-read", _list_other_examples)
-    # Re-read these pages on every build, so incremental builds see new pages and scripts.
-    app.connect("env-get-outdated", lambda app, env, added, changed, removed: [root_doc, "tutorials"])
+    app.connect("env-get-outdated", _always_reread)
