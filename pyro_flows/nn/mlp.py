@@ -50,7 +50,7 @@ class MLP(nn.Sequential):
             nn.init.zeros_(self[-1].bias)
 
 
-# ---------------------------------------------------------------- conditional (infer area)
+# ---------------------------------------------------------------- conditional
 class ConditionalMLP(MLP):
     """An :class:`MLP` on the concatenation ``[x, context]``, for conditional couplings.
 

@@ -93,7 +93,7 @@ FLOWS = {
                 num_blocks=c.num_blocks,
                 batch_norm=c.batch_norm,
             ),
-            "multi-scale RealNVP for images, from the image-flows work",
+            "multi-scale RealNVP for images",
         ),
         FlowEntry(
             "glow",
@@ -106,7 +106,7 @@ FLOWS = {
                 hidden_channels=c.hidden_channels,
                 num_blocks=c.num_blocks,
             ),
-            "Glow, from the image-flows work",
+            "Glow",
         ),
         FlowEntry(
             "ffjord",
@@ -118,14 +118,14 @@ FLOWS = {
                 kinetic_weight=c.kinetic_weight,
                 frobenius_weight=c.frobenius_weight,
             ),
-            "continuous-time FFJORD, from the FFJORD work",
+            "continuous-time FFJORD",
         ),
         FlowEntry(
             "cdf",
             "pyro_flows.cdf_flow",
             "any",
             lambda c, s: dict(num_components=c.num_components, base=c.base, event_shape=s),
-            "the 1-D mixture-CDF flow (coordinatewise), from the 1-D flows work",
+            "the 1-D mixture-CDF flow (coordinatewise)",
         ),
     ]
 }
@@ -164,13 +164,7 @@ def build_model(config, event_shape, discrete: bool = False) -> Flow:
     builder = entry.resolve()
     transform = builder(**entry.arguments(config, tuple(event_shape)))
     if discrete and config.logit_alpha > 0:
-        logit = FlowEntry("logit", "pyro_flows.transforms.logit", "any", None, "the image-flows work")
-        try:
-            make_logit = logit.resolve()
-        except ValueError:
-            raise ValueError(
-                "discrete data are modelled through the logit preprocessing (pyro_flows.transforms.logit), "
-                "which this installation does not have yet; pass --logit-alpha 0"
-            ) from None
+        from ..transforms.preprocess import logit as make_logit
+
         transform = [transform, make_logit(tuple(event_shape), alpha=config.logit_alpha)]
     return Flow(transform, base=config.base, event_shape=torch.Size(event_shape))

@@ -330,7 +330,7 @@ def image_additive_coupling(
 
 __all__ += ["image_mask", "image_affine_coupling", "image_additive_coupling"]
 # ------------------------------------------------------------------------------------------
-# Conditional couplings (infer area): the conditioner also sees a context vector c,
+# Conditional couplings: the conditioner also sees a context vector c,
 #   y^A = x^A,  y^B = \hat f(x^B | psi(x^A, c)),
 # so one set of weights defines a family of flows indexed by c (amortized posteriors,
 # class-conditional densities). ``condition(c)`` returns an ordinary coupling that shares
