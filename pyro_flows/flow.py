@@ -79,12 +79,12 @@ class Flow(nn.Module):
         """Log-density of data ``x`` of shape ``(*batch, *event_shape)``; shape ``batch``."""
         return self().log_prob(x)
 
-    def sample(self, sample_shape=torch.Size()) -> torch.Tensor:
+    def sample(self, sample_shape=()) -> torch.Tensor:
         """Draw samples without gradients, shape ``(*sample_shape, *event_shape)``."""
         with torch.no_grad():
             return self().sample(sample_shape)
 
-    def rsample(self, sample_shape=torch.Size()) -> torch.Tensor:
+    def rsample(self, sample_shape=()) -> torch.Tensor:
         """Draw reparameterized samples (gradients reach the parameters)."""
         return self().rsample(sample_shape)
 

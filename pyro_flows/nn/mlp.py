@@ -38,7 +38,7 @@ class MLP(nn.Sequential):
     ):
         sizes = [in_features, *hidden_dims, out_features]
         layers = []
-        for i, (n_in, n_out) in enumerate(zip(sizes[:-1], sizes[1:])):
+        for i, (n_in, n_out) in enumerate(zip(sizes[:-1], sizes[1:], strict=True)):
             layers.append(nn.Linear(n_in, n_out))
             if i < len(sizes) - 2:
                 layers.append(activation())
