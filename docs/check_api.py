@@ -31,16 +31,18 @@ _DIRECTIVE = re.compile(r"^\s*\.\.\s+(?:py:)?(auto\w+|currentmodule|module)::\s*
 
 
 def _import_dotted(path: str):
+    """The object a dotted path names (module, then attributes), or ``None``."""
     parts = path.split(".")
     for i in range(len(parts), 0, -1):
         try:
             obj = importlib.import_module(".".join(parts[:i]))
         except ImportError:
             continue
-        for name in parts[i:]:
-            obj = getattr(obj, name, None)
-            if obj is None:
-                return None
+        try:
+            for name in parts[i:]:
+                obj = getattr(obj, name)
+        except AttributeError:
+            return None
         return obj
     return None
 

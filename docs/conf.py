@@ -8,7 +8,6 @@ Build (strict, warnings are errors)::
 from __future__ import annotations
 
 import ast
-import importlib
 import os
 import sys
 from pathlib import Path
@@ -18,6 +17,9 @@ ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), ".."))
 sys.path.insert(0, ROOT)
 
 import pyro_flows  # noqa: E402
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from check_api import _import_dotted  # noqa: E402  (one resolver for the build and the API check)
 
 project = "pyro-flows"
 author = "the pyro-flows authors"
@@ -76,22 +78,6 @@ html_theme_options = {"navigation_with_keys": True}
 # ``pyro_flows.transforms.AffineCoupling``), while docstrings may name them by the module
 # that defines them (``pyro_flows.bases.base_distribution``) or by another public path
 # (``pyro_flows.real_nvp``). Resolve such references to the documented object.
-def _import_dotted(path: str):
-    parts = path.split(".")
-    for i in range(len(parts), 0, -1):
-        try:
-            obj = importlib.import_module(".".join(parts[:i]))
-        except ImportError:
-            continue
-        try:
-            for name in parts[i:]:
-                obj = getattr(obj, name)
-        except AttributeError:
-            return None
-        return obj
-    return None
-
-
 def _resolve_alias(app, env, node, contnode):
     if node.get("refdomain") != "py":
         return None
