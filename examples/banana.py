@@ -15,7 +15,14 @@ import pyro
 import pyro.distributions as dist
 import torch
 
-from examples.guide_comparison import common_args, compare, scatter_figure, selected_guides, write_table
+from examples.guide_comparison import (
+    command_line,
+    common_args,
+    compare,
+    scatter_figure,
+    selected_guides,
+    write_table,
+)
 
 
 def banana():
@@ -43,8 +50,7 @@ def main(argv=None):
     )
     header = (
         f"Banana (2-D), {args.steps} steps, Adam lr {args.lr}, {args.particles} vectorised particles; exact "
-        f"sd(b) = 3. Command: `python -m examples.banana{' --smoke' if args.smoke else ''}"
-        f"{' --flow-kwargs ' + repr(args.flow_kwargs) if args.flow_kwargs != '{}' else ''}`"
+        f"sd(b) = 3. Command: `{command_line('examples.banana', argv)}`"
     )
     print(write_table(results, args.out / f"banana{args.tag}.md", "b", header))
     scatter_figure(

@@ -17,7 +17,14 @@ import pyro
 import pyro.distributions as dist
 import torch
 
-from examples.guide_comparison import common_args, compare, scatter_figure, selected_guides, write_table
+from examples.guide_comparison import (
+    command_line,
+    common_args,
+    compare,
+    scatter_figure,
+    selected_guides,
+    write_table,
+)
 
 Y = torch.tensor([28.0, 8.0, -3.0, 7.0, -1.0, 1.0, 18.0, 12.0])
 SIGMA = torch.tensor([15.0, 10.0, 16.0, 11.0, 9.0, 11.0, 10.0, 18.0])
@@ -90,8 +97,7 @@ def main(argv=None):
     header = (
         f"Eight schools (centered), {args.steps} steps, Adam lr {args.lr}, {args.particles} vectorised particles; "
         f"reference by quadrature: E[tau] = {exact['tau']['mean']:.3f}, sd(tau) = {exact['tau']['sd']:.3f}. "
-        f"Command: `python -m examples.eight_schools{' --smoke' if args.smoke else ''}"
-        f"{' --flow-kwargs ' + repr(args.flow_kwargs) if args.flow_kwargs != '{}' else ''}`"
+        f"Command: `{command_line('examples.eight_schools', argv)}`"
     )
     print(write_table(results, args.out / f"eight_schools{args.tag}.md", "tau", header))
     scatter_figure(

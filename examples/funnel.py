@@ -17,7 +17,14 @@ import pyro
 import pyro.distributions as dist
 import torch
 
-from examples.guide_comparison import common_args, compare, scatter_figure, selected_guides, write_table
+from examples.guide_comparison import (
+    command_line,
+    common_args,
+    compare,
+    scatter_figure,
+    selected_guides,
+    write_table,
+)
 
 
 def funnel():
@@ -50,9 +57,7 @@ def main(argv=None):
     )
     header = (
         f"Neal's funnel (10-D), {args.steps} steps, Adam lr {args.lr}, {args.particles} vectorised particles; "
-        "ELBO and k-hat from 4000 importance weights; exact sd(v) = 3. Command: "
-        f"`python -m examples.funnel{' --smoke' if args.smoke else ''}"
-        f"{' --flow-kwargs ' + repr(args.flow_kwargs) if args.flow_kwargs != '{}' else ''}`"
+        f"ELBO and k-hat from 4000 importance weights; exact sd(v) = 3. Command: `{command_line('examples.funnel', argv)}`"
     )
     print(write_table(results, args.out / f"funnel{args.tag}.md", "v", header))
     scatter_figure(

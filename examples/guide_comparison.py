@@ -8,6 +8,8 @@ PSIS k-hat (ArviZ), posterior mean/sd errors against a reference, and time per s
 from __future__ import annotations
 
 import functools
+import shlex
+import sys
 import time
 from pathlib import Path
 
@@ -135,6 +137,12 @@ def scatter_figure(results, reference_samples, x_site, y_site, path: Path, label
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+def command_line(module: str, argv=None) -> str:
+    """The command that reproduces this run, with the arguments it was given."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+    return " ".join(["python -m", module, *map(shlex.quote, argv)])
 
 
 def common_args(parser, steps, lr, particles):
