@@ -109,3 +109,46 @@ def test_gpu_images_script_runs_on_cpu(tmp_path):
     result = gpu_images.main(args)["results"]["glow"]["float32"]
     assert "error" not in result, result.get("error")
     assert result["images_per_s"] > 0 and math.isfinite(result["final_loss"])
+
+
+def test_digits_smoke(tmp_path, capsys):
+    pytest.importorskip("normflows")
+    from benchmarks import digits
+
+    data = digits.main(["--smoke", "--out", str(tmp_path)])
+    out = capsys.readouterr().out
+    results = data["results"]
+    assert set(results) == {"glow", "real_nvp_image", digits.PEER}
+    for name, r in results.items():
+        assert r["steps"] == 4
+        assert math.isfinite(r["test_bpd"]) and math.isfinite(r["train_bpd"]) and r["test_se"] > 0
+        assert f"{name} {r['parameters']:,}" in out  # the parameter counts are printed
+    assert results[digits.PEER]["delta_vs_peer"] == 0.0
+    # normflows' width is chosen so that its parameter count matches our Glow's.
+    assert abs(results[digits.PEER]["parameters"] / results["glow"]["parameters"] - 1) < 0.2
+    assert json.loads((tmp_path / "digits_bpd.json").read_text())["results"] == results
+    table = (tmp_path / "digits_bpd.md").read_text()
+    assert "| glow | " in table and f"| {digits.PEER} | " in table and "python -m benchmarks." in table
+
+
+def test_digits_scores_every_model_on_the_same_density():
+    nf = pytest.importorskip("normflows")
+    from benchmarks import digits
+    from examples.digits import test_bits_per_dim
+    from pyro_flows.data import load_digits
+
+    model = digits.NormflowsGlow(steps_per_level=1, hidden_channels=8)
+    levels = load_digits("test")[:20]
+    model.log_prob(torch.rand(16, 1, 8, 8))  # ActNorm's data-dependent initialisation
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.05 * torch.randn_like(p))  # away from the identity start
+    # Our Logit around normflows' model = normflows' own logit preprocessing (same alpha).
+    reference = nf.MultiscaleFlow(
+        model.flow.q0, model.flow.flows, model.flow.merges, nf.transforms.Logit(0.05), class_cond=False
+    )
+    x = torch.rand(7, 1, 8, 8)
+    assert torch.allclose(model.log_prob(x.clone()), reference.log_prob(x.clone(), None), atol=1e-4)
+    # One draw of the per-image scorer averages to the examples' test bits/dim.
+    bits = digits.per_image_bits(model, levels, draws=1, seed=5)
+    assert bits.shape == (20,) and abs(float(bits.mean()) - test_bits_per_dim(model, levels, seed=5)) < 1e-5
