@@ -144,4 +144,3 @@ def latent_bridge(
         f"cannot bridge a base with support {base.support} to a transform with domain "
         f"{transform.domain}; use a base on the transform's domain"
     )
-

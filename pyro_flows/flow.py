@@ -71,7 +71,9 @@ class Flow(nn.Module):
         self.bridge = latent_bridge(self.base(), transform, self.event_shape)
 
     def forward(self) -> dist.TransformedDistribution:
-        parts = self.transform.parts if isinstance(self.transform, ComposeTransformModule) else [self.transform]
+        parts = (
+            self.transform.parts if isinstance(self.transform, ComposeTransformModule) else [self.transform]
+        )
         bridge = [] if self.bridge is None else [self.bridge]
         return dist.TransformedDistribution(self.base(), bridge + list(parts))
 

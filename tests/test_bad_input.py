@@ -11,11 +11,15 @@ from pyro_flows.transforms import logit, squeeze
 
 @pytest.fixture(scope="module")
 def image_flow():
-    return pyro_flows.Flow(pyro_flows.real_nvp_image((1, 4, 4), num_scales=1, hidden_channels=4, num_blocks=1))
+    return pyro_flows.Flow(
+        pyro_flows.real_nvp_image((1, 4, 4), num_scales=1, hidden_channels=4, num_blocks=1)
+    )
 
 
 def test_wrong_event_shape(image_flow):
-    with pytest.raises(ValueError, match=r"event_shape: torch.Size\(\[2, 1, 4, 5\]\) vs torch.Size\(\[1, 4, 4\]\)"):
+    with pytest.raises(
+        ValueError, match=r"event_shape: torch.Size\(\[2, 1, 4, 5\]\) vs torch.Size\(\[1, 4, 4\]\)"
+    ):
         image_flow.log_prob(torch.rand(2, 1, 4, 5))
     with pytest.raises(ValueError, match=r"expected input of shape .*3.* got shape \(2, 4\)"):
         pyro_flows.real_nvp(3, num_layers=2)(torch.randn(2, 4))

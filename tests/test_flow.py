@@ -44,7 +44,7 @@ def test_real_nvp_beats_a_gaussian_on_two_moons():
     model = pyro_flows.Flow(pyro_flows.real_nvp(2, num_layers=6, hidden_dims=(64, 64)))
     opt = torch.optim.Adam(model.parameters(), lr=5e-3)
     schedule = torch.optim.lr_scheduler.CosineAnnealingLR(opt, 400)
-    for step in range(400):
+    for _ in range(400):
         batch = train[torch.randint(len(train), (256,))]
         loss = -model.log_prob(batch).mean()
         opt.zero_grad()

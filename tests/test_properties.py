@@ -39,7 +39,9 @@ def test_coupling_round_trip_and_log_det(dim, batch_shape, magnitude, mask, pari
     ladj = layer.log_abs_det_jacobian(x, y)
     assert ladj.shape == torch.Size(batch_shape)
     flat = x.reshape(-1, dim)[:2]
-    assert torch.allclose(layer.log_abs_det_jacobian(flat, layer(flat)), autograd_logdet(layer, flat, 1), atol=1e-8)
+    assert torch.allclose(
+        layer.log_abs_det_jacobian(flat, layer(flat)), autograd_logdet(layer, flat, 1), atol=1e-8
+    )
 
 
 @SETTINGS
@@ -52,7 +54,9 @@ def test_invertible_linear_and_scaling(dim, batch_shape, magnitude, seed):
         y = layer(x)
         assert torch.allclose(layer.inv(y.clone()), x, rtol=1e-9, atol=1e-9 * magnitude)
         flat = x.reshape(-1, dim)[:2]
-        assert torch.allclose(layer.log_abs_det_jacobian(flat, layer(flat)), autograd_logdet(layer, flat, 1), atol=1e-9)
+        assert torch.allclose(
+            layer.log_abs_det_jacobian(flat, layer(flat)), autograd_logdet(layer, flat, 1), atol=1e-9
+        )
 
 
 @SETTINGS
@@ -104,7 +108,9 @@ def test_squeeze_is_an_exact_permutation(channels, half_height, half_width, batc
 )
 def test_mixture_cdf_is_monotone_and_invertible(components, component, batch_shape, magnitude, seed):
     torch.manual_seed(seed)
-    cdf = randomize(pyro_flows.mixture_cdf(components, event_shape=(2,), component=component).double(), 0.5, seed)
+    cdf = randomize(
+        pyro_flows.mixture_cdf(components, event_shape=(2,), component=component).double(), 0.5, seed
+    )
     x = _inputs(batch_shape, 2, magnitude, seed)
     u = cdf.inv(x)  # data -> (0, 1) in closed form
     assert torch.isfinite(u).all() and ((u >= 0) & (u <= 1)).all()

@@ -236,7 +236,9 @@ def affine_coupling(
 # (lecture, Concepts 10.29 and 10.32).
 
 
-def image_mask(shape: Sequence[int], mask: Union[str, torch.Tensor] = "checkerboard", parity: int = 0) -> torch.Tensor:
+def image_mask(
+    shape: Sequence[int], mask: Union[str, torch.Tensor] = "checkerboard", parity: int = 0
+) -> torch.Tensor:
     """A mask for images of shape ``(C, H, W)`` by name: ``"checkerboard"`` (shape
     ``(1, H, W)``, the same pattern in every channel) or ``"channel"`` (shape
     ``(C, 1, 1)``, the first or second half of the channels); a tensor is returned as is.
@@ -428,7 +430,9 @@ class _ConditionalCoupling(ConditionalTransformModule):
         if not isinstance(context, torch.Tensor):
             raise TypeError(f"{type(self).__name__}: expected a tensor context, got {type(context).__name__}")
         if not context.is_floating_point():
-            raise ValueError(f"{type(self).__name__}: expected a floating-point context, got dtype {context.dtype}")
+            raise ValueError(
+                f"{type(self).__name__}: expected a floating-point context, got dtype {context.dtype}"
+            )
         if context.dim() < 1 or context.shape[-1] != self.context_dim:
             raise ValueError(
                 f"{type(self).__name__}: expected a context of shape (*batch, {self.context_dim}), "
@@ -534,7 +538,9 @@ def conditional_additive_coupling(
     3
     """
     m = vector_mask(input_dim, mask, parity)
-    return ConditionalAdditiveCoupling(m, _conditional_mlp(m, context_dim, 1, hidden_dims, activation), context_dim)
+    return ConditionalAdditiveCoupling(
+        m, _conditional_mlp(m, context_dim, 1, hidden_dims, activation), context_dim
+    )
 
 
 def conditional_affine_coupling(

@@ -13,7 +13,13 @@ from .base import FlowTransform, check_event
 
 __all__ = [
     "LocScale",
-    "Permutation","Scaling", "InvertibleLinear", "LUWeight", "scaling", "invertible_linear"]
+    "Permutation",
+    "Scaling",
+    "InvertibleLinear",
+    "LUWeight",
+    "scaling",
+    "invertible_linear",
+]
 
 
 class Scaling(FlowTransform):
