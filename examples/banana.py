@@ -19,6 +19,7 @@ from examples.guide_comparison import (
     command_line,
     common_args,
     compare,
+    describe_optimizer,
     scatter_figure,
     selected_guides,
     write_table,
@@ -40,7 +41,7 @@ def exact_samples(n, seed=1):
 
 
 def main(argv=None):
-    parser = common_args(argparse.ArgumentParser(description=__doc__), steps=1000, lr=0.01, particles=8)
+    parser = common_args(argparse.ArgumentParser(description=__doc__), steps=1000, lr=0.01, particles=32)
     args = parser.parse_args(argv)
     if args.smoke:
         args.steps = 5
@@ -49,7 +50,7 @@ def main(argv=None):
         banana, EXACT, ("b", 0), args.steps, args.lr, args.particles, selected_guides(args), args.seed
     )
     header = (
-        f"Banana (2-D), {args.steps} steps, Adam lr {args.lr}, {args.particles} vectorised particles; exact "
+        f"Banana (2-D), {args.steps} steps, {describe_optimizer(args.lr, args.particles)}; exact "
         f"sd(b) = 3. Command: `{command_line('examples.banana', argv)}`"
     )
     print(write_table(results, args.out / f"banana{args.tag}.md", "b", header))

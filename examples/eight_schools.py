@@ -21,6 +21,7 @@ from examples.guide_comparison import (
     command_line,
     common_args,
     compare,
+    describe_optimizer,
     scatter_figure,
     selected_guides,
     write_table,
@@ -77,7 +78,7 @@ def quadrature_reference(n_draws=4000, seed=1, y=Y, sigma=SIGMA):
 
 
 def main(argv=None):
-    parser = common_args(argparse.ArgumentParser(description=__doc__), steps=2000, lr=0.01, particles=8)
+    parser = common_args(argparse.ArgumentParser(description=__doc__), steps=2000, lr=0.01, particles=32)
     args = parser.parse_args(argv)
     if args.smoke:
         args.steps = 5
@@ -95,7 +96,7 @@ def main(argv=None):
         args.seed,
     )
     header = (
-        f"Eight schools (centered), {args.steps} steps, Adam lr {args.lr}, {args.particles} vectorised particles; "
+        f"Eight schools (centered), {args.steps} steps, {describe_optimizer(args.lr, args.particles)}; "
         f"reference by quadrature: E[tau] = {exact['tau']['mean']:.3f}, sd(tau) = {exact['tau']['sd']:.3f}. "
         f"Command: `{command_line('examples.eight_schools', argv)}`"
     )

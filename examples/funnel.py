@@ -21,6 +21,7 @@ from examples.guide_comparison import (
     command_line,
     common_args,
     compare,
+    describe_optimizer,
     scatter_figure,
     selected_guides,
     write_table,
@@ -47,7 +48,7 @@ def exact_samples(n, seed=1):
 
 
 def main(argv=None):
-    parser = common_args(argparse.ArgumentParser(description=__doc__), steps=2000, lr=0.01, particles=8)
+    parser = common_args(argparse.ArgumentParser(description=__doc__), steps=2000, lr=0.01, particles=32)
     args = parser.parse_args(argv)
     if args.smoke:
         args.steps = 5
@@ -56,7 +57,7 @@ def main(argv=None):
         funnel, EXACT, ("v", 0), args.steps, args.lr, args.particles, selected_guides(args), args.seed
     )
     header = (
-        f"Neal's funnel (10-D), {args.steps} steps, Adam lr {args.lr}, {args.particles} vectorised particles; "
+        f"Neal's funnel (10-D), {args.steps} steps, {describe_optimizer(args.lr, args.particles)}; "
         f"ELBO and k-hat from 4000 importance weights; exact sd(v) = 3. Command: `{command_line('examples.funnel', argv)}`"
     )
     print(write_table(results, args.out / f"funnel{args.tag}.md", "v", header))

@@ -11,10 +11,12 @@ from .diagnostics import (
     psis_khat,
 )
 from .guides import AutoRealNVP, guide_real_nvp
+from .path_gradient import PathGradientTransformedDistribution
 
 __all__ = [
     "AutoRealNVP",
     "LocScale",
+    "PathGradientTransformedDistribution",
     "Permutation",
     "guide_real_nvp",
     "compare_moments",
