@@ -261,9 +261,7 @@ def main(argv=None) -> dict:
         "baselines": baselines,
         "results": results,
     }
-    paths = report.write(args.stem, markdown, data, args.out)
-    print(markdown)
-    print("written: " + ", ".join(map(str, paths)))
+    report.publish(args.stem, markdown, data, args.out)
     return data
 
 

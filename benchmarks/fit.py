@@ -127,9 +127,7 @@ def main(argv=None) -> dict:
         results[target_name] = {"entropy": entropy, "entropy_se": entropy_se, "by_name": by_name}
     markdown = render(results, names, info, cmd, args)
     data = {"machine": info, "command": cmd, "settings": vars(args), "results": results}
-    paths = report.write(args.stem, markdown, data, args.out)
-    print(markdown)
-    print("written: " + ", ".join(map(str, paths)))
+    report.publish(args.stem, markdown, data, args.out)
     return data
 
 

@@ -143,9 +143,7 @@ def main(argv=None) -> dict:
             print(builder, precision, results[builder][precision], flush=True)
     markdown = render(results, info, cmd, args)
     data = {"machine": info, "command": cmd, "settings": vars(args), "results": results}
-    paths = report.write(args.stem or f"images_{device.type}", markdown, data, args.out)
-    print(markdown)
-    print("written: " + ", ".join(map(str, paths)))
+    report.publish(args.stem or f"images_{device.type}", markdown, data, args.out)
     return data
 
 

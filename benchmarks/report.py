@@ -85,6 +85,14 @@ def write(stem: str, markdown: str, data: dict, directory: Path = RESULTS) -> tu
     return md, js
 
 
+def publish(stem: str, markdown: str, data: dict, directory: Path = RESULTS) -> tuple:
+    """:func:`write` the results, then print the table and where it went."""
+    paths = write(stem, markdown, data, directory)
+    print(markdown)
+    print("written: " + ", ".join(map(str, paths)))
+    return paths
+
+
 def markdown_table(header_row, rows) -> str:
     out = ["| " + " | ".join(header_row) + " |", "|" + "---|" * len(header_row)]
     out += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]

@@ -280,9 +280,7 @@ def main(argv=None) -> dict:
     markdown = render(results, names, info, cmd, args)
     data = {"machine": info, "command": cmd, "settings": vars(args), "results": results}
     stem = args.stem or f"speed_{device.type}"
-    paths = report.write(stem, markdown, data, args.out)
-    print(markdown)
-    print("written: " + ", ".join(map(str, paths)))
+    report.publish(stem, markdown, data, args.out)
     return data
 
 
