@@ -116,3 +116,14 @@ def test_rejects_foreign_transforms_and_mismatched_event_dims():
     matrix_base = dist.Normal(torch.zeros(3, 2), torch.ones(3, 2)).to_event(2)
     with pytest.raises(ValueError, match="event_dim"):
         PathGradientTransformedDistribution(matrix_base, [flow]).log_prob(torch.zeros(3, 2))
+
+
+def test_follows_a_flow_whose_parts_change():
+    flow = _flow()
+    stl = PathGradientTransformedDistribution(_base(), [flow])
+    y = torch.randn(4, 3, dtype=torch.float64)
+    before = stl.log_prob(y)
+    flow.parts.append(LocScale(torch.ones(3), 2.0).double())
+    after = stl.log_prob(y)
+    assert torch.allclose(after, dist.TransformedDistribution(_base(), [flow]).log_prob(y), atol=1e-10)
+    assert not torch.allclose(before, after)

@@ -33,13 +33,17 @@ from torch import nn
 __all__ = ["PathGradientTransformedDistribution"]
 
 
+def _parts(transform: nn.Module) -> list:
+    return list(transform.parts) if isinstance(transform, ComposeTransformModule) else [transform]
+
+
 class _InverseLogDet(nn.Module):
     """``y -> (x, sum of log|det dy/dx|)`` through the parts of a flow, bypassing caches
     (a cache hit would hand back the sample with its parameter graph)."""
 
     def __init__(self, transform: nn.Module):
         super().__init__()
-        parts = transform.parts if isinstance(transform, ComposeTransformModule) else [transform]
+        parts = _parts(transform)
         for part in parts:
             if not hasattr(part, "_inverse_and_ladj"):
                 raise TypeError(
@@ -63,7 +67,13 @@ _INVERSES: "weakref.WeakKeyDictionary[nn.Module, _InverseLogDet]" = weakref.Weak
 
 def _inverse_of(transform: nn.Module) -> _InverseLogDet:
     inverse = _INVERSES.get(transform)
-    if inverse is None:
+    parts = _parts(transform)
+    # rebuilt if the flow's parts were replaced since (a stale list would skip or add layers)
+    if (
+        inverse is None
+        or len(inverse.parts) != len(parts)
+        or any(a is not b for a, b in zip(inverse.parts, parts, strict=True))
+    ):
         inverse = _INVERSES[transform] = _InverseLogDet(transform)
     return inverse
 
