@@ -9,21 +9,11 @@ and ``banana.md`` to ``--out``.
     python -m examples.banana [--smoke]
 """
 
-import argparse
-
 import pyro
 import pyro.distributions as dist
 import torch
 
-from examples.guide_comparison import (
-    command_line,
-    common_args,
-    compare,
-    describe_optimizer,
-    scatter_figure,
-    selected_guides,
-    write_table,
-)
+from examples.guide_comparison import run
 
 
 def banana():
@@ -41,28 +31,20 @@ def exact_samples(n, seed=1):
 
 
 def main(argv=None):
-    parser = common_args(argparse.ArgumentParser(description=__doc__), steps=1000, lr=0.01, particles=32)
-    args = parser.parse_args(argv)
-    if args.smoke:
-        args.steps = 5
-    torch.manual_seed(args.seed)
-    results = compare(
-        banana, EXACT, ("b", 0), args.steps, args.lr, args.particles, selected_guides(args), args.seed
+    return run(
+        argv,
+        name="banana",
+        doc=__doc__,
+        model=banana,
+        reference=EXACT,
+        hard=("b", 0),
+        title="Banana (2-D)",
+        note="exact sd(b) = 3",
+        reference_samples=exact_samples(4000),
+        axes=(lambda s: s["a"], lambda s: s["b"]),
+        labels=("a", "b"),
+        steps=1000,
     )
-    header = (
-        f"Banana (2-D), {args.steps} steps, {describe_optimizer(args.lr, args.particles)}; exact "
-        f"sd(b) = 3. Command: `{command_line('examples.banana', argv)}`"
-    )
-    print(write_table(results, args.out / f"banana{args.tag}.md", "b", header))
-    scatter_figure(
-        results,
-        exact_samples(4000),
-        lambda s: s["a"],
-        lambda s: s["b"],
-        args.out / f"banana{args.tag}.png",
-        ("a", "b"),
-    )
-    return results
 
 
 if __name__ == "__main__":

@@ -11,21 +11,11 @@ and ``eight_schools.md`` to ``--out``.
     python -m examples.eight_schools [--smoke]
 """
 
-import argparse
-
 import pyro
 import pyro.distributions as dist
 import torch
 
-from examples.guide_comparison import (
-    command_line,
-    common_args,
-    compare,
-    describe_optimizer,
-    scatter_figure,
-    selected_guides,
-    write_table,
-)
+from examples.guide_comparison import run
 
 Y = torch.tensor([28.0, 8.0, -3.0, 7.0, -1.0, 1.0, 18.0, 12.0])
 SIGMA = torch.tensor([15.0, 10.0, 16.0, 11.0, 9.0, 11.0, 10.0, 18.0])
@@ -78,38 +68,22 @@ def quadrature_reference(n_draws=4000, seed=1, y=Y, sigma=SIGMA):
 
 
 def main(argv=None):
-    parser = common_args(argparse.ArgumentParser(description=__doc__), steps=2000, lr=0.01, particles=32)
-    args = parser.parse_args(argv)
-    if args.smoke:
-        args.steps = 5
-    torch.manual_seed(args.seed)
     exact, draws = quadrature_reference()
-    print(f"exact (quadrature): E[tau] = {exact['tau']['mean']:.3f}, sd(tau) = {exact['tau']['sd']:.3f}")
-    results = compare(
-        eight_schools,
-        exact,
-        ("tau", 0),
-        args.steps,
-        args.lr,
-        args.particles,
-        selected_guides(args),
-        args.seed,
-    )
-    header = (
-        f"Eight schools (centered), {args.steps} steps, {describe_optimizer(args.lr, args.particles)}; "
-        f"reference by quadrature: E[tau] = {exact['tau']['mean']:.3f}, sd(tau) = {exact['tau']['sd']:.3f}. "
-        f"Command: `{command_line('examples.eight_schools', argv)}`"
-    )
-    print(write_table(results, args.out / f"eight_schools{args.tag}.md", "tau", header))
-    scatter_figure(
-        results,
-        draws,
-        lambda s: s["tau"].log(),
-        lambda s: s["theta"][..., 0],
-        args.out / f"eight_schools{args.tag}.png",
+    tau = f"E[tau] = {exact['tau']['mean']:.3f}, sd(tau) = {exact['tau']['sd']:.3f}"
+    print(f"exact (quadrature): {tau}")
+    return run(
+        argv,
+        name="eight_schools",
+        doc=__doc__,
+        model=eight_schools,
+        reference=exact,
+        hard=("tau", 0),
+        title="Eight schools (centered)",
+        note=f"reference by quadrature: {tau}",
+        reference_samples=draws,
+        axes=(lambda s: s["tau"].log(), lambda s: s["theta"][..., 0]),
         labels=("log tau", "theta_1"),
     )
-    return results
 
 
 if __name__ == "__main__":

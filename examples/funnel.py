@@ -10,22 +10,13 @@ minus KL(q || p). Writes ``funnel.png`` and ``funnel.md`` to ``--out``.
     python -m examples.funnel --smoke    # seconds
 """
 
-import argparse
 import math
 
 import pyro
 import pyro.distributions as dist
 import torch
 
-from examples.guide_comparison import (
-    command_line,
-    common_args,
-    compare,
-    describe_optimizer,
-    scatter_figure,
-    selected_guides,
-    write_table,
-)
+from examples.guide_comparison import run
 
 
 def funnel():
@@ -48,28 +39,19 @@ def exact_samples(n, seed=1):
 
 
 def main(argv=None):
-    parser = common_args(argparse.ArgumentParser(description=__doc__), steps=2000, lr=0.01, particles=32)
-    args = parser.parse_args(argv)
-    if args.smoke:
-        args.steps = 5
-    torch.manual_seed(args.seed)
-    results = compare(
-        funnel, EXACT, ("v", 0), args.steps, args.lr, args.particles, selected_guides(args), args.seed
-    )
-    header = (
-        f"Neal's funnel (10-D), {args.steps} steps, {describe_optimizer(args.lr, args.particles)}; "
-        f"ELBO and k-hat from 4000 importance weights; exact sd(v) = 3. Command: `{command_line('examples.funnel', argv)}`"
-    )
-    print(write_table(results, args.out / f"funnel{args.tag}.md", "v", header))
-    scatter_figure(
-        results,
-        exact_samples(4000),
-        lambda s: s["v"],
-        lambda s: s["x"][..., 0],
-        args.out / f"funnel{args.tag}.png",
+    return run(
+        argv,
+        name="funnel",
+        doc=__doc__,
+        model=funnel,
+        reference=EXACT,
+        hard=("v", 0),
+        title="Neal's funnel (10-D)",
+        note="ELBO and k-hat from 4000 importance weights; exact sd(v) = 3",
+        reference_samples=exact_samples(4000),
+        axes=(lambda s: s["v"], lambda s: s["x"][..., 0]),
         labels=("v", "x_1"),
     )
-    return results
 
 
 if __name__ == "__main__":

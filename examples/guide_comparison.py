@@ -177,6 +177,45 @@ def common_args(parser, steps, lr, particles):
     return parser
 
 
+def run(
+    argv,
+    *,
+    name: str,
+    doc: str,
+    model,
+    reference: dict,
+    hard: tuple,
+    title: str,
+    note: str,
+    reference_samples: dict,
+    axes: tuple,
+    labels: tuple,
+    steps: int = 2000,
+):
+    """The whole comparison behind one example's ``main``: parse ``argv``, fit and
+    evaluate every selected guide, write ``<name><tag>.md`` (table headed by ``title``,
+    the optimiser, ``note`` and the command) and ``<name><tag>.png`` (``axes``: two
+    functions of a sample dict, drawn against ``reference_samples``)."""
+    import argparse
+
+    args = common_args(
+        argparse.ArgumentParser(description=doc), steps=steps, lr=0.01, particles=32
+    ).parse_args(argv)
+    if args.smoke:
+        args.steps = 5
+    torch.manual_seed(args.seed)
+    results = compare(
+        model, reference, hard, args.steps, args.lr, args.particles, selected_guides(args), args.seed
+    )
+    header = (
+        f"{title}, {args.steps} steps, {describe_optimizer(args.lr, args.particles)}; {note}. "
+        f"Command: `{command_line(f'examples.{name}', argv)}`"
+    )
+    print(write_table(results, args.out / f"{name}{args.tag}.md", hard[0], header))
+    scatter_figure(results, reference_samples, *axes, args.out / f"{name}{args.tag}.png", labels=labels)
+    return results
+
+
 def selected_guides(args):
     """The guides chosen on the command line (all by default; tiny ones with --smoke)."""
     import json
