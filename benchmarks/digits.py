@@ -134,13 +134,6 @@ def per_image_bits(model: nn.Module, levels: torch.Tensor, draws: int, seed: int
     return total / draws
 
 
-def mean_se(values: torch.Tensor) -> tuple:
-    finite = bool(torch.isfinite(values).all())
-    if not finite:
-        return float("nan"), float("nan")
-    return float(values.mean()), float(values.std() / math.sqrt(len(values)))
-
-
 def render(results: dict, baselines: dict, info: dict, cmd: str, args) -> str:
     rows = []
     for name, r in results.items():
@@ -230,8 +223,8 @@ def main(argv=None) -> dict:
         )
         seconds = time.perf_counter() - start
         test_bits[name] = per_image_bits(model, test_levels, args.draws, seed=100)
-        test_bpd, test_se = mean_se(test_bits[name])
-        train_bpd, train_se = mean_se(per_image_bits(model, train_levels, 1, seed=200))
+        test_bpd, test_se = report.mean_se(test_bits[name])
+        train_bpd, train_se = report.mean_se(per_image_bits(model, train_levels, 1, seed=200))
         results[name] = {
             "parameters": count(model),
             "steps": steps,
@@ -250,7 +243,9 @@ def main(argv=None) -> dict:
             flush=True,
         )
     for name in results:
-        results[name]["delta_vs_peer"], results[name]["delta_se"] = mean_se(test_bits[name] - test_bits[PEER])
+        results[name]["delta_vs_peer"], results[name]["delta_se"] = report.mean_se(
+            test_bits[name] - test_bits[PEER]
+        )
 
     markdown = render(results, baselines, info, cmd, args)
     data = {

@@ -32,8 +32,7 @@ def gaussian_nll(train: torch.Tensor, test: torch.Tensor):
     mean = train.double().mean(0)
     cov = torch.cov(train.double().T)
     d = torch.distributions.MultivariateNormal(mean, cov)
-    nll = -d.log_prob(test.double())
-    return float(nll.mean()), float(nll.std() / math.sqrt(len(nll)))
+    return report.mean_se(-d.log_prob(test.double()))
 
 
 def fit_one(name, train, test, args):
@@ -53,9 +52,7 @@ def fit_one(name, train, test, args):
     contender.module.eval()
     with torch.no_grad():
         nll = torch.cat([-contender.log_prob(chunk.clone()) for chunk in test.split(5000)])
-    finite = bool(torch.isfinite(nll).all())
-    mean = float(nll.mean()) if finite else float("nan")
-    se = float(nll.std() / math.sqrt(len(nll))) if finite else float("nan")
+    mean, se = report.mean_se(nll)
     return {"nll": mean, "se": se, "train_seconds": seconds, "final_train_loss": float(loss.detach())}
 
 

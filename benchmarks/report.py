@@ -19,6 +19,8 @@ from pathlib import Path
 
 import torch
 
+from pyro_flows.train.loop import mean_and_standard_error
+
 RESULTS = Path(__file__).resolve().parent / "results"
 _PACKAGES = ("torch", "pyro-ppl", "nflows", "normflows", "zuko")
 
@@ -91,6 +93,14 @@ def publish(stem: str, markdown: str, data: dict, directory: Path = RESULTS) -> 
     print(markdown)
     print("written: " + ", ".join(map(str, paths)))
     return paths
+
+
+def mean_se(values: torch.Tensor) -> tuple:
+    """Mean and standard error of per-point values; ``(nan, nan)`` if any is not finite
+    (a diverged model is reported as such, not as an infinite mean)."""
+    if not bool(torch.isfinite(values).all()):
+        return float("nan"), float("nan")
+    return mean_and_standard_error(values)
 
 
 def markdown_table(header_row, rows) -> str:

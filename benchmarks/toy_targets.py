@@ -25,6 +25,8 @@ from typing import Callable, Optional
 
 import torch
 
+from pyro_flows.train.loop import mean_and_standard_error
+
 
 @dataclass(frozen=True)
 class Target:
@@ -43,8 +45,7 @@ class Target:
             return self.exact_entropy, 0.0
         if self.log_prob is None:
             return None, None
-        neg = -self.log_prob(self.sample(num_samples, seed=seed).double())
-        return float(neg.mean()), float(neg.std() / math.sqrt(num_samples))
+        return mean_and_standard_error(-self.log_prob(self.sample(num_samples, seed=seed).double()))
 
 
 def _moons(n, seed=0):
