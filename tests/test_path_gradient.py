@@ -127,3 +127,13 @@ def test_follows_a_flow_whose_parts_change():
     after = stl.log_prob(y)
     assert torch.allclose(after, dist.TransformedDistribution(_base(), [flow]).log_prob(y), atol=1e-10)
     assert not torch.allclose(before, after)
+
+
+def test_bad_values_are_named():
+    q = PathGradientTransformedDistribution(_base(), [_flow()])
+    with pytest.raises(ValueError, match="shape"):
+        q.log_prob(torch.zeros(4, 5, dtype=torch.float64))
+    with pytest.raises(ValueError, match="floating-point"):
+        q.log_prob(torch.zeros(4, 3, dtype=torch.long))
+    with pytest.raises(ValueError, match="(?i)nan|finite"):
+        q.log_prob(torch.full((4, 3), float("nan"), dtype=torch.float64))

@@ -30,6 +30,8 @@ from pyro.distributions import TransformedDistribution
 from pyro.distributions.torch_transform import ComposeTransformModule
 from torch import nn
 
+from ..transforms.base import FlowTransform
+
 __all__ = ["PathGradientTransformedDistribution"]
 
 
@@ -45,15 +47,19 @@ class _InverseLogDet(nn.Module):
         super().__init__()
         parts = _parts(transform)
         for part in parts:
-            if not hasattr(part, "_inverse_and_ladj"):
+            if not isinstance(part, FlowTransform):
                 raise TypeError(
-                    "PathGradientTransformedDistribution needs pyro-flows transforms (with "
-                    f"_inverse_and_ladj); got {type(part).__name__}"
+                    "PathGradientTransformedDistribution needs pyro-flows transforms "
+                    f"(FlowTransform); got {type(part).__name__}"
                 )
         self.parts = nn.ModuleList(parts)
 
     def forward(self, y: torch.Tensor):
         ladj = torch.zeros((), dtype=y.dtype, device=y.device)
+        # shape, dtype and (under validation) NaN of the value, by name; what the parts
+        # produce from it needs no second check
+        if len(self.parts):
+            self.parts[-1]._check(y, "value")
         for part in reversed(self.parts):
             y, part_ladj = part._inverse_and_ladj(y)
             ladj = ladj + part_ladj
