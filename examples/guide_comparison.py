@@ -40,26 +40,27 @@ LR_DECAY = 0.1  # the learning rate falls geometrically to this fraction of its 
 CLIP_NORM = 10.0  # ClippedAdam clamps each gradient element to +-CLIP_NORM
 
 
-def optimizer(lr: float, steps: int):
+def optimizer(lr: float, steps: int, lr_decay: float = LR_DECAY):
     """The one optimiser every guide gets: Adam with element-wise gradient clipping and a
-    learning rate decayed geometrically from ``lr`` to ``LR_DECAY * lr`` over ``steps``."""
-    return pyro.optim.ClippedAdam({"lr": lr, "lrd": LR_DECAY ** (1 / max(steps, 1)), "clip_norm": CLIP_NORM})
+    learning rate decayed geometrically from ``lr`` to ``lr_decay * lr`` over ``steps``
+    (``lr_decay=1``: a constant rate)."""
+    return pyro.optim.ClippedAdam({"lr": lr, "lrd": lr_decay ** (1 / max(steps, 1)), "clip_norm": CLIP_NORM})
 
 
-def describe_optimizer(lr: float, particles: int) -> str:
+def describe_optimizer(lr: float, particles: int, lr_decay: float = LR_DECAY) -> str:
     return (
-        f"ClippedAdam lr {lr} decayed to {LR_DECAY * lr:g}, clip {CLIP_NORM:g}, "
+        f"ClippedAdam lr {lr} decayed to {lr_decay * lr:g}, clip {CLIP_NORM:g}, "
         f"Trace_ELBO with {particles} vectorised particles"
     )
 
 
-def fit(model, make_guide, steps: int, lr: float, particles: int, seed: int = 0):
+def fit(model, make_guide, steps: int, lr: float, particles: int, seed: int = 0, lr_decay: float = LR_DECAY):
     """Train one guide; returns it, the seconds per step and the loss trace."""
     pyro.clear_param_store()
     pyro.set_rng_seed(seed)
     guide = make_guide(model)
     elbo = Trace_ELBO(num_particles=particles, vectorize_particles=True, max_plate_nesting=1)
-    svi = SVI(model, guide, optimizer(lr, steps), elbo)
+    svi = SVI(model, guide, optimizer(lr, steps, lr_decay), elbo)
     svi.step()  # builds the guide's parameters; not timed
     losses = []
     start = time.perf_counter()
@@ -86,11 +87,11 @@ def evaluate(model, guide, reference, hard, num_particles: int = 4000, num_sampl
     }
 
 
-def compare(model, reference, hard, steps, lr, particles, guides=None, seed=0):
+def compare(model, reference, hard, steps, lr, particles, guides=None, seed=0, lr_decay=LR_DECAY):
     """Fit and evaluate every guide; returns ``{name: metrics}``."""
     results = {}
     for name, make in (guides or GUIDES).items():
-        guide, seconds, losses = fit(model, make, steps, lr, particles, seed)
+        guide, seconds, losses = fit(model, make, steps, lr, particles, seed, lr_decay)
         with torch.no_grad():
             metrics = evaluate(model, guide, reference, hard)
         metrics["ms_per_step"] = 1000 * seconds
@@ -165,6 +166,9 @@ def command_line(module: str, argv=None) -> str:
 def common_args(parser, steps, lr, particles):
     parser.add_argument("--steps", type=int, default=steps)
     parser.add_argument("--lr", type=float, default=lr)
+    parser.add_argument(
+        "--lr-decay", type=float, default=LR_DECAY, help="final learning rate / initial (1: constant)"
+    )
     parser.add_argument("--particles", type=int, default=particles)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, default=Path("examples/output"))
@@ -205,10 +209,18 @@ def run(
         args.steps = 5
     torch.manual_seed(args.seed)
     results = compare(
-        model, reference, hard, args.steps, args.lr, args.particles, selected_guides(args), args.seed
+        model,
+        reference,
+        hard,
+        args.steps,
+        args.lr,
+        args.particles,
+        selected_guides(args),
+        args.seed,
+        args.lr_decay,
     )
     header = (
-        f"{title}, {args.steps} steps, {describe_optimizer(args.lr, args.particles)}; {note}. "
+        f"{title}, {args.steps} steps, {describe_optimizer(args.lr, args.particles, args.lr_decay)}; {note}. "
         f"Command: `{command_line(f'examples.{name}', argv)}`"
     )
     print(write_table(results, args.out / f"{name}{args.tag}.md", hard[0], header))
