@@ -57,6 +57,13 @@ def clamp_open_unit(u: torch.Tensor) -> torch.Tensor:
     return u.clamp(min=info.tiny, max=1 - info.eps / 2)
 
 
+def _cdf_from_log_parts(log_cdf: torch.Tensor, log_sf: torch.Tensor) -> torch.Tensor:
+    """:math:`u = F(x)` read off whichever tail is accurate (``exp(log F)`` below 1/2,
+    ``1 - exp(log(1 - F))`` above), kept inside the open unit interval."""
+    u = torch.where(log_cdf < -math.log(2), log_cdf.exp(), -torch.expm1(log_sf))
+    return clamp_open_unit(u)
+
+
 def _check_unit(name: str, u: torch.Tensor) -> None:
     if validation_enabled() and not bool(((u >= 0) & (u <= 1)).all()):
         bad = int((~((u >= 0) & (u <= 1))).sum())
@@ -204,9 +211,7 @@ class MixtureCDF(FlowTransform):
 
     def _inverse_and_ladj(self, x):
         log_cdf, log_sf, log_pdf = self.log_parts(x)
-        # read u off the tail where it is accurate
-        u = torch.where(log_cdf < -math.log(2), log_cdf.exp(), -torch.expm1(log_sf))
-        return clamp_open_unit(u), -_sum_event(log_pdf, self.event_dim_)
+        return _cdf_from_log_parts(log_cdf, log_sf), -_sum_event(log_pdf, self.event_dim_)
 
     def log_abs_det_jacobian(self, x, y):
         """:math:`-\\sum \\log F'(y)`: read from the data side ``y``, so no root finding."""
@@ -283,8 +288,7 @@ class BaseCDF(FlowTransform):
     def _call_and_ladj(self, z):
         d = self._scalar()
         log_cdf, log_sf, log_pdf = log_parts(d, z)
-        u = torch.where(log_cdf < -math.log(2), log_cdf.exp(), -torch.expm1(log_sf))
-        return clamp_open_unit(u), _sum_event(log_pdf, self.event_dim_)
+        return _cdf_from_log_parts(log_cdf, log_sf), _sum_event(log_pdf, self.event_dim_)
 
     def _inverse_and_ladj(self, u):
         _check_unit(type(self).__name__, u)
