@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from ..nn.mlp import MLP
-from .base import FlowTransform
+from .base import FlowTransform, sum_event
 from .masks import alternating_mask, half_mask, make_partition
 
 __all__ = [
@@ -63,10 +63,6 @@ class _Coupling(FlowTransform):
         if partition.masks_params:
             return tuple(partition.mask_params(c) for c in chunks)
         return chunks
-
-    def _sum_event(self, t: torch.Tensor) -> torch.Tensor:
-        n = len(self.event_shape)
-        return t.sum(-1) if n == 1 else t.flatten(t.dim() - n).sum(-1)
 
 
 class AdditiveCoupling(_Coupling):
@@ -157,14 +153,14 @@ class AffineCoupling(_Coupling):
         x_a, x_b = partition.split(x)
         shift, log_scale = self._shift_log_scale(x_a)
         y = partition.merge(x_a, x_b * log_scale.exp() + shift)
-        return y, self._sum_event(log_scale)
+        return y, sum_event(log_scale, self.event_dim_)
 
     def _inverse_and_ladj(self, y):
         partition = self.partition
         y_a, y_b = partition.split(y)
         shift, log_scale = self._shift_log_scale(y_a)
         x = partition.merge(y_a, (y_b - shift) * torch.exp(-log_scale))
-        return x, self._sum_event(log_scale)
+        return x, sum_event(log_scale, self.event_dim_)
 
     def extra_repr(self):
         return f"{super().extra_repr()}, scale_bound={self.scale_bound}"
