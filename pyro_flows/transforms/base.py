@@ -23,7 +23,6 @@ the base, the normalizing direction :math:`z = f(x)`.
 
 from __future__ import annotations
 
-import math
 from typing import Optional, Sequence, Tuple
 
 import torch
@@ -265,7 +264,3 @@ def sum_event(t: torch.Tensor, event_dim: int) -> torch.Tensor:
     if event_dim == 1:
         return t.sum(-1)
     return t.flatten(t.dim() - event_dim).sum(-1)
-
-
-def event_numel(shape: Sequence[int]) -> int:
-    return int(math.prod(shape))
