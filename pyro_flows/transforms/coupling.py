@@ -176,7 +176,13 @@ class AffineCoupling(_Coupling):
 
 
 def vector_mask(input_dim: int, mask: Union[str, torch.Tensor] = "half", parity: int = 0) -> torch.Tensor:
-    """A mask for vectors by name (``"half"`` or ``"alternating"``) or as given."""
+    """A mask for vectors of size ``input_dim`` by name, ``"half"`` (:func:`half_mask`) or
+    ``"alternating"`` (:func:`alternating_mask`), with the given ``parity``; a tensor is
+    returned as a boolean one. Shape ``(input_dim,)``, ``True`` on the conditioning part A.
+
+    >>> vector_mask(4, "alternating", parity=1).tolist()
+    [False, True, False, True]
+    """
     if isinstance(mask, str):
         makers = {"half": half_mask, "alternating": alternating_mask}
         if mask not in makers:
