@@ -281,6 +281,18 @@ def test_logit_log_det_and_density_normalizes():
         layer.inv(torch.tensor([[1.5]]))
 
 
+def test_logit_on_scalar_events_matches_vectors_of_one():
+    # event_shape () sums nothing: the per-point log-det equals that of event_shape (1,)
+    scalar, vector = Logit(()), Logit((1,))
+    x = torch.tensor([0.0, 0.3, 1.0], dtype=torch.float64)
+    z = scalar.inv(x)
+    assert torch.equal(z, vector.inv(x.view(3, 1)).view(3))
+    assert torch.equal(
+        scalar.log_abs_det_jacobian(z, x), vector.log_abs_det_jacobian(z.view(3, 1), x.view(3, 1))
+    )
+    assert torch.equal(scalar._call_and_ladj(z)[1], vector._call_and_ladj(z.view(3, 1))[1])
+
+
 def test_dequantize_range_and_errors():
     levels = torch.tensor([[0.0, 16.0], [3.0, 7.0]])
     y = dequantize(levels, 17, generator=torch.Generator().manual_seed(0))

@@ -1,22 +1,25 @@
 """Builders that assemble whole flows, each returning one ``TransformModule``."""
 
-from .cdf import cdf_flow
-from .conditional import conditional_real_nvp
+from .cdf import CDFFlow, cdf_flow
+from .conditional import ConditionalVectorFlow, conditional_real_nvp
 from .continuous import ffjord
 from .image import glow, real_nvp_image
-from .vector import nice, real_nvp
+from .vector import VectorFlow, nice, real_nvp
 
 __all__ = [
     # vectors
     "nice",
     "real_nvp",
+    "VectorFlow",
     # images
     "real_nvp_image",
     "glow",
     # 1-D
     "cdf_flow",
+    "CDFFlow",
     # continuous-time
     "ffjord",
     # conditional
     "conditional_real_nvp",
+    "ConditionalVectorFlow",
 ]

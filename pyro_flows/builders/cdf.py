@@ -13,13 +13,18 @@ __all__ = ["CDFFlow", "cdf_flow"]
 
 
 class CDFFlow(ComposeTransformModule):
-    """A base CDF followed by a mixture-CDF inverse: ``[BaseCDF(base), MixtureCDF]``.
+    r"""A base CDF followed by a mixture-CDF inverse: ``[BaseCDF(base), MixtureCDF]``,
+    built by :func:`cdf_flow`; sampling maps :math:`z \mapsto F_\theta^{-1}(G(z))`.
 
     Remembers its ``event_shape`` and its base (``default_base``,
     ``default_base_params``) so that
     ``pyro_flows.Flow(cdf_flow(...))`` picks the matching base distribution.
     ``.mixture`` is the learnable :class:`~pyro_flows.transforms.MixtureCDF` and
     ``.base_cdf`` the fixed :class:`~pyro_flows.transforms.BaseCDF`.
+
+    >>> flow = cdf_flow(3, event_shape=(2,))
+    >>> type(flow.mixture).__name__, flow.event_shape, flow(torch.zeros(5, 2)).shape
+    ('MixtureCDF', torch.Size([2]), torch.Size([5, 2]))
     """
 
     def __init__(self, parts, event_shape, default_base="normal", default_base_params=None):

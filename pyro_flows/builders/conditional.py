@@ -15,9 +15,16 @@ __all__ = ["conditional_real_nvp", "ConditionalVectorFlow"]
 
 
 class ConditionalVectorFlow(ConditionalComposeTransformModule):
-    """A stack of conditional transforms on vectors; ``condition(context)`` checks the
-    context and returns a :class:`~pyro_flows.builders.vector.VectorFlow` whose parts
-    share this module's weights."""
+    r"""A stack of conditional transforms on vectors; ``condition(context)`` checks the
+    context (shape ``(*context_batch, context_dim)``) and returns a
+    :class:`~pyro_flows.builders.vector.VectorFlow` whose parts share this module's
+    weights, with :math:`\log|\det J(c)| = \sum_k \log|\det J_k(c)|`.
+
+    >>> cflow = conditional_real_nvp(3, context_dim=2, num_layers=2, hidden_dims=(8,))
+    >>> flow = cflow.condition(torch.randn(4, 2))
+    >>> type(flow).__name__, flow(torch.randn(4, 3)).shape
+    ('VectorFlow', torch.Size([4, 3]))
+    """
 
     def __init__(self, parts, event_shape: Sequence[int], context_dim: int):
         super().__init__(parts, cache_size=1)

@@ -17,7 +17,7 @@ e.g. :math:`2c{\times}16{\times}16,\ 4c{\times}8{\times}8,\ 16c{\times}4{\times}
 
 from __future__ import annotations
 
-from typing import List, Optional, Sequence
+from typing import Callable, List, Optional, Sequence, Tuple
 
 import torch
 from pyro.distributions.torch_transform import ComposeTransformModule
@@ -49,10 +49,28 @@ def _check_image_shape(shape: Sequence[int], num_scales: int, name: str) -> tupl
     return shape
 
 
-def _from_normalizing_order(layers: List[torch.nn.Module]) -> ComposeTransformModule:
-    # Builders list layers in the lecture's order (data first, the normalizing direction);
-    # Pyro composes from the base side, so the list is reversed.
-    return ComposeTransformModule(list(reversed(layers)))
+def _multi_scale(
+    shape: Tuple[int, int, int],
+    num_scales: int,
+    scale_layers: Callable[[Tuple[int, int, int], Tuple[int, int, int], bool], List[torch.nn.Module]],
+) -> MultiScale:
+    """Nest one :class:`MultiScale` per scale. ``scale_layers(s, squeezed, last)`` returns
+    the layers of the scale acting on ``s = (C, H, W)``, in the lecture's order (data
+    first, the normalizing direction), squeezing once to ``squeezed = (4C, H/2, W/2)``;
+    every scale but the last then passes the kept half of the channels to the next."""
+
+    def scale(s, level):
+        c, h, w = s
+        squeezed = (4 * c, h // 2, w // 2)
+        last = level == num_scales - 1
+        # Pyro composes from the base side, so the normalizing-order list is reversed.
+        transform = ComposeTransformModule(list(reversed(scale_layers(s, squeezed, last))))
+        if last:
+            return MultiScale(transform, s)
+        kept = (squeezed[0] - squeezed[0] // 2, h // 2, w // 2)
+        return MultiScale(transform, s, inner=scale(kept, level + 1))
+
+    return scale(shape, 0)
 
 
 def real_nvp_image(
@@ -127,17 +145,13 @@ def real_nvp_image(
                 layers.append(RealNVPBatchNorm(s[0], event_dim=3, momentum=momentum))
         return layers
 
-    def scale(s, level):
-        c, h, w = s
-        squeezed = (4 * c, h // 2, w // 2)
+    def scale_layers(s, squeezed, last):
         layers = couplings(s, "checkerboard", 3) + [Squeeze(s)] + couplings(squeezed, "channel", 3)
-        if level == num_scales - 1:
+        if last:
             layers += couplings(squeezed, "checkerboard", num_final_layers)
-            return MultiScale(_from_normalizing_order(layers), s)
-        kept = (squeezed[0] - squeezed[0] // 2, h // 2, w // 2)
-        return MultiScale(_from_normalizing_order(layers), s, inner=scale(kept, level + 1))
+        return layers
 
-    return scale(shape, 0)
+    return _multi_scale(shape, num_scales, scale_layers)
 
 
 def glow(
@@ -181,9 +195,7 @@ def glow(
     if steps_per_scale < 1:
         raise ValueError(f"glow: steps_per_scale must be at least 1, got {steps_per_scale}")
 
-    def scale(s, level):
-        c, h, w = s
-        squeezed = (4 * c, h // 2, w // 2)
+    def scale_layers(s, squeezed, last):
         layers = [Squeeze(s)]
         for step in range(steps_per_scale):
             layers += [
@@ -199,9 +211,6 @@ def glow(
                     scale_bound,
                 ),
             ]
-        if level == num_scales - 1:
-            return MultiScale(_from_normalizing_order(layers), s)
-        kept = (squeezed[0] - squeezed[0] // 2, h // 2, w // 2)
-        return MultiScale(_from_normalizing_order(layers), s, inner=scale(kept, level + 1))
+        return layers
 
-    return scale(shape, 0)
+    return _multi_scale(shape, num_scales, scale_layers)

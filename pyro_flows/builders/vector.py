@@ -12,11 +12,22 @@ from ..transforms.coupling import additive_coupling, affine_coupling
 from ..transforms.linear import Scaling
 from ..transforms.normalization import real_nvp_batch_norm
 
-__all__ = ["nice", "real_nvp"]
+__all__ = ["nice", "real_nvp", "VectorFlow"]
 
 
 class VectorFlow(ComposeTransformModule):
-    """A composed flow that remembers its event shape (for :class:`~pyro_flows.Flow`)."""
+    r"""A composed flow on vectors that remembers its event shape (for :class:`~pyro_flows.Flow`).
+
+    A :class:`~pyro.distributions.torch_transform.ComposeTransformModule` of ``parts``
+    (base side first), :math:`\log|\det J| = \sum_k \log|\det J_k|`.
+
+    :param parts: the transforms, in Pyro's order (base side first).
+    :param event_shape: the event shape, ``(D,)``.
+
+    >>> flow = VectorFlow([Scaling((3,))], (3,))
+    >>> flow.event_shape, flow(torch.zeros(2, 3)).shape
+    (torch.Size([3]), torch.Size([2, 3]))
+    """
 
     def __init__(self, parts, event_shape):
         super().__init__(parts)

@@ -18,6 +18,7 @@ from .coupling import (
     image_additive_coupling,
     image_affine_coupling,
     image_mask,
+    vector_mask,
 )
 from .elementwise import (
     BaseCDF,
@@ -60,6 +61,7 @@ __all__ = [
     "channel_mask",
     "checkerboard_mask",
     "half_mask",
+    "vector_mask",
     # linear
     "InvertibleLinear",
     "LocScale",

@@ -23,7 +23,6 @@ the base, the normalizing direction :math:`z = f(x)`.
 
 from __future__ import annotations
 
-import math
 from typing import Optional, Sequence, Tuple
 
 import torch
@@ -257,5 +256,11 @@ _cache_hit_eagerly = torch.compiler.disable(FlowTransform._cache_lookup)
 _store_eagerly = torch.compiler.disable(FlowTransform._store_stamped)
 
 
-def event_numel(shape: Sequence[int]) -> int:
-    return int(math.prod(shape))
+def sum_event(t: torch.Tensor, event_dim: int) -> torch.Tensor:
+    """Sum ``t`` over its rightmost ``event_dim`` dimensions: per-coordinate log-densities
+    or log-determinants of shape ``batch_shape + event_shape`` to shape ``batch_shape``."""
+    if event_dim == 0:
+        return t
+    if event_dim == 1:
+        return t.sum(-1)
+    return t.flatten(t.dim() - event_dim).sum(-1)

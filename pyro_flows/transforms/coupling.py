@@ -18,8 +18,8 @@ from typing import Callable, Optional, Sequence, Tuple, Union
 import torch
 from torch import nn
 
-from ..nn.mlp import MLP
-from .base import FlowTransform
+from ..nn.mlp import MLP, ConditionalMLP
+from .base import FlowTransform, sum_event
 from .masks import alternating_mask, half_mask, make_partition
 
 __all__ = [
@@ -31,6 +31,19 @@ __all__ = [
 ]
 
 
+def _partition_of(mask: torch.Tensor, event_shape: Optional[Sequence[int]]):
+    """The event shape (``mask.shape`` unless given) and the partition ``mask`` makes of it."""
+    mask = torch.as_tensor(mask, dtype=torch.bool, device="cpu")
+    event_shape = torch.Size(mask.shape if event_shape is None else event_shape)
+    return event_shape, make_partition(mask, event_shape)
+
+
+def _check_scale_bound(scale_bound: Optional[float]) -> Optional[float]:
+    if scale_bound is not None and not scale_bound > 0:
+        raise ValueError(f"scale_bound must be positive or None, got {scale_bound}")
+    return scale_bound
+
+
 class _Coupling(FlowTransform):
     """Shared machinery: the partition, the conditioner call and the reassembly."""
 
@@ -40,11 +53,9 @@ class _Coupling(FlowTransform):
     def __init__(
         self, mask: torch.Tensor, conditioner: Callable, event_shape: Optional[Sequence[int]] = None
     ):
-        mask = torch.as_tensor(mask, dtype=torch.bool, device="cpu")
-        if event_shape is None:
-            event_shape = mask.shape
+        event_shape, partition = _partition_of(mask, event_shape)
         super().__init__(event_shape=event_shape)
-        self.partition = make_partition(mask, self.event_shape)
+        self.partition = partition
         self.conditioner = conditioner
 
     def _params(self, x_a: torch.Tensor) -> Tuple[torch.Tensor, ...]:
@@ -63,10 +74,6 @@ class _Coupling(FlowTransform):
         if partition.masks_params:
             return tuple(partition.mask_params(c) for c in chunks)
         return chunks
-
-    def _sum_event(self, t: torch.Tensor) -> torch.Tensor:
-        n = len(self.event_shape)
-        return t.sum(-1) if n == 1 else t.flatten(t.dim() - n).sum(-1)
 
 
 class AdditiveCoupling(_Coupling):
@@ -142,9 +149,7 @@ class AffineCoupling(_Coupling):
         scale_bound: Optional[float] = 2.0,
     ):
         super().__init__(mask, conditioner, event_shape)
-        if scale_bound is not None and not scale_bound > 0:
-            raise ValueError(f"scale_bound must be positive or None, got {scale_bound}")
-        self.scale_bound = scale_bound
+        self.scale_bound = _check_scale_bound(scale_bound)
 
     def _shift_log_scale(self, x_a):
         shift, raw = self._params(x_a)
@@ -157,21 +162,27 @@ class AffineCoupling(_Coupling):
         x_a, x_b = partition.split(x)
         shift, log_scale = self._shift_log_scale(x_a)
         y = partition.merge(x_a, x_b * log_scale.exp() + shift)
-        return y, self._sum_event(log_scale)
+        return y, sum_event(log_scale, self.event_dim_)
 
     def _inverse_and_ladj(self, y):
         partition = self.partition
         y_a, y_b = partition.split(y)
         shift, log_scale = self._shift_log_scale(y_a)
         x = partition.merge(y_a, (y_b - shift) * torch.exp(-log_scale))
-        return x, self._sum_event(log_scale)
+        return x, sum_event(log_scale, self.event_dim_)
 
     def extra_repr(self):
         return f"{super().extra_repr()}, scale_bound={self.scale_bound}"
 
 
 def vector_mask(input_dim: int, mask: Union[str, torch.Tensor] = "half", parity: int = 0) -> torch.Tensor:
-    """A mask for vectors by name (``"half"`` or ``"alternating"``) or as given."""
+    """A mask for vectors of size ``input_dim`` by name, ``"half"`` (:func:`half_mask`) or
+    ``"alternating"`` (:func:`alternating_mask`), with the given ``parity``; a tensor is
+    returned as a boolean one. Shape ``(input_dim,)``, ``True`` on the conditioning part A.
+
+    >>> vector_mask(4, "alternating", parity=1).tolist()
+    [False, True, False, True]
+    """
     if isinstance(mask, str):
         makers = {"half": half_mask, "alternating": alternating_mask}
         if mask not in makers:
@@ -184,14 +195,19 @@ def _relu_in_place() -> nn.Module:
     return nn.ReLU(inplace=True)
 
 
-def _mlp_conditioner(mask, num_params, hidden_dims, activation):
+def _mlp_conditioner(mask, num_params, hidden_dims, activation, context_dim=None):
+    """An MLP from :math:`x^A` (and, with ``context_dim``, a context) to ``num_params``
+    parameters per coordinate of :math:`x^B`."""
     n_a = int(mask.sum())
+    n_out = num_params * (mask.numel() - n_a)
     if activation is nn.ReLU:
         # Each ReLU follows a Linear whose output nothing else reads, so it can run in
         # place: same values and gradients, one large allocation less per hidden layer
         # (on CPU about a fifth of the conditioner's time for log_prob and sample).
         activation = _relu_in_place
-    return MLP(n_a, num_params * (mask.numel() - n_a), hidden_dims, activation)
+    if context_dim is None:
+        return MLP(n_a, n_out, hidden_dims, activation)
+    return ConditionalMLP(n_a, context_dim, n_out, hidden_dims, activation)
 
 
 def additive_coupling(
@@ -340,8 +356,6 @@ __all__ += ["image_mask", "image_affine_coupling", "image_additive_coupling"]
 # ------------------------------------------------------------------------------------------
 from pyro.distributions.conditional import ConditionalTransformModule  # noqa: E402
 
-from ..nn.mlp import ConditionalMLP  # noqa: E402
-
 __all__ += [
     "ConditionalAdditiveCoupling",
     "ConditionalAffineCoupling",
@@ -418,12 +432,10 @@ class _ConditionalCoupling(ConditionalTransformModule):
         event_shape: Optional[Sequence[int]] = None,
     ):
         super().__init__()
-        mask = torch.as_tensor(mask, dtype=torch.bool, device="cpu")
-        self.event_shape = torch.Size(mask.shape if event_shape is None else event_shape)
         if not isinstance(context_dim, int) or context_dim < 1:
             raise ValueError(f"context_dim must be a positive int, got {context_dim!r}")
         self.context_dim = context_dim
-        self.partition = make_partition(mask, self.event_shape)
+        self.event_shape, self.partition = _partition_of(mask, event_shape)
         self.conditioner = conditioner
 
     def _check_context(self, context: torch.Tensor) -> torch.Tensor:
@@ -507,20 +519,13 @@ class ConditionalAffineCoupling(_ConditionalCoupling):
         scale_bound: Optional[float] = 2.0,
     ):
         super().__init__(mask, conditioner, context_dim, event_shape)
-        if scale_bound is not None and not scale_bound > 0:
-            raise ValueError(f"scale_bound must be positive or None, got {scale_bound}")
-        self.scale_bound = scale_bound
+        self.scale_bound = _check_scale_bound(scale_bound)
 
     def condition(self, context: torch.Tensor) -> AffineCoupling:
         return _ConditionedAffineCoupling(self, self._check_context(context))
 
     def extra_repr(self) -> str:
         return f"{super().extra_repr()}, scale_bound={self.scale_bound}"
-
-
-def _conditional_mlp(mask, context_dim, num_params, hidden_dims, activation):
-    n_a = int(mask.sum())
-    return ConditionalMLP(n_a, context_dim, num_params * (mask.numel() - n_a), hidden_dims, activation)
 
 
 def conditional_additive_coupling(
@@ -539,7 +544,7 @@ def conditional_additive_coupling(
     """
     m = vector_mask(input_dim, mask, parity)
     return ConditionalAdditiveCoupling(
-        m, _conditional_mlp(m, context_dim, 1, hidden_dims, activation), context_dim
+        m, _mlp_conditioner(m, 1, hidden_dims, activation, context_dim), context_dim
     )
 
 
@@ -563,5 +568,5 @@ def conditional_affine_coupling(
     """
     m = vector_mask(input_dim, mask, parity)
     return ConditionalAffineCoupling(
-        m, _conditional_mlp(m, context_dim, 2, hidden_dims, activation), context_dim, scale_bound=scale_bound
+        m, _mlp_conditioner(m, 2, hidden_dims, activation, context_dim), context_dim, scale_bound=scale_bound
     )

@@ -40,7 +40,7 @@ import torch
 from torch import nn
 from torch.distributions import constraints
 
-from .base import FlowTransform, check_event, validation_enabled
+from .base import FlowTransform, check_event, sum_event, validation_enabled
 from .cdf_functions import check_supported, log_parts, quantile
 from .monotone_inverse import attach_implicit_gradient, invert_monotone
 
@@ -55,6 +55,13 @@ def clamp_open_unit(u: torch.Tensor) -> torch.Tensor:
     the dtype can represent it."""
     info = torch.finfo(u.dtype)
     return u.clamp(min=info.tiny, max=1 - info.eps / 2)
+
+
+def _cdf_from_log_parts(log_cdf: torch.Tensor, log_sf: torch.Tensor) -> torch.Tensor:
+    """:math:`u = F(x)` read off whichever tail is accurate (``exp(log F)`` below 1/2,
+    ``1 - exp(log(1 - F))`` above), kept inside the open unit interval."""
+    u = torch.where(log_cdf < -math.log(2), log_cdf.exp(), -torch.expm1(log_sf))
+    return clamp_open_unit(u)
 
 
 def _check_unit(name: str, u: torch.Tensor) -> None:
@@ -75,10 +82,6 @@ def _plain_support(support):
         if bool((low == 0).all()) and bool((high == 1).all()):
             return constraints.unit_interval
     return None
-
-
-def _sum_event(t: torch.Tensor, event_dim: int) -> torch.Tensor:
-    return t.sum(tuple(range(-event_dim, 0))) if event_dim else t
 
 
 class MixtureCDF(FlowTransform):
@@ -200,20 +203,18 @@ class MixtureCDF(FlowTransform):
             lower, upper = self._bracket(u)
         x = invert_monotone(self.log_parts, u, lower, upper)
         x = attach_implicit_gradient(self.log_parts, x, u)
-        return x, -_sum_event(self.log_parts(x)[2], self.event_dim_)
+        return x, -sum_event(self.log_parts(x)[2], self.event_dim_)
 
     def _inverse_and_ladj(self, x):
         log_cdf, log_sf, log_pdf = self.log_parts(x)
-        # read u off the tail where it is accurate
-        u = torch.where(log_cdf < -math.log(2), log_cdf.exp(), -torch.expm1(log_sf))
-        return clamp_open_unit(u), -_sum_event(log_pdf, self.event_dim_)
+        return _cdf_from_log_parts(log_cdf, log_sf), -sum_event(log_pdf, self.event_dim_)
 
     def log_abs_det_jacobian(self, x, y):
         """:math:`-\\sum \\log F'(y)`: read from the data side ``y``, so no root finding."""
         if self._cache_size and self._cache_hit(x, y):
             return self._cached_ladj
         self._check(y, "value")
-        return -_sum_event(self.log_parts(y)[2], self.event_dim_)
+        return -sum_event(self.log_parts(y)[2], self.event_dim_)
 
     def extra_repr(self) -> str:
         return f"{super().extra_repr()}, num_components={self.num_components}, component={self.component!r}"
@@ -283,14 +284,13 @@ class BaseCDF(FlowTransform):
     def _call_and_ladj(self, z):
         d = self._scalar()
         log_cdf, log_sf, log_pdf = log_parts(d, z)
-        u = torch.where(log_cdf < -math.log(2), log_cdf.exp(), -torch.expm1(log_sf))
-        return clamp_open_unit(u), _sum_event(log_pdf, self.event_dim_)
+        return _cdf_from_log_parts(log_cdf, log_sf), sum_event(log_pdf, self.event_dim_)
 
     def _inverse_and_ladj(self, u):
         _check_unit(type(self).__name__, u)
         d = self._scalar()
         z = quantile(d, clamp_open_unit(u))
-        return z, _sum_event(d.log_prob(z), self.event_dim_)
+        return z, sum_event(d.log_prob(z), self.event_dim_)
 
     def extra_repr(self) -> str:
         return f"{super().extra_repr()}, base={self.base.cls.__name__}"

@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch.distributions import constraints
 
-from .base import FlowTransform, validation_enabled
+from .base import FlowTransform, sum_event, validation_enabled
 
 __all__ = ["Logit", "logit", "dequantize"]
 
@@ -120,7 +120,7 @@ class Logit(FlowTransform):
     def _ladj(self, z):
         # log sigma'(z) = log sigma(z) + log(1 - sigma(z)) = -softplus(-z) - softplus(z)
         per_coordinate = -F.softplus(-z) - F.softplus(z) - math.log1p(-2 * self.alpha)
-        return per_coordinate.flatten(z.dim() - self.event_dim_).sum(-1)
+        return sum_event(per_coordinate, self.event_dim_)
 
     def _call_and_ladj(self, z):
         x = (torch.sigmoid(z) - self.alpha) / (1 - 2 * self.alpha)
@@ -130,7 +130,7 @@ class Logit(FlowTransform):
         p = self.alpha + (1 - 2 * self.alpha) * x
         z = torch.log(p) - torch.log1p(-p)
         per_coordinate = torch.log(p) + torch.log1p(-p) - math.log1p(-2 * self.alpha)
-        return z, per_coordinate.flatten(x.dim() - self.event_dim_).sum(-1)
+        return z, sum_event(per_coordinate, self.event_dim_)
 
     def extra_repr(self):
         return f"{super().extra_repr()}, alpha={self.alpha}"
