@@ -230,14 +230,15 @@ def invertible_1x1_conv(num_channels: int) -> Invertible1x1Conv:
 __all__ += ["Invertible1x1Conv", "invertible_1x1_conv"]
 
 
-class LocScale(FlowTransform):
+class LocScale(Scaling):
     r"""A learnable elementwise affine map :math:`y = \mu + e^{\rho} \odot x`,
-    :math:`\log|\det J| = \sum_i \rho_i`, started at a given location and scale.
+    :math:`\log|\det J| = \sum_i \rho_i`, started at a given location and scale: a
+    :class:`Scaling` followed by a learnable shift.
 
     The last layer of a flow guide: it places the flow at the model's initial point and
     sets the initial spread, so the couplings only have to learn the shape.
 
-    :param loc: initial :math:`\mu`, shape ``(D,)``.
+    :param loc: initial :math:`\mu`; its shape is the event shape (``(D,)`` for vectors).
     :param float init_scale: initial :math:`e^{\rho}` (all coordinates).
 
     >>> layer = LocScale(torch.tensor([1.0, -1.0]), init_scale=0.5)
@@ -247,20 +248,19 @@ class LocScale(FlowTransform):
 
     def __init__(self, loc: torch.Tensor, init_scale: float = 1.0):
         loc = torch.as_tensor(loc, dtype=torch.get_default_dtype())
-        super().__init__(event_shape=loc.shape)
         if not init_scale > 0:
             raise ValueError(f"init_scale must be positive, got {init_scale}")
+        super().__init__(loc.shape)
         self.loc = nn.Parameter(loc.detach().clone())
-        self.log_scale = nn.Parameter(torch.full_like(self.loc, math.log(init_scale)))
-
-    def _ladj(self, x):
-        return self.log_scale.sum().expand(x.shape[:-1])
+        with torch.no_grad():
+            self.log_scale.fill_(math.log(init_scale))
 
     def _call_and_ladj(self, x):
-        return self.loc + x * self.log_scale.exp(), self._ladj(x)
+        y, ladj = super()._call_and_ladj(x)
+        return self.loc + y, ladj
 
     def _inverse_and_ladj(self, y):
-        return (y - self.loc) * torch.exp(-self.log_scale), self._ladj(y)
+        return super()._inverse_and_ladj(y - self.loc)
 
 
 class Permutation(FlowTransform):
