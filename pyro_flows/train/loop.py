@@ -218,7 +218,7 @@ def train(
     train_x = splits.train.to(device=device, dtype=dtype)
     offset = splits.nll_offset()
     val_x = splits.prepare(
-        splits.val.to(device=device, dtype=dtype), generator=_fixed_noise(config.seed + 2, device)
+        splits.val.to(device=device, dtype=dtype), generator=held_out_noise(config.seed, "val", device)
     )
     metrics = MetricsLog(
         os.path.join(run_dir, "metrics.jsonl") if writes else None,
@@ -359,10 +359,11 @@ def _stop(state: LoopState, run_dir: Optional[str], what: str) -> None:
     )
 
 
-def _fixed_noise(seed: int, device: torch.device) -> torch.Generator:
-    """A generator for the dequantization noise of validation and test data: fixed, so
-    their NLLs are comparable from evaluation to evaluation and with ``evaluate``."""
-    return torch.Generator(device=device).manual_seed(seed)
+def held_out_noise(seed: int, split: str, device: torch.device) -> torch.Generator:
+    """A generator for the dequantization noise of held-out data, fixed by the run's
+    ``seed`` and the ``split`` (``seed + 3`` for test, ``seed + 2`` otherwise), so their
+    NLLs are comparable from evaluation to evaluation and with ``evaluate``."""
+    return torch.Generator(device=device).manual_seed(seed + (3 if split == "test" else 2))
 
 
 def _batch_geometry(n_train: int, batch_size: int, context: DistContext) -> Tuple[int, int]:
