@@ -227,3 +227,10 @@ def test_fit_on_cuda_matches_the_run_folder_contract(tmp_path):
     state = _model(config.out)  # loaded onto the CPU
     assert all(v.device.type == "cpu" for v in state["model"].values())
     assert math.isfinite(results["test_nll"])
+
+
+def test_resume_names_the_missing_run_or_checkpoint(tmp_path):
+    with pytest.raises(ValueError, match="run folder .* does not exist"):
+        fit_run(RunConfig(quiet=True), resume_dir=str(tmp_path / "none"))
+    with pytest.raises(CheckpointError, match="has no checkpoint.pt; is it the output folder"):
+        fit_run(RunConfig(quiet=True), resume_dir=str(tmp_path))

@@ -85,8 +85,7 @@ def fit_run(
     resume_state = best_state = None
     quiet = config.quiet
     if resume_dir is not None:
-        resume_state = load_checkpoint(os.path.join(resume_dir, "checkpoint.pt"))
-        config = RunConfig.from_dict(resume_state["config"], source=f"{resume_dir}/checkpoint.pt")
+        resume_state, config = _load_run(resume_dir, "checkpoint.pt")
         config = config.replace(out=resume_dir, quiet=quiet)
         best_path = os.path.join(resume_dir, "best.pt")
         best_state = load_checkpoint(best_path)["model"] if os.path.exists(best_path) else None
