@@ -234,3 +234,10 @@ def test_resume_names_the_missing_run_or_checkpoint(tmp_path):
         fit_run(RunConfig(quiet=True), resume_dir=str(tmp_path / "none"))
     with pytest.raises(CheckpointError, match="has no checkpoint.pt; is it the output folder"):
         fit_run(RunConfig(quiet=True), resume_dir=str(tmp_path))
+
+
+def test_negative_threads_is_refused_with_the_other_options():
+    with pytest.raises(ValueError, match="--threads must be >= 0, got -1"):
+        RunConfig(threads=-1)
+    with pytest.raises(ValueError, match="--threads must be >= 0, got -2"):
+        RunConfig.from_dict({"threads": -2}, source="run.toml")

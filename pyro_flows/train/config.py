@@ -129,7 +129,7 @@ class RunConfig:
         for name in positive:
             if getattr(self, name) < 1:
                 raise ValueError(f"--{_flag(name)} must be >= 1, got {getattr(self, name)}")
-        for name in ("epochs", "warmup_steps", "patience", "plot_samples", "levels"):
+        for name in ("epochs", "warmup_steps", "patience", "plot_samples", "levels", "threads"):
             if getattr(self, name) < 0:
                 raise ValueError(f"--{_flag(name)} must be >= 0, got {getattr(self, name)}")
         if not 0 <= self.logit_alpha < 0.5:

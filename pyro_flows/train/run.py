@@ -89,8 +89,6 @@ def fit_run(
         config = config.replace(out=resume_dir, quiet=quiet)
         best_path = os.path.join(resume_dir, "best.pt")
         best_state = load_checkpoint(best_path)["model"] if os.path.exists(best_path) else None
-    if config.threads < 0:
-        raise ValueError(f"--threads must be 0 (torch's default) or positive, got {config.threads}")
     if config.threads:
         torch.set_num_threads(config.threads)
     device = resolve_device(config.device)
