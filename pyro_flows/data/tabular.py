@@ -56,8 +56,12 @@ def load_array(path: str) -> Dict[str, np.ndarray]:
             with np.load(path, allow_pickle=False) as z:
                 arrays = {k: z[k] for k in z.files}
     except ValueError as err:
-        if "pickle" in str(err).lower() or "allow_pickle" in str(err):
+        if "Object arrays" in str(err):
             raise ValueError(f"data file {path} holds Python objects; only numeric arrays are read") from None
+        if "pickled" in str(err):  # no NumPy header: numpy takes the file for a pickle
+            raise ValueError(
+                f"data file {path} is not a {suffix} file written by NumPy (a text table? name it .csv)"
+            ) from None
         if str(err).startswith(f"data file {path}"):
             raise
         raise ValueError(f"data file {path} is not a readable {suffix} file: {err}") from None
