@@ -250,3 +250,10 @@ def test_flow_kind_checks_the_shape_of_the_data():
         build_model(RunConfig(num_layers=2, hidden_dims=(8,)), (1, 4, 4))
     with pytest.raises(ValueError, match=r"--flow glow models images \(C, H, W\), but .* shape \(2,\)"):
         build_model(RunConfig(flow="glow"), (2,))
+
+
+def test_sample_checks_its_options_before_reading_the_run(tmp_path):
+    from pyro_flows.train.run import sample_run
+
+    with pytest.raises(ValueError, match="--output must end in .npy, got s.txt"):
+        sample_run(str(tmp_path / "none"), 5, out="s.txt")

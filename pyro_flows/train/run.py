@@ -310,6 +310,9 @@ def sample_run(
 
     if num_samples < 1:
         raise ValueError(f"--num-samples must be >= 1, got {num_samples}")
+    out = out or os.path.join(run_dir, "samples.npy")
+    if not out.endswith(".npy"):
+        raise ValueError(f"--output must end in .npy, got {out}")
     state, config = _load_run(run_dir)
     data = state["data"]
     event_shape = torch.Size(data["event_shape"])
@@ -326,9 +329,6 @@ def sample_run(
     flow = _restore_flow(state, config, dev, event_shape)
     torch.manual_seed(seed)
     samples = splits.to_data_units(flow.sample((num_samples,))).cpu()
-    out = out or os.path.join(run_dir, "samples.npy")
-    if not out.endswith(".npy"):
-        raise ValueError(f"--output must end in .npy, got {out}")
     os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
     np.save(out, samples.double().numpy())
     result = {"samples": out, "shape": list(samples.shape)}
