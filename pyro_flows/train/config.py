@@ -34,7 +34,15 @@ GROUPS = ("model", "data", "training", "output")
 
 @dataclass(frozen=True)
 class RunConfig:
-    """Every option of ``pyro-flows fit`` (see ``docs/cli.md``)."""
+    """Every option of ``pyro-flows fit`` (see ``docs/cli.md``), checked on construction.
+
+    >>> RunConfig(flow="nice", hidden_dims="64,64").hidden_dims
+    (64, 64)
+    >>> RunConfig(batch_size=0)
+    Traceback (most recent call last):
+    ...
+    ValueError: --batch-size must be >= 1, got 0
+    """
 
     # model
     flow: str = _opt("real_nvp", "flow family to train", "model")

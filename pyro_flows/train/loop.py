@@ -55,7 +55,13 @@ __all__ = [
 
 
 class NonFiniteLossError(RuntimeError):
-    """The loss or its gradient became NaN or infinite; the run stopped."""
+    """The loss or its gradient became NaN or infinite; the run stopped.
+
+    ``pyro-flows fit`` reports it and exits with status 3:
+
+    >>> issubclass(NonFiniteLossError, RuntimeError)
+    True
+    """
 
 
 @dataclass
@@ -193,6 +199,16 @@ def train(
     :param on_step: called with the step count after each step (and its checkpoint).
     :param data_state: the preprocessing saved in checkpoints (see ``run.py``).
     :raises NonFiniteLossError: on a NaN or infinite loss or gradient.
+
+    >>> from pyro_flows.data import Splits, make_moons
+    >>> from pyro_flows.train import RunConfig
+    >>> from pyro_flows.train.registry import build_model
+    >>> config = RunConfig(num_layers=2, hidden_dims=(8,), steps=4, batch_size=50, eval_every=2, quiet=True)
+    >>> x = make_moons(300)
+    >>> flow = build_model(config, (2,))
+    >>> state = train(flow, Splits("moons", x[:200], x[200:250], x[250:]), config, None)
+    >>> state.step, [r["step"] for r in state.history]
+    (4, [2, 4])
     """
     dtype = next(flow.parameters()).dtype
     device = device if device is not None else next(flow.parameters()).device

@@ -81,6 +81,14 @@ def fit_run(
     With ``resume_dir`` the run continues from ``resume_dir/checkpoint.pt`` with the
     configuration saved there (only ``config.quiet`` is taken from ``config``), writing
     to the same folder.
+
+    >>> import tempfile
+    >>> out = tempfile.mkdtemp()
+    >>> config = RunConfig(num_layers=2, hidden_dims=(8,), num_samples=300, batch_size=50, steps=4,
+    ...                    eval_every=2, plots=False, quiet=True, out=out)
+    >>> results = fit_run(config)
+    >>> results["steps"], sorted(results["splits"].items())
+    (4, [('test', 30), ('train', 240), ('val', 30)])
     """
     resume_state = best_state = None
     quiet = config.quiet
@@ -262,7 +270,16 @@ def evaluate_run(
 ) -> dict:
     """Held-out NLL (nats, with its standard error) of a run's best model on ``split``,
     and bits/dim for discrete data. ``data`` scores another data set or file of the same
-    shape (``split="all"`` scores every point of it)."""
+    shape (``split="all"`` scores every point of it).
+
+    >>> import tempfile
+    >>> out = tempfile.mkdtemp()
+    >>> _ = fit_run(RunConfig(num_layers=2, hidden_dims=(8,), num_samples=300, batch_size=50, steps=2,
+    ...                       eval_every=2, plots=False, quiet=True, out=out))
+    >>> result = evaluate_run(out, split="val", quiet=True)
+    >>> result["split"], result["points"]
+    ('val', 30)
+    """
     state, config = _load_run(run_dir)
     if data is not None:
         config = config.replace(data=data)
@@ -305,7 +322,15 @@ def sample_run(
     quiet: bool = False,
 ) -> dict:
     """Draw ``num_samples`` points (data units) from a run's best model into a ``.npy``
-    file, plus a PNG grid for images."""
+    file, plus a PNG grid for images.
+
+    >>> import tempfile
+    >>> out = tempfile.mkdtemp()
+    >>> _ = fit_run(RunConfig(num_layers=2, hidden_dims=(8,), num_samples=300, batch_size=50, steps=2,
+    ...                       eval_every=2, plots=False, quiet=True, out=out))
+    >>> sample_run(out, 5, quiet=True)["shape"]
+    [5, 2]
+    """
     import numpy as np
 
     if num_samples < 1:
