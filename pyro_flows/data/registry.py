@@ -28,7 +28,12 @@ def dataset_names() -> tuple:
 
 
 def load_splits(config) -> Splits:
-    """The :class:`Splits` a run configuration names (``config.data`` and friends)."""
+    """The :class:`Splits` a run configuration names (``config.data`` and friends).
+
+    >>> from pyro_flows.train import RunConfig
+    >>> load_splits(RunConfig(data="rings", num_samples=100)).sizes()
+    {'train': 80, 'val': 10, 'test': 10}
+    """
     name = config.data
     key = name.lower()
     if key in TOY_DATASETS:
