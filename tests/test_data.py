@@ -208,3 +208,12 @@ def test_discrete_files_with_levels(tmp_path):
         ValueError, match=r"--levels 4 expects integer values 0..3, found [0-3].5 \(640 such values\)"
     ):
         load_tabular_splits(str(tmp_path / "bad.npy"), RunConfig(levels=4))
+
+
+def test_files_that_are_not_numpy_files_are_named_as_such(tmp_path):
+    (tmp_path / "text.npy").write_text("a,b\n1,2\n")
+    with pytest.raises(ValueError, match=r"text.npy is not a .npy file written by NumPy \(a text table"):
+        load_array(str(tmp_path / "text.npy"))
+    (tmp_path / "junk.npz").write_bytes(b"junk")
+    with pytest.raises(ValueError, match=r"junk.npz is not a .npz file written by NumPy"):
+        load_array(str(tmp_path / "junk.npz"))

@@ -227,3 +227,33 @@ def test_fit_on_cuda_matches_the_run_folder_contract(tmp_path):
     state = _model(config.out)  # loaded onto the CPU
     assert all(v.device.type == "cpu" for v in state["model"].values())
     assert math.isfinite(results["test_nll"])
+
+
+def test_resume_names_the_missing_run_or_checkpoint(tmp_path):
+    with pytest.raises(ValueError, match="run folder .* does not exist"):
+        fit_run(RunConfig(quiet=True), resume_dir=str(tmp_path / "none"))
+    with pytest.raises(CheckpointError, match="has no checkpoint.pt; is it the output folder"):
+        fit_run(RunConfig(quiet=True), resume_dir=str(tmp_path))
+
+
+def test_negative_threads_is_refused_with_the_other_options():
+    with pytest.raises(ValueError, match="--threads must be >= 0, got -1"):
+        RunConfig(threads=-1)
+    with pytest.raises(ValueError, match="--threads must be >= 0, got -2"):
+        RunConfig.from_dict({"threads": -2}, source="run.toml")
+
+
+def test_flow_kind_checks_the_shape_of_the_data():
+    from pyro_flows.train.registry import build_model
+
+    with pytest.raises(ValueError, match=r"--flow real_nvp models vectors, but .* shape \(1, 4, 4\)"):
+        build_model(RunConfig(num_layers=2, hidden_dims=(8,)), (1, 4, 4))
+    with pytest.raises(ValueError, match=r"--flow glow models images \(C, H, W\), but .* shape \(2,\)"):
+        build_model(RunConfig(flow="glow"), (2,))
+
+
+def test_sample_checks_its_options_before_reading_the_run(tmp_path):
+    from pyro_flows.train.run import sample_run
+
+    with pytest.raises(ValueError, match="--output must end in .npy, got s.txt"):
+        sample_run(str(tmp_path / "none"), 5, out="s.txt")

@@ -84,6 +84,9 @@ def load_mnist(root: str, split: str = "train") -> torch.Tensor:
     """MNIST from a local torchvision-format folder (``root/MNIST/raw``); never downloads.
 
     :returns: float tensor ``(N, 1, 28, 28)`` of the 256 grey levels ``0..255``.
+
+    >>> load_mnist("/data/torchvision", "test").shape  # doctest: +SKIP
+    torch.Size([10000, 1, 28, 28])
     """
     _check_split(split)
     data = _torchvision_datasets().MNIST(root, train=split == "train", download=False)
@@ -95,6 +98,9 @@ def load_cifar10(root: str, split: str = "train") -> torch.Tensor:
     never downloads.
 
     :returns: float tensor ``(N, 3, 32, 32)`` of the 256 levels ``0..255``.
+
+    >>> load_cifar10("/data/torchvision", "test").shape  # doctest: +SKIP
+    torch.Size([10000, 3, 32, 32])
     """
     _check_split(split)
     data = _torchvision_datasets().CIFAR10(root, train=split == "train", download=False)

@@ -11,7 +11,7 @@ import os
 
 import torch
 
-from .splits import Splits, split_fractions
+from .splits import Splits, split_for_run
 from .toy import TOY_DATASETS
 
 __all__ = ["load_splits", "dataset_names", "MAF_DATASETS", "IMAGE_DATASETS"]
@@ -28,13 +28,18 @@ def dataset_names() -> tuple:
 
 
 def load_splits(config) -> Splits:
-    """The :class:`Splits` a run configuration names (``config.data`` and friends)."""
+    """The :class:`Splits` a run configuration names (``config.data`` and friends).
+
+    >>> from pyro_flows.train import RunConfig
+    >>> load_splits(RunConfig(data="rings", num_samples=100)).sizes()
+    {'train': 80, 'val': 10, 'test': 10}
+    """
     name = config.data
     key = name.lower()
     if key in TOY_DATASETS:
         x = TOY_DATASETS[key](config.num_samples, seed=config.seed, dtype=torch.float64)
-        train, val, test = split_fractions(x, config.val_fraction, config.test_fraction, config.seed + 1, key)
-        return Splits(key, train, val, test, split_rule=_random_rule(config))
+        (train, val, test), rule = split_for_run(x, config, key)
+        return Splits(key, train, val, test, split_rule=rule)
     if key in MAF_DATASETS:
         from .maf import load_maf
 
@@ -49,10 +54,6 @@ def load_splits(config) -> Splits:
         f"unknown data {name!r}: expected one of {', '.join(dataset_names())} or a path to a "
         f"{', '.join(TABULAR_SUFFIXES)} file"
     )
-
-
-def _random_rule(config) -> str:
-    return f"random (val {config.val_fraction}, test {config.test_fraction}, seed {config.seed})"
 
 
 def _need_dir(config, key: str) -> str:

@@ -8,7 +8,7 @@ from typing import Optional, Tuple
 
 import torch
 
-__all__ = ["Splits", "split_fractions"]
+__all__ = ["Splits", "split_fractions", "split_for_run"]
 
 
 @dataclass
@@ -118,3 +118,17 @@ def split_fractions(
     perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
     x = x[perm]
     return x[: n - n_val - n_test], x[n - n_val - n_test : n - n_test], x[n - n_test :]
+
+
+def split_for_run(x: torch.Tensor, config, name: str) -> Tuple[Tuple[torch.Tensor, ...], str]:
+    """:func:`split_fractions` with a run configuration's fractions and seed, and the
+    split rule :meth:`Splits.describe` reports for it.
+
+    >>> from types import SimpleNamespace
+    >>> config = SimpleNamespace(val_fraction=0.2, test_fraction=0.1, seed=0)
+    >>> parts, rule = split_for_run(torch.zeros(10, 2), config, "demo")
+    >>> [len(p) for p in parts], rule
+    ([7, 2, 1], 'random (val 0.2, test 0.1, seed 0)')
+    """
+    parts = split_fractions(x, config.val_fraction, config.test_fraction, config.seed + 1, name)
+    return parts, f"random (val {config.val_fraction}, test {config.test_fraction}, seed {config.seed})"

@@ -18,7 +18,7 @@ from typing import Dict
 import numpy as np
 import torch
 
-from .splits import Splits, split_fractions
+from .splits import Splits, split_for_run
 
 __all__ = ["load_array", "load_tabular_splits", "check_finite_rows", "check_discrete"]
 
@@ -56,8 +56,12 @@ def load_array(path: str) -> Dict[str, np.ndarray]:
             with np.load(path, allow_pickle=False) as z:
                 arrays = {k: z[k] for k in z.files}
     except ValueError as err:
-        if "pickle" in str(err).lower() or "allow_pickle" in str(err):
+        if "Object arrays" in str(err):
             raise ValueError(f"data file {path} holds Python objects; only numeric arrays are read") from None
+        if "pickled" in str(err):  # no NumPy header: numpy takes the file for a pickle
+            raise ValueError(
+                f"data file {path} is not a {suffix} file written by NumPy (a text table? name it .csv)"
+            ) from None
         if str(err).startswith(f"data file {path}"):
             raise
         raise ValueError(f"data file {path} is not a readable {suffix} file: {err}") from None
@@ -154,11 +158,7 @@ def load_tabular_splits(path: str, config) -> Splits:
         check_finite_rows(x, path + (f" [{key}]" if key != "data" else ""))
     name = os.path.basename(path)
     if "data" in arrays:
-        x = torch.from_numpy(arrays["data"])
-        train, val, test = split_fractions(
-            x, config.val_fraction, config.test_fraction, config.seed + 1, name
-        )
-        rule = f"random (val {config.val_fraction}, test {config.test_fraction}, seed {config.seed})"
+        (train, val, test), rule = split_for_run(torch.from_numpy(arrays["data"]), config, name)
     else:
         train, val, test = (torch.from_numpy(arrays[k]) for k in ("train", "val", "test"))
         for k, part in (("val", val), ("test", test)):

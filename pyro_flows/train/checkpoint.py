@@ -34,7 +34,13 @@ REQUIRED = ("model", "step", "config")
 
 
 class CheckpointError(ValueError):
-    """A file is missing, corrupt or not a pyro-flows checkpoint."""
+    """A file is missing, corrupt or not a pyro-flows checkpoint.
+
+    >>> load_checkpoint("no-such-run/best.pt")
+    Traceback (most recent call last):
+    ...
+    pyro_flows.train.checkpoint.CheckpointError: checkpoint no-such-run/best.pt does not exist
+    """
 
 
 def save_checkpoint(path: str, state: Dict[str, Any]) -> None:
@@ -67,6 +73,12 @@ def load_checkpoint(path: str, map_location="cpu") -> Dict[str, Any]:
 
     :raises CheckpointError: if the file is missing, truncated, not a torch file, holds
         anything but tensors and plain containers, or lacks the pyro-flows marker.
+
+    >>> import os, tempfile, torch
+    >>> path = os.path.join(tempfile.mkdtemp(), "c.pt")
+    >>> save_checkpoint(path, {"model": {"w": torch.ones(2)}, "step": 1, "config": {}})
+    >>> load_checkpoint(path)["model"]["w"]
+    tensor([1., 1.])
     """
     if os.path.isdir(path):
         raise CheckpointError(f"{path} is a folder; expected a checkpoint file (.pt) inside a run folder")

@@ -34,7 +34,15 @@ GROUPS = ("model", "data", "training", "output")
 
 @dataclass(frozen=True)
 class RunConfig:
-    """Every option of ``pyro-flows fit`` (see ``docs/cli.md``)."""
+    """Every option of ``pyro-flows fit`` (see ``docs/cli.md``), checked on construction.
+
+    >>> RunConfig(flow="nice", hidden_dims="64,64").hidden_dims
+    (64, 64)
+    >>> RunConfig(batch_size=0)
+    Traceback (most recent call last):
+    ...
+    ValueError: --batch-size must be >= 1, got 0
+    """
 
     # model
     flow: str = _opt("real_nvp", "flow family to train", "model")
@@ -129,7 +137,7 @@ class RunConfig:
         for name in positive:
             if getattr(self, name) < 1:
                 raise ValueError(f"--{_flag(name)} must be >= 1, got {getattr(self, name)}")
-        for name in ("epochs", "warmup_steps", "patience", "plot_samples", "levels"):
+        for name in ("epochs", "warmup_steps", "patience", "plot_samples", "levels", "threads"):
             if getattr(self, name) < 0:
                 raise ValueError(f"--{_flag(name)} must be >= 0, got {getattr(self, name)}")
         if not 0 <= self.logit_alpha < 0.5:

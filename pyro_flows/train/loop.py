@@ -55,7 +55,13 @@ __all__ = [
 
 
 class NonFiniteLossError(RuntimeError):
-    """The loss or its gradient became NaN or infinite; the run stopped."""
+    """The loss or its gradient became NaN or infinite; the run stopped.
+
+    ``pyro-flows fit`` reports it and exits with status 3:
+
+    >>> issubclass(NonFiniteLossError, RuntimeError)
+    True
+    """
 
 
 @dataclass
@@ -193,6 +199,16 @@ def train(
     :param on_step: called with the step count after each step (and its checkpoint).
     :param data_state: the preprocessing saved in checkpoints (see ``run.py``).
     :raises NonFiniteLossError: on a NaN or infinite loss or gradient.
+
+    >>> from pyro_flows.data import Splits, make_moons
+    >>> from pyro_flows.train import RunConfig
+    >>> from pyro_flows.train.registry import build_model
+    >>> config = RunConfig(num_layers=2, hidden_dims=(8,), steps=4, batch_size=50, eval_every=2, quiet=True)
+    >>> x = make_moons(300)
+    >>> flow = build_model(config, (2,))
+    >>> state = train(flow, Splits("moons", x[:200], x[200:250], x[250:]), config, None)
+    >>> state.step, [r["step"] for r in state.history]
+    (4, [2, 4])
     """
     dtype = next(flow.parameters()).dtype
     device = device if device is not None else next(flow.parameters()).device
@@ -218,7 +234,7 @@ def train(
     train_x = splits.train.to(device=device, dtype=dtype)
     offset = splits.nll_offset()
     val_x = splits.prepare(
-        splits.val.to(device=device, dtype=dtype), generator=_fixed_noise(config.seed + 2, device)
+        splits.val.to(device=device, dtype=dtype), generator=held_out_noise(config.seed, "val", device)
     )
     metrics = MetricsLog(
         os.path.join(run_dir, "metrics.jsonl") if writes else None,
@@ -359,10 +375,11 @@ def _stop(state: LoopState, run_dir: Optional[str], what: str) -> None:
     )
 
 
-def _fixed_noise(seed: int, device: torch.device) -> torch.Generator:
-    """A generator for the dequantization noise of validation and test data: fixed, so
-    their NLLs are comparable from evaluation to evaluation and with ``evaluate``."""
-    return torch.Generator(device=device).manual_seed(seed)
+def held_out_noise(seed: int, split: str, device: torch.device) -> torch.Generator:
+    """A generator for the dequantization noise of held-out data, fixed by the run's
+    ``seed`` and the ``split`` (``seed + 3`` for test, ``seed + 2`` otherwise), so their
+    NLLs are comparable from evaluation to evaluation and with ``evaluate``."""
+    return torch.Generator(device=device).manual_seed(seed + (3 if split == "test" else 2))
 
 
 def _batch_geometry(n_train: int, batch_size: int, context: DistContext) -> Tuple[int, int]:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import importlib
 from dataclasses import dataclass
-from typing import Callable, Tuple
+from typing import Callable, Optional, Tuple
 
 import torch
 
@@ -31,31 +31,32 @@ class FlowEntry:
     summary: str
 
     def resolve(self) -> Callable:
+        builder = self._lookup()
+        if builder is None:
+            raise ValueError(
+                f"--flow {self.name} needs {self.target}, which this installation of pyro_flows does not "
+                f"have yet ({self.summary}); available now: {', '.join(available_flows())}"
+            )
+        return builder
+
+    def _lookup(self) -> Optional[Callable]:
         module, _, attr = self.target.rpartition(".")
         try:
             return getattr(importlib.import_module(module), attr)
         except (ImportError, AttributeError):
+            return None
+
+    def check_shape(self, shape: Tuple[int, ...]) -> None:
+        """Raise a ``ValueError`` unless points of ``shape`` suit this flow's ``kind``."""
+        if self.kind == "vector" and len(shape) != 1:
             raise ValueError(
-                f"--flow {self.name} needs {self.target}, which this installation of pyro_flows does not "
-                f"have yet ({self.summary}); available now: {', '.join(available_flows())}"
-            ) from None
-
-
-def _vector_dim(shape, name):
-    if len(shape) != 1:
-        raise ValueError(
-            f"--flow {name} models vectors, but the data has points of shape {tuple(shape)}; "
-            "use real_nvp_image or glow for images"
-        )
-    return shape[0]
-
-
-def _image_shape(shape, name):
-    if len(shape) != 3:
-        raise ValueError(
-            f"--flow {name} models images (C, H, W), but the data has points of shape {tuple(shape)}"
-        )
-    return tuple(shape)
+                f"--flow {self.name} models vectors, but the data has points of shape {shape}; "
+                "use real_nvp_image or glow for images"
+            )
+        if self.kind == "image" and len(shape) != 3:
+            raise ValueError(
+                f"--flow {self.name} models images (C, H, W), but the data has points of shape {shape}"
+            )
 
 
 FLOWS = {
@@ -65,9 +66,7 @@ FLOWS = {
             "nice",
             "pyro_flows.nice",
             "vector",
-            lambda c, s: dict(
-                input_dim=_vector_dim(s, "nice"), num_layers=c.num_layers, hidden_dims=c.hidden_dims
-            ),
+            lambda c, s: dict(input_dim=s[0], num_layers=c.num_layers, hidden_dims=c.hidden_dims),
             "NICE additive couplings",
         ),
         FlowEntry(
@@ -75,7 +74,7 @@ FLOWS = {
             "pyro_flows.real_nvp",
             "vector",
             lambda c, s: dict(
-                input_dim=_vector_dim(s, "real_nvp"),
+                input_dim=s[0],
                 num_layers=c.num_layers,
                 hidden_dims=c.hidden_dims,
                 batch_norm=c.batch_norm,
@@ -87,7 +86,7 @@ FLOWS = {
             "pyro_flows.real_nvp_image",
             "image",
             lambda c, s: dict(
-                shape=_image_shape(s, "real_nvp_image"),
+                shape=s,
                 num_scales=c.num_scales,
                 hidden_channels=c.hidden_channels,
                 num_blocks=c.num_blocks,
@@ -100,7 +99,7 @@ FLOWS = {
             "pyro_flows.glow",
             "image",
             lambda c, s: dict(
-                shape=_image_shape(s, "glow"),
+                shape=s,
                 num_scales=c.num_scales,
                 steps_per_scale=c.steps_per_scale,
                 hidden_channels=c.hidden_channels,
@@ -113,7 +112,7 @@ FLOWS = {
             "pyro_flows.ffjord",
             "vector",
             lambda c, s: dict(
-                input_dim=_vector_dim(s, "ffjord"),
+                input_dim=s[0],
                 hidden_dims=c.hidden_dims,
                 kinetic_weight=c.kinetic_weight,
                 frobenius_weight=c.frobenius_weight,
@@ -136,15 +135,7 @@ def flow_names() -> Tuple[str, ...]:
 
 
 def available_flows() -> Tuple[str, ...]:
-    out = []
-    for entry in FLOWS.values():
-        module, _, attr = entry.target.rpartition(".")
-        try:
-            if hasattr(importlib.import_module(module), attr):
-                out.append(entry.name)
-        except ImportError:
-            pass
-    return tuple(out)
+    return tuple(entry.name for entry in FLOWS.values() if entry._lookup() is not None)
 
 
 def build_model(config, event_shape, discrete: bool = False) -> Flow:
@@ -162,7 +153,9 @@ def build_model(config, event_shape, discrete: bool = False) -> Flow:
         raise ValueError(f"unknown --flow {config.flow!r}; expected one of {', '.join(FLOWS)}")
     entry = FLOWS[config.flow]
     builder = entry.resolve()
-    transform = builder(**entry.arguments(config, tuple(event_shape)))
+    shape = tuple(event_shape)
+    entry.check_shape(shape)
+    transform = builder(**entry.arguments(config, shape))
     if discrete and config.logit_alpha > 0:
         from ..transforms.preprocess import logit as make_logit
 

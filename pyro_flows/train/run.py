@@ -18,10 +18,11 @@ import torch
 
 from ..data.registry import load_splits
 from ..data.splits import Splits
+from ..metrics import bits_per_dim as unit_cube_bits_per_dim
 from .checkpoint import CheckpointError, load_checkpoint
 from .config import RunConfig, config_to_toml
 from .distributed import process_device, setup, teardown
-from .loop import MetricsLog, mean_and_standard_error, nll_per_point, read_metrics, train
+from .loop import MetricsLog, held_out_noise, mean_and_standard_error, nll_per_point, read_metrics, train
 from .registry import build_model
 
 __all__ = ["fit_run", "evaluate_run", "sample_run", "resolve_device", "bits_per_dim"]
@@ -46,19 +47,14 @@ def bits_per_dim(nll_nats: float, dim: int, levels: int) -> float:
     r"""Bits per dimension of dequantized K-level data from the NLL (nats) of :math:`x + u`
     on the integer scale, which already includes the :math:`D \log K` of rescaling to
     [0, 1) (see :meth:`~pyro_flows.data.splits.Splits.nll_offset`):
-    :math:`\mathrm{NLL} / (D \ln 2)`. Computed with :func:`pyro_flows.bits_per_dim` (the
-    image-flows helper, from the unit-cube log-density) when it is installed.
+    :math:`\mathrm{NLL} / (D \ln 2)`, computed with :func:`pyro_flows.bits_per_dim` from
+    the unit-cube log-density.
 
     >>> round(bits_per_dim(64 * math.log(17), 64, 17), 4)   # uniform over 17 levels
     4.0875
     """
-    import pyro_flows
-
-    helper = getattr(pyro_flows, "bits_per_dim", None)
-    if helper is None:
-        return nll_nats / (dim * math.log(2))
     unit_cube_log_prob = -(nll_nats - dim * math.log(levels))
-    return float(helper(unit_cube_log_prob, num_dims=dim, num_levels=levels))
+    return float(unit_cube_bits_per_dim(unit_cube_log_prob, num_dims=dim, num_levels=levels))
 
 
 def _data_state(splits: Splits) -> dict:
@@ -85,17 +81,22 @@ def fit_run(
     With ``resume_dir`` the run continues from ``resume_dir/checkpoint.pt`` with the
     configuration saved there (only ``config.quiet`` is taken from ``config``), writing
     to the same folder.
+
+    >>> import tempfile
+    >>> out = tempfile.mkdtemp()
+    >>> config = RunConfig(num_layers=2, hidden_dims=(8,), num_samples=300, batch_size=50, steps=4,
+    ...                    eval_every=2, plots=False, quiet=True, out=out)
+    >>> results = fit_run(config)
+    >>> results["steps"], sorted(results["splits"].items())
+    (4, [('test', 30), ('train', 240), ('val', 30)])
     """
     resume_state = best_state = None
     quiet = config.quiet
     if resume_dir is not None:
-        resume_state = load_checkpoint(os.path.join(resume_dir, "checkpoint.pt"))
-        config = RunConfig.from_dict(resume_state["config"], source=f"{resume_dir}/checkpoint.pt")
+        resume_state, config = _load_run(resume_dir, "checkpoint.pt")
         config = config.replace(out=resume_dir, quiet=quiet)
         best_path = os.path.join(resume_dir, "best.pt")
         best_state = load_checkpoint(best_path)["model"] if os.path.exists(best_path) else None
-    if config.threads < 0:
-        raise ValueError(f"--threads must be 0 (torch's default) or positive, got {config.threads}")
     if config.threads:
         torch.set_num_threads(config.threads)
     device = resolve_device(config.device)
@@ -133,7 +134,8 @@ def fit_run(
             on_step=on_step,
             data_state=_data_state(splits),
         )
-        results = _test_results(flow, splits, config, device, dtype)
+        score = _score(flow, splits, splits.test, "test", config.seed, device, dtype)
+        results = {f"test_{key}": value for key, value in score.items()}
         results.update(
             flow=config.flow,
             data=splits.name,
@@ -171,16 +173,16 @@ def _prepare_out(run_dir: str) -> None:
         raise ValueError(f"cannot create the output folder {run_dir}: {err.strerror}") from None
 
 
-def _test_results(flow, splits: Splits, config: RunConfig, device, dtype) -> dict:
-    test_x = splits.prepare(
-        splits.test.to(device=device, dtype=dtype),
-        generator=torch.Generator(device=device).manual_seed(config.seed + 3),
-    )
-    nll, se = mean_and_standard_error(nll_per_point(flow, test_x) + splits.nll_offset())
-    out = {"test_nll": nll, "test_nll_se": se}
+def _score(flow, splits: Splits, x: torch.Tensor, split: str, seed: int, device, dtype) -> dict:
+    """Mean NLL (nats per point) of the data-unit points ``x`` of ``split`` with its
+    standard error, plus bits/dim for discrete data (dequantization noise fixed by
+    ``seed`` and ``split``): what ``fit`` reports on the test split and ``evaluate`` on any."""
+    x = splits.prepare(x.to(device=device, dtype=dtype), generator=held_out_noise(seed, split, device))
+    nll, se = mean_and_standard_error(nll_per_point(flow, x) + splits.nll_offset())
+    out = {"nll": nll, "nll_se": se}
     if splits.levels:
-        out["test_bits_per_dim"] = bits_per_dim(nll, splits.dim, splits.levels)
-        out["test_bits_per_dim_se"] = se / (splits.dim * math.log(2))
+        out["bits_per_dim"] = bits_per_dim(nll, splits.dim, splits.levels)
+        out["bits_per_dim_se"] = se / (splits.dim * math.log(2))
     return out
 
 
@@ -268,7 +270,16 @@ def evaluate_run(
 ) -> dict:
     """Held-out NLL (nats, with its standard error) of a run's best model on ``split``,
     and bits/dim for discrete data. ``data`` scores another data set or file of the same
-    shape (``split="all"`` scores every point of it)."""
+    shape (``split="all"`` scores every point of it).
+
+    >>> import tempfile
+    >>> out = tempfile.mkdtemp()
+    >>> _ = fit_run(RunConfig(num_layers=2, hidden_dims=(8,), num_samples=300, batch_size=50, steps=2,
+    ...                       eval_every=2, plots=False, quiet=True, out=out))
+    >>> result = evaluate_run(out, split="val", quiet=True)
+    >>> result["split"], result["points"]
+    ('val', 30)
+    """
     state, config = _load_run(run_dir)
     if data is not None:
         config = config.replace(data=data)
@@ -291,16 +302,10 @@ def evaluate_run(
         x = getattr(splits, split)
     else:
         raise ValueError(f"split must be train, val, test or all, got {split!r}")
-    x = x.to(device=dev, dtype=dtype)
-    x = splits.prepare(
-        x, generator=torch.Generator(device=dev).manual_seed(config.seed + (3 if split == "test" else 2))
-    )
-    nll, se = mean_and_standard_error(nll_per_point(flow, x) + splits.nll_offset())
-    out = {"run": run_dir, "data": splits.name, "split": split, "points": len(x), "nll": nll, "nll_se": se}
-    if splits.levels:
-        out["bits_per_dim"] = bits_per_dim(nll, splits.dim, splits.levels)
-        out["bits_per_dim_se"] = se / (splits.dim * math.log(2))
+    score = _score(flow, splits, x, split, config.seed, dev, dtype)
+    out = {"run": run_dir, "data": splits.name, "split": split, "points": len(x), **score}
     if not quiet:
+        nll, se = score["nll"], score["nll_se"]
         line = f"{split} NLL: {nll:.4f} ± {se:.4f} nats per point ({len(x)} points of {splits.name})"
         if splits.levels:
             line += f"; bits/dim {out['bits_per_dim']:.4f} ± {out['bits_per_dim_se']:.4f}"
@@ -317,11 +322,22 @@ def sample_run(
     quiet: bool = False,
 ) -> dict:
     """Draw ``num_samples`` points (data units) from a run's best model into a ``.npy``
-    file, plus a PNG grid for images."""
+    file, plus a PNG grid for images.
+
+    >>> import tempfile
+    >>> out = tempfile.mkdtemp()
+    >>> _ = fit_run(RunConfig(num_layers=2, hidden_dims=(8,), num_samples=300, batch_size=50, steps=2,
+    ...                       eval_every=2, plots=False, quiet=True, out=out))
+    >>> sample_run(out, 5, quiet=True)["shape"]
+    [5, 2]
+    """
     import numpy as np
 
     if num_samples < 1:
         raise ValueError(f"--num-samples must be >= 1, got {num_samples}")
+    out = out or os.path.join(run_dir, "samples.npy")
+    if not out.endswith(".npy"):
+        raise ValueError(f"--output must end in .npy, got {out}")
     state, config = _load_run(run_dir)
     data = state["data"]
     event_shape = torch.Size(data["event_shape"])
@@ -338,9 +354,6 @@ def sample_run(
     flow = _restore_flow(state, config, dev, event_shape)
     torch.manual_seed(seed)
     samples = splits.to_data_units(flow.sample((num_samples,))).cpu()
-    out = out or os.path.join(run_dir, "samples.npy")
-    if not out.endswith(".npy"):
-        raise ValueError(f"--output must end in .npy, got {out}")
     os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
     np.save(out, samples.double().numpy())
     result = {"samples": out, "shape": list(samples.shape)}
