@@ -89,6 +89,8 @@ class Splits:
         return float(torch.log(self.scale.double()).expand(self.event_shape).sum())
 
     def describe(self) -> str:
+        """One line for logs: the name, the size of each split, the event shape, the
+        number of levels for discrete data and the split rule."""
         kind = f", discrete with {self.levels} levels" if self.levels else ""
         return (
             f"{self.name}: train {len(self.train)}, validation {len(self.val)}, test {len(self.test)} "
