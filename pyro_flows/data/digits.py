@@ -85,8 +85,13 @@ def load_mnist(root: str, split: str = "train") -> torch.Tensor:
 
     :returns: float tensor ``(N, 1, 28, 28)`` of the 256 grey levels ``0..255``.
 
-    >>> load_mnist("/data/torchvision", "test").shape  # doctest: +SKIP
-    torch.Size([10000, 1, 28, 28])
+    For example ``load_mnist("/data/torchvision", "test")`` has shape ``(10000, 1, 28, 28)``.
+    MNIST has no validation split of its own:
+
+    >>> load_mnist("/data/torchvision", "validation")
+    Traceback (most recent call last):
+    ...
+    ValueError: unknown split 'validation'; expected 'train' or 'test'
     """
     _check_split(split)
     data = _torchvision_datasets().MNIST(root, train=split == "train", download=False)
@@ -99,8 +104,13 @@ def load_cifar10(root: str, split: str = "train") -> torch.Tensor:
 
     :returns: float tensor ``(N, 3, 32, 32)`` of the 256 levels ``0..255``.
 
-    >>> load_cifar10("/data/torchvision", "test").shape  # doctest: +SKIP
-    torch.Size([10000, 3, 32, 32])
+    For example ``load_cifar10("/data/torchvision", "test")`` has shape
+    ``(10000, 3, 32, 32)``. The split is checked before anything is read:
+
+    >>> load_cifar10("/data/torchvision", "val")
+    Traceback (most recent call last):
+    ...
+    ValueError: unknown split 'val'; expected 'train' or 'test'
     """
     _check_split(split)
     data = _torchvision_datasets().CIFAR10(root, train=split == "train", download=False)
