@@ -603,3 +603,43 @@ def test_under_torchrun_a_data_error_is_reported_once(tmp_path):
     assert text.count("pyro-flows fit: error: power: found neither") == 1, text
     assert text.count("exitcode  : 1") == 2, text  # every process stopped with the same status
     assert text.count("Traceback") <= 1, text  # the launcher's own summary at most, none from a worker
+
+
+# 13. builders refuse empty or degenerate flows -----------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "build, message",
+    [
+        ("real_nvp(2, num_layers=0)", "real_nvp: num_layers must be an integer >= 1, got 0"),
+        ("real_nvp(2, num_layers=-1)", "real_nvp: num_layers must be an integer >= 1, got -1"),
+        ("real_nvp(2, num_layers=2.0)", "real_nvp: num_layers must be an integer >= 1, got 2.0"),
+        ("real_nvp(2, hidden_dims=(0,))", "real_nvp: hidden_dims must be one or more positive integers"),
+        ("real_nvp(2, hidden_dims=())", "real_nvp: hidden_dims must be one or more positive integers"),
+        ("nice(2, num_layers=0)", "nice: num_layers must be"),
+        ("nice(2, hidden_dims=(8, -1))", "nice: hidden_dims must be"),
+        ("conditional_real_nvp(2, 3, num_layers=0)", "conditional_real_nvp: num_layers must be"),
+        ("conditional_real_nvp(2, 3, hidden_dims=(0,))", "conditional_real_nvp: hidden_dims must be"),
+        ("ffjord(2, hidden_dims=(0,))", "ffjord: hidden_dims must be"),
+        ("glow((1, 4, 4), num_scales=1, steps_per_scale=0)", "glow: steps_per_scale must be"),
+        ("glow((1, 4, 4), num_scales=1, hidden_channels=0)", "glow: hidden_channels must be"),
+        ("glow((1, 4, 4), num_scales=1, num_blocks=-1)", "glow: num_blocks must be an integer >= 0"),
+        ("real_nvp_image((1, 8, 8), num_scales=1, hidden_channels=0)", "real_nvp_image: hidden_channels"),
+        ("real_nvp_image((1, 8, 8), num_scales=1, num_final_layers=-1)", "real_nvp_image: num_final_layers"),
+        ("cdf_flow(0)", "num_components must be a positive integer"),
+    ],
+)
+def test_builders_refuse_degenerate_sizes(build, message):
+    import pyro_flows
+
+    with pytest.raises(ValueError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        eval(build, vars(pyro_flows))
+
+
+def test_empty_hidden_dims_are_refused_on_the_command_line(tmp_path, capsys):
+    for value in ("", " ", "0", "16,0"):
+        code, _, err = run(capsys, "fit", "--hidden-dims", value, "--out", tmp_path / "r")
+        assert code == 1 and "--hidden-dims must be one or more positive integers" in err, (value, err)
+    code, _, err = run(capsys, "fit", "--num-layers", "0", "--out", tmp_path / "r")
+    assert code == 1 and "--num-layers must be >= 1, got 0" in err
+    assert not (tmp_path / "r").exists()

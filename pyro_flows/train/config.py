@@ -157,8 +157,11 @@ class RunConfig:
                 "--val-fraction and --test-fraction must be in (0, 1) with a sum below 1, got "
                 f"{self.val_fraction} and {self.test_fraction}"
             )
-        if any(h < 1 for h in self.hidden_dims):
-            raise ValueError(f"--hidden-dims must be positive integers, got {self.hidden_dims}")
+        if not self.hidden_dims or any(h < 1 for h in self.hidden_dims):
+            shown = ",".join(map(str, self.hidden_dims)) or "nothing"
+            raise ValueError(
+                f"--hidden-dims must be one or more positive integers such as 128,128, got {shown}"
+            )
         for f in dataclasses.fields(self):
             choices = f.metadata.get("choices")
             if choices and getattr(self, f.name) not in choices:
