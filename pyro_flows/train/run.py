@@ -84,7 +84,7 @@ def fit_run(
     configuration saved there (only ``config.quiet`` is taken from ``config``), writing
     to the same folder. A folder that already holds a run is refused unless
     ``overwrite``, which deletes that run's files first. While the run writes its
-    folder, the folder is locked (see :class:`~pyro_flows.train.rundir.RunLock`).
+    folder, the folder is locked (an operating-system lock on ``DIR/.lock``, see ``pyro_flows.train.rundir``).
 
     >>> import tempfile
     >>> out = tempfile.mkdtemp()
