@@ -145,15 +145,26 @@ def test_fit_into_an_existing_run_is_refused_unless_overwrite(tmp_path, capsys):
     assert load_checkpoint(str(out / "checkpoint.pt"))["config"]["flow"] == "real_nvp"
 
     # --overwrite replaces it: none of the old run's files survive, other files do.
+    assert run(capsys, "sample", out, "-n", "5")[0] == 0
     (out / "notes.txt").write_text("mine")
     (out / ".tmp-old.pt").write_bytes(b"partial")
     code, _, err = run(capsys, "fit", *TINY, "--out", out, "--flow", "nice", "--no-plots", "--overwrite")
     assert code == 0, err
     assert not (out / "samples.png").exists() and not (out / "nll_curves.png").exists()
     assert not (out / ".tmp-old.pt").exists() and (out / "notes.txt").read_text() == "mine"
+    assert not (out / "samples.npy").exists()
     assert load_checkpoint(str(out / "checkpoint.pt"))["config"]["flow"] == "nice"
     code, _, err = run(capsys, "fit", "--resume", out, "--overwrite")
     assert code == 1 and "drop --overwrite" in err
+
+
+def test_a_fit_that_fails_before_writing_leaves_no_folder(tmp_path, capsys):
+    code, _, err = run(capsys, "fit", *TINY, "--data", tmp_path / "missing.csv", "--out", tmp_path / "new")
+    assert code == 1 and "missing.csv does not exist" in err
+    assert not (tmp_path / "new").exists()
+    (tmp_path / "mine").mkdir()  # a folder the user made stays, with nothing but the lock file
+    code, _, err = run(capsys, "fit", *TINY, "--data", tmp_path / "missing.csv", "--out", tmp_path / "mine")
+    assert code == 1 and (tmp_path / "mine").is_dir()
 
 
 # 3 and 7. metrics.jsonl survives interruptions -------------------------------------------
@@ -457,6 +468,21 @@ def test_an_ode_solver_failure_is_stopped_by_the_loss_guard(tmp_path, capsys, mo
     monkeypatch.setattr(loop.NegativeLogLikelihood, "forward", fails)
     with pytest.raises(AssertionError, match="something else"):
         fit_run(tiny(tmp_path / "r2"))
+
+
+def test_solver_failures_when_scoring_or_sampling_are_clear_errors(trained, tmp_path, capsys, monkeypatch):
+    from pyro_flows.flow import Flow
+
+    def underflow(*args, **kwargs):
+        raise AssertionError("underflow in dt nan")
+
+    monkeypatch.setattr(run_module, "nll_per_point", underflow)
+    code, _, err = run(capsys, "evaluate", trained)
+    assert code == 1 and "scoring the test split: the ODE solver failed" in err
+    monkeypatch.setattr(Flow, "sample", underflow)
+    code, _, err = run(capsys, "sample", trained, "-n", "3", "-o", tmp_path / "s.npy")
+    assert code == 1 and "sampling: the ODE solver failed" in err
+    assert not os.listdir(tmp_path)  # no partial file
 
 
 def test_the_validation_guard_names_the_step_it_evaluated(tmp_path, monkeypatch):

@@ -8,6 +8,7 @@ validation NLL, used by ``evaluate`` and ``sample``) and PNG plots.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -24,7 +25,14 @@ from .config import RunConfig, config_to_toml
 from .distributed import fail_together, process_device, setup, teardown
 from .loop import MetricsLog, held_out_noise, mean_and_standard_error, nll_per_point, read_metrics, train
 from .registry import build_model
-from .rundir import RunLock, atomic_write_text, remove_run_files, remove_stale_temporaries, run_files
+from .rundir import (
+    LOCK_NAME,
+    RunLock,
+    atomic_write_text,
+    remove_run_files,
+    remove_stale_temporaries,
+    run_files,
+)
 
 __all__ = ["fit_run", "evaluate_run", "sample_run", "resolve_device", "bits_per_dim"]
 
@@ -114,6 +122,7 @@ def fit_run(
     lock = None
     try:
         error = resume_state = best_state = None
+        created = not os.path.exists(run_dir)
         try:
             if context.is_main:
                 lock = _claim(run_dir, resume=resume_dir is not None, overwrite=overwrite)
@@ -134,6 +143,10 @@ def fit_run(
             flow = flow.to(device=device, dtype=dtype)
         except Exception as err:  # every process stops, rank 0 reports (see fail_together)
             error = err
+            if lock is not None:
+                lock.release()
+                lock = None
+                _remove_if_unused(run_dir, created)
         fail_together(error, context)
         if context.is_main:
             atomic_write_text(os.path.join(run_dir, "config.toml"), config_to_toml(config))
@@ -176,8 +189,7 @@ def fit_run(
             MetricsLog(os.path.join(run_dir, "metrics.jsonl"), keep_until_step=state.step).write(
                 split="test", step=state.step, nll=results["test_nll"], se=results["test_nll_se"]
             )
-            with open(os.path.join(run_dir, "results.json"), "w") as fh:
-                json.dump(results, fh, indent=2)
+            atomic_write_text(os.path.join(run_dir, "results.json"), json.dumps(results, indent=2))
             if config.plots:
                 results["plots"] = write_plots(flow, splits, config, run_dir)
         echo(_summary(results))
@@ -225,6 +237,16 @@ def _claim(run_dir: str, resume: bool, overwrite: bool) -> RunLock:
     return lock
 
 
+def _remove_if_unused(run_dir: str, created: bool) -> None:
+    """Remove a folder this run created if the run failed before writing anything to it."""
+    if created and os.path.isdir(run_dir) and set(os.listdir(run_dir)) <= {LOCK_NAME}:
+        try:
+            os.unlink(os.path.join(run_dir, LOCK_NAME))
+            os.rmdir(run_dir)
+        except OSError:
+            pass
+
+
 def _prepare_out(run_dir: str) -> None:
     if os.path.exists(run_dir) and not os.path.isdir(run_dir):
         raise ValueError(f"--out {run_dir} exists and is not a folder")
@@ -239,12 +261,28 @@ def _score(flow, splits: Splits, x: torch.Tensor, split: str, seed: int, device,
     standard error, plus bits/dim for discrete data (dequantization noise fixed by
     ``seed`` and ``split``): what ``fit`` reports on the test split and ``evaluate`` on any."""
     x = splits.prepare(x.to(device=device, dtype=dtype), generator=held_out_noise(seed, split, device))
-    nll, se = mean_and_standard_error(nll_per_point(flow, x) + splits.nll_offset())
+    with _solver_errors(f"scoring the {split} split"):
+        nll, se = mean_and_standard_error(nll_per_point(flow, x) + splits.nll_offset())
     out = {"nll": nll, "nll_se": se}
     if splits.levels:
         out["bits_per_dim"] = bits_per_dim(nll, splits.dim, splits.levels)
         out["bits_per_dim_se"] = se / (splits.dim * math.log(2))
     return out
+
+
+@contextlib.contextmanager
+def _solver_errors(what: str):
+    """FFJORD's ODE solver giving up (``AssertionError: underflow in dt``) as a
+    ``ValueError`` that says what failed; other assertion errors pass through."""
+    try:
+        yield
+    except AssertionError as err:
+        if "underflow in dt" not in str(err):
+            raise
+        raise ValueError(
+            f"{what}: the ODE solver failed (its step size underflowed: the learned dynamics are too stiff "
+            "at these points, for instance far outside the training data)"
+        ) from None
 
 
 def _summary(results: dict) -> str:
@@ -461,7 +499,8 @@ def sample_run(
         with torch.no_grad():
             for start in range(0, num_samples, batch):
                 n = min(batch, num_samples - start)
-                part = splits.to_data_units(flow.sample((n,))).cpu()
+                with _solver_errors("sampling"):
+                    part = splits.to_data_units(flow.sample((n,))).cpu()
                 array[start : start + n] = part.double().numpy()
                 if first is None:
                     first = part[:64]

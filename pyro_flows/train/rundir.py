@@ -28,10 +28,11 @@ __all__ = [
     "remove_run_files",
     "remove_stale_temporaries",
     "atomic_write_text",
+    "LOCK_NAME",
 ]
 
 LOCK_NAME = ".lock"
-#: the files ``fit`` writes into a run folder (``sample`` adds ``samples.npy`` and its grid)
+#: the files ``fit`` writes into a run folder, and those ``sample`` writes there by default
 RUN_FILES = (
     "config.toml",
     "metrics.jsonl",
@@ -41,6 +42,8 @@ RUN_FILES = (
     "nll_curves.png",
     "samples.png",
     "density.png",
+    "samples.npy",
+    "samples_grid.png",
 )
 #: prefix of the temporary files that checkpoints and metrics are written to before the rename
 TEMP_PREFIX = ".tmp-"
