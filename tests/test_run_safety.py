@@ -66,7 +66,7 @@ def tiny(out, **changes) -> RunConfig:
 
 
 def snapshot(folder) -> dict:
-    return {name: (folder / name).read_bytes() for name in sorted(os.listdir(folder)) if name != ".lock"}
+    return {name: (folder / name).read_bytes() for name in sorted(os.listdir(folder))}
 
 
 # 1. one writer per run folder ------------------------------------------------------------
@@ -86,6 +86,7 @@ def test_a_second_writer_is_refused_while_a_run_holds_the_folder(tmp_path, capsy
     assert seen == [2]
     records = read_metrics(str(out / "metrics.jsonl"))
     assert [r["step"] for r in records if r["split"] == "val"] == [3, 6]  # one run's lines only
+    assert ".lock" not in os.listdir(out)  # released and removed at the end
 
     # The command line says the same, and touches nothing.
     before = snapshot(out)
@@ -122,7 +123,9 @@ def test_the_lock_dies_with_the_process_that_held_it(tmp_path):
         if child.poll() is None:
             child.kill()
         child.stdout.close()
+    assert os.path.exists(tmp_path / ".lock")  # left by the killed process, but not locked
     RunLock(str(tmp_path)).acquire().release()  # free again after a crash
+    assert not os.path.exists(tmp_path / ".lock")
 
 
 # 2. a fresh fit never mixes with an existing run -----------------------------------------
@@ -162,7 +165,7 @@ def test_a_fit_that_fails_before_writing_leaves_no_folder(tmp_path, capsys):
     code, _, err = run(capsys, "fit", *TINY, "--data", tmp_path / "missing.csv", "--out", tmp_path / "new")
     assert code == 1 and "missing.csv does not exist" in err
     assert not (tmp_path / "new").exists()
-    (tmp_path / "mine").mkdir()  # a folder the user made stays, with nothing but the lock file
+    (tmp_path / "mine").mkdir()  # a folder the user made stays
     code, _, err = run(capsys, "fit", *TINY, "--data", tmp_path / "missing.csv", "--out", tmp_path / "mine")
     assert code == 1 and (tmp_path / "mine").is_dir()
 

@@ -26,7 +26,6 @@ from .distributed import fail_together, process_device, setup, teardown
 from .loop import MetricsLog, held_out_noise, mean_and_standard_error, nll_per_point, read_metrics, train
 from .registry import build_model
 from .rundir import (
-    LOCK_NAME,
     RunLock,
     atomic_write_text,
     remove_run_files,
@@ -239,9 +238,8 @@ def _claim(run_dir: str, resume: bool, overwrite: bool) -> RunLock:
 
 def _remove_if_unused(run_dir: str, created: bool) -> None:
     """Remove a folder this run created if the run failed before writing anything to it."""
-    if created and os.path.isdir(run_dir) and set(os.listdir(run_dir)) <= {LOCK_NAME}:
+    if created and os.path.isdir(run_dir) and not os.listdir(run_dir):
         try:
-            os.unlink(os.path.join(run_dir, LOCK_NAME))
             os.rmdir(run_dir)
         except OSError:
             pass

@@ -6,8 +6,11 @@ system releases it when the process ends, however it ends (``kill -9`` included)
 crashed run never leaves a folder locked. A second ``fit`` on the same folder is
 refused with the process id that holds it.
 
-The lock file itself stays in the folder: deleting it while another process waits to
-open it would let two processes lock two different files of the same name.
+The lock file exists while the run holds it and is deleted (still locked) when the run
+ends; one left behind by a killed process is simply locked again. A process that locks
+a file which was deleted meanwhile (it opened it just before the holder finished) notices
+that the name now points elsewhere and starts over, so two processes never hold locks
+on two different files of the same name.
 """
 
 from __future__ import annotations
@@ -71,8 +74,10 @@ class RunLock:
         self._fh = None
 
     def acquire(self) -> "RunLock":
-        fh = open(self.path, "a+")
-        if fcntl is not None:
+        for _ in range(100):
+            fh = open(self.path, "a+")
+            if fcntl is None:
+                break
             try:
                 fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
             except OSError:
@@ -83,6 +88,9 @@ class RunLock:
                     f"run folder {self.run_dir} is in use by another pyro-flows process (pid {holder}); "
                     "wait for it to finish, or write to another --out"
                 ) from None
+            if _same_file(fh, self.path):
+                break
+            fh.close()  # the holder deleted this file as we locked it: lock the current one
         fh.seek(0)
         fh.truncate()
         fh.write(str(os.getpid()))
@@ -92,7 +100,12 @@ class RunLock:
 
     def release(self) -> None:
         if self._fh is not None:
-            # Closing the file releases the lock; the pid is left for nobody to read.
+            # Delete while still holding the lock, then close (which releases it).
+            try:
+                if _same_file(self._fh, self.path):
+                    os.unlink(self.path)
+            except OSError:
+                pass
             self._fh.close()
             self._fh = None
 
@@ -101,6 +114,13 @@ class RunLock:
 
     def __exit__(self, *exc) -> None:
         self.release()
+
+
+def _same_file(fh, path: str) -> bool:
+    try:
+        return os.stat(path).st_ino == os.fstat(fh.fileno()).st_ino
+    except OSError:
+        return False
 
 
 def run_files(run_dir: str) -> List[str]:
