@@ -672,3 +672,12 @@ def test_empty_hidden_dims_are_refused_on_the_command_line(tmp_path, capsys):
     code, _, err = run(capsys, "fit", "--num-layers", "0", "--out", tmp_path / "r")
     assert code == 1 and "--num-layers must be >= 1, got 0" in err
     assert not (tmp_path / "r").exists()
+
+
+def test_progress_lines_follow_standard_output_not_the_bar(tmp_path, capsys, monkeypatch):
+    quiet_free = [a for a in TINY if a != "--quiet"]
+    monkeypatch.setattr(sys.stdout, "isatty", lambda: True)
+    code, out, err = run(capsys, "fit", *quiet_free, "--out", tmp_path / "r", "--no-plots")
+    assert code == 0, err
+    assert not [line for line in out.splitlines() if line.startswith("step ")]  # a terminal: no lines
+    assert "test NLL:" in out

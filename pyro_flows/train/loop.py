@@ -202,8 +202,8 @@ PROGRESS_SECONDS = 30.0
 
 
 class _ProgressLines:
-    """Progress as plain lines on stdout, for output that is not a terminal (where the
-    progress bar is off): one at the first evaluation, then one every
+    """Progress as plain lines on stdout when stdout is not a terminal (a log file, a
+    pipe, a batch job): one at the first evaluation, then one every
     :data:`PROGRESS_SECONDS` and one at the last step."""
 
     def __init__(self, total_steps: int, enabled: bool):
@@ -238,6 +238,13 @@ class _ProgressLines:
         if not final and rate > 0:
             line += f", about {_duration((self.total - state.step) / rate)} left"
         print(line, flush=True)
+
+
+def _is_terminal(stream) -> bool:
+    try:
+        return stream.isatty()
+    except (AttributeError, ValueError):
+        return False
 
 
 def _duration(seconds: float) -> str:
@@ -345,7 +352,8 @@ def train(
 
     show = context.is_main and not config.quiet and sys.stderr.isatty()
     bar = _progress(total_steps, state.step, show)
-    lines = _ProgressLines(total_steps, context.is_main and not config.quiet and not show)
+    # Output going to a log or a pipe gets plain progress lines (a bar would be lost there).
+    lines = _ProgressLines(total_steps, context.is_main and not config.quiet and not _is_terminal(sys.stdout))
     postfix = {}
     running, started, started_step = None, time.perf_counter(), state.step
     epoch_indices, epoch_of_indices = None, -1
