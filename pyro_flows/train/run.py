@@ -91,7 +91,8 @@ def fit_run(
     configuration saved there (only ``config.quiet`` is taken from ``config``), writing
     to the same folder. A folder that already holds a run is refused unless
     ``overwrite``, which deletes that run's files first. While the run writes its
-    folder, the folder is locked (an operating-system lock on ``DIR/.lock``, see ``pyro_flows.train.rundir``).
+    folder, the folder is locked (an operating-system lock on ``DIR/.lock``, see
+    ``pyro_flows.train.rundir``).
 
     >>> import tempfile
     >>> out = tempfile.mkdtemp()
@@ -142,11 +143,14 @@ def fit_run(
             flow = flow.to(device=device, dtype=dtype)
         except Exception as err:  # every process stops, rank 0 reports (see fail_together)
             error = err
+        try:
+            fail_together(error, context)
+        except Exception:
             if lock is not None:
                 lock.release()
                 lock = None
                 _remove_if_unused(run_dir, created)
-        fail_together(error, context)
+            raise
         if context.is_main:
             atomic_write_text(os.path.join(run_dir, "config.toml"), config_to_toml(config))
         echo(splits.describe())
