@@ -182,6 +182,15 @@ def main(argv: Optional[List[str]] = None) -> int:
     except (ValueError, CheckpointError, OSError) as err:
         _report(f"pyro-flows {args.command}: error: {err}")
         return 1
+    except (MemoryError, RuntimeError) as err:
+        if not _out_of_memory(err):
+            raise
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        _report(
+            f"pyro-flows {args.command}: error: out of memory ({first}); ask for less: a smaller "
+            + ("--num-samples" if args.command == "sample" else "--batch-size, --num-samples or model")
+        )
+        return 1
     except KeyboardInterrupt:
         _report(
             f"pyro-flows {args.command}: interrupted"
@@ -193,6 +202,14 @@ def main(argv: Optional[List[str]] = None) -> int:
         )
         return 130
     return 0
+
+
+def _out_of_memory(err: BaseException) -> bool:
+    """Whether ``err`` is an allocation failure (Python's, torch's CPU allocator or CUDA's)."""
+    if isinstance(err, MemoryError):
+        return True
+    text = str(err)
+    return "out of memory" in text or "can't allocate memory" in text
 
 
 def _report(message: str) -> None:

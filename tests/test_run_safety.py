@@ -681,3 +681,18 @@ def test_progress_lines_follow_standard_output_not_the_bar(tmp_path, capsys, mon
     assert code == 0, err
     assert not [line for line in out.splitlines() if line.startswith("step ")]  # a terminal: no lines
     assert "test NLL:" in out
+
+
+def test_requests_larger_than_memory_are_refused_or_reported(tmp_path, capsys, monkeypatch):
+    code, _, err = run(capsys, "fit", "--num-samples", str(10**12), "--out", tmp_path / "r")
+    assert code == 1 and "--num-samples 1000000000000 of moons would need about" in err and "GB of memory" in err
+    code, _, err = run(capsys, "fit", "--plot-samples", str(10**9), "--out", tmp_path / "r")
+    assert code == 1 and "--plot-samples must be at most 1000000" in err
+
+    # An allocation that fails anyway is an error message, not a traceback.
+    def no_memory(*args, **kwargs):
+        raise RuntimeError("[enforce fail at alloc_cpu.cpp:117] DefaultCPUAllocator: can't allocate memory")
+
+    monkeypatch.setattr(run_module, "train", no_memory)
+    code, _, err = run(capsys, "fit", *TINY, "--out", tmp_path / "r")
+    assert code == 1 and "error: out of memory (" in err and "--batch-size" in err

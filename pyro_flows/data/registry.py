@@ -48,6 +48,8 @@ def load_splits(config) -> Splits:
     name = config.data
     key = name.lower()
     if key in TOY_DATASETS:
+        # Generating takes a few float64 temporaries of the final size.
+        _check_memory(8 * config.num_samples * 2 * 8, f"--num-samples {config.num_samples} of {key}")
         x = TOY_DATASETS[key](config.num_samples, seed=config.seed, dtype=torch.float64)
         (train, val, test), rule = split_for_run(x, config, key)
         return Splits(key, train, val, test, split_rule=rule)
@@ -65,6 +67,23 @@ def load_splits(config) -> Splits:
         f"unknown data {name!r}: expected one of {', '.join(dataset_names())} or a path to a "
         f"{', '.join(TABULAR_SUFFIXES)} file"
     )
+
+
+def _available_memory() -> Optional[int]:
+    """Bytes of memory the system reports available (None where it cannot say)."""
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+def _check_memory(needed: int, what: str) -> None:
+    available = _available_memory()
+    if available is not None and needed > available:
+        raise ValueError(
+            f"{what} would need about {needed / 1e9:.1f} GB of memory, but {available / 1e9:.1f} GB are "
+            "available; ask for fewer points"
+        )
 
 
 def is_data_file(name: str) -> bool:
