@@ -497,8 +497,8 @@ def _solver_failure(err: AssertionError) -> str:
     if "underflow in dt" not in str(err):
         raise err
     return (
-        "the ODE solver failed (its step size underflowed: the learned dynamics are too stiff or the data "
-        "too large; standardize the data or raise the solver tolerances)"
+        "the ODE solver failed (its step size underflowed: the learned dynamics became too stiff, which "
+        "data with very large values cause; keep --standardize on)"
     )
 
 
