@@ -14,7 +14,9 @@ ends with the same parameters, bit for bit, as an uninterrupted one.
 
 **Loss guard.** A NaN or infinite loss or gradient norm stops the run *before* the
 optimizer applies it, with :class:`NonFiniteLossError` naming the step; the checkpoint
-of the last evaluation (all finite) is left untouched.
+of the last evaluation (all finite) is left untouched. So does an ODE solver that gives
+up on the batch (FFJORD's ``underflow in dt``), and a non-finite validation NLL stops the
+run at the step whose parameters were evaluated.
 """
 
 from __future__ import annotations
