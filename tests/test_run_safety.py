@@ -685,7 +685,9 @@ def test_progress_lines_follow_standard_output_not_the_bar(tmp_path, capsys, mon
 
 def test_requests_larger_than_memory_are_refused_or_reported(tmp_path, capsys, monkeypatch):
     code, _, err = run(capsys, "fit", "--num-samples", str(10**12), "--out", tmp_path / "r")
-    assert code == 1 and "--num-samples 1000000000000 of moons would need about" in err and "GB of memory" in err
+    assert (
+        code == 1 and "--num-samples 1000000000000 of moons would need about" in err and "GB of memory" in err
+    )
     code, _, err = run(capsys, "fit", "--plot-samples", str(10**9), "--out", tmp_path / "r")
     assert code == 1 and "--plot-samples must be at most 1000000" in err
 
@@ -696,3 +698,15 @@ def test_requests_larger_than_memory_are_refused_or_reported(tmp_path, capsys, m
     monkeypatch.setattr(run_module, "train", no_memory)
     code, _, err = run(capsys, "fit", *TINY, "--out", tmp_path / "r")
     assert code == 1 and "error: out of memory (" in err and "--batch-size" in err
+
+
+def test_a_gpu_the_machine_does_not_have_is_refused(monkeypatch):
+    from pyro_flows.train.run import resolve_device
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    assert resolve_device("cuda:1") == torch.device("cuda", 1)
+    with pytest.raises(
+        ValueError, match=r"--device cuda:7: this machine has 2 CUDA device\(s\), cuda:0 to cuda:1"
+    ):
+        resolve_device("cuda:7")

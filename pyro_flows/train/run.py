@@ -48,6 +48,11 @@ def resolve_device(name: str) -> torch.device:
         raise ValueError(f"--device must be cpu, cuda, cuda:N or auto, got {name!r}") from None
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ValueError(f"--device {name}: CUDA is not available on this machine (use --device cpu or auto)")
+    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+        count = torch.cuda.device_count()
+        raise ValueError(
+            f"--device {name}: this machine has {count} CUDA device(s), cuda:0 to cuda:{count - 1}"
+        )
     return device
 
 
