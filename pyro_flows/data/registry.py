@@ -146,7 +146,7 @@ def data_source(config, splits: Optional[Splits] = None) -> dict:
 
 
 def check_data_source(
-    saved: Optional[dict], config, splits: Optional[Splits] = None, action: str = ""
+    saved: Optional[dict], config, splits: Optional[Splits] = None, action: str = "the run"
 ) -> None:
     """Raise a ``ValueError`` when the data ``config`` names now differ from ``saved``
     (:func:`data_source` of the run). Runs that recorded nothing are not checked; a
@@ -177,7 +177,10 @@ def check_data_source(
 def _need_dir(config, key: str) -> str:
     from .maf import MAF_SOURCE
 
-    hint = MAF_SOURCE.format(name=key) if key in MAF_DATASETS else "It holds the torchvision download."
+    if key in MAF_DATASETS:
+        hint = MAF_SOURCE.format(name=key)
+    else:
+        hint = f"It is the folder torchvision keeps {key} in (its root argument)."
     if not config.data_dir:
         raise ValueError(f"--data {key} reads a local folder: pass --data-dir DIR. {hint}")
     if not os.path.isdir(config.data_dir):
