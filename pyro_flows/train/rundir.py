@@ -131,22 +131,28 @@ def run_files(run_dir: str) -> List[str]:
 
 
 def remove_run_files(run_dir: str) -> List[str]:
-    """Delete the run files of ``run_dir`` (and stale temporaries); other files stay."""
+    """Delete the run files of ``run_dir`` and every temporary file; other files stay."""
     removed = run_files(run_dir)
     for name in removed:
         os.unlink(os.path.join(run_dir, name))
-    return removed + remove_stale_temporaries(run_dir)
+    return removed + remove_stale_temporaries(run_dir, suffixes=("",))
 
 
-def remove_stale_temporaries(run_dir: str) -> List[str]:
-    """Delete the ``.tmp-*`` files a killed checkpoint or metrics write left behind.
+def remove_stale_temporaries(run_dir: str, suffixes=(".pt", ".txt")) -> List[str]:
+    """Delete the ``.tmp-*`` files a killed checkpoint or metrics write left behind
+    (those ending in one of ``suffixes``; ``sample``'s ``.npy`` temporaries are left to
+    a ``sample`` that may be writing into the folder at the same time).
 
-    Call it only while holding the folder's :class:`RunLock`: then no other process
-    can be writing one of them.
+    Call it only while holding the folder's :class:`RunLock`: then no ``fit`` can be
+    writing one of them.
     """
     removed = []
     for name in os.listdir(run_dir):
-        if name.startswith(TEMP_PREFIX) and os.path.isfile(os.path.join(run_dir, name)):
+        if (
+            name.startswith(TEMP_PREFIX)
+            and name.endswith(suffixes)
+            and os.path.isfile(os.path.join(run_dir, name))
+        ):
             os.unlink(os.path.join(run_dir, name))
             removed.append(name)
     return removed
