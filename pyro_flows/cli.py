@@ -75,6 +75,12 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="continue the run in DIR from its checkpoint.pt with its saved options (default: start a new run)",
     )
+    fit.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace the run already in --out (its files are deleted first); without it, a folder "
+        "holding a run is refused (default: refuse)",
+    )
     _fit_options(fit)
 
     ev = sub.add_parser(
@@ -141,6 +147,8 @@ def main(argv: Optional[List[str]] = None) -> int:
             if args.resume:
                 extra = [f.name for f in dataclasses.fields(RunConfig) if hasattr(args, f.name)]
                 extra = [name for name in extra if name != "quiet"]
+                if args.overwrite:
+                    raise ValueError("fit --resume continues the run in its folder; drop --overwrite")
                 if args.config or extra:
                     raise ValueError(
                         "fit --resume continues a run with its saved options; drop "
@@ -153,7 +161,7 @@ def main(argv: Optional[List[str]] = None) -> int:
             else:
                 config = resolve_fit_config(args)
                 run_dir = config.out
-                fit_run(config)
+                fit_run(config, overwrite=args.overwrite)
         elif args.command == "evaluate":
             import json
 
@@ -169,23 +177,49 @@ def main(argv: Optional[List[str]] = None) -> int:
 
             sample_run(args.run, args.num_samples, out=args.output, seed=args.seed, device=args.device)
     except NonFiniteLossError as err:
-        print(f"pyro-flows {args.command}: {err}", file=sys.stderr)
+        _report(f"pyro-flows {args.command}: {err}")
         return 3
     except (ValueError, CheckpointError, OSError) as err:
-        print(f"pyro-flows {args.command}: error: {err}", file=sys.stderr)
+        _report(f"pyro-flows {args.command}: error: {err}")
+        return 1
+    except (MemoryError, RuntimeError) as err:
+        if not _out_of_memory(err):
+            raise
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        _report(
+            f"pyro-flows {args.command}: error: out of memory ({first}); ask for less: a smaller "
+            + ("--num-samples" if args.command == "sample" else "--batch-size, --num-samples or model")
+        )
         return 1
     except KeyboardInterrupt:
-        print(
+        _report(
             f"pyro-flows {args.command}: interrupted"
             + (
                 f"; continue from the last checkpoint with `pyro-flows fit --resume {run_dir}`"
                 if run_dir
                 else ""
-            ),
-            file=sys.stderr,
+            )
         )
         return 130
     return 0
+
+
+def _out_of_memory(err: BaseException) -> bool:
+    """Whether ``err`` is an allocation failure (Python's, torch's CPU allocator or CUDA's)."""
+    if isinstance(err, MemoryError):
+        return True
+    text = str(err)
+    return "out of memory" in text or "can't allocate memory" in text
+
+
+def _report(message: str) -> None:
+    """An error on stderr, from one process only: under ``torchrun`` every process stops
+    with the same exit status (see :func:`~pyro_flows.train.distributed.fail_together`)
+    and rank 0 alone prints the reason."""
+    from .train.distributed import process_rank
+
+    if process_rank() == 0:
+        print(message, file=sys.stderr)
 
 
 def _resume_config(args) -> RunConfig:

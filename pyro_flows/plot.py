@@ -26,8 +26,16 @@ def _save(fig: Figure, path: str) -> str:
     return path
 
 
-def plot_nll_curves(records: Sequence[dict], path: str, title: str = "") -> str:
-    """Training (running) and validation NLL per step from the ``metrics.jsonl`` records."""
+def plot_nll_curves(
+    records: Sequence[dict], path: str, title: str = "", unit: str = "nats per point", scale: float = 1.0
+) -> str:
+    """Training (running) and validation NLL per step from the ``metrics.jsonl`` records,
+    multiplied by ``scale`` and labelled with ``unit`` (image runs: ``1 / (D ln 2)`` and
+    ``"bits/dim"``)."""
+    return _save(_nll_figure(records, title, unit, scale), path)
+
+
+def _nll_figure(records: Sequence[dict], title: str, unit: str, scale: float) -> Figure:
     fig = Figure(figsize=(6, 4))
     ax = fig.add_subplot()
     train = [r for r in records if r.get("split") == "train"]
@@ -35,17 +43,17 @@ def plot_nll_curves(records: Sequence[dict], path: str, title: str = "") -> str:
     if train:
         ax.plot(
             [r["step"] for r in train],
-            [r.get("running_nll", r["nll"]) for r in train],
+            [scale * r.get("running_nll", r["nll"]) for r in train],
             label="train (running)",
         )
     if val:
-        ax.plot([r["step"] for r in val], [r["nll"] for r in val], "o-", label="validation")
+        ax.plot([r["step"] for r in val], [scale * r["nll"] for r in val], "o-", label="validation")
     ax.set_xlabel("step")
-    ax.set_ylabel("NLL (nats per point)")
+    ax.set_ylabel(f"NLL ({unit})")
     ax.set_title(title or "negative log-likelihood")
     ax.legend()
     ax.grid(alpha=0.3)
-    return _save(fig, path)
+    return fig
 
 
 def plot_2d(
@@ -57,32 +65,40 @@ def plot_2d(
     resolution: int = 150,
 ) -> str:
     """Three panels on the same axes: data points, model samples, and the model's
-    density :math:`p(x)` evaluated on a ``resolution``-squared grid."""
+    density :math:`p(x)` evaluated on a ``resolution``-squared grid (with a colour bar);
+    ``title`` goes above the panels' own titles."""
+    return _save(_figure_2d(data, samples, log_density, title, resolution), path)
+
+
+def _figure_2d(data, samples, log_density, title: str, resolution: int) -> Figure:
     data, samples = _numpy(data), _numpy(samples)
     lo = np.percentile(data, 0.5, axis=0)
     hi = np.percentile(data, 99.5, axis=0)
-    pad = 0.15 * (hi - lo)
+    pad = np.maximum(0.15 * (hi - lo), 1e-3 * np.maximum(1.0, np.abs(hi)))  # a constant coordinate too
     lo, hi = lo - pad, hi + pad
     xs, ys = np.linspace(lo[0], hi[0], resolution), np.linspace(lo[1], hi[1], resolution)
     grid = torch.tensor(np.stack(np.meshgrid(xs, ys), -1).reshape(-1, 2))
     with torch.no_grad():
         density = torch.exp(log_density(grid)).reshape(resolution, resolution).double().numpy()
-    fig = Figure(figsize=(13, 4.3))
+    # Constrained layout keeps the overall title clear of the panel titles and makes
+    # room for the colour bar.
+    fig = Figure(figsize=(14, 4.6), layout="constrained")
     axes = fig.subplots(1, 3)
     axes[0].scatter(data[:, 0], data[:, 1], s=2, alpha=0.4)
     axes[0].set_title("data")
     axes[1].scatter(samples[:, 0], samples[:, 1], s=2, alpha=0.4, color="tab:orange")
     axes[1].set_title("model samples")
-    axes[2].imshow(
+    image = axes[2].imshow(
         density, origin="lower", extent=(lo[0], hi[0], lo[1], hi[1]), aspect="auto", cmap="viridis"
     )
     axes[2].set_title("model density")
+    fig.colorbar(image, ax=axes[2], label="p(x)")
     for ax in axes:
         ax.set_xlim(lo[0], hi[0])
         ax.set_ylim(lo[1], hi[1])
     if title:
         fig.suptitle(title)
-    return _save(fig, path)
+    return fig
 
 
 def plot_1d(

@@ -388,7 +388,12 @@ def test_every_installed_flow_trains_evaluates_and_samples(tmp_path, capsys, nam
     assert code == 0, err
     assert np.load(tmp_path / "s.npy").shape[0] == 6
     if name in ("real_nvp_image", "glow"):
-        assert (tmp_path / "s.png").exists() and "test_bits_per_dim" in results
+        assert (tmp_path / "s_grid.png").exists() and "test_bits_per_dim" in results
+        # Sampling into the run folder leaves the samples.png that fit wrote alone.
+        picture_written = (out_dir / picture).read_bytes()
+        code, out, err = run(capsys, "sample", str(out_dir), "-n", "4")
+        assert code == 0, err
+        assert (out_dir / "samples_grid.png").exists() and (out_dir / picture).read_bytes() == picture_written
 
 
 def test_loss_guard_exit_status_and_message(tmp_path, capsys):

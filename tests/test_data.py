@@ -1,6 +1,7 @@
 """Built-in toy sets, tabular files and the MAF-paper layout."""
 
 import math
+import os
 
 import numpy as np
 import pytest
@@ -217,3 +218,35 @@ def test_files_that_are_not_numpy_files_are_named_as_such(tmp_path):
     (tmp_path / "junk.npz").write_bytes(b"junk")
     with pytest.raises(ValueError, match=r"junk.npz is not a .npz file written by NumPy"):
         load_array(str(tmp_path / "junk.npz"))
+
+
+def test_constant_coordinates_are_named_for_vectors_and_images():
+    from pyro_flows.data.splits import Splits
+
+    x = torch.randn(20, 4)
+    x[:, 2] = 7.0
+    with pytest.raises(ValueError, match=r"demo: column 2 \(0-based\) holds the same value \(7\) in all 20"):
+        Splits("demo", x, x[:2], x[:2]).check_spread()
+    images = torch.randn(20, 1, 2, 2)
+    images[:, 0, 1, 0] = 0.0
+    images[:, 0, 0, 1] = 0.0
+    with pytest.raises(
+        ValueError, match=r"positions \(0, 0, 1\), \(0, 1, 0\) \(0-based\) hold the same value"
+    ):
+        Splits("img", images, images[:2], images[:2]).check_spread()
+    # Discrete data are dequantized: a constant level is a uniform interval, not a point.
+    levels = torch.zeros(20, 2)
+    Splits("levels", levels, levels[:2], levels[:2], levels=4).check_spread()
+    Splits("fine", torch.randn(20, 3), torch.randn(2, 3), torch.randn(2, 3)).check_spread()
+
+
+def test_data_paths_are_made_absolute_and_names_stay_names(tmp_path, monkeypatch):
+    from pyro_flows.data.registry import is_data_file, resolve_data_paths
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "moons").write_text("not the toy set")  # a file named like a built-in set
+    assert not is_data_file("moons") and not is_data_file("POWER")
+    assert is_data_file("x.csv") and is_data_file(os.path.join("sub", "table"))
+    config = resolve_data_paths(RunConfig(data="x.csv", data_dir="maf"))
+    assert config.data == str(tmp_path / "x.csv") and config.data_dir == str(tmp_path / "maf")
+    assert resolve_data_paths(RunConfig(data="moons")).data == "moons"

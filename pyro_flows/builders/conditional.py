@@ -9,6 +9,7 @@ from pyro.distributions.conditional import ConditionalComposeTransformModule
 from torch import nn
 
 from ..transforms.coupling import conditional_affine_coupling
+from ._checks import check_count, check_hidden_dims
 from .vector import VectorFlow, _check_input_dim
 
 __all__ = ["conditional_real_nvp", "ConditionalVectorFlow"]
@@ -87,6 +88,8 @@ def conditional_real_nvp(
     _check_input_dim(input_dim, "conditional_real_nvp")
     if not isinstance(context_dim, int) or context_dim < 1:
         raise ValueError(f"conditional_real_nvp needs a positive int context_dim, got {context_dim!r}")
+    check_count(num_layers, "num_layers", "conditional_real_nvp")
+    hidden_dims = check_hidden_dims(hidden_dims, "conditional_real_nvp")
     parts = [
         conditional_affine_coupling(input_dim, context_dim, hidden_dims, mask, i % 2, activation, scale_bound)
         for i in range(num_layers)

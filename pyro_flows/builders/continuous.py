@@ -8,6 +8,7 @@ from torch import nn
 
 from ..nn.odefunc import DynamicsNet
 from ..transforms.continuous import FFJORD
+from ._checks import check_hidden_dims
 
 __all__ = ["ffjord"]
 
@@ -54,6 +55,7 @@ def ffjord(
     """
     if not isinstance(input_dim, int) or input_dim < 1:
         raise ValueError(f"ffjord: expected a positive integer input_dim, got {input_dim!r}")
+    hidden_dims = check_hidden_dims(hidden_dims, "ffjord")
     dynamics = DynamicsNet(input_dim, hidden_dims, activation)
     return FFJORD(
         dynamics,

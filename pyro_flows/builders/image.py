@@ -27,6 +27,7 @@ from ..transforms.linear import Invertible1x1Conv
 from ..transforms.multiscale import MultiScale
 from ..transforms.normalization import ActNorm, RealNVPBatchNorm
 from ..transforms.reshape import Squeeze
+from ._checks import check_count
 
 __all__ = ["real_nvp_image", "glow"]
 
@@ -124,6 +125,9 @@ def real_nvp_image(
     torch.Size([5, 1, 8, 8])
     """
     shape = _check_image_shape(shape, num_scales, "real_nvp_image")
+    check_count(hidden_channels, "hidden_channels", "real_nvp_image")
+    check_count(num_blocks, "num_blocks", "real_nvp_image", minimum=0)
+    check_count(num_final_layers, "num_final_layers", "real_nvp_image", minimum=0)
     final = (shape[1] >> num_scales, shape[2] >> num_scales)
     if num_final_layers and min(final) < 2:
         raise ValueError(
@@ -192,8 +196,9 @@ def glow(
     [torch.Size([6, 4, 4]), torch.Size([12, 2, 2]), torch.Size([48, 1, 1])]
     """
     shape = _check_image_shape(shape, num_scales, "glow")
-    if steps_per_scale < 1:
-        raise ValueError(f"glow: steps_per_scale must be at least 1, got {steps_per_scale}")
+    check_count(steps_per_scale, "steps_per_scale", "glow")
+    check_count(hidden_channels, "hidden_channels", "glow")
+    check_count(num_blocks, "num_blocks", "glow", minimum=0)
 
     def scale_layers(s, squeezed, last):
         layers = [Squeeze(s)]

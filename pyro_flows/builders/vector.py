@@ -11,6 +11,7 @@ from torch import nn
 from ..transforms.coupling import additive_coupling, affine_coupling
 from ..transforms.linear import Scaling
 from ..transforms.normalization import real_nvp_batch_norm
+from ._checks import check_count, check_hidden_dims
 
 __all__ = ["nice", "real_nvp", "VectorFlow"]
 
@@ -64,6 +65,8 @@ def nice(
     torch.Size([3])
     """
     _check_input_dim(input_dim, "nice")
+    check_count(num_layers, "num_layers", "nice")
+    hidden_dims = check_hidden_dims(hidden_dims, "nice")
     parts = [Scaling((input_dim,))]
     parts += [additive_coupling(input_dim, hidden_dims, mask, i % 2, activation) for i in range(num_layers)]
     return VectorFlow(parts, (input_dim,))
@@ -109,6 +112,8 @@ def real_nvp(
     torch.Size([7, 2])
     """
     _check_input_dim(input_dim, "real_nvp")
+    check_count(num_layers, "num_layers", "real_nvp")
+    hidden_dims = check_hidden_dims(hidden_dims, "real_nvp")
     parts = []
     for i in range(num_layers):
         if batch_norm and i > 0:

@@ -24,7 +24,15 @@ import torch
 from .splits import Splits
 from .tabular import check_finite_rows, load_array
 
-__all__ = ["load_maf", "MAF_DIMENSIONS"]
+__all__ = ["load_maf", "MAF_DIMENSIONS", "MAF_SOURCE"]
+
+#: where the MAF-paper data come from and the layout this loader expects (``{name}``: the set)
+MAF_SOURCE = (
+    "The MAF-paper sets (Papamakarios et al., 2017, 'Masked Autoregressive Flow for Density "
+    "Estimation') are published at https://zenodo.org/record/1161203; this loader reads them after "
+    "the paper's preprocessing (its load_data step), saved as DIR/{name}/train.npy, val.npy and "
+    "test.npy, or as DIR/{name}.npz holding train, val and test (see pyro_flows.data.maf)"
+)
 
 #: the dimension of each set after the MAF preprocessing
 MAF_DIMENSIONS = {"power": 6, "gas": 8, "hepmass": 21, "miniboone": 43, "bsds300": 63}
@@ -75,7 +83,7 @@ def load_maf(name: str, data_dir: str) -> Splits:
     else:
         raise ValueError(
             f"{key}: found neither {os.path.join(data_dir, key)}/{{train,val,test}}.npy nor "
-            f"{os.path.join(data_dir, key)}.npz (see pyro_flows.data.maf for the layout)"
+            f"{os.path.join(data_dir, key)}.npz. " + MAF_SOURCE.format(name=key)
         )
     dim = MAF_DIMENSIONS[key]
     for split, x in parts.items():

@@ -7,14 +7,25 @@ Every loader returns explicit :class:`~pyro_flows.data.splits.Splits`.
 
 from __future__ import annotations
 
+import hashlib
 import os
+from typing import Optional
 
 import torch
 
 from .splits import Splits, split_for_run
 from .toy import TOY_DATASETS
 
-__all__ = ["load_splits", "dataset_names", "MAF_DATASETS", "IMAGE_DATASETS"]
+__all__ = [
+    "load_splits",
+    "dataset_names",
+    "is_data_file",
+    "resolve_data_paths",
+    "data_source",
+    "check_data_source",
+    "MAF_DATASETS",
+    "IMAGE_DATASETS",
+]
 
 #: the MAF-paper sets (Papamakarios et al., 2017), read by :mod:`pyro_flows.data.maf`
 MAF_DATASETS = ("power", "gas", "hepmass", "miniboone", "bsds300")
@@ -37,6 +48,8 @@ def load_splits(config) -> Splits:
     name = config.data
     key = name.lower()
     if key in TOY_DATASETS:
+        # Generating takes a few float64 temporaries of the final size.
+        _check_memory(8 * config.num_samples * 2 * 8, f"--num-samples {config.num_samples} of {key}")
         x = TOY_DATASETS[key](config.num_samples, seed=config.seed, dtype=torch.float64)
         (train, val, test), rule = split_for_run(x, config, key)
         return Splits(key, train, val, test, split_rule=rule)
@@ -46,7 +59,7 @@ def load_splits(config) -> Splits:
         return load_maf(key, _need_dir(config, key))
     if key in IMAGE_DATASETS:
         return _load_images(key, config)
-    if name.lower().endswith(TABULAR_SUFFIXES) or os.sep in name or os.path.exists(name):
+    if is_data_file(name):
         from .tabular import load_tabular_splits
 
         return load_tabular_splits(name, config)
@@ -56,11 +69,122 @@ def load_splits(config) -> Splits:
     )
 
 
+def _available_memory() -> Optional[int]:
+    """Bytes of memory the system reports available (None where it cannot say)."""
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+def _check_memory(needed: int, what: str) -> None:
+    available = _available_memory()
+    if available is not None and needed > available:
+        raise ValueError(
+            f"{what} would need about {needed / 1e9:.1f} GB of memory, but {available / 1e9:.1f} GB are "
+            "available; ask for fewer points"
+        )
+
+
+def is_data_file(name: str) -> bool:
+    """Whether ``--data name`` names a file (rather than a built-in or named data set)."""
+    key = name.lower()
+    if key in TOY_DATASETS or key in MAF_DATASETS or key in IMAGE_DATASETS:
+        return False
+    return key.endswith(TABULAR_SUFFIXES) or os.sep in name or os.path.exists(name)
+
+
+def resolve_data_paths(config):
+    """``config`` with ``data`` (when a file) and ``data_dir`` made absolute, so the run
+    reads the same files whatever folder ``evaluate`` or ``--resume`` start from."""
+    changes = {}
+    if is_data_file(config.data):
+        changes["data"] = os.path.abspath(os.path.expanduser(config.data))
+    if config.data_dir:
+        changes["data_dir"] = os.path.abspath(os.path.expanduser(config.data_dir))
+    return config.replace(**changes) if changes else config
+
+
+def _file_digest(path: str) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _splits_digest(splits: Splits) -> str:
+    digest = hashlib.sha256()
+    for part in (splits.train, splits.val, splits.test):
+        part = part.detach().to("cpu", torch.float64).contiguous()
+        digest.update(repr(tuple(part.shape)).encode())
+        digest.update(part.numpy().tobytes())
+    return digest.hexdigest()
+
+
+def data_source(config, splits: Optional[Splits] = None) -> dict:
+    """What a run records about its data, to recognise it later: for a file its absolute
+    path, size and SHA-256; for a set read from ``--data-dir`` the folder and a SHA-256 of
+    the loaded splits (needs ``splits``); for the built-in sets (generated from the seed,
+    or shipped with the package) just the name.
+
+    >>> from pyro_flows.train import RunConfig
+    >>> data_source(RunConfig(data="moons"))
+    {'kind': 'built-in', 'name': 'moons'}
+    """
+    name = config.data
+    if is_data_file(name):
+        path = os.path.abspath(name)
+        return {"kind": "file", "path": path, "size": os.path.getsize(path), "sha256": _file_digest(path)}
+    key = name.lower()
+    if key in MAF_DATASETS or key in IMAGE_DATASETS[1:]:
+        source = {"kind": "folder", "name": key, "path": os.path.abspath(config.data_dir)}
+        if splits is not None:
+            source["sha256"] = _splits_digest(splits)
+        return source
+    return {"kind": "built-in", "name": key}
+
+
+def check_data_source(
+    saved: Optional[dict], config, splits: Optional[Splits] = None, action: str = "the run"
+) -> None:
+    """Raise a ``ValueError`` when the data ``config`` names now differ from ``saved``
+    (:func:`data_source` of the run). Runs that recorded nothing are not checked; a
+    folder set is compared only when ``splits`` are given."""
+    if not saved or saved.get("kind") not in ("file", "folder"):
+        return
+    advice = (
+        f"{action} refuses to use data that differ from the run's; to score other data on purpose, "
+        "pass it with `pyro-flows evaluate --data`"
+    )
+    if saved["kind"] == "file":
+        path = saved.get("path", "")
+        if not os.path.isfile(path):
+            raise ValueError(f"the run was trained on {path}, which no longer exists; {advice}")
+        size = os.path.getsize(path)
+        if size != saved.get("size") or _file_digest(path) != saved.get("sha256"):
+            raise ValueError(
+                f"{path} has changed since the run was trained on it (now {size} bytes, then "
+                f"{saved.get('size')}; the SHA-256 differs): it is not the run's data; {advice}"
+            )
+    elif splits is not None and saved.get("sha256") and _splits_digest(splits) != saved["sha256"]:
+        raise ValueError(
+            f"--data {saved.get('name')} read from {saved.get('path')} differs from what the run was trained "
+            f"on (the SHA-256 of the loaded splits differs); {advice}"
+        )
+
+
 def _need_dir(config, key: str) -> str:
+    from .maf import MAF_SOURCE
+
+    if key in MAF_DATASETS:
+        hint = MAF_SOURCE.format(name=key)
+    else:
+        hint = f"It is the folder torchvision keeps {key} in (its root argument)."
     if not config.data_dir:
-        raise ValueError(f"--data {key} reads a local folder: pass --data-dir DIR")
+        raise ValueError(f"--data {key} reads a local folder: pass --data-dir DIR. {hint}")
     if not os.path.isdir(config.data_dir):
-        raise ValueError(f"--data-dir {config.data_dir} is not a folder")
+        raise ValueError(f"--data-dir {config.data_dir} is not a folder. {hint}")
     return config.data_dir
 
 

@@ -97,6 +97,53 @@ class Splits:
             f"points of shape {tuple(self.event_shape)}{kind}; split {self.split_rule}"
         )
 
+    def check_spread(self) -> None:
+        """Raise a ``ValueError`` naming the coordinates of continuous data on which every
+        training point has the same value.
+
+        A flow's density on such a coordinate can grow without bound (the best model is
+        a point mass), so its NLL falls forever instead of converging. Discrete data are
+        exempt: dequantization spreads each value over a unit interval.
+
+        >>> x = torch.tensor([[0.0, 3.0], [1.0, 3.0], [2.0, 3.0]])
+        >>> Splits("demo", x, x[:1], x[:1]).check_spread()
+        Traceback (most recent call last):
+        ...
+        ValueError: demo: column 1 (0-based) holds the same value (3) in all 3 training points; ...
+        """
+        if self.levels is not None:
+            return
+        flat = self.train.reshape(len(self.train), -1)
+        constant = (flat == flat[:1]).all(dim=0)
+        if not bool(constant.any()):
+            return
+        advice = (
+            "a flow's density there grows without bound and its NLL falls forever; remove the constant "
+            "coordinates (or, for integer data, pass --levels K to dequantize them)"
+        )
+        if bool(constant.all()):
+            raise ValueError(
+                f"{self.name}: all {len(self.train)} training points are identical; a flow's density at a "
+                "single point grows without bound and its NLL falls forever; use data that vary"
+            )
+        where = constant.nonzero().flatten().tolist()
+        if len(self.event_shape) > 1:
+            unravel = torch.unravel_index
+            names = [str(tuple(int(i) for i in unravel(torch.tensor(k), self.event_shape))) for k in where]
+            label = "position" if len(where) == 1 else "positions"
+        else:
+            names = [str(k) for k in where]
+            label = "column" if len(where) == 1 else "columns"
+        shown = ", ".join(names[:10]) + (f" and {len(names) - 10} more" if len(names) > 10 else "")
+        value = float(flat[0, where[0]])
+        raise ValueError(
+            f"{self.name}: {label} {shown} (0-based) "
+            + ("holds" if len(where) == 1 else "hold")
+            + f" the same value ({value:g}"
+            + (" in the first" if len(where) > 1 else "")
+            + f") in all {len(self.train)} training points; {advice}"
+        )
+
     def sizes(self) -> dict:
         return {"train": len(self.train), "val": len(self.val), "test": len(self.test)}
 

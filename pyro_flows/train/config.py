@@ -28,6 +28,9 @@ def _opt(default, help: str, group: str, choices=None, metavar=None):
     )
 
 
+#: the most points ``--plot-samples`` may ask for (they are drawn at once)
+MAX_PLOT_SAMPLES = 1_000_000
+
 #: option groups in the order ``--help`` shows them
 GROUPS = ("model", "data", "training", "output")
 
@@ -118,7 +121,7 @@ class RunConfig:
     )
     # output
     out: str = _opt("outputs", "folder for the run's results, plots and checkpoints", "output", metavar="DIR")
-    plot_samples: int = _opt(2000, "samples drawn for the plots", "output")
+    plot_samples: int = _opt(2000, "samples drawn for the plots (at most 1000000)", "output")
     plots: bool = _opt(True, "write PNG plots", "output")
     quiet: bool = _opt(False, "no progress bar or summary lines", "output")
 
@@ -140,6 +143,11 @@ class RunConfig:
         for name in ("epochs", "warmup_steps", "patience", "plot_samples", "levels", "threads"):
             if getattr(self, name) < 0:
                 raise ValueError(f"--{_flag(name)} must be >= 0, got {getattr(self, name)}")
+        if self.plot_samples > MAX_PLOT_SAMPLES:
+            raise ValueError(
+                f"--plot-samples must be at most {MAX_PLOT_SAMPLES} (more points than a plot can show), "
+                f"got {self.plot_samples}"
+            )
         if not 0 <= self.logit_alpha < 0.5:
             raise ValueError(f"--logit-alpha must be in [0, 0.5), got {self.logit_alpha}")
         for name in ("lr", "grad_clip", "weight_decay", "kinetic_weight", "frobenius_weight"):
@@ -157,8 +165,11 @@ class RunConfig:
                 "--val-fraction and --test-fraction must be in (0, 1) with a sum below 1, got "
                 f"{self.val_fraction} and {self.test_fraction}"
             )
-        if any(h < 1 for h in self.hidden_dims):
-            raise ValueError(f"--hidden-dims must be positive integers, got {self.hidden_dims}")
+        if not self.hidden_dims or any(h < 1 for h in self.hidden_dims):
+            shown = ",".join(map(str, self.hidden_dims)) or "nothing"
+            raise ValueError(
+                f"--hidden-dims must be one or more positive integers such as 128,128, got {shown}"
+            )
         for f in dataclasses.fields(self):
             choices = f.metadata.get("choices")
             if choices and getattr(self, f.name) not in choices:

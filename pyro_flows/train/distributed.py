@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from typing import Optional
 
 import torch
 import torch.distributed as dist
@@ -49,6 +50,9 @@ __all__ = [
     "initialize_consistently",
     "wrap_model",
     "sync_buffers",
+    "fail_together",
+    "FailedElsewhere",
+    "process_rank",
 ]
 
 
@@ -92,6 +96,48 @@ def setup(device: torch.device) -> DistContext:
             torch.cuda.set_device(local_rank)
         dist.init_process_group(backend=backend, rank=rank, world_size=world)
     return DistContext(rank, world, local_rank)
+
+
+def process_rank() -> int:
+    """This process's rank as the launcher set it (0 when not launched by ``torchrun``),
+    known before the process group exists."""
+    if not launched_by_torchrun():
+        return 0
+    try:
+        return int(os.environ.get("RANK", "0"))
+    except ValueError:
+        return 0
+
+
+class FailedElsewhere(ValueError):
+    """Another process of the run failed; this one stops with it (its message is the
+    other process's, which rank 0 reports)."""
+
+
+def fail_together(error: Optional[BaseException], context: DistContext) -> None:
+    """Make a failure on any process a failure on every process, with one message.
+
+    Every process calls it at the same point with the exception it met (or ``None``).
+    In a single process the error is simply raised. Under ``torchrun`` the processes
+    exchange their messages: if any failed, the first failing process re-raises its own
+    error and every other raises :class:`FailedElsewhere` carrying that message, so
+    all stop together (no process waits forever for the others) and rank 0, which is
+    the one that reports, can name the problem even when it arose elsewhere.
+    """
+    if not context.distributed:
+        if error is not None:
+            raise error
+        return
+    mine = None if error is None else str(error)
+    messages = [None] * context.world_size
+    dist.all_gather_object(messages, mine)
+    failed = [rank for rank, message in enumerate(messages) if message is not None]
+    if not failed:
+        return
+    if error is not None and context.rank == failed[0]:
+        raise error
+    where = "" if failed[0] == 0 else f"process {failed[0]}: "
+    raise FailedElsewhere(where + messages[failed[0]])
 
 
 def teardown(context: DistContext) -> None:

@@ -14,7 +14,9 @@ ends with the same parameters, bit for bit, as an uninterrupted one.
 
 **Loss guard.** A NaN or infinite loss or gradient norm stops the run *before* the
 optimizer applies it, with :class:`NonFiniteLossError` naming the step; the checkpoint
-of the last evaluation (all finite) is left untouched.
+of the last evaluation (all finite) is left untouched. So does an ODE solver that gives
+up on the batch (FFJORD's ``underflow in dt``), and a non-finite validation NLL stops the
+run at the step whose parameters were evaluated.
 """
 
 from __future__ import annotations
@@ -32,7 +34,7 @@ import pyro
 import torch
 from torch import nn
 
-from .checkpoint import capture_rng, restore_rng, save_checkpoint
+from .checkpoint import CheckpointError, capture_rng, restore_rng, save_checkpoint
 from .distributed import (
     SINGLE,
     DistContext,
@@ -41,6 +43,7 @@ from .distributed import (
     sync_buffers,
     wrap_model,
 )
+from .rundir import atomic_write_text
 
 __all__ = [
     "NonFiniteLossError",
@@ -138,17 +141,20 @@ def mean_and_standard_error(values: torch.Tensor) -> Tuple[float, float]:
 
 
 class MetricsLog:
-    """Metrics as JSON lines (one object per event), written by the main process only."""
+    """Metrics as JSON lines (one object per event), written by the main process only.
+
+    Resuming (``keep_until_step``) drops what the interrupted run logged after its
+    checkpoint, and a last line torn by the interruption; the file is rewritten through
+    a temporary file and a rename, so a second interruption cannot empty it.
+    """
 
     def __init__(self, path: Optional[str], keep_until_step: Optional[int] = None):
         self.path = path
         if path is None:
             return
         if keep_until_step is not None and os.path.exists(path):
-            # Resuming: drop what the interrupted run logged after its checkpoint.
-            kept = [r for r in read_metrics(path) if r.get("step", 0) <= keep_until_step]
-            with open(path, "w") as fh:
-                fh.writelines(json.dumps(r) + "\n" for r in kept)
+            kept = [r for r in read_metrics(path, drop_torn_line=True) if r.get("step", 0) <= keep_until_step]
+            atomic_write_text(path, "".join(json.dumps(r) + "\n" for r in kept))
         elif keep_until_step is None:
             open(path, "w").close()
 
@@ -159,9 +165,30 @@ class MetricsLog:
             fh.write(json.dumps(record) + "\n")
 
 
-def read_metrics(path: str) -> List[dict]:
+def read_metrics(path: str, drop_torn_line: bool = False) -> List[dict]:
+    """The records of a ``metrics.jsonl`` file.
+
+    A last line cut short (the process was killed while appending it) is dropped with
+    ``drop_torn_line``; otherwise, and for a bad line anywhere else, a ``ValueError``
+    names the file and the line.
+    """
     with open(path) as fh:
-        return [json.loads(line) for line in fh if line.strip()]
+        lines = [(n, line) for n, line in enumerate(fh, start=1) if line.strip()]
+    records = []
+    for k, (n, line) in enumerate(lines):
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as err:
+            if drop_torn_line and k == len(lines) - 1:
+                break
+            raise ValueError(
+                f"{path}: line {n} is not a JSON record ({err.msg}); the metrics file is damaged"
+                + ("" if k < len(lines) - 1 else " (its last line was cut short)")
+            ) from None
+        if not isinstance(record, dict):
+            raise ValueError(f"{path}: line {n} is not a JSON object; the metrics file is damaged")
+        records.append(record)
+    return records
 
 
 def _progress(total: int, initial: int, enabled: bool):
@@ -170,6 +197,68 @@ def _progress(total: int, initial: int, enabled: bool):
     return tqdm(
         total=total, initial=initial, unit="step", disable=not enabled, dynamic_ncols=True, leave=False
     )
+
+
+#: seconds between progress lines when the output is not a terminal (logs, batch jobs)
+PROGRESS_SECONDS = 30.0
+
+
+class _ProgressLines:
+    """Progress as plain lines on stdout when stdout is not a terminal (a log file, a
+    pipe, a batch job): one at the first evaluation, then one every
+    :data:`PROGRESS_SECONDS` and one at the last step."""
+
+    def __init__(self, total_steps: int, enabled: bool):
+        self.total = total_steps
+        self.enabled = enabled
+        self.started = self.last = time.perf_counter()
+        self.first_step = None
+        self.pending_first = True
+
+    def evaluated(self, state: LoopState) -> None:
+        if self.enabled and self.pending_first:
+            self.pending_first = False
+            self.last = -math.inf  # print at this step
+
+    def step(self, state: LoopState, running: float) -> None:
+        if not self.enabled:
+            return
+        if self.first_step is None:
+            self.first_step = state.step - 1
+        now = time.perf_counter()
+        final = state.step >= self.total or state.stopped_early
+        if not final and now - self.last < PROGRESS_SECONDS:
+            return
+        self.last = now
+        rate = (state.step - self.first_step) / max(1e-9, now - self.started)
+        line = f"step {state.step}/{self.total}: train NLL {running:.4f} (running mean)"
+        if state.history:
+            last = state.history[-1]
+            line += f", validation NLL {last['nll']:.4f} at step {last['step']}"
+            line += f" (best {state.best_val_nll:.4f} at step {state.best_step})"
+        line += f", {rate:.1f} steps/s"
+        if not final and rate > 0:
+            line += f", about {_duration((self.total - state.step) / rate)} left"
+        print(line, flush=True)
+
+
+def _is_terminal(stream) -> bool:
+    try:
+        return stream.isatty()
+    except (AttributeError, ValueError):
+        return False
+
+
+def _duration(seconds: float) -> str:
+    """``75`` -> ``'1 min 15 s'``."""
+    seconds = int(round(seconds))
+    if seconds < 60:
+        return f"{seconds} s"
+    minutes, seconds = divmod(seconds, 60)
+    if minutes < 60:
+        return f"{minutes} min {seconds} s"
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours} h {minutes} min"
 
 
 def train(
@@ -224,11 +313,7 @@ def train(
     state = LoopState(total_steps=total_steps)
     best = copy.deepcopy(flow.state_dict())
     if resume_state is not None:
-        flow.load_state_dict(resume_state["model"])
-        optimizer.load_state_dict(resume_state["optimizer"])
-        scheduler.load_state_dict(resume_state["scheduler"])
-        state = LoopState(**resume_state["trainer"])
-        restore_rng(resume_state["rng"])
+        state = _restore(flow, optimizer, scheduler, resume_state)
         best = best_model_state if best_model_state is not None else copy.deepcopy(flow.state_dict())
 
     train_x = splits.train.to(device=device, dtype=dtype)
@@ -269,6 +354,8 @@ def train(
 
     show = context.is_main and not config.quiet and sys.stderr.isatty()
     bar = _progress(total_steps, state.step, show)
+    # Output going to a log or a pipe gets plain progress lines (a bar would be lost there).
+    lines = _ProgressLines(total_steps, context.is_main and not config.quiet and not _is_terminal(sys.stdout))
     postfix = {}
     running, started, started_step = None, time.perf_counter(), state.step
     epoch_indices, epoch_of_indices = None, -1
@@ -285,14 +372,22 @@ def train(
 
             # Validation off: a non-finite value inside the flow should reach the loss guard
             # below (which says what to do) rather than a support check deep in the base.
-            with pyro.validation_enabled(False):
-                nll, penalty = objective(x)
-                loss = nll.mean() + penalty
+            solver_failure = None
+            try:
+                with pyro.validation_enabled(False):
+                    nll, penalty = objective(x)
+                    loss = nll.mean() + penalty
+            except AssertionError as err:
+                solver_failure = _solver_failure(err)
+                # An infinite loss: every process learns of it from the reduction below,
+                # so all of them stop at this step.
+                nll = torch.full((1,), math.inf, dtype=dtype, device=device)
+                penalty = torch.zeros((), dtype=dtype, device=device)
             # Mean NLL and penalty over all processes, for the guard and the log.
             global_nll, global_penalty = all_reduce_mean(torch.stack([nll.mean(), penalty]).detach(), context)
             global_loss = global_nll + global_penalty
             if not bool(torch.isfinite(global_loss)):
-                _stop(state, run_dir, f"the training loss is {float(global_loss)}")
+                _stop(state, run_dir, solver_failure or f"the training loss is {float(global_loss)}")
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             max_norm = config.grad_clip if config.grad_clip > 0 else math.inf
@@ -327,9 +422,23 @@ def train(
 
             if state.step % config.eval_every == 0 or state.step == total_steps:
                 sync_buffers(flow, context)
-                val_nll, val_se = mean_and_standard_error(nll_per_point(flow, val_x) + offset)
-                if not math.isfinite(val_nll):
-                    _stop(state, run_dir, f"the validation NLL is {val_nll}")
+                try:
+                    val_nll, val_se = mean_and_standard_error(nll_per_point(flow, val_x) + offset)
+                    solver_failure = None
+                except AssertionError as err:
+                    val_nll, val_se, solver_failure = math.inf, math.nan, _solver_failure(err)
+                # Processes agree (the same parameters score the same points), except when
+                # one solver failed: share the verdict.
+                val_finite = float(
+                    all_reduce_mean(torch.tensor(float(math.isfinite(val_nll)), device=device), context)
+                )
+                if val_finite < 1:
+                    _stop(
+                        state,
+                        run_dir,
+                        solver_failure or f"the validation NLL is {val_nll}",
+                        updated=True,
+                    )
                 improved = val_nll < state.best_val_nll
                 if improved:
                     state.best_val_nll, state.best_step, state.bad_evals = val_nll, state.step, 0
@@ -349,6 +458,8 @@ def train(
                     if improved:
                         save_checkpoint(os.path.join(run_dir, "best.pt"), snapshot)
                     save_checkpoint(os.path.join(run_dir, "checkpoint.pt"), snapshot)
+                lines.evaluated(state)
+            lines.step(state, running)
             if on_step is not None:
                 on_step(state.step)
     finally:
@@ -358,7 +469,42 @@ def train(
     return state
 
 
-def _stop(state: LoopState, run_dir: Optional[str], what: str) -> None:
+def _restore(flow, optimizer, scheduler, resume_state: dict) -> LoopState:
+    """Load a checkpoint's training state; anything that does not fit the run is a
+    :class:`CheckpointError` naming the part."""
+    for part, load in (
+        ("model weights", lambda: flow.load_state_dict(resume_state["model"])),
+        ("optimizer state", lambda: optimizer.load_state_dict(resume_state["optimizer"])),
+        ("learning-rate schedule", lambda: scheduler.load_state_dict(resume_state["scheduler"])),
+    ):
+        try:
+            load()
+        except (RuntimeError, ValueError, KeyError, TypeError, IndexError) as err:
+            first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+            raise CheckpointError(
+                f"the checkpoint's {part} do not fit the run its options describe: {first}"
+            ) from None
+    try:
+        state = LoopState(**resume_state["trainer"])
+    except TypeError as err:
+        raise CheckpointError(f"the checkpoint's trainer state is invalid: {err}") from None
+    restore_rng(resume_state["rng"])
+    return state
+
+
+def _solver_failure(err: AssertionError) -> str:
+    """The loss guard's account of an ODE solver that gave up (FFJORD's adaptive solver
+    shrinks its step until it underflows when the dynamics blow up); other assertion
+    errors are not ours to explain and are raised again."""
+    if "underflow in dt" not in str(err):
+        raise err
+    return (
+        "the ODE solver failed (its step size underflowed: the learned dynamics became too stiff, which "
+        "data with very large values cause; keep --standardize on)"
+    )
+
+
+def _stop(state: LoopState, run_dir: Optional[str], what: str, updated: bool = False) -> None:
     if not run_dir:
         where = "nothing was written"
     elif state.history:
@@ -369,8 +515,12 @@ def _stop(state: LoopState, run_dir: Optional[str], what: str) -> None:
         )
     else:
         where = "no checkpoint had been written yet (one is written at each evaluation, see --eval-every)"
+    if updated:  # found when evaluating the parameters step state.step produced
+        at = f"stopped at step {state.step}: evaluating the parameters it produced, {what}"
+    else:  # found before applying step state.step + 1
+        at = f"stopped at step {state.step + 1}: {what}. Parameters were not updated with it"
     raise NonFiniteLossError(
-        f"stopped at step {state.step + 1}: {what}. Parameters were not updated with it; {where}. "
+        f"{at}; {where}. "
         "Try a lower --lr, a smaller --grad-clip, --dtype float64, or check the data for outliers."
     )
 

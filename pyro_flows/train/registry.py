@@ -29,6 +29,8 @@ class FlowEntry:
     kind: str
     arguments: Callable
     summary: str
+    #: optional packages the flow needs at run time, with the hint that installs them
+    requires: Tuple[Tuple[str, str], ...] = ()
 
     def resolve(self) -> Callable:
         builder = self._lookup()
@@ -37,6 +39,13 @@ class FlowEntry:
                 f"--flow {self.name} needs {self.target}, which this installation of pyro_flows does not "
                 f"have yet ({self.summary}); available now: {', '.join(available_flows())}"
             )
+        for package, hint in self.requires:
+            try:
+                importlib.import_module(package)
+            except ImportError:
+                raise ValueError(
+                    f"--flow {self.name} needs {package}, which is not installed; {hint}"
+                ) from None
         return builder
 
     def _lookup(self) -> Optional[Callable]:
@@ -118,6 +127,13 @@ FLOWS = {
                 frobenius_weight=c.frobenius_weight,
             ),
             "continuous-time FFJORD",
+            requires=(
+                (
+                    "torchdiffeq",
+                    "install it with `pip install torchdiffeq` (in a source checkout of pyro-flows: "
+                    '`pip install -e ".[ode]"`)',
+                ),
+            ),
         ),
         FlowEntry(
             "cdf",

@@ -8,6 +8,7 @@ validation NLL, used by ``evaluate`` and ``sample``) and PNG plots.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -16,14 +17,21 @@ from typing import Callable, Optional
 
 import torch
 
-from ..data.registry import load_splits
+from ..data.registry import check_data_source, data_source, load_splits, resolve_data_paths
 from ..data.splits import Splits
 from ..metrics import bits_per_dim as unit_cube_bits_per_dim
-from .checkpoint import CheckpointError, load_checkpoint
+from .checkpoint import CheckpointError, check_run_state, load_checkpoint
 from .config import RunConfig, config_to_toml
-from .distributed import process_device, setup, teardown
+from .distributed import fail_together, process_device, setup, teardown
 from .loop import MetricsLog, held_out_noise, mean_and_standard_error, nll_per_point, read_metrics, train
 from .registry import build_model
+from .rundir import (
+    RunLock,
+    atomic_write_text,
+    remove_run_files,
+    remove_stale_temporaries,
+    run_files,
+)
 
 __all__ = ["fit_run", "evaluate_run", "sample_run", "resolve_device", "bits_per_dim"]
 
@@ -40,6 +48,11 @@ def resolve_device(name: str) -> torch.device:
         raise ValueError(f"--device must be cpu, cuda, cuda:N or auto, got {name!r}") from None
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ValueError(f"--device {name}: CUDA is not available on this machine (use --device cpu or auto)")
+    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+        count = torch.cuda.device_count()
+        raise ValueError(
+            f"--device {name}: this machine has {count} CUDA device(s), cuda:0 to cuda:{count - 1}"
+        )
     return device
 
 
@@ -74,13 +87,17 @@ def fit_run(
     config: RunConfig,
     resume_dir: Optional[str] = None,
     on_step: Optional[Callable[[int], None]] = None,
+    overwrite: bool = False,
 ) -> dict:
     """Train the flow ``config`` describes, evaluate it on the test split, write the run
     folder ``config.out`` and return the results (also in ``results.json``).
 
     With ``resume_dir`` the run continues from ``resume_dir/checkpoint.pt`` with the
     configuration saved there (only ``config.quiet`` is taken from ``config``), writing
-    to the same folder.
+    to the same folder. A folder that already holds a run is refused unless
+    ``overwrite``, which deletes that run's files first. While the run writes its
+    folder, the folder is locked (an operating-system lock on ``DIR/.lock``, see
+    ``pyro_flows.train.rundir``).
 
     >>> import tempfile
     >>> out = tempfile.mkdtemp()
@@ -90,31 +107,57 @@ def fit_run(
     >>> results["steps"], sorted(results["splits"].items())
     (4, [('test', 30), ('train', 240), ('val', 30)])
     """
-    resume_state = best_state = None
     quiet = config.quiet
     if resume_dir is not None:
-        resume_state, config = _load_run(resume_dir, "checkpoint.pt")
+        # The saved options (device, dtype, threads) are needed before joining the
+        # process group; the state itself is read again once the folder is locked.
+        _, config = _load_run(resume_dir, "checkpoint.pt")
         config = config.replace(out=resume_dir, quiet=quiet)
-        best_path = os.path.join(resume_dir, "best.pt")
-        best_state = load_checkpoint(best_path)["model"] if os.path.exists(best_path) else None
-    if config.threads:
-        torch.set_num_threads(config.threads)
+    else:
+        config = resolve_data_paths(config)
+    threads = _threads(config.threads, resuming=resume_dir is not None)
+    if threads:
+        torch.set_num_threads(threads)
     device = resolve_device(config.device)
     context = setup(device)
     device = process_device(device, context)
     echo = _echo(context.is_main and not config.quiet)
     started = time.perf_counter()
+    run_dir = config.out
+    lock = None
     try:
-        torch.manual_seed(config.seed)
-        splits = load_splits(config)
-        dtype = DTYPES[config.dtype]
-        flow = build_model(config, splits.event_shape, discrete=splits.levels is not None)
-        flow = flow.to(device=device, dtype=dtype)
-        run_dir = config.out
+        error = resume_state = best_state = None
+        created = not os.path.exists(run_dir)
+        try:
+            if context.is_main:
+                lock = _claim(run_dir, resume=resume_dir is not None, overwrite=overwrite)
+            if resume_dir is not None:
+                resume_state, _ = _load_run(resume_dir, "checkpoint.pt", resume=True)
+                best_path = os.path.join(resume_dir, "best.pt")
+                if os.path.exists(best_path):
+                    best_state, _ = _load_run(resume_dir, "best.pt")
+                    best_state = best_state["model"]
+            torch.manual_seed(config.seed)
+            splits = load_splits(config)
+            splits.check_spread()
+            source = data_source(config, splits)
+            if resume_state is not None:
+                check_data_source(resume_state["data"].get("source"), config, splits, "fit --resume")
+            dtype = DTYPES[config.dtype]
+            flow = build_model(config, splits.event_shape, discrete=splits.levels is not None)
+            flow = flow.to(device=device, dtype=dtype)
+        except Exception as err:  # every process stops, rank 0 reports (see fail_together)
+            error = err
+        try:
+            fail_together(error, context)
+        except Exception:
+            if lock is not None:
+                lock.release()
+                lock = None
+                _remove_if_unused(run_dir, created)
+            raise
         if context.is_main:
-            _prepare_out(run_dir)
-            with open(os.path.join(run_dir, "config.toml"), "w") as fh:
-                fh.write(config_to_toml(config))
+            atomic_write_text(os.path.join(run_dir, "config.toml"), config_to_toml(config))
         echo(splits.describe())
         n_params = sum(p.numel() for p in flow.parameters())
         echo(
@@ -132,7 +175,7 @@ def fit_run(
             resume_state=resume_state,
             best_model_state=best_state,
             on_step=on_step,
-            data_state=_data_state(splits),
+            data_state={**_data_state(splits), "source": source},
         )
         score = _score(flow, splits, splits.test, "test", config.seed, device, dtype)
         results = {f"test_{key}": value for key, value in score.items()}
@@ -154,14 +197,61 @@ def fit_run(
             MetricsLog(os.path.join(run_dir, "metrics.jsonl"), keep_until_step=state.step).write(
                 split="test", step=state.step, nll=results["test_nll"], se=results["test_nll_se"]
             )
-            with open(os.path.join(run_dir, "results.json"), "w") as fh:
-                json.dump(results, fh, indent=2)
+            atomic_write_text(os.path.join(run_dir, "results.json"), json.dumps(results, indent=2))
             if config.plots:
                 results["plots"] = write_plots(flow, splits, config, run_dir)
         echo(_summary(results))
+        echo(f"wrote {run_dir}: {', '.join(run_files(run_dir))}")
         return results
     finally:
+        if lock is not None:
+            lock.release()
         teardown(context)
+
+
+def _threads(threads: int, resuming: bool) -> int:
+    """``--threads``, bounded by the CPUs of this machine (torch crashes on absurd counts).
+    A resumed run started on a larger machine gets this machine's CPUs."""
+    cpus = os.cpu_count() or 1
+    if threads > cpus:
+        if resuming:
+            return cpus
+        raise ValueError(
+            f"--threads {threads} is more than the {cpus} CPUs of this machine; use at most {cpus}"
+        )
+    return threads
+
+
+def _claim(run_dir: str, resume: bool, overwrite: bool) -> RunLock:
+    """Create and lock the run folder; refuse a fresh run over an existing one unless
+    ``overwrite`` (which deletes the old run's files, under the lock); remove the
+    temporary files of a killed write."""
+    _prepare_out(run_dir)
+    lock = RunLock(run_dir).acquire()
+    try:
+        if resume:
+            remove_stale_temporaries(run_dir)
+            return lock
+        existing = run_files(run_dir)
+        if existing and not overwrite:
+            raise ValueError(
+                f"--out {run_dir} already holds a run ({', '.join(existing)}); continue it with "
+                f"`pyro-flows fit --resume {run_dir}`, replace it with --overwrite, or choose another --out"
+            )
+        remove_run_files(run_dir)
+    except BaseException:
+        lock.release()
+        raise
+    return lock
+
+
+def _remove_if_unused(run_dir: str, created: bool) -> None:
+    """Remove a folder this run created if the run failed before writing anything to it."""
+    if created and os.path.isdir(run_dir) and not os.listdir(run_dir):
+        try:
+            os.rmdir(run_dir)
+        except OSError:
+            pass
 
 
 def _prepare_out(run_dir: str) -> None:
@@ -178,12 +268,28 @@ def _score(flow, splits: Splits, x: torch.Tensor, split: str, seed: int, device,
     standard error, plus bits/dim for discrete data (dequantization noise fixed by
     ``seed`` and ``split``): what ``fit`` reports on the test split and ``evaluate`` on any."""
     x = splits.prepare(x.to(device=device, dtype=dtype), generator=held_out_noise(seed, split, device))
-    nll, se = mean_and_standard_error(nll_per_point(flow, x) + splits.nll_offset())
+    with _solver_errors(f"scoring the {split} split"):
+        nll, se = mean_and_standard_error(nll_per_point(flow, x) + splits.nll_offset())
     out = {"nll": nll, "nll_se": se}
     if splits.levels:
         out["bits_per_dim"] = bits_per_dim(nll, splits.dim, splits.levels)
         out["bits_per_dim_se"] = se / (splits.dim * math.log(2))
     return out
+
+
+@contextlib.contextmanager
+def _solver_errors(what: str):
+    """FFJORD's ODE solver giving up (``AssertionError: underflow in dt``) as a
+    ``ValueError`` that says what failed; other assertion errors pass through."""
+    try:
+        yield
+    except AssertionError as err:
+        if "underflow in dt" not in str(err):
+            raise
+        raise ValueError(
+            f"{what}: the ODE solver failed (its step size underflowed: the learned dynamics are too stiff "
+            "at these points, for instance far outside the training data)"
+        ) from None
 
 
 def _summary(results: dict) -> str:
@@ -206,8 +312,14 @@ def write_plots(flow, splits: Splits, config: RunConfig, run_dir: str) -> list:
     title = f"{config.flow} on {splits.name}"
     metrics_path = os.path.join(run_dir, "metrics.jsonl")
     if os.path.exists(metrics_path):
+        # Discrete data (images) are compared in bits per dimension, as in the literature.
+        unit, scale = (
+            ("bits/dim", 1 / (splits.dim * math.log(2))) if splits.levels else ("nats per point", 1.0)
+        )
         paths.append(
-            plot.plot_nll_curves(read_metrics(metrics_path), os.path.join(run_dir, "nll_curves.png"), title)
+            plot.plot_nll_curves(
+                read_metrics(metrics_path), os.path.join(run_dir, "nll_curves.png"), title, unit, scale
+            )
         )
     param = next(flow.parameters())
     torch.manual_seed(config.seed + 4)
@@ -242,13 +354,16 @@ def _unit_range(x: torch.Tensor, levels: Optional[int]) -> torch.Tensor:
     return (x / top).clamp(0, 1)
 
 
-def _load_run(run_dir: str, which: str = "best.pt"):
+def _load_run(run_dir: str, which: str = "best.pt", resume: bool = False):
+    """A run's checkpoint ``which``, validated (with the training state when ``resume``),
+    and the run's options."""
     if not os.path.isdir(run_dir):
         raise ValueError(f"run folder {run_dir} does not exist (pass the --out folder of a fit run)")
     path = os.path.join(run_dir, which)
     if not os.path.exists(path):
         raise CheckpointError(f"{run_dir} has no {which}; is it the output folder of `pyro-flows fit`?")
     state = load_checkpoint(path)
+    check_run_state(state, path, resume=resume)
     config = RunConfig.from_dict(state["config"], source=path)
     return state, config
 
@@ -258,7 +373,7 @@ def _restore_flow(state: dict, config: RunConfig, device: torch.device, event_sh
     flow = build_model(config, event_shape, discrete=discrete).to(device=device, dtype=DTYPES[config.dtype])
     try:
         flow.load_state_dict(state["model"])
-    except RuntimeError as err:
+    except (RuntimeError, ValueError, KeyError) as err:
         raise CheckpointError(
             f"the checkpoint's weights do not fit the {config.flow} it describes: {err}"
         ) from None
@@ -281,11 +396,16 @@ def evaluate_run(
     ('val', 30)
     """
     state, config = _load_run(run_dir)
+    saved = state["data"]
     if data is not None:
         config = config.replace(data=data)
+    source = saved.get("source") if data is None else None
+    if source and source.get("kind") == "file":  # before reading: a changed file may not even load
+        check_data_source(source, config, action="evaluate")
     torch.manual_seed(config.seed)
     splits = load_splits(config)
-    saved = state["data"]
+    if source and source.get("kind") == "folder":
+        check_data_source(source, config, splits, action="evaluate")
     if list(splits.event_shape) != list(saved["event_shape"]):
         raise ValueError(
             f"{splits.name} has points of shape {tuple(splits.event_shape)}, but the run was trained on points "
@@ -313,6 +433,11 @@ def evaluate_run(
     return out
 
 
+#: the most points drawn at once by ``sample`` (and at most ~1M values per batch), so
+#: memory stays bounded however many samples are asked for
+SAMPLE_BATCH = 65536
+
+
 def sample_run(
     run_dir: str,
     num_samples: int,
@@ -322,7 +447,13 @@ def sample_run(
     quiet: bool = False,
 ) -> dict:
     """Draw ``num_samples`` points (data units) from a run's best model into a ``.npy``
-    file, plus a PNG grid for images.
+    file, plus a PNG grid of the first 64 for images (``<output>_grid.png``, so the
+    ``samples.png`` that ``fit`` wrote stays).
+
+    Points are drawn in batches and written straight into the file (a memory-mapped
+    ``.npy`` written beside it and renamed into place when complete), so memory does not
+    grow with ``num_samples``; a request that would not fit on the disk is refused before
+    anything is drawn.
 
     >>> import tempfile
     >>> out = tempfile.mkdtemp()
@@ -331,6 +462,9 @@ def sample_run(
     >>> sample_run(out, 5, quiet=True)["shape"]
     [5, 2]
     """
+    import shutil
+    import tempfile
+
     import numpy as np
 
     if num_samples < 1:
@@ -341,6 +475,16 @@ def sample_run(
     state, config = _load_run(run_dir)
     data = state["data"]
     event_shape = torch.Size(data["event_shape"])
+    folder = os.path.dirname(os.path.abspath(out))
+    os.makedirs(folder, exist_ok=True)
+    needed = num_samples * math.prod(event_shape) * 8 + 4096  # float64 values and the header
+    free = shutil.disk_usage(folder).free
+    if needed > free:
+        raise ValueError(
+            f"--num-samples {num_samples}: {num_samples} points of shape {tuple(event_shape)} in float64 need "
+            f"{_size(needed)} on disk, but {folder} has {_size(free)} free; draw fewer samples or write "
+            "them elsewhere with --output"
+        )
     splits = Splits(
         config.data,
         torch.zeros((1, *event_shape)),
@@ -353,18 +497,44 @@ def sample_run(
     dev = resolve_device(device)
     flow = _restore_flow(state, config, dev, event_shape)
     torch.manual_seed(seed)
-    samples = splits.to_data_units(flow.sample((num_samples,))).cpu()
-    os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
-    np.save(out, samples.double().numpy())
-    result = {"samples": out, "shape": list(samples.shape)}
+    batch = max(1, min(SAMPLE_BATCH, (1 << 20) // max(1, math.prod(event_shape))))
+    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".npy", dir=folder)
+    os.close(fd)
+    first = None
+    try:
+        array = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float64, shape=(num_samples, *event_shape))
+        with torch.no_grad():
+            for start in range(0, num_samples, batch):
+                n = min(batch, num_samples - start)
+                with _solver_errors("sampling"):
+                    part = splits.to_data_units(flow.sample((n,))).cpu()
+                array[start : start + n] = part.double().numpy()
+                if first is None:
+                    first = part[:64]
+        array.flush()
+        del array
+        os.replace(tmp, out)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    result = {"samples": out, "shape": [num_samples, *event_shape]}
     if len(event_shape) == 3:
         from .. import plot
 
-        grid = out[: -len(".npy")] + ".png"
-        result["grid"] = plot.plot_image_grid(_unit_range(samples[:64], splits.levels), grid)
+        grid = out[: -len(".npy")] + "_grid.png"
+        result["grid"] = plot.plot_image_grid(_unit_range(first, splits.levels), grid)
     if not quiet:
         print(
             f"wrote {num_samples} samples of shape {tuple(event_shape)} to {out}"
             + (f" and a grid to {result['grid']}" if "grid" in result else "")
         )
     return result
+
+
+def _size(num_bytes: float) -> str:
+    """``1.6e10`` -> ``'16.0 GB'``."""
+    for unit in ("bytes", "kB", "MB", "GB", "TB"):
+        if num_bytes < 1000 or unit == "TB":
+            return f"{num_bytes:.0f} {unit}" if unit == "bytes" else f"{num_bytes:.1f} {unit}"
+        num_bytes /= 1000

@@ -1,0 +1,39 @@
+"""Argument checks shared by the builders: a builder refuses a size that would build an
+empty or degenerate flow, naming itself, the argument and the value."""
+
+from __future__ import annotations
+
+from typing import Sequence, Tuple
+
+
+def check_count(value, name: str, builder: str, minimum: int = 1) -> int:
+    """``value`` as an int ``>= minimum`` (bools and floats are refused).
+
+    >>> check_count(0, "num_layers", "real_nvp")
+    Traceback (most recent call last):
+    ...
+    ValueError: real_nvp: num_layers must be an integer >= 1, got 0
+    """
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ValueError(f"{builder}: {name} must be an integer >= {minimum}, got {value!r}")
+    return value
+
+
+def check_hidden_dims(hidden_dims: Sequence[int], builder: str) -> Tuple[int, ...]:
+    """``hidden_dims`` as a non-empty tuple of positive ints.
+
+    >>> check_hidden_dims((0,), "nice")
+    Traceback (most recent call last):
+    ...
+    ValueError: nice: hidden_dims must be one or more positive integers (sizes of the hidden layers), got (0,)
+    """
+    try:
+        dims = tuple(hidden_dims)
+    except TypeError:
+        dims = None
+    if not dims or any(isinstance(h, bool) or not isinstance(h, int) or h < 1 for h in dims):
+        raise ValueError(
+            f"{builder}: hidden_dims must be one or more positive integers (sizes of the hidden layers), "
+            f"got {hidden_dims!r}"
+        )
+    return dims
