@@ -146,7 +146,7 @@ def scatter_figure(results, reference_samples, x_site, y_site, path: Path, label
     for ax in axes.flat[len(results) :]:
         ax.set_visible(False)
     rx, ry = coords(reference_samples)
-    for ax, (name, m) in zip(axes.flat, results.items()):
+    for ax, (name, m) in zip(axes.flat, results.items(), strict=False):
         ax.scatter(rx[:2000], ry[:2000], s=3, alpha=0.3, color="grey", label="reference")
         gx, gy = coords(m["samples"])
         ax.scatter(gx[:2000], gy[:2000], s=3, alpha=0.3, color="C0", label="guide")
