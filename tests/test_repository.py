@@ -164,3 +164,17 @@ def test_readme_names_import_from_where_the_readme_says():
         if not ok:
             missing.append(dotted)
     assert missing == []
+
+
+def test_tutorials_link_every_example_to_its_source():
+    text = (ROOT / "docs" / "tutorials.md").read_text()
+    base = "https://github.com/pyro-flows/pyro-flows/blob/main/examples/"
+    unlinked = [p.name for p in EXAMPLES if f"]({base}{p.name})" not in text]
+    assert unlinked == []
+
+
+def test_the_repository_url_is_the_one_in_pyproject():
+    url = re.search(r'^Repository = "(.+)"$', (ROOT / "pyproject.toml").read_text(), re.MULTILINE)
+    assert url, "pyproject.toml has no [project.urls] Repository"
+    assert url.group(1) in (ROOT / "docs" / "index.md").read_text()
+    assert f'REPOSITORY = "{url.group(1)}"' in (ROOT / "docs" / "conf.py").read_text()
