@@ -115,8 +115,8 @@ class AffineCoupling(_Coupling):
 
     .. math::
 
-        y^A = x^A,\quad y^B = e^{s(x^A)} \odot x^B + t(x^A);\qquad
-        x^B = (y^B - t(y^A)) \odot e^{-s(y^A)};\qquad
+        &y^A = x^A,\quad y^B = e^{s(x^A)} \odot x^B + t(x^A); \\
+        &x^B = (y^B - t(y^A)) \odot e^{-s(y^A)};\qquad
         \log|\det J| = \textstyle\sum_i s_i(x^A).
 
     The log-scale is soft-bounded, :math:`s = b \tanh(\tilde s / b)` with
@@ -490,8 +490,8 @@ class ConditionalAffineCoupling(_ConditionalCoupling):
 
     .. math::
 
-        y^A = x^A,\quad y^B = e^{s(x^A, c)} \odot x^B + t(x^A, c);\qquad
-        x^B = (y^B - t(y^A, c)) \odot e^{-s(y^A, c)};\qquad
+        &y^A = x^A,\quad y^B = e^{s(x^A, c)} \odot x^B + t(x^A, c); \\
+        &x^B = (y^B - t(y^A, c)) \odot e^{-s(y^A, c)};\qquad
         \log|\det J| = \textstyle\sum_i s_i(x^A, c),
 
     with the log-scale soft-bounded by ``scale_bound`` as in :class:`AffineCoupling`.

@@ -35,9 +35,9 @@ class MultiScale(FlowTransform):
 
     .. math::
 
-        v = T^{-1}(x) \in \mathbb R^{C' \times H' \times W'},\qquad
-        (z, h) = (v_{1:\lfloor C'/2 \rfloor},\, v_{\lfloor C'/2 \rfloor+1:C'}),\qquad
-        u = \operatorname{reshape}_{(C, H, W)}\big(\operatorname{flat}(z),\,
+        &v = T^{-1}(x) \in \mathbb R^{C' \times H' \times W'},\qquad
+        (z, h) = (v_{1:\lfloor C'/2 \rfloor},\, v_{\lfloor C'/2 \rfloor+1:C'}), \\
+        &u = \operatorname{reshape}_{(C, H, W)}\big(\operatorname{flat}(z),\,
         \operatorname{flat}(S^{-1}(h))\big),
 
     where :math:`T` is ``transform`` (typically couplings, a squeeze and more couplings)
