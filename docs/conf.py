@@ -162,7 +162,9 @@ def _add_navigation(app, docname, source):
     for caption, depth, pages in NAVIGATION:
         pages = [p for p in pages if p in app.env.found_docs] + (others if caption == TOPICS else [])
         entries = "\n".join(pages)
-        blocks.append(f"```{{toctree}}\n:caption: {caption}\n:maxdepth: {depth}\n:hidden:\n\n{entries}\n```\n")
+        blocks.append(
+            f"```{{toctree}}\n:caption: {caption}\n:maxdepth: {depth}\n:hidden:\n\n{entries}\n```\n"
+        )
     source[0] = source[0] + "\n\n" + "\n".join(blocks)
 
 
