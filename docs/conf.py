@@ -169,7 +169,8 @@ def _add_navigation(app, docname, source):
 
 
 # --- Example scripts that the tutorials page does not describe yet are listed at its
-# end with their docstrings, so a new script is never missing from the site.
+# end with their docstrings and a link to their source, so a new script is never missing
+# from the site.
 def _list_other_examples(app, docname, source):
     if docname != "tutorials":
         return
@@ -181,7 +182,8 @@ def _list_other_examples(app, docname, source):
     parts = ["\n## More example scripts\n"]
     for script in missing:
         doc = ast.get_docstring(ast.parse(script.read_text())) or "(no description)"
-        parts.append(f"`examples/{script.name}`\n\n```text\n{doc.strip()}\n```\n")
+        source_url = f"{REPOSITORY}/blob/main/examples/{script.name}"
+        parts.append(f"[`examples/{script.name}`]({source_url})\n\n```text\n{doc.strip()}\n```\n")
     source[0] = text + "\n".join(parts)
 
 
