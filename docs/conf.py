@@ -26,6 +26,8 @@ author = "the pyro-flows authors"
 copyright = "2026, the pyro-flows authors"
 release = pyro_flows.__version__
 version = release
+# The repository, as in pyproject.toml's [project.urls] (linked from the home page too).
+REPOSITORY = "https://github.com/pyro-flows/pyro-flows"
 
 extensions = [
     "myst_parser",
@@ -68,10 +70,20 @@ nitpick_ignore_regex = [
     (r"py:.*", r"typing\.Callable\[.*"),
 ]
 
+# Plain ASCII in the output: "--epochs" stays two hyphens, quotes stay straight.
+smartquotes = False
+
 html_theme = "furo"
 html_title = "pyro-flows"
 html_static_path = ["_static"]
-html_theme_options = {"navigation_with_keys": True}
+# Wide content (commands, doctest lines, equations, tables) scrolls instead of being cut off.
+html_css_files = ["custom.css"]
+html_theme_options = {
+    "navigation_with_keys": True,
+    "source_repository": REPOSITORY + "/",
+    "source_branch": "main",
+    "source_directory": "docs/",
+}
 
 
 # --- Public aliases. Objects are documented under their public path (as Pyro does:
@@ -113,25 +125,52 @@ def _resolve_alias(app, env, node, contnode):
     return None
 
 
-# --- Pages written on other branches (``docs/<topic>.md``) join the "Topics" table of
-# contents of the home page as they land, so a strict build never fails with "document
-# isn't included in any toctree". Known topics come in reading order, any others after.
-TOPIC_MARKER = "TOPIC_PAGES_PRESENT"
-TOPIC_ORDER = ["tutorials", "one-d", "images", "inference", "ffjord", "cli", "benchmarks"]
+# --- Navigation. The home page (``docs/index.md``) is plain Markdown that reads well on
+# GitHub too, so its tables of contents (hidden: they feed the sidebar) are added here when
+# Sphinx reads it. A top-level page not listed below (``docs/<topic>.md``, e.g. written on
+# another branch) joins "Topics and tutorials", so a strict build never fails with
+# "document isn't included in any toctree".
+NAVIGATION = [
+    (
+        "User guide",
+        2,
+        [
+            "guide/density-models",
+            "guide/change-of-variables",
+            "guide/one-d-flows",
+            "guide/high-dimensional",
+            "guide/coupling",
+            "guide/partitions",
+            "guide/batch-norm",
+            "guide/glow",
+            "guide/continuous",
+        ],
+    ),
+    ("Topics and tutorials", 1, ["tutorials", "one-d", "images", "inference", "ffjord", "cli", "benchmarks"]),
+    ("Reference", 2, ["api/index"]),
+    ("Project", 1, ["contributing", "changelog"]),
+]
+TOPICS = "Topics and tutorials"
 
 
-def _fill_topic_pages(app, docname, source):
-    if docname != root_doc or TOPIC_MARKER not in source[0]:
+def _add_navigation(app, docname, source):
+    if docname != root_doc:
         return
-    listed = {line.strip() for line in source[0].splitlines()}
-    top_level = {d for d in app.env.found_docs if "/" not in d and d != root_doc and d not in listed}
-    pages = [d for d in TOPIC_ORDER if d in top_level]
-    pages += sorted(top_level - set(pages))
-    source[0] = source[0].replace(TOPIC_MARKER, "\n".join(pages))
+    listed = {page for _, _, pages in NAVIGATION for page in pages}
+    others = sorted(d for d in app.env.found_docs if "/" not in d and d != root_doc and d not in listed)
+    blocks = []
+    for caption, depth, pages in NAVIGATION:
+        pages = [p for p in pages if p in app.env.found_docs] + (others if caption == TOPICS else [])
+        entries = "\n".join(pages)
+        blocks.append(
+            f"```{{toctree}}\n:caption: {caption}\n:maxdepth: {depth}\n:hidden:\n\n{entries}\n```\n"
+        )
+    source[0] = source[0] + "\n\n" + "\n".join(blocks)
 
 
 # --- Example scripts that the tutorials page does not describe yet are listed at its
-# end with their docstrings, so a new script is never missing from the site.
+# end with their docstrings and a link to their source, so a new script is never missing
+# from the site.
 def _list_other_examples(app, docname, source):
     if docname != "tutorials":
         return
@@ -143,7 +182,8 @@ def _list_other_examples(app, docname, source):
     parts = ["\n## More example scripts\n"]
     for script in missing:
         doc = ast.get_docstring(ast.parse(script.read_text())) or "(no description)"
-        parts.append(f"`examples/{script.name}`\n\n```text\n{doc.strip()}\n```\n")
+        source_url = f"{REPOSITORY}/blob/main/examples/{script.name}"
+        parts.append(f"[`examples/{script.name}`]({source_url})\n\n```text\n{doc.strip()}\n```\n")
     source[0] = text + "\n".join(parts)
 
 
@@ -156,8 +196,22 @@ def _always_reread(app, env, added, changed, removed):
     return [root_doc, "tutorials"]
 
 
+# --- Short inline code spans (option names such as ``--hidden-dims``, short calls) get the
+# class "nowrap", so that the browser never breaks them at a hyphen (see _static/custom.css).
+NOWRAP_MAX_CHARS = 32
+
+
+def _mark_short_literals(app, doctree):
+    from docutils import nodes
+
+    for node in doctree.findall(nodes.literal):
+        if len(node.astext()) <= NOWRAP_MAX_CHARS:
+            node["classes"].append("nowrap")
+
+
 def setup(app):
+    app.connect("doctree-read", _mark_short_literals)
     app.connect("missing-reference", _resolve_alias)
-    app.connect("source-read", _fill_topic_pages)
+    app.connect("source-read", _add_navigation)
     app.connect("source-read", _list_other_examples)
     app.connect("env-get-outdated", _always_reread)

@@ -1,8 +1,8 @@
 """Held-out negative log-likelihood of a GMM (EM), a CDF flow and RealNVP, on the built-in
 1-D data (``make_bimodal``) and 2-D data (``make_moons``).
 
-    python examples/compare_nll.py           # the numbers in docs/one-d.md
-    python examples/compare_nll.py --smoke   # seconds, for the tests
+    python -m examples.compare_nll            # the numbers in docs/one-d.md
+    python -m examples.compare_nll --smoke    # seconds, for the tests
 
 Notes on fairness:
 

@@ -21,6 +21,7 @@ from pathlib import Path
 import torch
 
 import pyro_flows
+from examples import OUTPUT_DIR
 from pyro_flows import Flow, bits_per_dim
 from pyro_flows.data import DIGITS_LEVELS, load_digits
 from pyro_flows.transforms import Logit, MultiScale, dequantize
@@ -180,7 +181,7 @@ def main(argv=None) -> dict:
     )
     parser.add_argument("--seconds", type=float, default=120.0, help="training time per model")
     parser.add_argument("--smoke", action="store_true", help="a few steps with tiny models")
-    parser.add_argument("--out", type=Path, default=Path("runs/digits"), help="folder for the PNGs")
+    parser.add_argument("--out", type=Path, default=OUTPUT_DIR / "digits", help="folder for the PNGs")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)

@@ -7,8 +7,8 @@ and when scoring the test set in eval mode with the exact trace); RealNVP has no
 ``ffjord_reg`` adds the kinetic-energy and Jacobian-Frobenius penalties of Finlay et al.
 (2020) with weight ``--reg-weight`` to the loss, which should keep the NFE down.
 
-    python examples/ffjord_vs_realnvp.py                # the table in docs/ffjord.md
-    python examples/ffjord_vs_realnvp.py --smoke        # a few steps, for the tests
+    python -m examples.ffjord_vs_realnvp            # the table in docs/ffjord.md
+    python -m examples.ffjord_vs_realnvp --smoke    # a few steps, for the tests
 """
 
 from __future__ import annotations

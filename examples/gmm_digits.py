@@ -1,12 +1,12 @@
-"""A Gaussian mixture in 64 dimensions (lecture, Concept 10.2): 8x8 digits.
+"""A Gaussian mixture in 64 dimensions: 8x8 digits.
 
 A GMM samples by picking a centre and adding Gaussian noise, so its samples look like
 data only if its centres already do. This example fits GMMs with increasing numbers of
 components and a RealNVP to dequantized 8x8 digits (scikit-learn's ``load_digits``,
 64-D), reports held-out NLL in bits per dimension, and draws samples of each.
 
-    python examples/gmm_digits.py            # writes docs/img/gmm_digits.png
-    python examples/gmm_digits.py --smoke --out /tmp/x
+    python -m examples.gmm_digits            # writes outputs/examples/gmm_digits.png
+    python -m examples.gmm_digits --smoke --out /tmp/x
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
 from sklearn.datasets import load_digits  # noqa: E402
 
+from examples import OUTPUT_DIR  # noqa: E402
 from pyro_flows import Flow, GaussianMixture, real_nvp  # noqa: E402
 
 
@@ -56,7 +57,7 @@ def main(argv=None):
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "..", "docs", "img"))
+    parser.add_argument("--out", default=str(OUTPUT_DIR), help="folder for the PNGs")
     parser.add_argument("--components", type=int, nargs="+", default=[1, 10, 40])
     # 1500 images overfit a RealNVP quickly: held-out NLL is best after ~400-700 steps
     # of batch 128 and degrades after (see docs/one-d.md), hence the short default

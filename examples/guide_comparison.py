@@ -19,6 +19,7 @@ import torch
 from pyro.infer import SVI, Trace_ELBO
 from pyro.infer.autoguide import AutoIAFNormal, AutoMultivariateNormal, AutoNormal
 
+from examples import OUTPUT_DIR
 from pyro_flows.infer import (
     AutoRealNVP,
     compare_moments,
@@ -136,21 +137,28 @@ def scatter_figure(results, reference_samples, x_site, y_site, path: Path, label
         x, y = x_site(samples), y_site(samples)
         return x.reshape(-1).numpy(), y.reshape(-1).numpy()
 
+    # Two panels per row, so that the figure stays legible at the width of a docs page.
+    ncols = min(2, len(results))
+    nrows = -(-len(results) // ncols)
     fig, axes = plt.subplots(
-        1, len(results), figsize=(4 * len(results), 3.6), sharex=True, sharey=True, squeeze=False
+        nrows, ncols, figsize=(5 * ncols, 4.2 * nrows), sharex=True, sharey=True, squeeze=False
     )
-    axes = axes[0]
+    for ax in axes.flat[len(results) :]:
+        ax.set_visible(False)
     rx, ry = coords(reference_samples)
-    for ax, (name, m) in zip(axes, results.items(), strict=True):
-        ax.scatter(rx[:2000], ry[:2000], s=2, alpha=0.3, color="grey", label="reference")
+    for ax, (name, m) in zip(axes.flat, results.items(), strict=False):
+        ax.scatter(rx[:2000], ry[:2000], s=3, alpha=0.3, color="grey", label="reference")
         gx, gy = coords(m["samples"])
-        ax.scatter(gx[:2000], gy[:2000], s=2, alpha=0.3, color="C0", label="guide")
-        ax.set_title(f"{name}\nELBO {m['elbo']:.2f}, k-hat {m['khat']:.2f}", fontsize=9)
-        ax.set_xlabel(labels[0])
-    axes[0].set_ylabel(labels[1])
-    axes[0].legend(loc="upper left", fontsize=7, markerscale=4)
+        ax.scatter(gx[:2000], gy[:2000], s=3, alpha=0.3, color="C0", label="guide")
+        ax.set_title(f"{name}\nELBO {m['elbo']:.2f}, k-hat {m['khat']:.2f}", fontsize=13)
+        ax.tick_params(labelsize=11)
+    for ax in axes[-1]:
+        ax.set_xlabel(labels[0], fontsize=12)
+    for ax in axes[:, 0]:
+        ax.set_ylabel(labels[1], fontsize=12)
+    axes[0, 0].legend(loc="upper left", fontsize=11, markerscale=5)
     lo, hi = rx.min(), rx.max()
-    axes[0].set_xlim(lo - 0.05 * (hi - lo), hi + 0.05 * (hi - lo))
+    axes[0, 0].set_xlim(lo - 0.05 * (hi - lo), hi + 0.05 * (hi - lo))
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)
@@ -171,7 +179,7 @@ def common_args(parser, steps, lr, particles):
     )
     parser.add_argument("--particles", type=int, default=particles)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--out", type=Path, default=Path("examples/output"))
+    parser.add_argument("--out", type=Path, default=OUTPUT_DIR, help="folder for the figure and the table")
     parser.add_argument(
         "--smoke", action="store_true", help="a few steps of each guide, to check the script runs"
     )

@@ -1,13 +1,13 @@
-"""The lecture's 1-D flow pictures (Example 10.10, Concepts 10.12-10.13), as PNG files.
+"""1-D flows pictured: a CDF flow to three bases, and inverse-CDF sampling, as PNG files.
 
 A mixture-CDF flow is fitted by maximum likelihood to a bimodal data set, then used with
 three bases. For each base the figure shows the data histogram with the learned density,
 the learned map x -> z = G^{-1}(F(x)), and the histogram of z = f(X) over the data against
 the base density: Uniform(0, 1), Beta(5, 5) and N(0, 1). A fourth figure shows
-inverse-CDF sampling (Concept 10.12).
+inverse-CDF sampling.
 
-    python examples/one_d.py               # writes docs/img/one_d_*.png
-    python examples/one_d.py --smoke --out /tmp/x   # seconds, for the tests
+    python -m examples.one_d                          # writes outputs/examples/one_d_*.png
+    python -m examples.one_d --smoke --out /tmp/x     # seconds, for the tests
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
 from scipy import stats  # noqa: E402
 
+from examples import OUTPUT_DIR  # noqa: E402
 from pyro_flows import Flow, GaussianMixture, cdf_flow, inverse_cdf_sample  # noqa: E402
 from pyro_flows.data import make_bimodal  # noqa: E402
 
@@ -46,7 +47,7 @@ def fit(data: torch.Tensor, num_components: int, steps: int, lr: float = 0.05) -
 
 
 def with_base(fitted: Flow, base: str, num_components: int) -> Flow:
-    """The same learned F with another base: only G^{-1} changes (Concept 10.13)."""
+    """The same learned F with another base: only G^{-1} changes."""
     flow = Flow(cdf_flow(num_components, base=base)).double()
     flow.transform.mixture.load_state_dict(fitted.transform.mixture.state_dict())
     return flow
@@ -61,7 +62,7 @@ def main(argv=None):
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "..", "docs", "img"))
+    parser.add_argument("--out", default=str(OUTPUT_DIR), help="folder for the PNGs")
     parser.add_argument("--components", type=int, default=5)
     parser.add_argument("--steps", type=int, default=400)
     parser.add_argument("--n", type=int, default=4000)

@@ -1,4 +1,4 @@
-"""Why a density model must be normalized (lecture, Concept 10.4).
+"""Why a density model must be normalized.
 
 Model the density as p_theta(x) = exp(f_theta(x)) with a small network f_theta and
 maximise the log-likelihood sum_i f_theta(X_i) *without* normalizing. Nothing stops the
@@ -8,8 +8,8 @@ log Z(theta) = log int exp(f_theta) (by quadrature, possible in 1-D only) conver
 proper density, the point of flows being to get this normalization for free in any
 dimension.
 
-    python examples/unnormalized.py            # writes docs/img/unnormalized.png
-    python examples/unnormalized.py --smoke --out /tmp/x
+    python -m examples.unnormalized            # writes outputs/examples/unnormalized.png
+    python -m examples.unnormalized --smoke --out /tmp/x
 """
 
 from __future__ import annotations
@@ -25,6 +25,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
 from torch import nn  # noqa: E402
 
+from examples import OUTPUT_DIR  # noqa: E402
 from pyro_flows.data import make_bimodal  # noqa: E402
 
 GRID = torch.linspace(-8.0, 12.0, 2001, dtype=torch.float64)
@@ -63,7 +64,7 @@ def main(argv=None):
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "..", "docs", "img"))
+    parser.add_argument("--out", default=str(OUTPUT_DIR), help="folder for the PNGs")
     parser.add_argument("--steps", type=int, default=600)
     parser.add_argument("--smoke", action="store_true", help="tiny run (for tests)")
     args = parser.parse_args(argv)

@@ -27,6 +27,7 @@ from sklearn.datasets import load_digits
 from torch import nn
 
 import pyro_flows
+from examples import OUTPUT_DIR
 from pyro_flows.infer import moments_table
 
 
@@ -113,7 +114,7 @@ def main(argv=None):
     parser.add_argument("--epochs", type=int, default=100)
     parser.add_argument("--z-dim", type=int, default=8)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--out", type=Path, default=Path("examples/output"))
+    parser.add_argument("--out", type=Path, default=OUTPUT_DIR, help="folder for the figure and the table")
     parser.add_argument("--smoke", action="store_true")
     args = parser.parse_args(argv)
     x_train, x_test = digits(args.seed)

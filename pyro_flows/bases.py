@@ -62,7 +62,7 @@ def base_distribution(
     * ``"normal"``: :math:`\\mathcal N(0, I)` (default everywhere);
     * ``"uniform"``: Uniform(0, 1) per coordinate;
     * ``"beta"``: Beta(a, b) per coordinate (``a``, ``b`` keyword arguments, default 5, 5
-      as in the lecture's Example 10.10).
+      as in the 1-D flow examples).
 
     A distribution passed in must have event shape ``event_shape`` (or batch shape
     ``event_shape`` and none; it is then reinterpreted as one event).
@@ -121,9 +121,9 @@ def latent_bridge(
       the reals: the base's :class:`~pyro_flows.transforms.BaseCDF`.
 
     The bridge is a fixed bijection between the two latents, so the density of the
-    model is the same for every such base (Concept 10.13); only the latent changes.
+    model is the same for every such base; only the latent changes.
     Supports of the same kind (Beta and Uniform on (0, 1)) are not bridged: the base
-    then feeds the transform directly, as in the lecture's Example 10.10.
+    then feeds the transform directly, as in the 1-D flow examples.
 
     >>> from pyro_flows import real_nvp
     >>> bridge = latent_bridge(base_distribution("beta", (2,))(), real_nvp(2, num_layers=2, hidden_dims=(4,)), (2,))

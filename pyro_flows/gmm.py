@@ -1,4 +1,4 @@
-r"""A Gaussian mixture density model, the classical baseline for flows (lecture, Concept 10.2).
+r"""A Gaussian mixture density model, the classical baseline for flows.
 
 .. math::
 
@@ -9,7 +9,7 @@ on the negative log-likelihood (:meth:`GaussianMixture.fit_sgd`). It has the sam
 ``log_prob``/``sample`` interface as a :class:`~pyro_flows.Flow`, so the two can be
 compared on the same data.
 
-Its weakness in high dimension is the lecture's point: a sample is "pick a centre, add
+Its weakness in high dimension is why flows exist: a sample is "pick a centre, add
 Gaussian noise", so it is realistic only if the centres already are realistic data. On
 8x8 digits (64-D) the samples are blurred class averages with pixel noise (see
 ``docs/one-d.md`` and ``examples/gmm_digits.py``).
@@ -154,7 +154,7 @@ class GaussianMixture(nn.Module):
         :math:`\mu_k = \sum_n r_{nk} x_n / N_k`,
         :math:`\Sigma_k = \sum_n r_{nk}(x_n-\mu_k)(x_n-\mu_k)^\top / N_k + \lambda I`
         (diagonal part only for ``"diag"``). Stops when the mean log-likelihood improves
-        by less than ``tol``. The likelihood is non-convex (Concept 10.2): the result
+        by less than ``tol``. The likelihood is non-convex: the result
         depends on the k-means++ seeding (``seed``).
 
         :param data: shape ``(N, *event_shape)``.

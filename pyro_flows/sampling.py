@@ -1,4 +1,4 @@
-r"""Inverse-CDF sampling (lecture, Concept 10.12).
+r"""Inverse-CDF sampling (inverse transform sampling).
 
 If :math:`F` is a continuous, strictly increasing CDF and :math:`U \sim \mathrm{Uniform}(0,1)`,
 then :math:`X = F^{-1}(U)` has CDF :math:`F`, because

@@ -80,3 +80,12 @@ def test_docs_build_strictly(tmp_path):
     assert 'id="pyro_flows.transforms.AffineCoupling"' in coupling
     assert "log|\\det J|" in coupling or "\\log|\\det J|" in coupling
     assert "&gt;&gt;&gt;" in coupling
+    # Wide content scrolls or wraps (custom CSS), option names are not typeset with dashes.
+    assert "_static/custom.css" in index
+    cli = (out / "cli.html").read_text()
+    assert "--epochs" in cli and "\u2013epochs" not in cli
+    # The FFJORD page: equations are math, and the Directions table keeps its log-det cell.
+    ffjord = (out / "ffjord.html").read_text()
+    assert "\\lvert" in ffjord and "dz_t/dt" not in ffjord
+    # The sidebar's tables of contents come from docs/conf.py, index.md has none.
+    assert "Topics and tutorials" in index and 'href="tutorials.html"' in index

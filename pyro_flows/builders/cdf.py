@@ -1,4 +1,4 @@
-"""The 1-D CDF flow of the lecture (Concept 10.13), coordinatewise over any event shape."""
+"""The 1-D CDF flow (data CDF, then the base's quantile), coordinatewise over any event shape."""
 
 from __future__ import annotations
 
@@ -49,7 +49,7 @@ def cdf_flow(
     component: str = "gaussian",
     **base_params,
 ) -> CDFFlow:
-    r"""A universal 1-D flow to a chosen base (lecture, Concept 10.13 and Example 10.10).
+    r"""A universal 1-D flow to a chosen base (a learned CDF, then the base's quantile).
 
     Scoring maps data through the learned mixture CDF and then the base's quantile,
 

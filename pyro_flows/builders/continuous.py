@@ -27,7 +27,7 @@ def ffjord(
     kinetic_weight: float = 0.0,
     frobenius_weight: float = 0.0,
 ) -> FFJORD:
-    r"""FFJORD (Grathwohl et al., 2019; lecture Def. 10.34) on vectors of size ``input_dim``:
+    r"""FFJORD (Grathwohl et al., 2019) on vectors of size ``input_dim``:
     one :class:`~pyro_flows.transforms.FFJORD` whose dynamics :math:`h(t, z)` is a
     :class:`~pyro_flows.nn.DynamicsNet` of concat-squash layers.
 

@@ -1,4 +1,4 @@
-r"""Whole flows for images: multi-scale RealNVP (lecture, Def. 10.30) and Glow (Def. 10.33).
+r"""Whole flows for images: multi-scale RealNVP (Dinh et al., 2017) and Glow (Kingma & Dhariwal, 2018).
 
 Both return one :class:`~pyro_flows.transforms.MultiScale` transform whose base side has
 the image's shape ``(C, H, W)``, so ``Flow(real_nvp_image(shape))`` or a
@@ -56,7 +56,7 @@ def _multi_scale(
     scale_layers: Callable[[Tuple[int, int, int], Tuple[int, int, int], bool], List[torch.nn.Module]],
 ) -> MultiScale:
     """Nest one :class:`MultiScale` per scale. ``scale_layers(s, squeezed, last)`` returns
-    the layers of the scale acting on ``s = (C, H, W)``, in the lecture's order (data
+    the layers of the scale acting on ``s = (C, H, W)``, in RealNVP's order (data
     first, the normalizing direction), squeezing once to ``squeezed = (4C, H/2, W/2)``;
     every scale but the last then passes the kept half of the channels to the next."""
 
@@ -85,7 +85,7 @@ def real_nvp_image(
     scale_bound: Optional[float] = 3.0,
     momentum: float = 0.1,
 ) -> MultiScale:
-    r"""Multi-scale RealNVP for images (Dinh et al., 2017; lecture Def. 10.30).
+    r"""Multi-scale RealNVP for images (Dinh et al., 2017).
 
     In the normalizing direction (data to latents), every scale applies
 
@@ -96,7 +96,7 @@ def real_nvp_image(
 
     the last scale does not split, and ends with ``num_final_layers`` (4 in the paper)
     checkerboard couplings at the coarsest resolution. Conditioners are
-    :class:`~pyro_flows.nn.ResNet`\ s with batch normalization (Concept 10.32), zero
+    :class:`~pyro_flows.nn.ResNet`\ s with batch normalization, zero
     output layer, so the new flow is the identity.
 
     The final checkerboard couplings need at least 2x2 pixels at the coarsest scale:
@@ -108,7 +108,7 @@ def real_nvp_image(
     :param int num_blocks: residual blocks per conditioner (``2 * num_blocks + 2`` conv layers).
     :param int num_final_layers: checkerboard couplings after the last squeeze.
     :param bool batch_norm: a :class:`~pyro_flows.transforms.RealNVPBatchNorm` after every
-        coupling (Concept 10.31).
+        coupling.
     :param bool conditioner_batch_norm: batch normalization inside the conditioners.
     :param scale_bound: soft bound on each log-scale (see
         :class:`~pyro_flows.transforms.AffineCoupling`).
@@ -167,7 +167,7 @@ def glow(
     conditioner_batch_norm: bool = False,
     scale_bound: Optional[float] = 3.0,
 ) -> MultiScale:
-    r"""Glow (Kingma & Dhariwal, 2018; lecture Def. 10.33).
+    r"""Glow (Kingma & Dhariwal, 2018).
 
     In the normalizing direction every scale applies a squeeze, then
     ``steps_per_scale`` steps of flow, each

@@ -1,4 +1,4 @@
-"""Built-in 1-D data set for the lecture's 1-D flow examples, generated from a seed."""
+"""Built-in 1-D data set for the 1-D flow examples, generated from a seed."""
 
 from __future__ import annotations
 

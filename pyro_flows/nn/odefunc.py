@@ -1,6 +1,6 @@
 r"""Dynamics networks for continuous-time flows, and the augmented ODE they define.
 
-A continuous flow (lecture Def. 10.34) moves a point along :math:`dz/dt = h(t, z)`. To
+A continuous flow (Chen et al., 2018) moves a point along :math:`dz/dt = h(t, z)`. To
 score data the log-density has to be carried along too (instantaneous change of
 variables),
 

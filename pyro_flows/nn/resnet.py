@@ -34,10 +34,10 @@ class ResidualBlock(nn.Module):
 
 class ResNet(nn.Module):
     r"""A deep residual CNN, the :math:`(s_\theta, t_\theta)` network of RealNVP
-    (lecture, Concept 10.32): a 3x3 input convolution, ``num_blocks`` residual blocks of
+    (Dinh et al., 2017): a 3x3 input convolution, ``num_blocks`` residual blocks of
     two 3x3 convolutions with batch normalization, and a 3x3 output convolution, so
     ``2 * num_blocks + 2`` convolutional layers in all (``num_blocks=9`` gives the
-    lecture's 20). Spatial size is preserved.
+    20 of the RealNVP paper). Spatial size is preserved.
 
     The output convolution starts at zero (``zero_init=True``), so a fresh coupling layer
     is the identity map and a new flow starts as its base distribution.

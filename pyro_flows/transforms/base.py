@@ -16,7 +16,7 @@ It adds three things to :class:`pyro.distributions.TransformModule`:
   on by default), following Pyro's convention.
 
 Direction convention (Pyro's): ``_call`` maps the base side to the data side, the
-generative direction :math:`x = f^{-1}(z)` of the lecture, and ``_inverse`` maps data to
+generative direction :math:`x = f^{-1}(z)` of the derivations, and ``_inverse`` maps data to
 the base, the normalizing direction :math:`z = f(x)`.
 ``log_abs_det_jacobian(x, y)`` is :math:`\\log|\\det \\partial y / \\partial x|` of ``_call``.
 """

@@ -1,6 +1,6 @@
-r"""Continuous-time flows: FFJORD (lecture Def. 10.34; Chen et al., 2018; Grathwohl et al., 2019).
+r"""Continuous-time flows: FFJORD (Chen et al., 2018; Grathwohl et al., 2019).
 
-The lecture's normalizing map :math:`f` (data :math:`x` to latent :math:`z`) is the flow of
+The normalizing map :math:`f` (data :math:`x` to latent :math:`z`) is the flow of
 an ODE from :math:`t=0` to :math:`t=1`:
 
 .. math::
@@ -68,7 +68,7 @@ class FFJORD(FlowTransform):
     With dynamics :math:`h(t, z)` and :math:`\tau(t) = \int_0^t \operatorname{tr}
     \frac{\partial h}{\partial z}(s, z_s)\,ds`:
 
-    * ``_inverse`` (data :math:`x` to base, the lecture's :math:`f`): solve
+    * ``_inverse`` (data :math:`x` to base, the normalizing :math:`f`): solve
       :math:`t: 0 \to 1` from :math:`z_0 = x`; returns :math:`z_1`.
     * ``_call`` (base :math:`z` to data, sampling): solve :math:`t: 1 \to 0` from
       :math:`z_1 = z`; returns :math:`x = z_0`.
@@ -242,7 +242,7 @@ class FFJORD(FlowTransform):
         return self._solve(x, 1.0, 0.0)
 
     def _inverse_and_ladj(self, y):
-        # data -> base: t from 0 to 1, the lecture's f; the ladj of _call is minus its log-det
+        # data -> base: t from 0 to 1, the normalizing f; the ladj of _call is minus its log-det
         z, log_det = self._solve(y, 0.0, 1.0)
         return z, -log_det
 

@@ -1,4 +1,4 @@
-"""Coupling layers: NICE's additive and RealNVP's affine coupling (lecture, Defs. 10.22-10.27).
+"""Coupling layers: NICE's additive and RealNVP's affine coupling (Dinh et al., 2015; 2017).
 
 For a partition :math:`x = (x^A, x^B)` given by a mask, a coupling layer maps
 
@@ -7,7 +7,7 @@ For a partition :math:`x = (x^A, x^B)` given by a mask, a coupling layer maps
     y^A = x^A, \\qquad y^B = \\hat f(x^B \\mid \\psi(x^A)),
 
 with a conditioner network :math:`\\psi`. Its Jacobian is block-triangular, so
-:math:`\\log|\\det J| = \\log|\\det \\partial \\hat f / \\partial x^B|` (Concept 10.24), and the
+:math:`\\log|\\det J| = \\log|\\det \\partial \\hat f / \\partial x^B|`, and the
 conditioner never needs to be inverted.
 """
 
@@ -77,7 +77,7 @@ class _Coupling(FlowTransform):
 
 
 class AdditiveCoupling(_Coupling):
-    r"""NICE's additive coupling layer (Dinh et al., 2015; lecture Def. 10.26).
+    r"""NICE's additive coupling layer (Dinh et al., 2015).
 
     .. math::
 
@@ -111,12 +111,12 @@ class AdditiveCoupling(_Coupling):
 
 
 class AffineCoupling(_Coupling):
-    r"""RealNVP's affine coupling layer (Dinh et al., 2017; lecture Def. 10.27).
+    r"""RealNVP's affine coupling layer (Dinh et al., 2017).
 
     .. math::
 
-        y^A = x^A,\quad y^B = e^{s(x^A)} \odot x^B + t(x^A);\qquad
-        x^B = (y^B - t(y^A)) \odot e^{-s(y^A)};\qquad
+        &y^A = x^A,\quad y^B = e^{s(x^A)} \odot x^B + t(x^A); \\
+        &x^B = (y^B - t(y^A)) \odot e^{-s(y^A)};\qquad
         \log|\det J| = \textstyle\sum_i s_i(x^A).
 
     The log-scale is soft-bounded, :math:`s = b \tanh(\tilde s / b)` with
@@ -249,7 +249,7 @@ def affine_coupling(
 
 # ---------------------------------------------------------------------------- images
 # Helpers for couplings on (C, H, W) events with a convolutional conditioner
-# (lecture, Concepts 10.29 and 10.32).
+# (Dinh et al., 2017, Section 3.6).
 
 
 def image_mask(
@@ -315,7 +315,7 @@ def image_affine_coupling(
 
     ``mask="checkerboard"`` conditions on the pixels where :math:`(i + j) \bmod 2 =`
     ``parity`` and transforms the others; ``mask="channel"`` conditions on the first
-    (``parity=0``) or second half of the channels (lecture, Concept 10.29).
+    (``parity=0``) or second half of the channels (Dinh et al., 2017).
 
     >>> layer = image_affine_coupling((2, 4, 4), "channel", hidden_channels=8, num_blocks=1)
     >>> x = torch.randn(3, 2, 4, 4)
@@ -490,8 +490,8 @@ class ConditionalAffineCoupling(_ConditionalCoupling):
 
     .. math::
 
-        y^A = x^A,\quad y^B = e^{s(x^A, c)} \odot x^B + t(x^A, c);\qquad
-        x^B = (y^B - t(y^A, c)) \odot e^{-s(y^A, c)};\qquad
+        &y^A = x^A,\quad y^B = e^{s(x^A, c)} \odot x^B + t(x^A, c); \\
+        &x^B = (y^B - t(y^A, c)) \odot e^{-s(y^A, c)};\qquad
         \log|\det J| = \textstyle\sum_i s_i(x^A, c),
 
     with the log-scale soft-bounded by ``scale_bound`` as in :class:`AffineCoupling`.

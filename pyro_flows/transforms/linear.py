@@ -1,5 +1,5 @@
 """Learnable linear flows with cheap log-determinants: NICE's diagonal scaling and an
-LU-parameterized invertible linear map (lecture, Def. 10.21)."""
+LU-parameterized invertible linear map (as in Glow, Kingma & Dhariwal, 2018)."""
 
 from __future__ import annotations
 
@@ -111,7 +111,7 @@ class LUWeight(nn.Module):
 
 
 class InvertibleLinear(FlowTransform):
-    r"""A learnable affine flow (lecture, Def. 10.21) with an LU-parameterized matrix.
+    r"""A learnable affine flow (Kingma & Dhariwal, 2018) with an LU-parameterized matrix.
 
     In the normalizing direction (data to base, ``_inverse``)
     :math:`f(x) = A^{-1}(x - b)`; sampling (``_call``) is :math:`x = A z + b`, and
@@ -167,7 +167,7 @@ def invertible_linear(input_dim: int) -> InvertibleLinear:
 
 # ---------------------------------------------------------------------------- images
 class Invertible1x1Conv(FlowTransform):
-    r"""Glow's invertible 1x1 convolution (Kingma & Dhariwal, 2018; lecture Def. 10.33):
+    r"""Glow's invertible 1x1 convolution (Kingma & Dhariwal, 2018):
     the same learned invertible matrix :math:`W \in \mathbb R^{C \times C}` mixes the
     channels at every pixel, a learned generalisation of the channel permutation
     between couplings.

@@ -1,9 +1,9 @@
 """Partitions of an event into a conditioning part A and a transformed part B.
 
-A coupling layer (lecture, Def. 10.22) leaves :math:`x^A` unchanged and transforms
+A coupling layer (Dinh et al., 2015) leaves :math:`x^A` unchanged and transforms
 :math:`x^B` with parameters computed from :math:`x^A`. Masks here are boolean tensors that
 are ``True`` on A. Consecutive layers should use complementary masks (``parity`` 0 and 1)
-so that no coordinate stays unchanged through the whole flow (Concept 10.28).
+so that no coordinate stays unchanged through the whole flow.
 
 Two ways to apply a mask, chosen automatically by :func:`make_partition`:
 

@@ -1,10 +1,10 @@
 r"""The multi-scale architecture of RealNVP and Glow: factoring out half of the variables
-at each scale (lecture, Def. 10.30).
+at each scale (Dinh et al., 2017, Section 3.6).
 
 At every scale the normalizing direction runs a per-scale flow (couplings, a squeeze,
 more couplings), then *splits* its output along channels: the first half leaves the
 flow as the latent :math:`Z_i`, the second half goes on to the next scale. For a
-``(3, 32, 32)`` image and three scales the latents are the lecture's
+``(3, 32, 32)`` image and three scales the latents are
 :math:`Z_1 \in \mathbb R^{6 \times 16 \times 16}`,
 :math:`Z_2 \in \mathbb R^{12 \times 8 \times 8}` and
 :math:`Z_3 \in \mathbb R^{48 \times 4 \times 4}`.
@@ -35,9 +35,9 @@ class MultiScale(FlowTransform):
 
     .. math::
 
-        v = T^{-1}(x) \in \mathbb R^{C' \times H' \times W'},\qquad
-        (z, h) = (v_{1:\lfloor C'/2 \rfloor},\, v_{\lfloor C'/2 \rfloor+1:C'}),\qquad
-        u = \operatorname{reshape}_{(C, H, W)}\big(\operatorname{flat}(z),\,
+        &v = T^{-1}(x) \in \mathbb R^{C' \times H' \times W'},\qquad
+        (z, h) = (v_{1:\lfloor C'/2 \rfloor},\, v_{\lfloor C'/2 \rfloor+1:C'}), \\
+        &u = \operatorname{reshape}_{(C, H, W)}\big(\operatorname{flat}(z),\,
         \operatorname{flat}(S^{-1}(h))\big),
 
     where :math:`T` is ``transform`` (typically couplings, a squeeze and more couplings)

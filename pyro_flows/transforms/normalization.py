@@ -1,4 +1,4 @@
-"""Normalization layers for flows: RealNVP's batch normalization (lecture, Concept 10.31)."""
+"""Normalization layers for flows: RealNVP's batch normalization (Dinh et al., 2017)."""
 
 from __future__ import annotations
 
@@ -47,7 +47,7 @@ class _PerFeature(FlowTransform):
 
 
 class RealNVPBatchNorm(_PerFeature):
-    r"""Batch normalization as a bijection (Dinh et al., 2017; lecture Concept 10.31).
+    r"""Batch normalization as a bijection (Dinh et al., 2017).
 
     In the normalizing direction (data :math:`y` to base :math:`x`, Pyro's ``_inverse``,
     the direction ``log_prob`` takes)
@@ -189,7 +189,7 @@ def real_nvp_batch_norm(
 
 # ---------------------------------------------------------------------------- images
 class ActNorm(_PerFeature):
-    r"""Glow's activation normalization (Kingma & Dhariwal, 2018; lecture Def. 10.33): a
+    r"""Glow's activation normalization (Kingma & Dhariwal, 2018): a
     per-channel affine map with data-dependent initialisation.
 
     Sampling (``_call``, base to data) and scoring (``_inverse``, data to base):
