@@ -6,6 +6,7 @@ import pyro
 import pyro.distributions as dist
 import pytest
 import torch
+from pyro.distributions.torch_transform import ComposeTransformModule
 from pyro.infer import Trace_ELBO
 
 from pyro_flows.infer import AutoRealNVP, PathGradientTransformedDistribution, guide_real_nvp
@@ -15,8 +16,9 @@ from pyro_flows.transforms import LocScale
 def _flow(dim=3, seed=0, dtype=torch.float64):
     """A flow that is far from the identity: couplings with random last layers."""
     torch.manual_seed(seed)
-    flow = guide_real_nvp(dim, num_layers=4, hidden_dims=(16,))
-    flow.parts.append(LocScale(torch.randn(dim), 1.5))
+    couplings = guide_real_nvp(dim, num_layers=4, hidden_dims=(16,))
+    # a module of the flow (appending to .parts would leave it out of .to() and .parameters())
+    flow = ComposeTransformModule([*couplings.parts, LocScale(torch.randn(dim), 1.5)])
     with torch.no_grad():
         for p in flow.parameters():
             p.add_(0.3 * torch.randn_like(p))

@@ -397,9 +397,8 @@ class _ContextBroadcast:
         return x.expand(*batch, *self.event_shape)
 
     def _state_tensors(self):
-        # A context changed in place must invalidate the cache like a parameter would.
-        yield from super()._state_tensors()
-        yield self.context
+        # A context changed in place must miss the cache like a parameter would.
+        return [*super()._state_tensors(), self.context]
 
     def _call_and_ladj(self, x):
         return super()._call_and_ladj(self._expand(x))

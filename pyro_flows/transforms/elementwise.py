@@ -211,9 +211,10 @@ class MixtureCDF(FlowTransform):
 
     def log_abs_det_jacobian(self, x, y):
         """:math:`-\\sum \\log F'(y)`: read from the data side ``y``, so no root finding."""
-        if self._cache_size and self._cache_hit(x, y):
-            return self._cached_ladj
-        self._check(y, "value")
+        ladj = self._cached_ladj(x, y)
+        if ladj is not None:
+            return ladj
+        self._check(y, "value", self._state()[1])
         return -sum_event(self.log_parts(y)[2], self.event_dim_)
 
     def extra_repr(self) -> str:

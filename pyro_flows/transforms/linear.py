@@ -197,8 +197,8 @@ class Invertible1x1Conv(FlowTransform):
         self.num_channels = num_channels
         self.weight = LUWeight(num_channels)
 
-    def _check(self, x, what):
-        check_event(type(self).__name__, x, None, what)
+    def _check(self, x, what, dtype=None):
+        check_event(type(self).__name__, x, None, what, dtype)
         if x.dim() < 3 or x.shape[-3] != self.num_channels:
             raise ValueError(
                 f"{type(self).__name__}: expected {what} of shape (*batch, {self.num_channels}, H, W), "

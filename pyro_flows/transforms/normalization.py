@@ -25,8 +25,8 @@ class _PerFeature(FlowTransform):
         self.event_dim_ = event_dim
         self.num_features = num_features
 
-    def _check(self, x, what):
-        check_event(type(self).__name__, x, None, what)
+    def _check(self, x, what, dtype=None):
+        check_event(type(self).__name__, x, None, what, dtype)
         d = x.dim() - self.event_dim_
         if d < 0 or x.shape[d] != self.num_features:
             kind = "features" if self.event_dim_ == 1 else "channels (C, H, W)"

@@ -92,9 +92,10 @@ class Squeeze(FlowTransform):
         super().__init__(event_shape=(4 * c, h // 2, w // 2))
         self.data_shape = torch.Size(data_shape)
 
-    def _check(self, x, what):
+    def _check(self, x, what, dtype=None):
         # The two sides have different shapes: inputs of _call are squeezed, values are not.
-        check_event(type(self).__name__, x, self.event_shape if what == "input" else self.data_shape, what)
+        shape = self.event_shape if what == "input" else self.data_shape
+        check_event(type(self).__name__, x, shape, what, dtype)
 
     def _call_and_ladj(self, x):
         return depth_to_space(x), x.new_zeros(x.shape[:-3])
