@@ -134,7 +134,7 @@ class RealNVPBatchNorm(_PerFeature):
         return y, self._ladj(x, var)
 
     def _inverse_and_ladj(self, y):
-        if self.training:
+        if self.training and y.numel():  # an empty batch has no statistics to learn from
             mean, var = self._training_statistics(y)
         else:
             mean, var = self.running_mean, self.running_var
@@ -245,7 +245,7 @@ class ActNorm(_PerFeature):
         return x * self._view(self.log_scale.exp()) + self._view(self.loc), self._ladj(x)
 
     def _inverse_and_ladj(self, y):
-        if self.training and not bool(self.initialized):
+        if self.training and not bool(self.initialized) and y.numel():  # not from an empty batch
             self.initialize(y)
         return (y - self._view(self.loc)) * self._view(torch.exp(-self.log_scale)), self._ladj(y)
 
