@@ -208,11 +208,17 @@ class Invertible1x1Conv(FlowTransform):
     def _ladj(self, x):
         return (self.weight.log_abs_det() * (x.shape[-1] * x.shape[-2])).expand(x.shape[:-3])
 
+    @staticmethod
+    def _mix(matrix, x):
+        # W @ (*batch, C, H*W): a contiguous result (einsum's was a permuted view, which
+        # torch's own transforms, e.g. AffineTransform's log-det, cannot .view())
+        return (matrix @ x.flatten(-2)).unflatten(-1, x.shape[-2:])
+
     def _call_and_ladj(self, x):
-        return torch.einsum("ij,...jhw->...ihw", self.weight.weight(), x), self._ladj(x)
+        return self._mix(self.weight.weight(), x), self._ladj(x)
 
     def _inverse_and_ladj(self, y):
-        return torch.einsum("ij,...jhw->...ihw", self.weight.inverse_weight(), y), self._ladj(y)
+        return self._mix(self.weight.inverse_weight(), y), self._ladj(y)
 
     def extra_repr(self):
         return f"num_channels={self.num_channels}"

@@ -9,6 +9,7 @@ from __future__ import annotations
 import copy
 import inspect
 import io
+import math
 import pickle
 import re
 
@@ -252,6 +253,25 @@ def test_log_det_independent_of_call_order(entry):
 
 
 # ------------------------------------------------------------ dtype, device
+def test_composes_with_torch_transforms(entry):
+    """Outputs are contiguous, so torch's own transforms after ours (whose log-dets
+    ``.view()`` their input) work, on samples (cache hits) and on data."""
+    module, t, x = build(entry)
+    module.eval()
+    data = as_data(entry, x)
+    assert t(x.clone()).is_contiguous() and t.inv(data.clone()).is_contiguous()
+    n = event_dim(entry)
+    doubled = dist.TransformedDistribution(
+        flow_dist(t, entry).base_dist, [t, torch.distributions.AffineTransform(0.0, 2.0, event_dim=n)]
+    )
+    log_2 = math.log(2.0) * math.prod(entry.event_shape)
+    sample = doubled.rsample((3,))
+    expected = flow_dist(t, entry).log_prob(sample.detach() / 2) - log_2
+    assert torch.allclose(doubled.log_prob(sample), expected, atol=1e-8)
+    expected = flow_dist(t, entry).log_prob(data.clone()) - log_2
+    assert torch.allclose(doubled.log_prob(2 * data), expected, atol=1e-8)
+
+
 def _has_float_state(entry):
     module = entry.factory()
     return any(t.is_floating_point() for t in [*module.parameters(), *module.buffers()])
