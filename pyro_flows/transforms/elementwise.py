@@ -126,6 +126,9 @@ class MixtureCDF(FlowTransform):
     True
     """
 
+    #: increasing in every coordinate, so ``TransformedDistribution.cdf``/``icdf`` work
+    sign = 1
+
     def __init__(self, event_shape: Sequence[int] = (), num_components: int = 4, component: str = "gaussian"):
         if not isinstance(num_components, int) or num_components < 1:
             raise ValueError(f"num_components must be a positive integer, got {num_components!r}")
@@ -254,6 +257,9 @@ class BaseCDF(FlowTransform):
     tensor([0.5000])
     """
 
+    #: increasing in every coordinate, so ``TransformedDistribution.cdf``/``icdf`` work
+    sign = 1
+
     def __init__(
         self,
         base: Union[str, torch.distributions.Distribution] = "normal",
@@ -323,6 +329,9 @@ class ChangeOfBase(FlowTransform):
     >>> bridge(torch.tensor([0.5, 0.975])).tolist()  # the Normal quantiles
     [0.0, 1.95996...]
     """
+
+    #: increasing in every coordinate, so ``TransformedDistribution.cdf``/``icdf`` work
+    sign = 1
 
     def __init__(self, source="uniform", target="normal", event_shape: Sequence[int] = (), **source_params):
         super().__init__(event_shape=event_shape)
