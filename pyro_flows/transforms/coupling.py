@@ -500,7 +500,8 @@ class ConditionalAffineCoupling(_ConditionalCoupling):
         and raw log-scale of :math:`x^B` stacked along the partitioned dimension.
     :param int context_dim: size of the context vector.
     :param event_shape: the event shape; defaults to ``mask.shape``.
-    :param float scale_bound: the soft bound on :math:`|s|` (default 3, ``None`` for none).
+    :param float scale_bound: the soft bound on :math:`|s|` (default 2 as for
+        :class:`AffineCoupling`, ``None`` for none).
 
     >>> import pyro.distributions as dist
     >>> layer = conditional_affine_coupling(3, context_dim=2, hidden_dims=(8,))
