@@ -37,26 +37,15 @@ from torch.distributions import Distribution, constraints
 __all__ = ["FlowTransform", "check_event", "validation_enabled"]
 
 
-class independent(constraints.independent):
-    """torch's ``constraints.independent``, whose ``check`` also accepts an empty batch
-    (torch's reshapes the result to ``(*batch, -1)``, which fails with no elements, so
-    validating ``log_prob`` of a ``(0, D)`` batch raised)."""
-
-    def check(self, value):
-        if value.numel() == 0 and value.dim() >= self.event_dim:
-            return torch.ones(value.shape[: value.dim() - self.event_dim], dtype=torch.bool, device=value.device)
-        return super().check(value)
-
-
 # Shared (immutable) constraints for the usual event dims: TransformedDistribution reads
 # domain/codomain several times per layer and call, and building one each time showed.
-_REAL_EVENTS = tuple(independent(constraints.real, n) for n in range(5))
+_REAL_EVENTS = tuple(constraints.independent(constraints.real, n) for n in range(5))
 
 
 def _real_events(event_dim: int) -> constraints.Constraint:
     if event_dim < len(_REAL_EVENTS):
         return _REAL_EVENTS[event_dim]
-    return independent(constraints.real, event_dim)
+    return constraints.independent(constraints.real, event_dim)
 
 
 def validation_enabled() -> bool:

@@ -40,7 +40,7 @@ import torch
 from torch import nn
 from torch.distributions import constraints
 
-from .base import independent, FlowTransform, check_event, sum_event, validation_enabled
+from .base import FlowTransform, check_event, sum_event, validation_enabled
 from .cdf_functions import check_supported, log_parts, quantile
 from .monotone_inverse import attach_implicit_gradient, invert_monotone
 
@@ -146,11 +146,11 @@ class MixtureCDF(FlowTransform):
     # ---------------------------------------------------------------- constraints
     @constraints.dependent_property(is_discrete=False)
     def domain(self):
-        return independent(constraints.unit_interval, self.event_dim_)
+        return constraints.independent(constraints.unit_interval, self.event_dim_)
 
     @constraints.dependent_property(is_discrete=False)
     def codomain(self):
-        return independent(constraints.real, self.event_dim_)
+        return constraints.independent(constraints.real, self.event_dim_)
 
     # ----------------------------------------------------------------------- math
     @torch.no_grad()
@@ -282,11 +282,11 @@ class BaseCDF(FlowTransform):
     @constraints.dependent_property(is_discrete=False)
     def domain(self):
         support = self._support if self._support is not None else self._scalar().support
-        return independent(support, self.event_dim_)
+        return constraints.independent(support, self.event_dim_)
 
     @constraints.dependent_property(is_discrete=False)
     def codomain(self):
-        return independent(constraints.unit_interval, self.event_dim_)
+        return constraints.independent(constraints.unit_interval, self.event_dim_)
 
     def _call_and_ladj(self, z):
         d = self._scalar()

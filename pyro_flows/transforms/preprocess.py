@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch.distributions import constraints
 
-from .base import independent, FlowTransform, sum_event, validation_enabled
+from .base import FlowTransform, sum_event, validation_enabled
 
 __all__ = ["Logit", "logit", "dequantize"]
 
@@ -107,7 +107,7 @@ class Logit(FlowTransform):
     def codomain(self):
         a = self.alpha
         low, high = -a / (1 - 2 * a), (1 - a) / (1 - 2 * a)
-        return independent(constraints.interval(low, high), self.event_dim_)
+        return constraints.independent(constraints.interval(low, high), self.event_dim_)
 
     def _check(self, x, what, dtype=None):
         super()._check(x, what, dtype)
