@@ -156,7 +156,12 @@ def test_conditional_coupling_scale_bound_default_matches_the_unconditional_one(
     conditional builder; a larger raw log-scale is squashed to below it."""
     defaults = {
         f: inspect.signature(f).parameters["scale_bound"].default
-        for f in (AffineCoupling, ConditionalAffineCoupling, conditional_affine_coupling, conditional_real_nvp)
+        for f in (
+            AffineCoupling,
+            ConditionalAffineCoupling,
+            conditional_affine_coupling,
+            conditional_real_nvp,
+        )
     }
     assert set(defaults.values()) == {2.0}, defaults
     assert "(default 2" in ConditionalAffineCoupling.__doc__ and "(default 2" in AffineCoupling.__doc__

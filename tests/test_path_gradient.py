@@ -173,7 +173,9 @@ def _losses_and_grads(elbo, path_gradient=True):
 
 
 @pytest.mark.parametrize(
-    "plain, jitted", [(Trace_ELBO, JitTrace_ELBO), (TraceGraph_ELBO, JitTraceGraph_ELBO)], ids=["trace", "tracegraph"]
+    "plain, jitted",
+    [(Trace_ELBO, JitTrace_ELBO), (TraceGraph_ELBO, JitTraceGraph_ELBO)],
+    ids=["trace", "tracegraph"],
 )
 def test_path_gradient_under_jit_elbos(plain, jitted):
     """Path gradients run under Pyro's JIT ELBOs (``torch.func.functional_call`` does

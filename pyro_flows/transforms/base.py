@@ -224,7 +224,7 @@ class FlowTransform(TransformModule):
         state = entry[5]
         if walk:
             now = self._state_tensors()
-            if len(now) != len(state) or any(a is not b for a, b in zip(now, state)):
+            if len(now) != len(state) or any(a is not b for a, b in zip(now, state, strict=True)):
                 self.__dict__.pop("_state_list", None)
                 return None
         if [t._version for t in state] != entry[6]:
