@@ -20,7 +20,7 @@ class Flow(nn.Module):
     Calling it returns a :class:`pyro.distributions.TransformedDistribution` on the
     module's device and dtype, so that ``.to("cuda")``, ``.double()``, ``state_dict`` and
     ``.parameters()`` cover both parts. With base :math:`p_Z` and transform :math:`T`
-    (base to data; the lecture's :math:`f_\theta = T^{-1}`),
+    (base to data; the normalizing map is :math:`T^{-1}`),
 
     .. math::
 
@@ -34,7 +34,7 @@ class Flow(nn.Module):
         ``default_base`` if it has one (e.g. :func:`~pyro_flows.cdf_flow`), else ``"normal"``.
         When the base's support differs from the transform's domain (a Beta base for a
         RealNVP), :func:`~pyro_flows.bases.latent_bridge` puts the matching
-        :class:`~pyro_flows.transforms.ChangeOfBase` in front (Concept 10.13); the
+        :class:`~pyro_flows.transforms.ChangeOfBase` in front; the
         model's density is unchanged, only its latent follows the chosen base.
     :param event_shape: shape of one data point; read from the transform when it has an
         ``event_shape`` attribute.

@@ -50,7 +50,7 @@ def nice(
     mask: Union[str, torch.Tensor] = "half",
     activation: Callable[[], nn.Module] = nn.ReLU,
 ) -> VectorFlow:
-    r"""NICE (Dinh et al., 2015; lecture Def. 10.26): ``num_layers`` additive couplings
+    r"""NICE (Dinh et al., 2015): ``num_layers`` additive couplings
     with alternating partitions and a diagonal :class:`~pyro_flows.transforms.Scaling`
     next to the base, :math:`\log|\det J| = \sum_i s_i`.
 
@@ -80,7 +80,7 @@ def real_nvp(
     scale_bound: Optional[float] = 2.0,
     momentum: float = 0.1,
 ) -> VectorFlow:
-    r"""RealNVP for vectors (Dinh et al., 2017; lecture Def. 10.27): ``num_layers`` affine
+    r"""RealNVP for vectors (Dinh et al., 2017): ``num_layers`` affine
     couplings whose partitions alternate (``mask="half"`` or ``"alternating"``), with a
     :class:`~pyro_flows.transforms.RealNVPBatchNorm` between consecutive couplings when
     ``batch_norm=True``.

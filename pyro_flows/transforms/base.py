@@ -233,8 +233,9 @@ class FlowTransform(TransformModule):
 
     def _store(self, x, y, ladj, state):
         # versions read after the call: a call may update buffers (running statistics);
-        # written to __dict__ directly: nn.Module.__setattr__ (which looks for
-        # parameters, buffers and submodules first) is a visible part of a small call
+        # written to __dict__ directly: 0.06 us against 3.6 us through nn.Module.__setattr__
+        # (which looks for parameters, buffers and submodules first), timeit, once per
+        # layer and call
         grad = torch.is_grad_enabled()
         self.__dict__["_cache"] = x, y, ladj, grad, self.training, state, [t._version for t in state]
 

@@ -1,8 +1,8 @@
 r"""Elementwise 1-D flows: a learnable mixture CDF and the CDFs of base distributions
-(lecture, Concepts 10.11-10.13 and Example 10.10).
+(the probability integral transform and its inverse, Papamakarios et al., 2021, Sec. 2).
 
 A 1-D flow from data :math:`X` to a base :math:`Z \sim p_Z` can always be built in two
-steps (Concept 10.13): the data's CDF :math:`F` maps :math:`X` to
+steps: the data's CDF :math:`F` maps :math:`X` to
 :math:`U \sim \mathrm{Uniform}(0, 1)` and the base's quantile :math:`G^{-1}` maps
 :math:`U` to :math:`Z`:
 
@@ -109,8 +109,8 @@ class MixtureCDF(FlowTransform):
     parameters follow the implicit function theorem,
     :math:`\partial x/\partial\theta = -(\partial F/\partial\theta)/F'(x)`.
 
-    Used with a Uniform(0, 1) base this is a complete 1-D flow (Concept 10.12); with
-    :class:`BaseCDF` in front it targets any base (Concept 10.13, :func:`~pyro_flows.cdf_flow`).
+    Used with a Uniform(0, 1) base this is a complete 1-D flow; with
+    :class:`BaseCDF` in front it targets any base (:func:`~pyro_flows.cdf_flow`).
 
     :param event_shape: shape of one event (``()`` for scalars, ``(D,)``, ``(C, H, W)``).
     :param int num_components: :math:`K`.
@@ -243,7 +243,7 @@ class BaseCDF(FlowTransform):
         u = G(z), \qquad z = G^{-1}(u), \qquad \log\left|\frac{du}{dz}\right| = \sum \log g(z).
 
     Placed on the base side of a flow whose domain is :math:`(0,1)` (a :class:`MixtureCDF`),
-    it makes the latent follow :math:`G` instead of Uniform(0, 1) (Concept 10.13). It has
+    it makes the latent follow :math:`G` instead of Uniform(0, 1). It has
     no parameters; the base's parameters are buffers, so it follows ``.to()``.
     Supported: ``"normal"``, ``"uniform"``, ``"beta"`` (Beta CDF by continued fraction,
     its quantile by safeguarded Newton), or any scalar distribution with ``cdf``/``icdf``.
@@ -319,7 +319,7 @@ class ChangeOfBase(FlowTransform):
 
         \log\left|\frac{dz_t}{dz_s}\right| = \sum \log g_s(z_s) - \sum \log g_t(z_t).
 
-    The composition of Concept 10.13 (:math:`Z_s \to U \to Z_t`). Put in front of a flow
+    The composition :math:`Z_s \to U \to Z_t` of a CDF and a quantile function. Put in front of a flow
     that expects a ``target`` latent (e.g. a RealNVP, which expects a real-valued one), it
     lets that flow be driven by a ``source`` base such as Uniform(0, 1) or Beta(5, 5)
     without changing the model's density; :class:`~pyro_flows.Flow` inserts it

@@ -1,5 +1,5 @@
 """Learnable linear flows with cheap log-determinants: NICE's diagonal scaling and an
-LU-parameterized invertible linear map (lecture, Def. 10.21)."""
+LU-parameterized invertible linear map (Kingma & Dhariwal, 2018)."""
 
 from __future__ import annotations
 
@@ -16,9 +16,11 @@ __all__ = [
     "Permutation",
     "Scaling",
     "InvertibleLinear",
+    "Invertible1x1Conv",
     "LUWeight",
     "scaling",
     "invertible_linear",
+    "invertible_1x1_conv",
 ]
 
 
@@ -111,7 +113,7 @@ class LUWeight(nn.Module):
 
 
 class InvertibleLinear(FlowTransform):
-    r"""A learnable affine flow (lecture, Def. 10.21) with an LU-parameterized matrix.
+    r"""A learnable affine flow with an LU-parameterized matrix (Kingma & Dhariwal, 2018).
 
     In the normalizing direction (data to base, ``_inverse``)
     :math:`f(x) = A^{-1}(x - b)`; sampling (``_call``) is :math:`x = A z + b`, and
@@ -167,7 +169,7 @@ def invertible_linear(input_dim: int) -> InvertibleLinear:
 
 # ---------------------------------------------------------------------------- images
 class Invertible1x1Conv(FlowTransform):
-    r"""Glow's invertible 1x1 convolution (Kingma & Dhariwal, 2018; lecture Def. 10.33):
+    r"""Glow's invertible 1x1 convolution (Kingma & Dhariwal, 2018):
     the same learned invertible matrix :math:`W \in \mathbb R^{C \times C}` mixes the
     channels at every pixel, a learned generalisation of the channel permutation
     between couplings.
@@ -231,9 +233,6 @@ def invertible_1x1_conv(num_channels: int) -> Invertible1x1Conv:
     torch.Size([4, 4])
     """
     return Invertible1x1Conv(num_channels)
-
-
-__all__ += ["Invertible1x1Conv", "invertible_1x1_conv"]
 
 
 class LocScale(Scaling):

@@ -1,4 +1,5 @@
-"""Normalization layers for flows: RealNVP's batch normalization (lecture, Concept 10.31)."""
+"""Normalization layers for flows: RealNVP's batch normalization (Dinh et al., 2017)
+and Glow's activation normalization (Kingma & Dhariwal, 2018)."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ from torch import nn
 
 from .base import FlowTransform, check_event
 
-__all__ = ["RealNVPBatchNorm", "real_nvp_batch_norm"]
+__all__ = ["RealNVPBatchNorm", "real_nvp_batch_norm", "ActNorm", "act_norm"]
 
 
 class _PerFeature(FlowTransform):
@@ -47,7 +48,7 @@ class _PerFeature(FlowTransform):
 
 
 class RealNVPBatchNorm(_PerFeature):
-    r"""Batch normalization as a bijection (Dinh et al., 2017; lecture Concept 10.31).
+    r"""Batch normalization as a bijection (Dinh et al., 2017, Sec. 3.7).
 
     In the normalizing direction (data :math:`y` to base :math:`x`, Pyro's ``_inverse``,
     the direction ``log_prob`` takes)
@@ -189,7 +190,7 @@ def real_nvp_batch_norm(
 
 # ---------------------------------------------------------------------------- images
 class ActNorm(_PerFeature):
-    r"""Glow's activation normalization (Kingma & Dhariwal, 2018; lecture Def. 10.33): a
+    r"""Glow's activation normalization (Kingma & Dhariwal, 2018): a
     per-channel affine map with data-dependent initialisation.
 
     Sampling (``_call``, base to data) and scoring (``_inverse``, data to base):
@@ -261,6 +262,3 @@ def act_norm(num_features: int, event_dim: int = 3) -> ActNorm:
     torch.Size([3])
     """
     return ActNorm(num_features, event_dim=event_dim)
-
-
-__all__ += ["ActNorm", "act_norm"]

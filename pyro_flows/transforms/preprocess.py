@@ -111,7 +111,8 @@ class Logit(FlowTransform):
 
     def _check(self, x, what, dtype=None):
         super()._check(x, what, dtype)
-        if what == "value" and validation_enabled() and not bool(self.codomain.check(x).all()):
+        # (torch's independent constraint cannot check an empty batch; it has nothing to check)
+        if what == "value" and x.numel() and validation_enabled() and not bool(self.codomain.check(x).all()):
             raise ValueError(
                 f"Logit: expected data in [0, 1] (dequantized and scaled by 1/K), got values in "
                 f"[{float(x.min())}, {float(x.max())}]"

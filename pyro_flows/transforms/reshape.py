@@ -1,4 +1,4 @@
-r"""Reshaping flows for images: RealNVP's squeeze (lecture, Concept 10.29 and Def. 10.30).
+r"""Reshaping flows for images: RealNVP's squeeze (Dinh et al., 2017, Sec. 3.6).
 
 The squeeze operation trades spatial resolution for channels: every 2x2 block of pixels
 of a channel becomes four channels at one pixel,
@@ -57,9 +57,9 @@ class Squeeze(FlowTransform):
     r"""RealNVP's squeeze as a flow layer: space-to-depth in the normalizing direction.
 
     Like every layer here it follows Pyro's direction convention, so inside a list of
-    transforms (base first, data last) it sits where the lecture's flow squeezes:
+    transforms (base first, data last) it sits where RealNVP's multi-scale architecture squeezes:
 
-    * ``_inverse`` (data to base, what ``log_prob`` runs; the lecture's :math:`f`):
+    * ``_inverse`` (data to base, what ``log_prob`` runs; the normalizing direction):
       :math:`(C, H, W) \to (4C, H/2, W/2)` by :func:`space_to_depth`;
     * ``_call`` (base to data, sampling): :math:`(4C, H/2, W/2) \to (C, H, W)` by
       :func:`depth_to_space`;
