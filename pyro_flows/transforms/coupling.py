@@ -55,10 +55,10 @@ __all__ = [
     "vector_mask",
 ]
 
-Partition = Union[IndexPartition, MaskPartition]
 
-
-def _partition_of(mask: Union[torch.Tensor, Partition], event_shape: Optional[Sequence[int]]):
+def _partition_of(
+    mask: Union[torch.Tensor, IndexPartition, MaskPartition], event_shape: Optional[Sequence[int]]
+):
     """The event shape (``mask.shape`` unless given) and the partition ``mask`` makes of it;
     a partition already built (a conditioned coupling shares its parent's) is kept."""
     if isinstance(mask, (IndexPartition, MaskPartition)):
@@ -84,10 +84,11 @@ class _Coupling(FlowTransform):
 
     def __init__(
         self,
-        mask: Union[torch.Tensor, Partition],
+        mask: torch.Tensor,
         conditioner: Callable,
         event_shape: Optional[Sequence[int]] = None,
     ):
+        # (``mask`` may also be a partition already built: a conditioned coupling's parent's)
         event_shape, partition = _partition_of(mask, event_shape)
         super().__init__(event_shape=event_shape)
         self.partition = partition
