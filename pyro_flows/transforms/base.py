@@ -12,8 +12,8 @@ It adds three things to :class:`pyro.distributions.TransformModule`:
   counters: optimizer steps, ``load_state_dict`` and running-statistics updates bump
   them). So scoring a tensor again after an optimizer step, after swapping a parameter,
   or with gradients after scoring it under ``no_grad`` recomputes instead of returning
-  stale values or a value without a graph. Nothing is registered with torch and
-  nothing has to be invalidated: a changed key simply misses;
+  stale values or a value without a graph. Nothing is registered with torch: a
+  changed key simply misses;
 * **input checks that name the problem**: event shape and dtype (also against the
   dtype of the transform's parameters) are always checked (cheap, no device sync);
   finiteness is checked while distribution validation is on
