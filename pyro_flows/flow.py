@@ -20,7 +20,7 @@ class Flow(nn.Module):
     Calling it returns a :class:`pyro.distributions.TransformedDistribution` on the
     module's device and dtype, so that ``.to("cuda")``, ``.double()``, ``state_dict`` and
     ``.parameters()`` cover both parts. With base :math:`p_Z` and transform :math:`T`
-    (base to data; the normalizing map is :math:`f_\theta = T^{-1}`),
+    (base to data; the normalizing map is :math:`T^{-1}`),
 
     .. math::
 
@@ -78,8 +78,16 @@ class Flow(nn.Module):
         return dist.TransformedDistribution(self.base(), bridge + list(parts))
 
     def log_prob(self, x: torch.Tensor) -> torch.Tensor:
-        """Log-density of data ``x`` of shape ``(*batch, *event_shape)``; shape ``batch``."""
-        return self().log_prob(x)
+        """Log-density of data ``x`` of shape ``(*batch, *event_shape)``; shape ``batch``
+        (empty for an empty batch)."""
+        d = self()
+        if isinstance(x, torch.Tensor) and x.numel() == 0:
+            # torch's Independent.log_prob (the base's) cannot sum over an empty batch;
+            # the layers still run, so a wrong shape or dtype is reported as for any batch
+            for transform in reversed(d.transforms):
+                x = transform.inv(x)
+            return x.new_zeros(x.shape[: x.dim() - len(self.event_shape)])
+        return d.log_prob(x)
 
     def sample(self, sample_shape=()) -> torch.Tensor:
         """Draw samples without gradients, shape ``(*sample_shape, *event_shape)``."""

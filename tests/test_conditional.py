@@ -1,12 +1,16 @@
 """Conditional couplings and conditional RealNVP: agreement with the unconditional flow,
 context broadcasting, gradients to the context, errors, and a tiny conditional fit."""
 
+import inspect
+
 import pyro.distributions as dist
 import pytest
 import torch
 
 import pyro_flows
+from pyro_flows.builders.conditional import ConditionalVectorFlow, conditional_real_nvp
 from pyro_flows.nn import MLP, ConditionalMLP
+from pyro_flows.transforms import AffineCoupling, ConditionalAffineCoupling, conditional_affine_coupling
 
 from .helpers import autograd_logdet, randomize
 
@@ -134,3 +138,37 @@ def test_conditional_flow_learns_a_context_dependent_gaussian():
     marginal = -dist.Normal(x.mean(0), x.std(0)).log_prob(x).sum(-1).mean().item()
     assert nll < marginal - 1.5, (nll, marginal)
     assert nll < exact + 0.25, (nll, exact)
+
+
+@pytest.mark.parametrize("cache_size", [0, 1])
+def test_condition_keeps_the_cache_size(cache_size):
+    cflow = conditional_real_nvp(3, context_dim=2, num_layers=2, hidden_dims=(8,))
+    assert cflow._cache_size == 1  # Pyro's conditional flows cache by default
+    cflow = ConditionalVectorFlow(list(cflow.transforms), (3,), context_dim=2, cache_size=cache_size)
+    flow = cflow.condition(torch.randn(2))
+    assert flow._cache_size == cache_size
+    x = torch.randn(4, 3)
+    assert torch.allclose(flow.inv(flow(x)), x, atol=1e-5)
+
+
+def test_conditional_coupling_scale_bound_default_matches_the_unconditional_one():
+    """The documented default (2) is the one the code uses, for both twins and the
+    conditional builder; a larger raw log-scale is squashed to below it."""
+    defaults = {
+        f: inspect.signature(f).parameters["scale_bound"].default
+        for f in (
+            AffineCoupling,
+            ConditionalAffineCoupling,
+            conditional_affine_coupling,
+            conditional_real_nvp,
+        )
+    }
+    assert set(defaults.values()) == {2.0}, defaults
+    assert "(default 2" in ConditionalAffineCoupling.__doc__ and "(default 2" in AffineCoupling.__doc__
+    layer = conditional_affine_coupling(2, context_dim=1, hidden_dims=(4,))
+    with torch.no_grad():
+        layer.conditioner[-1].bias.fill_(50.0)  # raw log-scale 50 everywhere
+    t = layer.condition(torch.zeros(1))
+    x = torch.randn(3, 2)
+    ladj = t.log_abs_det_jacobian(x, t(x))
+    assert torch.allclose(ladj, torch.full((3,), 2.0), atol=1e-6)  # one coordinate, at the bound

@@ -231,10 +231,17 @@ def test_nfe_reported_and_sample_scored_without_a_new_solve():
     x = d.sample((7,))
     assert flow.nfe == len(calls) > 0
     solved = len(calls)
-    d.log_prob(x)
+    with torch.no_grad():  # sample() ran without gradients: scoring without them reuses its solve
+        d.log_prob(x)
     assert len(calls) == solved, "scoring the sample just drawn must reuse the cached solve"
     d.log_prob(x.clone())
     assert len(calls) > solved
+    solved = len(calls)
+    assert d.log_prob(x).requires_grad  # with gradients: solved again, the cached one had no graph
+    assert len(calls) > solved
+    r = d.rsample((3,))
+    solved = len(calls)
+    assert d.log_prob(r).requires_grad and len(calls) == solved  # rsample keeps its graph: reused
     assert flow.regularization.item() == 0.0 and flow.kinetic_energy is None, "not regularising"
 
 

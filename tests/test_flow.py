@@ -159,3 +159,50 @@ def test_wrong_dtype_is_named():
 def test_too_small_input_dim():
     with pytest.raises(ValueError, match="input_dim >= 2"):
         pyro_flows.real_nvp(1)
+
+
+@pytest.mark.parametrize(
+    "make, shape",
+    [
+        (lambda: pyro_flows.real_nvp(3, num_layers=2, hidden_dims=(8,), batch_norm=True), (3,)),
+        (lambda: pyro_flows.nice(4, num_layers=2, hidden_dims=(8,)), (4,)),
+        (lambda: pyro_flows.cdf_flow(3), ()),
+        (
+            lambda: pyro_flows.glow(
+                (2, 4, 4), num_scales=1, steps_per_scale=1, hidden_channels=4, num_blocks=1
+            ),
+            (2, 4, 4),
+        ),
+    ],
+)
+def test_log_prob_of_an_empty_batch_is_empty(make, shape):
+    flow = pyro_flows.Flow(make())
+    flow.train()
+    for batch in [(0,), (2, 0)]:
+        lp = flow.log_prob(torch.rand(*batch, *shape))
+        assert lp.shape == batch
+    # nothing learnt from no data: no NaN statistics, ActNorm still waits for a batch
+    assert all(torch.isfinite(t).all() for t in [*flow.parameters(), *flow.buffers()])
+    assert not any(
+        bool(m.initialized) for m in flow.modules() if isinstance(m, pyro_flows.transforms.ActNorm)
+    )
+    flow.eval()
+    assert flow.log_prob(torch.rand(0, *shape)).shape == (0,)
+    assert flow.sample((0,)).shape == (0, *shape)
+    if shape:  # a wrong event shape is still reported for an empty batch
+        with pytest.raises(ValueError, match="shape"):
+            flow.log_prob(torch.rand(0, *shape[:-1], shape[-1] + 1))
+
+
+def test_log_prob_of_float64_data_on_a_float32_flow_names_the_fix():
+    flow = pyro_flows.Flow(pyro_flows.real_nvp(3, num_layers=2, hidden_dims=(8,)))
+    x = torch.randn(5, 3, dtype=torch.float64)  # e.g. from NumPy
+    with pytest.raises(
+        ValueError, match=r"torch\.float64 but .* torch\.float32.*x\.float\(\).*flow\.double\(\)"
+    ):
+        flow.log_prob(x)
+    assert flow.double().log_prob(x).dtype == torch.float64
+    with pytest.raises(
+        ValueError, match=r"torch\.float16 but .* torch\.float64.*x\.double\(\).*flow\.half\(\)"
+    ):
+        flow.log_prob(x.half())

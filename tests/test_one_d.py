@@ -18,7 +18,7 @@ from scipy import stats
 import pyro_flows
 from pyro_flows import Flow, GaussianMixture, cdf_flow, inverse_cdf_sample, mixture_cdf
 from pyro_flows.data import make_bimodal
-from pyro_flows.transforms import BaseCDF, MixtureCDF
+from pyro_flows.transforms import BaseCDF, MixtureCDF, change_of_base
 
 BASES = ["normal", "uniform", "beta"]
 
@@ -269,3 +269,33 @@ def test_bare_mixture_cdf_with_a_normal_base_gets_bridged():
     x = torch.linspace(-30.0, 30.0, 20001, dtype=torch.float64)
     with torch.no_grad():
         assert abs(torch.trapezoid(flow.log_prob(x).exp(), x).item() - 1) < 1e-6
+
+
+@pytest.mark.parametrize("base", ["normal", "uniform"])  # torch's Beta has no cdf/icdf
+@torch.no_grad()
+def test_cdf_and_icdf_of_a_1d_flow(base):
+    """The transforms are increasing (``sign``), so torch's TransformedDistribution.cdf
+    is the flow's CDF: it matches the integral of the density, and icdf inverts it."""
+    transform = cdf_flow(3, base=base).double()
+    transform.mixture.loc.copy_(torch.tensor([-2.0, 0.5, 3.0]))
+    transform.mixture.log_scale.copy_(torch.tensor([-0.5, 0.2, -1.0]))
+    transform.mixture.logits.copy_(torch.tensor([0.3, -0.2, 0.5]))
+    d = Flow(transform)()
+    assert transform.sign == 1
+    grid = torch.linspace(-12.0, 10.0, 44001, dtype=torch.float64)
+    integral = torch.cumulative_trapezoid(d.log_prob(grid).exp(), grid)
+    for x in (-3.0, -1.0, 0.4, 2.0, 4.5):
+        i = int((grid - x).abs().argmin())
+        assert abs(float(d.cdf(grid[i])) - float(integral[i - 1])) < 1e-6, x
+    q = torch.tensor([1e-4, 0.05, 0.3, 0.5, 0.9, 0.999], dtype=torch.float64)
+    assert torch.allclose(d.cdf(d.icdf(q)), q, atol=1e-9)
+    x = torch.tensor([-3.0, 0.0, 2.5], dtype=torch.float64)
+    assert torch.allclose(d.icdf(d.cdf(x)), x, atol=1e-7)
+
+
+def test_change_of_base_and_base_cdf_are_increasing():
+    for t in (BaseCDF("beta", a=2.0, b=3.0), change_of_base("uniform", "normal"), mixture_cdf(2)):
+        assert t.sign == 1 and t.inv.sign == 1
+        u = torch.linspace(0.05, 0.95, 7)
+        out = t(u) if not isinstance(t, BaseCDF) else t.inv(u)
+        assert (out.diff() > 0).all()

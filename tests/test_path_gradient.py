@@ -1,12 +1,14 @@
 """The path-gradient ("sticking the landing") log-density of flow guides."""
 
 import copy
+import math
 
 import pyro
 import pyro.distributions as dist
 import pytest
 import torch
-from pyro.infer import Trace_ELBO
+from pyro.distributions.torch_transform import ComposeTransformModule
+from pyro.infer import JitTrace_ELBO, JitTraceGraph_ELBO, Trace_ELBO, TraceGraph_ELBO
 
 from pyro_flows.infer import AutoRealNVP, PathGradientTransformedDistribution, guide_real_nvp
 from pyro_flows.transforms import LocScale
@@ -15,8 +17,9 @@ from pyro_flows.transforms import LocScale
 def _flow(dim=3, seed=0, dtype=torch.float64):
     """A flow that is far from the identity: couplings with random last layers."""
     torch.manual_seed(seed)
-    flow = guide_real_nvp(dim, num_layers=4, hidden_dims=(16,))
-    flow.parts.append(LocScale(torch.randn(dim), 1.5))
+    couplings = guide_real_nvp(dim, num_layers=4, hidden_dims=(16,))
+    # a module of the flow (appending to .parts would leave it out of .to() and .parameters())
+    flow = ComposeTransformModule([*couplings.parts, LocScale(torch.randn(dim), 1.5)])
     with torch.no_grad():
         for p in flow.parameters():
             p.add_(0.3 * torch.randn_like(p))
@@ -137,3 +140,53 @@ def test_bad_values_are_named():
         q.log_prob(torch.zeros(4, 3, dtype=torch.long))
     with pytest.raises(ValueError, match="(?i)nan|finite"):
         q.log_prob(torch.full((4, 3), float("nan"), dtype=torch.float64))
+
+
+def _jit_model(data):
+    loc = pyro.sample("loc", dist.Normal(torch.zeros(2), 3.0).to_event(1))
+    scale = pyro.sample("scale", dist.LogNormal(0.0, 1.0))
+    with pyro.plate("n", data.shape[0]):
+        pyro.sample("obs", dist.Normal(loc, scale).to_event(1), obs=data)
+
+
+def _losses_and_grads(elbo, path_gradient=True):
+    """Three (loss, gradients) of an AutoRealNVP, with the parameters moved in between
+    so that a traced ELBO must read them as inputs, not constants."""
+    data = torch.randn(20, 2, generator=torch.Generator().manual_seed(1)) + 1
+    pyro.clear_param_store()
+    pyro.set_rng_seed(0)
+    guide = AutoRealNVP(_jit_model, num_layers=2, hidden_dims=(8,), path_gradient=path_gradient)
+    elbo.loss_and_grads(_jit_model, guide, data)  # sets the guide up (and traces a JIT ELBO)
+    params = dict(pyro.get_param_store().named_parameters())
+    out = []
+    for step in range(3):
+        for p in params.values():
+            p.grad = None
+        pyro.set_rng_seed(10 + step)
+        loss = elbo.loss_and_grads(_jit_model, guide, data)
+        grads = {name: p.grad.clone() for name, p in params.items()}
+        out.append((loss, grads))
+        with torch.no_grad():
+            for name, p in params.items():
+                p.sub_(0.01 * grads[name])
+    return out
+
+
+@pytest.mark.parametrize(
+    "plain, jitted",
+    [(Trace_ELBO, JitTrace_ELBO), (TraceGraph_ELBO, JitTraceGraph_ELBO)],
+    ids=["trace", "tracegraph"],
+)
+def test_path_gradient_under_jit_elbos(plain, jitted):
+    """Path gradients run under Pyro's JIT ELBOs (``torch.func.functional_call`` does
+    not) and give the same losses and gradients as without JIT."""
+    expected = _losses_and_grads(plain())
+    got = _losses_and_grads(jitted())
+    for (loss, grads), (jit_loss, jit_grads) in zip(expected, got, strict=True):
+        assert math.isclose(loss, jit_loss, rel_tol=1e-5), (loss, jit_loss)
+        for name in grads:
+            assert torch.allclose(grads[name], jit_grads[name], rtol=1e-4, atol=1e-5), name
+    # the path gradient is not the ordinary one (the score term is dropped)
+    ordinary = _losses_and_grads(plain(), path_gradient=False)
+    assert math.isclose(ordinary[0][0], expected[0][0], rel_tol=1e-5)
+    assert any(not torch.allclose(ordinary[0][1][n], expected[0][1][n]) for n in expected[0][1])

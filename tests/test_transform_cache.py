@@ -1,11 +1,16 @@
-"""The transform cache keeps its list of state tensors between calls; these check that
-the list follows every way a transform's tensors can be replaced (not only updated)."""
+"""The transform cache: one entry (the last call), reused only for the same input, grad
+mode, train/eval mode and state tensors. These check that no change of any of them can
+hit it, and that importing the library leaves the process as it was."""
 
 import copy
+import json
+import subprocess
+import sys
 
 import torch
 from torch import nn
 
+import pyro_flows
 from pyro_flows.transforms import affine_coupling
 
 
@@ -58,8 +63,6 @@ def test_deepcopy_does_not_share_the_tensor_list():
 def test_compiled_log_prob_does_not_recompile_after_optimizer_steps():
     from torch._dynamo.testing import CompileCounter
 
-    import pyro_flows
-
     torch._dynamo.reset()
     flow = pyro_flows.Flow(pyro_flows.real_nvp(4, num_layers=2, hidden_dims=(8,)))
     optimizer = torch.optim.Adam(flow.parameters(), lr=1e-2)
@@ -83,3 +86,95 @@ def test_compiled_log_prob_does_not_recompile_after_optimizer_steps():
     with torch.no_grad():
         assert torch.allclose(compiled(x.clone()), flow.log_prob(x.clone()), atol=1e-6)
     torch._dynamo.reset()
+
+
+def test_grad_mode_is_part_of_the_key():
+    """Scoring a tensor under no_grad, then with gradients, must give a value with a graph."""
+    layer = _randomized()
+    y = torch.randn(5, 4)
+    with torch.no_grad():
+        x_ng = layer.inv(y)
+        ladj_ng = layer.log_abs_det_jacobian(x_ng, y)
+    assert not x_ng.requires_grad and not ladj_ng.requires_grad
+    x = layer.inv(y)
+    ladj = layer.log_abs_det_jacobian(x, y)
+    assert x.requires_grad and ladj.requires_grad
+    assert torch.equal(x, x_ng) and torch.equal(ladj, ladj_ng)
+    (grad,) = torch.autograd.grad(ladj.sum(), layer.conditioner[-1].weight)
+    assert grad.abs().sum() > 0
+    # and through a whole flow: log_prob with gradients after log_prob without
+    flow = pyro_flows.Flow(pyro_flows.real_nvp(4, num_layers=2, hidden_dims=(8,)))
+    with torch.no_grad():
+        for p in flow.parameters():
+            p.normal_(0, 0.3)
+        expected = flow.log_prob(y)
+    lp = flow.log_prob(y)
+    assert lp.requires_grad and torch.allclose(lp, expected)
+    lp.sum().backward()
+    assert all(p.grad is not None for p in flow.parameters())
+
+
+def test_train_eval_mode_is_part_of_the_key():
+    """An entry made in eval mode must not answer in train mode, where scoring also
+    updates the running statistics (and the reverse)."""
+    flow = pyro_flows.real_nvp(4, num_layers=2, hidden_dims=(8,), batch_norm=True)
+    norm = flow.parts[1]
+    y = torch.randn(64, 4) * 3 + 1
+    norm.train()
+    norm.inv(y * 2 - 1)
+    x_train = norm.inv(y)
+    norm.eval()
+    x_eval = norm.inv(y)
+    assert x_eval is not x_train
+    assert torch.allclose(x_eval, norm._inverse_and_ladj(y)[0])
+    norm.train()
+    mean = norm.running_mean.clone()
+    assert norm.inv(y) is not x_eval
+    assert not torch.allclose(norm.running_mean, mean)  # the train-mode call did run
+
+
+def test_a_sample_is_scored_from_the_cache_until_a_parameter_changes():
+    layer = _randomized()
+    x = torch.randn(5, 4)
+    y = layer(x)
+    assert layer.inv(y) is x  # Pyro's identity rule: no inverse is computed
+    with torch.no_grad():
+        layer.conditioner[0].weight.add_(0.5)  # in place: a new version
+    x2 = layer.inv(y)
+    assert x2 is not x and not torch.allclose(x2, x)
+    assert torch.allclose(layer(x2), y, atol=1e-5)
+
+
+_IMPORT_PROBE = """
+import json, sys
+import torch, pyro, pyro.distributions, pyro.infer
+from torch.nn.modules import module as m
+names = [n for n in dir(m) if n.startswith("_global_") and n.endswith("_hooks")]
+def hooks():
+    return {n: len(getattr(m, n)) for n in names}
+before_hooks, before_modules = hooks(), set(sys.modules)
+before_filters, before_env = len(__import__("warnings").filters), dict(__import__("os").environ)
+import pyro_flows
+new = sorted(k for k in set(sys.modules) - before_modules if not k.startswith("pyro_flows"))
+print(json.dumps({
+    "hooks_before": before_hooks, "hooks_after": hooks(),
+    "dynamo": "torch._dynamo" in sys.modules, "dynamo_before": "torch._dynamo" in before_modules,
+    "new_torch_modules": [k for k in new if k.startswith("torch")],
+    "filters": [before_filters, len(__import__("warnings").filters)],
+    "env": sorted(set(__import__("os").environ.items()) ^ set(before_env.items())),
+}))
+"""
+
+
+def test_import_leaves_the_process_as_it_was():
+    """No process-wide nn.Module hooks, no torch._dynamo (about 1 s of import time, a
+    warnings filter and an environment variable), no other torch submodule the user did
+    not ask for, measured against ``import torch, pyro`` in a fresh interpreter."""
+    out = subprocess.run([sys.executable, "-c", _IMPORT_PROBE], capture_output=True, text=True, check=True)
+    probe = json.loads(out.stdout)
+    assert probe["hooks_before"] == probe["hooks_after"], probe
+    assert not probe["dynamo_before"], "import torch, pyro alone imports torch._dynamo: the check is void"
+    assert not probe["dynamo"]
+    assert probe["new_torch_modules"] == [], probe["new_torch_modules"]
+    assert probe["filters"][0] == probe["filters"][1]
+    assert probe["env"] == []

@@ -27,8 +27,8 @@ class ConditionalVectorFlow(ConditionalComposeTransformModule):
     ('VectorFlow', torch.Size([4, 3]))
     """
 
-    def __init__(self, parts, event_shape: Sequence[int], context_dim: int):
-        super().__init__(parts, cache_size=1)
+    def __init__(self, parts, event_shape: Sequence[int], context_dim: int, cache_size: int = 1):
+        super().__init__(parts, cache_size=cache_size)
         self.event_shape = torch.Size(event_shape)
         self.context_dim = context_dim
 
@@ -42,7 +42,8 @@ class ConditionalVectorFlow(ConditionalComposeTransformModule):
             raise ValueError(
                 f"conditional flow: expected a context of shape (*batch, {self.context_dim}), got {shape}"
             )
-        return VectorFlow([t.condition(context) for t in self.transforms], self.event_shape)
+        parts = [t.condition(context) for t in self.transforms]
+        return VectorFlow(parts, self.event_shape, cache_size=self._cache_size)
 
 
 def conditional_real_nvp(

@@ -24,14 +24,15 @@ class VectorFlow(ComposeTransformModule):
 
     :param parts: the transforms, in Pyro's order (base side first).
     :param event_shape: the event shape, ``(D,)``.
+    :param int cache_size: as for :class:`~pyro.distributions.torch_transform.ComposeTransformModule`.
 
     >>> flow = VectorFlow([Scaling((3,))], (3,))
     >>> flow.event_shape, flow(torch.zeros(2, 3)).shape
     (torch.Size([3]), torch.Size([2, 3]))
     """
 
-    def __init__(self, parts, event_shape):
-        super().__init__(parts)
+    def __init__(self, parts, event_shape, cache_size: int = 0):
+        super().__init__(parts, cache_size=cache_size)
         self.event_shape = torch.Size(event_shape)
 
 

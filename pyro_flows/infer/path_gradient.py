@@ -24,6 +24,7 @@ It is **not** unbiased for importance-weighted objectives (``RenyiELBO`` with
 from __future__ import annotations
 
 import weakref
+from contextlib import contextmanager
 
 import torch
 from pyro.distributions import TransformedDistribution
@@ -118,7 +119,28 @@ class PathGradientTransformedDistribution(TransformedDistribution):
                 f"the flow's event_dim ({transform.event_dim}) must equal the base's event "
                 f"dimensions ({len(self.base_dist.event_shape)})"
             )
-        inverse = _inverse_of(transform)
-        detached = {name: p.detach() for name, p in inverse.named_parameters()}
-        z, ladj = torch.func.functional_call(inverse, detached, (value,))
+        with _detached_parameters(transform):
+            z, ladj = _inverse_of(transform)(value)
         return self.base_dist.log_prob(z) - ladj
+
+
+@contextmanager
+def _detached_parameters(module: nn.Module):
+    """Within the block, every parameter of ``module`` reads as its detached view.
+
+    Written into the modules' parameter dicts and put back afterwards, which is what
+    ``torch.func.functional_call`` does too; but that refuses to run while
+    ``torch.jit.trace`` records (Pyro's ``JitTrace_ELBO``), and this works in both."""
+    swapped = []
+    try:
+        for m in module.modules():
+            params = m._parameters
+            for name, p in params.items():
+                if p is not None:
+                    swapped.append((params, name, p))
+        for params, name, p in swapped:
+            params[name] = p.detach()
+        yield
+    finally:
+        for params, name, p in swapped:
+            params[name] = p

@@ -1,59 +1,36 @@
 """Flows by name: what ``pyro-flows fit --flow NAME`` builds.
 
-Each entry names the ``pyro_flows`` attribute that builds the transform and is resolved
-only when used, so a flow whose module is not installed gives a clear error instead of
-breaking the command for every other flow.
+Each entry holds the builder of the transform, the event shapes it handles and how the
+run options map to the builder's arguments.
 """
 
 from __future__ import annotations
 
-import importlib
 from dataclasses import dataclass
-from typing import Callable, Optional, Tuple
+from typing import Callable, Tuple
 
 import torch
 
+from ..builders import cdf_flow, ffjord, glow, nice, real_nvp, real_nvp_image
 from ..flow import Flow
+from ..transforms.preprocess import logit
 
 __all__ = ["FlowEntry", "FLOWS", "build_model", "flow_names"]
 
 
 @dataclass(frozen=True)
 class FlowEntry:
-    """One selectable flow: the builder's dotted path, the event shapes it handles and
-    how the run options map to its arguments."""
+    """One selectable flow: its builder, the event shapes it handles and how the run
+    options map to the builder's arguments."""
 
     name: str
-    target: str
+    builder: Callable
     #: "vector" (D,), "image" (C, H, W) or "any" (elementwise or ODE flows on vectors)
     kind: str
     arguments: Callable
     summary: str
     #: optional packages the flow needs at run time, with the hint that installs them
     requires: Tuple[Tuple[str, str], ...] = ()
-
-    def resolve(self) -> Callable:
-        builder = self._lookup()
-        if builder is None:
-            raise ValueError(
-                f"--flow {self.name} needs {self.target}, which this installation of pyro_flows does not "
-                f"have yet ({self.summary}); available now: {', '.join(available_flows())}"
-            )
-        for package, hint in self.requires:
-            try:
-                importlib.import_module(package)
-            except ImportError:
-                raise ValueError(
-                    f"--flow {self.name} needs {package}, which is not installed; {hint}"
-                ) from None
-        return builder
-
-    def _lookup(self) -> Optional[Callable]:
-        module, _, attr = self.target.rpartition(".")
-        try:
-            return getattr(importlib.import_module(module), attr)
-        except (ImportError, AttributeError):
-            return None
 
     def check_shape(self, shape: Tuple[int, ...]) -> None:
         """Raise a ``ValueError`` unless points of ``shape`` suit this flow's ``kind``."""
@@ -73,14 +50,14 @@ FLOWS = {
     for e in [
         FlowEntry(
             "nice",
-            "pyro_flows.nice",
+            nice,
             "vector",
             lambda c, s: dict(input_dim=s[0], num_layers=c.num_layers, hidden_dims=c.hidden_dims),
             "NICE additive couplings",
         ),
         FlowEntry(
             "real_nvp",
-            "pyro_flows.real_nvp",
+            real_nvp,
             "vector",
             lambda c, s: dict(
                 input_dim=s[0],
@@ -92,7 +69,7 @@ FLOWS = {
         ),
         FlowEntry(
             "real_nvp_image",
-            "pyro_flows.real_nvp_image",
+            real_nvp_image,
             "image",
             lambda c, s: dict(
                 shape=s,
@@ -105,7 +82,7 @@ FLOWS = {
         ),
         FlowEntry(
             "glow",
-            "pyro_flows.glow",
+            glow,
             "image",
             lambda c, s: dict(
                 shape=s,
@@ -118,7 +95,7 @@ FLOWS = {
         ),
         FlowEntry(
             "ffjord",
-            "pyro_flows.ffjord",
+            ffjord,
             "vector",
             lambda c, s: dict(
                 input_dim=s[0],
@@ -137,7 +114,7 @@ FLOWS = {
         ),
         FlowEntry(
             "cdf",
-            "pyro_flows.cdf_flow",
+            cdf_flow,
             "any",
             lambda c, s: dict(num_components=c.num_components, base=c.base, event_shape=s),
             "the 1-D mixture-CDF flow (coordinatewise)",
@@ -148,10 +125,6 @@ FLOWS = {
 
 def flow_names() -> Tuple[str, ...]:
     return tuple(FLOWS)
-
-
-def available_flows() -> Tuple[str, ...]:
-    return tuple(entry.name for entry in FLOWS.values() if entry._lookup() is not None)
 
 
 def build_model(config, event_shape, discrete: bool = False) -> Flow:
@@ -168,12 +141,9 @@ def build_model(config, event_shape, discrete: bool = False) -> Flow:
     if config.flow not in FLOWS:
         raise ValueError(f"unknown --flow {config.flow!r}; expected one of {', '.join(FLOWS)}")
     entry = FLOWS[config.flow]
-    builder = entry.resolve()
     shape = tuple(event_shape)
     entry.check_shape(shape)
-    transform = builder(**entry.arguments(config, shape))
+    transform = entry.builder(**entry.arguments(config, shape))
     if discrete and config.logit_alpha > 0:
-        from ..transforms.preprocess import logit as make_logit
-
-        transform = [transform, make_logit(tuple(event_shape), alpha=config.logit_alpha)]
+        transform = [transform, logit(tuple(event_shape), alpha=config.logit_alpha)]
     return Flow(transform, base=config.base, event_shape=torch.Size(event_shape))

@@ -1,5 +1,5 @@
 r"""Elementwise 1-D flows: a learnable mixture CDF and the CDFs of base distributions
-(inverse-transform sampling and its inverse, the probability integral transform).
+(the probability integral transform and its inverse, Papamakarios et al., 2021, Sec. 2).
 
 A 1-D flow from data :math:`X` to a base :math:`Z \sim p_Z` can always be built in two
 steps: the data's CDF :math:`F` maps :math:`X` to
@@ -126,6 +126,9 @@ class MixtureCDF(FlowTransform):
     True
     """
 
+    #: increasing in every coordinate, so ``TransformedDistribution.cdf``/``icdf`` work
+    sign = 1
+
     def __init__(self, event_shape: Sequence[int] = (), num_components: int = 4, component: str = "gaussian"):
         if not isinstance(num_components, int) or num_components < 1:
             raise ValueError(f"num_components must be a positive integer, got {num_components!r}")
@@ -211,9 +214,10 @@ class MixtureCDF(FlowTransform):
 
     def log_abs_det_jacobian(self, x, y):
         """:math:`-\\sum \\log F'(y)`: read from the data side ``y``, so no root finding."""
-        if self._cache_size and self._cache_hit(x, y):
-            return self._cached_ladj
-        self._check(y, "value")
+        ladj = self._cached_ladj(x, y)
+        if ladj is not None:
+            return ladj
+        self._check(y, "value", self._state()[1])
         return -sum_event(self.log_parts(y)[2], self.event_dim_)
 
     def extra_repr(self) -> str:
@@ -252,6 +256,9 @@ class BaseCDF(FlowTransform):
     >>> g(torch.tensor([0.5]))  # the median of a symmetric Beta
     tensor([0.5000])
     """
+
+    #: increasing in every coordinate, so ``TransformedDistribution.cdf``/``icdf`` work
+    sign = 1
 
     def __init__(
         self,
@@ -312,7 +319,7 @@ class ChangeOfBase(FlowTransform):
 
         \log\left|\frac{dz_t}{dz_s}\right| = \sum \log g_s(z_s) - \sum \log g_t(z_t).
 
-    The composition of two CDF flows (:math:`Z_s \to U \to Z_t`). Put in front of a flow
+    The composition :math:`Z_s \to U \to Z_t` of a CDF and a quantile function. Put in front of a flow
     that expects a ``target`` latent (e.g. a RealNVP, which expects a real-valued one), it
     lets that flow be driven by a ``source`` base such as Uniform(0, 1) or Beta(5, 5)
     without changing the model's density; :class:`~pyro_flows.Flow` inserts it
@@ -322,6 +329,9 @@ class ChangeOfBase(FlowTransform):
     >>> bridge(torch.tensor([0.5, 0.975])).tolist()  # the Normal quantiles
     [0.0, 1.95996...]
     """
+
+    #: increasing in every coordinate, so ``TransformedDistribution.cdf``/``icdf`` work
+    sign = 1
 
     def __init__(self, source="uniform", target="normal", event_shape: Sequence[int] = (), **source_params):
         super().__init__(event_shape=event_shape)

@@ -1,5 +1,5 @@
 """Learnable linear flows with cheap log-determinants: NICE's diagonal scaling and an
-LU-parameterized invertible linear map (as in Glow, Kingma & Dhariwal, 2018)."""
+LU-parameterized invertible linear map (Kingma & Dhariwal, 2018)."""
 
 from __future__ import annotations
 
@@ -16,9 +16,11 @@ __all__ = [
     "Permutation",
     "Scaling",
     "InvertibleLinear",
+    "Invertible1x1Conv",
     "LUWeight",
     "scaling",
     "invertible_linear",
+    "invertible_1x1_conv",
 ]
 
 
@@ -111,7 +113,7 @@ class LUWeight(nn.Module):
 
 
 class InvertibleLinear(FlowTransform):
-    r"""A learnable affine flow (Kingma & Dhariwal, 2018) with an LU-parameterized matrix.
+    r"""A learnable affine flow with an LU-parameterized matrix (Kingma & Dhariwal, 2018).
 
     In the normalizing direction (data to base, ``_inverse``)
     :math:`f(x) = A^{-1}(x - b)`; sampling (``_call``) is :math:`x = A z + b`, and
@@ -197,8 +199,8 @@ class Invertible1x1Conv(FlowTransform):
         self.num_channels = num_channels
         self.weight = LUWeight(num_channels)
 
-    def _check(self, x, what):
-        check_event(type(self).__name__, x, None, what)
+    def _check(self, x, what, dtype=None):
+        check_event(type(self).__name__, x, None, what, dtype)
         if x.dim() < 3 or x.shape[-3] != self.num_channels:
             raise ValueError(
                 f"{type(self).__name__}: expected {what} of shape (*batch, {self.num_channels}, H, W), "
@@ -208,11 +210,17 @@ class Invertible1x1Conv(FlowTransform):
     def _ladj(self, x):
         return (self.weight.log_abs_det() * (x.shape[-1] * x.shape[-2])).expand(x.shape[:-3])
 
+    @staticmethod
+    def _mix(matrix, x):
+        # W @ (*batch, C, H*W): a contiguous result (einsum's was a permuted view, which
+        # torch's own transforms, e.g. AffineTransform's log-det, cannot .view())
+        return (matrix @ x.flatten(-2)).unflatten(-1, x.shape[-2:])
+
     def _call_and_ladj(self, x):
-        return torch.einsum("ij,...jhw->...ihw", self.weight.weight(), x), self._ladj(x)
+        return self._mix(self.weight.weight(), x), self._ladj(x)
 
     def _inverse_and_ladj(self, y):
-        return torch.einsum("ij,...jhw->...ihw", self.weight.inverse_weight(), y), self._ladj(y)
+        return self._mix(self.weight.inverse_weight(), y), self._ladj(y)
 
     def extra_repr(self):
         return f"num_channels={self.num_channels}"
@@ -225,9 +233,6 @@ def invertible_1x1_conv(num_channels: int) -> Invertible1x1Conv:
     torch.Size([4, 4])
     """
     return Invertible1x1Conv(num_channels)
-
-
-__all__ += ["Invertible1x1Conv", "invertible_1x1_conv"]
 
 
 class LocScale(Scaling):

@@ -1,4 +1,5 @@
-"""Normalization layers for flows: RealNVP's batch normalization (Dinh et al., 2017)."""
+"""Normalization layers for flows: RealNVP's batch normalization (Dinh et al., 2017)
+and Glow's activation normalization (Kingma & Dhariwal, 2018)."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ from torch import nn
 
 from .base import FlowTransform, check_event
 
-__all__ = ["RealNVPBatchNorm", "real_nvp_batch_norm"]
+__all__ = ["RealNVPBatchNorm", "real_nvp_batch_norm", "ActNorm", "act_norm"]
 
 
 class _PerFeature(FlowTransform):
@@ -25,8 +26,8 @@ class _PerFeature(FlowTransform):
         self.event_dim_ = event_dim
         self.num_features = num_features
 
-    def _check(self, x, what):
-        check_event(type(self).__name__, x, None, what)
+    def _check(self, x, what, dtype=None):
+        check_event(type(self).__name__, x, None, what, dtype)
         d = x.dim() - self.event_dim_
         if d < 0 or x.shape[d] != self.num_features:
             kind = "features" if self.event_dim_ == 1 else "channels (C, H, W)"
@@ -47,7 +48,7 @@ class _PerFeature(FlowTransform):
 
 
 class RealNVPBatchNorm(_PerFeature):
-    r"""Batch normalization as a bijection (Dinh et al., 2017).
+    r"""Batch normalization as a bijection (Dinh et al., 2017, Sec. 3.7).
 
     In the normalizing direction (data :math:`y` to base :math:`x`, Pyro's ``_inverse``,
     the direction ``log_prob`` takes)
@@ -134,7 +135,7 @@ class RealNVPBatchNorm(_PerFeature):
         return y, self._ladj(x, var)
 
     def _inverse_and_ladj(self, y):
-        if self.training:
+        if self.training and y.numel():  # an empty batch has no statistics to learn from
             mean, var = self._training_statistics(y)
         else:
             mean, var = self.running_mean, self.running_var
@@ -245,7 +246,7 @@ class ActNorm(_PerFeature):
         return x * self._view(self.log_scale.exp()) + self._view(self.loc), self._ladj(x)
 
     def _inverse_and_ladj(self, y):
-        if self.training and not bool(self.initialized):
+        if self.training and not bool(self.initialized) and y.numel():  # not from an empty batch
             self.initialize(y)
         return (y - self._view(self.loc)) * self._view(torch.exp(-self.log_scale)), self._ladj(y)
 
@@ -261,6 +262,3 @@ def act_norm(num_features: int, event_dim: int = 3) -> ActNorm:
     torch.Size([3])
     """
     return ActNorm(num_features, event_dim=event_dim)
-
-
-__all__ += ["ActNorm", "act_norm"]

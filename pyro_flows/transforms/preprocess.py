@@ -109,9 +109,10 @@ class Logit(FlowTransform):
         low, high = -a / (1 - 2 * a), (1 - a) / (1 - 2 * a)
         return constraints.independent(constraints.interval(low, high), self.event_dim_)
 
-    def _check(self, x, what):
-        super()._check(x, what)
-        if what == "value" and validation_enabled() and not bool(self.codomain.check(x).all()):
+    def _check(self, x, what, dtype=None):
+        super()._check(x, what, dtype)
+        # (torch's independent constraint cannot check an empty batch; it has nothing to check)
+        if what == "value" and x.numel() and validation_enabled() and not bool(self.codomain.check(x).all()):
             raise ValueError(
                 f"Logit: expected data in [0, 1] (dequantized and scaled by 1/K), got values in "
                 f"[{float(x.min())}, {float(x.max())}]"

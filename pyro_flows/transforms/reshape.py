@@ -1,4 +1,4 @@
-r"""Reshaping flows for images: RealNVP's squeeze (Dinh et al., 2017, Section 3.6).
+r"""Reshaping flows for images: RealNVP's squeeze (Dinh et al., 2017, Sec. 3.6).
 
 The squeeze operation trades spatial resolution for channels: every 2x2 block of pixels
 of a channel becomes four channels at one pixel,
@@ -57,9 +57,9 @@ class Squeeze(FlowTransform):
     r"""RealNVP's squeeze as a flow layer: space-to-depth in the normalizing direction.
 
     Like every layer here it follows Pyro's direction convention, so inside a list of
-    transforms (base first, data last) it sits where RealNVP's normalizing flow squeezes:
+    transforms (base first, data last) it sits where RealNVP's multi-scale architecture squeezes:
 
-    * ``_inverse`` (data to base, what ``log_prob`` runs; the normalizing :math:`f`):
+    * ``_inverse`` (data to base, what ``log_prob`` runs; the normalizing direction):
       :math:`(C, H, W) \to (4C, H/2, W/2)` by :func:`space_to_depth`;
     * ``_call`` (base to data, sampling): :math:`(4C, H/2, W/2) \to (C, H, W)` by
       :func:`depth_to_space`;
@@ -92,9 +92,10 @@ class Squeeze(FlowTransform):
         super().__init__(event_shape=(4 * c, h // 2, w // 2))
         self.data_shape = torch.Size(data_shape)
 
-    def _check(self, x, what):
+    def _check(self, x, what, dtype=None):
         # The two sides have different shapes: inputs of _call are squeezed, values are not.
-        check_event(type(self).__name__, x, self.event_shape if what == "input" else self.data_shape, what)
+        shape = self.event_shape if what == "input" else self.data_shape
+        check_event(type(self).__name__, x, shape, what, dtype)
 
     def _call_and_ladj(self, x):
         return depth_to_space(x), x.new_zeros(x.shape[:-3])

@@ -9,7 +9,9 @@ from __future__ import annotations
 import copy
 import inspect
 import io
+import math
 import pickle
+import re
 
 import pyro.distributions as dist
 import pytest
@@ -251,6 +253,57 @@ def test_log_det_independent_of_call_order(entry):
 
 
 # ------------------------------------------------------------ dtype, device
+def test_composes_with_torch_transforms(entry):
+    """Outputs are contiguous, so torch's own transforms after ours (whose log-dets
+    ``.view()`` their input) work, on samples (cache hits) and on data."""
+    module, t, x = build(entry)
+    module.eval()
+    data = as_data(entry, x)
+    assert t(x.clone()).is_contiguous() and t.inv(data.clone()).is_contiguous()
+    n = event_dim(entry)
+    doubled = dist.TransformedDistribution(
+        flow_dist(t, entry).base_dist, [t, torch.distributions.AffineTransform(0.0, 2.0, event_dim=n)]
+    )
+    log_2 = math.log(2.0) * math.prod(entry.event_shape)
+    sample = doubled.rsample((3,))
+    expected = flow_dist(t, entry).log_prob(sample.detach() / 2) - log_2
+    assert torch.allclose(doubled.log_prob(sample), expected, atol=1e-8)
+    expected = flow_dist(t, entry).log_prob(data.clone()) - log_2
+    assert torch.allclose(doubled.log_prob(2 * data), expected, atol=1e-8)
+
+
+def _has_float_state(entry):
+    module = entry.factory()
+    return any(t.is_floating_point() for t in [*module.parameters(), *module.buffers()])
+
+
+@pytest.mark.parametrize("mode", ["eval", "train"])
+def test_empty_batch(entry, mode):
+    """A (0, *event_shape) batch maps to an empty batch, with an empty log-det, and
+    leaves the state alone (no statistics learnt from nothing)."""
+    module, t, x = build(entry)
+    getattr(module, mode)()
+    state = {k: v.clone() for k, v in module.state_dict().items() if not k.endswith("num_batches_tracked")}
+    data = as_data(entry, x)[:0]
+    z = t.inv(data)
+    assert z.shape == data.shape
+    assert t.log_abs_det_jacobian(z, data).shape == (0,)
+    assert t(x[:0]).shape == x[:0].shape
+    for k, v in state.items():
+        assert torch.equal(module.state_dict()[k], v), f"{k} changed on an empty batch"
+
+
+@entries_where(_has_float_state)
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float16])
+def test_wrong_dtype_names_both_dtypes_and_the_fix(entry, dtype):
+    module, t, x = build(entry, dtype=torch.float32)
+    module.eval()
+    data = as_data(entry, x).to(dtype)
+    fix = {torch.float64: "flow.double()", torch.float16: "flow.half()"}[dtype]
+    with pytest.raises(ValueError, match=rf"dtype {dtype}.*torch.float32.*x\.float\(\).*{re.escape(fix)}"):
+        flow_dist(t, entry, torch.float32).log_prob(data)
+
+
 def test_to_float64_matches_float32(entry):
     module, t, x = build(entry, dtype=torch.float32)
     x = as_data(entry, x)
