@@ -6,6 +6,7 @@ run options map to the builder's arguments.
 
 from __future__ import annotations
 
+import importlib
 from dataclasses import dataclass
 from typing import Callable, Tuple
 
@@ -31,6 +32,14 @@ class FlowEntry:
     summary: str
     #: optional packages the flow needs at run time, with the hint that installs them
     requires: Tuple[Tuple[str, str], ...] = ()
+
+    def check_requirements(self) -> None:
+        """Raise a ``ValueError`` naming the missing package and how to install it."""
+        for package, hint in self.requires:
+            try:
+                importlib.import_module(package)
+            except ImportError:
+                raise ValueError(f"--flow {self.name} needs {package}, which is not installed; {hint}") from None
 
     def check_shape(self, shape: Tuple[int, ...]) -> None:
         """Raise a ``ValueError`` unless points of ``shape`` suit this flow's ``kind``."""
@@ -143,6 +152,7 @@ def build_model(config, event_shape, discrete: bool = False) -> Flow:
     entry = FLOWS[config.flow]
     shape = tuple(event_shape)
     entry.check_shape(shape)
+    entry.check_requirements()
     transform = entry.builder(**entry.arguments(config, shape))
     if discrete and config.logit_alpha > 0:
         transform = [transform, logit(tuple(event_shape), alpha=config.logit_alpha)]
