@@ -8,7 +8,7 @@ from torch import nn
 from torch.distributions import Distribution
 
 import pyro_flows
-from pyro_flows.transforms import AffineCoupling, channel_mask, checkerboard_mask, half_mask
+from pyro_flows.transforms import AffineCoupling, affine_coupling, channel_mask, checkerboard_mask, half_mask
 
 from .helpers import autograd_logdet, randomize
 
@@ -29,13 +29,14 @@ def test_new_coupling_is_identity():
 
 
 def test_affine_coupling_formula():
-    """y_B = exp(s(x_A)) x_B + t(x_A) with s the soft-bounded log-scale."""
+    """y_B = exp(s(x_A)) x_B + t(x_A) with s and t the soft-bounded log-scale and shift."""
     torch.manual_seed(1)
     conditioner = nn.Linear(2, 4).double()
     layer = AffineCoupling(half_mask(4), conditioner, scale_bound=2.0)
     x = torch.randn(3, 4, dtype=torch.float64)
     shift, raw = conditioner(x[:, :2]).chunk(2, -1)
     s = 2.0 * torch.tanh(raw / 2.0)
+    shift = 10.0 * torch.tanh(shift / 10.0)
     y = layer(x)
     assert torch.equal(y[:, :2], x[:, :2])
     assert torch.allclose(y[:, 2:], torch.exp(s) * x[:, 2:] + shift, atol=1e-14)
@@ -166,15 +167,6 @@ def test_conditioner_runs_once_per_direction_and_score():
     assert len(calls) == 2
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="the soft bound limits each layer's scale, not its shift: a ReLU conditioner's shift "
-    "grows linearly with |x^A|, so in the scoring direction |x| grows geometrically (max |z| ~1e24 "
-    "after 60 layers; z**2 overflows float32). The bound's form does not matter (a clamp to [-2, 2] "
-    "gives 67% non-finite, tanh 69%); a soft bound on the shift (10 tanh(t / 10)) gives 0%, but "
-    "changes the default model",
-)
 def test_deep_perturbed_real_nvp_stays_finite_on_large_inputs():
     """A 60-layer real_nvp with weights perturbed by 0.03 scores inputs of magnitude 50
     (D=16); Pyro's affine_coupling stack of the same shape stays finite on all of them."""
@@ -184,3 +176,39 @@ def test_deep_perturbed_real_nvp_stays_finite_on_large_inputs():
     with torch.no_grad():
         lp = pyro_flows.Flow(flow).log_prob(x)
     assert torch.isfinite(lp).all(), f"{float((~torch.isfinite(lp)).float().mean()):.0%} non-finite"
+
+
+def test_without_the_shift_bound_deep_flows_overflow_far_from_the_data():
+    """The cause of the overflow the shift bound prevents: a ReLU conditioner's shift grows
+    linearly with |x^A|, so |z| grows geometrically with depth although every log-scale is
+    bounded."""
+    torch.manual_seed(0)
+    flow = randomize(pyro_flows.real_nvp(16, num_layers=60), scale=0.03)
+    for layer in flow.parts:
+        if isinstance(layer, AffineCoupling):
+            layer.shift_bound = None
+    x = 50 * torch.randn(400, 16)
+    with torch.no_grad():
+        lp = pyro_flows.Flow(flow).log_prob(x)
+    assert (~torch.isfinite(lp)).float().mean() > 0.5
+
+
+def test_the_shift_bound_is_soft_and_optional():
+    torch.manual_seed(0)
+    layer = affine_coupling(4, hidden_dims=(8,))
+    with torch.no_grad():
+        for p in layer.parameters():
+            p.add_(torch.randn_like(p))
+    x = 100 * torch.randn(50, 4)
+    y = layer(x)
+    assert torch.allclose(layer.inv(y), x, rtol=1e-4, atol=1e-3)
+    unbounded = affine_coupling(4, hidden_dims=(8,), shift_bound=None)
+    unbounded.load_state_dict(layer.state_dict())
+    x_a = layer.partition.split(x)[0]
+    raw_shift, _ = unbounded._params(x_a)
+    bounded_shift, _ = layer._shift_log_scale(x_a)
+    assert raw_shift.abs().max() > 10 and bounded_shift.abs().max() <= 10
+    small = raw_shift.abs() < 0.5
+    assert torch.allclose(bounded_shift[small], raw_shift[small], atol=5e-3)
+    with pytest.raises(ValueError, match="shift_bound must be positive"):
+        affine_coupling(4, shift_bound=0.0)

@@ -53,7 +53,11 @@ def guide_real_nvp(
     for i in range(num_layers):
         if permute and i % 2 == 0 and i > 0:
             parts.append(Permutation(latent_dim, seed=seed + i))
-        parts.append(affine_coupling(latent_dim, hidden_dims, "half", i % 2, activation, scale_bound))
+        # No bound on the shift here: a model's latent space is not standardized (a
+        # posterior can sit far from 0), and the guide's own scales stay near the posterior.
+        parts.append(
+            affine_coupling(latent_dim, hidden_dims, "half", i % 2, activation, scale_bound, shift_bound=None)
+        )
     return ComposeTransformModule(parts)
 
 
