@@ -1,4 +1,4 @@
-"""Pyro inference with flows: flow guides and ArviZ diagnostics."""
+"""Pyro inference with flows: flow guides, NeuTra HMC and ArviZ diagnostics."""
 
 from ..transforms.linear import LocScale, Permutation
 from .diagnostics import (
@@ -11,10 +11,13 @@ from .diagnostics import (
     psis_khat,
 )
 from .guides import AutoRealNVP, guide_real_nvp
+from .neutra import NeuTraRun, neutra_mcmc
 from .path_gradient import PathGradientTransformedDistribution
 
 __all__ = [
     "AutoRealNVP",
+    "NeuTraRun",
+    "neutra_mcmc",
     "LocScale",
     "PathGradientTransformedDistribution",
     "Permutation",
