@@ -59,8 +59,20 @@ def test_neutra_mcmc_returns_every_site_in_its_support_and_to_inference_data():
     assert idata.posterior["scale"].shape == (1, 20)
     assert idata.sample_stats["diverging"].shape == (1, 20)
     # the transform maps further latent draws the same way
-    again = run.reparam.transform_sample(run.latent[0])
+    again = run.to_model_space(run.latent[0])
     assert torch.allclose(again["loc"], run.samples["loc"])
+
+
+def test_neutra_mcmc_keeps_plated_sites_apart_from_the_draws():
+    # a plated latent site: the draws' dimension must not be broadcast against the plate
+    def plated():
+        mu = pyro.sample("mu", dist.Normal(0.0, 1.0))
+        with pyro.plate("groups", 3):
+            pyro.sample("theta", dist.Normal(mu, 1.0))
+
+    guide = _trained(plated, steps=5)
+    run = neutra_mcmc(plated, guide, num_samples=4, warmup_steps=2, seed=0, max_tree_depth=2)
+    assert run.samples["mu"].shape == (4,) and run.samples["theta"].shape == (4, 3)
 
 
 def test_neutra_mcmc_leaves_the_guide_trainable():

@@ -42,8 +42,7 @@ class NeuTraRun:
     :ivar torch.Tensor latent: the chain in the guide's latent space, shape
         ``(num_chains, num_samples, latent_dim)``.
     :ivar pyro.infer.MCMC mcmc: the finished sampler (its ``diagnostics()``, ``summary()``).
-    :ivar NeuTraReparam reparam: the reparameterizer; ``reparam.transform_sample(z)`` maps
-        further latent draws to the model.
+    :ivar NeuTraReparam reparam: the reparameterizer (its guide and transform).
     :ivar float seconds: wall-clock seconds of warmup and sampling (not of training).
     """
 
@@ -52,6 +51,11 @@ class NeuTraRun:
     mcmc: MCMC
     reparam: NeuTraReparam
     seconds: float
+
+    def to_model_space(self, latent: torch.Tensor) -> Dict[str, torch.Tensor]:
+        """Map latent draws of shape ``(num_draws, latent_dim)`` to the model's sites,
+        ``site -> (num_draws, *site_shape)``, as :attr:`samples` was made."""
+        return _to_model_space(self.reparam, latent)
 
     @property
     def num_chains(self) -> int:
@@ -93,6 +97,21 @@ def _frozen(guide: torch.nn.Module):
         for p, flag in flags:
             p.requires_grad_(flag)
         guide.train(training)
+
+
+@torch.no_grad()
+def _to_model_space(reparam: NeuTraReparam, latent: torch.Tensor) -> Dict[str, torch.Tensor]:
+    # NeuTraReparam.transform_sample wants the draws' batch dimension left of the model's
+    # plates, so give it max_plate_nesting singleton dimensions and remove them after.
+    guide = reparam.guide
+    num = latent.shape[0]
+    nesting = max([-plate.dim for plate in guide.plates.values() if plate.dim is not None], default=0)
+    padded = latent.reshape(num, *[1] * nesting, latent.shape[-1])
+    shapes = {name: site["value"].shape for name, site in guide.prototype_trace.iter_stochastic_nodes()}
+    return {
+        name: value.reshape(num, *shapes[name]).detach()
+        for name, value in reparam.transform_sample(padded).items()
+    }
 
 
 def neutra_mcmc(
@@ -175,10 +194,9 @@ def neutra_mcmc(
         mcmc.run(*model_args, **model_kwargs)
         seconds = time.perf_counter() - start
         (latent,) = mcmc.get_samples(group_by_chain=True).values()
-        with torch.no_grad():
-            samples = reparam.transform_sample(latent.reshape(-1, latent.shape[-1]))
+        samples = _to_model_space(reparam, latent.reshape(-1, latent.shape[-1]))
     return NeuTraRun(
-        samples={k: v.detach() for k, v in samples.items()},
+        samples=samples,
         latent=latent.detach(),
         mcmc=mcmc,
         reparam=reparam,
