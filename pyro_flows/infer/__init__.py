@@ -1,4 +1,5 @@
-"""Pyro inference with flows: flow guides, NeuTra HMC and ArviZ diagnostics."""
+"""Pyro inference with flows: flow guides, NeuTra HMC, amortized posteriors and ArviZ
+diagnostics."""
 
 from ..transforms.linear import LocScale, Permutation
 from .diagnostics import (
@@ -13,9 +14,12 @@ from .diagnostics import (
 from .guides import AutoRealNVP, guide_real_nvp
 from .neutra import NeuTraRun, neutra_mcmc
 from .path_gradient import PathGradientTransformedDistribution
+from .posterior import ConditionalPosterior, fit_posterior
 
 __all__ = [
     "AutoRealNVP",
+    "ConditionalPosterior",
+    "fit_posterior",
     "NeuTraRun",
     "neutra_mcmc",
     "LocScale",
