@@ -100,3 +100,12 @@ def test_neutra_mcmc_rejects_bad_sizes(kwargs):
     guide = _trained(gaussian, steps=1)
     with pytest.raises(ValueError, match=next(iter(kwargs))):
         neutra_mcmc(gaussian, guide, **{"num_samples": 2, "warmup_steps": 1, **kwargs})
+
+
+def test_the_neutra_comparison_runs_end_to_end(tmp_path):
+    from examples.neutra import main
+
+    rows = main(["--smoke", "--models", "funnel", "--out", str(tmp_path)])
+    assert [r["method"] for r in rows] == ["NUTS centered", "NUTS non-centered", "NeuTra"]
+    assert all(r["exact sd"] == 3.0 and r["ess_min"] > 0 for r in rows)
+    assert "| funnel | 0 | NeuTra |" in (tmp_path / "neutra.md").read_text()
