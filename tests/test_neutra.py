@@ -75,6 +75,14 @@ def test_neutra_mcmc_keeps_plated_sites_apart_from_the_draws():
     assert run.samples["mu"].shape == (4,) and run.samples["theta"].shape == (4, 3)
 
 
+def test_neutra_mcmc_under_jit_gives_the_same_chain():
+    guide = _trained(gaussian, steps=20)
+    options = dict(num_samples=15, warmup_steps=10, seed=0, max_tree_depth=3)
+    plain = neutra_mcmc(gaussian, guide, **options)
+    jitted = neutra_mcmc(gaussian, guide, jit_compile=True, ignore_jit_warnings=True, **options)
+    assert torch.allclose(plain.samples["z"], jitted.samples["z"], atol=1e-5)
+
+
 def test_neutra_mcmc_leaves_the_guide_trainable():
     guide = _trained(gaussian, steps=5)
     neutra_mcmc(gaussian, guide, num_samples=3, warmup_steps=2, seed=0, max_tree_depth=2)
