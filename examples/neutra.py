@@ -80,7 +80,8 @@ def run_nuts(model, site, recenter, noncentered: bool, args, seed: int):
     """Plain NUTS on the model, non-centering ``site`` if asked; samples of the original sites."""
     sampled = poutine.reparam(model, config={site: LocScaleReparam(0.0)}) if noncentered else model
     pyro.set_rng_seed(seed)
-    mcmc = MCMC(NUTS(sampled), num_samples=args.samples, warmup_steps=args.warmup, disable_progbar=True)
+    kernel = NUTS(sampled, jit_compile=args.jit, ignore_jit_warnings=True)
+    mcmc = MCMC(kernel, num_samples=args.samples, warmup_steps=args.warmup, disable_progbar=True)
     start = time.perf_counter()
     mcmc.run()
     seconds = time.perf_counter() - start
@@ -96,7 +97,15 @@ def run_neutra(model, args, seed: int):
     make = lambda m: AutoRealNVP(m)  # noqa: E731 - the library's defaults
     guide, seconds_per_step, _ = fit(model, make, args.steps, args.lr, args.particles, seed)
     train_seconds = seconds_per_step * args.steps
-    result = neutra_mcmc(model, guide, num_samples=args.samples, warmup_steps=args.warmup, seed=seed)
+    result = neutra_mcmc(
+        model,
+        guide,
+        num_samples=args.samples,
+        warmup_steps=args.warmup,
+        seed=seed,
+        jit_compile=args.jit,
+        ignore_jit_warnings=True,
+    )
     return result.samples, result.seconds, result.divergences, train_seconds
 
 
@@ -167,6 +176,7 @@ def main(argv=None):
     parser.add_argument("--lr", type=float, default=0.01)
     parser.add_argument("--particles", type=int, default=32)
     parser.add_argument("--seeds", default="0")
+    parser.add_argument("--jit", action="store_true", help="Pyro's jit_compile for every sampler")
     parser.add_argument("--out", type=Path, default=Path("outputs/neutra"))
     parser.add_argument("--smoke", action="store_true", help="a few iterations of everything")
     args = parser.parse_args(argv)

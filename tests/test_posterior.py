@@ -172,4 +172,5 @@ def test_the_two_moons_reference_is_normalized_and_matches_its_likelihood():
     assert abs(fine.log_z - coarse.log_z) < 5e-3
     draws = fine.sample(500)
     assert (draws.abs() <= 1).all()
+    assert torch.isfinite(fine.log_prob(draws)).all()
     assert torch.isfinite(two_moons_log_likelihood(draws.double(), x.double())).all()
