@@ -160,10 +160,18 @@ def table(rows: list) -> str:
                 "min ESS/s": f"{r['min ESS/s']:.2f}",
                 "min ESS/s incl. training": f"{r['min ESS/s incl. training']:.2f}",
                 "mean of site (exact)": f"{r[f'mean {hard}']:.2f} ({r['exact mean']:.2f})",
+                # the error in Monte Carlo standard errors, sd / sqrt(ESS): beyond 2-3 a bias
+                "error / MCSE": f"{(r[f'mean {hard}'] - r['exact mean']) / (r[f'sd {hard}'] / r['ess_hard'] ** 0.5):+.1f}",
                 "sd of site (exact)": f"{r[f'sd {hard}']:.2f} ({r['exact sd']:.2f})",
             }
         )
     return moments_table(out)
+
+
+def table_from_log(path: Path) -> str:
+    """The table of a run's JSON lines (one per sampler), e.g. of an unfinished run's log."""
+    lines = [line for line in Path(path).read_text().splitlines() if line.startswith("{")]
+    return table([json.loads(line) for line in lines])
 
 
 def main(argv=None):
