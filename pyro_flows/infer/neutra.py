@@ -151,6 +151,7 @@ def neutra_mcmc(
 
     >>> import pyro, pyro.distributions as dist
     >>> from pyro_flows.infer import AutoRealNVP
+    >>> pyro.clear_param_store()  # guides keep their weights in Pyro's parameter store
     >>> def model():
     ...     pyro.sample("a", dist.Normal(torch.zeros(2), 1.0).to_event(1))
     >>> guide = AutoRealNVP(model, num_layers=2, hidden_dims=(8,))
