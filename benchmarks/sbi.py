@@ -35,6 +35,7 @@ Without it only ours runs. Results go to ``outputs/sbi/`` (``--out``).
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import time
 from pathlib import Path
@@ -221,7 +222,9 @@ def run(task: str, num_simulations: int, seed: int, args) -> list:
         methods["sbi NPE (MAF)"] = fit_sbi(prior, theta, x)
         budget = methods["sbi NPE (MAF)"][1] if budget is None else budget
     if "ours" in args.methods:
-        kwargs = {"max_epochs": args.max_epochs} if args.max_epochs else {}
+        kwargs = json.loads(args.fit_kwargs)
+        if args.max_epochs:
+            kwargs["max_epochs"] = args.max_epochs
         methods["ours (fit_posterior)"] = fit_ours(prior, theta, x, budget, seed=seed, **kwargs)
     rows = []
     for name, (at, seconds, info) in methods.items():
@@ -259,6 +262,7 @@ def main(argv=None):
     parser.add_argument("--draws", type=int, default=1000, help="posterior and reference draws per C2ST")
     parser.add_argument("--max-seconds", type=float, default=None, help="ours' budget (default: sbi's time)")
     parser.add_argument("--max-epochs", type=int, default=None)
+    parser.add_argument("--fit-kwargs", default="{}", help="JSON keyword arguments of fit_posterior")
     parser.add_argument("--out", type=Path, default=Path("outputs/sbi"))
     parser.add_argument("--stem", default="sbi")
     parser.add_argument("--smoke", action="store_true", help="tiny sizes, ours only unless --methods")

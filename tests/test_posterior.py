@@ -174,3 +174,12 @@ def test_the_two_moons_reference_is_normalized_and_matches_its_likelihood():
     assert (draws.abs() <= 1).all()
     assert torch.isfinite(fine.log_prob(draws)).all()
     assert torch.isfinite(two_moons_log_likelihood(draws.double(), x.double())).all()
+
+
+def test_a_plateau_decays_the_learning_rate_before_stopping():
+    theta, x = torch.randn(100, 2), torch.randn(100, 2)  # no signal: the held-out loss stalls soon
+    plain = _tiny((theta, x), patience=2, max_epochs=60)
+    decayed = _tiny((theta, x), patience=2, max_epochs=60, lr_decays=2)
+    assert plain.history["epochs"] < 60
+    assert decayed.history["epochs"] >= plain.history["epochs"] + 2
+    assert min(decayed.history["validation"]) <= min(plain.history["validation"]) + 1e-6

@@ -217,6 +217,8 @@ def fit_posterior(
     validation_fraction: float = 0.1,
     patience: int = 20,
     clip_norm: Optional[float] = 5.0,
+    lr_decays: int = 0,
+    lr_decay: float = 0.2,
     seed: Optional[int] = 0,
     dtype: torch.dtype = torch.float32,
 ) -> ConditionalPosterior:
@@ -245,6 +247,10 @@ def fit_posterior(
     :param float validation_fraction: share of the pairs held out for early stopping.
     :param int patience: epochs without a held-out improvement before stopping.
     :param float clip_norm: gradient norm clipping (``None``: none).
+    :param int lr_decays: on a plateau (``patience`` epochs without a held-out
+        improvement) restart from the best weights with the learning rate times
+        ``lr_decay``, this many times before stopping.
+    :param float lr_decay: the factor of each such decay.
     :param int seed: seeds the split, the initialisation and the minibatches (``None``: the
         global RNG).
     :returns: a :class:`ConditionalPosterior` in eval mode; ``history`` holds the training
@@ -292,7 +298,7 @@ def fit_posterior(
 
     optimizer = torch.optim.Adam(flow.parameters(), lr=lr)
     history = {"train": [], "validation": []}
-    best, best_state, since_best, epoch = math.inf, None, 0, 0
+    best, best_state, since_best, epoch, decays_left = math.inf, None, 0, 0, lr_decays
     start = time.perf_counter()
     flow.train()
     while max_epochs is None or epoch < max_epochs:
@@ -316,8 +322,16 @@ def fit_posterior(
             best_state = copy.deepcopy(flow.state_dict())
         else:
             since_best += 1
-        if since_best >= patience or (max_seconds is not None and time.perf_counter() - start > max_seconds):
+        if max_seconds is not None and time.perf_counter() - start > max_seconds:
             break
+        if since_best >= patience:
+            if decays_left == 0:
+                break
+            # a plateau: go back to the best weights and take smaller steps from there
+            decays_left, since_best = decays_left - 1, 0
+            flow.load_state_dict(best_state)
+            for group in optimizer.param_groups:
+                group["lr"] *= lr_decay
     if best_state is not None:
         flow.load_state_dict(best_state)
     posterior.eval()
