@@ -18,7 +18,7 @@ thin crescents. We never write the likelihood down for fitting: we only simulate
 
 Writes ``sbi_posterior.png`` and ``sbi_posterior.md`` to ``--out``.
 
-    python -m examples.sbi_posterior            # about a minute on one core
+    python -m examples.sbi_posterior            # a few minutes on one core
     python -m examples.sbi_posterior --smoke    # seconds
 """
 
