@@ -168,10 +168,12 @@ def score(sample, log_prob, reference, num_draws: int, seed: int) -> dict:
 
 
 # ---------------------------------------------------------------- methods
-def fit_sbi(prior, theta, x):
+def fit_sbi(prior, theta, x, log_dir: Path):
     from sbi.inference import NPE
+    from torch.utils.tensorboard import SummaryWriter
 
-    inference = NPE(prior=prior, show_progress_bars=False)
+    # sbi logs to TensorBoard, by default in ./sbi-logs; keep that with our outputs
+    inference = NPE(prior=prior, show_progress_bars=False, summary_writer=SummaryWriter(str(log_dir)))
     inference.append_simulations(theta, x)
     start = time.perf_counter()
     estimator = inference.train()
@@ -219,7 +221,7 @@ def run(task: str, num_simulations: int, seed: int, args) -> list:
     budget = args.max_seconds
     if "sbi" in args.methods and have_sbi():
         torch.manual_seed(seed)
-        methods["sbi NPE (MAF)"] = fit_sbi(prior, theta, x)
+        methods["sbi NPE (MAF)"] = fit_sbi(prior, theta, x, args.out / "sbi-logs")
         budget = methods["sbi NPE (MAF)"][1] if budget is None else budget
     if "ours" in args.methods:
         kwargs = json.loads(args.fit_kwargs)

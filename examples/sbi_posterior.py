@@ -87,8 +87,9 @@ def figure(panels, path: Path):
 
     fig, axes = plt.subplots(1, len(panels), figsize=(4 * len(panels), 4), squeeze=False)
     for ax, (x_obs, samples, exact) in zip(axes[0], panels, strict=True):
-        ax.scatter(*exact.T.numpy(), s=2, alpha=0.3, color="grey", label="exact (grid)")
         ax.scatter(*samples.T.numpy(), s=2, alpha=0.3, color="C0", label="q(theta | x)")
+        # the exact draws on top: the crescents are thin, and would hide under q's
+        ax.scatter(*exact.T.numpy(), s=1, alpha=0.3, color="black", label="exact (grid)")
         ax.set(xlim=(-1, 1), ylim=(-1, 1), xlabel="theta_1", ylabel="theta_2")
         ax.set_title(f"x = ({x_obs[0]:.1f}, {x_obs[1]:.1f})", fontsize=9)
     axes[0][0].legend(loc="lower left", fontsize=7, markerscale=4)
