@@ -1,4 +1,5 @@
-"""Pyro inference with flows: flow guides and ArviZ diagnostics."""
+"""Pyro inference with flows: flow guides, NeuTra HMC, amortized posteriors and ArviZ
+diagnostics."""
 
 from ..transforms.linear import LocScale, Permutation
 from .diagnostics import (
@@ -11,10 +12,16 @@ from .diagnostics import (
     psis_khat,
 )
 from .guides import AutoRealNVP, guide_real_nvp
+from .neutra import NeuTraRun, neutra_mcmc
 from .path_gradient import PathGradientTransformedDistribution
+from .posterior import ConditionalPosterior, fit_posterior
 
 __all__ = [
     "AutoRealNVP",
+    "ConditionalPosterior",
+    "fit_posterior",
+    "NeuTraRun",
+    "neutra_mcmc",
     "LocScale",
     "PathGradientTransformedDistribution",
     "Permutation",

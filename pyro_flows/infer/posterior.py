@@ -1,0 +1,345 @@
+r"""Amortized posteriors: neural posterior estimation with a conditional flow.
+
+Given simulated pairs :math:`(\theta_i, x_i)`, :math:`\theta_i \sim p(\theta)`,
+:math:`x_i \sim p(x \mid \theta_i)`, maximising :math:`\sum_i \log q(\theta_i \mid x_i)`
+over a conditional density :math:`q` fits the posterior :math:`p(\theta \mid x)` for
+every :math:`x` at once (Papamakarios & Murray, 2016; Greenberg et al., 2019): the
+expected loss is :math:`\mathbb E_{p(x)} \mathrm{KL}(p(\theta \mid x) \,\|\, q(\theta \mid x))`
+plus a constant. Here :math:`q` is a conditional RealNVP
+(:func:`~pyro_flows.builders.conditional_real_nvp`) on standardized parameters,
+conditioned on standardized data.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import time
+from typing import Callable, List, Optional, Sequence, Tuple, Union
+
+import torch
+from torch import nn
+from torch.distributions import (
+    AffineTransform,
+    Distribution,
+    Independent,
+    Normal,
+    TransformedDistribution,
+    biject_to,
+    constraints,
+)
+
+from ..builders.conditional import conditional_real_nvp
+
+__all__ = ["ConditionalPosterior", "fit_posterior"]
+
+Pairs = Tuple[torch.Tensor, torch.Tensor]
+
+
+class ConditionalPosterior(nn.Module):
+    r"""A trained amortized posterior :math:`q(\theta \mid x)`, returned by :func:`fit_posterior`.
+
+    With :math:`u = b^{-1}(\theta)` the parameters mapped to an unbounded space (``b`` is
+    :func:`torch.distributions.biject_to` of the prior's support, the identity for an
+    unbounded prior), the flow models the standardized :math:`\tilde u = (u - m_u) / s_u`
+    given the standardized data :math:`\tilde x = (x - m_x) / s_x`:
+
+    .. math::
+
+        \log q(\theta \mid x) = \log q_{\text{flow}}(\tilde u \mid \tilde x)
+            - \textstyle\sum_j \log s_{u,j} - \log|\det J_b(u)|,
+
+    so densities are in the units of :math:`\theta`. The standardization statistics are
+    buffers: they follow ``.to(device)`` and ``state_dict()``.
+
+    :param flow: a :class:`~pyro_flows.builders.ConditionalVectorFlow` on ``theta_dim``
+        with context size ``x_dim``.
+    :param theta_loc, theta_scale: :math:`m_u, s_u`, shape ``(theta_dim,)``.
+    :param x_loc, x_scale: :math:`m_x, s_x`, shape ``(x_dim,)``.
+    :param support: the support of :math:`\theta` (default: all of :math:`\mathbb R^d`).
+    """
+
+    def __init__(
+        self,
+        flow: nn.Module,
+        theta_loc: torch.Tensor,
+        theta_scale: torch.Tensor,
+        x_loc: torch.Tensor,
+        x_scale: torch.Tensor,
+        support: constraints.Constraint = constraints.real_vector,
+    ):
+        super().__init__()
+        self.flow = flow
+        self.register_buffer("theta_loc", theta_loc)
+        self.register_buffer("theta_scale", theta_scale)
+        self.register_buffer("x_loc", x_loc)
+        self.register_buffer("x_scale", x_scale)
+        self.support = support
+        self.history: dict = {}
+
+    @property
+    def theta_dim(self) -> int:
+        return self.theta_loc.shape[-1]
+
+    @property
+    def x_dim(self) -> int:
+        return self.x_loc.shape[-1]
+
+    def _check_x(self, x: torch.Tensor) -> torch.Tensor:
+        if not isinstance(x, torch.Tensor) or x.dim() < 1 or x.shape[-1] != self.x_dim:
+            shape = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
+            raise ValueError(f"posterior: expected x of shape (*batch, {self.x_dim}), got {shape}")
+        if not torch.isfinite(x).all():
+            raise ValueError("posterior: x has NaN or infinite entries")
+        return x.to(self.x_loc.dtype)
+
+    def standardized_distribution(self, x: torch.Tensor) -> Distribution:
+        """The flow's distribution of :math:`\\tilde u` given ``x`` (batch shape ``x.shape[:-1]``),
+        before the standardization and the support map are undone."""
+        x = self._check_x(x)
+        context = (x - self.x_loc) / self.x_scale
+        zeros = self.theta_loc.new_zeros(*context.shape[:-1], self.theta_dim)
+        base = Independent(Normal(zeros, torch.ones_like(zeros)), 1)
+        return TransformedDistribution(base, [self.flow.condition(context)])
+
+    def distribution(self, x: torch.Tensor) -> Distribution:
+        r""":math:`q(\theta \mid x)` as a distribution with batch shape ``x.shape[:-1]`` and
+        event shape ``(theta_dim,)``; its ``log_prob`` includes the log-determinants of the
+        standardization and of the support map."""
+        inner = self.standardized_distribution(x)
+        parts = [AffineTransform(self.theta_loc, self.theta_scale, event_dim=1)]
+        if self.support is not constraints.real_vector:
+            parts.append(biject_to(self.support))
+        return TransformedDistribution(inner, parts, validate_args=False)
+
+    @torch.no_grad()
+    def sample(self, x: torch.Tensor, num_samples: int = 1) -> torch.Tensor:
+        """``num_samples`` draws of :math:`\\theta` for each observation: shape
+        ``(num_samples, theta_dim)`` for one ``x`` of shape ``(x_dim,)``, and
+        ``(num_samples, *batch, theta_dim)`` for ``x`` of shape ``(*batch, x_dim)``.
+
+        >>> post = fit_posterior((torch.randn(64, 2), torch.randn(64, 3)), max_epochs=1, hidden_dims=(8,))
+        >>> post.sample(torch.zeros(3), 5).shape, post.sample(torch.zeros(4, 3), 5).shape
+        (torch.Size([5, 2]), torch.Size([5, 4, 2]))
+        """
+        return self.distribution(x).sample((num_samples,))
+
+    def log_prob(self, theta: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        r""":math:`\log q(\theta \mid x)` in the units of :math:`\theta`; ``theta`` of shape
+        ``(*batch, theta_dim)`` and ``x`` of shape ``(*batch', x_dim)`` broadcast, e.g.
+        many ``theta`` against one ``x``. Outside the prior's support it is :math:`-\infty`."""
+        if not isinstance(theta, torch.Tensor) or theta.dim() < 1 or theta.shape[-1] != self.theta_dim:
+            shape = tuple(theta.shape) if isinstance(theta, torch.Tensor) else type(theta).__name__
+            raise ValueError(f"posterior: expected theta of shape (*batch, {self.theta_dim}), got {shape}")
+        x = self._check_x(x)
+        theta = theta.to(self.theta_loc.dtype)
+        batch = torch.broadcast_shapes(theta.shape[:-1], x.shape[:-1])
+        theta = theta.expand(*batch, self.theta_dim)
+        inside = self.support.check(theta)
+        if inside.dim() == theta.dim():  # an elementwise constraint
+            inside = inside.all(-1)
+        if not inside.all():
+            # evaluate a point inside instead (the inverse support map is not finite
+            # outside), then report -inf there
+            theta = torch.where(inside.unsqueeze(-1), theta, biject_to(self.support)(self.theta_loc))
+        log_q = self.distribution(x.expand(*batch, self.x_dim)).log_prob(theta)
+        return torch.where(inside, log_q, log_q.new_full((), -math.inf))
+
+    def extra_repr(self) -> str:
+        return f"theta_dim={self.theta_dim}, x_dim={self.x_dim}, support={self.support}"
+
+
+def _as_pairs(simulator_or_pairs, prior, num_simulations) -> Pairs:
+    if callable(simulator_or_pairs):
+        if prior is None:
+            raise ValueError("fit_posterior: a simulator needs a prior to draw theta from")
+        if not isinstance(num_simulations, int) or num_simulations < 2:
+            raise ValueError(f"fit_posterior: num_simulations must be an int >= 2, got {num_simulations!r}")
+        theta = prior.sample((num_simulations,))
+        x = simulator_or_pairs(theta)
+        return theta, x
+    if not isinstance(simulator_or_pairs, (tuple, list)) or len(simulator_or_pairs) != 2:
+        raise TypeError(
+            "fit_posterior: expected a simulator (a callable theta -> x) or a pair of tensors "
+            f"(theta, x), got {type(simulator_or_pairs).__name__}"
+        )
+    return tuple(simulator_or_pairs)
+
+
+def _check_pairs(theta, x) -> Pairs:
+    for name, value in (("theta", theta), ("x", x)):
+        if not isinstance(value, torch.Tensor):
+            raise TypeError(f"fit_posterior: {name} must be a tensor, got {type(value).__name__}")
+        if value.dim() == 1:
+            raise ValueError(
+                f"fit_posterior: {name} has shape {tuple(value.shape)}; expected (num_simulations, dim) "
+                "(reshape a scalar per simulation to (-1, 1))"
+            )
+        if value.dim() != 2:
+            raise ValueError(
+                f"fit_posterior: {name} must have shape (num_simulations, dim), got {tuple(value.shape)}"
+            )
+        bad = ~torch.isfinite(value).all(-1)
+        if bad.any():
+            raise ValueError(
+                f"fit_posterior: {int(bad.sum())} of {len(value)} simulations have NaN or infinite "
+                f"entries in {name} (e.g. row {int(bad.nonzero()[0])}); drop them before fitting"
+            )
+    if len(theta) != len(x):
+        raise ValueError(f"fit_posterior: got {len(theta)} theta but {len(x)} x; they must pair up")
+    if theta.shape[-1] < 2:
+        raise ValueError(
+            f"fit_posterior: theta has dimension {theta.shape[-1]}; the RealNVP couplings need at least 2"
+        )
+    return theta, x
+
+
+def _loc_scale(values: torch.Tensor) -> Pairs:
+    loc = values.mean(0)
+    scale = values.std(0)
+    # a constant coordinate carries no information; leave it unscaled rather than divide by 0
+    scale = torch.where(scale > 1e-12 * (1 + loc.abs()), scale, torch.ones_like(scale))
+    return loc, scale
+
+
+def fit_posterior(
+    simulator_or_pairs: Union[Callable[[torch.Tensor], torch.Tensor], Pairs, List[torch.Tensor]],
+    prior: Optional[Distribution] = None,
+    num_simulations: Optional[int] = None,
+    *,
+    num_layers: int = 6,
+    hidden_dims: Sequence[int] = (64, 64),
+    scale_bound: Optional[float] = 3.0,
+    batch_size: int = 128,
+    lr: float = 1e-3,
+    max_epochs: Optional[int] = None,
+    max_seconds: Optional[float] = None,
+    validation_fraction: float = 0.1,
+    patience: int = 20,
+    clip_norm: Optional[float] = 5.0,
+    lr_decays: int = 0,
+    lr_decay: float = 0.2,
+    seed: Optional[int] = 0,
+    dtype: torch.dtype = torch.float32,
+) -> ConditionalPosterior:
+    r"""Fit an amortized posterior :math:`q(\theta \mid x)` by neural posterior
+    estimation (Papamakarios & Murray, 2016; Greenberg et al., 2019).
+
+    ``theta`` and ``x`` are z-scored with the training pairs' statistics (after mapping
+    ``theta`` to an unbounded space when ``prior`` has a bounded support), a conditional
+    RealNVP is trained by maximum likelihood with Adam on minibatches, and training stops
+    when the held-out loss has not improved for ``patience`` epochs (or at ``max_epochs``
+    or after ``max_seconds``); the weights of the best held-out epoch are kept.
+
+    :param simulator_or_pairs: a simulator, called once as ``simulator(theta)`` on a batch
+        ``theta`` of shape ``(num_simulations, theta_dim)`` and returning ``x`` of shape
+        ``(num_simulations, x_dim)``; or a pair ``(theta, x)`` of such tensors.
+    :param prior: draws ``theta`` for a simulator (``prior.sample((n,))`` must have shape
+        ``(n, theta_dim)``); with pairs it is optional and only supplies the support.
+    :param int num_simulations: simulations to run (simulator only).
+    :param int num_layers: coupling layers of the conditional RealNVP.
+    :param hidden_dims: hidden sizes of each coupling's conditioner.
+    :param float scale_bound: soft bound on each coupling's log-scale.
+    :param int batch_size: minibatch size.
+    :param float lr: Adam's learning rate.
+    :param int max_epochs: at most this many epochs (default: until early stopping).
+    :param float max_seconds: stop after this many seconds of training.
+    :param float validation_fraction: share of the pairs held out for early stopping.
+    :param int patience: epochs without a held-out improvement before stopping.
+    :param float clip_norm: gradient norm clipping (``None``: none).
+    :param int lr_decays: on a plateau (``patience`` epochs without a held-out
+        improvement) restart from the best weights with the learning rate times
+        ``lr_decay``, this many times before stopping.
+    :param float lr_decay: the factor of each such decay.
+    :param int seed: seeds the split, the initialisation and the minibatches (``None``: the
+        global RNG).
+    :returns: a :class:`ConditionalPosterior` in eval mode; ``history`` holds the training
+        and held-out losses per epoch, the epochs, the seconds and the best epoch.
+
+    >>> theta = torch.randn(500, 2)
+    >>> x = theta + 0.5 * torch.randn(500, 2)
+    >>> post = fit_posterior((theta, x), max_epochs=3, hidden_dims=(16,))
+    >>> post.sample(torch.zeros(2), 10).shape, post.log_prob(torch.zeros(2), torch.zeros(2)).shape
+    (torch.Size([10, 2]), torch.Size([]))
+    """
+    if seed is not None:
+        torch.manual_seed(seed)
+    generator = torch.Generator().manual_seed(seed) if seed is not None else None
+    theta, x = _check_pairs(*_as_pairs(simulator_or_pairs, prior, num_simulations))
+    theta, x = theta.detach().to(dtype), x.detach().to(dtype)
+    support = constraints.real_vector
+    if prior is not None and prior.support is not constraints.real and prior.support is not constraints.real_vector:
+        support = prior.support
+        inside = support.check(theta)
+        if not (inside.all(-1) if inside.dim() == theta.dim() else inside).all():
+            raise ValueError("fit_posterior: some theta lie outside the prior's support")
+    if not 0 < validation_fraction < 1:
+        raise ValueError(f"fit_posterior: validation_fraction must be in (0, 1), got {validation_fraction}")
+
+    u = theta if support is constraints.real_vector else biject_to(support).inv(theta)
+    num = len(u)
+    order = torch.randperm(num, generator=generator)
+    num_val = max(1, int(round(validation_fraction * num)))
+    val_idx, train_idx = order[:num_val], order[num_val:]
+    theta_loc, theta_scale = _loc_scale(u[train_idx])
+    x_loc, x_scale = _loc_scale(x[train_idx])
+    flow = conditional_real_nvp(
+        theta.shape[-1], x.shape[-1], num_layers=num_layers, hidden_dims=hidden_dims, scale_bound=scale_bound
+    ).to(dtype)
+    posterior = ConditionalPosterior(flow, theta_loc, theta_scale, x_loc, x_scale, support)
+    u_std = (u - theta_loc) / theta_scale
+    x_std = (x - x_loc) / x_scale
+
+    def loss_of(idx):
+        zeros = u_std.new_zeros(len(idx), u_std.shape[-1])
+        base = Independent(Normal(zeros, torch.ones_like(zeros)), 1)
+        q = TransformedDistribution(base, [flow.condition(x_std[idx])])
+        return -q.log_prob(u_std[idx]).mean()
+
+    optimizer = torch.optim.Adam(flow.parameters(), lr=lr)
+    history = {"train": [], "validation": []}
+    best, best_state, since_best, epoch, decays_left = math.inf, None, 0, 0, lr_decays
+    start = time.perf_counter()
+    flow.train()
+    while max_epochs is None or epoch < max_epochs:
+        perm = train_idx[torch.randperm(len(train_idx), generator=generator)]
+        total = 0.0
+        for batch in perm.split(batch_size):
+            loss = loss_of(batch)
+            optimizer.zero_grad()
+            loss.backward()
+            if clip_norm is not None:
+                nn.utils.clip_grad_norm_(flow.parameters(), clip_norm)
+            optimizer.step()
+            total += float(loss.detach()) * len(batch)
+        with torch.no_grad():
+            val = float(loss_of(val_idx))
+        epoch += 1
+        history["train"].append(total / len(train_idx))
+        history["validation"].append(val)
+        if val < best:
+            best, since_best = val, 0
+            best_state = copy.deepcopy(flow.state_dict())
+        else:
+            since_best += 1
+        if max_seconds is not None and time.perf_counter() - start > max_seconds:
+            break
+        if since_best >= patience:
+            if decays_left == 0:
+                break
+            # a plateau: go back to the best weights and take smaller steps from there
+            decays_left, since_best = decays_left - 1, 0
+            flow.load_state_dict(best_state)
+            for group in optimizer.param_groups:
+                group["lr"] *= lr_decay
+    if best_state is not None:
+        flow.load_state_dict(best_state)
+    posterior.eval()
+    history.update(
+        epochs=epoch,
+        best_epoch=history["validation"].index(best) + 1 if best_state is not None else 0,
+        seconds=time.perf_counter() - start,
+        num_simulations=num,
+    )
+    posterior.history = history
+    return posterior
