@@ -37,6 +37,7 @@ from pyro import poutine
 from pyro.infer import MCMC, NUTS
 from pyro.infer.reparam import LocScaleReparam
 
+from examples import OUTPUT_DIR
 from examples.eight_schools import eight_schools, quadrature_reference
 from examples.funnel import funnel
 from examples.guide_comparison import command_line, fit
@@ -185,7 +186,7 @@ def main(argv=None):
     parser.add_argument("--particles", type=int, default=32)
     parser.add_argument("--seeds", default="0")
     parser.add_argument("--jit", action="store_true", help="Pyro's jit_compile for every sampler")
-    parser.add_argument("--out", type=Path, default=Path("outputs/neutra"))
+    parser.add_argument("--out", type=Path, default=OUTPUT_DIR)
     parser.add_argument("--smoke", action="store_true", help="a few iterations of everything")
     args = parser.parse_args(argv)
     if args.smoke:

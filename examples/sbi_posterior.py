@@ -30,6 +30,7 @@ from pathlib import Path
 import torch
 
 from benchmarks.sbi import TwoMoonsReference, c2st, two_moons, two_moons_prior
+from examples import OUTPUT_DIR
 from examples.guide_comparison import command_line
 from pyro_flows.infer import fit_posterior
 
@@ -38,7 +39,7 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--simulations", type=int, default=5000)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--out", type=Path, default=Path("outputs/sbi_posterior"))
+    parser.add_argument("--out", type=Path, default=OUTPUT_DIR)
     parser.add_argument("--smoke", action="store_true")
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
