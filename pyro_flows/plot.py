@@ -30,7 +30,8 @@ def plot_nll_curves(records: Sequence[dict], path: str, title: str = "") -> str:
     """Training (running) and validation NLL per step from the ``metrics.jsonl`` records."""
     fig = Figure(figsize=(6, 4))
     ax = fig.add_subplot()
-    train = [r for r in records if r.get("split") == "train"]
+    # (flow-matching runs log their loss instead of a training NLL)
+    train = [r for r in records if r.get("split") == "train" and "nll" in r]
     val = [r for r in records if r.get("split") == "val"]
     if train:
         ax.plot(
