@@ -301,6 +301,12 @@ class FFJORD(FlowTransform):
         return z, -log_det
 
     # ------------------------------------------------------------ housekeeping
+    def _stamp(self):
+        # the solver settings are part of the cache key: re-scoring the same tensor after
+        # changing method or tolerances (to compare solvers) must solve again
+        settings = (self.solver_settings(False), self.solver_settings(True), self.trace)
+        return super()._stamp() + (repr(settings),)
+
     def __getstate__(self):
         state = super().__getstate__()
         state["_last_solve"] = None
