@@ -120,12 +120,26 @@ def log_density_accuracy(flow, points, settings):
         return value, time.process_time() - start, transform.nfe
 
     reference, ref_seconds, ref_nfe = score("dopri5")
-    rows = [{"solver": "dopri5 1e-10 (reference)", "mean_abs": 0.0, "max_abs": 0.0, "cpu": ref_seconds, "nfe": ref_nfe}]
+    rows = [
+        {
+            "solver": "dopri5 1e-10 (reference)",
+            "mean_abs": 0.0,
+            "max_abs": 0.0,
+            "cpu": ref_seconds,
+            "nfe": ref_nfe,
+        }
+    ]
     for label, kwargs in settings:
         value, seconds, nfe = score(**kwargs)
         error = (value - reference).abs()
         rows.append(
-            {"solver": label, "mean_abs": float(error.mean()), "max_abs": float(error.max()), "cpu": seconds, "nfe": nfe}
+            {
+                "solver": label,
+                "mean_abs": float(error.mean()),
+                "max_abs": float(error.max()),
+                "cpu": seconds,
+                "nfe": nfe,
+            }
         )
     return rows
 
@@ -153,7 +167,12 @@ def sampling_speed(flow, target, test, entropy, settings, num=10000, seed=0):
     transform = flow.transform
     flow.eval()
     for label, kwargs in settings:
-        saved = (transform.sample_method, transform.sample_rtol, transform.sample_atol, transform.sample_options)
+        saved = (
+            transform.sample_method,
+            transform.sample_rtol,
+            transform.sample_atol,
+            transform.sample_options,
+        )
         transform.sample_method = kwargs.get("method")
         transform.sample_rtol = kwargs.get("rtol")
         transform.sample_atol = kwargs.get("atol")
@@ -164,7 +183,9 @@ def sampling_speed(flow, target, test, entropy, settings, num=10000, seed=0):
             samples = flow.sample((num,))
         seconds = time.process_time() - start
         nfe = transform.nfe
-        transform.sample_method, transform.sample_rtol, transform.sample_atol, transform.sample_options = saved
+        transform.sample_method, transform.sample_rtol, transform.sample_atol, transform.sample_options = (
+            saved
+        )
         rows.append({"solver": label, "cpu": seconds, "nfe": nfe, "kde_gap": kde_gap(samples, test, entropy)})
     flow.train()
     return rows
@@ -209,8 +230,17 @@ def run_target(name, args, log):
                 return flow_matching_loss(flow.transform, x, z, path=path).mean()
 
             curve = run_budget(
-                model_name, flow, loss_fn, flow.parameters(), args.fm_lr, args.fm_seconds, train,
-                args.fm_batch, lambda m: ffjord_nll(m, test), args.seed, log,
+                model_name,
+                flow,
+                loss_fn,
+                flow.parameters(),
+                args.fm_lr,
+                args.fm_seconds,
+                train,
+                args.fm_batch,
+                lambda m: ffjord_nll(m, test),
+                args.seed,
+                log,
             )
             fm_flow = flow
         elif model_name == "ffjord_ml":
@@ -220,8 +250,17 @@ def run_target(name, args, log):
                 return -flow.log_prob(x).mean()
 
             curve = run_budget(
-                model_name, flow, loss_fn, flow.parameters(), args.ml_lr, args.ml_seconds, train,
-                args.batch, lambda m: ffjord_nll(m, test), args.seed, log,
+                model_name,
+                flow,
+                loss_fn,
+                flow.parameters(),
+                args.ml_lr,
+                args.ml_seconds,
+                train,
+                args.batch,
+                lambda m: ffjord_nll(m, test),
+                args.seed,
+                log,
             )
         elif model_name == "real_nvp":
             torch.manual_seed(args.seed)
@@ -231,8 +270,17 @@ def run_target(name, args, log):
                 return -flow.log_prob(x).mean()
 
             curve = run_budget(
-                model_name, flow, loss_fn, flow.parameters(), args.nvp_lr, args.nvp_seconds, train,
-                args.batch, lambda m: plain_nll(m, test), args.seed, log,
+                model_name,
+                flow,
+                loss_fn,
+                flow.parameters(),
+                args.nvp_lr,
+                args.nvp_seconds,
+                train,
+                args.batch,
+                lambda m: plain_nll(m, test),
+                args.seed,
+                log,
             )
         else:
             raise ValueError(model_name)
@@ -304,7 +352,9 @@ def render(results, info, cmd, args) -> str:
         lines += [f"### {name}", "", "| model | CPU-s | steps | NLL | nfe |", "|---|---|---|---|---|"]
         for model, curve in res["models"].items():
             for r in curve:
-                lines.append(f"| {model} | {r['cpu']:.0f} | {r['steps']} | {r['nll']:.3f} ± {r['se']:.3f} | {r['nfe'] or '-'} |")
+                lines.append(
+                    f"| {model} | {r['cpu']:.0f} | {r['steps']} | {r['nll']:.3f} ± {r['se']:.3f} | {r['nfe'] or '-'} |"
+                )
         lines.append("")
         if "scoring" in res:
             lines += [
@@ -315,7 +365,9 @@ def render(results, info, cmd, args) -> str:
                 "|---|---|---|---|---|",
             ]
             for r in res["scoring"]:
-                lines.append(f"| {r['solver']} | {r['mean_abs']:.2e} | {r['max_abs']:.2e} | {r['cpu']:.2f} | {r['nfe']} |")
+                lines.append(
+                    f"| {r['solver']} | {r['mean_abs']:.2e} | {r['max_abs']:.2e} | {r['cpu']:.2f} | {r['nfe']} |"
+                )
             lines += [
                 "",
                 f"Sampling {args.sample_count} points (float32): CPU time and the KL gap of a KDE of the samples "
@@ -342,12 +394,24 @@ def merge(paths, args):
         info = info or data["info"]
         commands.append(data["command"])
         for target, res in data["results"].items():
-            into = results.setdefault(target, {"entropy": res["entropy"], "entropy_se": res["entropy_se"], "models": {}})
+            into = results.setdefault(
+                target, {"entropy": res["entropy"], "entropy_se": res["entropy_se"], "models": {}}
+            )
             into["models"].update(res["models"])
             for key in ("scoring", "sampling"):
                 if key in res:
                     into[key] = res[key]
-        for key in ("ml_seconds", "fm_seconds", "nvp_seconds", "ml_lr", "fm_lr", "nvp_lr", "ml_tol", "path", "hidden"):
+        for key in (
+            "ml_seconds",
+            "fm_seconds",
+            "nvp_seconds",
+            "ml_lr",
+            "fm_lr",
+            "nvp_lr",
+            "ml_tol",
+            "path",
+            "hidden",
+        ):
             setattr(args, key, data["args"][key])
         for key in ("batch", "fm_batch", "train", "test", "compare_at", "accuracy_points", "sample_count"):
             setattr(args, key, data["args"][key])
@@ -356,13 +420,23 @@ def merge(paths, args):
         res["models"] = {m: res["models"][m] for m in order}
         res["summary"] = summarize(res, args)
     cmd = "; ".join(dict.fromkeys(commands))
-    report.write(args.stem, render(results, info, cmd, args), {"results": results, "commands": commands}, directory=args.out)
+    report.write(
+        args.stem,
+        render(results, info, cmd, args),
+        {"results": results, "commands": commands},
+        directory=args.out,
+    )
     print(render(results, info, cmd, args))
 
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--targets", nargs="+", default=["moons", "8gaussians", "checkerboard", "rings"], choices=list(TARGETS))
+    p.add_argument(
+        "--targets",
+        nargs="+",
+        default=["moons", "8gaussians", "checkerboard", "rings"],
+        choices=list(TARGETS),
+    )
     p.add_argument("--models", nargs="+", default=["ffjord_fm", "real_nvp", "ffjord_ml"])
     p.add_argument("--hidden", type=int, nargs="+", default=[64, 64])
     p.add_argument("--ml-seconds", type=float, default=300.0)
@@ -384,7 +458,9 @@ def main(argv=None):
     p.add_argument("--skip-solvers", action="store_true")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--stem", default="ffjord_fm")
-    p.add_argument("--out", default="runs/benchmarks", help="folder of the .md and .json results (ignored by git)")
+    p.add_argument(
+        "--out", default="runs/benchmarks", help="folder of the .md and .json results (ignored by git)"
+    )
     p.add_argument(
         "--merge",
         nargs="+",

@@ -199,7 +199,9 @@ def test_conditional_flow_matching_learns_a_conditional_density():
     torch.manual_seed(7)
     c = (torch.randint(0, 2, (4000, 1)) * 2 - 1).double()
     data = 2 * c * torch.ones(1, 2, dtype=torch.float64) + 0.5 * torch.randn(4000, 2, dtype=torch.float64)
-    cflow = pyro_flows.conditional_ffjord(2, context_dim=1, hidden_dims=(32,), activation="tanh", rtol=1e-6, atol=1e-6)
+    cflow = pyro_flows.conditional_ffjord(
+        2, context_dim=1, hidden_dims=(32,), activation="tanh", rtol=1e-6, atol=1e-6
+    )
     cflow = cflow.double()
     model = dist.ConditionalTransformedDistribution(normal_base(2), [cflow])
     with pytest.raises(ValueError, match="independent"):
@@ -269,9 +271,21 @@ def test_flow_matching_objective_needs_an_ffjord():
 
 def test_fit_run_by_flow_matching_logs_the_loss_and_scores_through_the_ode(tmp_path):
     config = RunConfig(
-        flow="ffjord", objective="flow_matching", path="ot", hidden_dims=(16,), num_samples=600, data="8gaussians",
-        batch_size=64, steps=60, eval_every=30, lr=1e-2, plots=True, plot_samples=100, quiet=True,
-        out=str(tmp_path / "run"), patience=0,
+        flow="ffjord",
+        objective="flow_matching",
+        path="ot",
+        hidden_dims=(16,),
+        num_samples=600,
+        data="8gaussians",
+        batch_size=64,
+        steps=60,
+        eval_every=30,
+        lr=1e-2,
+        plots=True,
+        plot_samples=100,
+        quiet=True,
+        out=str(tmp_path / "run"),
+        patience=0,
     )
     results = fit_run(config)
     assert results["objective"] == "flow-matching" and results["test_nfe"] > 0
@@ -289,9 +303,27 @@ def test_fit_run_by_flow_matching_logs_the_loss_and_scores_through_the_ode(tmp_p
 def test_cli_flow_matching_runs_and_resumes(tmp_path, capsys):
     out = str(tmp_path / "run")
     argv = [
-        "fit", "--flow", "ffjord", "--objective", "flow-matching", "--path", "independent",
-        "--hidden-dims", "8", "--num-samples", "400", "--batch-size", "40", "--steps", "6",
-        "--eval-every", "3", "--no-plots", "--quiet", "--out", out,
+        "fit",
+        "--flow",
+        "ffjord",
+        "--objective",
+        "flow-matching",
+        "--path",
+        "independent",
+        "--hidden-dims",
+        "8",
+        "--num-samples",
+        "400",
+        "--batch-size",
+        "40",
+        "--steps",
+        "6",
+        "--eval-every",
+        "3",
+        "--no-plots",
+        "--quiet",
+        "--out",
+        out,
     ]
     assert main(argv) == 0
     state = load_checkpoint(os.path.join(out, "checkpoint.pt"))

@@ -127,7 +127,9 @@ class DynamicsNet(nn.Module):
             for p in (last.linear.weight, last.linear.bias, last.time_shift.weight):
                 nn.init.zeros_(p)
 
-    def forward(self, t: torch.Tensor, z: torch.Tensor, context: Optional[torch.Tensor] = None) -> torch.Tensor:
+    def forward(
+        self, t: torch.Tensor, z: torch.Tensor, context: Optional[torch.Tensor] = None
+    ) -> torch.Tensor:
         if self.context_dim:
             if context is None or context.shape[-1] != self.context_dim:
                 got = None if context is None else tuple(context.shape)

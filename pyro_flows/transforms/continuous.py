@@ -28,9 +28,8 @@ import math
 from typing import Callable, Optional, Tuple
 
 import torch
-from torch import nn
-
 from pyro.distributions.conditional import ConditionalTransformModule
+from torch import nn
 
 from ..nn.odefunc import AugmentedDynamics, trace_noise
 from .base import FlowTransform
@@ -230,7 +229,9 @@ class FFJORD(FlowTransform):
         """``method``, ``rtol``, ``atol`` and ``options`` of the scoring (``sampling=False``)
         or sampling direction, as passed to torchdiffeq (before the dtype floor)."""
         if not sampling or (
-            self.sample_method is None and self.sample_rtol is None and self.sample_atol is None
+            self.sample_method is None
+            and self.sample_rtol is None
+            and self.sample_atol is None
             and self.sample_options is None
         ):
             return dict(method=self.method, rtol=self.rtol, atol=self.atol, options=dict(self.options))
@@ -402,7 +403,9 @@ class ConditionalFFJORD(ConditionalTransformModule):
     def __init__(self, dynamics: nn.Module, input_dim: int, context_dim: int, **settings):
         super().__init__()
         if not isinstance(context_dim, int) or context_dim < 1:
-            raise ValueError(f"ConditionalFFJORD: expected a positive integer context_dim, got {context_dim!r}")
+            raise ValueError(
+                f"ConditionalFFJORD: expected a positive integer context_dim, got {context_dim!r}"
+            )
         # validates the settings once, here rather than at the first condition()
         FFJORD(dynamics, input_dim, **settings)
         self.dynamics = dynamics
