@@ -207,7 +207,7 @@ SAMPLING = [
 ]
 
 
-def run_target(name, args, log):
+def run_target(name, args, log, on_progress=lambda out: None):
     target = TARGETS[name]
     entropy, entropy_se = target.entropy(args.entropy_samples)
     train = target.sample(args.train, seed=args.seed).float()
@@ -285,6 +285,7 @@ def run_target(name, args, log):
         else:
             raise ValueError(model_name)
         out["models"][model_name] = curve
+        on_progress(out)  # a long run leaves its finished models behind
     if "ffjord_fm" in order and not args.skip_solvers:
         out["scoring"] = log_density_accuracy(fm_flow, test[: args.accuracy_points], SCORING)
         for row in out["scoring"]:
@@ -479,11 +480,15 @@ def main(argv=None):
     results = {}
     info = report.machine()
     cmd = report.command()
-    for name in args.targets:
-        results[name] = run_target(name, args, log)
-        # written after every target, so a long run leaves its finished targets behind
+
+    def save(name, out):
+        results[name] = out
+        out.setdefault("summary", {})
         data = {"info": info, "command": cmd, "args": vars(args), "results": results}
         report.write(args.stem, render(results, info, cmd, args), data, directory=args.out)
+
+    for name in args.targets:
+        save(name, run_target(name, args, log, on_progress=lambda out, name=name: save(name, out)))
     print(render(results, info, cmd, args))
 
 
