@@ -9,7 +9,16 @@ torch.Size([3])
 
 from . import infer, metrics, transforms
 from .bases import BaseDistribution, base_distribution
-from .builders import cdf_flow, conditional_real_nvp, ffjord, glow, nice, real_nvp, real_nvp_image
+from .builders import (
+    cdf_flow,
+    conditional_ffjord,
+    conditional_real_nvp,
+    ffjord,
+    glow,
+    nice,
+    real_nvp,
+    real_nvp_image,
+)
 from .flow import Flow
 from .gmm import GaussianMixture
 from .metrics import bits_per_dim
@@ -45,6 +54,7 @@ __all__ = [
     "cdf_flow",
     "ffjord",
     "conditional_real_nvp",
+    "conditional_ffjord",
     # single layers
     "additive_coupling",
     "affine_coupling",

@@ -58,7 +58,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="{fit,evaluate,sample}")
     fit = sub.add_parser(
         "fit",
-        help="train a flow by maximum likelihood",
+        help="train a flow (maximum likelihood, or flow matching for ffjord)",
         description="Train a flow by maximum likelihood; print the test NLL and write OUT/ "
         "(config.toml, metrics.jsonl, results.json, checkpoint.pt, best.pt, PNG plots).",
     )

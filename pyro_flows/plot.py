@@ -38,7 +38,8 @@ def plot_nll_curves(
 def _nll_figure(records: Sequence[dict], title: str, unit: str, scale: float) -> Figure:
     fig = Figure(figsize=(6, 4))
     ax = fig.add_subplot()
-    train = [r for r in records if r.get("split") == "train"]
+    # (flow-matching runs log their loss instead of a training NLL)
+    train = [r for r in records if r.get("split") == "train" and "nll" in r]
     val = [r for r in records if r.get("split") == "val"]
     if train:
         ax.plot(

@@ -2,7 +2,7 @@
 
 from .cdf import CDFFlow, cdf_flow
 from .conditional import ConditionalVectorFlow, conditional_real_nvp
-from .continuous import ffjord
+from .continuous import conditional_ffjord, ffjord
 from .image import glow, real_nvp_image
 from .vector import VectorFlow, nice, real_nvp
 
@@ -19,6 +19,7 @@ __all__ = [
     "CDFFlow",
     # continuous-time
     "ffjord",
+    "conditional_ffjord",
     # conditional
     "conditional_real_nvp",
     "ConditionalVectorFlow",

@@ -49,11 +49,16 @@ class ConcatSquashLinear(nn.Module):
 
         \mathrm{out}(t, z) = (W z + b) \odot \sigma(w_g t + b_g) + w_b t.
 
+    The time is a scalar (one time for the whole batch, as in an ODE solve) or one time
+    per row of :math:`z` (flow matching regresses the field at random times).
+
     :param int in_features: size of :math:`z`.
     :param int out_features: output size.
 
     >>> layer = ConcatSquashLinear(3, 5)
     >>> layer(torch.tensor(0.5), torch.randn(4, 3)).shape
+    torch.Size([4, 5])
+    >>> layer(torch.rand(4), torch.randn(4, 3)).shape
     torch.Size([4, 5])
     """
 
@@ -64,7 +69,7 @@ class ConcatSquashLinear(nn.Module):
         self.time_shift = nn.Linear(1, out_features, bias=False)
 
     def forward(self, t: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
-        t = t.reshape(1, 1).to(z)
+        t = torch.as_tensor(t).reshape(-1, 1).to(z)
         return self.linear(z) * torch.sigmoid(self.gate(t)) + self.time_shift(t)
 
 
@@ -75,14 +80,21 @@ class DynamicsNet(nn.Module):
     With ``zero_init=True`` (default) the last layer starts at zero, so :math:`h \equiv 0`
     and a new flow is the identity (and its first solves take a single step).
 
+    With ``context_dim > 0`` the field is conditional, :math:`h(t, z; c)`: the context
+    :math:`c` is concatenated to :math:`z` at the input of the first layer (the trace is
+    still taken with respect to :math:`z` only).
+
     :param int dim: size of :math:`z`.
     :param hidden_dims: hidden sizes.
     :param activation: a name in :data:`ACTIVATIONS` (``"softplus"``, ``"tanh"``, ...)
         or a callable returning an ``nn.Module``; it should be smooth.
     :param bool zero_init: zero the last layer.
+    :param int context_dim: size of the context vector (0: unconditional).
 
     >>> net = DynamicsNet(2, hidden_dims=(16, 16), activation="tanh", zero_init=False)
     >>> net(torch.tensor(0.0), torch.randn(7, 2)).shape
+    torch.Size([7, 2])
+    >>> DynamicsNet(2, (16,), context_dim=3)(torch.rand(7), torch.randn(7, 2), torch.randn(7, 3)).shape
     torch.Size([7, 2])
     """
 
@@ -92,16 +104,20 @@ class DynamicsNet(nn.Module):
         hidden_dims: Sequence[int] = (64, 64),
         activation: Union[str, Callable[[], nn.Module]] = "softplus",
         zero_init: bool = True,
+        context_dim: int = 0,
     ):
         super().__init__()
+        if not isinstance(context_dim, int) or context_dim < 0:
+            raise ValueError(f"DynamicsNet: expected an integer context_dim >= 0, got {context_dim!r}")
         if isinstance(activation, str):
             if activation not in ACTIVATIONS:
                 raise ValueError(
                     f"DynamicsNet: unknown activation {activation!r}; expected one of {sorted(ACTIVATIONS)}"
                 )
             activation = ACTIVATIONS[activation]
-        sizes = [dim, *hidden_dims, dim]
+        sizes = [dim + context_dim, *hidden_dims, dim]
         self.dim = dim
+        self.context_dim = context_dim
         self.layers = nn.ModuleList(
             ConcatSquashLinear(a, b) for a, b in zip(sizes[:-1], sizes[1:], strict=True)
         )
@@ -111,7 +127,18 @@ class DynamicsNet(nn.Module):
             for p in (last.linear.weight, last.linear.bias, last.time_shift.weight):
                 nn.init.zeros_(p)
 
-    def forward(self, t: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+    def forward(
+        self, t: torch.Tensor, z: torch.Tensor, context: Optional[torch.Tensor] = None
+    ) -> torch.Tensor:
+        if self.context_dim:
+            if context is None or context.shape[-1] != self.context_dim:
+                got = None if context is None else tuple(context.shape)
+                raise ValueError(
+                    f"DynamicsNet: expected a context of shape (N, {self.context_dim}), got {got}"
+                )
+            z = torch.cat([z, context.expand(*z.shape[:-1], self.context_dim)], -1)
+        elif context is not None:
+            raise ValueError("DynamicsNet: got a context, but the network was built with context_dim=0")
         for layer, act in zip(self.layers[:-1], self.activations, strict=True):
             z = act(layer(t, z))
         return self.layers[-1](t, z)

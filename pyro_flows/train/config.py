@@ -93,6 +93,21 @@ class RunConfig:
         "data",
     )
     # training
+    objective: str = _opt(
+        "likelihood",
+        "training objective: maximum likelihood, or flow matching of an ffjord's vector field "
+        "(Lipman et al. 2023; Tong et al. 2023): no ODE solve per step, the held-out NLL is still "
+        "computed through the ODE",
+        "training",
+        choices=("likelihood", "flow-matching"),
+    )
+    path: str = _opt(
+        "ot",
+        "flow matching: pair data and base samples by minibatch optimal transport (ot) or independently",
+        "training",
+        choices=("ot", "independent"),
+    )
+    fm_sigma: float = _opt(0.0, "flow matching: noise level sigma of the probability path", "training")
     steps: int = _opt(2000, "optimizer steps (ignored when --epochs is set)", "training")
     epochs: int = _opt(0, "passes over the training set; 0 uses --steps", "training")
     batch_size: int = _opt(256, "global batch size (split across processes under torchrun)", "training")
@@ -130,6 +145,8 @@ class RunConfig:
         if isinstance(hd, str):
             hd = _parse_ints(hd, "hidden_dims")
         object.__setattr__(self, "hidden_dims", tuple(int(h) for h in hd))
+        if self.objective == "flow_matching":  # the Python spelling of --objective flow-matching
+            object.__setattr__(self, "objective", "flow-matching")
         self.validate()
 
     def validate(self) -> None:
@@ -150,7 +167,11 @@ class RunConfig:
             )
         if not 0 <= self.logit_alpha < 0.5:
             raise ValueError(f"--logit-alpha must be in [0, 0.5), got {self.logit_alpha}")
-        for name in ("lr", "grad_clip", "weight_decay", "kinetic_weight", "frobenius_weight"):
+        if self.objective == "flow-matching" and self.flow != "ffjord":
+            raise ValueError(
+                f"--objective flow-matching trains a continuous flow: use --flow ffjord, got --flow {self.flow}"
+            )
+        for name in ("lr", "grad_clip", "weight_decay", "kinetic_weight", "frobenius_weight", "fm_sigma"):
             value = getattr(self, name)
             if not math.isfinite(value) or value < 0 or (name == "lr" and value == 0):
                 raise ValueError(

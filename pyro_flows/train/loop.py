@@ -338,7 +338,15 @@ def train(
         sampler.set_epoch(0)
         first = train_x[torch.tensor(list(iter(sampler))[:local_batch], dtype=torch.long, device=device)]
         initialize_consistently(flow, splits.prepare(first), context)
-    objective = wrap_model(NegativeLogLikelihood(flow), context, device)
+    flow_matching = getattr(config, "objective", "likelihood") == "flow-matching"
+    if flow_matching:
+        from .flow_matching import FlowMatching
+
+        objective = wrap_model(FlowMatching(flow, config.path, config.fm_sigma), context, device)
+    else:
+        objective = wrap_model(NegativeLogLikelihood(flow), context, device)
+    # the training metric: the NLL, or the flow-matching loss (no NLL offset: not a density)
+    train_key = "fm_loss" if flow_matching else "nll"
 
     def checkpoint_state() -> dict:
         return {
@@ -401,22 +409,21 @@ def train(
             scheduler.step()
             state.step += 1
 
-            value = float(global_nll) + offset
+            value = float(global_nll) + (0.0 if flow_matching else offset)
             running = value if running is None else 0.95 * running + 0.05 * value
             if state.step % 10 == 0 or state.step == total_steps:
                 rate = (state.step - started_step) / max(1e-9, time.perf_counter() - started)
                 metrics.write(
                     split="train",
                     step=state.step,
-                    nll=value,
-                    running_nll=running,
+                    **{train_key: value, f"running_{train_key}": running},
                     penalty=float(global_penalty),
                     lr=lr,
                     grad_norm=float(grad_norm),
                     steps_per_s=rate,
                 )
             if show:
-                postfix["nll"] = f"{running:.3f}"
+                postfix["fm" if flow_matching else "nll"] = f"{running:.3f}"
                 bar.set_postfix(postfix, refresh=False)
             bar.update(1)
 
@@ -451,6 +458,8 @@ def train(
                     postfix["val"] = f"{val_nll:.3f}"
                     bar.set_postfix(postfix)
                 record = dict(split="val", step=state.step, nll=val_nll, se=val_se, best=improved)
+                if hasattr(getattr(flow, "transform", None), "nfe"):
+                    record["nfe"] = flow.transform.nfe  # evaluations of the ODE's field in that solve
                 state.history.append(record)
                 metrics.write(**record)
                 if writes:

@@ -179,8 +179,11 @@ def fit_run(
         )
         score = _score(flow, splits, splits.test, "test", config.seed, device, dtype)
         results = {f"test_{key}": value for key, value in score.items()}
+        if hasattr(getattr(flow, "transform", None), "nfe"):
+            results["test_nfe"] = flow.transform.nfe  # ODE flows: evaluations of the field per solve
         results.update(
             flow=config.flow,
+            objective=config.objective,
             data=splits.name,
             splits=splits.sizes(),
             split_rule=splits.split_rule,

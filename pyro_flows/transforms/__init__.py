@@ -5,7 +5,7 @@ Convention (Pyro's): ``_call`` maps the base side to the data side (sampling), a
 """
 
 from .base import FlowTransform
-from .continuous import FFJORD
+from .continuous import FFJORD, ConditionalFFJORD
 from .coupling import (
     AdditiveCoupling,
     AffineCoupling,
@@ -98,4 +98,5 @@ __all__ = [
     "change_of_base",
     # continuous-time flows
     "FFJORD",
+    "ConditionalFFJORD",
 ]

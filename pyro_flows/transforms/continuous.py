@@ -25,15 +25,16 @@ from __future__ import annotations
 
 import importlib
 import math
-from typing import Optional, Tuple
+from typing import Callable, Optional, Tuple
 
 import torch
+from pyro.distributions.conditional import ConditionalTransformModule
 from torch import nn
 
 from ..nn.odefunc import AugmentedDynamics, trace_noise
 from .base import FlowTransform
 
-__all__ = ["FFJORD", "EXACT_TRACE_MAX_DIM"]
+__all__ = ["FFJORD", "ConditionalFFJORD", "EXACT_TRACE_MAX_DIM"]
 
 #: with ``trace="auto"``, dimensions up to this use the exact trace even in training
 EXACT_TRACE_MAX_DIM = 8
@@ -47,7 +48,7 @@ def _torchdiffeq():
     except ImportError as error:
         raise ImportError(
             "FFJORD solves ODEs with torchdiffeq, which is not installed; install it with "
-            "`pip install torchdiffeq` (or the optional extra: `pip install 'pyro-flows[ode]'`)"
+            "`pip install torchdiffeq` (in a source checkout of pyro-flows: `pip install -e '.[ode]'`)"
         ) from error
     return torchdiffeq
 
@@ -108,6 +109,16 @@ class FFJORD(FlowTransform):
     :param options: extra solver options (e.g. ``{"step_size": 0.05}`` for ``"rk4"``).
     :param float kinetic_weight: weight of the kinetic-energy regulariser.
     :param float frobenius_weight: weight of the Jacobian-Frobenius regulariser.
+    :param str sample_method: the solver of the sampling direction (``_call``, base to
+        data); ``None`` (default) uses ``method``. Scoring (``log_prob``) and sampling
+        rarely need the same accuracy: a field trained by flow matching on a straight
+        path (:mod:`pyro_flows.train.flow_matching`) samples well with a few fixed steps,
+        e.g. ``sample_method="rk4", sample_options={"step_size": 0.125}`` (8 steps), while
+        its log-density is best computed adaptively. ``docs/ffjord.md`` measures both.
+    :param float sample_rtol: tolerance of an adaptive sampling solver (``None``: ``rtol``).
+    :param float sample_atol: tolerance of an adaptive sampling solver (``None``: ``atol``).
+    :param sample_options: solver options of the sampling direction (``None``: ``options``
+        when ``sample_method`` is ``None``, else none).
 
     >>> import pyro.distributions as dist
     >>> from pyro_flows.nn import DynamicsNet
@@ -131,6 +142,10 @@ class FFJORD(FlowTransform):
         options: Optional[dict] = None,
         kinetic_weight: float = 0.0,
         frobenius_weight: float = 0.0,
+        sample_method: Optional[str] = None,
+        sample_rtol: Optional[float] = None,
+        sample_atol: Optional[float] = None,
+        sample_options: Optional[dict] = None,
     ):
         if not isinstance(input_dim, int) or input_dim < 1:
             raise ValueError(f"FFJORD: expected a positive integer input_dim, got {input_dim!r}")
@@ -139,10 +154,15 @@ class FFJORD(FlowTransform):
         if noise not in ("rademacher", "gaussian"):
             raise ValueError(f"FFJORD: expected noise 'rademacher' or 'gaussian', got {noise!r}")
         solvers = _solver_names()
-        if solvers and method not in solvers:
-            raise ValueError(f"FFJORD: unknown solver {method!r}; expected one of {sorted(solvers)}")
+        for name in (method, sample_method):
+            if solvers and name is not None and name not in solvers:
+                raise ValueError(f"FFJORD: unknown solver {name!r}; expected one of {sorted(solvers)}")
         if not (rtol > 0 and atol > 0):
             raise ValueError(f"FFJORD: tolerances must be positive, got rtol={rtol}, atol={atol}")
+        if not all(tol is None or tol > 0 for tol in (sample_rtol, sample_atol)):
+            raise ValueError(
+                f"FFJORD: tolerances must be positive, got sample_rtol={sample_rtol}, sample_atol={sample_atol}"
+            )
         if kinetic_weight < 0 or frobenius_weight < 0:
             raise ValueError(
                 f"FFJORD: regularisation weights must be >= 0, got {kinetic_weight}, {frobenius_weight}"
@@ -159,6 +179,10 @@ class FFJORD(FlowTransform):
         self.options = dict(options or {})
         self.kinetic_weight = float(kinetic_weight)
         self.frobenius_weight = float(frobenius_weight)
+        self.sample_method = sample_method
+        self.sample_rtol = sample_rtol
+        self.sample_atol = sample_atol
+        self.sample_options = None if sample_options is None else dict(sample_options)
         self._reset_solve_stats()
 
     # ----------------------------------------------------------------- results
@@ -201,12 +225,39 @@ class FFJORD(FlowTransform):
             return not self.training or self.input_dim <= EXACT_TRACE_MAX_DIM
         return self.trace == "exact"
 
+    def solver_settings(self, sampling: bool) -> dict:
+        """``method``, ``rtol``, ``atol`` and ``options`` of the scoring (``sampling=False``)
+        or sampling direction, as passed to torchdiffeq (before the dtype floor)."""
+        if not sampling or (
+            self.sample_method is None
+            and self.sample_rtol is None
+            and self.sample_atol is None
+            and self.sample_options is None
+        ):
+            return dict(method=self.method, rtol=self.rtol, atol=self.atol, options=dict(self.options))
+        options = self.sample_options
+        if options is None:
+            options = self.options if self.sample_method is None else {}
+        return dict(
+            method=self.sample_method or self.method,
+            rtol=self.rtol if self.sample_rtol is None else self.sample_rtol,
+            atol=self.atol if self.sample_atol is None else self.sample_atol,
+            options=dict(options),
+        )
+
     # ------------------------------------------------------------------- solve
+    def _field(self, z: torch.Tensor) -> Tuple[torch.Tensor, Callable, Tuple[torch.Tensor, ...]]:
+        """``z`` (broadcast as needed), the dynamics on its flattened rows, and any tensors
+        besides the parameters that the dynamics read (the adjoint needs them)."""
+        return z, self.dynamics, ()
+
     def _solve(self, z: torch.Tensor, t0: float, t1: float) -> Tuple[torch.Tensor, torch.Tensor]:
         """Integrate from ``t0`` to ``t1``; returns the end point and
         :math:`\\int_{t_0}^{t_1} \\operatorname{tr}(\\partial h/\\partial z)\\,dt`, which is
-        the log|det| of the map ``z(t0) -> z(t1)``."""
+        the log|det| of the map ``z(t0) -> z(t1)``. Sampling (``t0 > t1``) uses the
+        ``sample_*`` solver settings."""
         torchdiffeq = _torchdiffeq()
+        z, field, extra_inputs = self._field(z)
         batch_shape = z.shape[:-1]
         flat = z.reshape(-1, self.input_dim)
         n = flat.shape[0]
@@ -215,15 +266,19 @@ class FFJORD(FlowTransform):
             self._reset_solve_stats()
             return z, zeros.reshape(batch_shape)
         noise = None if self.uses_exact_trace() else trace_noise(self.noise, flat)
-        func = AugmentedDynamics(self.dynamics, noise, self.regularizes)
+        func = AugmentedDynamics(field, noise, self.regularizes)
         state = (flat, zeros) + ((zeros, zeros) if self.regularizes else ())
         times = torch.tensor([t0, t1], dtype=flat.dtype, device=flat.device)
         floor = 64 * torch.finfo(flat.dtype).eps
-        kwargs = dict(rtol=max(self.rtol, floor), atol=max(self.atol, floor), method=self.method)
-        if self.options:
-            kwargs["options"] = dict(self.options)
+        settings = self.solver_settings(sampling=t0 > t1)
+        kwargs = dict(
+            rtol=max(settings["rtol"], floor), atol=max(settings["atol"], floor), method=settings["method"]
+        )
+        if settings["options"]:
+            kwargs["options"] = settings["options"]
         if self.adjoint:
             params = tuple(p for p in self.dynamics.parameters() if p.requires_grad)
+            params += tuple(x for x in extra_inputs if x.requires_grad)
             solution = torchdiffeq.odeint_adjoint(func, state, times, adjoint_params=params, **kwargs)
         else:
             solution = torchdiffeq.odeint(func, state, times, **kwargs)
@@ -247,6 +302,12 @@ class FFJORD(FlowTransform):
         return z, -log_det
 
     # ------------------------------------------------------------ housekeeping
+    def _stamp(self):
+        # the solver settings are part of the cache key: re-scoring the same tensor after
+        # changing method or tolerances (to compare solvers) must solve again
+        settings = (self.solver_settings(False), self.solver_settings(True), self.trace)
+        return super()._stamp() + (repr(settings),)
+
     def __getstate__(self):
         state = super().__getstate__()
         state["_last_solve"] = None
@@ -267,8 +328,104 @@ class FFJORD(FlowTransform):
         ]
         if self.adjoint:
             parts.append("adjoint=True")
+        if self.solver_settings(sampling=True) != self.solver_settings(sampling=False):
+            sampling = self.solver_settings(sampling=True)
+            parts.append(f"sample_method={sampling['method']!r}")
+            if sampling["options"]:
+                parts.append(f"sample_options={sampling['options']}")
         if self.regularizes:
             parts.append(
                 f"kinetic_weight={self.kinetic_weight:g}, frobenius_weight={self.frobenius_weight:g}"
             )
         return ", ".join(parts)
+
+
+class _ConditionedFFJORD(FFJORD):
+    """:class:`ConditionalFFJORD` with its context fixed: an :class:`FFJORD` sharing the
+    parent's dynamics and solver settings, whose inputs are broadcast against the
+    context's batch shape (one base sample per context, or ``n`` per context)."""
+
+    def __init__(self, parent: "ConditionalFFJORD", context: torch.Tensor):
+        super().__init__(parent.dynamics, parent.input_dim, **parent.settings)
+        # A plain attribute, not a buffer: gradients reach whatever produced the context.
+        self.context = context
+
+    def _field(self, z):
+        context = self.context
+        batch = torch.broadcast_shapes(z.shape[:-1], context.shape[:-1])
+        z = z.expand(*batch, self.input_dim)
+        flat_context = context.expand(*batch, context.shape[-1]).reshape(-1, context.shape[-1])
+        dynamics = self.dynamics
+
+        def field(t, rows):
+            return dynamics(t, rows, flat_context)
+
+        return z, field, (flat_context,)
+
+    def _state_tensors(self):
+        # A context changed in place must invalidate the cache like a parameter would.
+        yield from super()._state_tensors()
+        yield self.context
+
+
+class ConditionalFFJORD(ConditionalTransformModule):
+    r"""A conditional continuous flow: :class:`FFJORD` whose dynamics :math:`h(t, z; c)`
+    also read a context vector :math:`c`, so that
+
+    .. math::
+
+        \log p(x \mid c) = \log p_Z(z_1) + \int_0^1 \operatorname{tr}
+        \frac{\partial h}{\partial z}(t, z_t; c)\,dt, \qquad z_0 = x,\ \dot z_t = h(t, z_t; c).
+
+    ``condition(context)`` returns an :class:`FFJORD` (sharing this module's weights)
+    for use with :class:`pyro.distributions.ConditionalTransformedDistribution`; inputs
+    broadcast against the context's batch shape. Train it by maximum likelihood or, much
+    faster, by conditional flow matching
+    (:func:`pyro_flows.train.flow_matching.flow_matching_loss` with ``context=``).
+
+    :param dynamics: the network :math:`h(t, z, c)` on ``(N, D)`` and ``(N, C)`` rows,
+        e.g. :class:`~pyro_flows.nn.DynamicsNet` with ``context_dim=C``.
+    :param int input_dim: :math:`D`.
+    :param int context_dim: :math:`C`.
+    :param settings: the solver and trace options of :class:`FFJORD`.
+
+    >>> import pyro.distributions as dist
+    >>> from pyro_flows.nn import DynamicsNet
+    >>> cflow = ConditionalFFJORD(DynamicsNet(2, (16,), context_dim=3, zero_init=False), 2, 3)
+    >>> base = dist.Normal(torch.zeros(2), 1.0).to_event(1)
+    >>> d = dist.ConditionalTransformedDistribution(base, [cflow]).condition(torch.randn(5, 3))
+    >>> d.sample().shape, d.log_prob(torch.zeros(5, 2)).shape
+    (torch.Size([5, 2]), torch.Size([5]))
+    """
+
+    bijective = True
+
+    def __init__(self, dynamics: nn.Module, input_dim: int, context_dim: int, **settings):
+        super().__init__()
+        if not isinstance(context_dim, int) or context_dim < 1:
+            raise ValueError(
+                f"ConditionalFFJORD: expected a positive integer context_dim, got {context_dim!r}"
+            )
+        # validates the settings once, here rather than at the first condition()
+        FFJORD(dynamics, input_dim, **settings)
+        self.dynamics = dynamics
+        self.input_dim = input_dim
+        self.context_dim = context_dim
+        self.settings = dict(settings)
+        self.event_shape = torch.Size((input_dim,))
+
+    def condition(self, context: torch.Tensor) -> FFJORD:
+        if not isinstance(context, torch.Tensor) or not context.is_floating_point():
+            raise ValueError(
+                f"ConditionalFFJORD: expected a floating-point tensor context, got {type(context).__name__}"
+                + (f" of dtype {context.dtype}" if isinstance(context, torch.Tensor) else "")
+            )
+        if context.dim() < 1 or context.shape[-1] != self.context_dim:
+            raise ValueError(
+                f"ConditionalFFJORD: expected a context of shape (*batch, {self.context_dim}), "
+                f"got shape {tuple(context.shape)}"
+            )
+        return _ConditionedFFJORD(self, context)
+
+    def extra_repr(self) -> str:
+        return f"input_dim={self.input_dim}, context_dim={self.context_dim}"

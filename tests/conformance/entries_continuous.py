@@ -1,7 +1,7 @@
-"""Conformance entries: continuous-time flows (FFJORD) and their builder."""
+"""Conformance entries: continuous-time flows (FFJORD, its conditional twin) and their builders."""
 
 import pyro_flows
-from pyro_flows.transforms import FFJORD
+from pyro_flows.transforms import FFJORD, ConditionalFFJORD
 
 from .registry import Entry
 
@@ -22,5 +22,14 @@ ENTRIES = [
         # re-traced at every evaluation until the recompile limit, after which it runs
         # eagerly; the check then takes ~100 s and compares eager with eager
         compile=False,
+    ),
+    Entry(
+        "cond_ffjord",
+        lambda: pyro_flows.conditional_ffjord(2, 3, hidden_dims=(8,), **_TIGHT),
+        (2,),
+        (ConditionalFFJORD, pyro_flows.conditional_ffjord),
+        randomize_scale=0.1,
+        context_dim=3,
+        compile=False,  # as above
     ),
 ]

@@ -1,0 +1,496 @@
+"""FFJORD trained by flow matching against FFJORD trained by maximum likelihood and RealNVP.
+
+Side by side in one process and one thread, on 2-D toy targets whose entropy is known
+(see :mod:`benchmarks.toy_targets`). Each model trains for a budget of CPU seconds
+(``time.process_time()``, which counts only this process's work, so a busy machine slows
+the run but does not change the numbers); its held-out NLL is measured at fixed CPU
+times, with the evaluation itself not counted. The models:
+
+* ``ffjord_ml``: FFJORD (dynamics MLP, tanh) trained by maximum likelihood (Grathwohl et
+  al., 2019): every step solves the ODE with dopri5 and the exact trace and
+  backpropagates through the solver;
+* ``ffjord_fm``: the same transform and network trained by conditional flow matching with
+  minibatch-OT pairs (Lipman et al., 2023; Tong et al., 2023): no ODE solve in training;
+* ``real_nvp``: 8 affine couplings (the library's best coupling flow on these targets).
+
+Every FFJORD NLL is the exact change of variables through the ODE (exact trace, dopri5 at
+rtol = atol = 1e-5). Reported: NLL and KL gap (NLL minus the true entropy) over CPU time;
+the CPU time flow matching needs to reach maximum likelihood's final NLL; and, for the
+flow-matching model at the end, the accuracy of the log-density with cheaper solvers
+(against dopri5 at 1e-10 in float64) and the time and sample quality of fixed-step
+sampling (the KL gap of a kernel density estimate fitted to 10k samples).
+
+    OMP_NUM_THREADS=1 python -m benchmarks.ffjord_fm --targets checkerboard
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import math
+import sys
+import time
+
+import torch
+
+import pyro_flows
+from pyro_flows.train.flow_matching import flow_matching_loss
+
+from . import report
+from .toy_targets import TARGETS
+
+
+def cosine(lr: float, fraction: float) -> float:
+    return lr * 0.5 * (1 + math.cos(math.pi * min(1.0, fraction)))
+
+
+def marks_up_to(budget: float):
+    base = [5, 10, 20, 34, 50, 85, 120, 170, 250, 340, 500, 700, 1000]
+    return [m for m in base if m < budget] + [budget]
+
+
+def run_budget(name, model, loss_fn, parameters, lr, budget, train, batch, evaluate, seed, log):
+    """Adam with a cosine schedule over the CPU budget; returns the NLL curve."""
+    torch.manual_seed(seed)
+    optimizer = torch.optim.Adam(parameters, lr=lr)
+    batches = torch.Generator().manual_seed(seed)
+    marks = marks_up_to(budget)
+    used, steps, curve = 0.0, 0, []
+    while marks:
+        start = time.process_time()
+        for _ in range(5):
+            for group in optimizer.param_groups:
+                group["lr"] = cosine(lr, used / budget)
+            x = train[torch.randint(len(train), (batch,), generator=batches)]
+            loss = loss_fn(x)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            steps += 1
+        used += time.process_time() - start
+        if used >= marks[0]:
+            while marks and used >= marks[0]:
+                marks.pop(0)
+            nll, se, nfe = evaluate(model)
+            curve.append({"cpu": round(used, 2), "steps": steps, "nll": nll, "se": se, "nfe": nfe})
+            log(f"{name}: {used:7.1f} CPU-s, step {steps}, NLL {nll:.4f} ± {se:.4f}, nfe {nfe}")
+    return curve
+
+
+def ffjord_nll(flow, test):
+    """Held-out NLL through the ODE: eval mode (exact trace), dopri5 at 1e-5."""
+    transform = flow.transform
+    saved = transform.rtol, transform.atol
+    transform.rtol = transform.atol = 1e-5
+    flow.eval()
+    try:
+        with torch.no_grad():
+            nll = -flow.log_prob(test)
+    finally:
+        transform.rtol, transform.atol = saved
+        flow.train()
+    mean, se = report.mean_se(nll)
+    return mean, se, transform.nfe
+
+
+def plain_nll(flow, test):
+    flow.eval()
+    with torch.no_grad():
+        nll = -flow.log_prob(test)
+    flow.train()
+    mean, se = report.mean_se(nll)
+    return mean, se, None
+
+
+def log_density_accuracy(flow, points, settings):
+    """Mean and max |log p - log p_ref| and CPU time of scoring ``points`` with each
+    solver setting; the reference is dopri5 at 1e-10 in float64."""
+    model = copy.deepcopy(flow).double().eval()
+    x = points.double()
+    transform = model.transform
+
+    def score(method, rtol=1e-10, atol=1e-10, options=None):
+        transform.method, transform.rtol, transform.atol = method, rtol, atol
+        transform.options = dict(options or {})
+        start = time.process_time()
+        with torch.no_grad():
+            # a new tensor each time: the transform caches the last (input, log-det) pair,
+            # and a solver setting is not part of its key
+            value = model.log_prob(x.clone())
+        return value, time.process_time() - start, transform.nfe
+
+    reference, ref_seconds, ref_nfe = score("dopri5")
+    rows = [
+        {
+            "solver": "dopri5 1e-10 (reference)",
+            "mean_abs": 0.0,
+            "max_abs": 0.0,
+            "cpu": ref_seconds,
+            "nfe": ref_nfe,
+        }
+    ]
+    for label, kwargs in settings:
+        value, seconds, nfe = score(**kwargs)
+        error = (value - reference).abs()
+        rows.append(
+            {
+                "solver": label,
+                "mean_abs": float(error.mean()),
+                "max_abs": float(error.max()),
+                "cpu": seconds,
+                "nfe": nfe,
+            }
+        )
+    return rows
+
+
+def kde_gap(samples, test, entropy):
+    """NLL of ``test`` under a Gaussian KDE of ``samples`` (Scott's bandwidth) minus the
+    entropy: the KL gap of the samples' density estimate."""
+    samples = samples.double()
+    n, d = samples.shape
+    bandwidth = samples.std(0) * n ** (-1.0 / (d + 4))
+    parts = []
+    for block in test.double().split(1000):
+        z = (block.unsqueeze(1) - samples.unsqueeze(0)) / bandwidth
+        log_k = -0.5 * z.square().sum(-1) - 0.5 * d * math.log(2 * math.pi) - bandwidth.log().sum()
+        parts.append(torch.logsumexp(log_k, -1) - math.log(n))
+    nll = -torch.cat(parts)
+    return float(nll.mean()) - (entropy if entropy is not None else 0.0)
+
+
+def sampling_speed(flow, target, test, entropy, settings, num=10000, seed=0):
+    """CPU time to draw ``num`` samples with each sampling solver and the KL gap of their KDE."""
+    rows = []
+    reference = kde_gap(target.sample(num, seed=seed + 99), test, entropy)
+    rows.append({"solver": "true samples (KDE floor)", "cpu": None, "nfe": None, "kde_gap": reference})
+    transform = flow.transform
+    flow.eval()
+    for label, kwargs in settings:
+        saved = (
+            transform.sample_method,
+            transform.sample_rtol,
+            transform.sample_atol,
+            transform.sample_options,
+        )
+        transform.sample_method = kwargs.get("method")
+        transform.sample_rtol = kwargs.get("rtol")
+        transform.sample_atol = kwargs.get("atol")
+        transform.sample_options = kwargs.get("options")
+        torch.manual_seed(seed)
+        start = time.process_time()
+        with torch.no_grad():
+            samples = flow.sample((num,))
+        seconds = time.process_time() - start
+        nfe = transform.nfe
+        transform.sample_method, transform.sample_rtol, transform.sample_atol, transform.sample_options = (
+            saved
+        )
+        rows.append({"solver": label, "cpu": seconds, "nfe": nfe, "kde_gap": kde_gap(samples, test, entropy)})
+    flow.train()
+    return rows
+
+
+SCORING = [
+    ("dopri5 1e-5 (default)", dict(method="dopri5", rtol=1e-5, atol=1e-5)),
+    ("dopri5 1e-3", dict(method="dopri5", rtol=1e-3, atol=1e-3)),
+    ("rk4 32 steps", dict(method="rk4", options={"step_size": 1 / 32})),
+    ("rk4 8 steps", dict(method="rk4", options={"step_size": 1 / 8})),
+]
+SAMPLING = [
+    ("dopri5 1e-5", dict(method="dopri5", rtol=1e-5, atol=1e-5)),
+    ("rk4 8 steps", dict(method="rk4", options={"step_size": 1 / 8})),
+    ("rk4 4 steps", dict(method="rk4", options={"step_size": 1 / 4})),
+    ("midpoint 8 steps", dict(method="midpoint", options={"step_size": 1 / 8})),
+    ("euler 8 steps", dict(method="euler", options={"step_size": 1 / 8})),
+    ("euler 32 steps", dict(method="euler", options={"step_size": 1 / 32})),
+]
+
+
+def run_target(name, args, log, on_progress=lambda out: None):
+    target = TARGETS[name]
+    entropy, entropy_se = target.entropy(args.entropy_samples)
+    train = target.sample(args.train, seed=args.seed).float()
+    test = target.sample(args.test, seed=args.seed + 1).float()
+    hidden = tuple(args.hidden)
+    out = {"entropy": entropy, "entropy_se": entropy_se, "models": {}}
+
+    def ffjord(tol):
+        torch.manual_seed(args.seed)
+        return pyro_flows.Flow(pyro_flows.ffjord(2, hidden, "tanh", rtol=tol, atol=tol))
+
+    order = args.models
+    for model_name in order:
+        if model_name == "ffjord_fm":
+            flow = ffjord(1e-5)
+            path = args.path
+
+            def loss_fn(x, flow=flow, path=path):
+                z = torch.randn_like(x)
+                return flow_matching_loss(flow.transform, x, z, path=path).mean()
+
+            curve = run_budget(
+                model_name,
+                flow,
+                loss_fn,
+                flow.parameters(),
+                args.fm_lr,
+                args.fm_seconds,
+                train,
+                args.fm_batch,
+                lambda m: ffjord_nll(m, test),
+                args.seed,
+                log,
+            )
+            fm_flow = flow
+        elif model_name == "ffjord_ml":
+            flow = ffjord(args.ml_tol)
+
+            def loss_fn(x, flow=flow):
+                return -flow.log_prob(x).mean()
+
+            curve = run_budget(
+                model_name,
+                flow,
+                loss_fn,
+                flow.parameters(),
+                args.ml_lr,
+                args.ml_seconds,
+                train,
+                args.batch,
+                lambda m: ffjord_nll(m, test),
+                args.seed,
+                log,
+            )
+        elif model_name == "real_nvp":
+            torch.manual_seed(args.seed)
+            flow = pyro_flows.Flow(pyro_flows.real_nvp(2, num_layers=8, hidden_dims=(64, 64)))
+
+            def loss_fn(x, flow=flow):
+                return -flow.log_prob(x).mean()
+
+            curve = run_budget(
+                model_name,
+                flow,
+                loss_fn,
+                flow.parameters(),
+                args.nvp_lr,
+                args.nvp_seconds,
+                train,
+                args.batch,
+                lambda m: plain_nll(m, test),
+                args.seed,
+                log,
+            )
+        else:
+            raise ValueError(model_name)
+        out["models"][model_name] = curve
+        on_progress(out)  # a long run leaves its finished models behind
+    if "ffjord_fm" in order and not args.skip_solvers:
+        out["scoring"] = log_density_accuracy(fm_flow, test[: args.accuracy_points], SCORING)
+        for row in out["scoring"]:
+            log(f"score {row}")
+        out["sampling"] = sampling_speed(fm_flow, target, test, entropy, SAMPLING, num=args.sample_count)
+        for row in out["sampling"]:
+            log(f"sample {row}")
+    out["summary"] = summarize(out, args)
+    log(f"summary {out['summary']}")
+    return out
+
+
+def summarize(out, args):
+    models, entropy = out["models"], out["entropy"]
+    summary = {}
+    if "ffjord_ml" in models and "ffjord_fm" in models:
+        ml = models["ffjord_ml"]
+        best = min(ml, key=lambda r: r["nll"])
+        reach = next((r for r in models["ffjord_fm"] if r["nll"] <= best["nll"]), None)
+        summary["ml_best_nll"] = best["nll"]
+        summary["ml_best_cpu"] = best["cpu"]
+        summary["fm_cpu_to_reach"] = None if reach is None else reach["cpu"]
+        summary["ratio"] = None if reach is None else reach["cpu"] / best["cpu"]
+    for name in ("ffjord_fm", "real_nvp", "ffjord_ml"):
+        if name in models:
+            at = [r for r in models[name] if r["cpu"] <= args.compare_at + 1e-9] or models[name][:1]
+            last = at[-1]
+            summary[f"{name}_nll_at_{args.compare_at:g}"] = last["nll"]
+            if entropy is not None:
+                summary[f"{name}_gap_at_{args.compare_at:g}"] = last["nll"] - entropy
+    return summary
+
+
+def render(results, info, cmd, args) -> str:
+    lines = [
+        "# FFJORD by flow matching vs maximum likelihood vs RealNVP (held-out NLL, nats/point)",
+        "",
+        report.header(info, cmd),
+        f"- settings: FFJORD dynamics MLP {'-'.join(map(str, args.hidden))} tanh for both objectives; "
+        f"ML: Adam lr {args.ml_lr}, batch {args.batch}, dopri5 at {args.ml_tol}, exact trace; "
+        f"FM: Adam lr {args.fm_lr}, batch {args.fm_batch}, path {args.path}; RealNVP: 8 couplings 64-64, "
+        f"lr {args.nvp_lr}; cosine decay over each model's CPU budget; {args.train} training / "
+        f"{args.test} test points; NLL of FFJORD through the ODE (dopri5 1e-5, exact trace)",
+        "",
+        "## Time to reach maximum likelihood's NLL, and the KL gap at equal CPU time",
+        "",
+        f"| target | H(p) | ML best NLL (CPU-s) | FM reaches it at (CPU-s) | ratio | gap at {args.compare_at:g} s: FM | RealNVP | ML |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for name, res in results.items():
+        s = res["summary"]
+        key = f"{args.compare_at:g}"
+
+        def fmt(v, spec=".3f"):
+            return "-" if v is None else format(v, spec)
+
+        lines.append(
+            f"| {name} | {fmt(res['entropy'])} | {fmt(s.get('ml_best_nll'))} ({fmt(s.get('ml_best_cpu'), '.0f')}) | "
+            f"{fmt(s.get('fm_cpu_to_reach'), '.0f')} | {fmt(s.get('ratio'), '.2f')} | "
+            f"{fmt(s.get('ffjord_fm_gap_at_' + key))} | {fmt(s.get('real_nvp_gap_at_' + key))} | "
+            f"{fmt(s.get('ffjord_ml_gap_at_' + key))} |"
+        )
+    lines += ["", "## NLL over CPU time", ""]
+    for name, res in results.items():
+        lines += [f"### {name}", "", "| model | CPU-s | steps | NLL | nfe |", "|---|---|---|---|---|"]
+        for model, curve in res["models"].items():
+            for r in curve:
+                lines.append(
+                    f"| {model} | {r['cpu']:.0f} | {r['steps']} | {r['nll']:.3f} ± {r['se']:.3f} | {r['nfe'] or '-'} |"
+                )
+        lines.append("")
+        if "scoring" in res:
+            lines += [
+                "Log-density of the flow-matching model with cheaper solvers, against dopri5 at 1e-10 "
+                f"(float64, {args.accuracy_points} test points):",
+                "",
+                "| solver | mean abs error | max abs error | CPU-s | nfe |",
+                "|---|---|---|---|---|",
+            ]
+            for r in res["scoring"]:
+                lines.append(
+                    f"| {r['solver']} | {r['mean_abs']:.2e} | {r['max_abs']:.2e} | {r['cpu']:.2f} | {r['nfe']} |"
+                )
+            lines += [
+                "",
+                f"Sampling {args.sample_count} points (float32): CPU time and the KL gap of a KDE of the samples "
+                "(test NLL under the KDE minus H(p); the first row is the KDE of true samples):",
+                "",
+                "| solver | CPU-s | nfe | KDE gap |",
+                "|---|---|---|---|",
+            ]
+            for r in res["sampling"]:
+                cpu = "-" if r["cpu"] is None else f"{r['cpu']:.2f}"
+                lines.append(f"| {r['solver']} | {cpu} | {r['nfe'] or '-'} | {r['kde_gap']:.3f} |")
+            lines.append("")
+    return "\n".join(lines) + "\n"
+
+
+def merge(paths, args):
+    """One table from several result files (targets and models are combined)."""
+    import json
+
+    results, commands, info = {}, [], None
+    for path in paths:
+        with open(path) as fh:
+            data = json.load(fh)
+        info = info or data["info"]
+        commands.append(data["command"])
+        for target, res in data["results"].items():
+            into = results.setdefault(
+                target, {"entropy": res["entropy"], "entropy_se": res["entropy_se"], "models": {}}
+            )
+            into["models"].update(res["models"])
+            for key in ("scoring", "sampling"):
+                if key in res:
+                    into[key] = res[key]
+        for key in (
+            "ml_seconds",
+            "fm_seconds",
+            "nvp_seconds",
+            "ml_lr",
+            "fm_lr",
+            "nvp_lr",
+            "ml_tol",
+            "path",
+            "hidden",
+        ):
+            setattr(args, key, data["args"][key])
+        for key in ("batch", "fm_batch", "train", "test", "compare_at", "accuracy_points", "sample_count"):
+            setattr(args, key, data["args"][key])
+    for res in results.values():
+        order = [m for m in ("ffjord_fm", "real_nvp", "ffjord_ml") if m in res["models"]]
+        res["models"] = {m: res["models"][m] for m in order}
+        res["summary"] = summarize(res, args)
+    cmd = "; ".join(dict.fromkeys(commands))
+    report.write(
+        args.stem,
+        render(results, info, cmd, args),
+        {"results": results, "commands": commands},
+        directory=args.out,
+    )
+    print(render(results, info, cmd, args))
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument(
+        "--targets",
+        nargs="+",
+        default=["moons", "8gaussians", "checkerboard", "rings"],
+        choices=list(TARGETS),
+    )
+    p.add_argument("--models", nargs="+", default=["ffjord_fm", "real_nvp", "ffjord_ml"])
+    p.add_argument("--hidden", type=int, nargs="+", default=[64, 64])
+    p.add_argument("--ml-seconds", type=float, default=300.0)
+    p.add_argument("--fm-seconds", type=float, default=170.0)
+    p.add_argument("--nvp-seconds", type=float, default=170.0)
+    p.add_argument("--compare-at", type=float, default=170.0)
+    p.add_argument("--ml-lr", type=float, default=5e-3)
+    p.add_argument("--ml-tol", type=float, default=1e-4)
+    p.add_argument("--fm-lr", type=float, default=3e-3)
+    p.add_argument("--fm-batch", type=int, default=256)
+    p.add_argument("--path", default="ot", choices=["ot", "independent"])
+    p.add_argument("--nvp-lr", type=float, default=1e-3)
+    p.add_argument("--batch", type=int, default=256)
+    p.add_argument("--train", type=int, default=20000)
+    p.add_argument("--test", type=int, default=5000)
+    p.add_argument("--entropy-samples", type=int, default=200_000)
+    p.add_argument("--accuracy-points", type=int, default=500)
+    p.add_argument("--sample-count", type=int, default=10000)
+    p.add_argument("--skip-solvers", action="store_true")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--stem", default="ffjord_fm")
+    p.add_argument(
+        "--out", default="runs/benchmarks", help="folder of the .md and .json results (ignored by git)"
+    )
+    p.add_argument(
+        "--merge",
+        nargs="+",
+        metavar="JSON",
+        help="only combine the .json results of runs that each trained some of the models (run at "
+        "the same time, one process per model, to share a busy machine) into one table",
+    )
+    args = p.parse_args(argv)
+    torch.set_num_threads(1)
+    if args.merge:
+        return merge(args.merge, args)
+
+    def log(message):
+        print(time.strftime("%H:%M:%S"), message, file=sys.stderr, flush=True)
+
+    results = {}
+    info = report.machine()
+    cmd = report.command()
+
+    def save(name, out):
+        results[name] = out
+        out.setdefault("summary", {})
+        data = {"info": info, "command": cmd, "args": vars(args), "results": results}
+        report.write(args.stem, render(results, info, cmd, args), data, directory=args.out)
+
+    for name in args.targets:
+        save(name, run_target(name, args, log, on_progress=lambda out, name=name: save(name, out)))
+    print(render(results, info, cmd, args))
+
+
+if __name__ == "__main__":
+    main()
