@@ -42,7 +42,7 @@ class NeuTraRun:
     :ivar torch.Tensor latent: the chain in the guide's latent space, shape
         ``(num_chains, num_samples, latent_dim)``.
     :ivar pyro.infer.MCMC mcmc: the finished sampler (its ``diagnostics()``, ``summary()``).
-    :ivar NeuTraReparam reparam: the reparameterizer (its guide and transform).
+    :ivar reparam: the :class:`~pyro.infer.reparam.neutra.NeuTraReparam` reparameterizer (its guide and transform).
     :ivar float seconds: wall-clock seconds of warmup and sampling (not of training).
     """
 
@@ -54,7 +54,7 @@ class NeuTraRun:
 
     def to_model_space(self, latent: torch.Tensor) -> Dict[str, torch.Tensor]:
         """Map latent draws of shape ``(num_draws, latent_dim)`` to the model's sites,
-        ``site -> (num_draws, *site_shape)``, as :attr:`samples` was made."""
+        ``site -> (num_draws, *site_shape)``, as ``samples`` was made."""
         return _to_model_space(self.reparam, latent)
 
     @property

@@ -54,8 +54,10 @@ class ConditionalPosterior(nn.Module):
 
     :param flow: a :class:`~pyro_flows.builders.ConditionalVectorFlow` on ``theta_dim``
         with context size ``x_dim``.
-    :param theta_loc, theta_scale: :math:`m_u, s_u`, shape ``(theta_dim,)``.
-    :param x_loc, x_scale: :math:`m_x, s_x`, shape ``(x_dim,)``.
+    :param theta_loc: :math:`m_u`, shape ``(theta_dim,)``.
+    :param theta_scale: :math:`s_u`, shape ``(theta_dim,)``.
+    :param x_loc: :math:`m_x`, shape ``(x_dim,)``.
+    :param x_scale: :math:`s_x`, shape ``(x_dim,)``.
     :param support: the support of :math:`\theta` (default: all of :math:`\mathbb R^d`).
     """
 
