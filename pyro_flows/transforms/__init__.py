@@ -43,6 +43,7 @@ from .masks import alternating_mask, channel_mask, checkerboard_mask, half_mask
 from .multiscale import MultiScale
 from .normalization import ActNorm, RealNVPBatchNorm, act_norm, real_nvp_batch_norm
 from .preprocess import Logit, dequantize, logit
+from .recompute import MemorySaving, memory_saving
 from .reshape import Squeeze, depth_to_space, space_to_depth, squeeze
 
 __all__ = [
@@ -80,6 +81,8 @@ __all__ = [
     "Invertible1x1Conv",
     "invertible_1x1_conv",
     "MultiScale",
+    "MemorySaving",
+    "memory_saving",
     "ActNorm",
     "act_norm",
     "Logit",
