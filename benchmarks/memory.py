@@ -8,7 +8,9 @@ untimed training step (``-log_prob`` of a batch of dequantized images, ``backwar
 Adam; it allocates the optimizer state), records its resident memory, and then runs
 ``--steps`` more. The peak is the process's high-water resident memory
 (``ru_maxrss``) minus the resident memory before the timed steps: the memory a training
-step needs on top of the model and its optimizer. ``MALLOC_MMAP_THRESHOLD_`` is fixed so
+step needs on top of the model, its gradients and its optimizer state (which grow with
+the number of parameters in any case; gradients are zeroed, not freed, and Adam updates
+one tensor at a time, so that the step's own memory is what is measured). ``MALLOC_MMAP_THRESHOLD_`` is fixed so
 that large buffers are returned to the system when freed (glibc's default threshold
 grows, which would keep freed activations resident). Time is CPU time per step
 (``time.process_time``, one thread).
@@ -58,12 +60,14 @@ def worker(args) -> dict:
         memory_saving=args.saving,
     )
     model = pyro_flows.Flow(flow)
-    optimizer = torch.optim.Adam(model.parameters(), lr=1e-4)
+    # foreach=False: the multi-tensor update allocates temporaries the size of all the
+    # parameters, memory that grows with depth whatever the backward pass does
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-4, foreach=False)
     generator = torch.Generator().manual_seed(0)
     batches = [torch.rand(args.batch, *args.shape, generator=generator) for _ in range(2)]
 
     def step(x):
-        optimizer.zero_grad(set_to_none=True)
+        optimizer.zero_grad(set_to_none=False)  # gradients live with the model, as Adam's state
         loss = -model.log_prob(x).mean()
         loss.backward()
         optimizer.step()
