@@ -9,6 +9,7 @@ torch.Size([3])
 
 from . import infer, metrics, transforms
 from .bases import BaseDistribution, base_distribution
+from .dequantization import DequantizedFlow, VariationalDequantizer
 from .builders import cdf_flow, conditional_real_nvp, ffjord, glow, nice, real_nvp, real_nvp_image
 from .flow import Flow
 from .gmm import GaussianMixture
@@ -35,6 +36,8 @@ __all__ = [
     "infer",
     # models and bases
     "Flow",
+    "DequantizedFlow",
+    "VariationalDequantizer",
     "BaseDistribution",
     "base_distribution",
     # builders

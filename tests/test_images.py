@@ -592,3 +592,79 @@ def test_memory_saving_wraps_any_coupling_stack_and_rejects_batch_norm_layers():
     assert _relative_error(expected, got) <= 1e-6
     with pytest.raises(ValueError, match="RealNVPBatchNorm"):
         pyro_flows.real_nvp_image((1, 8, 8), num_scales=2, batch_norm=True, memory_saving=True, **TINY)
+
+
+# ------------------------------------------------------- variational dequantization
+def test_variational_dequantizer_log_q_is_the_change_of_variables_float64():
+    from pyro_flows import VariationalDequantizer
+
+    torch.manual_seed(0)
+    q = VariationalDequantizer((2, 2, 4), num_levels=5, hidden_channels=4, num_couplings=3).double()
+    randomize(q, 0.05)
+    levels = torch.randint(0, 5, (3, 2, 2, 4)).double()
+    eps = torch.randn(3, 2, 2, 4, dtype=torch.float64)
+    u, log_q = q.transform(eps, levels)
+    assert bool(((u > 0) & (u < 1)).all())
+    for i in range(3):
+        jac = torch.autograd.functional.jacobian(
+            lambda e: q.transform(e.view(1, 2, 2, 4), levels[i : i + 1])[0].reshape(-1), eps[i].reshape(-1)
+        )
+        log_normal = standard_normal((2, 2, 4)).log_prob(eps[i])
+        assert torch.allclose(log_q[i], log_normal - torch.linalg.slogdet(jac)[1], atol=1e-10)
+    # the noise depends on the levels, and a new dequantizer is sigmoid(N(0, I))
+    assert not torch.allclose(q.transform(eps, levels)[0], q.transform(eps, (levels + 1) % 5)[0])
+    fresh = VariationalDequantizer((2, 2, 4), num_levels=5, hidden_channels=4).double()
+    assert torch.allclose(fresh.transform(eps, levels)[0], torch.sigmoid(eps))
+    with pytest.raises(ValueError, match=r"expected levels of shape \(\*batch, 2, 2, 4\)"):
+        q(torch.zeros(3, 2, 4, 4))
+
+
+def test_dequantized_flow_bound_and_importance_weighted_estimate():
+    from pyro_flows import DequantizedFlow, VariationalDequantizer
+
+    torch.manual_seed(0)
+    flow = Flow([pyro_flows.real_nvp_image((1, 4, 4), num_scales=1, **TINY), Logit((1, 4, 4))]).double()
+    q = VariationalDequantizer((1, 4, 4), num_levels=17, hidden_channels=4).double()
+    randomize(q, 0.2)
+    model = DequantizedFlow(flow, 17, q).eval()
+    levels = torch.randint(0, 17, (6, 1, 4, 4)).double()
+    torch.manual_seed(1)
+    u, log_q = q(levels)
+    expected = flow.log_prob((levels + u) / 17) - log_q
+    torch.manual_seed(1)
+    assert torch.allclose(model.bound(levels), expected)
+    # log_prob of any point of a cell is the bound for that cell (its own noise is replaced)
+    torch.manual_seed(1)
+    assert torch.allclose(model.log_prob((levels + 0.99) / 17), expected)
+    # the importance-weighted estimate is the log-mean-exp of bounds: above their mean
+    torch.manual_seed(2)
+    draws = torch.stack([model.bound(levels) for _ in range(8)])
+    torch.manual_seed(2)
+    weighted = model.log_likelihood(levels, num_samples=8)
+    assert torch.allclose(weighted, torch.logsumexp(draws, 0) - math.log(8))
+    assert bool((weighted >= draws.mean(0)).all())
+    # uniform dequantization: q = 1, the bound is log p(y) with y = (x + u) / K
+    uniform = DequantizedFlow(flow, 17)
+    torch.manual_seed(3)
+    noise = torch.rand_like(levels)
+    torch.manual_seed(3)
+    assert torch.allclose(uniform.bound(levels), flow.log_prob((levels + noise) / 17))
+
+
+def test_variational_dequantization_trains_jointly():
+    from pyro_flows import DequantizedFlow, VariationalDequantizer
+
+    example = _digits_example()
+    torch.manual_seed(0)
+    flow = Flow([pyro_flows.real_nvp_image((1, 8, 8), num_scales=2, **TINY), Logit((1, 8, 8))])
+    model = DequantizedFlow(
+        flow, DIGITS_LEVELS, VariationalDequantizer((1, 8, 8), DIGITS_LEVELS, hidden_channels=4)
+    )
+    test_levels = load_digits("test")[:100]
+    before = example.test_bits_per_dim(model, test_levels)
+    start = [p.detach().clone() for p in model.dequantizer.parameters()]
+    example.train(model, load_digits("train"), seconds=math.inf, max_steps=25, lr=3e-3)
+    after = example.test_bits_per_dim(model, test_levels)
+    assert after < before - 0.5, (before, after)
+    moved = [not torch.equal(a, p) for a, p in zip(start, model.dequantizer.parameters(), strict=True)]
+    assert all(moved)  # the dequantizer is trained with the flow
