@@ -9,8 +9,8 @@ torch.Size([3])
 
 from . import infer, metrics, transforms
 from .bases import BaseDistribution, base_distribution
-from .dequantization import DequantizedFlow, VariationalDequantizer
 from .builders import cdf_flow, conditional_real_nvp, ffjord, glow, nice, real_nvp, real_nvp_image
+from .dequantization import DequantizedFlow, VariationalDequantizer
 from .flow import Flow
 from .gmm import GaussianMixture
 from .metrics import bits_per_dim

@@ -606,8 +606,9 @@ def test_variational_dequantizer_log_q_is_the_change_of_variables_float64():
     u, log_q = q.transform(eps, levels)
     assert bool(((u > 0) & (u < 1)).all())
     for i in range(3):
+        cell = levels[i : i + 1]
         jac = torch.autograd.functional.jacobian(
-            lambda e: q.transform(e.view(1, 2, 2, 4), levels[i : i + 1])[0].reshape(-1), eps[i].reshape(-1)
+            lambda e, cell=cell: q.transform(e.view(1, 2, 2, 4), cell)[0].reshape(-1), eps[i].reshape(-1)
         )
         log_normal = standard_normal((2, 2, 4)).log_prob(eps[i])
         assert torch.allclose(log_q[i], log_normal - torch.linalg.slogdet(jac)[1], atol=1e-10)
@@ -668,3 +669,19 @@ def test_variational_dequantization_trains_jointly():
     assert after < before - 0.5, (before, after)
     moved = [not torch.equal(a, p) for a, p in zip(start, model.dequantizer.parameters(), strict=True)]
     assert all(moved)  # the dequantizer is trained with the flow
+
+
+def test_cli_fit_with_variational_dequantization(tmp_path):
+    from pyro_flows.cli import main as cli
+
+    out = tmp_path / "run"
+    args = ["fit", "--data", "digits", "--flow", "glow", "--dequantization", "variational", "--steps", "4"]
+    args += ["--eval-every", "2", "--batch-size", "32", "--hidden-channels", "4", "--num-blocks", "1"]
+    args += ["--steps-per-scale", "1", "--no-plots", "--quiet", "--out", str(out)]
+    assert cli(args) == 0
+    state = torch.load(out / "best.pt", weights_only=False)["model"]
+    assert any(key.startswith("dequantizer.") for key in state)  # trained with the flow
+    assert 'dequantization = "variational"' in (out / "config.toml").read_text()
+    assert cli(["evaluate", str(out), "--json"]) == 0
+    moons = ["fit", "--data", "moons", "--dequantization", "variational", "--steps", "2", "--quiet"]
+    assert cli(moons + ["--out", str(tmp_path / "m")]) != 0  # "needs discrete data"

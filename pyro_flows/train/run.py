@@ -108,7 +108,9 @@ def fit_run(
         torch.manual_seed(config.seed)
         splits = load_splits(config)
         dtype = DTYPES[config.dtype]
-        flow = build_model(config, splits.event_shape, discrete=splits.levels is not None)
+        flow = build_model(
+            config, splits.event_shape, discrete=splits.levels is not None, levels=splits.levels
+        )
         flow = flow.to(device=device, dtype=dtype)
         run_dir = config.out
         if context.is_main:
@@ -255,7 +257,8 @@ def _load_run(run_dir: str, which: str = "best.pt"):
 
 def _restore_flow(state: dict, config: RunConfig, device: torch.device, event_shape) -> torch.nn.Module:
     discrete = bool(state["data"].get("levels"))
-    flow = build_model(config, event_shape, discrete=discrete).to(device=device, dtype=DTYPES[config.dtype])
+    flow = build_model(config, event_shape, discrete=discrete, levels=state["data"].get("levels"))
+    flow = flow.to(device=device, dtype=DTYPES[config.dtype])
     try:
         flow.load_state_dict(state["model"])
     except RuntimeError as err:
