@@ -15,7 +15,7 @@ that large buffers are returned to the system when freed (glibc's default thresh
 grows, which would keep freed activations resident). Time is CPU time per step
 (``time.process_time``, one thread).
 
-    OMP_NUM_THREADS=1 python -m benchmarks.memory                # 3x32x32, batch 32, K = 2, 4, 8
+    OMP_NUM_THREADS=1 python -m benchmarks.memory                # 3x32x32, batch 64, K = 2, 4, 8
     OMP_NUM_THREADS=1 python -m benchmarks.memory --smoke        # tiny, for the tests
 """
 
@@ -152,7 +152,7 @@ def render(rows, info, cmd, args) -> str:
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--shape", type=int, nargs=3, default=[3, 32, 32])
-    p.add_argument("--batch", type=int, default=32)
+    p.add_argument("--batch", type=int, default=64)
     p.add_argument("--hidden", type=int, default=64, help="conditioner width")
     p.add_argument("--num-scales", type=int, default=3)
     p.add_argument("--depths", type=int, nargs="+", default=list(DEPTHS), help="steps of flow per scale")

@@ -685,3 +685,31 @@ def test_cli_fit_with_variational_dequantization(tmp_path):
     assert cli(["evaluate", str(out), "--json"]) == 0
     moons = ["fit", "--data", "moons", "--dequantization", "variational", "--steps", "2", "--quiet"]
     assert cli(moons + ["--out", str(tmp_path / "m")]) != 0  # "needs discrete data"
+
+
+# ------------------------------------------------------------ conditional image flows
+@pytest.mark.parametrize("name", sorted(PRIOR_BUILDERS))
+def test_class_conditional_flow_uses_each_context(name):
+    torch.manual_seed(0)
+    cflow = PRIOR_BUILDERS[name](split_prior="learned", context_dim=10).double()
+    base = standard_normal((2, 8, 8))
+    model = dist.ConditionalTransformedDistribution(base, [cflow])
+    x = torch.randn(6, 2, 8, 8, dtype=torch.float64)
+    labels = torch.eye(10, dtype=torch.float64)[torch.tensor([0, 1, 2, 3, 4, 5])]
+    cflow.train()
+    model.condition(labels).log_prob(x)  # ActNorm initialisation
+    cflow.eval()
+    # zero-initialised conditioners and priors: the same map for every context
+    assert torch.allclose(model.condition(labels).log_prob(x), model.condition(labels.flip(0)).log_prob(x))
+    randomize(cflow, 0.05)
+    together = model.condition(labels).log_prob(x)
+    one_by_one = torch.cat([model.condition(labels[i]).log_prob(x[i : i + 1]) for i in range(6)])
+    assert torch.allclose(together, one_by_one, atol=1e-10)
+    assert (together - model.condition(labels.flip(0)).log_prob(x)).abs().min() > 1e-4
+    # one context broadcast over a batch of samples, and a batch of contexts
+    assert model.condition(labels[3]).sample((4,)).shape == (4, 2, 8, 8)
+    assert model.condition(labels[:4]).sample().shape == (4, 2, 8, 8)
+    with pytest.raises(ValueError, match=r"expected a context of shape \(\*batch, 10\)"):
+        cflow.condition(torch.zeros(3))
+    with pytest.raises(ValueError, match="memory_saving is not available"):
+        PRIOR_BUILDERS[name](context_dim=10, memory_saving=True)

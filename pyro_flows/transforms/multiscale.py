@@ -20,13 +20,14 @@ import math
 from typing import List, Optional, Sequence, Tuple
 
 import torch
-from pyro.distributions.torch_transform import TransformModule
+from pyro.distributions.conditional import ConditionalTransformModule
+from pyro.distributions.torch_transform import ComposeTransformModule, TransformModule
 from torch import nn
 
 from .base import FlowTransform, sum_event
 from .recompute import _check_blocks, normalize_recomputing, normalizing_blocks
 
-__all__ = ["MultiScale"]
+__all__ = ["MultiScale", "ConditionalMultiScale"]
 
 _LOG_SCALE_BOUND = 3.0
 
@@ -259,3 +260,164 @@ class MultiScale(FlowTransform):
             f"event_shape={tuple(self.event_shape)}, latent_shapes={[tuple(s) for s in self.latent_shapes]}, "
             f"split_prior={self.split_prior!r}, memory_saving={self.memory_saving}"
         )
+
+
+class ConditionalMultiScale(ConditionalTransformModule):
+    r"""The conditional twin of :class:`MultiScale`: a multi-scale flow whose couplings and
+    learned priors also see a context vector :math:`c` (e.g. a one-hot class label).
+
+    ``condition(context)`` returns a :class:`MultiScale` (sharing this module's weights)
+    for a context of shape ``(*context_batch, context_dim)``; use it with
+    :class:`pyro.distributions.ConditionalTransformedDistribution`. Layers that are
+    :class:`~pyro.distributions.conditional.ConditionalTransformModule`\ s (conditional
+    couplings) are conditioned, the others (squeezes, ActNorm, 1x1 convolutions) are used
+    as they are. With ``split_prior="learned"`` the mean and log-scale of each
+    factored-out latent are predicted from the kept half *and* the context (a zero
+    convolution on ``[h, E c]``), and the last latent's from learned parameters plus a
+    zero linear map of :math:`c`; with zero-initialised conditioners a new model is the
+    same map for every context.
+
+    :param layers: the per-scale layers in Pyro's order (base side first), conditional or not.
+    :param event_shape: the image shape ``(C, H, W)``.
+    :param int context_dim: size of the context.
+    :param inner: the coarser scales, a :class:`ConditionalMultiScale` or ``None``.
+    :param str split_prior: ``"fixed"`` or ``"learned"`` (see :class:`MultiScale`).
+    :param int context_channels: channels of the embedded context in the split priors.
+
+    >>> import pyro_flows
+    >>> cflow = pyro_flows.glow((1, 4, 4), num_scales=2, steps_per_scale=1, hidden_channels=4,
+    ...                         context_dim=10, split_prior="learned")
+    >>> flow = cflow.condition(torch.eye(10)[3])
+    >>> flow.inv(torch.rand(5, 1, 4, 4)).shape
+    torch.Size([5, 1, 4, 4])
+    """
+
+    bijective = True
+
+    def __init__(
+        self,
+        layers: Sequence[nn.Module],
+        event_shape: Sequence[int],
+        context_dim: int,
+        inner: Optional["ConditionalMultiScale"] = None,
+        split_prior: str = "fixed",
+        context_channels: int = 8,
+    ):
+        super().__init__()
+        event_shape = torch.Size(event_shape)
+        if split_prior not in SPLIT_PRIORS:
+            raise ValueError(
+                f"ConditionalMultiScale: split_prior must be one of {SPLIT_PRIORS}, got {split_prior!r}"
+            )
+        if not isinstance(context_dim, int) or context_dim < 1:
+            raise ValueError(
+                f"ConditionalMultiScale: context_dim must be a positive int, got {context_dim!r}"
+            )
+        self.event_shape = event_shape
+        self.context_dim = context_dim
+        self.layers = nn.ModuleList(layers)
+        self.inner = inner
+        self.split_prior = split_prior
+        # the shapes, from a version conditioned on a zero context (couplings keep shapes)
+        probe = MultiScale(
+            ComposeTransformModule([self._conditioned(layer, torch.zeros(context_dim)) for layer in layers]),
+            event_shape,
+            inner=None if inner is None else inner.condition(torch.zeros(context_dim)),
+        )
+        self.scale_shape, self.factored_shape = probe.scale_shape, probe.factored_shape
+        self.kept_shape = probe.kept_shape
+        if split_prior == "learned":
+            if inner is None:
+                self.prior_loc = nn.Parameter(torch.zeros(self.scale_shape))
+                self.prior_log_scale = nn.Parameter(torch.zeros(self.scale_shape))
+                self.prior_context = nn.Linear(context_dim, 2 * math.prod(self.scale_shape))
+                nn.init.zeros_(self.prior_context.weight)
+                nn.init.zeros_(self.prior_context.bias)
+            else:
+                self.prior_embed = nn.Linear(context_dim, context_channels)
+                self.prior_net = nn.Conv2d(
+                    self.kept_shape[0] + context_channels, 2 * self.factored_shape[0], 3, padding=1
+                )
+                nn.init.zeros_(self.prior_net.weight)
+                nn.init.zeros_(self.prior_net.bias)
+
+    @staticmethod
+    def _conditioned(layer, context):
+        return layer.condition(context) if isinstance(layer, ConditionalTransformModule) else layer
+
+    def condition(self, context: torch.Tensor) -> MultiScale:
+        if (
+            not isinstance(context, torch.Tensor)
+            or context.dim() < 1
+            or context.shape[-1] != self.context_dim
+        ):
+            shape = tuple(context.shape) if isinstance(context, torch.Tensor) else type(context).__name__
+            raise ValueError(
+                f"ConditionalMultiScale: expected a context of shape (*batch, {self.context_dim}), got {shape}"
+            )
+        if not context.is_floating_point():
+            raise ValueError(f"ConditionalMultiScale: expected a floating-point context, got {context.dtype}")
+        return _ConditionedMultiScale(self, context)
+
+    def prior(self, h: Optional[torch.Tensor], batch_shape, context: torch.Tensor):
+        """Mean and log-scale of this scale's latent given the kept half ``h`` and the
+        context, each of shape ``(*batch_shape, *factored_shape)``."""
+        if self.split_prior == "fixed":
+            zeros = context.new_zeros((*batch_shape, *self.factored_shape))
+            return zeros, zeros
+        context = context.expand(*batch_shape, self.context_dim)
+        if self.inner is None:
+            extra = self.prior_context(context).reshape(
+                *batch_shape, 2 * self.scale_shape[0], *self.scale_shape[1:]
+            )
+            extra_loc, extra_raw = extra.chunk(2, dim=-3)
+            loc, raw = self.prior_loc + extra_loc, self.prior_log_scale + extra_raw
+        else:
+            embedded = self.prior_embed(context)
+            maps = embedded[..., None, None].expand(*embedded.shape, *self.kept_shape[1:])
+            stacked = torch.cat([h, maps], dim=-3)
+            out = self.prior_net(stacked.reshape(-1, *stacked.shape[-3:]))
+            loc, raw = out.reshape(*batch_shape, *out.shape[-3:]).chunk(2, dim=-3)
+        return loc, _LOG_SCALE_BOUND * torch.tanh(raw / _LOG_SCALE_BOUND)
+
+    def extra_repr(self) -> str:
+        return (
+            f"event_shape={tuple(self.event_shape)}, context_dim={self.context_dim}, "
+            f"split_prior={self.split_prior!r}"
+        )
+
+
+class _ConditionedMultiScale(MultiScale):
+    """A :class:`MultiScale` made by :meth:`ConditionalMultiScale.condition`: conditioned
+    layers, the conditional prior read with the bound context."""
+
+    def __init__(self, parent: ConditionalMultiScale, context: torch.Tensor):
+        # Bypasses MultiScale.__init__ on purpose: the priors are the parent's.
+        FlowTransform.__init__(self, event_shape=parent.event_shape)
+        self.transform = ComposeTransformModule(
+            [parent._conditioned(layer, context) for layer in parent.layers]
+        )
+        self.inner = None if parent.inner is None else parent.inner.condition(context)
+        self.scale_shape, self.factored_shape = parent.scale_shape, parent.factored_shape
+        self.kept_shape, self.split_prior = parent.kept_shape, parent.split_prior
+        self.parent = parent
+        self.context = context
+        self.__dict__["_memory_saving"] = False
+
+    def prior(self, h=None, batch_shape=()):
+        return self.parent.prior(h, batch_shape, self.context)
+
+    def _state_tensors(self):
+        # A context changed in place must invalidate the cache like a parameter would.
+        yield from super()._state_tensors()
+        yield self.context
+
+    def _expand(self, x):
+        batch = torch.broadcast_shapes(x.shape[:-3], self.context.shape[:-1])
+        return x.expand(*batch, *self.event_shape)
+
+    def _call_and_ladj(self, u):
+        return super()._call_and_ladj(self._expand(u))
+
+    def _inverse_and_ladj(self, x):
+        return super()._inverse_and_ladj(self._expand(x))

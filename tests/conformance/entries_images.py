@@ -9,6 +9,7 @@ from pyro_flows.transforms import (
     ActNorm,
     AdditiveCoupling,
     AffineCoupling,
+    ConditionalMultiScale,
     Invertible1x1Conv,
     Logit,
     MemorySaving,
@@ -213,5 +214,26 @@ ENTRIES = [
         (MemorySaving,),
         compile=False,
         randomize_scale=0.05,
+    ),
+    Entry(
+        "glow_conditional_learned_prior_1x4x4",
+        lambda: pyro_flows.glow(
+            (1, 4, 4), num_scales=2, steps_per_scale=1, split_prior="learned", context_dim=3, **TINY
+        ),
+        (1, 4, 4),
+        (ConditionalMultiScale, pyro_flows.glow),
+        compile=False,
+        randomize_scale=0.02,
+        warmup=score_data,
+        context_dim=3,
+    ),
+    Entry(
+        "real_nvp_image_conditional_1x4x4",
+        lambda: pyro_flows.real_nvp_image((1, 4, 4), num_scales=1, context_dim=2, **PLAIN_BUILDER),
+        (1, 4, 4),
+        (ConditionalMultiScale, pyro_flows.real_nvp_image),
+        compile=False,
+        randomize_scale=0.02,
+        context_dim=2,
     ),
 ]
