@@ -713,3 +713,9 @@ def test_class_conditional_flow_uses_each_context(name):
         cflow.condition(torch.zeros(3))
     with pytest.raises(ValueError, match="memory_saving is not available"):
         PRIOR_BUILDERS[name](context_dim=10, memory_saving=True)
+
+
+def test_class_conditional_digits_example_smoke(tmp_path):
+    results = importlib.import_module("examples.digits_conditional").main(["--smoke", "--out", str(tmp_path)])
+    assert results["steps"] == 4 and 0 < results["test_bits_per_dim"] < 10
+    assert (tmp_path / "glow_class_conditional_samples.png").stat().st_size > 1000
