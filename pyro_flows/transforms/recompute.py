@@ -248,5 +248,12 @@ class MemorySaving(FlowTransform):
 
 
 def memory_saving(transform: torch.nn.Module, event_shape) -> MemorySaving:
-    """Wrap a stack of layers in :class:`MemorySaving`."""
+    """Wrap a stack of layers in :class:`MemorySaving`.
+
+    >>> from pyro.distributions.torch_transform import ComposeTransformModule
+    >>> from pyro_flows.transforms import act_norm, invertible_1x1_conv
+    >>> layer = memory_saving(ComposeTransformModule([act_norm(2), invertible_1x1_conv(2)]), (2, 3, 3))
+    >>> layer.inv(torch.randn(4, 2, 3, 3)).shape
+    torch.Size([4, 2, 3, 3])
+    """
     return MemorySaving(transform, event_shape)
