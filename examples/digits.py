@@ -65,20 +65,29 @@ def train(
     seed: int = 0,
     validation: torch.Tensor | None = None,
     eval_every: int = 50,
+    cpu_seconds: float = math.inf,
 ) -> int:
-    """Maximum likelihood on freshly dequantized batches for ``seconds`` of wall time
-    (or ``max_steps`` steps). With ``validation`` levels, the model is scored on them
-    every ``eval_every`` steps and the best state is restored at the end (early
-    stopping: 1,257 training images are few for the larger flows). Returns the number
-    of steps taken."""
+    """Maximum likelihood on freshly dequantized batches for ``seconds`` of wall time,
+    ``cpu_seconds`` of CPU time (``time.process_time``, validation included) or
+    ``max_steps`` steps, whichever ends first. With ``validation`` levels, the model is
+    scored on them every ``eval_every`` steps and the best state is restored at the end
+    (early stopping: 1,257 training images are few for the larger flows). Batches and
+    their noise come from their own generator seeded with ``seed``, so every model sees
+    the same batches whatever randomness it draws itself (e.g. a variational
+    dequantizer). Returns the number of steps taken."""
     torch.manual_seed(seed)
+    batches = torch.Generator().manual_seed(seed)
     optimizer = torch.optim.Adam(model.parameters(), lr=lr)
     best, best_state = math.inf, None
-    start, step = time.perf_counter(), 0
-    while time.perf_counter() - start < seconds and (max_steps is None or step < max_steps):
+    start, start_cpu, step = time.perf_counter(), time.process_time(), 0
+    while (
+        time.perf_counter() - start < seconds
+        and time.process_time() - start_cpu < cpu_seconds
+        and (max_steps is None or step < max_steps)
+    ):
         model.train()
-        batch = levels[torch.randint(len(levels), (batch_size,))]
-        x = as_event(model, dequantize(batch, DIGITS_LEVELS))
+        batch = levels[torch.randint(len(levels), (batch_size,), generator=batches)]
+        x = as_event(model, dequantize(batch, DIGITS_LEVELS, generator=batches))
         loss = -model.log_prob(x).mean()
         optimizer.zero_grad()
         loss.backward()
@@ -97,10 +106,14 @@ def train(
 
 @torch.no_grad()
 def test_bits_per_dim(model: Flow, levels: torch.Tensor, seed: int = 1) -> float:
-    """Mean bits/dim of the levels under the model, dequantized once with a fixed seed."""
+    """Mean bits/dim of the levels under the model, dequantized once with a fixed seed
+    (a variational dequantizer's own draws are seeded too, without touching the global
+    random state)."""
     model.eval()
     y = dequantize(levels, DIGITS_LEVELS, generator=torch.Generator().manual_seed(seed))
-    log_prob = model.log_prob(as_event(model, y))
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        log_prob = model.log_prob(as_event(model, y))
     return float(bits_per_dim(log_prob, NUM_DIMS, DIGITS_LEVELS).mean())
 
 

@@ -19,6 +19,7 @@ from .builders import (
     real_nvp,
     real_nvp_image,
 )
+from .dequantization import DequantizedFlow, VariationalDequantizer
 from .flow import Flow
 from .gmm import GaussianMixture
 from .metrics import bits_per_dim
@@ -44,6 +45,8 @@ __all__ = [
     "infer",
     # models and bases
     "Flow",
+    "DequantizedFlow",
+    "VariationalDequantizer",
     "BaseDistribution",
     "base_distribution",
     # builders

@@ -111,6 +111,36 @@ def test_gpu_images_script_runs_on_cpu(tmp_path):
     assert result["images_per_s"] > 0 and math.isfinite(result["final_loss"])
 
 
+def test_gpu_images_smoke_times_memory_saving(tmp_path):
+    from benchmarks import gpu_images
+
+    args = [
+        "--device",
+        "cpu",
+        "--smoke",
+        "--builders",
+        "glow",
+        "--precisions",
+        "float32",
+        "--out",
+        str(tmp_path),
+    ]
+    results = gpu_images.main(args)["results"]["glow"]
+    assert set(results) == {"float32", "float32/saving_on"}
+    assert all("error" not in r and r["images_per_s"] > 0 for r in results.values()), results
+    # the same model and data: memory saving changes the memory, not the loss
+    assert abs(results["float32"]["final_loss"] - results["float32/saving_on"]["final_loss"]) < 1e-3
+
+
+def test_memory_benchmark_smoke(tmp_path):
+    from benchmarks import memory
+
+    rows = memory.main(["--smoke", "--out", str(tmp_path)])["results"]
+    assert [(r["depth"], r["memory_saving"]) for r in rows] == [(1, False), (1, True), (2, False), (2, True)]
+    assert all(r["s_per_step"] > 0 and math.isfinite(r["loss"]) for r in rows)
+    assert (tmp_path / "memory_cpu.md").read_text().count("couplings") == 2
+
+
 def test_digits_smoke(tmp_path, capsys):
     pytest.importorskip("normflows")
     from benchmarks import digits

@@ -413,3 +413,309 @@ def test_cuda_builders_match_cpu(name):
         assert fresh.sample((2,)).device.type == "cuda"
     finally:
         torch.set_default_device("cpu")
+
+
+# ---------------------------------------------------------- learned split priors
+PRIOR_BUILDERS = {
+    "real_nvp_image": lambda **k: pyro_flows.real_nvp_image(
+        (2, 8, 8), num_scales=2, num_final_layers=2, **TINY, **k
+    ),
+    "glow": lambda **k: pyro_flows.glow((2, 8, 8), num_scales=2, steps_per_scale=2, **TINY, **k),
+}
+
+
+def _trained_like(flow, seed=0):
+    """Initialise ActNorm / batch statistics on data, then perturb every parameter."""
+    flow.train()
+    flow.inv(torch.randn(16, *flow.event_shape, dtype=torch.float64))
+    randomize(flow, 0.05, seed=seed)
+    return flow
+
+
+def _log_prob_by_parts(level, x):
+    """log p(x) of a MultiScale with a standard Normal base, computed scale by scale:
+    log|det| of each scale's layers plus log N(Z_i; mu_i, sigma_i) of each latent."""
+    batch = x.shape[:-3]
+    v = level.transform.inv(x)
+    total = -level.transform.log_abs_det_jacobian(v, x)
+    if level.inner is None:
+        z, h, rest = v, None, 0.0
+    else:
+        z, h = v.split([level.factored_shape[0], level.kept_shape[0]], dim=-3)
+        rest = _log_prob_by_parts(level.inner, h)
+    loc, log_scale = level.prior(h, batch)
+    normal = dist.Normal(loc, log_scale.exp()).to_event(3)
+    return total + normal.log_prob(z) + rest
+
+
+@pytest.mark.parametrize("name", sorted(PRIOR_BUILDERS))
+def test_learned_prior_starts_as_the_fixed_prior(name):
+    torch.manual_seed(0)
+    fixed = PRIOR_BUILDERS[name]().double()
+    torch.manual_seed(0)
+    learned = PRIOR_BUILDERS[name](split_prior="learned").double()
+    extra = set(learned.state_dict()) - set(fixed.state_dict())
+    assert extra and all("prior" in key for key in extra)
+    x = torch.randn(6, 2, 8, 8, dtype=torch.float64)
+    fixed.eval(), learned.eval()
+    assert torch.equal(Flow(fixed).log_prob(x), Flow(learned).log_prob(x))
+    with pytest.raises(ValueError, match="split_prior must be one of"):
+        PRIOR_BUILDERS[name](split_prior="glow")
+
+
+@pytest.mark.parametrize("name", sorted(PRIOR_BUILDERS))
+def test_learned_prior_log_prob_is_the_sum_of_its_parts(name):
+    torch.manual_seed(0)
+    flow = _trained_like(PRIOR_BUILDERS[name](split_prior="learned").double())
+    flow.eval()
+    x = torch.randn(5, 2, 8, 8, dtype=torch.float64)
+    expected = _log_prob_by_parts(flow, x)
+    got = Flow(flow).log_prob(x.clone())
+    assert torch.allclose(got, expected, atol=1e-10)
+    # the learned prior does something: the fixed-prior reading of the same layers differs
+    level, priors = flow, []
+    while level is not None:
+        priors.append(
+            level.prior(torch.zeros(1, *level.kept_shape, dtype=torch.float64), (1,))
+            if level.inner is not None
+            else level.prior(None, (1,))
+        )
+        level = level.inner
+    assert all(p[1].abs().max() > 1e-3 for p in priors)
+    # round trip and exact log-determinant (float64 autograd Jacobian on one image)
+    u = torch.randn(3, 2, 8, 8, dtype=torch.float64)
+    y = flow(u)
+    assert torch.allclose(flow.inv(y.clone()), u, atol=1e-10)
+    ladj = flow.log_abs_det_jacobian(u, y)
+    assert torch.allclose(ladj[0], jacobian_logdet(flow, u[0]), atol=1e-8)
+    samples = Flow(flow).sample((4,))
+    assert samples.shape == (4, 2, 8, 8) and bool(torch.isfinite(Flow(flow).log_prob(samples)).all())
+
+
+def test_learned_prior_sampling_follows_the_prior():
+    """The last scale only: its latent is N(loc, exp(log_scale)^2) per coordinate, so
+    samples of a flow whose layers are the identity have exactly that mean and scale."""
+    flow = MultiScale(Squeeze((1, 4, 4)), (1, 4, 4), split_prior="learned").double()
+    with torch.no_grad():
+        flow.prior_loc.copy_(torch.linspace(-2, 2, 16, dtype=torch.float64).view(4, 2, 2))
+        flow.prior_log_scale.fill_(math.log(0.5) / 1.0)
+    torch.manual_seed(0)
+    samples = Flow(flow).sample((20000,))
+    squeezed = space_to_depth(samples)
+    loc, log_scale = flow.prior(None, ())
+    assert torch.allclose(squeezed.mean(0), loc, atol=0.03)
+    assert torch.allclose(squeezed.std(0), log_scale.exp(), atol=0.02)
+    assert log_scale.exp().sub(0.5).abs().max() < 0.02  # 3 tanh(log 0.5 / 3) is close to log 0.5
+
+
+# ------------------------------------------------------------------ memory saving
+def _gradients(model, x, parameters=None):
+    x = x.clone().requires_grad_()
+    loss = -model.log_prob(x).sum()
+    parameters = list(model.parameters() if parameters is None else parameters)
+    return torch.autograd.grad(loss, [x, *parameters], allow_unused=True)
+
+
+def _relative_error(expected, got):
+    a = torch.cat([e.flatten() for e in expected])
+    b = torch.cat([g.flatten() for g in got])
+    return float((a - b).norm() / a.norm())
+
+
+@pytest.mark.parametrize(
+    "build",
+    [
+        lambda **k: pyro_flows.real_nvp_image((2, 8, 8), num_scales=2, num_final_layers=2, **TINY, **k),
+        lambda **k: pyro_flows.glow((2, 8, 8), num_scales=2, steps_per_scale=2, **TINY, **k),
+        lambda **k: pyro_flows.glow(
+            (1, 4, 4), num_scales=2, steps_per_scale=2, split_prior="learned", **TINY, **k
+        ),
+    ],
+    ids=["real_nvp_image_bn_conditioners", "glow", "glow_learned_prior"],
+)
+def test_memory_saving_gradients_equal_backprop_float64(build):
+    torch.manual_seed(0)
+    plain = _trained_like(build().double())
+    torch.manual_seed(0)
+    saving = build(memory_saving=True).double()
+    saving.load_state_dict(plain.state_dict())
+    assert saving.memory_saving and saving.inner.memory_saving
+    x = torch.randn(6, *plain.event_shape, dtype=torch.float64)
+    for mode in ("train", "eval"):
+        getattr(plain, mode)(), getattr(saving, mode)()
+        expected = _gradients(Flow(plain), x)
+        got = _gradients(Flow(saving), x)
+        assert all(g is not None for g in got)
+        assert _relative_error(expected, got) <= 1e-6
+        assert _relative_error(expected[:1], got[:1]) <= 1e-6  # the input's gradient alone
+    # running statistics of batch-normalized conditioners move once per step, as without it
+    for (name, a), b in zip(plain.named_buffers(), saving.buffers(), strict=True):
+        assert torch.allclose(a, b, atol=1e-12), name
+
+
+def test_memory_saving_trains_like_backprop():
+    torch.manual_seed(0)
+    build = lambda **k: pyro_flows.real_nvp_image((1, 8, 8), num_scales=2, **TINY, **k)  # noqa: E731
+    models = [Flow([build(memory_saving=flag), Logit((1, 8, 8))]).double() for flag in (False, True)]
+    models[1].load_state_dict(models[0].state_dict())
+    data = dequantize(load_digits("train")[:64], DIGITS_LEVELS).double()
+    losses = []
+    for model in models:
+        optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
+        trace = []
+        for step in range(5):
+            loss = -model.log_prob(data[16 * (step % 4) : 16 * (step % 4 + 1)]).mean()
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+            trace.append(float(loss.detach()))
+        losses.append(trace)
+    assert losses[0][-1] < losses[0][0] - 5
+    assert max(abs(a - b) for a, b in zip(*losses, strict=True)) < 1e-6 * abs(losses[0][0])
+
+
+def test_memory_saving_wraps_any_coupling_stack_and_rejects_batch_norm_layers():
+    from pyro.distributions.torch_transform import ComposeTransformModule
+
+    from pyro_flows.transforms import MemorySaving, image_additive_coupling
+
+    torch.manual_seed(0)
+    layers = [image_affine_coupling((2, 4, 4), "checkerboard", p % 2, **TINY) for p in range(3)]
+    layers += [image_additive_coupling((2, 4, 4), "channel", 1, **TINY), ActNorm(2)]
+    stack = ComposeTransformModule(layers).double()
+    randomize(stack, 0.1)
+    wrapped = MemorySaving(stack, (2, 4, 4))
+    x = torch.randn(4, 2, 4, 4, dtype=torch.float64)
+    base = standard_normal((2, 4, 4))
+    expected = _gradients(dist.TransformedDistribution(base, [stack]), x, stack.parameters())
+    got = _gradients(dist.TransformedDistribution(base, [wrapped]), x, stack.parameters())
+    assert _relative_error(expected, got) <= 1e-6
+    with pytest.raises(ValueError, match="RealNVPBatchNorm"):
+        pyro_flows.real_nvp_image((1, 8, 8), num_scales=2, batch_norm=True, memory_saving=True, **TINY)
+
+
+# ------------------------------------------------------- variational dequantization
+def test_variational_dequantizer_log_q_is_the_change_of_variables_float64():
+    from pyro_flows import VariationalDequantizer
+
+    torch.manual_seed(0)
+    q = VariationalDequantizer((2, 2, 4), num_levels=5, hidden_channels=4, num_couplings=3).double()
+    randomize(q, 0.05)
+    levels = torch.randint(0, 5, (3, 2, 2, 4)).double()
+    eps = torch.randn(3, 2, 2, 4, dtype=torch.float64)
+    u, log_q = q.transform(eps, levels)
+    assert bool(((u > 0) & (u < 1)).all())
+    for i in range(3):
+        cell = levels[i : i + 1]
+        jac = torch.autograd.functional.jacobian(
+            lambda e, cell=cell: q.transform(e.view(1, 2, 2, 4), cell)[0].reshape(-1), eps[i].reshape(-1)
+        )
+        log_normal = standard_normal((2, 2, 4)).log_prob(eps[i])
+        assert torch.allclose(log_q[i], log_normal - torch.linalg.slogdet(jac)[1], atol=1e-10)
+    # the noise depends on the levels, and a new dequantizer is sigmoid(N(0, I))
+    assert not torch.allclose(q.transform(eps, levels)[0], q.transform(eps, (levels + 1) % 5)[0])
+    fresh = VariationalDequantizer((2, 2, 4), num_levels=5, hidden_channels=4).double()
+    assert torch.allclose(fresh.transform(eps, levels)[0], torch.sigmoid(eps))
+    with pytest.raises(ValueError, match=r"expected levels of shape \(\*batch, 2, 2, 4\)"):
+        q(torch.zeros(3, 2, 4, 4))
+
+
+def test_dequantized_flow_bound_and_importance_weighted_estimate():
+    from pyro_flows import DequantizedFlow, VariationalDequantizer
+
+    torch.manual_seed(0)
+    flow = Flow([pyro_flows.real_nvp_image((1, 4, 4), num_scales=1, **TINY), Logit((1, 4, 4))]).double()
+    q = VariationalDequantizer((1, 4, 4), num_levels=17, hidden_channels=4).double()
+    randomize(q, 0.2)
+    model = DequantizedFlow(flow, 17, q).eval()
+    levels = torch.randint(0, 17, (6, 1, 4, 4)).double()
+    torch.manual_seed(1)
+    u, log_q = q(levels)
+    expected = flow.log_prob((levels + u) / 17) - log_q
+    torch.manual_seed(1)
+    assert torch.allclose(model.bound(levels), expected)
+    # log_prob of any point of a cell is the bound for that cell (its own noise is replaced)
+    torch.manual_seed(1)
+    assert torch.allclose(model.log_prob((levels + 0.99) / 17), expected)
+    # the importance-weighted estimate is the log-mean-exp of bounds: above their mean
+    torch.manual_seed(2)
+    draws = torch.stack([model.bound(levels) for _ in range(8)])
+    torch.manual_seed(2)
+    weighted = model.log_likelihood(levels, num_samples=8)
+    assert torch.allclose(weighted, torch.logsumexp(draws, 0) - math.log(8))
+    assert bool((weighted >= draws.mean(0)).all())
+    # uniform dequantization: q = 1, the bound is log p(y) with y = (x + u) / K
+    uniform = DequantizedFlow(flow, 17)
+    torch.manual_seed(3)
+    noise = torch.rand_like(levels)
+    torch.manual_seed(3)
+    assert torch.allclose(uniform.bound(levels), flow.log_prob((levels + noise) / 17))
+
+
+def test_variational_dequantization_trains_jointly():
+    from pyro_flows import DequantizedFlow, VariationalDequantizer
+
+    example = _digits_example()
+    torch.manual_seed(0)
+    flow = Flow([pyro_flows.real_nvp_image((1, 8, 8), num_scales=2, **TINY), Logit((1, 8, 8))])
+    model = DequantizedFlow(
+        flow, DIGITS_LEVELS, VariationalDequantizer((1, 8, 8), DIGITS_LEVELS, hidden_channels=4)
+    )
+    test_levels = load_digits("test")[:100]
+    before = example.test_bits_per_dim(model, test_levels)
+    start = [p.detach().clone() for p in model.dequantizer.parameters()]
+    example.train(model, load_digits("train"), seconds=math.inf, max_steps=25, lr=3e-3)
+    after = example.test_bits_per_dim(model, test_levels)
+    assert after < before - 0.5, (before, after)
+    moved = [not torch.equal(a, p) for a, p in zip(start, model.dequantizer.parameters(), strict=True)]
+    assert all(moved)  # the dequantizer is trained with the flow
+
+
+def test_cli_fit_with_variational_dequantization(tmp_path):
+    from pyro_flows.cli import main as cli
+
+    out = tmp_path / "run"
+    args = ["fit", "--data", "digits", "--flow", "glow", "--dequantization", "variational", "--steps", "4"]
+    args += ["--eval-every", "2", "--batch-size", "32", "--hidden-channels", "4", "--num-blocks", "1"]
+    args += ["--steps-per-scale", "1", "--no-plots", "--quiet", "--out", str(out)]
+    assert cli(args) == 0
+    state = torch.load(out / "best.pt", weights_only=False)["model"]
+    assert any(key.startswith("dequantizer.") for key in state)  # trained with the flow
+    assert 'dequantization = "variational"' in (out / "config.toml").read_text()
+    assert cli(["evaluate", str(out), "--json"]) == 0
+    moons = ["fit", "--data", "moons", "--dequantization", "variational", "--steps", "2", "--quiet"]
+    assert cli(moons + ["--out", str(tmp_path / "m")]) != 0  # "needs discrete data"
+
+
+# ------------------------------------------------------------ conditional image flows
+@pytest.mark.parametrize("name", sorted(PRIOR_BUILDERS))
+def test_class_conditional_flow_uses_each_context(name):
+    torch.manual_seed(0)
+    cflow = PRIOR_BUILDERS[name](split_prior="learned", context_dim=10).double()
+    base = standard_normal((2, 8, 8))
+    model = dist.ConditionalTransformedDistribution(base, [cflow])
+    x = torch.randn(6, 2, 8, 8, dtype=torch.float64)
+    labels = torch.eye(10, dtype=torch.float64)[torch.tensor([0, 1, 2, 3, 4, 5])]
+    cflow.train()
+    model.condition(labels).log_prob(x)  # ActNorm initialisation
+    cflow.eval()
+    # zero-initialised conditioners and priors: the same map for every context
+    assert torch.allclose(model.condition(labels).log_prob(x), model.condition(labels.flip(0)).log_prob(x))
+    randomize(cflow, 0.05)
+    together = model.condition(labels).log_prob(x)
+    one_by_one = torch.cat([model.condition(labels[i]).log_prob(x[i : i + 1]) for i in range(6)])
+    assert torch.allclose(together, one_by_one, atol=1e-10)
+    assert (together - model.condition(labels.flip(0)).log_prob(x)).abs().min() > 1e-4
+    # one context broadcast over a batch of samples, and a batch of contexts
+    assert model.condition(labels[3]).sample((4,)).shape == (4, 2, 8, 8)
+    assert model.condition(labels[:4]).sample().shape == (4, 2, 8, 8)
+    with pytest.raises(ValueError, match=r"expected a context of shape \(\*batch, 10\)"):
+        cflow.condition(torch.zeros(3))
+    with pytest.raises(ValueError, match="memory_saving is not available"):
+        PRIOR_BUILDERS[name](context_dim=10, memory_saving=True)
+
+
+def test_class_conditional_digits_example_smoke(tmp_path):
+    results = importlib.import_module("examples.digits_conditional").main(["--smoke", "--out", str(tmp_path)])
+    assert results["steps"] == 4 and 0 < results["test_bits_per_dim"] < 10
+    assert (tmp_path / "glow_class_conditional_samples.png").stat().st_size > 1000

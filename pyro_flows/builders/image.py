@@ -17,14 +17,16 @@ e.g. :math:`2c{\times}16{\times}16,\ 4c{\times}8{\times}8,\ 16c{\times}4{\times}
 
 from __future__ import annotations
 
-from typing import Callable, List, Optional, Sequence, Tuple
+from typing import Callable, List, Optional, Sequence, Tuple, Union
 
 import torch
 from pyro.distributions.torch_transform import ComposeTransformModule
 
-from ..transforms.coupling import image_affine_coupling
+from ..nn.resnet import ConditionalResNet
+from ..transforms.coupling import ConditionalAffineCoupling, image_affine_coupling, image_mask
 from ..transforms.linear import Invertible1x1Conv
-from ..transforms.multiscale import MultiScale
+from ..transforms.masks import IndexPartition, make_partition
+from ..transforms.multiscale import ConditionalMultiScale, MultiScale
 from ..transforms.normalization import ActNorm, RealNVPBatchNorm
 from ..transforms.reshape import Squeeze
 from ._checks import check_count
@@ -54,7 +56,10 @@ def _multi_scale(
     shape: Tuple[int, int, int],
     num_scales: int,
     scale_layers: Callable[[Tuple[int, int, int], Tuple[int, int, int], bool], List[torch.nn.Module]],
-) -> MultiScale:
+    split_prior: str = "fixed",
+    memory_saving: bool = False,
+    context_dim: Optional[int] = None,
+) -> Union[MultiScale, ConditionalMultiScale]:
     """Nest one :class:`MultiScale` per scale. ``scale_layers(s, squeezed, last)`` returns
     the layers of the scale acting on ``s = (C, H, W)``, in RealNVP's order (data
     first, the normalizing direction), squeezing once to ``squeezed = (4C, H/2, W/2)``;
@@ -65,13 +70,34 @@ def _multi_scale(
         squeezed = (4 * c, h // 2, w // 2)
         last = level == num_scales - 1
         # Pyro composes from the base side, so the normalizing-order list is reversed.
-        transform = ComposeTransformModule(list(reversed(scale_layers(s, squeezed, last))))
+        layers = list(reversed(scale_layers(s, squeezed, last)))
+        if context_dim is not None:
+            inner = None if last else scale((squeezed[0] - squeezed[0] // 2, h // 2, w // 2), level + 1)
+            return ConditionalMultiScale(layers, s, context_dim, inner=inner, split_prior=split_prior)
+        transform = ComposeTransformModule(layers)
+        options = dict(split_prior=split_prior, memory_saving=memory_saving)
         if last:
-            return MultiScale(transform, s)
+            return MultiScale(transform, s, **options)
         kept = (squeezed[0] - squeezed[0] // 2, h // 2, w // 2)
-        return MultiScale(transform, s, inner=scale(kept, level + 1))
+        return MultiScale(transform, s, inner=scale(kept, level + 1), **options)
 
+    if context_dim is not None and memory_saving:
+        raise ValueError("memory_saving is not available for conditional image flows (context_dim) yet")
     return scale(shape, 0)
+
+
+def _coupling(shape, mask, parity, hidden_channels, num_blocks, batch_norm, scale_bound, context_dim):
+    """An image affine coupling; with ``context_dim`` a conditional one whose
+    :class:`~pyro_flows.nn.ConditionalResNet` conditioner also sees the context."""
+    if context_dim is None:
+        return image_affine_coupling(
+            shape, mask, parity, hidden_channels, num_blocks, batch_norm, scale_bound
+        )
+    m = image_mask(shape, mask, parity)
+    partition = make_partition(m, shape)
+    c_in, c_out = partition.sizes if isinstance(partition, IndexPartition) else (shape[0], shape[0])
+    conditioner = ConditionalResNet(c_in, 2 * c_out, context_dim, hidden_channels, num_blocks, batch_norm)
+    return ConditionalAffineCoupling(m, conditioner, context_dim, event_shape=shape, scale_bound=scale_bound)
 
 
 def real_nvp_image(
@@ -84,7 +110,10 @@ def real_nvp_image(
     conditioner_batch_norm: bool = True,
     scale_bound: Optional[float] = 3.0,
     momentum: float = 0.1,
-) -> MultiScale:
+    split_prior: str = "fixed",
+    memory_saving: bool = False,
+    context_dim: Optional[int] = None,
+) -> Union[MultiScale, ConditionalMultiScale]:
     r"""Multi-scale RealNVP for images (Dinh et al., 2017).
 
     In the normalizing direction (data to latents), every scale applies
@@ -113,6 +142,18 @@ def real_nvp_image(
     :param scale_bound: soft bound on each log-scale (see
         :class:`~pyro_flows.transforms.AffineCoupling`).
     :param float momentum: momentum of the flow's batch norms.
+    :param str split_prior: ``"fixed"`` (standard Normal latents) or ``"learned"``: each
+        factored-out latent gets a Normal prior whose mean and scale a zero-initialised
+        convolution predicts from the kept half, and the last latent a learned mean and
+        scale per coordinate (Glow; see :class:`~pyro_flows.transforms.MultiScale`).
+    :param bool memory_saving: recompute activations from outputs in the backward pass
+        (:mod:`pyro_flows.transforms.recompute`), so training memory does not grow with
+        the number of layers; the same gradients for about 1.4x the time.
+    :param int context_dim: build a conditional flow, a
+        :class:`~pyro_flows.transforms.ConditionalMultiScale` whose conditioners and
+        learned priors see a context vector of this size (e.g. a one-hot class label);
+        ``flow.condition(context)`` is then the flow for that context.
+        Not available with ``batch_norm=True``.
 
     Models with batch normalization differ between train and eval mode: call ``.eval()``
     before evaluating or sampling.
@@ -137,8 +178,8 @@ def real_nvp_image(
         )
 
     def coupling(s, mask, parity):
-        return image_affine_coupling(
-            s, mask, parity, hidden_channels, num_blocks, conditioner_batch_norm, scale_bound
+        return _coupling(
+            s, mask, parity, hidden_channels, num_blocks, conditioner_batch_norm, scale_bound, context_dim
         )
 
     def couplings(s, mask, count):
@@ -155,7 +196,7 @@ def real_nvp_image(
             layers += couplings(squeezed, "checkerboard", num_final_layers)
         return layers
 
-    return _multi_scale(shape, num_scales, scale_layers)
+    return _multi_scale(shape, num_scales, scale_layers, split_prior, memory_saving, context_dim)
 
 
 def glow(
@@ -166,7 +207,10 @@ def glow(
     num_blocks: int = 1,
     conditioner_batch_norm: bool = False,
     scale_bound: Optional[float] = 3.0,
-) -> MultiScale:
+    split_prior: str = "fixed",
+    memory_saving: bool = False,
+    context_dim: Optional[int] = None,
+) -> Union[MultiScale, ConditionalMultiScale]:
     r"""Glow (Kingma & Dhariwal, 2018).
 
     In the normalizing direction every scale applies a squeeze, then
@@ -190,6 +234,17 @@ def glow(
     :param int num_blocks: residual blocks per conditioner.
     :param bool conditioner_batch_norm: batch normalization inside the conditioners.
     :param scale_bound: soft bound on each log-scale.
+    :param str split_prior: ``"fixed"`` (standard Normal latents) or ``"learned"``: each
+        factored-out latent gets a Normal prior whose mean and scale a zero-initialised
+        convolution predicts from the kept half, and the last latent a learned mean and
+        scale per coordinate (Glow; see :class:`~pyro_flows.transforms.MultiScale`).
+    :param bool memory_saving: recompute activations from outputs in the backward pass
+        (:mod:`pyro_flows.transforms.recompute`), so training memory does not grow with
+        the number of layers; the same gradients for about 1.4x the time.
+    :param int context_dim: build a conditional flow, a
+        :class:`~pyro_flows.transforms.ConditionalMultiScale` whose conditioners and
+        learned priors see a context vector of this size (e.g. a one-hot class label);
+        ``flow.condition(context)`` is then the flow for that context.
 
     >>> flow = glow((3, 8, 8), num_scales=3, steps_per_scale=1, hidden_channels=8)
     >>> flow.latent_shapes
@@ -206,7 +261,7 @@ def glow(
             layers += [
                 ActNorm(squeezed[0]),
                 Invertible1x1Conv(squeezed[0]),
-                image_affine_coupling(
+                _coupling(
                     squeezed,
                     "channel",
                     step % 2,
@@ -214,8 +269,9 @@ def glow(
                     num_blocks,
                     conditioner_batch_norm,
                     scale_bound,
+                    context_dim,
                 ),
             ]
         return layers
 
-    return _multi_scale(shape, num_scales, scale_layers)
+    return _multi_scale(shape, num_scales, scale_layers, split_prior, memory_saving, context_dim)

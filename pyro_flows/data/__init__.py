@@ -1,6 +1,13 @@
 """Data sets: built-in toy data and loaders for user data."""
 
-from .digits import DIGITS_LEVELS, DIGITS_SPLIT_SIZES, load_cifar10, load_digits, load_mnist
+from .digits import (
+    DIGITS_LEVELS,
+    DIGITS_SPLIT_SIZES,
+    load_cifar10,
+    load_digit_labels,
+    load_digits,
+    load_mnist,
+)
 from .maf import MAF_DIMENSIONS, load_maf
 from .one_d import make_bimodal
 from .registry import load_splits
@@ -33,6 +40,7 @@ __all__ = [
     "DIGITS_LEVELS",
     "DIGITS_SPLIT_SIZES",
     "load_digits",
+    "load_digit_labels",
     "load_mnist",
     "load_cifar10",
     # data sets by name, splits, tabular files and the MAF-paper sets

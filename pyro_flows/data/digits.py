@@ -54,6 +54,26 @@ def load_digits(split: str = "train", dtype: Optional[torch.dtype] = None) -> to
     return torch.tensor(images, dtype=dtype or torch.get_default_dtype()).unsqueeze(1)  # a copy
 
 
+def load_digit_labels(split: str = "train") -> torch.Tensor:
+    """The class (0-9) of each image of :func:`load_digits` with the same ``split``, in
+    the same order; a ``torch.long`` tensor of shape ``(N,)``.
+
+    >>> labels = load_digit_labels("test")
+    >>> labels.shape, labels.dtype, sorted(labels.unique().tolist()) == list(range(10))
+    (torch.Size([360]), torch.int64, True)
+    """
+    from sklearn.datasets import load_digits as sklearn_digits
+
+    if split not in _SPLITS + ("all",):
+        raise ValueError(f"unknown split {split!r}; expected one of {_SPLITS + ('all',)}")
+    labels = sklearn_digits().target
+    if split != "all":
+        order = np.random.RandomState(0).permutation(len(labels))
+        start = sum(DIGITS_SPLIT_SIZES[name] for name in _SPLITS[: _SPLITS.index(split)])
+        labels = labels[order[start : start + DIGITS_SPLIT_SIZES[split]]]
+    return torch.tensor(labels, dtype=torch.long)
+
+
 @functools.lru_cache(maxsize=1)
 def _sklearn_images() -> np.ndarray:
     """The (1797, 8, 8) float64 levels, parsed once per process (indexing copies them)."""

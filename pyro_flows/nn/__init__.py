@@ -2,7 +2,7 @@
 
 from .mlp import MLP, ConditionalMLP
 from .odefunc import ConcatSquashLinear, DynamicsNet
-from .resnet import ResidualBlock, ResNet
+from .resnet import ConditionalResNet, ResidualBlock, ResNet
 
 __all__ = [
     # vectors
@@ -11,6 +11,7 @@ __all__ = [
     # images
     "ResNet",
     "ResidualBlock",
+    "ConditionalResNet",
     # continuous-time flows
     "ConcatSquashLinear",
     "DynamicsNet",

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-__all__ = ["ResNet", "ResidualBlock"]
+__all__ = ["ResNet", "ResidualBlock", "ConditionalResNet"]
 
 
 class ResidualBlock(nn.Module):
@@ -99,3 +99,41 @@ class ResNet(nn.Module):
         batch, (c, h, w) = x.shape[:-3], x.shape[-3:]
         out = self.output(self.head(self.blocks(self.input(x.reshape(-1, c, h, w)))))
         return out.reshape(*batch, self.out_channels, h, w)
+
+
+class ConditionalResNet(nn.Module):
+    r"""A :class:`ResNet` that also sees a context vector :math:`c`: a linear embedding
+    :math:`E c \in \mathbb R^k` is broadcast over the pixels and stacked onto the input
+    channels, ``net([x, E c])``. Called as ``net(x, context)`` with ``x`` of shape
+    ``(*batch, in_channels, H, W)`` and ``context`` of shape ``(*batch, context_dim)``
+    (or broadcastable to it); output layer zero as in :class:`ResNet`.
+
+    :param int context_channels: :math:`k`, channels of the embedded context.
+
+    >>> net = ConditionalResNet(2, 4, context_dim=3, hidden_channels=8, num_blocks=1)
+    >>> net(torch.randn(5, 2, 6, 6), torch.randn(3)).shape
+    torch.Size([5, 4, 6, 6])
+    """
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        context_dim: int,
+        hidden_channels: int = 64,
+        num_blocks: int = 4,
+        batch_norm: bool = True,
+        context_channels: int = 8,
+    ):
+        super().__init__()
+        self.context_dim = context_dim
+        self.embed = nn.Linear(context_dim, context_channels)
+        self.net = ResNet(
+            in_channels + context_channels, out_channels, hidden_channels, num_blocks, batch_norm
+        )
+
+    def forward(self, x: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
+        batch, (h, w) = x.shape[:-3], x.shape[-2:]
+        embedded = self.embed(context).expand(*batch, -1)
+        maps = embedded[..., None, None].expand(*embedded.shape, h, w)
+        return self.net(torch.cat([x, maps], dim=-3))

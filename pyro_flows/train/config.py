@@ -87,6 +87,13 @@ class RunConfig:
         "data",
         metavar="K",
     )
+    dequantization: str = _opt(
+        "uniform",
+        "noise that makes discrete data continuous: uniform, or variational (a conditional flow "
+        "q(u | x) trained with the model on the variational bound, Ho et al. 2019; image data)",
+        "data",
+        choices=("uniform", "variational"),
+    )
     standardize: bool = _opt(
         True,
         "shift and scale tabular files by the training mean and std (NLL reported in data units)",

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import importlib
 from dataclasses import dataclass
-from typing import Callable, Tuple
+from typing import Callable, Optional, Tuple
 
 import torch
 
@@ -136,12 +136,15 @@ def flow_names() -> Tuple[str, ...]:
     return tuple(FLOWS)
 
 
-def build_model(config, event_shape, discrete: bool = False) -> Flow:
+def build_model(config, event_shape, discrete: bool = False, levels: Optional[int] = None) -> Flow:
     """The :class:`~pyro_flows.Flow` (transform and base) a run configuration names.
 
     For ``discrete`` data (dequantized into [0, 1)) with ``config.logit_alpha > 0`` the
     flow ends in the logit preprocessing layer (data side), so the model's density is on
-    [0, 1)^D and bits/dim follow from its ``log_prob`` directly.
+    [0, 1)^D and bits/dim follow from its ``log_prob`` directly. With
+    ``config.dequantization == "variational"`` the flow comes with a learned noise
+    distribution for data of ``levels`` values, in a :class:`~pyro_flows.DequantizedFlow`
+    whose ``log_prob`` is the variational bound.
 
     >>> from pyro_flows.train.config import RunConfig
     >>> build_model(RunConfig(num_layers=2, hidden_dims=(8,)), (2,)).event_shape
@@ -156,4 +159,24 @@ def build_model(config, event_shape, discrete: bool = False) -> Flow:
     transform = entry.builder(**entry.arguments(config, shape))
     if discrete and config.logit_alpha > 0:
         transform = [transform, logit(tuple(event_shape), alpha=config.logit_alpha)]
-    return Flow(transform, base=config.base, event_shape=torch.Size(event_shape))
+    flow = Flow(transform, base=config.base, event_shape=torch.Size(event_shape))
+    if getattr(config, "dequantization", "uniform") == "variational":
+        return _variationally_dequantized(flow, config, shape, levels if discrete else None)
+    return flow
+
+
+def _variationally_dequantized(flow: Flow, config, shape, levels: Optional[int]):
+    """``--dequantization variational``: the flow and a learned noise distribution, whose
+    ``log_prob`` is the variational bound (see :class:`~pyro_flows.DequantizedFlow`)."""
+    from ..dequantization import DequantizedFlow, VariationalDequantizer
+
+    if not levels:
+        raise ValueError(
+            "--dequantization variational needs discrete data (digits, mnist, cifar10, or a file with --levels K)"
+        )
+    if len(shape) != 3:
+        raise ValueError(
+            f"--dequantization variational models images (C, H, W), but the data has points of shape {shape}"
+        )
+    dequantizer = VariationalDequantizer(shape, levels, hidden_channels=config.hidden_channels)
+    return DequantizedFlow(flow, levels, dequantizer)

@@ -144,7 +144,9 @@ def fit_run(
             if resume_state is not None:
                 check_data_source(resume_state["data"].get("source"), config, splits, "fit --resume")
             dtype = DTYPES[config.dtype]
-            flow = build_model(config, splits.event_shape, discrete=splits.levels is not None)
+            flow = build_model(
+                config, splits.event_shape, discrete=splits.levels is not None, levels=splits.levels
+            )
             flow = flow.to(device=device, dtype=dtype)
         except Exception as err:  # every process stops, rank 0 reports (see fail_together)
             error = err
@@ -373,7 +375,8 @@ def _load_run(run_dir: str, which: str = "best.pt", resume: bool = False):
 
 def _restore_flow(state: dict, config: RunConfig, device: torch.device, event_shape) -> torch.nn.Module:
     discrete = bool(state["data"].get("levels"))
-    flow = build_model(config, event_shape, discrete=discrete).to(device=device, dtype=DTYPES[config.dtype])
+    flow = build_model(config, event_shape, discrete=discrete, levels=state["data"].get("levels"))
+    flow = flow.to(device=device, dtype=DTYPES[config.dtype])
     try:
         flow.load_state_dict(state["model"])
     except (RuntimeError, ValueError, KeyError) as err:

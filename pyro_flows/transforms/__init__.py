@@ -40,9 +40,10 @@ from .linear import (
     scaling,
 )
 from .masks import alternating_mask, channel_mask, checkerboard_mask, half_mask
-from .multiscale import MultiScale
+from .multiscale import ConditionalMultiScale, MultiScale
 from .normalization import ActNorm, RealNVPBatchNorm, act_norm, real_nvp_batch_norm
 from .preprocess import Logit, dequantize, logit
+from .recompute import MemorySaving, memory_saving
 from .reshape import Squeeze, depth_to_space, space_to_depth, squeeze
 
 __all__ = [
@@ -80,6 +81,9 @@ __all__ = [
     "Invertible1x1Conv",
     "invertible_1x1_conv",
     "MultiScale",
+    "ConditionalMultiScale",
+    "MemorySaving",
+    "memory_saving",
     "ActNorm",
     "act_norm",
     "Logit",

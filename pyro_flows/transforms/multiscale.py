@@ -17,14 +17,21 @@ shape as its data side, so a plain Normal base over ``(C, H, W)`` works.
 from __future__ import annotations
 
 import math
-from typing import List, Optional, Sequence
+from typing import List, Optional, Sequence, Tuple
 
 import torch
-from pyro.distributions.torch_transform import TransformModule
+from pyro.distributions.conditional import ConditionalTransformModule
+from pyro.distributions.torch_transform import ComposeTransformModule, TransformModule
+from torch import nn
 
-from .base import FlowTransform
+from .base import FlowTransform, sum_event
+from .recompute import _check_blocks, normalize_recomputing, normalizing_blocks
 
-__all__ = ["MultiScale"]
+__all__ = ["MultiScale", "ConditionalMultiScale"]
+
+_LOG_SCALE_BOUND = 3.0
+
+SPLIT_PRIORS = ("fixed", "learned")
 
 
 class MultiScale(FlowTransform):
@@ -66,6 +73,26 @@ class MultiScale(FlowTransform):
     :param inner: the flow :math:`S` of the coarser scales, acting on the kept half
         ``(C' - C'//2, H', W')`` (usually another :class:`MultiScale`), or ``None`` for
         the last scale.
+    :param str split_prior: ``"fixed"``: every latent is standard Normal (RealNVP).
+        ``"learned"`` (Glow, Kingma & Dhariwal, 2018): the factored-out latent gets
+        :math:`z \sim \mathcal N(\mu(h), \operatorname{diag}\sigma(h)^2)`, with
+        :math:`(\mu, \log\sigma)` predicted from the kept half :math:`h` by a 3x3
+        convolution, and the last scale's latent :math:`\mathcal N(\mu, \sigma^2)`
+        with a learned mean and log-scale per coordinate. Written as the affine map
+        :math:`z = \mu(h) + \sigma(h) \odot \varepsilon` of a standard Normal
+        :math:`\varepsilon` (log-determinant :math:`\sum \log\sigma(h)`), the prior
+        becomes part of the transform and the base stays :math:`\mathcal N(0, I)`: the
+        density is exactly :math:`\prod_i \mathcal N(Z_i; \mu_i, \sigma_i^2)` times the
+        Jacobian of the layers. The convolution and the last scale's parameters start at
+        zero, so a new model equals the fixed-prior one. Log-scales are soft-bounded,
+        :math:`\log\sigma = 3 \tanh(\cdot / 3)`, as the couplings' are.
+    :param bool memory_saving: run ``transform`` in the normalizing direction with
+        :func:`~pyro_flows.transforms.recompute.normalize_recomputing`: the backward pass
+        rebuilds activations from outputs, so training memory does not grow with the
+        number of layers. Setting the attribute later also sets it for ``inner``.
+
+    With ``split_prior="learned"`` the base-side tensor holds the standardised latents
+    :math:`\varepsilon_i = (Z_i - \mu_i) / \sigma_i`; :meth:`latents` splits it as before.
 
     >>> from pyro.distributions.torch_transform import ComposeTransformModule
     >>> from pyro_flows.transforms import squeeze, image_affine_coupling
@@ -87,8 +114,12 @@ class MultiScale(FlowTransform):
         transform: TransformModule,
         event_shape: Sequence[int],
         inner: Optional[TransformModule] = None,
+        split_prior: str = "fixed",
+        memory_saving: bool = False,
     ):
         event_shape = torch.Size(event_shape)
+        if split_prior not in SPLIT_PRIORS:
+            raise ValueError(f"MultiScale: split_prior must be one of {SPLIT_PRIORS}, got {split_prior!r}")
         if len(event_shape) != 3:
             raise ValueError(f"MultiScale: expected an image event shape (C, H, W), got {tuple(event_shape)}")
         super().__init__(event_shape=event_shape)
@@ -119,6 +150,47 @@ class MultiScale(FlowTransform):
                     f"MultiScale: inner flow must act on the kept half {tuple(self.kept_shape)}, "
                     f"but its event shape is {tuple(inner_shape)}"
                 )
+        self.split_prior = split_prior
+        if split_prior == "learned":
+            if inner is None:
+                # N(loc, exp(log_scale)^2) per coordinate of the last latent
+                self.prior_loc = nn.Parameter(torch.zeros(scale_shape))
+                self.prior_log_scale = nn.Parameter(torch.zeros(scale_shape))
+            else:
+                # (loc, log_scale) of Z_i from the kept half h; zero: starts as N(0, I)
+                self.prior_net = nn.Conv2d(self.kept_shape[0], 2 * self.factored_shape[0], 3, padding=1)
+                nn.init.zeros_(self.prior_net.weight)
+                nn.init.zeros_(self.prior_net.bias)
+        self.memory_saving = memory_saving
+
+    @property
+    def memory_saving(self) -> bool:
+        return self.__dict__["_memory_saving"]
+
+    @memory_saving.setter
+    def memory_saving(self, value: bool) -> None:
+        if value:
+            _check_blocks(normalizing_blocks(self.transform), "MultiScale")
+        self.__dict__["_memory_saving"] = bool(value)
+        self._clear_cache()
+        if isinstance(self.inner, MultiScale):
+            self.inner.memory_saving = value
+
+    def prior(self, h: Optional[torch.Tensor] = None, batch_shape=()) -> Tuple[torch.Tensor, torch.Tensor]:
+        r"""Mean and log-scale of this scale's latent (:math:`Z_i` given the kept half
+        ``h``, or the last latent when ``inner`` is ``None``), each of shape
+        ``(*batch_shape, *factored_shape)``. Zeros for the fixed prior."""
+        if self.split_prior == "fixed":
+            reference = h if h is not None else next(iter(self.transform.parameters()), torch.zeros(()))
+            zeros = reference.new_zeros((*batch_shape, *self.factored_shape))
+            return zeros, zeros
+        if self.inner is None:
+            loc, raw = self.prior_loc, self.prior_log_scale
+            loc, raw = loc.expand(*batch_shape, *loc.shape), raw.expand(*batch_shape, *raw.shape)
+        else:
+            out = self.prior_net(h.reshape(-1, *self.kept_shape))
+            loc, raw = out.reshape(*batch_shape, *out.shape[-3:]).chunk(2, dim=-3)
+        return loc, _LOG_SCALE_BOUND * torch.tanh(raw / _LOG_SCALE_BOUND)
 
     @property
     def latent_shapes(self) -> List[torch.Size]:
@@ -139,32 +211,213 @@ class MultiScale(FlowTransform):
         batch = u.shape[:-3]
         flat = u.flatten(-3)
         if self.inner is None:
-            v = flat.reshape(*batch, *self.scale_shape)
-            ladj = 0.0
+            eps = flat.reshape(*batch, *self.scale_shape)
+            v, ladj = self._from_standard(eps, None, batch)
         else:
             n_z = math.prod(self.factored_shape)
-            z = flat[..., :n_z].reshape(*batch, *self.factored_shape)
+            eps = flat[..., :n_z].reshape(*batch, *self.factored_shape)
             w = flat[..., n_z:].reshape(*batch, *self.kept_shape)
             h = self.inner(w)
-            ladj = self.inner.log_abs_det_jacobian(w, h)
+            z, ladj = self._from_standard(eps, h, batch)
+            ladj = ladj + self.inner.log_abs_det_jacobian(w, h)
             v = torch.cat([z, h], dim=-3)
         x = self.transform(v)
         return x, self.transform.log_abs_det_jacobian(v, x) + ladj
 
     def _inverse_and_ladj(self, x):
         batch = x.shape[:-3]
-        v = self.transform.inv(x)
-        ladj = self.transform.log_abs_det_jacobian(v, x)
+        if self.memory_saving:
+            v, ladj = normalize_recomputing(normalizing_blocks(self.transform), x, 3)
+        else:
+            v = self.transform.inv(x)
+            ladj = self.transform.log_abs_det_jacobian(v, x)
         if self.inner is None:
-            u = v.flatten(-3)
+            eps, prior_ladj = self._to_standard(v, None, batch)
+            u = eps.flatten(-3)
         else:
             z, h = v.split([self.factored_shape[0], self.kept_shape[0]], dim=-3)
+            eps, prior_ladj = self._to_standard(z, h, batch)
             w = self.inner.inv(h)
             ladj = ladj + self.inner.log_abs_det_jacobian(w, h)
-            u = torch.cat([z.flatten(-3), w.flatten(-3)], dim=-1)
-        return u.reshape(*batch, *self.event_shape), ladj
+            u = torch.cat([eps.flatten(-3), w.flatten(-3)], dim=-1)
+        return u.reshape(*batch, *self.event_shape), ladj + prior_ladj
+
+    # The learned prior as an affine map of a standard Normal, z = loc + exp(log_scale) eps.
+    def _from_standard(self, eps, h, batch):
+        if self.split_prior == "fixed":
+            return eps, 0.0
+        loc, log_scale = self.prior(h, batch)
+        return loc + log_scale.exp() * eps, sum_event(log_scale, 3)
+
+    def _to_standard(self, z, h, batch):
+        if self.split_prior == "fixed":
+            return z, 0.0
+        loc, log_scale = self.prior(h, batch)
+        return (z - loc) * torch.exp(-log_scale), sum_event(log_scale, 3)
 
     def extra_repr(self):
         return (
-            f"event_shape={tuple(self.event_shape)}, latent_shapes={[tuple(s) for s in self.latent_shapes]}"
+            f"event_shape={tuple(self.event_shape)}, latent_shapes={[tuple(s) for s in self.latent_shapes]}, "
+            f"split_prior={self.split_prior!r}, memory_saving={self.memory_saving}"
         )
+
+
+class ConditionalMultiScale(ConditionalTransformModule):
+    r"""The conditional twin of :class:`MultiScale`: a multi-scale flow whose couplings and
+    learned priors also see a context vector :math:`c` (e.g. a one-hot class label).
+
+    ``condition(context)`` returns a :class:`MultiScale` (sharing this module's weights)
+    for a context of shape ``(*context_batch, context_dim)``; use it with
+    :class:`pyro.distributions.ConditionalTransformedDistribution`. Layers that are
+    :class:`~pyro.distributions.conditional.ConditionalTransformModule`\ s (conditional
+    couplings) are conditioned, the others (squeezes, ActNorm, 1x1 convolutions) are used
+    as they are. With ``split_prior="learned"`` the mean and log-scale of each
+    factored-out latent are predicted from the kept half *and* the context (a zero
+    convolution on ``[h, E c]``), and the last latent's from learned parameters plus a
+    zero linear map of :math:`c`; with zero-initialised conditioners a new model is the
+    same map for every context.
+
+    :param layers: the per-scale layers in Pyro's order (base side first), conditional or not.
+    :param event_shape: the image shape ``(C, H, W)``.
+    :param int context_dim: size of the context.
+    :param inner: the coarser scales, a :class:`ConditionalMultiScale` or ``None``.
+    :param str split_prior: ``"fixed"`` or ``"learned"`` (see :class:`MultiScale`).
+    :param int context_channels: channels of the embedded context in the split priors.
+
+    >>> import pyro_flows
+    >>> cflow = pyro_flows.glow((1, 4, 4), num_scales=2, steps_per_scale=1, hidden_channels=4,
+    ...                         context_dim=10, split_prior="learned")
+    >>> flow = cflow.condition(torch.eye(10)[3])
+    >>> flow.inv(torch.rand(5, 1, 4, 4)).shape
+    torch.Size([5, 1, 4, 4])
+    """
+
+    bijective = True
+
+    def __init__(
+        self,
+        layers: Sequence[nn.Module],
+        event_shape: Sequence[int],
+        context_dim: int,
+        inner: Optional["ConditionalMultiScale"] = None,
+        split_prior: str = "fixed",
+        context_channels: int = 8,
+    ):
+        super().__init__()
+        event_shape = torch.Size(event_shape)
+        if split_prior not in SPLIT_PRIORS:
+            raise ValueError(
+                f"ConditionalMultiScale: split_prior must be one of {SPLIT_PRIORS}, got {split_prior!r}"
+            )
+        if not isinstance(context_dim, int) or context_dim < 1:
+            raise ValueError(
+                f"ConditionalMultiScale: context_dim must be a positive int, got {context_dim!r}"
+            )
+        self.event_shape = event_shape
+        self.context_dim = context_dim
+        self.layers = nn.ModuleList(layers)
+        self.inner = inner
+        self.split_prior = split_prior
+        # the shapes, from a version conditioned on a zero context (couplings keep shapes)
+        probe = MultiScale(
+            ComposeTransformModule([self._conditioned(layer, torch.zeros(context_dim)) for layer in layers]),
+            event_shape,
+            inner=None if inner is None else inner.condition(torch.zeros(context_dim)),
+        )
+        self.scale_shape, self.factored_shape = probe.scale_shape, probe.factored_shape
+        self.kept_shape = probe.kept_shape
+        if split_prior == "learned":
+            if inner is None:
+                self.prior_loc = nn.Parameter(torch.zeros(self.scale_shape))
+                self.prior_log_scale = nn.Parameter(torch.zeros(self.scale_shape))
+                self.prior_context = nn.Linear(context_dim, 2 * math.prod(self.scale_shape))
+                nn.init.zeros_(self.prior_context.weight)
+                nn.init.zeros_(self.prior_context.bias)
+            else:
+                self.prior_embed = nn.Linear(context_dim, context_channels)
+                self.prior_net = nn.Conv2d(
+                    self.kept_shape[0] + context_channels, 2 * self.factored_shape[0], 3, padding=1
+                )
+                nn.init.zeros_(self.prior_net.weight)
+                nn.init.zeros_(self.prior_net.bias)
+
+    @staticmethod
+    def _conditioned(layer, context):
+        return layer.condition(context) if isinstance(layer, ConditionalTransformModule) else layer
+
+    def condition(self, context: torch.Tensor) -> MultiScale:
+        if (
+            not isinstance(context, torch.Tensor)
+            or context.dim() < 1
+            or context.shape[-1] != self.context_dim
+        ):
+            shape = tuple(context.shape) if isinstance(context, torch.Tensor) else type(context).__name__
+            raise ValueError(
+                f"ConditionalMultiScale: expected a context of shape (*batch, {self.context_dim}), got {shape}"
+            )
+        if not context.is_floating_point():
+            raise ValueError(f"ConditionalMultiScale: expected a floating-point context, got {context.dtype}")
+        return _ConditionedMultiScale(self, context)
+
+    def prior(self, h: Optional[torch.Tensor], batch_shape, context: torch.Tensor):
+        """Mean and log-scale of this scale's latent given the kept half ``h`` and the
+        context, each of shape ``(*batch_shape, *factored_shape)``."""
+        if self.split_prior == "fixed":
+            zeros = context.new_zeros((*batch_shape, *self.factored_shape))
+            return zeros, zeros
+        context = context.expand(*batch_shape, self.context_dim)
+        if self.inner is None:
+            extra = self.prior_context(context).reshape(
+                *batch_shape, 2 * self.scale_shape[0], *self.scale_shape[1:]
+            )
+            extra_loc, extra_raw = extra.chunk(2, dim=-3)
+            loc, raw = self.prior_loc + extra_loc, self.prior_log_scale + extra_raw
+        else:
+            embedded = self.prior_embed(context)
+            maps = embedded[..., None, None].expand(*embedded.shape, *self.kept_shape[1:])
+            stacked = torch.cat([h, maps], dim=-3)
+            out = self.prior_net(stacked.reshape(-1, *stacked.shape[-3:]))
+            loc, raw = out.reshape(*batch_shape, *out.shape[-3:]).chunk(2, dim=-3)
+        return loc, _LOG_SCALE_BOUND * torch.tanh(raw / _LOG_SCALE_BOUND)
+
+    def extra_repr(self) -> str:
+        return (
+            f"event_shape={tuple(self.event_shape)}, context_dim={self.context_dim}, "
+            f"split_prior={self.split_prior!r}"
+        )
+
+
+class _ConditionedMultiScale(MultiScale):
+    """A :class:`MultiScale` made by :meth:`ConditionalMultiScale.condition`: conditioned
+    layers, the conditional prior read with the bound context."""
+
+    def __init__(self, parent: ConditionalMultiScale, context: torch.Tensor):
+        # Bypasses MultiScale.__init__ on purpose: the priors are the parent's.
+        FlowTransform.__init__(self, event_shape=parent.event_shape)
+        self.transform = ComposeTransformModule(
+            [parent._conditioned(layer, context) for layer in parent.layers]
+        )
+        self.inner = None if parent.inner is None else parent.inner.condition(context)
+        self.scale_shape, self.factored_shape = parent.scale_shape, parent.factored_shape
+        self.kept_shape, self.split_prior = parent.kept_shape, parent.split_prior
+        self.parent = parent
+        self.context = context
+        self.__dict__["_memory_saving"] = False
+
+    def prior(self, h=None, batch_shape=()):
+        return self.parent.prior(h, batch_shape, self.context)
+
+    def _state_tensors(self):
+        # A context changed in place must invalidate the cache like a parameter would.
+        yield from super()._state_tensors()
+        yield self.context
+
+    def _expand(self, x):
+        batch = torch.broadcast_shapes(x.shape[:-3], self.context.shape[:-1])
+        return x.expand(*batch, *self.event_shape)
+
+    def _call_and_ladj(self, u):
+        return super()._call_and_ladj(self._expand(u))
+
+    def _inverse_and_ladj(self, x):
+        return super()._inverse_and_ladj(self._expand(x))

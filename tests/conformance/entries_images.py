@@ -9,8 +9,10 @@ from pyro_flows.transforms import (
     ActNorm,
     AdditiveCoupling,
     AffineCoupling,
+    ConditionalMultiScale,
     Invertible1x1Conv,
     Logit,
+    MemorySaving,
     MultiScale,
     RealNVPBatchNorm,
     Squeeze,
@@ -59,6 +61,14 @@ def two_scale_multiscale():
         [image_affine_coupling((4, 2, 2), "channel", 0, **PLAIN), squeeze((1, 4, 4))]
     )
     return MultiScale(outer, (1, 4, 4), inner=inner)
+
+
+def coupling_stack_saving_memory():
+    """Checkerboard and channel couplings and a 1x1 convolution, trained by recomputation
+    (ActNorm is covered by the Glow entry)."""
+    layers = [image_affine_coupling((2, 4, 4), "checkerboard", p % 2, **PLAIN) for p in range(2)]
+    layers += [invertible_1x1_conv(2), image_additive_coupling((2, 4, 4), "channel", 1, **PLAIN)]
+    return MemorySaving(ComposeTransformModule(layers), (2, 4, 4))
 
 
 # compile=False: compiling a ResNet-conditioned flow takes 15-60 s on 2 cores; the
@@ -175,5 +185,55 @@ ENTRIES = [
         jacobian=False,  # checked on one sample in tests/test_images.py
         lr=0.005,
         warmup=score_data,
+    ),
+    Entry(
+        "glow_learned_prior_memory_saving_1x4x4",
+        lambda: pyro_flows.glow(
+            (1, 4, 4), num_scales=2, steps_per_scale=2, split_prior="learned", memory_saving=True, **TINY
+        ),
+        (1, 4, 4),
+        (MultiScale, pyro_flows.glow),
+        compile=False,
+        randomize_scale=0.02,
+        warmup=score_data,
+    ),
+    Entry(
+        "real_nvp_image_learned_prior_1x4x4",
+        lambda: pyro_flows.real_nvp_image(
+            (1, 4, 4), num_scales=1, split_prior="learned", memory_saving=True, **PLAIN_BUILDER
+        ),
+        (1, 4, 4),
+        (MultiScale, pyro_flows.real_nvp_image),
+        compile=False,
+        randomize_scale=0.02,
+    ),
+    Entry(
+        "memory_saving_coupling_stack",
+        coupling_stack_saving_memory,
+        (2, 4, 4),
+        (MemorySaving,),
+        compile=False,
+        randomize_scale=0.05,
+    ),
+    Entry(
+        "glow_conditional_learned_prior_1x4x4",
+        lambda: pyro_flows.glow(
+            (1, 4, 4), num_scales=2, steps_per_scale=1, split_prior="learned", context_dim=3, **TINY
+        ),
+        (1, 4, 4),
+        (ConditionalMultiScale, pyro_flows.glow),
+        compile=False,
+        randomize_scale=0.02,
+        warmup=score_data,
+        context_dim=3,
+    ),
+    Entry(
+        "real_nvp_image_conditional_1x4x4",
+        lambda: pyro_flows.real_nvp_image((1, 4, 4), num_scales=1, context_dim=2, **PLAIN_BUILDER),
+        (1, 4, 4),
+        (ConditionalMultiScale, pyro_flows.real_nvp_image),
+        compile=False,
+        randomize_scale=0.02,
+        context_dim=2,
     ),
 ]
