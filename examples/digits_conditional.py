@@ -21,6 +21,7 @@ import pyro.distributions as dist
 import torch
 
 import pyro_flows
+from examples import OUTPUT_DIR
 from pyro_flows import bits_per_dim
 from pyro_flows.data import DIGITS_LEVELS, load_digit_labels, load_digits
 from pyro_flows.transforms import Logit, dequantize
@@ -103,10 +104,10 @@ def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--steps", type=int, default=600)
+    parser.add_argument("--steps", type=int, default=500)
     parser.add_argument("--temperature", type=float, default=0.7)
     parser.add_argument("--smoke", action="store_true", help="a few steps with a tiny model")
-    parser.add_argument("--out", type=Path, default=Path("runs/digits"), help="folder for the PNG")
+    parser.add_argument("--out", type=Path, default=OUTPUT_DIR, help="folder for the PNG")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)

@@ -42,6 +42,10 @@ FIGURES: dict[str, tuple[list[str], dict[str, str]]] = {
             for kind in ("samples", "reconstructions")
         },
     ),
+    "digits_conditional": (
+        [],
+        {"glow_class_conditional_samples.png": "digits/glow_class_conditional_samples.png"},
+    ),
     "funnel": ([], {"funnel.png": "inference/funnel.png"}),
     "eight_schools": ([], {"eight_schools.png": "inference/eight_schools.png"}),
     "banana": ([], {"banana.png": "inference/banana.png"}),
