@@ -21,10 +21,12 @@ from .transforms import (
     change_of_base,
     conditional_additive_coupling,
     conditional_affine_coupling,
+    conditional_spline_coupling,
     invertible_linear,
     mixture_cdf,
     real_nvp_batch_norm,
     scaling,
+    spline_coupling,
 )
 
 __version__ = "0.1.0"
@@ -56,6 +58,8 @@ __all__ = [
     "mixture_cdf",
     "conditional_additive_coupling",
     "conditional_affine_coupling",
+    "spline_coupling",
+    "conditional_spline_coupling",
     # 1-D tools and baselines
     "GaussianMixture",
     "inverse_cdf_sample",

@@ -1,0 +1,47 @@
+"""Conformance entries: rational-quadratic spline couplings (vector, image and
+conditional) and the spline flow builder."""
+
+import pyro_flows
+from pyro_flows.transforms import (
+    ConditionalSplineCoupling,
+    SplineCoupling,
+    conditional_spline_coupling,
+    image_spline_coupling,
+    spline_coupling,
+)
+
+from .registry import Entry
+
+TINY_IMAGE = dict(hidden_channels=4, num_blocks=1, batch_norm=False, num_bins=3)
+
+ENTRIES = [
+    Entry("spline_half", lambda: spline_coupling(5, (16,), num_bins=4), (5,), (SplineCoupling,)),
+    Entry(
+        "spline_alternating",
+        lambda: spline_coupling(4, (16, 16), mask="alternating", parity=1, tail_bound=1.5),
+        (4,),
+        (SplineCoupling,),
+        compile=False,  # compiled once per class: spline_half
+    ),
+    Entry(
+        "spline_checkerboard",
+        lambda: image_spline_coupling((2, 4, 4), "checkerboard", 1, **TINY_IMAGE),
+        (2, 4, 4),
+        (SplineCoupling,),
+        compile=False,
+    ),
+    Entry(
+        "spline_channel",
+        lambda: image_spline_coupling((4, 2, 2), "channel", 0, **TINY_IMAGE),
+        (4, 2, 2),
+        (SplineCoupling,),
+        compile=False,
+    ),
+    Entry(
+        "cond_spline_half",
+        lambda: conditional_spline_coupling(4, 3, (16,), num_bins=4),
+        (4,),
+        (ConditionalSplineCoupling,),
+        context_dim=3,
+    ),
+]
