@@ -9,7 +9,16 @@ torch.Size([3])
 
 from . import infer, metrics, transforms
 from .bases import BaseDistribution, base_distribution
-from .builders import cdf_flow, conditional_real_nvp, ffjord, glow, nice, real_nvp, real_nvp_image
+from .builders import (
+    cdf_flow,
+    conditional_real_nvp,
+    ffjord,
+    glow,
+    nice,
+    real_nvp,
+    real_nvp_image,
+    spline_flow,
+)
 from .flow import Flow
 from .gmm import GaussianMixture
 from .metrics import bits_per_dim
@@ -42,6 +51,7 @@ __all__ = [
     # builders
     "nice",
     "real_nvp",
+    "spline_flow",
     "real_nvp_image",
     "glow",
     "cdf_flow",
