@@ -67,7 +67,7 @@ def fit_one(name, train, test, seed, args, cpu_budget=0.0):
         optimizer.step()
         cpu += time.process_time() - start
         step += 1
-        if not math.isfinite(float(loss)):
+        if not math.isfinite(float(loss.detach())):
             checkpoints.append((step, cpu, float("nan")))
             break
         if step % args.eval_every == 0 or step in args.steps:

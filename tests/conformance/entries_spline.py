@@ -2,6 +2,7 @@
 conditional) and the spline flow builder."""
 
 import pyro_flows
+from pyro_flows.builders.vector import VectorFlow
 from pyro_flows.transforms import (
     ConditionalSplineCoupling,
     SplineCoupling,
@@ -10,6 +11,7 @@ from pyro_flows.transforms import (
     spline_coupling,
 )
 
+from .entries_images import score_data
 from .registry import Entry
 
 TINY_IMAGE = dict(hidden_channels=4, num_blocks=1, batch_norm=False, num_bins=3)
@@ -43,5 +45,19 @@ ENTRIES = [
         (4,),
         (ConditionalSplineCoupling,),
         context_dim=3,
+    ),
+    Entry(
+        "spline_flow",
+        lambda: pyro_flows.spline_flow(4, num_layers=3, hidden_dims=(16,), num_bins=4),
+        (4,),
+        (VectorFlow, pyro_flows.spline_flow),
+        warmup=score_data,  # initialises the ActNorms on the test batch
+    ),
+    Entry(
+        "spline_flow_linear",
+        lambda: pyro_flows.spline_flow(3, num_layers=2, hidden_dims=(8,), act_norm=False, linear=True),
+        (3,),
+        (VectorFlow, pyro_flows.spline_flow),
+        compile=False,  # compiled once per builder: spline_flow
     ),
 ]
