@@ -27,8 +27,21 @@ from ..transforms.linear import Invertible1x1Conv
 from ..transforms.multiscale import MultiScale
 from ..transforms.normalization import ActNorm, RealNVPBatchNorm
 from ..transforms.reshape import Squeeze
+from ..transforms.spline import image_spline_coupling
 
 __all__ = ["real_nvp_image", "glow"]
+
+COUPLINGS = ("affine", "spline")
+
+
+def _image_coupling(kind, shape, mask, parity, hidden_channels, num_blocks, batch_norm, scale_bound):
+    """An affine coupling or a rational-quadratic spline coupling (8 bins on [-3, 3],
+    Durkan et al., 2019) on images, with a ResNet conditioner."""
+    if kind == "affine":
+        return image_affine_coupling(shape, mask, parity, hidden_channels, num_blocks, batch_norm, scale_bound)
+    if kind == "spline":
+        return image_spline_coupling(shape, mask, parity, hidden_channels, num_blocks, batch_norm)
+    raise ValueError(f"unknown coupling {kind!r}; expected one of {COUPLINGS}")
 
 
 def _check_image_shape(shape: Sequence[int], num_scales: int, name: str) -> tuple:
@@ -83,6 +96,7 @@ def real_nvp_image(
     conditioner_batch_norm: bool = True,
     scale_bound: Optional[float] = 3.0,
     momentum: float = 0.1,
+    coupling: str = "affine",
 ) -> MultiScale:
     r"""Multi-scale RealNVP for images (Dinh et al., 2017; lecture Def. 10.30).
 
@@ -112,6 +126,9 @@ def real_nvp_image(
     :param scale_bound: soft bound on each log-scale (see
         :class:`~pyro_flows.transforms.AffineCoupling`).
     :param float momentum: momentum of the flow's batch norms.
+    :param str coupling: ``"affine"`` (RealNVP) or ``"spline"``: rational-quadratic spline
+        couplings (:class:`~pyro_flows.transforms.SplineCoupling`, 8 bins on [-3, 3]) with
+        the same masks and conditioners; ``scale_bound`` then does not apply.
 
     Models with batch normalization differ between train and eval mode: call ``.eval()``
     before evaluating or sampling.
@@ -132,15 +149,17 @@ def real_nvp_image(
             f"num_scales <= {min(shape[1:]).bit_length() - 2} or num_final_layers=0"
         )
 
-    def coupling(s, mask, parity):
-        return image_affine_coupling(
-            s, mask, parity, hidden_channels, num_blocks, conditioner_batch_norm, scale_bound
-        )
+    if coupling not in COUPLINGS:
+        raise ValueError(f"real_nvp_image: unknown coupling {coupling!r}; expected one of {COUPLINGS}")
 
     def couplings(s, mask, count):
         layers = []
         for parity in range(count):
-            layers.append(coupling(s, mask, parity % 2))
+            layers.append(
+                _image_coupling(
+                    coupling, s, mask, parity % 2, hidden_channels, num_blocks, conditioner_batch_norm, scale_bound
+                )
+            )
             if batch_norm:
                 layers.append(RealNVPBatchNorm(s[0], event_dim=3, momentum=momentum))
         return layers
@@ -162,6 +181,7 @@ def glow(
     num_blocks: int = 1,
     conditioner_batch_norm: bool = False,
     scale_bound: Optional[float] = 3.0,
+    coupling: str = "affine",
 ) -> MultiScale:
     r"""Glow (Kingma & Dhariwal, 2018; lecture Def. 10.33).
 
@@ -186,6 +206,8 @@ def glow(
     :param int num_blocks: residual blocks per conditioner.
     :param bool conditioner_batch_norm: batch normalization inside the conditioners.
     :param scale_bound: soft bound on each log-scale.
+    :param str coupling: ``"affine"`` (Glow) or ``"spline"`` (rational-quadratic spline
+        couplings, as in the neural spline flow's Glow-like image model, Durkan et al., 2019).
 
     >>> flow = glow((3, 8, 8), num_scales=3, steps_per_scale=1, hidden_channels=8)
     >>> flow.latent_shapes
@@ -194,6 +216,8 @@ def glow(
     shape = _check_image_shape(shape, num_scales, "glow")
     if steps_per_scale < 1:
         raise ValueError(f"glow: steps_per_scale must be at least 1, got {steps_per_scale}")
+    if coupling not in COUPLINGS:
+        raise ValueError(f"glow: unknown coupling {coupling!r}; expected one of {COUPLINGS}")
 
     def scale_layers(s, squeezed, last):
         layers = [Squeeze(s)]
@@ -201,7 +225,8 @@ def glow(
             layers += [
                 ActNorm(squeezed[0]),
                 Invertible1x1Conv(squeezed[0]),
-                image_affine_coupling(
+                _image_coupling(
+                    coupling,
                     squeezed,
                     "channel",
                     step % 2,

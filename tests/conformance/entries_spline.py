@@ -60,4 +60,28 @@ ENTRIES = [
         (VectorFlow, pyro_flows.spline_flow),
         compile=False,  # compiled once per builder: spline_flow
     ),
+    Entry(
+        "glow_spline",
+        lambda: pyro_flows.glow((1, 4, 4), 1, 1, hidden_channels=4, coupling="spline"),
+        (1, 4, 4),
+        (pyro_flows.glow,),
+        warmup=score_data,
+        compile=False,
+        lr=0.005,  # the stale-cache check's SGD steps diverge at 0.05 on this sum over pixels
+    ),
+    Entry(
+        "real_nvp_image_spline",
+        lambda: pyro_flows.real_nvp_image(
+            (1, 4, 4), 1, hidden_channels=4, num_blocks=1, num_final_layers=2, conditioner_batch_norm=False,
+            coupling="spline",
+        ),
+        (1, 4, 4),
+        (pyro_flows.real_nvp_image,),
+        compile=False,
+        # Eight spline layers with ResNet conditioners perturbed at 0.3 reach bins of the
+        # minimum width (derivatives near 1e-3): the stack is then so ill-conditioned that
+        # the round trip loses ~1e-1 in float64 (each layer alone is exact to 1e-11).
+        randomize_scale=0.1,
+        lr=0.005,
+    ),
 ]
