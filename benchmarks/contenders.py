@@ -243,7 +243,8 @@ OUR_VARIANTS = {
     "ours_alternating": {"mask": "alternating"},
 }
 FIT_PACKAGES = {name: "pyro_flows" for name in (*OUR_VARIANTS, "ours_real_nvp")}
-FIT_PACKAGES.update({f"{lib}_{kind}": lib for lib in ("zuko", "nflows", "normflows") for kind in ("nsf", "real_nvp")})
+for _lib in ("zuko", "nflows", "normflows"):
+    FIT_PACKAGES.update({f"{_lib}_nsf": _lib, f"{_lib}_real_nvp": _lib})
 
 
 def fit_available(names: Sequence[str]) -> list:
@@ -295,7 +296,8 @@ def _zuko_nsf(dim, num_layers, hidden_dims):
 def _zuko_real_nvp(dim, num_layers, hidden_dims):
     import zuko
 
-    return _zuko_flow("zuko_real_nvp", zuko.flows.RealNVP(dim, transforms=num_layers, hidden_features=hidden_dims))
+    flow = zuko.flows.RealNVP(dim, transforms=num_layers, hidden_features=hidden_dims)
+    return _zuko_flow("zuko_real_nvp", flow)
 
 
 def _nflows_nsf(dim, num_layers, hidden_dims):

@@ -144,7 +144,8 @@ def _rings_log_prob(x):
     radii = torch.tensor(_RINGS_RADII, dtype=torch.float64, device=x.device)
     var = _RINGS_NOISE**2
     log_ring = -0.5 * (rho - radii) ** 2 / var + torch.special.i0e(rho * radii / var).log()
-    return (torch.logsumexp(log_ring, -1) - math.log(len(_RINGS_RADII)) - math.log(2 * math.pi * var)).to(x.dtype)
+    log_norm = math.log(len(_RINGS_RADII)) + math.log(2 * math.pi * var)
+    return (torch.logsumexp(log_ring, -1) - log_norm).to(x.dtype)
 
 
 def _mixture10_parameters():

@@ -50,7 +50,8 @@ def test_knots_are_interpolated_and_inverse_is_accurate_there():
     params = random_params((K + 1,), seed=1)
     # the knots of the first value's spline: x_k = -B + 2B * cumsum(min + (1 - K min) softmax)
     widths = 1e-3 + (1 - 1e-3 * K) * torch.softmax(params[0], -1)
-    knots = -BOUND + 2 * BOUND * torch.cat([torch.zeros(K + 1, 1, dtype=torch.float64), widths.cumsum(-1)], -1)
+    cumulative = torch.cat([torch.zeros(K + 1, 1, dtype=torch.float64), widths.cumsum(-1)], -1)
+    knots = -BOUND + 2 * BOUND * cumulative
     x = knots.diagonal()  # value i sits exactly on knot i of its own spline
     for eps in (0.0, 1e-12, -1e-12, 1e-7):
         xs = (x + eps).clamp(-BOUND, BOUND)

@@ -38,7 +38,9 @@ def _image_coupling(kind, shape, mask, parity, hidden_channels, num_blocks, batc
     """An affine coupling or a rational-quadratic spline coupling (8 bins on [-3, 3],
     Durkan et al., 2019) on images, with a ResNet conditioner."""
     if kind == "affine":
-        return image_affine_coupling(shape, mask, parity, hidden_channels, num_blocks, batch_norm, scale_bound)
+        return image_affine_coupling(
+            shape, mask, parity, hidden_channels, num_blocks, batch_norm, scale_bound
+        )
     if kind == "spline":
         return image_spline_coupling(shape, mask, parity, hidden_channels, num_blocks, batch_norm)
     raise ValueError(f"unknown coupling {kind!r}; expected one of {COUPLINGS}")
@@ -157,7 +159,14 @@ def real_nvp_image(
         for parity in range(count):
             layers.append(
                 _image_coupling(
-                    coupling, s, mask, parity % 2, hidden_channels, num_blocks, conditioner_batch_norm, scale_bound
+                    coupling,
+                    s,
+                    mask,
+                    parity % 2,
+                    hidden_channels,
+                    num_blocks,
+                    conditioner_batch_norm,
+                    scale_bound,
                 )
             )
             if batch_norm:

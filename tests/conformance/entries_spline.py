@@ -45,6 +45,7 @@ ENTRIES = [
         (4,),
         (ConditionalSplineCoupling,),
         context_dim=3,
+        compile=False,  # the conditioned layer runs SplineCoupling's code, compiled in spline_half
     ),
     Entry(
         "spline_flow",
