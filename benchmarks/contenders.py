@@ -241,6 +241,8 @@ OUR_VARIANTS = {
     "ours_b5": {"tail_bound": 5.0},
     "ours_bins16": {"num_bins": 16},
     "ours_alternating": {"mask": "alternating"},
+    "ours_affine": {"affine": True},
+    "ours_affine_linear": {"affine": True, "linear": True},
 }
 FIT_PACKAGES = {name: "pyro_flows" for name in (*OUR_VARIANTS, "ours_real_nvp")}
 for _lib in ("zuko", "nflows", "normflows"):

@@ -99,6 +99,11 @@ def test_extreme_parameters_stay_finite_and_invertible():
     [
         (lambda: pyro_flows.spline_coupling(5, (16,), num_bins=4), (5,)),
         (lambda: pyro_flows.spline_coupling(4, (16,), mask="alternating", parity=1), (4,)),
+        (lambda: pyro_flows.spline_coupling(3, (16,), num_bins=3, affine=True), (3,)),
+        (
+            lambda: image_spline_coupling((2, 4, 4), "checkerboard", 0, 4, 1, num_bins=3, affine=True),
+            (2, 4, 4),
+        ),
         (lambda: image_spline_coupling((2, 4, 4), "checkerboard", 1, 4, 1, num_bins=3), (2, 4, 4)),
         (lambda: image_spline_coupling((4, 2, 2), "channel", 0, 4, 1, num_bins=3), (4, 2, 2)),
     ],

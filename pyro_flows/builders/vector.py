@@ -128,6 +128,7 @@ def spline_flow(
     linear: bool = False,
     mask: Union[str, torch.Tensor] = "half",
     activation: Callable[[], nn.Module] = nn.ReLU,
+    affine: bool = False,
 ) -> VectorFlow:
     r"""A neural spline flow (Durkan et al., 2019): ``num_layers`` rational-quadratic
     spline couplings (:class:`~pyro_flows.transforms.SplineCoupling`) whose partitions
@@ -160,6 +161,8 @@ def spline_flow(
     :param bool linear: an LU-parameterised :class:`~pyro_flows.transforms.InvertibleLinear`
         between consecutive couplings, which mixes the coordinates of the two halves.
     :param mask: ``"half"`` or ``"alternating"``; parities alternate layer to layer.
+    :param bool affine: couplings with a conditional affine part before the spline (see
+        :class:`~pyro_flows.transforms.SplineCoupling`).
 
     >>> import pyro_flows
     >>> flow = pyro_flows.Flow(spline_flow(2, num_layers=2, hidden_dims=(16,)))
@@ -172,7 +175,9 @@ def spline_flow(
     for i in range(num_layers):
         if linear and i > 0:
             parts.append(InvertibleLinear(input_dim))
-        parts.append(spline_coupling(input_dim, hidden_dims, mask, i % 2, num_bins, tail_bound, activation))
+        parts.append(
+            spline_coupling(input_dim, hidden_dims, mask, i % 2, num_bins, tail_bound, activation, affine)
+        )
         if act_norm:
             parts.append(ActNorm(input_dim, event_dim=1))
     return VectorFlow(parts, (input_dim,))

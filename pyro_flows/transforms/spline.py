@@ -65,6 +65,7 @@ __all__ = [
 DEFAULT_MIN_BIN_WIDTH = 1e-3
 DEFAULT_MIN_BIN_HEIGHT = 1e-3
 DEFAULT_MIN_DERIVATIVE = 1e-3
+_AFFINE_SCALE_BOUND = 2.0
 
 
 def _knots(raw: torch.Tensor, bound: float, min_size: float) -> Tuple[torch.Tensor, torch.Tensor]:
@@ -167,7 +168,7 @@ class _SplineParams:
     """Shared by the spline coupling and its conditioned twin: the spline settings and the
     map from conditioner output to the spline's three parameter tensors."""
 
-    def _set_spline(self, num_bins, tail_bound, min_bin_width, min_bin_height, min_derivative):
+    def _set_spline(self, num_bins, tail_bound, min_bin_width, min_bin_height, min_derivative, affine=False):
         if not isinstance(num_bins, int) or num_bins < 2:
             raise ValueError(f"num_bins must be an int >= 2, got {num_bins!r}")
         if not tail_bound > 0:
@@ -184,12 +185,13 @@ class _SplineParams:
         self.min_bin_width = min_bin_width
         self.min_bin_height = min_bin_height
         self.min_derivative = min_derivative
+        self.affine = bool(affine)
 
 
-def _params_per_coordinate(num_bins: int) -> int:
+def _params_per_coordinate(num_bins: int, affine: bool = False) -> int:
     """Conditioner outputs per transformed coordinate: ``K`` widths, ``K`` heights and
-    ``K - 1`` interior derivatives."""
-    return 3 * num_bins - 1
+    ``K - 1`` interior derivatives (and a shift and a log-scale with ``affine``)."""
+    return 3 * num_bins - 1 + 2 * bool(affine)
 
 
 class SplineCoupling(_SplineParams, _Coupling):
@@ -220,6 +222,13 @@ class SplineCoupling(_SplineParams, _Coupling):
     :param float min_bin_width: smallest bin width, as a fraction of :math:`2B`.
     :param float min_bin_height: smallest bin height, as a fraction of :math:`2B`.
     :param float min_derivative: smallest derivative at a knot.
+    :param bool affine: also a conditional shift :math:`t` and soft-bounded log-scale
+        :math:`s = 2 \tanh(\tilde s / 2)` (two more conditioner outputs per coordinate):
+        :math:`y^B_i = t_i + e^{s_i} g_{\theta_i}(x^B_i)`, inverse
+        :math:`x^B_i = g^{-1}_{\theta_i}((y^B_i - t_i) e^{-s_i})`, and :math:`s_i` added to the
+        log-determinant. In the scoring direction the affine part acts first, so it can bring
+        data that lie far outside :math:`[-B, B]` (where the spline alone is the identity)
+        into the spline's interval, conditionally on :math:`x^A`.
 
     >>> layer = spline_coupling(4, hidden_dims=(16,), num_bins=4)
     >>> x = 3 * torch.randn(10, 4)
@@ -240,14 +249,15 @@ class SplineCoupling(_SplineParams, _Coupling):
         min_bin_width: float = DEFAULT_MIN_BIN_WIDTH,
         min_bin_height: float = DEFAULT_MIN_BIN_HEIGHT,
         min_derivative: float = DEFAULT_MIN_DERIVATIVE,
+        affine: bool = False,
     ):
         super().__init__(mask, conditioner, event_shape)
-        self._set_spline(num_bins, tail_bound, min_bin_width, min_bin_height, min_derivative)
+        self._set_spline(num_bins, tail_bound, min_bin_width, min_bin_height, min_derivative, affine)
 
     def _spline_params(self, x_a: torch.Tensor):
         partition = self.partition
         raw = self.conditioner(x_a)
-        per = _params_per_coordinate(self.num_bins)
+        per = _params_per_coordinate(self.num_bins, self.affine)
         dim = partition.param_dim
         expected = list(partition.b_shape)
         expected[dim] *= per
@@ -261,12 +271,21 @@ class SplineCoupling(_SplineParams, _Coupling):
         # (..., |B| * P, ...) -> (..., |B|, P, ...) -> parameters last
         params = raw.unflatten(dim, (partition.b_shape[dim], per)).movedim(dim, -1)
         k = self.num_bins
-        return params.split_with_sizes((k, k, k - 1), -1)
+        if not self.affine:
+            return params.split_with_sizes((k, k, k - 1), -1)
+        widths, heights, derivatives, shift, raw = params.split_with_sizes((k, k, k - 1, 1, 1), -1)
+        # soft-bounded log-scale, as in AffineCoupling: at most e^{+-2} per layer
+        log_scale = _AFFINE_SCALE_BOUND * torch.tanh(raw.squeeze(-1) / _AFFINE_SCALE_BOUND)
+        return widths, heights, derivatives, shift.squeeze(-1), log_scale
 
     def _spline(self, x, inverse):
         partition = self.partition
         x_a, x_b = partition.split(x)
-        widths, heights, derivatives = self._spline_params(x_a)
+        params = self._spline_params(x_a)
+        widths, heights, derivatives = params[:3]
+        if self.affine and inverse:
+            # _call is y = t + e^s g(x): undo the affine part first
+            x_b = (x_b - params[3]) * torch.exp(-params[4])
         y_b, log_derivative = rational_quadratic_spline(
             x_b,
             widths,
@@ -278,6 +297,10 @@ class SplineCoupling(_SplineParams, _Coupling):
             min_bin_height=self.min_bin_height,
             min_derivative=self.min_derivative,
         )
+        if self.affine:
+            if not inverse:
+                y_b = params[3] + torch.exp(params[4]) * y_b
+            log_derivative = log_derivative + params[4]
         if partition.masks_params:
             # Checkerboard: the spline ran on every pixel; keep A exactly as it was.
             keep = partition.mask.to(x.dtype)
@@ -306,6 +329,7 @@ class _ConditionedSplineCoupling(_ContextBroadcast, SplineCoupling):
             parent.min_bin_width,
             parent.min_bin_height,
             parent.min_derivative,
+            parent.affine,
         )
 
 
@@ -341,9 +365,10 @@ class ConditionalSplineCoupling(_SplineParams, _ConditionalCoupling):
         min_bin_width: float = DEFAULT_MIN_BIN_WIDTH,
         min_bin_height: float = DEFAULT_MIN_BIN_HEIGHT,
         min_derivative: float = DEFAULT_MIN_DERIVATIVE,
+        affine: bool = False,
     ):
         super().__init__(mask, conditioner, context_dim, event_shape)
-        self._set_spline(num_bins, tail_bound, min_bin_width, min_bin_height, min_derivative)
+        self._set_spline(num_bins, tail_bound, min_bin_width, min_bin_height, min_derivative, affine)
 
     def condition(self, context: torch.Tensor) -> SplineCoupling:
         return _ConditionedSplineCoupling(self, self._check_context(context))
@@ -360,6 +385,7 @@ def spline_coupling(
     num_bins: int = 8,
     tail_bound: float = 3.0,
     activation: Callable[[], nn.Module] = nn.ReLU,
+    affine: bool = False,
     **spline_options,
 ) -> SplineCoupling:
     """One :class:`SplineCoupling` on vectors of size ``input_dim`` with an
@@ -370,8 +396,11 @@ def spline_coupling(
     23
     """
     m = vector_mask(input_dim, mask, parity)
-    conditioner = _mlp_conditioner(m, _params_per_coordinate(num_bins), hidden_dims, activation)
-    return SplineCoupling(m, conditioner, num_bins=num_bins, tail_bound=tail_bound, **spline_options)
+    per = _params_per_coordinate(num_bins, affine)
+    conditioner = _mlp_conditioner(m, per, hidden_dims, activation)
+    return SplineCoupling(
+        m, conditioner, num_bins=num_bins, tail_bound=tail_bound, affine=affine, **spline_options
+    )
 
 
 def conditional_spline_coupling(
@@ -383,6 +412,7 @@ def conditional_spline_coupling(
     num_bins: int = 8,
     tail_bound: float = 3.0,
     activation: Callable[[], nn.Module] = nn.ReLU,
+    affine: bool = False,
     **spline_options,
 ) -> ConditionalSplineCoupling:
     """One :class:`ConditionalSplineCoupling` on vectors of size ``input_dim`` with a
@@ -394,9 +424,10 @@ def conditional_spline_coupling(
     True
     """
     m = vector_mask(input_dim, mask, parity)
-    conditioner = _mlp_conditioner(m, _params_per_coordinate(num_bins), hidden_dims, activation, context_dim)
+    per = _params_per_coordinate(num_bins, affine)
+    conditioner = _mlp_conditioner(m, per, hidden_dims, activation, context_dim)
     return ConditionalSplineCoupling(
-        m, conditioner, context_dim, num_bins=num_bins, tail_bound=tail_bound, **spline_options
+        m, conditioner, context_dim, num_bins=num_bins, tail_bound=tail_bound, affine=affine, **spline_options
     )
 
 
@@ -409,6 +440,7 @@ def image_spline_coupling(
     batch_norm: bool = True,
     num_bins: int = 8,
     tail_bound: float = 3.0,
+    affine: bool = False,
     **spline_options,
 ) -> SplineCoupling:
     """One :class:`SplineCoupling` on images of shape ``(C, H, W)`` with a
@@ -421,8 +453,14 @@ def image_spline_coupling(
     True
     """
     m = image_mask(shape, mask, parity)
-    per = _params_per_coordinate(num_bins)
+    per = _params_per_coordinate(num_bins, affine)
     conditioner = _resnet_conditioner(shape, m, per, hidden_channels, num_blocks, batch_norm)
     return SplineCoupling(
-        m, conditioner, event_shape=shape, num_bins=num_bins, tail_bound=tail_bound, **spline_options
+        m,
+        conditioner,
+        event_shape=shape,
+        num_bins=num_bins,
+        tail_bound=tail_bound,
+        affine=affine,
+        **spline_options,
     )

@@ -26,6 +26,13 @@ ENTRIES = [
         compile=False,  # compiled once per class: spline_half
     ),
     Entry(
+        "spline_affine",
+        lambda: spline_coupling(4, (16,), num_bins=3, affine=True),
+        (4,),
+        (SplineCoupling,),
+        compile=False,  # compiled once per class: spline_half
+    ),
+    Entry(
         "spline_checkerboard",
         lambda: image_spline_coupling((2, 4, 4), "checkerboard", 1, **TINY_IMAGE),
         (2, 4, 4),
