@@ -235,14 +235,13 @@ FIT_NAMES = (
 #: variants of our spline flow for ablations: spline_flow keyword arguments
 OUR_VARIANTS = {
     "ours": {},
-    "ours_no_act_norm": {"act_norm": False},
-    "ours_no_act_norm_b5": {"act_norm": False, "tail_bound": 5.0},
+    "ours_no_act_norm": {"act_norm": False, "affine": False},
+    "ours_no_act_norm_b5": {"act_norm": False, "affine": False, "tail_bound": 5.0},
+    "ours_plain_spline": {"affine": False},
     "ours_linear": {"linear": True},
     "ours_b5": {"tail_bound": 5.0},
     "ours_bins16": {"num_bins": 16},
     "ours_alternating": {"mask": "alternating"},
-    "ours_affine": {"affine": True},
-    "ours_affine_linear": {"affine": True, "linear": True},
 }
 FIT_PACKAGES = {name: "pyro_flows" for name in (*OUR_VARIANTS, "ours_real_nvp")}
 for _lib in ("zuko", "nflows", "normflows"):

@@ -128,7 +128,7 @@ def spline_flow(
     linear: bool = False,
     mask: Union[str, torch.Tensor] = "half",
     activation: Callable[[], nn.Module] = nn.ReLU,
-    affine: bool = False,
+    affine: bool = True,
 ) -> VectorFlow:
     r"""A neural spline flow (Durkan et al., 2019): ``num_layers`` rational-quadratic
     spline couplings (:class:`~pyro_flows.transforms.SplineCoupling`) whose partitions
@@ -147,7 +147,8 @@ def spline_flow(
     mode sets each to standardise its input (data-dependent initialisation), so every
     spline starts with its data inside its interval, and their scales and shifts keep
     learning afterwards. With ``act_norm=False`` the flow is a plain stack of spline
-    couplings (standardise the data yourself).
+    couplings (standardise the data yourself). Measured on the 10-D banana of the
+    benchmarks (800 steps): KL gap 21.5 nats without the ActNorms, 0.33 with them.
 
     Every coupling starts as the identity. Returns one
     :class:`~pyro.distributions.TransformModule`.
@@ -161,8 +162,12 @@ def spline_flow(
     :param bool linear: an LU-parameterised :class:`~pyro_flows.transforms.InvertibleLinear`
         between consecutive couplings, which mixes the coordinates of the two halves.
     :param mask: ``"half"`` or ``"alternating"``; parities alternate layer to layer.
-    :param bool affine: couplings with a conditional affine part before the spline (see
-        :class:`~pyro_flows.transforms.SplineCoupling`).
+    :param bool affine: couplings with a conditional shift and scale around the spline (see
+        :class:`~pyro_flows.transforms.SplineCoupling`): a conditional shift is what a
+        banana-shaped target needs beyond the spline's interval. Measured at 800 steps
+        (one seed): KL gap 0.273 against 0.326 without on the 10-D banana of the
+        benchmarks, 0.074 against 0.088 on the 8 Gaussians, level on the 10-D mixture
+        (0.270 / 0.272), for 5% more CPU time per step.
 
     >>> import pyro_flows
     >>> flow = pyro_flows.Flow(spline_flow(2, num_layers=2, hidden_dims=(16,)))
