@@ -238,8 +238,9 @@ OUR_VARIANTS = {
     "ours_no_act_norm": {"act_norm": False, "affine": False},
     "ours_no_act_norm_b5": {"act_norm": False, "affine": False, "tail_bound": 5.0},
     "ours_plain_spline": {"affine": False},
+    "ours_plain_b5": {"affine": False, "tail_bound": 5.0},
+    "ours_plain_linear": {"affine": False, "linear": True},
     "ours_linear": {"linear": True},
-    "ours_b5": {"tail_bound": 5.0},
     "ours_bins16": {"num_bins": 16},
     "ours_alternating": {"mask": "alternating"},
 }
