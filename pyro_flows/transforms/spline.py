@@ -342,8 +342,9 @@ class ConditionalSplineCoupling(_SplineParams, _ConditionalCoupling):
         :math:`3K - 1` spline parameters per coordinate of :math:`x^B`.
     :param int context_dim: size of the context vector.
     :param event_shape: the event shape; defaults to ``mask.shape``.
-    :param num_bins, tail_bound, min_bin_width, min_bin_height, min_derivative: as in
-        :class:`SplineCoupling`.
+
+    The spline options ``num_bins``, ``tail_bound``, ``min_bin_width``, ``min_bin_height``,
+    ``min_derivative`` and ``affine`` are those of :class:`SplineCoupling`.
 
     ``condition(context)`` returns a :class:`SplineCoupling` sharing this module's
     partition and conditioner.
