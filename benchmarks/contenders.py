@@ -214,3 +214,137 @@ class ConditionerFloor(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x_a = x[..., : self.half]
         return sum(net(x_a).sum() for net in self.nets)
+
+
+# ------------------------------------------------------------------------------ density fit
+# The fit benchmark compares each library's *best* flow for density estimation (its
+# rational-quadratic neural spline flow) and its RealNVP, all with ``num_layers``
+# transforms and conditioners of ``hidden_dims``, each library's own defaults otherwise.
+
+#: fit contenders in table order
+FIT_NAMES = (
+    "ours",
+    "ours_real_nvp",
+    "zuko_nsf",
+    "zuko_real_nvp",
+    "nflows_nsf",
+    "nflows_real_nvp",
+    "normflows_nsf",
+    "normflows_real_nvp",
+)
+#: variants of our spline flow for ablations: spline_flow keyword arguments
+OUR_VARIANTS = {
+    "ours": {},
+    "ours_no_act_norm": {"act_norm": False, "affine": False},
+    "ours_no_act_norm_b5": {"act_norm": False, "affine": False, "tail_bound": 5.0},
+    "ours_plain_spline": {"affine": False},
+    "ours_plain_b5": {"affine": False, "tail_bound": 5.0},
+    "ours_plain_linear": {"affine": False, "linear": True},
+    "ours_linear": {"linear": True},
+    "ours_bins16": {"num_bins": 16},
+    "ours_alternating": {"mask": "alternating"},
+}
+FIT_PACKAGES = {name: "pyro_flows" for name in (*OUR_VARIANTS, "ours_real_nvp")}
+for _lib in ("zuko", "nflows", "normflows"):
+    FIT_PACKAGES.update({f"{_lib}_nsf": _lib, f"{_lib}_real_nvp": _lib})
+
+
+def fit_available(names: Sequence[str]) -> list:
+    return [n for n in names if importlib.util.find_spec(FIT_PACKAGES[n]) is not None]
+
+
+def build_fit(name: str, dim: int, num_layers: int = 8, hidden_dims: Sequence[int] = (128, 128)) -> Contender:
+    """The density-fit contender ``name`` (see :data:`FIT_NAMES`, :data:`OUR_VARIANTS`)."""
+    hidden_dims = tuple(hidden_dims)
+    if name in OUR_VARIANTS:
+        import pyro_flows
+
+        flow = pyro_flows.Flow(
+            pyro_flows.spline_flow(dim, num_layers=num_layers, hidden_dims=hidden_dims, **OUR_VARIANTS[name])
+        )
+        return Contender(name, flow, flow.log_prob, lambda n: flow.sample((n,)))
+    builders = {
+        "ours_real_nvp": _ours,
+        "zuko_nsf": _zuko_nsf,
+        "zuko_real_nvp": _zuko_real_nvp,
+        "nflows_nsf": _nflows_nsf,
+        "nflows_real_nvp": _nflows,
+        "normflows_nsf": _normflows_nsf,
+        "normflows_real_nvp": _normflows,
+    }
+    if name not in builders:
+        raise ValueError(f"unknown fit contender {name!r}; expected one of {FIT_NAMES + tuple(OUR_VARIANTS)}")
+    contender = builders[name](dim, num_layers, hidden_dims)
+    contender.name = name
+    return contender
+
+
+def _zuko_flow(name, flow):
+    def sample(n):
+        with torch.no_grad():
+            return flow().sample((n,))
+
+    return Contender(name, flow, lambda x: flow().log_prob(x), sample)
+
+
+def _zuko_nsf(dim, num_layers, hidden_dims):
+    """zuko's NSF: autoregressive (MADE conditioners) rational-quadratic splines, 8 bins on
+    [-5, 5], randomly permuted orders; sampling is sequential."""
+    import zuko
+
+    return _zuko_flow("zuko_nsf", zuko.flows.NSF(dim, transforms=num_layers, hidden_features=hidden_dims))
+
+
+def _zuko_real_nvp(dim, num_layers, hidden_dims):
+    import zuko
+
+    flow = zuko.flows.RealNVP(dim, transforms=num_layers, hidden_features=hidden_dims)
+    return _zuko_flow("zuko_real_nvp", flow)
+
+
+def _nflows_nsf(dim, num_layers, hidden_dims):
+    """nflows' rational-quadratic spline couplings (8 bins, linear tails at +-5) on
+    alternating halves, with the matched MLP conditioners."""
+    from nflows.distributions.normal import StandardNormal
+    from nflows.flows.base import Flow
+    from nflows.transforms.base import CompositeTransform
+    from nflows.transforms.coupling import PiecewiseRationalQuadraticCouplingTransform
+
+    half = dim // 2
+    layers = []
+    for i in range(num_layers):
+        transformed = torch.arange(dim) >= half if i % 2 == 0 else torch.arange(dim) < half
+        layers.append(
+            PiecewiseRationalQuadraticCouplingTransform(
+                transformed.float() * 2 - 1,
+                lambda n_in, n_out: _IgnoreContext(*_mlp(n_in, hidden_dims, n_out)),
+                num_bins=8,
+                tails="linear",
+                tail_bound=5.0,
+            )
+        )
+    flow = Flow(CompositeTransform(layers), StandardNormal([dim]))
+
+    def sample(n):
+        with torch.no_grad():
+            return flow.sample(n)
+
+    return Contender("nflows_nsf", flow, flow.log_prob, sample)
+
+
+def _normflows_nsf(dim, num_layers, hidden_dims):
+    """normflows' coupled rational-quadratic spline (8 bins, tails at +-3, its residual
+    conditioner with one block of ``hidden_dims[0]`` units, i.e. two hidden layers)."""
+    import normflows as nf
+
+    flows = [
+        nf.flows.CoupledRationalQuadraticSpline(dim, 1, hidden_dims[0], num_bins=8, reverse_mask=bool(i % 2))
+        for i in range(num_layers)
+    ]
+    model = nf.NormalizingFlow(nf.distributions.DiagGaussian(dim, trainable=False), flows)
+
+    def sample(n):
+        with torch.no_grad():
+            return model.sample(n)[0]
+
+    return Contender("normflows_nsf", model, model.log_prob, sample)

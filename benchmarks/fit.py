@@ -1,15 +1,21 @@
-"""Held-out fit of matched RealNVP flows across libraries on 2-D toy targets.
+"""Held-out density fit of each library's flows, at equal steps and at equal CPU time.
 
-Every library's model (see :mod:`benchmarks.contenders`) is trained with the same
-optimizer (Adam), learning rate, number of steps and the very same mini-batches drawn
-from a fixed training set, then scored on a separate test set. Reported: the test
-negative log-likelihood (nats per point, with its standard error) and, where the true
-entropy :math:`H(p)` is known (checkerboard exactly, 8 Gaussians by Monte Carlo with
-the exact mixture density), the gap :math:`\\mathrm{NLL} - H(p)`, an estimate of
-:math:`\\mathrm{KL}(p \\,\\|\\, q)` (zero for a perfect model, up to test-set noise). The
-Gaussian row is the maximum-likelihood Gaussian, the baseline every flow should beat.
+Every model (see :func:`benchmarks.contenders.build_fit`) is trained with the same
+optimizer (Adam), learning rate and the very same mini-batches drawn from a fixed
+training set, then scored on a separate test set. Every target has an exact density
+(:mod:`benchmarks.toy_targets`), so the reported figure is the KL gap
+:math:`\\mathrm{NLL}_{test} - H(p)`, an estimate of :math:`\\mathrm{KL}(p \\,\\|\\, q)` in nats
+(zero for a perfect model, up to test-set noise), averaged over seeds with its standard
+error across seeds.
 
-    OMP_NUM_THREADS=1 python -m benchmarks.fit --steps 1000
+The test NLL is recorded every ``--eval-every`` steps together with the CPU time spent
+training so far (``time.process_time()`` with one torch thread, evaluation excluded).
+Reported: the gap after each of ``--steps``, and the gap at equal CPU time: for each
+budget, the CPU time the first contender (our default flow) needed for that many steps,
+each model's last checkpoint within it (faster models train beyond the step count until
+they reach the budget).
+
+    OMP_NUM_THREADS=1 python -m benchmarks.fit --steps 800 3000 --seeds 0 1
 """
 
 from __future__ import annotations
@@ -21,107 +27,197 @@ import time
 import torch
 
 from . import report
-from .contenders import NAMES, available, build, set_validation
+from .contenders import FIT_NAMES, OUR_VARIANTS, build_fit, fit_available, set_validation
 from .toy_targets import TARGETS
 
 GAUSSIAN = "gaussian"
 
 
-def gaussian_nll(train: torch.Tensor, test: torch.Tensor):
+def gaussian_nll(train: torch.Tensor, test: torch.Tensor) -> float:
     """Test NLL of the maximum-likelihood Gaussian fitted to ``train``."""
     mean = train.double().mean(0)
     cov = torch.cov(train.double().T)
-    d = torch.distributions.MultivariateNormal(mean, cov)
-    return report.mean_se(-d.log_prob(test.double()))
+    return float(-torch.distributions.MultivariateNormal(mean, cov).log_prob(test.double()).mean())
 
 
-def fit_one(name, train, test, args):
-    torch.manual_seed(args.seed)
-    contender = build(name, 2, args.layers, args.hidden)
-    optimizer = torch.optim.Adam(contender.module.parameters(), lr=args.lr)
-    batches = torch.Generator().manual_seed(args.seed)  # the same batches for everyone
-    start = time.perf_counter()
+def test_nll(contender, test: torch.Tensor) -> float:
+    contender.module.eval()
+    with torch.no_grad():
+        nll = torch.cat([-contender.log_prob(chunk.clone()) for chunk in test.split(5000)])
     contender.module.train()
-    for _ in range(args.steps):
+    return report.mean_se(nll)[0]
+
+
+def fit_one(name, train, test, seed, args, cpu_budget=0.0):
+    """Train ``name`` for ``max(args.steps)`` steps and until ``cpu_budget`` CPU seconds;
+    return its checkpoints ``[(step, cpu_seconds, test_nll), ...]``."""
+    torch.manual_seed(seed)
+    contender = build_fit(name, train.shape[-1], args.layers, args.hidden)
+    optimizer = torch.optim.Adam(contender.module.parameters(), lr=args.lr)
+    batches = torch.Generator().manual_seed(seed)  # the same batches for everyone
+    contender.module.train()
+    checkpoints, cpu, step = [], 0.0, 0
+    last_step = max(args.steps)
+    while step < last_step or cpu < cpu_budget:
+        start = time.process_time()
         x = train[torch.randint(len(train), (args.batch,), generator=batches)]
         optimizer.zero_grad(set_to_none=True)
         loss = -contender.log_prob(x).mean()
         loss.backward()
         optimizer.step()
-    seconds = time.perf_counter() - start
-    contender.module.eval()
-    with torch.no_grad():
-        nll = torch.cat([-contender.log_prob(chunk.clone()) for chunk in test.split(5000)])
-    mean, se = report.mean_se(nll)
-    return {"nll": mean, "se": se, "train_seconds": seconds, "final_train_loss": float(loss.detach())}
+        cpu += time.process_time() - start
+        step += 1
+        if not math.isfinite(float(loss.detach())):
+            checkpoints.append((step, cpu, float("nan")))
+            break
+        if step % args.eval_every == 0 or step in args.steps:
+            checkpoints.append((step, cpu, test_nll(contender, test)))
+    return checkpoints
+
+
+def at_step(checkpoints, step):
+    return next((nll for s, _, nll in checkpoints if s == step), float("nan"))
+
+
+def within(checkpoints, budget):
+    """The test NLL of the last checkpoint whose CPU time is within ``budget`` (10% slack
+    for timer noise); NaN if none."""
+    inside = [nll for _, cpu, nll in checkpoints if cpu <= 1.1 * budget]
+    return inside[-1] if inside else float("nan")
+
+
+def mean_se(values):
+    t = torch.tensor(values, dtype=torch.float64)
+    if not bool(torch.isfinite(t).all()):
+        return float("nan"), float("nan")
+    se = float(t.std() / math.sqrt(len(t))) if len(t) > 1 else float("nan")
+    return float(t.mean()), se
+
+
+def summarize(runs, entropy, names, steps):
+    """Per contender: the mean gap and its standard error over seeds at each step count
+    and at each CPU budget (the first contender's CPU time for that many steps)."""
+    reference = names[0]
+    out = {}
+    for name in names:
+        by_step, by_cpu = {}, {}
+        for step in steps:
+            gaps = [at_step(run[name], step) - entropy for run in runs]
+            by_step[step] = mean_se(gaps)
+            budgets = [next(c for s, c, _ in run[reference] if s == step) for run in runs]
+            gaps = [within(run[name], b) - entropy for run, b in zip(runs, budgets, strict=True)]
+            by_cpu[step] = (*mean_se(gaps), sum(budgets) / len(budgets))
+        out[name] = {"steps": by_step, "cpu": by_cpu}
+    return out
+
+
+def _cell(mean, se):
+    if not math.isfinite(mean):
+        return "diverged"
+    return f"{mean:.3f}" + (f" ± {se:.3f}" if math.isfinite(se) else "")
+
+
+def _peers(names):
+    return [n for n in names if not n.startswith("ours")]
 
 
 def render(results, names, info, cmd, args) -> str:
-    cols = [GAUSSIAN, *names]
-    rows = []
-    for target, res in results.items():
-        entropy = res["entropy"]
-        row = [target, "-" if entropy is None else f"{entropy:.3f}"]
-        for n in cols:
-            r = res["by_name"][n]
-            cell = f"{r['nll']:.3f} ± {r['se']:.3f}"
-            if entropy is not None and math.isfinite(r["nll"]):
-                cell += f" (gap {r['nll'] - entropy:.3f})"
-            row.append(cell)
-        rows.append(row)
     lines = [
-        f"# Fit: held-out NLL (nats/point) of matched RealNVP ({args.layers} affine couplings, MLP "
-        f"{'-'.join(map(str, args.hidden))}, ReLU)",
+        f"# Fit: KL gap (test NLL - exact entropy, nats) of each library's flows, "
+        f"{args.layers} transforms, conditioners {'x'.join(map(str, args.hidden))}",
         "",
         report.header(info, cmd),
-        f"- settings: Adam lr {args.lr}, {args.steps} steps of batch {args.batch}, identical batches for "
-        f"all, {args.train} training / {args.test} test points, each library's own initialisation",
-        "",
-        "Lower is better; `gap` = NLL - true entropy H(p) estimates KL(p || model).",
-        "",
-        report.markdown_table(["target", "H(p)", *cols], rows),
+        f"- settings: Adam lr {args.lr}, batches of {args.batch} (identical for all), "
+        f"{args.train} training / {args.test} test points, seeds {args.seeds} (mean ± standard error "
+        "over seeds), each library's own initialisation",
         "",
     ]
+    peers = _peers(names)
+    conditions = [("steps", s, f"after {s} steps") for s in args.steps]
+    conditions += [("cpu", s, f"at equal CPU time: what {names[0]} needs for {s} steps") for s in args.steps]
+    for kind, step, title in conditions:
+        header = ["target", "H(p)"] + ([GAUSSIAN] if kind == "steps" else []) + list(names)
+        if peers and names[0] not in peers:
+            header += ["best peer", f"{names[0]} / best peer"]
+        rows = []
+        for target, res in results.items():
+            row = [target, f"{res['entropy']:.3f}"]
+            if kind == "steps":
+                row.append(f"{res['gaussian'] - res['entropy']:.3f}")
+            summary = res["summary"]
+            cells = {n: summary[n][kind][step] for n in names}
+            row += [_cell(*cells[n][:2]) for n in names]
+            if kind == "cpu":
+                row[1] += f" ({cells[names[0]][2]:.1f} s)"
+            if peers and names[0] not in peers:
+                finite = [p for p in peers if math.isfinite(cells[p][0])]
+                if finite:
+                    best = min(finite, key=lambda p: cells[p][0])
+                    ratio = cells[names[0]][0] / cells[best][0] if cells[best][0] > 0 else float("nan")
+                    row += [f"{best} {cells[best][0]:.3f}", f"{ratio:.2f}"]
+                else:
+                    row += ["-", "-"]
+            rows.append(row)
+        lines += [f"## KL gap {title}", "", report.markdown_table(header, rows), ""]
     return "\n".join(lines)
 
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    choices = list(dict.fromkeys(FIT_NAMES + tuple(OUR_VARIANTS)))
     p.add_argument("--targets", nargs="+", default=list(TARGETS), choices=list(TARGETS))
-    p.add_argument("--libs", nargs="+", default=list(NAMES), choices=NAMES)
+    p.add_argument("--libs", nargs="+", default=list(FIT_NAMES), choices=choices)
     p.add_argument("--layers", type=int, default=8)
-    p.add_argument("--hidden", type=int, nargs="+", default=[64, 64])
-    p.add_argument("--steps", type=int, default=1000)
-    p.add_argument("--batch", type=int, default=256)
+    p.add_argument("--hidden", type=int, nargs="+", default=[128, 128])
+    p.add_argument("--steps", type=int, nargs="+", default=[800], help="report the gap after these steps")
+    p.add_argument("--eval-every", type=int, default=100)
+    p.add_argument("--batch", type=int, default=512)
     p.add_argument("--lr", type=float, default=1e-3)
-    p.add_argument("--train", type=int, default=20_000)
-    p.add_argument("--test", type=int, default=20_000)
-    p.add_argument("--entropy-samples", type=int, default=1_000_000)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--train", type=int, default=50_000)
+    p.add_argument("--test", type=int, default=10_000)
+    p.add_argument("--entropy-samples", type=int, default=200_000)
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
+    p.add_argument("--no-cpu", action="store_true", help="skip the equal-CPU-time comparison")
     p.add_argument("--validate", action="store_true", help="turn distribution validation on for all")
     p.add_argument("--out", default=str(report.RESULTS))
-    p.add_argument("--stem", default="fit_toy2d")
-    return p.parse_args(argv)
+    p.add_argument("--stem", default="fit")
+    args = p.parse_args(argv)
+    args.steps = sorted(set(args.steps))
+    return args
 
 
 def main(argv=None) -> dict:
     args = parse_args(argv)
-    names = available(args.libs)
-    set_validation(names, args.validate)
+    torch.set_num_threads(1)
+    names = fit_available(args.libs)
+    set_validation([], args.validate)
     info, cmd = report.machine("cpu"), report.command()
     results = {}
     for target_name in args.targets:
         target = TARGETS[target_name]
-        train = target.sample(args.train, seed=2 * args.seed)
-        test = target.sample(args.test, seed=2 * args.seed + 1)
         entropy, entropy_se = target.entropy(args.entropy_samples)
-        by_name = {}
-        mean, se = gaussian_nll(train, test)
-        by_name[GAUSSIAN] = {"nll": mean, "se": se}
-        for name in names:
-            by_name[name] = fit_one(name, train, test, args)
-            print(f"{target_name} {name}: NLL {by_name[name]['nll']:.3f}", flush=True)
-        results[target_name] = {"entropy": entropy, "entropy_se": entropy_se, "by_name": by_name}
+        runs, gaussians = [], []
+        for seed in args.seeds:
+            train = target.sample(args.train, seed=1000 * seed + 2)
+            test = target.sample(args.test, seed=1000 * seed + 3)
+            gaussians.append(gaussian_nll(train, test))
+            run = {}
+            for name in names:
+                budget = 0.0
+                if not args.no_cpu and name != names[0]:
+                    budget = next(c for s, c, _ in run[names[0]] if s == max(args.steps))
+                run[name] = fit_one(name, train, test, seed, args, budget)
+                step, cpu, nll = run[name][-1]
+                print(f"{target_name} seed {seed} {name}: gap {nll - entropy:.3f} at step {step}, "
+                      f"{cpu:.1f} CPU s", flush=True)
+            runs.append(run)
+        results[target_name] = {
+            "entropy": entropy,
+            "entropy_se": entropy_se,
+            "gaussian": sum(gaussians) / len(gaussians),
+            "summary": summarize(runs, entropy, names, args.steps),
+            "checkpoints": runs,
+        }
     markdown = render(results, names, info, cmd, args)
     data = {"machine": info, "command": cmd, "settings": vars(args), "results": results}
     report.publish(args.stem, markdown, data, args.out)

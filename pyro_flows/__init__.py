@@ -18,6 +18,7 @@ from .builders import (
     nice,
     real_nvp,
     real_nvp_image,
+    spline_flow,
 )
 from .dequantization import DequantizedFlow, VariationalDequantizer
 from .flow import Flow
@@ -31,10 +32,12 @@ from .transforms import (
     change_of_base,
     conditional_additive_coupling,
     conditional_affine_coupling,
+    conditional_spline_coupling,
     invertible_linear,
     mixture_cdf,
     real_nvp_batch_norm,
     scaling,
+    spline_coupling,
 )
 
 __version__ = "0.1.0"
@@ -52,6 +55,7 @@ __all__ = [
     # builders
     "nice",
     "real_nvp",
+    "spline_flow",
     "real_nvp_image",
     "glow",
     "cdf_flow",
@@ -69,6 +73,8 @@ __all__ = [
     "mixture_cdf",
     "conditional_additive_coupling",
     "conditional_affine_coupling",
+    "spline_coupling",
+    "conditional_spline_coupling",
     # 1-D tools and baselines
     "GaussianMixture",
     "inverse_cdf_sample",

@@ -4,12 +4,13 @@ from .cdf import CDFFlow, cdf_flow
 from .conditional import ConditionalVectorFlow, conditional_real_nvp
 from .continuous import conditional_ffjord, ffjord
 from .image import glow, real_nvp_image
-from .vector import VectorFlow, nice, real_nvp
+from .vector import VectorFlow, nice, real_nvp, spline_flow
 
 __all__ = [
     # vectors
     "nice",
     "real_nvp",
+    "spline_flow",
     "VectorFlow",
     # images
     "real_nvp_image",

@@ -29,9 +29,12 @@ from ..transforms.masks import IndexPartition, make_partition
 from ..transforms.multiscale import ConditionalMultiScale, MultiScale
 from ..transforms.normalization import ActNorm, RealNVPBatchNorm
 from ..transforms.reshape import Squeeze
+from ..transforms.spline import image_spline_coupling
 from ._checks import check_count
 
 __all__ = ["real_nvp_image", "glow"]
+
+COUPLINGS = ("affine", "spline")
 
 
 def _check_image_shape(shape: Sequence[int], num_scales: int, name: str) -> tuple:
@@ -86,9 +89,14 @@ def _multi_scale(
     return scale(shape, 0)
 
 
-def _coupling(shape, mask, parity, hidden_channels, num_blocks, batch_norm, scale_bound, context_dim):
-    """An image affine coupling; with ``context_dim`` a conditional one whose
-    :class:`~pyro_flows.nn.ConditionalResNet` conditioner also sees the context."""
+def _coupling(kind, shape, mask, parity, hidden_channels, num_blocks, batch_norm, scale_bound, context_dim):
+    """An image coupling with a ResNet conditioner: affine, or a rational-quadratic spline
+    (8 bins on [-3, 3], Durkan et al., 2019); with ``context_dim`` a conditional affine one
+    whose :class:`~pyro_flows.nn.ConditionalResNet` conditioner also sees the context."""
+    if kind == "spline":
+        if context_dim is not None:
+            raise ValueError("spline couplings are not available for conditional image flows (context_dim)")
+        return image_spline_coupling(shape, mask, parity, hidden_channels, num_blocks, batch_norm)
     if context_dim is None:
         return image_affine_coupling(
             shape, mask, parity, hidden_channels, num_blocks, batch_norm, scale_bound
@@ -113,6 +121,7 @@ def real_nvp_image(
     split_prior: str = "fixed",
     memory_saving: bool = False,
     context_dim: Optional[int] = None,
+    coupling: str = "affine",
 ) -> Union[MultiScale, ConditionalMultiScale]:
     r"""Multi-scale RealNVP for images (Dinh et al., 2017).
 
@@ -154,6 +163,9 @@ def real_nvp_image(
         learned priors see a context vector of this size (e.g. a one-hot class label);
         ``flow.condition(context)`` is then the flow for that context.
         Not available with ``batch_norm=True``.
+    :param str coupling: ``"affine"`` (RealNVP) or ``"spline"``: rational-quadratic spline
+        couplings (:class:`~pyro_flows.transforms.SplineCoupling`, 8 bins on [-3, 3]) with
+        the same masks and conditioners; ``scale_bound`` then does not apply.
 
     Models with batch normalization differ between train and eval mode: call ``.eval()``
     before evaluating or sampling.
@@ -169,6 +181,8 @@ def real_nvp_image(
     check_count(hidden_channels, "hidden_channels", "real_nvp_image")
     check_count(num_blocks, "num_blocks", "real_nvp_image", minimum=0)
     check_count(num_final_layers, "num_final_layers", "real_nvp_image", minimum=0)
+    if coupling not in COUPLINGS:
+        raise ValueError(f"real_nvp_image: unknown coupling {coupling!r}; expected one of {COUPLINGS}")
     final = (shape[1] >> num_scales, shape[2] >> num_scales)
     if num_final_layers and min(final) < 2:
         raise ValueError(
@@ -177,15 +191,22 @@ def real_nvp_image(
             f"num_scales <= {min(shape[1:]).bit_length() - 2} or num_final_layers=0"
         )
 
-    def coupling(s, mask, parity):
-        return _coupling(
-            s, mask, parity, hidden_channels, num_blocks, conditioner_batch_norm, scale_bound, context_dim
-        )
-
     def couplings(s, mask, count):
         layers = []
         for parity in range(count):
-            layers.append(coupling(s, mask, parity % 2))
+            layers.append(
+                _coupling(
+                    coupling,
+                    s,
+                    mask,
+                    parity % 2,
+                    hidden_channels,
+                    num_blocks,
+                    conditioner_batch_norm,
+                    scale_bound,
+                    context_dim,
+                )
+            )
             if batch_norm:
                 layers.append(RealNVPBatchNorm(s[0], event_dim=3, momentum=momentum))
         return layers
@@ -210,6 +231,7 @@ def glow(
     split_prior: str = "fixed",
     memory_saving: bool = False,
     context_dim: Optional[int] = None,
+    coupling: str = "affine",
 ) -> Union[MultiScale, ConditionalMultiScale]:
     r"""Glow (Kingma & Dhariwal, 2018).
 
@@ -245,6 +267,8 @@ def glow(
         :class:`~pyro_flows.transforms.ConditionalMultiScale` whose conditioners and
         learned priors see a context vector of this size (e.g. a one-hot class label);
         ``flow.condition(context)`` is then the flow for that context.
+    :param str coupling: ``"affine"`` (Glow) or ``"spline"`` (rational-quadratic spline
+        couplings, as in the neural spline flow's Glow-like image model, Durkan et al., 2019).
 
     >>> flow = glow((3, 8, 8), num_scales=3, steps_per_scale=1, hidden_channels=8)
     >>> flow.latent_shapes
@@ -254,6 +278,8 @@ def glow(
     check_count(steps_per_scale, "steps_per_scale", "glow")
     check_count(hidden_channels, "hidden_channels", "glow")
     check_count(num_blocks, "num_blocks", "glow", minimum=0)
+    if coupling not in COUPLINGS:
+        raise ValueError(f"glow: unknown coupling {coupling!r}; expected one of {COUPLINGS}")
 
     def scale_layers(s, squeezed, last):
         layers = [Squeeze(s)]
@@ -262,6 +288,7 @@ def glow(
                 ActNorm(squeezed[0]),
                 Invertible1x1Conv(squeezed[0]),
                 _coupling(
+                    coupling,
                     squeezed,
                     "channel",
                     step % 2,

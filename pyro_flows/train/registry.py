@@ -77,6 +77,13 @@ FLOWS = {
             "RealNVP affine couplings",
         ),
         FlowEntry(
+            "spline",
+            "pyro_flows.spline_flow",
+            "vector",
+            lambda c, s: dict(input_dim=s[0], num_layers=c.num_layers, hidden_dims=c.hidden_dims),
+            "rational-quadratic spline couplings with ActNorm (neural spline flow)",
+        ),
+        FlowEntry(
             "real_nvp_image",
             real_nvp_image,
             "image",

@@ -45,6 +45,14 @@ from .normalization import ActNorm, RealNVPBatchNorm, act_norm, real_nvp_batch_n
 from .preprocess import Logit, dequantize, logit
 from .recompute import MemorySaving, memory_saving
 from .reshape import Squeeze, depth_to_space, space_to_depth, squeeze
+from .spline import (
+    ConditionalSplineCoupling,
+    SplineCoupling,
+    conditional_spline_coupling,
+    image_spline_coupling,
+    rational_quadratic_spline,
+    spline_coupling,
+)
 
 __all__ = [
     "FlowTransform",
@@ -57,6 +65,13 @@ __all__ = [
     "ConditionalAffineCoupling",
     "conditional_additive_coupling",
     "conditional_affine_coupling",
+    # spline coupling
+    "SplineCoupling",
+    "ConditionalSplineCoupling",
+    "spline_coupling",
+    "conditional_spline_coupling",
+    "image_spline_coupling",
+    "rational_quadratic_spline",
     # masks
     "alternating_mask",
     "channel_mask",
