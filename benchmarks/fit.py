@@ -208,8 +208,11 @@ def main(argv=None) -> dict:
                     budget = next(c for s, c, _ in run[names[0]] if s == max(args.steps))
                 run[name] = fit_one(name, train, test, seed, args, budget)
                 step, cpu, nll = run[name][-1]
-                print(f"{target_name} seed {seed} {name}: gap {nll - entropy:.3f} at step {step}, "
-                      f"{cpu:.1f} CPU s", flush=True)
+                print(
+                    f"{target_name} seed {seed} {name}: gap {nll - entropy:.3f} at step {step}, "
+                    f"{cpu:.1f} CPU s",
+                    flush=True,
+                )
             runs.append(run)
         results[target_name] = {
             "entropy": entropy,

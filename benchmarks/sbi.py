@@ -255,7 +255,9 @@ def run(task: str, num_simulations: int, seed: int, args) -> list:
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--tasks", default="linear Gaussian,two moons")
     parser.add_argument("--simulations", type=int, nargs="+", default=[1000, 5000])
     parser.add_argument("--seeds", type=int, nargs="+", default=[0])

@@ -30,7 +30,6 @@ import json
 import time
 from pathlib import Path
 
-import numpy as np
 import pyro
 import torch
 from pyro import poutine
@@ -119,7 +118,9 @@ def compare(name: str, args, seed: int) -> list:
         if method == "NeuTra":
             samples, seconds, divergences, train = run_neutra(model, args, seed)
         else:
-            samples, seconds, divergences = run_nuts(model, site, recenter, method == "NUTS non-centered", args, seed)
+            samples, seconds, divergences = run_nuts(
+                model, site, recenter, method == "NUTS non-centered", args, seed
+            )
         runs[method] = (samples, seconds, divergences, train)
     rows = []
     for method, (samples, seconds, divergences, train) in runs.items():
@@ -176,7 +177,9 @@ def table_from_log(path: Path) -> str:
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--models", default="funnel,eight_schools")
     parser.add_argument("--methods", default="NUTS centered,NUTS non-centered,NeuTra")
     parser.add_argument("--warmup", type=int, default=500)

@@ -18,7 +18,10 @@ def gaussian():
     pyro.sample("z", dist.MultivariateNormal(MEAN, COV))
 
 
-def two_sites(y=torch.tensor([0.5, 1.5, 1.0])):
+TWO_SITES_DATA = torch.tensor([0.5, 1.5, 1.0])
+
+
+def two_sites(y=TWO_SITES_DATA):
     # scale has a positive support, so its draws go through biject_to; y informs loc
     loc = pyro.sample("loc", dist.Normal(0.0, 2.0))
     scale = pyro.sample("scale", dist.LogNormal(0.0, 0.5))
@@ -28,7 +31,9 @@ def two_sites(y=torch.tensor([0.5, 1.5, 1.0])):
 
 def _trained(model, steps=150):
     guide = AutoRealNVP(model, num_layers=2, hidden_dims=(16,))
-    svi = SVI(model, guide, pyro.optim.Adam({"lr": 0.02}), Trace_ELBO(num_particles=8, vectorize_particles=True))
+    svi = SVI(
+        model, guide, pyro.optim.Adam({"lr": 0.02}), Trace_ELBO(num_particles=8, vectorize_particles=True)
+    )
     for _ in range(steps):
         svi.step()
     return guide

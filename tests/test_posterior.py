@@ -83,7 +83,10 @@ def test_log_prob_with_a_bounded_prior_integrates_to_one_over_the_support():
 def test_the_standardization_log_det_is_in_log_prob():
     theta = torch.randn(400, 2, dtype=torch.float64)
     x = theta + 0.3 * torch.randn(400, 2, dtype=torch.float64)
-    scale, shift = torch.tensor([100.0, 0.01], dtype=torch.float64), torch.tensor([5.0, -3.0], dtype=torch.float64)
+    scale, shift = (
+        torch.tensor([100.0, 0.01], dtype=torch.float64),
+        torch.tensor([5.0, -3.0], dtype=torch.float64),
+    )
     unit = _tiny((theta, x), max_epochs=3, dtype=torch.float64)
     scaled = _tiny((theta * scale + shift, x), max_epochs=3, dtype=torch.float64)
     query = torch.randn(7, 2, dtype=torch.float64)
@@ -92,10 +95,12 @@ def test_the_standardization_log_det_is_in_log_prob():
         actual = scaled.log_prob(query * scale + shift, x[:7])
         # the same density from the flow's own standardized distribution
         standardized = (query * scale + shift - scaled.theta_loc) / scaled.theta_scale
-        by_hand = scaled.standardized_distribution(x[:7]).log_prob(standardized) - scaled.theta_scale.log().sum()
+        by_hand = (
+            scaled.standardized_distribution(x[:7]).log_prob(standardized) - scaled.theta_scale.log().sum()
+        )
     # identical standardized problems give identical flows, so the densities differ by
     # exactly log|det| of theta -> scale * theta + shift
-    assert torch.allclose(actual, expected, atol=1e-6), (actual - expected)
+    assert torch.allclose(actual, expected, atol=1e-6), actual - expected
     assert torch.allclose(actual, by_hand, atol=1e-10)
 
 
@@ -110,14 +115,20 @@ def test_sample_and_log_prob_shapes():
         *(torch.zeros(2), torch.ones(2), torch.zeros(3), torch.ones(3)),
     )
     fresh.load_state_dict(posterior.state_dict())
-    assert torch.equal(fresh.log_prob(torch.ones(2), torch.ones(3)), posterior.log_prob(torch.ones(2), torch.ones(3)))
+    assert torch.equal(
+        fresh.log_prob(torch.ones(2), torch.ones(3)), posterior.log_prob(torch.ones(2), torch.ones(3))
+    )
 
 
 @pytest.mark.parametrize(
     "theta, x, message",
     [
         (torch.randn(10, 2), torch.randn(9, 3), "10 theta but 9 x"),
-        (torch.randn(10, 2), torch.randn(10, 3).index_put_((torch.tensor(4),), torch.tensor(math.nan)), "1 of 10.*x"),
+        (
+            torch.randn(10, 2),
+            torch.randn(10, 3).index_put_((torch.tensor(4),), torch.tensor(math.nan)),
+            "1 of 10.*x",
+        ),
         (torch.full((10, 2), math.inf), torch.randn(10, 3), "10 of 10.*theta"),
         (torch.randn(10), torch.randn(10, 3), r"theta has shape \(10,\)"),
         (torch.randn(10, 1), torch.randn(10, 3), "dimension 1"),

@@ -165,7 +165,11 @@ def neutra_mcmc(
             "neutra_mcmc needs an AutoContinuous guide (one latent vector and a "
             f"get_transform(), e.g. AutoRealNVP or AutoIAFNormal), got {type(guide).__name__}"
         )
-    for name, value in (("num_samples", num_samples), ("warmup_steps", warmup_steps), ("num_chains", num_chains)):
+    for name, value in (
+        ("num_samples", num_samples),
+        ("warmup_steps", warmup_steps),
+        ("num_chains", num_chains),
+    ):
         if not isinstance(value, int) or value < (0 if name == "warmup_steps" else 1):
             raise ValueError(f"neutra_mcmc: {name} must be a positive int, got {value!r}")
     model_kwargs = dict(model_kwargs or {})

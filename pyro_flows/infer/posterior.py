@@ -270,7 +270,11 @@ def fit_posterior(
     theta, x = _check_pairs(*_as_pairs(simulator_or_pairs, prior, num_simulations))
     theta, x = theta.detach().to(dtype), x.detach().to(dtype)
     support = constraints.real_vector
-    if prior is not None and prior.support is not constraints.real and prior.support is not constraints.real_vector:
+    if (
+        prior is not None
+        and prior.support is not constraints.real
+        and prior.support is not constraints.real_vector
+    ):
         support = prior.support
         inside = support.check(theta)
         if not (inside.all(-1) if inside.dim() == theta.dim() else inside).all():

@@ -39,7 +39,9 @@ class FlowEntry:
             try:
                 importlib.import_module(package)
             except ImportError:
-                raise ValueError(f"--flow {self.name} needs {package}, which is not installed; {hint}") from None
+                raise ValueError(
+                    f"--flow {self.name} needs {package}, which is not installed; {hint}"
+                ) from None
 
     def check_shape(self, shape: Tuple[int, ...]) -> None:
         """Raise a ``ValueError`` unless points of ``shape`` suit this flow's ``kind``."""

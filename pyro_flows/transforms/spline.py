@@ -37,13 +37,11 @@ import math
 from typing import Callable, Optional, Sequence, Tuple, Union
 
 import torch
-from pyro.distributions.conditional import ConditionalTransformModule
 from torch import nn
 from torch.nn import functional as F
 
-from .base import FlowTransform, sum_event
+from .base import sum_event
 from .coupling import (
-    _BoundConditioner,
     _ConditionalCoupling,
     _ContextBroadcast,
     _Coupling,

@@ -80,7 +80,12 @@ ENTRIES = [
     Entry(
         "real_nvp_image_spline",
         lambda: pyro_flows.real_nvp_image(
-            (1, 4, 4), 1, hidden_channels=4, num_blocks=1, num_final_layers=2, conditioner_batch_norm=False,
+            (1, 4, 4),
+            1,
+            hidden_channels=4,
+            num_blocks=1,
+            num_final_layers=2,
+            conditioner_batch_norm=False,
             coupling="spline",
         ),
         (1, 4, 4),
