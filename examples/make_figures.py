@@ -46,6 +46,7 @@ FIGURES: dict[str, tuple[list[str], dict[str, str]]] = {
         [],
         {"glow_class_conditional_samples.png": "digits/glow_class_conditional_samples.png"},
     ),
+    "spline_checkerboard": ([], {"spline_checkerboard.png": "spline_checkerboard.png"}),
     "funnel": ([], {"funnel.png": "inference/funnel.png"}),
     "eight_schools": ([], {"eight_schools.png": "inference/eight_schools.png"}),
     "banana": ([], {"banana.png": "inference/banana.png"}),

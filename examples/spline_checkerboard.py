@@ -7,9 +7,11 @@ with Adam (lr 1e-3) on the same batches of 512; the rational-quadratic splines o
 :func:`pyro_flows.spline_flow` (Durkan et al., 2019) bend each coordinate with 8 bins,
 where RealNVP (Dinh et al., 2017) can only shift and scale it.
 
-    python examples/spline_checkerboard.py                   # outputs/spline_checkerboard/
-    python examples/spline_checkerboard.py --out docs/img    # the figure in docs/splines.md
-    python examples/spline_checkerboard.py --smoke           # a few steps, for the tests
+    python -m examples.spline_checkerboard            # outputs/examples/
+    python -m examples.spline_checkerboard --smoke    # a few steps, for the tests
+
+``python -m examples.make_figures --only spline_checkerboard`` makes the figure that the
+documentation shows.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 import pyro_flows
+from examples import OUTPUT_DIR
 from pyro_flows.data import make_checkerboard
 
 ENTROPY = math.log(8)
@@ -54,10 +57,10 @@ def density_grid(flow: pyro_flows.Flow, resolution: int) -> np.ndarray:
 
 def main(argv=None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--steps", type=int, default=3000)
+    p.add_argument("--steps", type=int, default=2000)
     p.add_argument("--batch", type=int, default=512)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--out", default=os.path.join("outputs", "spline_checkerboard"))
+    p.add_argument("--out", default=str(OUTPUT_DIR))
     p.add_argument("--smoke", action="store_true", help="20 steps, small networks")
     args = p.parse_args(argv)
     if args.smoke:

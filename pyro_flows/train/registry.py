@@ -12,7 +12,7 @@ from typing import Callable, Optional, Tuple
 
 import torch
 
-from ..builders import cdf_flow, ffjord, glow, nice, real_nvp, real_nvp_image
+from ..builders import cdf_flow, ffjord, glow, nice, real_nvp, real_nvp_image, spline_flow
 from ..flow import Flow
 from ..transforms.preprocess import logit
 
@@ -80,7 +80,7 @@ FLOWS = {
         ),
         FlowEntry(
             "spline",
-            "pyro_flows.spline_flow",
+            spline_flow,
             "vector",
             lambda c, s: dict(input_dim=s[0], num_layers=c.num_layers, hidden_dims=c.hidden_dims),
             "rational-quadratic spline couplings with ActNorm (neural spline flow)",

@@ -302,11 +302,20 @@ class FFJORD(FlowTransform):
         return z, -log_det
 
     # ------------------------------------------------------------ housekeeping
-    def _stamp(self):
-        # the solver settings are part of the cache key: re-scoring the same tensor after
-        # changing method or tolerances (to compare solvers) must solve again
-        settings = (self.solver_settings(False), self.solver_settings(True), self.trace)
-        return super()._stamp() + (repr(settings),)
+    # The solver settings are part of the cache key: re-scoring the same tensor after
+    # changing method or tolerances (to compare solvers) must solve again.
+    def _solver_key(self) -> str:
+        return repr((self.solver_settings(False), self.solver_settings(True), self.trace))
+
+    def _store(self, x, y, ladj, state):
+        super()._store(x, y, ladj, state)
+        self.__dict__["_cached_solver_key"] = self._solver_key()
+
+    def _lookup(self, x, y, walk: bool):
+        entry = super()._lookup(x, y, walk)
+        if entry is not None and self.__dict__.get("_cached_solver_key") != self._solver_key():
+            return None
+        return entry
 
     def __getstate__(self):
         state = super().__getstate__()
@@ -364,8 +373,7 @@ class _ConditionedFFJORD(FFJORD):
 
     def _state_tensors(self):
         # A context changed in place must invalidate the cache like a parameter would.
-        yield from super()._state_tensors()
-        yield self.context
+        return [*super()._state_tensors(), self.context]
 
 
 class ConditionalFFJORD(ConditionalTransformModule):

@@ -299,7 +299,7 @@ class ConditionalMultiScale(ConditionalTransformModule):
         layers: Sequence[nn.Module],
         event_shape: Sequence[int],
         context_dim: int,
-        inner: Optional["ConditionalMultiScale"] = None,
+        inner: Optional[ConditionalMultiScale] = None,
         split_prior: str = "fixed",
         context_channels: int = 8,
     ):
@@ -409,8 +409,7 @@ class _ConditionedMultiScale(MultiScale):
 
     def _state_tensors(self):
         # A context changed in place must invalidate the cache like a parameter would.
-        yield from super()._state_tensors()
-        yield self.context
+        return [*super()._state_tensors(), self.context]
 
     def _expand(self, x):
         batch = torch.broadcast_shapes(x.shape[:-3], self.context.shape[:-1])

@@ -13,8 +13,8 @@ any depth, at the price of one extra evaluation of each layer.
 
 For a coupling layer the conditioner sees the unchanged half :math:`x^A`, which is the
 same on both sides, so rebuilding the input and rerunning the layer share one conditioner
-evaluation (:func:`_coupling_backward`); other layers (ActNorm, 1x1 convolutions,
-squeezes) are cheap and take the generic path (:func:`_generic_backward`).
+evaluation (``_coupling_backward``); other layers (ActNorm, 1x1 convolutions,
+squeezes) are cheap and take the generic path (``_generic_backward``).
 
 Layers whose normalizing map in train mode depends on statistics of the batch that the
 inverse cannot recover (RealNVP's batch normalization *layer*) are rejected; batch

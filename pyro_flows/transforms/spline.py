@@ -319,15 +319,18 @@ class SplineCoupling(_SplineParams, _Coupling):
 
 
 class _ConditionedSplineCoupling(_ContextBroadcast, SplineCoupling):
+    """What ``ConditionalSplineCoupling.condition(context)`` returns."""
+
     def __init__(self, parent: "ConditionalSplineCoupling", context: torch.Tensor):
-        self._bind(parent, context)
-        self._set_spline(
-            parent.num_bins,
-            parent.tail_bound,
-            parent.min_bin_width,
-            parent.min_bin_height,
-            parent.min_derivative,
-            parent.affine,
+        super().__init__(
+            parent,
+            context,
+            num_bins=parent.num_bins,
+            tail_bound=parent.tail_bound,
+            min_bin_width=parent.min_bin_width,
+            min_bin_height=parent.min_bin_height,
+            min_derivative=parent.min_derivative,
+            affine=parent.affine,
         )
 
 
