@@ -25,11 +25,12 @@ from __future__ import annotations
 
 import os
 import pickle
-import tempfile
 import zipfile
 from typing import Any, Dict
 
 import torch
+
+from .rundir import atomic_write
 
 __all__ = [
     "CheckpointError",
@@ -68,17 +69,7 @@ def save_checkpoint(path: str, state: Dict[str, Any]) -> None:
     folder = os.path.dirname(os.path.abspath(path))
     os.makedirs(folder, exist_ok=True)
     payload = {"format": FORMAT, "version": VERSION, **state}
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".pt", dir=folder)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            torch.save(payload, fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    atomic_write(path, lambda fh: torch.save(payload, fh), binary=True, suffix=".pt")
 
 
 def load_checkpoint(path: str, map_location="cpu") -> Dict[str, Any]:

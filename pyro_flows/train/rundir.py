@@ -16,7 +16,7 @@ on two different files of the same name.
 from __future__ import annotations
 
 import os
-from typing import List, Optional
+from typing import IO, Callable, List, Optional
 
 try:
     import fcntl
@@ -30,6 +30,7 @@ __all__ = [
     "run_files",
     "remove_run_files",
     "remove_stale_temporaries",
+    "atomic_write",
     "atomic_write_text",
     "LOCK_NAME",
 ]
@@ -158,16 +159,25 @@ def remove_stale_temporaries(run_dir: str, suffixes=(".pt", ".txt")) -> List[str
     return removed
 
 
-def atomic_write_text(path: str, text: str, tmp_dir: Optional[str] = None) -> None:
-    """Write ``text`` to ``path`` through a temporary file and :func:`os.replace`, so a
-    crash leaves either the old file or the new one, never a truncated one."""
+def atomic_write(
+    path: str,
+    write: Callable[[IO], None],
+    binary: bool = False,
+    suffix: str = ".txt",
+    tmp_dir: Optional[str] = None,
+) -> None:
+    """Call ``write(file)`` on a temporary file beside ``path`` (or in ``tmp_dir``), flush it
+    to disk and :func:`os.replace` it onto ``path``, so a crash leaves either the old file
+    or the new one, never a truncated one; a failed write removes the temporary. The
+    temporary is named ``.tmp-*`` + ``suffix``, which :func:`remove_stale_temporaries`
+    recognises after a crash."""
     import tempfile
 
     folder = tmp_dir or os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix=TEMP_PREFIX, suffix=".txt", dir=folder)
+    fd, tmp = tempfile.mkstemp(prefix=TEMP_PREFIX, suffix=suffix, dir=folder)
     try:
-        with os.fdopen(fd, "w") as fh:
-            fh.write(text)
+        with os.fdopen(fd, "wb" if binary else "w") as fh:
+            write(fh)
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, path)
@@ -175,3 +185,8 @@ def atomic_write_text(path: str, text: str, tmp_dir: Optional[str] = None) -> No
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
+
+
+def atomic_write_text(path: str, text: str, tmp_dir: Optional[str] = None) -> None:
+    """Write ``text`` to ``path`` atomically (see :func:`atomic_write`)."""
+    atomic_write(path, lambda fh: fh.write(text), tmp_dir=tmp_dir)
