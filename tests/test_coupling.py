@@ -194,24 +194,7 @@ def test_without_the_shift_bound_deep_flows_overflow_far_from_the_data():
     assert (~torch.isfinite(lp)).float().mean() > 0.5
 
 
-def test_the_shift_bound_is_exact_inside_its_knee_and_bounded_beyond():
-    from pyro_flows.transforms.coupling import _soft_clamp
-
-    t = torch.linspace(-100, 100, 20001, dtype=torch.float64, requires_grad=True)
-    out = _soft_clamp(t, 8.0)
-    out.sum().backward()
-    inside = t.detach().abs() <= 4
-    # value and gradient unchanged, bit for bit, on [-4, 4]
-    assert torch.equal(out[inside], t[inside]) and torch.equal(
-        t.grad[inside], torch.ones(int(inside.sum()), dtype=torch.float64)
-    )
-    # bounded by 8, increasing, continuous derivative at the knee
-    moderate = t.detach().abs() < 20
-    assert out.abs().max() <= 8 and (out.diff() >= 0).all() and (out[moderate].diff() > 0).all()
-    assert float(out[-1]) > 7.99
-    knee = torch.tensor([4.0 + 1e-6], dtype=torch.float64, requires_grad=True)
-    (g,) = torch.autograd.grad(_soft_clamp(knee, 8.0).sum(), knee)
-    assert abs(float(g) - 1) < 1e-6
+def test_the_shift_bound_is_exact_where_it_does_not_bind_and_bounds_the_rest():
     # through a layer: large raw shifts are bounded, and None removes the bound
     torch.manual_seed(0)
     layer = affine_coupling(4, hidden_dims=(8,))
@@ -226,5 +209,7 @@ def test_the_shift_bound_is_exact_inside_its_knee_and_bounded_beyond():
     raw_shift, _ = unbounded._shift_log_scale(x_a)
     bounded_shift, _ = layer._shift_log_scale(x_a)
     assert raw_shift.abs().max() > 8 and bounded_shift.abs().max() <= 8
+    free = raw_shift.abs() < 8
+    assert torch.equal(bounded_shift[free], raw_shift[free])
     with pytest.raises(ValueError, match="shift_bound must be positive"):
         affine_coupling(4, shift_bound=0.0)
