@@ -8,6 +8,7 @@ import torch
 from pyro.distributions.conditional import ConditionalComposeTransformModule
 from torch import nn
 
+from ..transforms.base import check_context
 from ..transforms.coupling import conditional_affine_coupling
 from ._checks import check_count, check_hidden_dims
 from .vector import VectorFlow, _check_input_dim
@@ -33,15 +34,7 @@ class ConditionalVectorFlow(ConditionalComposeTransformModule):
         self.context_dim = context_dim
 
     def condition(self, context: torch.Tensor) -> VectorFlow:
-        if (
-            not isinstance(context, torch.Tensor)
-            or context.dim() < 1
-            or context.shape[-1] != self.context_dim
-        ):
-            shape = tuple(context.shape) if isinstance(context, torch.Tensor) else type(context).__name__
-            raise ValueError(
-                f"conditional flow: expected a context of shape (*batch, {self.context_dim}), got {shape}"
-            )
+        check_context("conditional flow", context, self.context_dim)
         parts = [t.condition(context) for t in self.transforms]
         return VectorFlow(parts, self.event_shape, cache_size=self._cache_size)
 

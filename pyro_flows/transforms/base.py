@@ -34,7 +34,7 @@ import torch
 from pyro.distributions.torch_transform import TransformModule
 from torch.distributions import Distribution, constraints
 
-__all__ = ["FlowTransform", "check_event", "validation_enabled"]
+__all__ = ["FlowTransform", "check_context", "check_event", "validation_enabled"]
 
 
 # Shared (immutable) constraints for the usual event dims: TransformedDistribution reads
@@ -116,6 +116,20 @@ def _first_float_dtype(tensors) -> Optional[torch.dtype]:
         if t.is_floating_point():
             return t.dtype
     return None
+
+
+def check_context(name: str, context: torch.Tensor, context_dim: int) -> torch.Tensor:
+    """Return ``context`` if it is a floating-point tensor of shape ``(*batch, context_dim)``,
+    else raise an error that names the problem (the context of a conditional flow)."""
+    if not isinstance(context, torch.Tensor):
+        raise TypeError(f"{name}: expected a tensor context, got {type(context).__name__}")
+    if not context.is_floating_point():
+        raise ValueError(f"{name}: expected a floating-point context, got dtype {context.dtype}")
+    if context.dim() < 1 or context.shape[-1] != context_dim:
+        raise ValueError(
+            f"{name}: expected a context of shape (*batch, {context_dim}), got {tuple(context.shape)}"
+        )
+    return context
 
 
 class FlowTransform(TransformModule):

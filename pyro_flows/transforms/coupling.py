@@ -29,7 +29,7 @@ from torch import nn
 
 from ..nn.mlp import MLP, ConditionalMLP
 from ..nn.resnet import ResNet
-from .base import FlowTransform, sum_event
+from .base import FlowTransform, check_context, sum_event
 from .masks import (
     IndexPartition,
     MaskPartition,
@@ -301,18 +301,7 @@ class _ConditionalCoupling(ConditionalTransformModule):
         self.conditioner = conditioner
 
     def _check_context(self, context: torch.Tensor) -> torch.Tensor:
-        if not isinstance(context, torch.Tensor):
-            raise TypeError(f"{type(self).__name__}: expected a tensor context, got {type(context).__name__}")
-        if not context.is_floating_point():
-            raise ValueError(
-                f"{type(self).__name__}: expected a floating-point context, got dtype {context.dtype}"
-            )
-        if context.dim() < 1 or context.shape[-1] != self.context_dim:
-            raise ValueError(
-                f"{type(self).__name__}: expected a context of shape (*batch, {self.context_dim}), "
-                f"got shape {tuple(context.shape)}"
-            )
-        return context
+        return check_context(type(self).__name__, context, self.context_dim)
 
     def extra_repr(self) -> str:
         return f"event_shape={tuple(self.event_shape)}, context_dim={self.context_dim}"

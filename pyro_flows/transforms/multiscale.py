@@ -24,7 +24,7 @@ from pyro.distributions.conditional import ConditionalTransformModule
 from pyro.distributions.torch_transform import ComposeTransformModule, TransformModule
 from torch import nn
 
-from .base import FlowTransform, sum_event
+from .base import FlowTransform, check_context, sum_event
 from .recompute import _check_blocks, normalize_recomputing, normalizing_blocks
 
 __all__ = ["MultiScale", "ConditionalMultiScale"]
@@ -346,17 +346,7 @@ class ConditionalMultiScale(ConditionalTransformModule):
         return layer.condition(context) if isinstance(layer, ConditionalTransformModule) else layer
 
     def condition(self, context: torch.Tensor) -> MultiScale:
-        if (
-            not isinstance(context, torch.Tensor)
-            or context.dim() < 1
-            or context.shape[-1] != self.context_dim
-        ):
-            shape = tuple(context.shape) if isinstance(context, torch.Tensor) else type(context).__name__
-            raise ValueError(
-                f"ConditionalMultiScale: expected a context of shape (*batch, {self.context_dim}), got {shape}"
-            )
-        if not context.is_floating_point():
-            raise ValueError(f"ConditionalMultiScale: expected a floating-point context, got {context.dtype}")
+        check_context("ConditionalMultiScale", context, self.context_dim)
         return _ConditionedMultiScale(self, context)
 
     def prior(self, h: Optional[torch.Tensor], batch_shape, context: torch.Tensor):
