@@ -86,15 +86,17 @@ class _StackedMLP(nn.Module):
         self.stack = stack
         self.index = index
         self.activations = nn.ModuleList(layer for layer in mlp if not isinstance(layer, nn.Linear))
+        self._names = [(f"weight{j}", f"bias{j}") for j in range(stack.num_layers)]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         # read through _parameters: the path gradient swaps detached views in there
         params = self.stack._parameters
         i = self.index
-        for j in range(self.stack.num_layers):
-            x = F.linear(x, params[f"weight{j}"][i], params[f"bias{j}"][i])
-            if j < len(self.activations):
-                x = self.activations[j](x)
+        activations = list(self.activations)
+        for j, (weight, bias) in enumerate(self._names):
+            x = F.linear(x, params[weight][i], params[bias][i])
+            if j < len(activations):
+                x = activations[j](x)
         return x
 
 
@@ -104,7 +106,8 @@ def _stack_conditioners(couplings: Sequence[nn.Module]) -> None:
     Values and gradients are unchanged; what changes is the number of parameter tensors,
     and with it Pyro's per-tensor costs (one ``pyro.param`` per tensor and step, one Adam
     per tensor): 6 tensors in place of 48 for the default 8 couplings. On the 10-D funnel
-    (8 particles, one thread) that cut a step from 12.6 to 8.6 ms (benchmarks/guide_speed.py).
+    (8 particles, one thread) that cut a step from 13.8 to 10.4 ms, eight schools from 15.1
+    to 11.6 ms (median of 200 interleaved steps with and without stacking).
     """
     groups: dict = {}
     for coupling in couplings:
