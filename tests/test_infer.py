@@ -195,3 +195,81 @@ def test_compare_moments_against_inference_data_and_exact():
 def test_psis_khat_rejects_non_finite_weights():
     with pytest.raises(ValueError, match="non-finite"):
         psis_khat(None, None, log_weights=torch.tensor([0.0, float("nan")] * 50))
+
+
+def _eight_schools_64():
+    y = torch.tensor([28.0, 8.0, -3.0, 7.0, -1.0, 1.0, 18.0, 12.0, 5.0], dtype=torch.float64)
+    sigma = torch.tensor([15.0, 10.0, 16.0, 11.0, 9.0, 11.0, 10.0, 18.0, 12.0], dtype=torch.float64)
+    mu = pyro.sample("mu", dist.Normal(torch.tensor(0.0, dtype=torch.float64), 5.0))
+    tau = pyro.sample("tau", dist.HalfCauchy(torch.tensor(5.0, dtype=torch.float64)))
+    with pyro.plate("schools", len(y)):
+        theta = pyro.sample("theta", dist.Normal(mu, tau))
+        pyro.sample("y", dist.Normal(theta, sigma), obs=y)
+
+
+def _steps_of_real_nvp(stacked: bool, monkeypatch, steps: int = 3):
+    """Losses of a few Adam steps of a default AutoRealNVP in float64 (11-D: couplings of
+    two shapes), its parameters in the store and its gradients after the first step."""
+    from pyro_flows.infer import guides
+
+    if not stacked:
+        monkeypatch.setattr(guides, "_stack_conditioners", lambda couplings: None)
+    pyro.clear_param_store()
+    pyro.set_rng_seed(0)
+    guide = AutoRealNVP(_eight_schools_64)
+    elbo = Trace_ELBO(num_particles=8, vectorize_particles=True, max_plate_nesting=1)
+    pyro.set_rng_seed(1)
+    first = elbo.loss_and_grads(_eight_schools_64, guide)
+    grads = {id(p): p.grad.clone() for p in guide.transform.parameters()}
+    for p in guide.transform.parameters():
+        p.grad = None
+    svi = SVI(_eight_schools_64, guide, pyro.optim.Adam({"lr": 1e-2}), elbo)
+    losses = [first] + [svi.step() for _ in range(steps)]
+    monkeypatch.undo()
+    return guide, losses, grads
+
+
+def _conditioner_tensors(coupling, grads=None):
+    """(weight, bias) per linear layer of a coupling's conditioner, stacked or not (or
+    their gradients, from ``grads`` keyed by the parameter's id)."""
+    from pyro_flows.infer.guides import _StackedMLP
+
+    pick = (lambda t: t) if grads is None else (lambda t: grads[id(t)])
+    conditioner = coupling.conditioner
+    if isinstance(conditioner, _StackedMLP):
+        params, i = conditioner.stack._parameters, conditioner.index
+        return [
+            (pick(params[f"weight{j}"])[i], pick(params[f"bias{j}"])[i])
+            for j in range(conditioner.stack.num_layers)
+        ]
+    return [(pick(m.weight), pick(m.bias)) for m in conditioner if isinstance(m, torch.nn.Linear)]
+
+
+def test_stacked_conditioners_leave_loss_and_gradients_unchanged(monkeypatch):
+    """AutoRealNVP keeps its couplings' conditioner weights in a few stacked tensors (for
+    Pyro's per-tensor costs); in float64 the losses, the gradients of every conditioner
+    weight and the parameters after Adam steps equal those of separate per-coupling
+    networks."""
+    torch.set_default_dtype(torch.float64)
+    try:
+        stacked, losses, grads = _steps_of_real_nvp(True, monkeypatch)
+        plain, plain_losses, plain_grads = _steps_of_real_nvp(False, monkeypatch)
+    finally:
+        torch.set_default_dtype(torch.float32)
+    # 11 latent dimensions: the half masks give couplings of two shapes, so two stacks
+    num_tensors = sum(1 for _ in stacked.transform.parameters())
+    assert num_tensors == 2 * 6 + 2 < sum(1 for _ in plain.transform.parameters()) == 8 * 6 + 2
+    for a, b in zip(losses, plain_losses, strict=True):
+        assert abs(a - b) <= 1e-10 * max(1.0, abs(b)), (a, b)
+    couplings = [p for p in stacked.transform.parts if hasattr(p, "conditioner")]
+    plain_couplings = [p for p in plain.transform.parts if hasattr(p, "conditioner")]
+    assert len(couplings) == len(plain_couplings) == 8
+    for c, pc in zip(couplings, plain_couplings, strict=True):
+        pairs = zip(_conditioner_tensors(c, grads), _conditioner_tensors(pc, plain_grads), strict=True)
+        for (w, b), (pw, pb) in pairs:
+            assert torch.allclose(w, pw, rtol=0, atol=1e-10) and torch.allclose(b, pb, rtol=0, atol=1e-10)
+        for (w, b), (pw, pb) in zip(_conditioner_tensors(c), _conditioner_tensors(pc), strict=True):
+            assert w.dtype == torch.float64
+            assert torch.allclose(w, pw, rtol=0, atol=1e-10) and torch.allclose(b, pb, rtol=0, atol=1e-10)
+    # the gradients are not all zero (the last layers start at zero, their gradients do not)
+    assert any(float(g.abs().max()) > 0 for g in grads.values())

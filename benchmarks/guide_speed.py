@@ -1,0 +1,147 @@
+"""Step time of an SVI step with :class:`~pyro_flows.infer.AutoRealNVP` (default settings)
+against Pyro's :class:`~pyro.infer.autoguide.AutoIAFNormal` (Germain et al., 2015; Kingma
+et al., 2016), on Neal's funnel (10-D; Neal, 2003) and centered eight schools (Rubin, 1981).
+
+Both guides take the same step: 8 vectorized particles, plain Adam (lr 1e-3). The steps of
+the two guides alternate in one process, so slow drifts of the machine hit both alike;
+the table reports the median step time of each and their ratio. The same is repeated
+under ``JitTrace_ELBO`` and, with fewer steps, ``JitTraceGraph_ELBO``, with the JIT gain
+(eager median over JIT median) per guide.
+
+    OMP_NUM_THREADS=1 python -m benchmarks.guide_speed            # about two minutes
+    OMP_NUM_THREADS=1 python -m benchmarks.guide_speed --smoke    # seconds
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+import pyro
+import torch
+from pyro.infer import SVI, JitTrace_ELBO, JitTraceGraph_ELBO, Trace_ELBO
+from pyro.infer.autoguide import AutoIAFNormal
+
+from examples.eight_schools import eight_schools
+from examples.funnel import funnel
+from pyro_flows.infer import AutoRealNVP
+
+from . import report
+
+MODELS = {"funnel": funnel, "eight_schools": eight_schools}
+GUIDES = {"AutoRealNVP": AutoRealNVP, "AutoIAFNormal": AutoIAFNormal}
+ELBOS = {"Trace_ELBO": Trace_ELBO, "JitTrace_ELBO": JitTrace_ELBO, "JitTraceGraph_ELBO": JitTraceGraph_ELBO}
+PARTICLES = 8
+
+
+def make_step(model, guide_name: str, elbo_name: str, seed: int = 0):
+    """One SVI step of a fresh guide, with its own optimizer (parameter names differ
+    between the guides, so both live in the one parameter store)."""
+    pyro.set_rng_seed(seed)
+    guide = GUIDES[guide_name](model)
+    elbo = ELBOS[elbo_name](num_particles=PARTICLES, vectorize_particles=True, max_plate_nesting=1)
+    svi = SVI(model, guide, pyro.optim.Adam({"lr": 1e-3}), elbo)
+    return svi.step
+
+
+def interleaved(steps: dict, reps: int, warmup: int) -> dict:
+    """Median seconds per step of each callable, the callables alternating step by step."""
+    for _ in range(warmup):
+        for step in steps.values():
+            step()
+    times = {name: [] for name in steps}
+    for _ in range(reps):
+        for name, step in steps.items():
+            start = time.perf_counter()
+            step()
+            times[name].append(time.perf_counter() - start)
+    return {name: statistics.median(t) for name, t in times.items()}
+
+
+def measure(model_name: str, elbo_name: str, reps: int, warmup: int) -> tuple:
+    """Medians of the guides whose first step runs, and the error of those whose does not
+    (Pyro 1.9's ``JitTrace_ELBO`` stops ``AutoIAFNormal`` with an ``AssertionError``)."""
+    pyro.clear_param_store()
+    model = MODELS[model_name]
+    steps, errors = {}, {}
+    for name in GUIDES:
+        step = make_step(model, name, elbo_name)
+        try:
+            step()
+        except Exception as error:  # reported in the table, not hidden
+            errors[name] = f"{type(error).__name__} in the first step"
+        else:
+            steps[name] = step
+    return interleaved(steps, reps, warmup), errors
+
+
+def main(argv=None) -> dict:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--reps", type=int, default=300, help="timed steps per guide and setting")
+    p.add_argument("--warmup", type=int, default=20)
+    p.add_argument("--graph-reps", type=int, default=60, help="timed steps under JitTraceGraph_ELBO")
+    p.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS))
+    p.add_argument("--smoke", action="store_true", help="a few steps, for tests")
+    p.add_argument("--out", default=str(report.RESULTS))
+    p.add_argument("--stem", default="guide_speed")
+    args = p.parse_args(argv)
+    if args.smoke:
+        args.reps, args.warmup, args.graph_reps = 3, 2, 2
+    torch.set_num_threads(1)
+    info = report.machine()
+    cmd = report.command()
+    results = {}
+    for model_name in args.models:
+        results[model_name] = {}
+        for elbo_name in ELBOS:
+            reps = args.graph_reps if elbo_name == "JitTraceGraph_ELBO" else args.reps
+            medians, errors = measure(model_name, elbo_name, reps, args.warmup)
+            ms = {name: 1e3 * t for name, t in medians.items()}
+            both = len(ms) == len(GUIDES)
+            results[model_name][elbo_name] = {
+                "median_ms": ms,
+                "errors": errors,
+                "ratio": ms["AutoRealNVP"] / ms["AutoIAFNormal"] if both else None,
+                "reps": reps,
+            }
+        eager = results[model_name]["Trace_ELBO"]["median_ms"]
+        for elbo_name in ("JitTrace_ELBO", "JitTraceGraph_ELBO"):
+            row = results[model_name][elbo_name]
+            row["jit_gain"] = {name: eager[name] / t for name, t in row["median_ms"].items() if name in eager}
+    rows = []
+    for model_name, by_elbo in results.items():
+        for elbo_name, row in by_elbo.items():
+            ms, gain = row["median_ms"], row.get("jit_gain", {})
+
+            def cell(name, row=row, ms=ms):
+                return f"{ms[name]:.2f}" if name in ms else f"fails ({row['errors'][name]})"
+
+            def gain_cell(name, gain=gain):
+                return f"{gain[name]:.2f}x" if name in gain else "-"
+
+            rows.append(
+                [
+                    model_name,
+                    elbo_name,
+                    row["reps"],
+                    cell("AutoRealNVP"),
+                    cell("AutoIAFNormal"),
+                    "-" if row["ratio"] is None else f"{row['ratio']:.2f}x",
+                    ""
+                    if elbo_name == "Trace_ELBO"
+                    else f"{gain_cell('AutoRealNVP')} / {gain_cell('AutoIAFNormal')}",
+                ]
+            )
+    table = report.markdown_table(
+        ["model", "ELBO", "steps", "AutoRealNVP ms", "AutoIAFNormal ms", "ratio", "JIT gain (RealNVP / IAF)"],
+        rows,
+    )
+    markdown = f"# Guide step time\n\n{report.header(info, cmd)}\n\n{table}\n"
+    data = {"machine": info, "command": cmd, "particles": PARTICLES, "results": results}
+    report.publish(args.stem, markdown, data, args.out)
+    return data
+
+
+if __name__ == "__main__":
+    main()
