@@ -85,6 +85,17 @@ def test_the_default_output_folder_is_ignored_by_git():
         assert ignored.returncode == 0, f"{path} is not ignored by git"
 
 
+def test_benchmarks_write_into_an_ignored_folder_by_default():
+    from benchmarks import report
+
+    _tracked()  # skips outside a checkout
+    for name in ("speed_cpu.json", "guide_speed.md", "fit_800_seed0/fit.json"):
+        path = (report.RESULTS / name).relative_to(ROOT).as_posix()
+        ignored = subprocess.run(["git", "check-ignore", "-q", path], cwd=ROOT)
+        assert ignored.returncode == 0, f"{path} is not ignored by git"
+    assert report.RECORDED != report.RESULTS
+
+
 def test_running_examples_leaves_the_checkout_clean(tmp_path):
     # A copy of the checkout as its own git repository, so the real one is not touched.
     copy = tmp_path / "checkout"
