@@ -460,7 +460,7 @@ def main(argv=None):
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--stem", default="ffjord_fm")
     p.add_argument(
-        "--out", default="runs/benchmarks", help="folder of the .md and .json results (ignored by git)"
+        "--out", default=str(report.RESULTS), help="folder of the .md and .json results (ignored by git)"
     )
     p.add_argument(
         "--merge",
