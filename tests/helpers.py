@@ -1,4 +1,5 @@
-"""Shared test helpers: autograd log-determinants and parameter randomisation."""
+"""Shared test helpers: autograd log-determinants, parameter randomisation, running the
+command line and interrupting a training run."""
 
 from __future__ import annotations
 
@@ -28,3 +29,26 @@ def randomize(module: torch.nn.Module, scale: float = 0.3, seed: int = 0) -> tor
     for p in module.parameters():
         p.add_(scale * torch.randn(p.shape, generator=g, dtype=torch.float64).to(p))
     return module
+
+
+def run_cli(capsys, *argv):
+    """Run ``pyro-flows ARGV`` in this process: ``(exit code, stdout, stderr)``."""
+    from pyro_flows.cli import main
+
+    code = main([str(a) for a in argv])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+class Interrupt(Exception):
+    """Raised by :func:`interrupt_at` to stop a training run as a kill would."""
+
+
+def interrupt_at(step: int):
+    """An ``on_step`` callback of ``fit_run`` that raises :class:`Interrupt` at ``step``."""
+
+    def on_step(current: int) -> None:
+        if current == step:
+            raise Interrupt
+
+    return on_step

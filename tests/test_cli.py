@@ -11,6 +11,8 @@ import pytest
 from pyro_flows.cli import main
 from pyro_flows.train.registry import flow_names
 
+from .helpers import run_cli
+
 TINY = [
     "--num-layers",
     "2",
@@ -30,10 +32,7 @@ TINY = [
 ]
 
 
-def run(capsys, *argv):
-    code = main(list(argv))
-    out, err = capsys.readouterr()
-    return code, out, err
+run = run_cli
 
 
 def test_fit_evaluate_sample_end_to_end(tmp_path, capsys):

@@ -27,6 +27,8 @@ from pyro_flows.train.flow_matching import FlowMatching, conditional_path, flow_
 from pyro_flows.train.run import fit_run
 from pyro_flows.transforms import FFJORD
 
+from .helpers import Interrupt, interrupt_at
+
 
 def normal_base(dim, dtype=torch.float64):
     return dist.Normal(torch.zeros(dim, dtype=dtype), torch.ones(dim, dtype=dtype)).to_event(1)
@@ -334,15 +336,8 @@ def test_cli_flow_matching_runs_and_resumes(tmp_path, capsys):
     # ...but an interrupted one resumes from its checkpoint with the same objective
     config = RunConfig.from_dict({**state["config"], "steps": 9, "out": str(tmp_path / "split")})
 
-    class Interrupt(Exception):
-        pass
-
-    def stop(step):
-        if step == 7:
-            raise Interrupt
-
     with pytest.raises(Interrupt):
-        fit_run(config, on_step=stop)
+        fit_run(config, on_step=interrupt_at(7))
     assert main(["fit", "--resume", config.out, "--quiet"]) == 0
     whole = fit_run(config.replace(out=str(tmp_path / "whole")))
     resumed = json.load(open(os.path.join(config.out, "results.json")))

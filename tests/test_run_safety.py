@@ -14,12 +14,13 @@ import torch
 
 import pyro_flows.train.loop as loop
 import pyro_flows.train.run as run_module
-from pyro_flows.cli import main
 from pyro_flows.train.checkpoint import TRAINER_FIELDS, CheckpointError, load_checkpoint, save_checkpoint
 from pyro_flows.train.config import RunConfig
 from pyro_flows.train.loop import LoopState, MetricsLog, NonFiniteLossError, read_metrics
 from pyro_flows.train.run import fit_run
 from pyro_flows.train.rundir import RunLock, RunLockedError
+
+from .helpers import Interrupt, interrupt_at, run_cli
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -42,10 +43,7 @@ TINY = [
 ]
 
 
-def run(capsys, *argv):
-    code = main([str(a) for a in argv])
-    out, err = capsys.readouterr()
-    return code, out, err
+run = run_cli
 
 
 def tiny(out, **changes) -> RunConfig:
@@ -198,15 +196,8 @@ def test_metrics_rewrite_on_resume_is_atomic(tmp_path, monkeypatch):
 def test_resume_recovers_from_a_torn_metrics_line_and_stale_temporaries(tmp_path, capsys):
     config = tiny(tmp_path / "run", steps=9)
 
-    class Killed(Exception):
-        pass
-
-    def kill_at_4(step):
-        if step == 4:
-            raise Killed
-
-    with pytest.raises(Killed):
-        fit_run(config, on_step=kill_at_4)
+    with pytest.raises(Interrupt):
+        fit_run(config, on_step=interrupt_at(4))
     out = tmp_path / "run"
     with open(out / "metrics.jsonl", "a") as fh:
         fh.write('{"split": "train", "st')  # the process died mid-line

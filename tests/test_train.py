@@ -13,6 +13,8 @@ from pyro_flows.train.config import RunConfig
 from pyro_flows.train.loop import NonFiniteLossError, lr_factor
 from pyro_flows.train.run import fit_run
 
+from .helpers import Interrupt, interrupt_at
+
 
 def tiny(tmp_path, name="run", **changes) -> RunConfig:
     options = dict(
@@ -36,10 +38,6 @@ def _model(run_dir, which="checkpoint.pt"):
     return load_checkpoint(os.path.join(run_dir, which))
 
 
-class Interrupt(Exception):
-    pass
-
-
 @pytest.mark.parametrize("discrete", [False, True], ids=["continuous", "dequantized"])
 def test_interrupted_and_resumed_run_ends_bit_identical(tmp_path, discrete):
     # Batch norm makes the running averages part of the state; the cosine schedule
@@ -55,12 +53,8 @@ def test_interrupted_and_resumed_run_ends_bit_identical(tmp_path, discrete):
     fit_run(config)
     split = config.replace(out=str(tmp_path / "split"))
 
-    def interrupt_at_12(step):
-        if step == 12:
-            raise Interrupt
-
     with pytest.raises(Interrupt):
-        fit_run(split, on_step=interrupt_at_12)
+        fit_run(split, on_step=interrupt_at(12))
     assert _model(split.out)["step"] == 10  # the last checkpoint before the interruption
     fit_run(RunConfig(quiet=True), resume_dir=split.out)
 
