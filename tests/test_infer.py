@@ -207,16 +207,18 @@ def _eight_schools_64():
         pyro.sample("y", dist.Normal(theta, sigma), obs=y)
 
 
-def _steps_of_real_nvp(stacked: bool, monkeypatch, steps: int = 3):
+def _steps_of_real_nvp(stacked: bool, monkeypatch, steps: int = 3, fused: bool = False, **options):
     """Losses of a few Adam steps of a default AutoRealNVP in float64 (11-D: couplings of
-    two shapes), its parameters in the store and its gradients after the first step."""
+    two shapes), its parameters in the store and its gradients after the first step;
+    the couplings run one by one unless ``fused``."""
     from pyro_flows.infer import guides
 
     if not stacked:
         monkeypatch.setattr(guides, "_stack_conditioners", lambda couplings: None)
+    monkeypatch.setattr(AutoRealNVP, "_fused", fused)
     pyro.clear_param_store()
     pyro.set_rng_seed(0)
-    guide = AutoRealNVP(_eight_schools_64)
+    guide = AutoRealNVP(_eight_schools_64, **options)
     elbo = Trace_ELBO(num_particles=8, vectorize_particles=True, max_plate_nesting=1)
     pyro.set_rng_seed(1)
     first = elbo.loss_and_grads(_eight_schools_64, guide)
@@ -273,3 +275,65 @@ def test_stacked_conditioners_leave_loss_and_gradients_unchanged(monkeypatch):
             assert torch.allclose(w, pw, rtol=0, atol=1e-10) and torch.allclose(b, pb, rtol=0, atol=1e-10)
     # the gradients are not all zero (the last layers start at zero, their gradients do not)
     assert any(float(g.abs().max()) > 0 for g in grads.values())
+
+
+@pytest.mark.parametrize("path_gradient", [True, False])
+def test_fused_couplings_leave_loss_and_gradients_unchanged(monkeypatch, path_gradient):
+    """The default AutoRealNVP runs its couplings and permutations as one transform
+    (pyro_flows.infer.fused); in float64 its losses over a few Adam steps, its gradients
+    and its parameters equal those of the layers run one by one."""
+    from pyro_flows.infer.fused import _FusedCouplings
+
+    torch.set_default_dtype(torch.float64)
+    try:
+        fused, losses, grads = _steps_of_real_nvp(True, monkeypatch, fused=True, path_gradient=path_gradient)
+        plain, plain_losses, plain_grads = _steps_of_real_nvp(True, monkeypatch, path_gradient=path_gradient)
+    finally:
+        torch.set_default_dtype(torch.float32)
+    assert [type(p) for p in fused.transform.parts] == [_FusedCouplings, pyro_flows.transforms.LocScale]
+    assert len(plain.transform.parts) == 8 + 3 + 1  # couplings, permutations, LocScale
+    for a, b in zip(losses, plain_losses, strict=True):
+        assert abs(a - b) <= 1e-10 * max(1.0, abs(b)), (a, b)
+    params, plain_params = list(fused.transform.parameters()), list(plain.transform.parameters())
+    assert len(params) == len(plain_params) == 2 * 6 + 2
+    for p, q in zip(params, plain_params, strict=True):
+        assert p.shape == q.shape
+        assert torch.allclose(grads[id(p)], plain_grads[id(q)], rtol=0, atol=1e-10)
+        assert torch.allclose(p, q, rtol=0, atol=1e-10)  # after the Adam steps
+    assert any(float(g.abs().max()) > 0 for g in grads.values())
+
+
+def test_fused_couplings_match_the_layers_in_both_directions():
+    """The fused transform's value, inverse and log-determinant equal the layers' own on
+    perturbed weights, for an even and an odd dimension, with and without a scale bound."""
+    from pyro.distributions.torch_transform import ComposeTransformModule
+
+    from pyro_flows.infer.fused import _fuse
+    from pyro_flows.infer.guides import _stack_conditioners, guide_real_nvp
+
+    for dim, scale_bound in ((6, 3.0), (7, None)):
+        torch.manual_seed(dim)
+        layers = guide_real_nvp(dim, num_layers=5, hidden_dims=(8, 8), scale_bound=scale_bound).double()
+        _stack_conditioners(layers.parts)
+        with torch.no_grad():
+            for p in layers.parameters():
+                p.add_(0.3 * torch.randn_like(p))
+        fused = _fuse(list(layers.parts), dim)
+        reference = ComposeTransformModule(list(layers.parts))
+        x = torch.randn(9, dim, dtype=torch.float64)
+        y, ladj = fused._call_and_ladj(x)
+        assert torch.allclose(y, reference(x), rtol=0, atol=1e-12)
+        assert torch.allclose(ladj, reference.log_abs_det_jacobian(x, reference(x)), rtol=0, atol=1e-12)
+        x_back, ladj_back = fused._inverse_and_ladj(y)
+        assert torch.allclose(x_back, x, rtol=0, atol=1e-10)
+        assert torch.allclose(ladj_back, ladj, rtol=0, atol=1e-10)
+        assert float(ladj.abs().max()) > 1e-3  # the perturbed layers are not the identity
+
+
+def test_fuse_declines_layers_it_cannot_reproduce():
+    from pyro_flows.infer.fused import _fuse
+    from pyro_flows.infer.guides import guide_real_nvp
+
+    # conditioners not stacked (plain MLPs): left to run one by one
+    assert _fuse(list(guide_real_nvp(4, num_layers=2, hidden_dims=(8,)).parts), 4) is None
+    assert _fuse([], 4) is None

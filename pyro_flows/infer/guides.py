@@ -21,6 +21,7 @@ from torch.nn import functional as F
 from ..nn import MLP
 from ..transforms.coupling import affine_coupling
 from ..transforms.linear import LocScale, Permutation
+from .fused import _fuse
 from .path_gradient import PathGradientTransformedDistribution
 
 __all__ = ["AutoRealNVP", "guide_real_nvp"]
@@ -169,6 +170,10 @@ class AutoRealNVP(AutoContinuous):
     ['a', 'b']
     """
 
+    #: run the couplings and permutations as one transform (:mod:`pyro_flows.infer.fused`):
+    #: the same values and gradients as the layers one by one, with fewer operations
+    _fused = True
+
     def __init__(
         self,
         model,
@@ -202,8 +207,12 @@ class AutoRealNVP(AutoContinuous):
             self.activation,
         )
         _stack_conditioners(couplings.parts)
+        parts = list(couplings.parts)
+        fused = _fuse(parts, self.latent_dim) if self._fused else None
+        if fused is not None:
+            parts = [fused]
         loc_scale = LocScale(self._init_loc(), self.init_scale)
-        self.transform = ComposeTransformModule([*couplings.parts, loc_scale])
+        self.transform = ComposeTransformModule([*parts, loc_scale])
 
     def _synced_transform(self):
         # ``pyro.module`` with update_module_params=True makes the parameter store the

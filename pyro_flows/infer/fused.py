@@ -1,0 +1,232 @@
+"""A stack of vector affine couplings and permutations run as one transform.
+
+A flow guide's couplings are small (a few hundred to a few thousand weights each), so a
+step's cost is the number of tensor operations and the Python around each, not the
+arithmetic. :class:`_FusedCouplings` runs a whole stack in one ``_call_and_ladj`` (and one
+``_inverse_and_ladj``) with the same values as the layers one by one, and fewer
+operations:
+
+* one cache entry, one input check and one module call for the stack, not one per layer
+  (and no :class:`~torch.distributions.transforms.ComposeTransform` walking a dozen
+  parts' domains when a distribution is built);
+* stacked conditioner tensors (:func:`~pyro_flows.infer.guides._stack_conditioners`)
+  are split into the layers' weights by one ``unbind`` per tensor and pass, not one
+  ``select`` per layer (and, in the backward pass, one ``stack`` instead of a
+  zero-filled copy per layer);
+* the log-scale's soft bound :math:`b \\tanh(\\tilde s / b)` reads :math:`\\tilde s / b`
+  from the conditioner's last layer with the log-scale rows of its stacked weight and
+  bias divided by :math:`b` once per pass (the same numbers up to rounding);
+* as in :class:`~pyro_flows.transforms.AffineCoupling`, :math:`x^B e^{s} + t` is one
+  ``addcmul`` and the inverse divides by :math:`e^{s}`; the log-determinant is one sum
+  over the concatenated log-scales of all layers.
+
+Only stacks it can reproduce exactly are fused (:func:`_fuse` returns ``None`` otherwise):
+:class:`~pyro_flows.transforms.AffineCoupling` layers on vectors with a contiguous half
+partition and a stacked MLP conditioner with parameter-free activations, and
+:class:`~pyro_flows.transforms.Permutation` layers.
+"""
+
+from __future__ import annotations
+
+from typing import List, Optional, Sequence
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from ..transforms.base import FlowTransform
+from ..transforms.coupling import AffineCoupling
+from ..transforms.linear import Permutation
+from ..transforms.masks import IndexPartition
+
+__all__: List[str] = []
+
+
+class _FusedCouplings(FlowTransform):
+    """Affine couplings (stacked MLP conditioners) and permutations on vectors of size
+    ``dim``, applied in order by one transform; see the module docstring.
+
+    Built by :func:`_fuse` from the layers it replaces; it reads their stacked conditioner
+    tensors (:class:`~pyro_flows.infer.guides._StackedLinears`, held here as submodules) and
+    copies what else it needs (partitions, bounds, permutations)."""
+
+    def __init__(self, dim: int, stacks: Sequence[nn.Module], plan: list, perms: Sequence[torch.Tensor]):
+        super().__init__(event_shape=(dim,))
+        self.stacks = nn.ModuleList(stacks)
+        # plan entries: ("perm", index into perms) or
+        # ("coupling", stack index, member index, a_first, sizes, scale bound, shift bound, activations)
+        self._plan = plan
+        self.activations = nn.ModuleList(
+            act for step in plan if step[0] == "coupling" for act in step[7] if act is not None
+        )
+        for k, perm in enumerate(perms):
+            self.register_buffer(f"perm{k}", perm.clone(), persistent=False)
+            self.register_buffer(f"inverse_perm{k}", torch.argsort(perm), persistent=False)
+        self._num_perms = len(perms)
+
+    def _weights(self, row_scales: dict) -> list:
+        """The layers' weights for one pass: per stack and layer, the members' weights and
+        biases (one ``unbind`` each), the last layer's log-scale rows divided by the bound."""
+        out = []
+        for s, stack in enumerate(self.stacks):
+            params = stack._parameters  # read here: the path gradient swaps detached views in
+            layers = []
+            for j in range(stack.num_layers):
+                weight, bias = params[f"weight{j}"], params[f"bias{j}"]
+                row_scale = row_scales.get(s) if j == stack.num_layers - 1 else None
+                if row_scale is not None:
+                    weight = weight * row_scale.unsqueeze(-1)
+                    bias = bias * row_scale
+                layers.append((weight.unbind(0), bias.unbind(0)))
+            out.append(layers)
+        return out
+
+    def _row_scales(self) -> dict:
+        """Per stack whose members share one scale bound :math:`b`: the factors of its last
+        layer's rows (1 on the shift rows, :math:`1/b` on the log-scale rows), kept between
+        calls in the dtype and on the device of the weights."""
+        scales = self.__dict__.get("_row_scale_cache")
+        if scales is not None and all(
+            t.dtype == self.stacks[s]._parameters["bias0"].dtype
+            and t.device == self.stacks[s]._parameters["bias0"].device
+            for s, t in scales.items()
+        ):
+            return scales
+        scales = {}
+        for s, stack in enumerate(self.stacks):
+            bounds = {step[5] for step in self._plan if step[0] == "coupling" and step[1] == s}
+            if len(bounds) != 1 or None in bounds:
+                continue
+            (bound,) = bounds
+            bias = stack._parameters[f"bias{stack.num_layers - 1}"]
+            rows = bias.shape[-1]
+            scale = torch.ones(rows, dtype=bias.dtype, device=bias.device)
+            scale[rows // 2 :] = 1.0 / bound
+            scales[s] = scale
+        self.__dict__["_row_scale_cache"] = scales
+        return scales
+
+    def _conditioner(self, x_a, layers, i, activations):
+        h = x_a
+        last = len(layers) - 1
+        for j, (weights, biases) in enumerate(layers):
+            h = F.linear(h, weights[i], biases[i])
+            if j < last:
+                act = activations[j]
+                h = torch.relu_(h) if act is None else act(h)
+        return h
+
+    def _call_and_ladj(self, x):
+        scaled = self._row_scales()
+        weights = self._weights(scaled)
+        log_scales = []
+        for step in self._plan:
+            if step[0] == "perm":
+                x = x.index_select(-1, self._buffers[f"perm{step[1]}"])
+                continue
+            _, s, i, a_first, sizes, bound, shift_bound, activations = step
+            first, second = x.split_with_sizes(sizes, -1)
+            x_a, x_b = (first, second) if a_first else (second, first)
+            shift, raw = self._conditioner(x_a, weights[s], i, activations).chunk(2, -1)
+            if shift_bound is not None:
+                shift = shift.clamp(-shift_bound, shift_bound)
+            if bound is None:
+                log_scale = raw
+            elif s in scaled:
+                log_scale = torch.tanh(raw) * bound
+            else:
+                log_scale = bound * torch.tanh(raw / bound)
+            y_b = torch.addcmul(shift, x_b, log_scale.exp())
+            x = torch.cat([x_a, y_b] if a_first else [y_b, x_a], -1)
+            log_scales.append(log_scale)
+        return x, self._ladj(x, log_scales)
+
+    def _inverse_and_ladj(self, y):
+        scaled = self._row_scales()
+        weights = self._weights(scaled)
+        log_scales = []
+        for step in reversed(self._plan):
+            if step[0] == "perm":
+                y = y.index_select(-1, self._buffers[f"inverse_perm{step[1]}"])
+                continue
+            _, s, i, a_first, sizes, bound, shift_bound, activations = step
+            first, second = y.split_with_sizes(sizes, -1)
+            y_a, y_b = (first, second) if a_first else (second, first)
+            shift, raw = self._conditioner(y_a, weights[s], i, activations).chunk(2, -1)
+            if shift_bound is not None:
+                shift = shift.clamp(-shift_bound, shift_bound)
+            if bound is None:
+                log_scale = raw
+            elif s in scaled:
+                log_scale = torch.tanh(raw) * bound
+            else:
+                log_scale = bound * torch.tanh(raw / bound)
+            x_b = (y_b - shift) / log_scale.exp()
+            y = torch.cat([y_a, x_b] if a_first else [x_b, y_a], -1)
+            log_scales.append(log_scale)
+        return y, self._ladj(y, log_scales)
+
+    @staticmethod
+    def _ladj(x, log_scales):
+        if not log_scales:
+            return x.new_zeros(x.shape[:-1])
+        return torch.cat(log_scales, -1).sum(-1) if len(log_scales) > 1 else log_scales[0].sum(-1)
+
+    def __getstate__(self):
+        state = super().__getstate__()
+        state.pop("_row_scale_cache", None)  # rebuilt on first use
+        return state
+
+    def extra_repr(self) -> str:
+        couplings = sum(step[0] == "coupling" for step in self._plan)
+        return f"{super().extra_repr()}, couplings={couplings}, permutations={self._num_perms}"
+
+
+def _fuse(parts: Sequence[nn.Module], dim: int) -> Optional[_FusedCouplings]:
+    """One :class:`_FusedCouplings` doing what ``parts`` do in order, or ``None`` if some
+    part is not one it reproduces exactly (see the module docstring)."""
+    from .guides import _StackedMLP  # guides imports this module
+
+    if not parts:
+        return None
+    stacks, plan, perms = [], [], []
+    for part in parts:
+        if type(part) is Permutation:
+            plan.append(("perm", len(perms)))
+            perms.append(part.perm)
+            continue
+        if type(part) is not AffineCoupling or part.event_shape != torch.Size([dim]):
+            return None
+        partition, conditioner = part.partition, part.conditioner
+        if type(partition) is not IndexPartition or not partition.contiguous or partition.dim != -1:
+            return None
+        if type(conditioner) is not _StackedMLP:
+            return None
+        activations = []
+        for act in conditioner.activations:
+            if any(True for _ in act.parameters()) or any(True for _ in act.buffers()):
+                return None
+            # an in-place ReLU after a linear layer: the same as MLP's own (nothing else
+            # reads the linear layer's output)
+            activations.append(None if type(act) is nn.ReLU else act)
+        if len(activations) != conditioner.stack.num_layers - 1:
+            return None
+        stack = conditioner.stack
+        index = next((k for k, s in enumerate(stacks) if s is stack), None)
+        if index is None:
+            index = len(stacks)
+            stacks.append(stack)
+        sizes = list(partition.ordered_sizes)
+        plan.append(
+            (
+                "coupling",
+                index,
+                conditioner.index,
+                partition.a_first,
+                sizes,
+                part.scale_bound,
+                part.shift_bound,
+                tuple(activations),
+            )
+        )
+    return _FusedCouplings(dim, stacks, plan, perms)
