@@ -51,12 +51,16 @@ def _sync(device: torch.device) -> None:
 
 
 def time_task(task: Task, device: torch.device) -> float:
+    """Seconds of one ``run``: CPU time of this process on the CPU (other jobs on a shared
+    machine do not count; one torch thread, so it is the run's own time), wall time on a
+    GPU (where the process waits for the device)."""
+    clock = time.perf_counter if device.type == "cuda" else time.process_time
     args = task.setup()
     _sync(device)
-    start = time.perf_counter()
+    start = clock()
     task.run(args)
     _sync(device)
-    return time.perf_counter() - start
+    return clock() - start
 
 
 def contender_tasks(contender, x_train, x_eval, points, lr) -> Dict[str, Task]:

@@ -304,6 +304,15 @@ class FlowTransform(TransformModule):
             return entry[0]
         return self._compute(y, "value", self._inverse_and_ladj)[0]
 
+    def _inv_and_ladj(self, y):
+        """``(self.inv(y), self.log_abs_det_jacobian(self.inv(y), y))`` with one cache
+        lookup instead of two: what ``TransformedDistribution.log_prob`` asks of each part,
+        for :meth:`pyro_flows.Flow.log_prob`'s loop."""
+        entry = self._cached(None, y, True)
+        if entry is not None:
+            return entry[0], entry[2]
+        return self._compute(y, "value", self._inverse_and_ladj)
+
     def _cached_ladj(self, x, y) -> Optional[torch.Tensor]:
         """The log-det of the pair ``(x, y)`` if it is the cached one, else ``None``."""
         entry = self._cached(x, y, False)

@@ -209,19 +209,23 @@ class AffineCoupling(_Coupling):
             log_scale = self.scale_bound * torch.tanh(log_scale / self.scale_bound)
         return shift, log_scale
 
+    # Fewest operations for the same values (up to rounding): x e^s + t as one addcmul,
+    # and the inverse divides by e^s instead of negating s and multiplying by e^{-s}
+    # (8 operations less per call of an 8-coupling flow; on a small flow, D=64, hidden
+    # 32-32, batch 128, each operation is a few percent of a log_prob).
     def _call_and_ladj(self, x):
         partition = self.partition
         x_a, x_b = partition.split(x)
         shift, log_scale = self._shift_log_scale(x_a)
-        y = partition.merge(x_a, x_b * log_scale.exp() + shift)
-        return y, sum_event(log_scale, self.event_dim_)
+        y = partition.merge(x_a, torch.addcmul(shift, x_b, log_scale.exp()))
+        return y, log_scale.sum(-1) if self.event_dim_ == 1 else sum_event(log_scale, self.event_dim_)
 
     def _inverse_and_ladj(self, y):
         partition = self.partition
         y_a, y_b = partition.split(y)
         shift, log_scale = self._shift_log_scale(y_a)
-        x = partition.merge(y_a, (y_b - shift) * torch.exp(-log_scale))
-        return x, sum_event(log_scale, self.event_dim_)
+        x = partition.merge(y_a, (y_b - shift) / log_scale.exp())
+        return x, log_scale.sum(-1) if self.event_dim_ == 1 else sum_event(log_scale, self.event_dim_)
 
     def extra_repr(self):
         return f"{super().extra_repr()}, scale_bound={self.scale_bound}, shift_bound={self.shift_bound}"
