@@ -8,8 +8,9 @@ thin crescents. We never write the likelihood down for fitting: we only simulate
 
 1. ``fit_posterior(simulator, prior, num_simulations)`` draws theta from the prior, runs
    the simulator once on the batch and trains a conditional RealNVP q(theta | x) on the
-   pairs (z-scored internally; theta is mapped to an unbounded space first because the
-   prior is a box).
+   pairs (z-scored internally). The prior is a box: the flow is fit to theta itself,
+   draws outside the box are rejected and ``log_prob`` is renormalized by the flow's
+   mass inside it.
 2. The result is amortized: ``posterior.sample(x, n)`` and ``posterior.log_prob(theta, x)``
    work for any observation x without retraining.
 3. We check it against the exact posterior (the likelihood has a closed form here, so a
