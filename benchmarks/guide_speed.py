@@ -4,7 +4,8 @@ et al., 2016), on Neal's funnel (10-D; Neal, 2003) and centered eight schools (R
 
 Both guides take the same step: 8 vectorized particles, plain Adam (lr 1e-3). The steps of
 the two guides alternate in one process, so slow drifts of the machine hit both alike;
-the table reports the median step time of each and their ratio. The same is repeated
+the table reports the median step time of each (CPU seconds of this process, one torch
+thread: other jobs on a shared machine do not count) and their ratio. The same is repeated
 under ``JitTrace_ELBO`` and, with fewer steps, ``JitTraceGraph_ELBO``, with the JIT gain
 (eager median over JIT median) per guide.
 
@@ -46,16 +47,16 @@ def make_step(model, guide_name: str, elbo_name: str, seed: int = 0):
 
 
 def interleaved(steps: dict, reps: int, warmup: int) -> dict:
-    """Median seconds per step of each callable, the callables alternating step by step."""
+    """Median CPU seconds per step of each callable, the callables alternating step by step."""
     for _ in range(warmup):
         for step in steps.values():
             step()
     times = {name: [] for name in steps}
     for _ in range(reps):
         for name, step in steps.items():
-            start = time.perf_counter()
+            start = time.process_time()
             step()
-            times[name].append(time.perf_counter() - start)
+            times[name].append(time.process_time() - start)
     return {name: statistics.median(t) for name, t in times.items()}
 
 

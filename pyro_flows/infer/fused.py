@@ -13,12 +13,13 @@ operations:
   are split into the layers' weights by one ``unbind`` per tensor and pass, not one
   ``select`` per layer (and, in the backward pass, one ``stack`` instead of a
   zero-filled copy per layer);
-* the log-scale's soft bound :math:`b \\tanh(\\tilde s / b)` reads :math:`\\tilde s / b`
-  from the conditioner's last layer with the log-scale rows of its stacked weight and
-  bias divided by :math:`b` once per pass (the same numbers up to rounding);
+* the log-scale's soft bound :math:`b \\tanh(\\tilde s / b) = 2b\\,\\sigma(2\\tilde s / b) - b`
+  reads :math:`2\\tilde s / b` from the conditioner's last layer with the log-scale rows
+  of its stacked weight and bias multiplied by :math:`2 / b` once per pass (the same
+  numbers up to rounding, exactly the same for a power-of-two bound);
 * as in :class:`~pyro_flows.transforms.AffineCoupling`, :math:`x^B e^{s} + t` is one
-  ``addcmul`` and the inverse divides by :math:`e^{s}`; the log-determinant is one sum
-  over the concatenated log-scales of all layers.
+  ``addcmul`` and the inverse reads :math:`-s` from the bound directly; the
+  log-determinant is one sum over the concatenated log-scales of all layers.
 
 Only stacks it can reproduce exactly are fused (:func:`_fuse` returns ``None`` otherwise):
 :class:`~pyro_flows.transforms.AffineCoupling` layers on vectors with a contiguous half
@@ -35,7 +36,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from ..transforms.base import FlowTransform
-from ..transforms.coupling import AffineCoupling
+from ..transforms.coupling import AffineCoupling, _soft_bound
 from ..transforms.linear import Permutation
 from ..transforms.masks import IndexPartition
 
@@ -83,7 +84,7 @@ class _FusedCouplings(FlowTransform):
 
     def _row_scales(self) -> dict:
         """Per stack whose members share one scale bound :math:`b`: the factors of its last
-        layer's rows (1 on the shift rows, :math:`1/b` on the log-scale rows), kept between
+        layer's rows (1 on the shift rows, :math:`2/b` on the log-scale rows), kept between
         calls in the dtype and on the device of the weights."""
         scales = self.__dict__.get("_row_scale_cache")
         if scales is not None and all(
@@ -101,7 +102,7 @@ class _FusedCouplings(FlowTransform):
             bias = stack._parameters[f"bias{stack.num_layers - 1}"]
             rows = bias.shape[-1]
             scale = torch.ones(rows, dtype=bias.dtype, device=bias.device)
-            scale[rows // 2 :] = 1.0 / bound
+            scale[rows // 2 :] = 2.0 / bound
             scales[s] = scale
         self.__dict__["_row_scale_cache"] = scales
         return scales
@@ -132,10 +133,10 @@ class _FusedCouplings(FlowTransform):
                 shift = shift.clamp(-shift_bound, shift_bound)
             if bound is None:
                 log_scale = raw
-            elif s in scaled:
-                log_scale = torch.tanh(raw) * bound
+            elif s in scaled:  # raw is 2 s / b already
+                log_scale = torch.sigmoid(raw).mul(2.0 * bound).sub_(bound)
             else:
-                log_scale = bound * torch.tanh(raw / bound)
+                log_scale = _soft_bound(raw, bound)
             y_b = torch.addcmul(shift, x_b, log_scale.exp())
             x = torch.cat([x_a, y_b] if a_first else [y_b, x_a], -1)
             log_scales.append(log_scale)
@@ -144,7 +145,7 @@ class _FusedCouplings(FlowTransform):
     def _inverse_and_ladj(self, y):
         scaled = self._row_scales()
         weights = self._weights(scaled)
-        log_scales = []
+        neg_log_scales = []
         for step in reversed(self._plan):
             if step[0] == "perm":
                 y = y.index_select(-1, self._buffers[f"inverse_perm{step[1]}"])
@@ -156,15 +157,15 @@ class _FusedCouplings(FlowTransform):
             if shift_bound is not None:
                 shift = shift.clamp(-shift_bound, shift_bound)
             if bound is None:
-                log_scale = raw
-            elif s in scaled:
-                log_scale = torch.tanh(raw) * bound
+                neg_log_scale = -raw
+            elif s in scaled:  # raw is 2 s / b already
+                neg_log_scale = torch.sigmoid(raw).mul(-2.0 * bound).sub_(-bound)
             else:
-                log_scale = bound * torch.tanh(raw / bound)
-            x_b = (y_b - shift) / log_scale.exp()
+                neg_log_scale = _soft_bound(raw, bound, -1.0)
+            x_b = (y_b - shift) * neg_log_scale.exp()
             y = torch.cat([y_a, x_b] if a_first else [x_b, y_a], -1)
-            log_scales.append(log_scale)
-        return y, self._ladj(y, log_scales)
+            neg_log_scales.append(neg_log_scale)
+        return y, -self._ladj(y, neg_log_scales)
 
     @staticmethod
     def _ladj(x, log_scales):

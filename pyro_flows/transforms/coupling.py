@@ -112,6 +112,18 @@ class _Coupling(FlowTransform):
         return chunks
 
 
+def _soft_bound(s: torch.Tensor, bound: float, sign: float = 1.0) -> torch.Tensor:
+    """:math:`b \\tanh(s / b)`, computed as :math:`2b\\,\\sigma(2s / b) - b` (the same function);
+    with ``sign=-1`` its exact negative, in as many operations.
+
+    On the CPU, torch's float32 ``tanh`` is far slower than ``sigmoid`` (timeit on a
+    (128, 32) block of standard normals, one thread: 47 us against 2.8 us), enough to show
+    in a small flow's ``log_prob``. The rounding differs: an absolute error of about
+    :math:`2b` float epsilons instead of a relative one, far below float32's own noise in a
+    log-density; 0 still maps to exactly 0, so a new coupling is still the identity."""
+    return torch.sigmoid(s * (2.0 / bound)).mul(2.0 * bound * sign).sub_(bound * sign)
+
+
 class AdditiveCoupling(_Coupling):
     r"""NICE's additive coupling layer (Dinh et al., 2015).
 
@@ -198,7 +210,8 @@ class AffineCoupling(_Coupling):
         self.scale_bound = _check_bound("scale_bound", scale_bound)
         self.shift_bound = _check_bound("shift_bound", shift_bound)
 
-    def _shift_log_scale(self, x_a):
+    def _shift_log_scale(self, x_a, sign: float = 1.0):
+        """The shift and ``sign`` times the bounded log-scale."""
         shift, log_scale = self._params(x_a)
         if self.shift_bound is not None:
             # A clamp, the cheapest bound: exact where it does not bind. Measured on an
@@ -206,13 +219,15 @@ class AffineCoupling(_Coupling):
             # +5% log_prob/sample, +7% train step; a smooth saturation (6 ops) cost 15-18%.
             shift = shift.clamp(-self.shift_bound, self.shift_bound)
         if self.scale_bound is not None:
-            log_scale = self.scale_bound * torch.tanh(log_scale / self.scale_bound)
+            log_scale = _soft_bound(log_scale, self.scale_bound, sign)
+        elif sign < 0:
+            log_scale = -log_scale
         return shift, log_scale
 
     # Fewest operations for the same values (up to rounding): x e^s + t as one addcmul,
-    # and the inverse divides by e^s instead of negating s and multiplying by e^{-s}
-    # (8 operations less per call of an 8-coupling flow; on a small flow, D=64, hidden
-    # 32-32, batch 128, each operation is a few percent of a log_prob).
+    # and the inverse gets -s straight from the bound (no negation) and multiplies by
+    # e^{-s} (a division's backward costs more). On a small flow (D=64, hidden 32-32,
+    # batch 128) each operation per coupling is a few percent of a log_prob.
     def _call_and_ladj(self, x):
         partition = self.partition
         x_a, x_b = partition.split(x)
@@ -223,9 +238,11 @@ class AffineCoupling(_Coupling):
     def _inverse_and_ladj(self, y):
         partition = self.partition
         y_a, y_b = partition.split(y)
-        shift, log_scale = self._shift_log_scale(y_a)
-        x = partition.merge(y_a, (y_b - shift) / log_scale.exp())
-        return x, log_scale.sum(-1) if self.event_dim_ == 1 else sum_event(log_scale, self.event_dim_)
+        shift, neg_log_scale = self._shift_log_scale(y_a, -1.0)
+        x = partition.merge(y_a, (y_b - shift) * neg_log_scale.exp())
+        if self.event_dim_ == 1:
+            return x, -neg_log_scale.sum(-1)
+        return x, -sum_event(neg_log_scale, self.event_dim_)
 
     def extra_repr(self):
         return f"{super().extra_repr()}, scale_bound={self.scale_bound}, shift_bound={self.shift_bound}"
