@@ -11,6 +11,7 @@ under ``JitTrace_ELBO`` and, with fewer steps, ``JitTraceGraph_ELBO``, with the 
 
     OMP_NUM_THREADS=1 python -m benchmarks.guide_speed            # about two minutes
     OMP_NUM_THREADS=1 python -m benchmarks.guide_speed --smoke    # seconds
+    OMP_NUM_THREADS=1 python -m benchmarks.guide_speed --elbos Trace_ELBO --num-layers 4 --stem guide_speed_layers4
 """
 
 from __future__ import annotations
@@ -36,11 +37,13 @@ ELBOS = {"Trace_ELBO": Trace_ELBO, "JitTrace_ELBO": JitTrace_ELBO, "JitTraceGrap
 PARTICLES = 8
 
 
-def make_step(model, guide_name: str, elbo_name: str, seed: int = 0):
+def make_step(model, guide_name: str, elbo_name: str, seed: int = 0, num_layers=None):
     """One SVI step of a fresh guide, with its own optimizer (parameter names differ
-    between the guides, so both live in the one parameter store)."""
+    between the guides, so both live in the one parameter store); ``num_layers``: the
+    couplings of AutoRealNVP (default: its own default)."""
     pyro.set_rng_seed(seed)
-    guide = GUIDES[guide_name](model)
+    options = {"num_layers": num_layers} if guide_name == "AutoRealNVP" and num_layers else {}
+    guide = GUIDES[guide_name](model, **options)
     elbo = ELBOS[elbo_name](num_particles=PARTICLES, vectorize_particles=True, max_plate_nesting=1)
     svi = SVI(model, guide, pyro.optim.Adam({"lr": 1e-3}), elbo)
     return svi.step
@@ -60,14 +63,14 @@ def interleaved(steps: dict, reps: int, warmup: int) -> dict:
     return {name: statistics.median(t) for name, t in times.items()}
 
 
-def measure(model_name: str, elbo_name: str, reps: int, warmup: int) -> tuple:
+def measure(model_name: str, elbo_name: str, reps: int, warmup: int, num_layers=None) -> tuple:
     """Medians of the guides whose first step runs, and the error of those whose does not
     (Pyro 1.9's ``JitTrace_ELBO`` stops ``AutoIAFNormal`` with an ``AssertionError``)."""
     pyro.clear_param_store()
     model = MODELS[model_name]
     steps, errors = {}, {}
     for name in GUIDES:
-        step = make_step(model, name, elbo_name)
+        step = make_step(model, name, elbo_name, num_layers=num_layers)
         try:
             step()
         except Exception as error:  # reported in the table, not hidden
@@ -83,6 +86,10 @@ def main(argv=None) -> dict:
     p.add_argument("--warmup", type=int, default=20)
     p.add_argument("--graph-reps", type=int, default=60, help="timed steps under JitTraceGraph_ELBO")
     p.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS))
+    p.add_argument("--elbos", nargs="+", default=list(ELBOS), choices=list(ELBOS))
+    p.add_argument(
+        "--num-layers", type=int, default=None, help="AutoRealNVP's couplings (default: its default)"
+    )
     p.add_argument("--smoke", action="store_true", help="a few steps, for tests")
     p.add_argument("--out", default=str(report.RESULTS))
     p.add_argument("--stem", default="guide_speed")
@@ -95,9 +102,9 @@ def main(argv=None) -> dict:
     results = {}
     for model_name in args.models:
         results[model_name] = {}
-        for elbo_name in ELBOS:
+        for elbo_name in args.elbos:
             reps = args.graph_reps if elbo_name == "JitTraceGraph_ELBO" else args.reps
-            medians, errors = measure(model_name, elbo_name, reps, args.warmup)
+            medians, errors = measure(model_name, elbo_name, reps, args.warmup, args.num_layers)
             ms = {name: 1e3 * t for name, t in medians.items()}
             both = len(ms) == len(GUIDES)
             results[model_name][elbo_name] = {
@@ -106,8 +113,10 @@ def main(argv=None) -> dict:
                 "ratio": ms["AutoRealNVP"] / ms["AutoIAFNormal"] if both else None,
                 "reps": reps,
             }
-        eager = results[model_name]["Trace_ELBO"]["median_ms"]
+        eager = results[model_name].get("Trace_ELBO", {}).get("median_ms", {})
         for elbo_name in ("JitTrace_ELBO", "JitTraceGraph_ELBO"):
+            if elbo_name not in results[model_name]:
+                continue
             row = results[model_name][elbo_name]
             row["jit_gain"] = {name: eager[name] / t for name, t in row["median_ms"].items() if name in eager}
     rows = []
@@ -139,7 +148,13 @@ def main(argv=None) -> dict:
         rows,
     )
     markdown = f"# Guide step time\n\n{report.header(info, cmd)}\n\n{table}\n"
-    data = {"machine": info, "command": cmd, "particles": PARTICLES, "results": results}
+    data = {
+        "machine": info,
+        "command": cmd,
+        "particles": PARTICLES,
+        "num_layers": args.num_layers,
+        "results": results,
+    }
     report.publish(args.stem, markdown, data, args.out)
     return data
 
