@@ -711,8 +711,37 @@ def test_class_conditional_flow_uses_each_context(name):
     assert model.condition(labels[:4]).sample().shape == (4, 2, 8, 8)
     with pytest.raises(ValueError, match=r"expected a context of shape \(\*batch, 10\)"):
         cflow.condition(torch.zeros(3))
-    with pytest.raises(ValueError, match="memory_saving is not available"):
-        PRIOR_BUILDERS[name](context_dim=10, memory_saving=True)
+
+
+@pytest.mark.parametrize("name", sorted(PRIOR_BUILDERS))
+def test_class_conditional_memory_saving_gradients_equal_backprop_float64(name):
+    torch.manual_seed(0)
+    plain = PRIOR_BUILDERS[name](split_prior="learned", context_dim=3).double()
+    saving = PRIOR_BUILDERS[name](split_prior="learned", context_dim=3, memory_saving=True).double()
+    assert saving.memory_saving and saving.inner.memory_saving and not plain.memory_saving
+    base = standard_normal((2, 8, 8))
+    x = torch.randn(6, 2, 8, 8, dtype=torch.float64)
+    labels = torch.eye(3, dtype=torch.float64)[torch.tensor([0, 1, 2, 0, 1, 2])]
+    plain.train()
+    plain.condition(labels).inv(x)  # ActNorm initialisation, batch statistics
+    randomize(plain, 0.05)
+    saving.load_state_dict(plain.state_dict())
+    assert saving.condition(labels).memory_saving
+    # a context that is itself learned (an embedding) receives its gradient too
+    embedding = torch.nn.Linear(3, 3).double()
+    for mode in ("train", "eval"):
+        grads = []
+        for cflow in (plain, saving):
+            getattr(cflow, mode)()
+            context = embedding(labels)
+            model = dist.ConditionalTransformedDistribution(base, [cflow]).condition(context)
+            grads.append(_gradients(model, x, [*cflow.parameters(), *embedding.parameters()]))
+        assert all(g is not None for g in grads[1])
+        assert _relative_error(*grads) <= 1e-6
+        assert _relative_error(grads[0][:1], grads[1][:1]) <= 1e-6  # the input's gradient alone
+        assert _relative_error(grads[0][-2:], grads[1][-2:]) <= 1e-6  # the context's embedding
+    for (key, a), b in zip(plain.named_buffers(), saving.buffers(), strict=True):
+        assert torch.allclose(a, b, atol=1e-12), key
 
 
 def test_class_conditional_digits_example_smoke(tmp_path):
