@@ -151,6 +151,17 @@ def test_memory_benchmark_smoke(tmp_path):
     assert (tmp_path / "memory_cpu.md").read_text().count("couplings") == 2
 
 
+def test_memory_benchmark_smoke_class_conditional(tmp_path):
+    from benchmarks import memory
+
+    rows = memory.main(["--smoke", "--context-dim", "3", "--out", str(tmp_path)])["results"]
+    assert all(r["context_dim"] == 3 and math.isfinite(r["loss"]) for r in rows)
+    # the same model and data with and without memory saving: the same loss
+    by = {(r["depth"], r["memory_saving"]): r["loss"] for r in rows}
+    assert all(abs(by[(d, False)] - by[(d, True)]) < 1e-4 for d in (1, 2))
+    assert "class-conditional Glow" in (tmp_path / "memory_cpu_conditional.md").read_text()
+
+
 def test_digits_smoke(tmp_path, capsys):
     pytest.importorskip("normflows")
     from benchmarks import digits
