@@ -671,6 +671,30 @@ def test_variational_dequantization_trains_jointly():
     assert all(moved)  # the dequantizer is trained with the flow
 
 
+def test_digits_training_schedule_and_weight_average():
+    example = _digits_example()
+    rates = [example.learning_rate(1e-3, s, s / 10, "cosine", warmup=2) for s in (0, 1, 5, 10)]
+    assert rates == pytest.approx([5e-4, 1e-3 * 0.5 * (1 + math.cos(math.pi * 0.1)), 5e-4, 0.0])
+    assert example.learning_rate(1e-3, 7, 0.7) == 1e-3  # constant, no warm-up
+    with pytest.raises(ValueError, match="unknown schedule"):
+        example.learning_rate(1e-3, 0, 0.0, "linear")
+    levels = load_digits("train")
+    runs = {}
+    for ema in (0.0, 0.9):
+        torch.manual_seed(0)
+        model = Flow([pyro_flows.glow((1, 8, 8), num_scales=2, steps_per_scale=1, **TINY), Logit((1, 8, 8))])
+        example.train(model, levels, seconds=math.inf, max_steps=6, lr=3e-3, ema=ema, schedule="cosine")
+        runs[ema] = [p.detach().clone() for p in model.parameters()]
+    # the same steps (same batches and seed): the kept weights are the average, not the last
+    assert any(not torch.equal(a, b) for a, b in zip(runs[0.0], runs[0.9], strict=True))
+    average = example.WeightAverage(torch.nn.Linear(2, 1), decay=0.5)
+    start, target = average.model.bias.detach().clone(), torch.nn.Linear(2, 1)
+    average.update(target)  # decay min(0.5, 1/10) at the first update: 90% of the way
+    assert torch.allclose(average.model.bias, start + 0.9 * (target.bias - start))
+    average.update(target)  # then min(0.5, 2/11)
+    assert torch.allclose(average.model.bias, target.bias + (2 / 11) * 0.1 * (start - target.bias))
+
+
 def test_cli_fit_with_variational_dequantization(tmp_path):
     from pyro_flows.cli import main as cli
 
