@@ -112,7 +112,7 @@ def scores(model: DequantizedFlow, levels: torch.Tensor, draws: int, iw: int, se
 def render(results: dict, info: dict, cmd: str, args) -> str:
     budget = f"{args.cpu_seconds:g} CPU-seconds" if math.isfinite(args.cpu_seconds) else f"{args.steps} steps"
     rows = []
-    base = results["real_nvp_image"]
+    base = results.get("real_nvp_image")
     for name, r in results.items():
         rows.append(
             [
@@ -121,7 +121,7 @@ def render(results: dict, info: dict, cmd: str, args) -> str:
                 str(r["steps"]),
                 f"{r['cpu_seconds']:.0f}",
                 f"{r['bound']:.3f} ± {r['bound_se']:.3f}",
-                f"{r['delta']:+.3f} ± {r['delta_se']:.3f}" if r is not base else "-",
+                f"{r['delta']:+.3f} ± {r['delta_se']:.3f}" if "delta" in r and r is not base else "-",
                 f"{r['iw']:.3f}",
             ]
         )
@@ -231,9 +231,7 @@ def main(argv=None) -> dict:
             results[name]["delta"], results[name]["delta_se"] = report.mean_se(
                 per_image[name]["bound"] - per_image["real_nvp_image"]["bound"]
             )
-        markdown = render(results, info, cmd, args)
-    else:
-        markdown = "\n".join(f"{n}: {r}" for n, r in results.items())
+    markdown = render(results, info, cmd, args)
     stem = args.stem or (
         "digits_ablation" + (f"_cpu{args.cpu_seconds:g}" if math.isfinite(args.cpu_seconds) else "")
     )
