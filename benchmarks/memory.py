@@ -15,7 +15,12 @@ that large buffers are returned to the system when freed (glibc's default thresh
 grows, which would keep freed activations resident). Time is CPU time per step
 (``time.process_time``, one thread).
 
+With ``--context-dim k`` the flow is the class-conditional Glow
+(``glow(..., context_dim=k, split_prior="learned")``) and every batch comes with one-hot
+labels of ``k`` classes.
+
     OMP_NUM_THREADS=1 python -m benchmarks.memory                # 3x32x32, batch 64, K = 2, 4, 8
+    OMP_NUM_THREADS=1 python -m benchmarks.memory --context-dim 10   # class-conditional
     OMP_NUM_THREADS=1 python -m benchmarks.memory --smoke        # tiny, for the tests
 """
 
@@ -58,8 +63,22 @@ def worker(args) -> dict:
         hidden_channels=args.hidden,
         num_blocks=1,
         memory_saving=args.saving,
+        **(dict(context_dim=args.context_dim, split_prior="learned") if args.context_dim else {}),
     )
-    model = pyro_flows.Flow(flow)
+    if args.context_dim:
+        import pyro.distributions as dist
+
+        base = dist.Normal(torch.zeros(args.shape), torch.ones(args.shape)).to_event(3)
+        conditional = dist.ConditionalTransformedDistribution(base, [flow])
+        model = torch.nn.ModuleList([flow])  # the parameters
+        labels = torch.eye(args.context_dim)[torch.arange(args.batch) % args.context_dim]
+
+        def log_prob(x):
+            return conditional.condition(labels).log_prob(x)
+
+    else:
+        model = pyro_flows.Flow(flow)
+        log_prob = model.log_prob
     # foreach=False: the multi-tensor update allocates temporaries the size of all the
     # parameters, memory that grows with depth whatever the backward pass does
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-4, foreach=False)
@@ -68,7 +87,7 @@ def worker(args) -> dict:
 
     def step(x):
         optimizer.zero_grad(set_to_none=False)  # gradients live with the model, as Adam's state
-        loss = -model.log_prob(x).mean()
+        loss = -log_prob(x).mean()
         loss.backward()
         optimizer.step()
         return float(loss.detach())
@@ -82,6 +101,7 @@ def worker(args) -> dict:
     return {
         "depth": args.depth,
         "memory_saving": args.saving,
+        "context_dim": args.context_dim,
         "couplings": args.depth * args.num_scales,
         "parameters": sum(p.numel() for p in model.parameters()),
         "resident_before_mib": before,
@@ -95,6 +115,7 @@ def run_fresh(args, depth: int, saving: bool) -> dict:
     cmd = [sys.executable, "-m", "benchmarks.memory", "--worker", "--depth", str(depth)]
     cmd += ["--shape", *map(str, args.shape), "--batch", str(args.batch), "--hidden", str(args.hidden)]
     cmd += ["--num-scales", str(args.num_scales), "--steps", str(args.steps)]
+    cmd += ["--context-dim", str(args.context_dim)]
     if saving:
         cmd.append("--saving")
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MALLOC_MMAP_THRESHOLD_": str(128 * 1024)}
@@ -121,13 +142,15 @@ def render(rows, info, cmd, args) -> str:
             ]
         )
     shape = "x".join(map(str, args.shape))
+    which = f"class-conditional Glow ({args.context_dim} classes)" if args.context_dim else "Glow"
+    extra = f", context_dim={args.context_dim}, split_prior='learned'" if args.context_dim else ""
     return "\n".join(
         [
-            f"# Training-step memory of Glow at {shape}, batch {args.batch}, as it gets deeper",
+            f"# Training-step memory of {which} at {shape}, batch {args.batch}, as it gets deeper",
             "",
             report.header(info, cmd),
             f"- settings: glow({tuple(args.shape)}, num_scales={args.num_scales}, steps_per_scale=K, "
-            f"hidden_channels={args.hidden}, num_blocks=1), Adam; peak = high-water resident memory of a "
+            f"hidden_channels={args.hidden}, num_blocks=1{extra}), Adam; peak = high-water resident memory of a "
             f"fresh process during {args.steps} training steps minus its resident memory before them; "
             "CPU seconds per step, one thread",
             "",
@@ -157,14 +180,17 @@ def parse_args(argv=None):
     p.add_argument("--num-scales", type=int, default=3)
     p.add_argument("--depths", type=int, nargs="+", default=list(DEPTHS), help="steps of flow per scale")
     p.add_argument("--steps", type=int, default=3, help="measured training steps per configuration")
+    p.add_argument("--context-dim", type=int, default=0, help="class-conditional Glow with this many classes")
     p.add_argument("--smoke", action="store_true", help="tiny sizes, in this process (used by the tests)")
     p.add_argument("--out", default=str(report.RESULTS))
-    p.add_argument("--stem", default="memory_cpu")
+    p.add_argument("--stem", default=None, help="file name stem (default memory_cpu[_conditional])")
     # one configuration, in this process (what the driver runs in fresh processes)
     p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--depth", type=int, default=2, help=argparse.SUPPRESS)
     p.add_argument("--saving", action="store_true", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
+    if args.stem is None:
+        args.stem = "memory_cpu_conditional" if args.context_dim else "memory_cpu"
     if args.smoke:
         args.shape, args.batch, args.hidden, args.num_scales = [1, 8, 8], 4, 4, 2
         args.depths, args.steps = [1, 2], 1

@@ -55,6 +55,37 @@ def as_event(model: Flow, x: torch.Tensor) -> torch.Tensor:
 
 
 # ------------------------------------------------------------------- train / eval
+def learning_rate(
+    lr: float, step: int, progress: float, schedule: str = "constant", warmup: int = 0
+) -> float:
+    """The learning rate of step ``step`` (from 0) at ``progress`` in [0, 1] of the budget:
+    ``lr`` throughout (``"constant"``) or decayed to zero along half a cosine
+    (``"cosine"``), times a linear warm-up over the first ``warmup`` steps."""
+    factor = min(1.0, (step + 1) / warmup) if warmup > 0 else 1.0
+    if schedule == "cosine":
+        factor *= 0.5 * (1.0 + math.cos(math.pi * min(max(progress, 0.0), 1.0)))
+    elif schedule != "constant":
+        raise ValueError(f"unknown schedule {schedule!r}; expected 'constant' or 'cosine'")
+    return lr * factor
+
+
+class WeightAverage:
+    """Exponential moving average of a model's parameters (buffers copied), with the usual
+    warm-up of the decay, ``min(decay, (1 + t) / (10 + t))`` at update ``t``."""
+
+    def __init__(self, model: torch.nn.Module, decay: float):
+        self.model, self.decay, self.updates = copy.deepcopy(model), decay, 0
+
+    @torch.no_grad()
+    def update(self, model: torch.nn.Module) -> None:
+        decay = min(self.decay, (1 + self.updates) / (10 + self.updates))
+        for average, current in zip(self.model.parameters(), model.parameters(), strict=True):
+            average.lerp_(current, 1.0 - decay)
+        for average, current in zip(self.model.buffers(), model.buffers(), strict=True):
+            average.copy_(current)
+        self.updates += 1
+
+
 def train(
     model: Flow,
     levels: torch.Tensor,
@@ -66,6 +97,9 @@ def train(
     validation: torch.Tensor | None = None,
     eval_every: int = 50,
     cpu_seconds: float = math.inf,
+    schedule: str = "constant",
+    warmup: int = 0,
+    ema: float = 0.0,
 ) -> int:
     """Maximum likelihood on freshly dequantized batches for ``seconds`` of wall time,
     ``cpu_seconds`` of CPU time (``time.process_time``, validation included) or
@@ -74,18 +108,27 @@ def train(
     (early stopping: 1,257 training images are few for the larger flows). Batches and
     their noise come from their own generator seeded with ``seed``, so every model sees
     the same batches whatever randomness it draws itself (e.g. a variational
-    dequantizer). Returns the number of steps taken."""
+    dequantizer). ``schedule="cosine"`` decays the learning rate to zero over the step
+    or CPU-time budget (whichever is further along), after a linear warm-up of
+    ``warmup`` steps; ``ema > 0`` keeps an exponential moving average of the weights
+    with that decay, which is what is validated and kept. Returns the number of steps
+    taken."""
     torch.manual_seed(seed)
     batches = torch.Generator().manual_seed(seed)
     optimizer = torch.optim.Adam(model.parameters(), lr=lr)
-    best, best_state = math.inf, None
+    best, best_state, average = math.inf, None, None
     start, start_cpu, step = time.perf_counter(), time.process_time(), 0
-    while (
-        time.perf_counter() - start < seconds
-        and time.process_time() - start_cpu < cpu_seconds
-        and (max_steps is None or step < max_steps)
-    ):
+
+    def progress() -> float:
+        done = [(time.perf_counter() - start) / seconds, (time.process_time() - start_cpu) / cpu_seconds]
+        if max_steps is not None:
+            done.append(step / max_steps)
+        return max(done)
+
+    while progress() < 1.0:
         model.train()
+        for group in optimizer.param_groups:
+            group["lr"] = learning_rate(lr, step, progress(), schedule, warmup)
         batch = levels[torch.randint(len(levels), (batch_size,), generator=batches)]
         x = as_event(model, dequantize(batch, DIGITS_LEVELS, generator=batches))
         loss = -model.log_prob(x).mean()
@@ -94,12 +137,19 @@ def train(
         torch.nn.utils.clip_grad_norm_(model.parameters(), 100.0)
         optimizer.step()
         step += 1
+        if ema > 0:
+            # after the first step, so data-initialised layers (ActNorm) start initialised
+            average = WeightAverage(model, ema) if average is None else average
+            average.update(model)
+        scored = model if average is None else average.model
         if validation is not None and step % eval_every == 0:
-            score = test_bits_per_dim(model, validation, seed=3)
+            score = test_bits_per_dim(scored, validation, seed=3)
             if score < best:
-                best, best_state = score, copy.deepcopy(model.state_dict())
+                best, best_state = score, copy.deepcopy(scored.state_dict())
     if best_state is not None:
         model.load_state_dict(best_state)
+    elif average is not None:
+        model.load_state_dict(average.model.state_dict())
     model.eval()
     return step
 

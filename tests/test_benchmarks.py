@@ -151,6 +151,31 @@ def test_memory_benchmark_smoke(tmp_path):
     assert (tmp_path / "memory_cpu.md").read_text().count("couplings") == 2
 
 
+def test_memory_benchmark_smoke_class_conditional(tmp_path):
+    from benchmarks import memory
+
+    rows = memory.main(["--smoke", "--context-dim", "3", "--out", str(tmp_path)])["results"]
+    assert all(r["context_dim"] == 3 and math.isfinite(r["loss"]) for r in rows)
+    # the same model and data with and without memory saving: the same loss
+    by = {(r["depth"], r["memory_saving"]): r["loss"] for r in rows}
+    assert all(abs(by[(d, False)] - by[(d, True)]) < 1e-4 for d in (1, 2))
+    assert "class-conditional Glow" in (tmp_path / "memory_cpu_conditional.md").read_text()
+
+
+def test_digits_ablation_smoke_with_recipe_options(tmp_path):
+    from benchmarks import digits_ablation
+
+    argv = ["--smoke", "--out", str(tmp_path), "--models", "real_nvp_image", "+ both"]
+    argv += ["--schedule", "cosine", "--warmup", "2", "--ema", "0.9", "--coupling", "spline"]
+    argv += ["--deq-couplings", "2", "--deq-blocks", "1", "--alpha", "0.01"]
+    results = digits_ablation.main(argv)["results"]
+    assert set(results) == {"real_nvp_image", "+ both"}
+    assert all(
+        r["steps"] == 4 and math.isfinite(r["bound"]) and r["iw"] <= r["bound"] + 1 for r in results.values()
+    )
+    assert "cosine" in (tmp_path / "digits_ablation.md").read_text()
+
+
 def test_digits_smoke(tmp_path, capsys):
     pytest.importorskip("normflows")
     from benchmarks import digits

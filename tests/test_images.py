@@ -671,6 +671,30 @@ def test_variational_dequantization_trains_jointly():
     assert all(moved)  # the dequantizer is trained with the flow
 
 
+def test_digits_training_schedule_and_weight_average():
+    example = _digits_example()
+    rates = [example.learning_rate(1e-3, s, s / 10, "cosine", warmup=2) for s in (0, 1, 5, 10)]
+    assert rates == pytest.approx([5e-4, 1e-3 * 0.5 * (1 + math.cos(math.pi * 0.1)), 5e-4, 0.0])
+    assert example.learning_rate(1e-3, 7, 0.7) == 1e-3  # constant, no warm-up
+    with pytest.raises(ValueError, match="unknown schedule"):
+        example.learning_rate(1e-3, 0, 0.0, "linear")
+    levels = load_digits("train")
+    runs = {}
+    for ema in (0.0, 0.9):
+        torch.manual_seed(0)
+        model = Flow([pyro_flows.glow((1, 8, 8), num_scales=2, steps_per_scale=1, **TINY), Logit((1, 8, 8))])
+        example.train(model, levels, seconds=math.inf, max_steps=6, lr=3e-3, ema=ema, schedule="cosine")
+        runs[ema] = [p.detach().clone() for p in model.parameters()]
+    # the same steps (same batches and seed): the kept weights are the average, not the last
+    assert any(not torch.equal(a, b) for a, b in zip(runs[0.0], runs[0.9], strict=True))
+    average = example.WeightAverage(torch.nn.Linear(2, 1), decay=0.5)
+    start, target = average.model.bias.detach().clone(), torch.nn.Linear(2, 1)
+    average.update(target)  # decay min(0.5, 1/10) at the first update: 90% of the way
+    assert torch.allclose(average.model.bias, start + 0.9 * (target.bias - start))
+    average.update(target)  # then min(0.5, 2/11)
+    assert torch.allclose(average.model.bias, target.bias + (2 / 11) * 0.1 * (start - target.bias))
+
+
 def test_cli_fit_with_variational_dequantization(tmp_path):
     from pyro_flows.cli import main as cli
 
@@ -711,8 +735,37 @@ def test_class_conditional_flow_uses_each_context(name):
     assert model.condition(labels[:4]).sample().shape == (4, 2, 8, 8)
     with pytest.raises(ValueError, match=r"expected a context of shape \(\*batch, 10\)"):
         cflow.condition(torch.zeros(3))
-    with pytest.raises(ValueError, match="memory_saving is not available"):
-        PRIOR_BUILDERS[name](context_dim=10, memory_saving=True)
+
+
+@pytest.mark.parametrize("name", sorted(PRIOR_BUILDERS))
+def test_class_conditional_memory_saving_gradients_equal_backprop_float64(name):
+    torch.manual_seed(0)
+    plain = PRIOR_BUILDERS[name](split_prior="learned", context_dim=3).double()
+    saving = PRIOR_BUILDERS[name](split_prior="learned", context_dim=3, memory_saving=True).double()
+    assert saving.memory_saving and saving.inner.memory_saving and not plain.memory_saving
+    base = standard_normal((2, 8, 8))
+    x = torch.randn(6, 2, 8, 8, dtype=torch.float64)
+    labels = torch.eye(3, dtype=torch.float64)[torch.tensor([0, 1, 2, 0, 1, 2])]
+    plain.train()
+    plain.condition(labels).inv(x)  # ActNorm initialisation, batch statistics
+    randomize(plain, 0.05)
+    saving.load_state_dict(plain.state_dict())
+    assert saving.condition(labels).memory_saving
+    # a context that is itself learned (an embedding) receives its gradient too
+    embedding = torch.nn.Linear(3, 3).double()
+    for mode in ("train", "eval"):
+        grads = []
+        for cflow in (plain, saving):
+            getattr(cflow, mode)()
+            context = embedding(labels)
+            model = dist.ConditionalTransformedDistribution(base, [cflow]).condition(context)
+            grads.append(_gradients(model, x, [*cflow.parameters(), *embedding.parameters()]))
+        assert all(g is not None for g in grads[1])
+        assert _relative_error(*grads) <= 1e-6
+        assert _relative_error(grads[0][:1], grads[1][:1]) <= 1e-6  # the input's gradient alone
+        assert _relative_error(grads[0][-2:], grads[1][-2:]) <= 1e-6  # the context's embedding
+    for (key, a), b in zip(plain.named_buffers(), saving.buffers(), strict=True):
+        assert torch.allclose(a, b, atol=1e-12), key
 
 
 def test_class_conditional_digits_example_smoke(tmp_path):

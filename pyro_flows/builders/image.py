@@ -76,7 +76,9 @@ def _multi_scale(
         layers = list(reversed(scale_layers(s, squeezed, last)))
         if context_dim is not None:
             inner = None if last else scale((squeezed[0] - squeezed[0] // 2, h // 2, w // 2), level + 1)
-            return ConditionalMultiScale(layers, s, context_dim, inner=inner, split_prior=split_prior)
+            return ConditionalMultiScale(
+                layers, s, context_dim, inner=inner, split_prior=split_prior, memory_saving=memory_saving
+            )
         transform = ComposeTransformModule(layers)
         options = dict(split_prior=split_prior, memory_saving=memory_saving)
         if last:
@@ -84,8 +86,6 @@ def _multi_scale(
         kept = (squeezed[0] - squeezed[0] // 2, h // 2, w // 2)
         return MultiScale(transform, s, inner=scale(kept, level + 1), **options)
 
-    if context_dim is not None and memory_saving:
-        raise ValueError("memory_saving is not available for conditional image flows (context_dim) yet")
     return scale(shape, 0)
 
 

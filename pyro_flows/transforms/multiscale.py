@@ -283,6 +283,10 @@ class ConditionalMultiScale(ConditionalTransformModule):
     :param inner: the coarser scales, a :class:`ConditionalMultiScale` or ``None``.
     :param str split_prior: ``"fixed"`` or ``"learned"`` (see :class:`MultiScale`).
     :param int context_channels: channels of the embedded context in the split priors.
+    :param bool memory_saving: run the per-scale layers of every conditioned flow in the
+        normalizing direction with
+        :func:`~pyro_flows.transforms.recompute.normalize_recomputing` (see
+        :class:`MultiScale`); gradients also reach a context that requires them.
 
     >>> import pyro_flows
     >>> cflow = pyro_flows.glow((1, 4, 4), num_scales=2, steps_per_scale=1, hidden_channels=4,
@@ -302,6 +306,7 @@ class ConditionalMultiScale(ConditionalTransformModule):
         inner: Optional[ConditionalMultiScale] = None,
         split_prior: str = "fixed",
         context_channels: int = 8,
+        memory_saving: bool = False,
     ):
         super().__init__()
         event_shape = torch.Size(event_shape)
@@ -326,6 +331,8 @@ class ConditionalMultiScale(ConditionalTransformModule):
         )
         self.scale_shape, self.factored_shape = probe.scale_shape, probe.factored_shape
         self.kept_shape = probe.kept_shape
+        self._probe_blocks = normalizing_blocks(probe.transform)
+        self.memory_saving = memory_saving
         if split_prior == "learned":
             if inner is None:
                 self.prior_loc = nn.Parameter(torch.zeros(self.scale_shape))
@@ -340,6 +347,18 @@ class ConditionalMultiScale(ConditionalTransformModule):
                 )
                 nn.init.zeros_(self.prior_net.weight)
                 nn.init.zeros_(self.prior_net.bias)
+
+    @property
+    def memory_saving(self) -> bool:
+        return self.__dict__["_memory_saving"]
+
+    @memory_saving.setter
+    def memory_saving(self, value: bool) -> None:
+        if value:
+            _check_blocks(self.__dict__["_probe_blocks"], "ConditionalMultiScale")
+        self.__dict__["_memory_saving"] = bool(value)
+        if isinstance(self.inner, ConditionalMultiScale):
+            self.inner.memory_saving = value
 
     @staticmethod
     def _conditioned(layer, context):
@@ -373,7 +392,7 @@ class ConditionalMultiScale(ConditionalTransformModule):
     def extra_repr(self) -> str:
         return (
             f"event_shape={tuple(self.event_shape)}, context_dim={self.context_dim}, "
-            f"split_prior={self.split_prior!r}"
+            f"split_prior={self.split_prior!r}, memory_saving={self.memory_saving}"
         )
 
 
@@ -392,7 +411,7 @@ class _ConditionedMultiScale(MultiScale):
         self.kept_shape, self.split_prior = parent.kept_shape, parent.split_prior
         self.parent = parent
         self.context = context
-        self.__dict__["_memory_saving"] = False
+        self.__dict__["_memory_saving"] = parent.memory_saving
 
     def prior(self, h=None, batch_shape=()):
         return self.parent.prior(h, batch_shape, self.context)

@@ -32,7 +32,12 @@ import torch
 from pyro.distributions.torch_transform import ComposeTransformModule
 
 from .base import FlowTransform
-from .coupling import AdditiveCoupling, AffineCoupling
+from .coupling import (
+    AdditiveCoupling,
+    AffineCoupling,
+    _ConditionedAdditiveCoupling,
+    _ConditionedAffineCoupling,
+)
 from .normalization import RealNVPBatchNorm
 
 __all__ = ["MemorySaving", "memory_saving", "normalize_recomputing"]
@@ -65,6 +70,29 @@ def _buffers_kept(block: torch.nn.Module):
                     buffer.copy_(value)
 
 
+def _differentiable(block: torch.nn.Module) -> List[torch.Tensor]:
+    """The tensors of a layer that gradients flow to: its parameters and, for a layer
+    conditioned on a context, the context when it requires a gradient (it is held as a
+    plain attribute and listed by ``_state_tensors``)."""
+    tensors = block._state_tensors() if isinstance(block, FlowTransform) else list(block.parameters())
+    return [t for t in tensors if t.requires_grad]
+
+
+# Layers whose map is a coupling over ``partition`` with ``_shift_log_scale``/``_params``
+# of the conditioning half and nothing else: exactly these classes (a subclass may change
+# the map). The conditioned ones broadcast their input against the context first, which
+# the enclosing flow has done already (``_ConditionedMultiScale``), so the input is final.
+_FUSED = (AffineCoupling, AdditiveCoupling, _ConditionedAffineCoupling, _ConditionedAdditiveCoupling)
+_AFFINE = (AffineCoupling, _ConditionedAffineCoupling)
+
+
+def _fusable(block: torch.nn.Module, y: torch.Tensor) -> bool:
+    if type(block) not in _FUSED:
+        return False
+    expand = getattr(block, "_expand", None)  # a conditioned coupling: y already broadcast?
+    return expand is None or expand(y).shape == y.shape
+
+
 def _grad_or_zeros(grad, like):
     return torch.zeros_like(like) if grad is None else grad
 
@@ -92,7 +120,7 @@ def _coupling_backward(block, y, grad_y, grad_ladj, params):
     y_a, y_b = partition.split(y)
     condition = y_a.detach().requires_grad_()
     with torch.enable_grad():
-        if isinstance(block, AffineCoupling):
+        if type(block) in _AFFINE:
             shift, log_scale = block._shift_log_scale(condition)
         else:
             (shift,) = block._params(condition)
@@ -158,10 +186,8 @@ class _InvertibleBackprop(torch.autograd.Function):
         device, enabled, dtype = ctx.autocast
         with torch.autocast(device, dtype=dtype, enabled=enabled):
             for block in reversed(ctx.blocks):
-                params = [p for p in block.parameters() if id(p) in position]
-                # exactly these two classes: a subclass may change the map (e.g. a context)
-                fused = type(block) in (AffineCoupling, AdditiveCoupling)
-                backward = _coupling_backward if fused else _generic_backward
+                params = [p for p in _differentiable(block) if id(p) in position]
+                backward = _coupling_backward if _fusable(block, y) else _generic_backward
                 with _buffers_kept(block):
                     y, grad_y, grads = backward(block, y, grad_y, grad_ladj, params)
                 for p, g in zip(params, grads, strict=True):
@@ -192,8 +218,8 @@ def normalize_recomputing(
         return y, ladj
     params, seen = [], set()
     for block in blocks:
-        for p in block.parameters():
-            if p.requires_grad and id(p) not in seen:
+        for p in _differentiable(block):
+            if id(p) not in seen:
                 seen.add(id(p))
                 params.append(p)
     return _InvertibleBackprop.apply(blocks, event_dim, x, *params)
