@@ -250,7 +250,9 @@ for _lib in ("zuko", "nflows", "normflows"):
 
 
 def fit_available(names: Sequence[str]) -> list:
-    return [n for n in names if importlib.util.find_spec(FIT_PACKAGES[n]) is not None]
+    """The fit contenders among ``names`` whose library can be imported here (a
+    ``NAME+recipe`` contender needs NAME's)."""
+    return [n for n in names if importlib.util.find_spec(FIT_PACKAGES[n.split("+")[0]]) is not None]
 
 
 def build_fit(name: str, dim: int, num_layers: int = 8, hidden_dims: Sequence[int] = (128, 128)) -> Contender:

@@ -31,6 +31,36 @@ from .contenders import FIT_NAMES, OUR_VARIANTS, build_fit, fit_available, set_v
 from .toy_targets import TARGETS
 
 GAUSSIAN = "gaussian"
+#: a contender name ending in this trains with our training recipe (see :func:`recipe_of`)
+RECIPE = "+recipe"
+
+
+def recipe_of(args) -> dict:
+    """The training recipe of ``NAME+recipe`` contenders: by default that of
+    :func:`pyro_flows.train.train` (the defaults of :class:`~pyro_flows.train.RunConfig`),
+    with the benchmark's batches; ``--recipe-*`` options override each part."""
+    from pyro_flows.train import RunConfig
+
+    defaults = RunConfig()
+    recipe = {
+        "lr": defaults.lr,
+        "warmup_steps": defaults.warmup_steps,
+        "schedule": defaults.schedule,
+        "grad_clip": defaults.grad_clip,
+        "ema": defaults.ema,
+    }
+    for key in recipe:
+        value = getattr(args, f"recipe_{key}", None)
+        if value is not None:
+            recipe[key] = value
+    return recipe
+
+
+def split_name(name: str):
+    """``"ours+recipe"`` -> ``("ours", True)``; ``"zuko_nsf"`` -> ``("zuko_nsf", False)``."""
+    if name.endswith(RECIPE):
+        return name[: -len(RECIPE)], True
+    return name, False
 
 
 def gaussian_nll(train: torch.Tensor, test: torch.Tensor) -> float:
@@ -51,9 +81,16 @@ def test_nll(contender, test: torch.Tensor) -> float:
 def fit_one(name, train, test, seed, args, cpu_budget=0.0):
     """Train ``name`` for ``max(args.steps)`` steps and until ``cpu_budget`` CPU seconds;
     return its checkpoints ``[(step, cpu_seconds, test_nll), ...]``."""
+    from pyro_flows.train.averaging import WeightAverage
+    from pyro_flows.train.loop import lr_factor
+
+    base, with_recipe = split_name(name)
+    recipe = recipe_of(args) if with_recipe else None
     torch.manual_seed(seed)
-    contender = build_fit(name, train.shape[-1], args.layers, args.hidden)
-    optimizer = torch.optim.Adam(contender.module.parameters(), lr=args.lr)
+    contender = build_fit(base, train.shape[-1], args.layers, args.hidden)
+    lr = recipe["lr"] if recipe else args.lr
+    optimizer = torch.optim.Adam(contender.module.parameters(), lr=lr)
+    average = WeightAverage(contender.module, recipe["ema"]) if recipe and recipe["ema"] > 0 else None
     batches = torch.Generator().manual_seed(seed)  # the same batches for everyone
     contender.module.train()
     checkpoints, cpu, step = [], 0.0, 0
@@ -61,17 +98,29 @@ def fit_one(name, train, test, seed, args, cpu_budget=0.0):
     while step < last_step or cpu < cpu_budget:
         start = time.process_time()
         x = train[torch.randint(len(train), (args.batch,), generator=batches)]
+        if recipe:  # the schedule spans the longest --steps, as `fit --steps N` would
+            factor = lr_factor(step, last_step, recipe["warmup_steps"], recipe["schedule"])
+            for group in optimizer.param_groups:
+                group["lr"] = lr * factor
         optimizer.zero_grad(set_to_none=True)
         loss = -contender.log_prob(x).mean()
         loss.backward()
+        if recipe and recipe["grad_clip"] > 0:
+            torch.nn.utils.clip_grad_norm_(contender.module.parameters(), recipe["grad_clip"])
         optimizer.step()
+        if average is not None:
+            average.update()
         cpu += time.process_time() - start
         step += 1
         if not math.isfinite(float(loss.detach())):
             checkpoints.append((step, cpu, float("nan")))
             break
         if step % args.eval_every == 0 or step in args.steps:
-            checkpoints.append((step, cpu, test_nll(contender, test)))
+            if average is None:
+                checkpoints.append((step, cpu, test_nll(contender, test)))
+            else:
+                with average.applied():
+                    checkpoints.append((step, cpu, test_nll(contender, test)))
     return checkpoints
 
 
@@ -118,7 +167,7 @@ def _cell(mean, se):
 
 
 def _peers(names):
-    return [n for n in names if not n.startswith("ours")]
+    return [n for n in names if not n.startswith("ours") and not n.endswith(RECIPE)]
 
 
 def render(results, names, info, cmd, args) -> str:
@@ -130,8 +179,20 @@ def render(results, names, info, cmd, args) -> str:
         f"- settings: Adam lr {args.lr}, batches of {args.batch} (identical for all), "
         f"{args.train} training / {args.test} test points, seeds {args.seeds} (mean ± standard error "
         "over seeds), each library's own initialisation",
-        "",
     ]
+    if any(split_name(n)[1] for n in names):
+        recipe = recipe_of(args)
+        lines.append(
+            f"- `NAME{RECIPE}`: trained with our recipe instead: Adam lr {recipe['lr']}, "
+            f"{recipe['warmup_steps']} warm-up steps, {recipe['schedule']} schedule over {max(args.steps)} steps, "
+            f"gradient norm clipped at {recipe['grad_clip'] or 'no limit'}, "
+            + (
+                f"evaluated with the EMA of the weights (decay {recipe['ema']})"
+                if recipe["ema"]
+                else "no weight averaging"
+            )
+        )
+    lines.append("")
     peers = _peers(names)
     conditions = [("steps", s, f"after {s} steps") for s in args.steps]
     conditions += [("cpu", s, f"at equal CPU time: what {names[0]} needs for {s} steps") for s in args.steps]
@@ -165,6 +226,7 @@ def render(results, names, info, cmd, args) -> str:
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     choices = list(dict.fromkeys(FIT_NAMES + tuple(OUR_VARIANTS)))
+    choices += [n + RECIPE for n in choices]
     p.add_argument("--targets", nargs="+", default=list(TARGETS), choices=list(TARGETS))
     p.add_argument("--libs", nargs="+", default=list(FIT_NAMES), choices=choices)
     p.add_argument("--layers", type=int, default=8)
@@ -177,6 +239,13 @@ def parse_args(argv=None):
     p.add_argument("--test", type=int, default=10_000)
     p.add_argument("--entropy-samples", type=int, default=200_000)
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
+    p.add_argument("--recipe-lr", type=float, help="NAME+recipe contenders: base learning rate")
+    p.add_argument("--recipe-warmup-steps", type=int, help="NAME+recipe contenders: linear warm-up steps")
+    p.add_argument("--recipe-schedule", choices=("constant", "cosine"), help="NAME+recipe contenders")
+    p.add_argument("--recipe-grad-clip", type=float, help="NAME+recipe contenders: 0 disables clipping")
+    p.add_argument(
+        "--recipe-ema", type=float, help="NAME+recipe contenders: EMA decay of the evaluated weights, 0 off"
+    )
     p.add_argument("--no-cpu", action="store_true", help="skip the equal-CPU-time comparison")
     p.add_argument("--validate", action="store_true", help="turn distribution validation on for all")
     p.add_argument("--out", default=str(report.RESULTS))

@@ -125,6 +125,12 @@ class RunConfig:
     warmup_steps: int = _opt(0, "steps of linear learning-rate warm-up", "training")
     weight_decay: float = _opt(0.0, "Adam weight decay", "training")
     grad_clip: float = _opt(5.0, "clip the gradient norm to this value; 0 disables clipping", "training")
+    ema: float = _opt(
+        0.0,
+        "evaluate, keep and sample the exponential moving average of the weights with this decay "
+        "(e.g. 0.999; warmed up as min(decay, (1 + t) / (10 + t)) after t steps); 0 turns it off",
+        "training",
+    )
     eval_every: int = _opt(200, "steps between validation NLL evaluations (and checkpoints)", "training")
     patience: int = _opt(
         10,
@@ -178,6 +184,8 @@ class RunConfig:
             raise ValueError(
                 f"--objective flow-matching trains a continuous flow: use --flow ffjord, got --flow {self.flow}"
             )
+        if not 0 <= self.ema < 1:
+            raise ValueError(f"--ema must be in [0, 1) (0 turns averaging off), got {self.ema}")
         for name in ("lr", "grad_clip", "weight_decay", "kinetic_weight", "frobenius_weight", "fm_sigma"):
             value = getattr(self, name)
             if not math.isfinite(value) or value < 0 or (name == "lr" and value == 0):
