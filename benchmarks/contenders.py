@@ -243,6 +243,11 @@ OUR_VARIANTS = {
     "ours_linear": {"linear": True},
     "ours_bins16": {"num_bins": 16},
     "ours_alternating": {"mask": "alternating"},
+    "ours_mixed": {"mask": "mixed"},
+    "ours_bins16_b5": {"num_bins": 16, "tail_bound": 5.0},
+    "ours_b5": {"tail_bound": 5.0},
+    "ours_elementwise": {"elementwise": True},
+    "ours_mixed_elementwise": {"mask": "mixed", "elementwise": True},
 }
 FIT_PACKAGES = {name: "pyro_flows" for name in (*OUR_VARIANTS, "ours_real_nvp")}
 for _lib in ("zuko", "nflows", "normflows"):

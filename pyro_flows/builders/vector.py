@@ -11,7 +11,7 @@ from torch import nn
 from ..transforms.coupling import additive_coupling, affine_coupling
 from ..transforms.linear import InvertibleLinear, Scaling
 from ..transforms.normalization import ActNorm, real_nvp_batch_norm
-from ..transforms.spline import spline_coupling
+from ..transforms.spline import ElementwiseSpline, spline_coupling
 from ._checks import check_count, check_hidden_dims
 
 __all__ = ["nice", "real_nvp", "spline_flow", "VectorFlow"]
@@ -135,6 +135,7 @@ def spline_flow(
     mask: Union[str, torch.Tensor] = "half",
     activation: Callable[[], nn.Module] = nn.ReLU,
     affine: bool = True,
+    elementwise: bool = False,
 ) -> VectorFlow:
     r"""A neural spline flow (Durkan et al., 2019): ``num_layers`` rational-quadratic
     spline couplings (:class:`~pyro_flows.transforms.SplineCoupling`) whose partitions
@@ -187,12 +188,23 @@ def spline_flow(
     hidden_dims = check_hidden_dims(hidden_dims, "spline_flow")
     if not tail_bound > 0:
         raise ValueError(f"spline_flow: tail_bound must be positive, got {tail_bound}")
+    if isinstance(mask, str) and mask not in ("half", "alternating", "mixed"):
+        raise ValueError(
+            f"spline_flow: mask must be 'half', 'alternating', 'mixed' or a tensor, got {mask!r}"
+        )
     parts = []
     for i in range(num_layers):
         if linear and i > 0:
             parts.append(InvertibleLinear(input_dim))
+        layer_mask = mask
+        if isinstance(mask, str) and mask == "mixed":  # two "half" layers, two "alternating", ...
+            layer_mask = "half" if (i // 2) % 2 == 0 else "alternating"
+        if elementwise:
+            parts.append(ElementwiseSpline(input_dim, num_bins, tail_bound))
         parts.append(
-            spline_coupling(input_dim, hidden_dims, mask, i % 2, num_bins, tail_bound, activation, affine)
+            spline_coupling(
+                input_dim, hidden_dims, layer_mask, i % 2, num_bins, tail_bound, activation, affine
+            )
         )
         if act_norm:
             parts.append(ActNorm(input_dim, event_dim=1))

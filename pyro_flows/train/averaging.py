@@ -109,5 +109,5 @@ class WeightAverage:
         self.num_updates = int(state["num_updates"])
         self.shadow = [
             s.detach().to(device=p.device, dtype=p.dtype).clone()
-            for s, p in zip(shadow, self.params, strict=True)
+            for s, p in zip(shadow, self.params[: len(shadow)], strict=True)
         ]
