@@ -128,6 +128,40 @@ def at_step(checkpoints, step):
     return next((nll for s, _, nll in checkpoints if s == step), float("nan"))
 
 
+def merge(paths, names, steps):
+    """The results of several runs (their ``.json`` files, same settings but different
+    contenders, seeds or step counts) as one: checkpoints joined per target, seed and
+    contender (a later file wins on a clash)."""
+    import json
+
+    results = {}
+    for path in paths:
+        with open(path) as fh:
+            data = json.load(fh)
+        for target, res in data["results"].items():
+            merged = results.setdefault(
+                target,
+                {"entropy": res["entropy"], "entropy_se": res["entropy_se"], "by_seed": {}, "gaussians": {}},
+            )
+            if abs(merged["entropy"] - res["entropy"]) > 1e-9:
+                raise ValueError(f"{path}: entropy of {target} differs; use the same --entropy-samples")
+            for seed, run, gaussian in zip(
+                data["settings"]["seeds"], res["checkpoints"], res["gaussians"], strict=True
+            ):
+                merged["by_seed"].setdefault(seed, {}).update(
+                    {k: [tuple(c) for c in v] for k, v in run.items()}
+                )
+                merged["gaussians"][seed] = gaussian
+    for res in results.values():
+        runs = [res["by_seed"][seed] for seed in sorted(res["by_seed"])]
+        res["gaussian"] = sum(res["gaussians"].values()) / len(res["gaussians"])
+        res["summary"] = summarize(runs, res["entropy"], names, steps)
+        res["checkpoints"] = runs
+        res["seeds"] = sorted(res["by_seed"])
+        del res["by_seed"], res["gaussians"]
+    return results
+
+
 def within(checkpoints, budget):
     """The test NLL of the last checkpoint whose CPU time is within ``budget`` (10% slack
     for timer noise); NaN if none."""
@@ -145,22 +179,42 @@ def mean_se(values):
 
 def summarize(runs, entropy, names, steps):
     """Per contender: the mean gap and its standard error over seeds at each step count
-    and at each CPU budget (the first contender's CPU time for that many steps)."""
+    and at each CPU budget (the first contender's CPU time for that many steps). Seeds
+    where a contender (or, for the CPU budget, the first contender) did not run or
+    stopped before that step are left out of its figures."""
     reference = names[0]
     out = {}
     for name in names:
         by_step, by_cpu = {}, {}
         for step in steps:
-            gaps = [at_step(run[name], step) - entropy for run in runs]
-            by_step[step] = mean_se(gaps)
-            budgets = [next(c for s, c, _ in run[reference] if s == step) for run in runs]
-            gaps = [within(run[name], b) - entropy for run, b in zip(runs, budgets, strict=True)]
-            by_cpu[step] = (*mean_se(gaps), sum(budgets) / len(budgets))
+            mine = [run[name] for run in runs if name in run and _reached(run[name], step)]
+            by_step[step] = mean_se([at_step(c, step) - entropy for c in mine]) if mine else _NONE
+            pairs = [
+                (run[name], next(c for s, c, _ in run[reference] if s == step))
+                for run in runs
+                if name in run and reference in run and _reached(run[reference], step)
+            ]
+            gaps = [within(c, b) - entropy for c, b in pairs]
+            budget = sum(b for _, b in pairs) / len(pairs) if pairs else float("nan")
+            by_cpu[step] = (*(mean_se(gaps) if pairs else _NONE), budget)
         out[name] = {"steps": by_step, "cpu": by_cpu}
     return out
 
 
+#: the figure of a contender that did not run at that step (or seed)
+_NONE = (None, None)
+
+
+def _reached(checkpoints, step):
+    """Whether a run recorded ``step`` (or diverged before it, which counts as a result)."""
+    return any(s == step for s, _, _ in checkpoints) or (
+        bool(checkpoints) and not math.isfinite(checkpoints[-1][2]) and checkpoints[-1][0] <= step
+    )
+
+
 def _cell(mean, se):
+    if mean is None:
+        return "-"
     if not math.isfinite(mean):
         return "diverged"
     return f"{mean:.3f}" + (f" ± {se:.3f}" if math.isfinite(se) else "")
@@ -184,7 +238,13 @@ def render(results, names, info, cmd, args) -> str:
         recipe = recipe_of(args)
         lines.append(
             f"- `NAME{RECIPE}`: trained with our recipe instead: Adam lr {recipe['lr']}, "
-            f"{recipe['warmup_steps']} warm-up steps, {recipe['schedule']} schedule over {max(args.steps)} steps, "
+            f"{recipe['warmup_steps']} warm-up steps, {recipe['schedule']} schedule over "
+            + (
+                "the steps of its run (the largest --steps of that run)"
+                if args.merge
+                else f"{max(args.steps)} steps"
+            )
+            + ", "
             f"gradient norm clipped at {recipe['grad_clip'] or 'no limit'}, "
             + (
                 f"evaluated with the EMA of the weights (decay {recipe['ema']})"
@@ -193,6 +253,20 @@ def render(results, names, info, cmd, args) -> str:
             )
         )
     lines.append("")
+    if args.merge:
+        at = next(i for i, line in enumerate(lines) if line.startswith("- settings"))
+        lines[at] = lines[at].replace(f"seeds {args.seeds}", "seeds as counted below")
+        counts = []
+        for step in args.steps:
+            per = []
+            for name in names:
+                n = {
+                    sum(1 for run in res["checkpoints"] if name in run and _reached(run[name], step))
+                    for res in results.values()
+                }
+                per.append(f"{name} {'/'.join(map(str, sorted(n)))}")
+            counts.append(f"after {step} steps: " + ", ".join(per))
+        lines.insert(-1, "- seeds per figure (merged runs): " + "; ".join(counts))
     peers = _peers(names)
     conditions = [("steps", s, f"after {s} steps") for s in args.steps]
     conditions += [("cpu", s, f"at equal CPU time: what {names[0]} needs for {s} steps") for s in args.steps]
@@ -211,10 +285,11 @@ def render(results, names, info, cmd, args) -> str:
             if kind == "cpu":
                 row[1] += f" ({cells[names[0]][2]:.1f} s)"
             if peers and names[0] not in peers:
-                finite = [p for p in peers if math.isfinite(cells[p][0])]
+                finite = [p for p in peers if cells[p][0] is not None and math.isfinite(cells[p][0])]
                 if finite:
                     best = min(finite, key=lambda p: cells[p][0])
-                    ratio = cells[names[0]][0] / cells[best][0] if cells[best][0] > 0 else float("nan")
+                    ours = cells[names[0]][0]
+                    ratio = ours / cells[best][0] if ours is not None and cells[best][0] > 0 else float("nan")
                     row += [f"{best} {cells[best][0]:.3f}", f"{ratio:.2f}"]
                 else:
                     row += ["-", "-"]
@@ -248,6 +323,12 @@ def parse_args(argv=None):
     )
     p.add_argument("--no-cpu", action="store_true", help="skip the equal-CPU-time comparison")
     p.add_argument("--validate", action="store_true", help="turn distribution validation on for all")
+    p.add_argument(
+        "--merge",
+        nargs="+",
+        metavar="JSON",
+        help="run nothing: join the .json results of earlier runs (same settings) and report --libs at --steps",
+    )
     p.add_argument("--out", default=str(report.RESULTS))
     p.add_argument("--stem", default="fit")
     args = p.parse_args(argv)
@@ -261,6 +342,20 @@ def main(argv=None) -> dict:
     names = fit_available(args.libs)
     set_validation([], args.validate)
     info, cmd = report.machine("cpu"), report.command()
+    if args.merge:
+        import json
+
+        with open(args.merge[0]) as fh:  # the runs' settings (data sizes, loop, recipe), not merge's defaults
+            saved = json.load(fh)["settings"]
+        for key in ("layers", "hidden", "batch", "lr", "train", "test") + tuple(
+            k for k in saved if k.startswith("recipe_")
+        ):
+            setattr(args, key, saved[key])
+        results = merge(args.merge, names, args.steps)
+        markdown = render(results, names, info, cmd, args)
+        data = {"machine": info, "command": cmd, "settings": vars(args), "results": results}
+        report.publish(args.stem, markdown, data, args.out)
+        return data
     results = {}
     for target_name in args.targets:
         target = TARGETS[target_name]
@@ -287,6 +382,7 @@ def main(argv=None) -> dict:
             "entropy": entropy,
             "entropy_se": entropy_se,
             "gaussian": sum(gaussians) / len(gaussians),
+            "gaussians": gaussians,
             "summary": summarize(runs, entropy, names, args.steps),
             "checkpoints": runs,
         }
