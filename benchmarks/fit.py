@@ -40,11 +40,13 @@ def recipe_of(args) -> dict:
     :func:`pyro_flows.train.train` (the defaults of :class:`~pyro_flows.train.RunConfig`),
     with the benchmark's batches; ``--recipe-*`` options override each part."""
     from pyro_flows.train import RunConfig
+    from pyro_flows.train.loop import learning_rate
 
-    defaults = RunConfig()
+    defaults = RunConfig(flow="spline")
+    lr, warmup_steps = learning_rate(defaults, max(args.steps))
     recipe = {
-        "lr": defaults.lr,
-        "warmup_steps": defaults.warmup_steps,
+        "lr": lr,
+        "warmup_steps": warmup_steps,
         "schedule": defaults.schedule,
         "grad_clip": defaults.grad_clip,
         "ema": defaults.ema,

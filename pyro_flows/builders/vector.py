@@ -168,7 +168,13 @@ def spline_flow(
     :param bool act_norm: an ActNorm before every coupling (data side).
     :param bool linear: an LU-parameterised :class:`~pyro_flows.transforms.InvertibleLinear`
         between consecutive couplings, which mixes the coordinates of the two halves.
-    :param mask: ``"half"`` or ``"alternating"``; parities alternate layer to layer.
+    :param mask: ``"half"``, ``"alternating"`` or ``"mixed"`` (two layers of ``"half"``, two
+        of ``"alternating"``, and so on), or a boolean tensor; parities alternate layer to
+        layer. With ``"half"`` two neighbouring coordinates of the first half never condition
+        each other directly; ``"alternating"`` pairs neighbours; ``"mixed"`` does both.
+    :param bool elementwise: an :class:`~pyro_flows.transforms.ElementwiseSpline` (an
+        unconditional spline per coordinate, knots learned directly) before each coupling,
+        so that every layer transforms every coordinate.
     :param bool affine: couplings with a conditional shift and scale around the spline (see
         :class:`~pyro_flows.transforms.SplineCoupling`): a conditional shift is what a
         banana-shaped target needs beyond the spline's interval. Measured at 800 steps

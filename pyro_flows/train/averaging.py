@@ -23,9 +23,9 @@ the model's own are used.
 >>> round(float(ema.shadow[0]), 4)   # 1, then d_1 = min(0.5, 2/11) = 2/11: 2/11 + 9/11 * 3
 2.6364
 >>> with ema.applied():
-...     float(net.weight)
+...     float(net.weight.detach())
 2.6363635063171387
->>> float(net.weight)
+>>> float(net.weight.detach())
 3.0
 """
 

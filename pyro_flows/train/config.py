@@ -49,7 +49,7 @@ class RunConfig:
 
     # model
     flow: str = _opt("real_nvp", "flow family to train", "model")
-    num_layers: int = _opt(8, "coupling layers (vector flows: nice, real_nvp)", "model")
+    num_layers: int = _opt(8, "coupling layers (vector flows: nice, real_nvp, spline)", "model")
     hidden_dims: Tuple[int, ...] = _opt(
         (128, 128), "hidden sizes of each conditioner network, comma separated", "model", metavar="H1,H2,..."
     )
@@ -118,7 +118,12 @@ class RunConfig:
     steps: int = _opt(2000, "optimizer steps (ignored when --epochs is set)", "training")
     epochs: int = _opt(0, "passes over the training set; 0 uses --steps", "training")
     batch_size: int = _opt(256, "global batch size (split across processes under torchrun)", "training")
-    lr: float = _opt(1e-3, "Adam learning rate", "training")
+    lr: float = _opt(
+        0.0,
+        "Adam learning rate; 0 picks the flow's: 3e-3 after a linear warm-up over min(100, steps/10) "
+        "steps for spline, 1e-3 for the others",
+        "training",
+    )
     schedule: str = _opt(
         "cosine", "learning-rate schedule after warm-up", "training", choices=("constant", "cosine")
     )
@@ -188,9 +193,10 @@ class RunConfig:
             raise ValueError(f"--ema must be in [0, 1) (0 turns averaging off), got {self.ema}")
         for name in ("lr", "grad_clip", "weight_decay", "kinetic_weight", "frobenius_weight", "fm_sigma"):
             value = getattr(self, name)
-            if not math.isfinite(value) or value < 0 or (name == "lr" and value == 0):
+            if not math.isfinite(value) or value < 0:
                 raise ValueError(
                     f"--{_flag(name)} must be a finite number {'> 0' if name == 'lr' else '>= 0'}, got {value}"
+                    + (" (or 0 for the flow's default)" if name == "lr" else "")
                 )
         if not (
             0 < self.val_fraction < 1

@@ -57,6 +57,7 @@ __all__ = [
     "nll_per_point",
     "mean_and_standard_error",
     "lr_factor",
+    "learning_rate",
     "MetricsLog",
 ]
 
@@ -103,6 +104,29 @@ class NegativeLogLikelihood(nn.Module):
             if getattr(module, "regularizes", False):
                 penalty = penalty + module.regularization
         return nll, penalty
+
+
+#: ``--lr 0`` (the default): each flow's learning rate and the most warm-up steps (at most a
+#: tenth of the run); flows not listed get :data:`DEFAULT_LR` without warm-up
+FLOW_LEARNING_RATES = {"spline": (3e-3, 100)}
+DEFAULT_LR = 1e-3
+
+
+def learning_rate(config, total_steps: int) -> Tuple[float, int]:
+    """The base learning rate and warm-up steps of a run: ``config.lr`` and
+    ``config.warmup_steps`` as given, or with ``lr == 0`` the flow's (see
+    :data:`FLOW_LEARNING_RATES`).
+
+    >>> from pyro_flows.train import RunConfig
+    >>> learning_rate(RunConfig(flow="spline"), 2000), learning_rate(RunConfig(flow="real_nvp"), 2000)
+    ((0.003, 100), (0.001, 0))
+    >>> learning_rate(RunConfig(flow="spline", lr=1e-2, warmup_steps=5), 2000)
+    (0.01, 5)
+    """
+    if config.lr > 0:
+        return config.lr, config.warmup_steps
+    lr, warmup = FLOW_LEARNING_RATES.get(config.flow, (DEFAULT_LR, 0))
+    return lr, max(config.warmup_steps, min(warmup, total_steps // 10))
 
 
 def lr_factor(step: int, total_steps: int, warmup_steps: int, schedule: str) -> float:
@@ -311,9 +335,10 @@ def train(
     total_steps = config.epochs * steps_per_epoch if config.epochs else config.steps
 
     objective = None  # wrapped below, after any data-dependent initialisation
-    optimizer = torch.optim.Adam(flow.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    base_lr, warmup_steps = learning_rate(config, total_steps)
+    optimizer = torch.optim.Adam(flow.parameters(), lr=base_lr, weight_decay=config.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda s: lr_factor(s, total_steps, config.warmup_steps, config.schedule)
+        optimizer, lambda s: lr_factor(s, total_steps, warmup_steps, config.schedule)
     )
     state = LoopState(total_steps=total_steps)
     # The weights that are evaluated, kept as the best and sampled: the live ones, or their average.
