@@ -148,7 +148,10 @@ def merge(paths, names, steps):
             if abs(merged["entropy"] - res["entropy"]) > 1e-9:
                 raise ValueError(f"{path}: entropy of {target} differs; use the same --entropy-samples")
             for seed, run, gaussian in zip(
-                data["settings"]["seeds"], res["checkpoints"], res["gaussians"], strict=True
+                data["settings"]["seeds"],
+                res["checkpoints"],
+                res.get("gaussians", [res["gaussian"]] * len(res["checkpoints"])),
+                strict=True,
             ):
                 merged["by_seed"].setdefault(seed, {}).update(
                     {k: [tuple(c) for c in v] for k, v in run.items()}
