@@ -132,7 +132,7 @@ def spline_flow(
     tail_bound: float = 3.0,
     act_norm: bool = True,
     linear: bool = False,
-    mask: Union[str, torch.Tensor] = "half",
+    mask: Union[str, torch.Tensor] = "mixed",
     activation: Callable[[], nn.Module] = nn.ReLU,
     affine: bool = True,
     elementwise: bool = False,
