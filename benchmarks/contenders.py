@@ -242,6 +242,7 @@ OUR_VARIANTS = {
     "ours_plain_linear": {"affine": False, "linear": True},
     "ours_linear": {"linear": True},
     "ours_bins16": {"num_bins": 16},
+    "ours_half": {"mask": "half"},
     "ours_alternating": {"mask": "alternating"},
     "ours_mixed": {"mask": "mixed"},
     "ours_bins16_b5": {"num_bins": 16, "tail_bound": 5.0},
