@@ -120,7 +120,7 @@ def test_help_names_every_option_with_its_default(capsys):
     text = " ".join(capsys.readouterr().out.split())
     for expected in (
         "--flow",
-        "(default: real_nvp)",
+        "(default: spline)",
         "--steps",
         "(default: 2000)",
         "--batch-size",

@@ -7,7 +7,7 @@ its results can never disagree about names or defaults.
 
 >>> cfg = RunConfig(steps=10)
 >>> cfg.flow, cfg.steps, cfg.hidden_dims
-('real_nvp', 10, (128, 128))
+('spline', 10, (128, 128))
 >>> RunConfig.from_dict(cfg.to_dict()) == cfg
 True
 """
@@ -48,7 +48,7 @@ class RunConfig:
     """
 
     # model
-    flow: str = _opt("real_nvp", "flow family to train", "model")
+    flow: str = _opt("spline", "flow family to train", "model")
     num_layers: int = _opt(8, "coupling layers (vector flows: nice, real_nvp, spline)", "model")
     hidden_dims: Tuple[int, ...] = _opt(
         (128, 128), "hidden sizes of each conditioner network, comma separated", "model", metavar="H1,H2,..."
