@@ -115,7 +115,7 @@ DEFAULT_LR = 1e-3
 def learning_rate(config, total_steps: int) -> Tuple[float, int]:
     """The base learning rate and warm-up steps of a run: ``config.lr`` and
     ``config.warmup_steps`` as given, or with ``lr == 0`` the flow's (see
-    :data:`FLOW_LEARNING_RATES`).
+    :data:`~pyro_flows.train.loop.FLOW_LEARNING_RATES`).
 
     >>> from pyro_flows.train import RunConfig
     >>> learning_rate(RunConfig(flow="spline"), 2000), learning_rate(RunConfig(flow="real_nvp"), 2000)
