@@ -107,7 +107,7 @@ class NegativeLogLikelihood(nn.Module):
 
 
 #: ``--lr 0`` (the default): each flow's learning rate and the most warm-up steps (at most a
-#: tenth of the run); flows not listed get :data:`DEFAULT_LR` without warm-up
+#: tenth of the run); flows not listed get ``DEFAULT_LR`` (1e-3) without warm-up
 FLOW_LEARNING_RATES = {"spline": (3e-3, 100)}
 DEFAULT_LR = 1e-3
 
