@@ -31,6 +31,38 @@ from .contenders import FIT_NAMES, OUR_VARIANTS, build_fit, fit_available, set_v
 from .toy_targets import TARGETS
 
 GAUSSIAN = "gaussian"
+#: a contender name ending in this trains with our training recipe (see :func:`recipe_of`)
+RECIPE = "+recipe"
+
+
+def recipe_of(args) -> dict:
+    """The training recipe of ``NAME+recipe`` contenders: by default that of
+    :func:`pyro_flows.train.train` (the defaults of :class:`~pyro_flows.train.RunConfig`),
+    with the benchmark's batches; ``--recipe-*`` options override each part."""
+    from pyro_flows.train import RunConfig
+    from pyro_flows.train.loop import learning_rate
+
+    defaults = RunConfig(flow="spline")
+    lr, warmup_steps = learning_rate(defaults, max(args.steps))
+    recipe = {
+        "lr": lr,
+        "warmup_steps": warmup_steps,
+        "schedule": defaults.schedule,
+        "grad_clip": defaults.grad_clip,
+        "ema": defaults.ema,
+    }
+    for key in recipe:
+        value = getattr(args, f"recipe_{key}", None)
+        if value is not None:
+            recipe[key] = value
+    return recipe
+
+
+def split_name(name: str):
+    """``"ours+recipe"`` -> ``("ours", True)``; ``"zuko_nsf"`` -> ``("zuko_nsf", False)``."""
+    if name.endswith(RECIPE):
+        return name[: -len(RECIPE)], True
+    return name, False
 
 
 def gaussian_nll(train: torch.Tensor, test: torch.Tensor) -> float:
@@ -51,9 +83,16 @@ def test_nll(contender, test: torch.Tensor) -> float:
 def fit_one(name, train, test, seed, args, cpu_budget=0.0):
     """Train ``name`` for ``max(args.steps)`` steps and until ``cpu_budget`` CPU seconds;
     return its checkpoints ``[(step, cpu_seconds, test_nll), ...]``."""
+    from pyro_flows.train.averaging import WeightAverage
+    from pyro_flows.train.loop import lr_factor
+
+    base, with_recipe = split_name(name)
+    recipe = recipe_of(args) if with_recipe else None
     torch.manual_seed(seed)
-    contender = build_fit(name, train.shape[-1], args.layers, args.hidden)
-    optimizer = torch.optim.Adam(contender.module.parameters(), lr=args.lr)
+    contender = build_fit(base, train.shape[-1], args.layers, args.hidden)
+    lr = recipe["lr"] if recipe else args.lr
+    optimizer = torch.optim.Adam(contender.module.parameters(), lr=lr)
+    average = WeightAverage(contender.module, recipe["ema"]) if recipe and recipe["ema"] > 0 else None
     batches = torch.Generator().manual_seed(seed)  # the same batches for everyone
     contender.module.train()
     checkpoints, cpu, step = [], 0.0, 0
@@ -61,22 +100,71 @@ def fit_one(name, train, test, seed, args, cpu_budget=0.0):
     while step < last_step or cpu < cpu_budget:
         start = time.process_time()
         x = train[torch.randint(len(train), (args.batch,), generator=batches)]
+        if recipe:  # the schedule spans the longest --steps, as `fit --steps N` would
+            factor = lr_factor(step, last_step, recipe["warmup_steps"], recipe["schedule"])
+            for group in optimizer.param_groups:
+                group["lr"] = lr * factor
         optimizer.zero_grad(set_to_none=True)
         loss = -contender.log_prob(x).mean()
         loss.backward()
+        if recipe and recipe["grad_clip"] > 0:
+            torch.nn.utils.clip_grad_norm_(contender.module.parameters(), recipe["grad_clip"])
         optimizer.step()
+        if average is not None:
+            average.update()
         cpu += time.process_time() - start
         step += 1
         if not math.isfinite(float(loss.detach())):
             checkpoints.append((step, cpu, float("nan")))
             break
         if step % args.eval_every == 0 or step in args.steps:
-            checkpoints.append((step, cpu, test_nll(contender, test)))
+            if average is None:
+                checkpoints.append((step, cpu, test_nll(contender, test)))
+            else:
+                with average.applied():
+                    checkpoints.append((step, cpu, test_nll(contender, test)))
     return checkpoints
 
 
 def at_step(checkpoints, step):
     return next((nll for s, _, nll in checkpoints if s == step), float("nan"))
+
+
+def merge(paths, names, steps):
+    """The results of several runs (their ``.json`` files, same settings but different
+    contenders, seeds or step counts) as one: checkpoints joined per target, seed and
+    contender (a later file wins on a clash)."""
+    import json
+
+    results = {}
+    for path in paths:
+        with open(path) as fh:
+            data = json.load(fh)
+        for target, res in data["results"].items():
+            merged = results.setdefault(
+                target,
+                {"entropy": res["entropy"], "entropy_se": res["entropy_se"], "by_seed": {}, "gaussians": {}},
+            )
+            if abs(merged["entropy"] - res["entropy"]) > 1e-9:
+                raise ValueError(f"{path}: entropy of {target} differs; use the same --entropy-samples")
+            for seed, run, gaussian in zip(
+                data["settings"]["seeds"],
+                res["checkpoints"],
+                res.get("gaussians", [res["gaussian"]] * len(res["checkpoints"])),
+                strict=True,
+            ):
+                merged["by_seed"].setdefault(seed, {}).update(
+                    {k: [tuple(c) for c in v] for k, v in run.items()}
+                )
+                merged["gaussians"][seed] = gaussian
+    for res in results.values():
+        runs = [res["by_seed"][seed] for seed in sorted(res["by_seed"])]
+        res["gaussian"] = sum(res["gaussians"].values()) / len(res["gaussians"])
+        res["summary"] = summarize(runs, res["entropy"], names, steps)
+        res["checkpoints"] = runs
+        res["seeds"] = sorted(res["by_seed"])
+        del res["by_seed"], res["gaussians"]
+    return results
 
 
 def within(checkpoints, budget):
@@ -96,29 +184,49 @@ def mean_se(values):
 
 def summarize(runs, entropy, names, steps):
     """Per contender: the mean gap and its standard error over seeds at each step count
-    and at each CPU budget (the first contender's CPU time for that many steps)."""
+    and at each CPU budget (the first contender's CPU time for that many steps). Seeds
+    where a contender (or, for the CPU budget, the first contender) did not run or
+    stopped before that step are left out of its figures."""
     reference = names[0]
     out = {}
     for name in names:
         by_step, by_cpu = {}, {}
         for step in steps:
-            gaps = [at_step(run[name], step) - entropy for run in runs]
-            by_step[step] = mean_se(gaps)
-            budgets = [next(c for s, c, _ in run[reference] if s == step) for run in runs]
-            gaps = [within(run[name], b) - entropy for run, b in zip(runs, budgets, strict=True)]
-            by_cpu[step] = (*mean_se(gaps), sum(budgets) / len(budgets))
+            mine = [run[name] for run in runs if name in run and _reached(run[name], step)]
+            by_step[step] = mean_se([at_step(c, step) - entropy for c in mine]) if mine else _NONE
+            pairs = [
+                (run[name], next(c for s, c, _ in run[reference] if s == step))
+                for run in runs
+                if name in run and reference in run and _reached(run[reference], step)
+            ]
+            gaps = [within(c, b) - entropy for c, b in pairs]
+            budget = sum(b for _, b in pairs) / len(pairs) if pairs else float("nan")
+            by_cpu[step] = (*(mean_se(gaps) if pairs else _NONE), budget)
         out[name] = {"steps": by_step, "cpu": by_cpu}
     return out
 
 
+#: the figure of a contender that did not run at that step (or seed)
+_NONE = (None, None)
+
+
+def _reached(checkpoints, step):
+    """Whether a run recorded ``step`` (or diverged before it, which counts as a result)."""
+    return any(s == step for s, _, _ in checkpoints) or (
+        bool(checkpoints) and not math.isfinite(checkpoints[-1][2]) and checkpoints[-1][0] <= step
+    )
+
+
 def _cell(mean, se):
+    if mean is None:
+        return "-"
     if not math.isfinite(mean):
         return "diverged"
     return f"{mean:.3f}" + (f" ± {se:.3f}" if math.isfinite(se) else "")
 
 
 def _peers(names):
-    return [n for n in names if not n.startswith("ours")]
+    return [n for n in names if not n.startswith("ours") and not n.endswith(RECIPE)]
 
 
 def render(results, names, info, cmd, args) -> str:
@@ -130,8 +238,40 @@ def render(results, names, info, cmd, args) -> str:
         f"- settings: Adam lr {args.lr}, batches of {args.batch} (identical for all), "
         f"{args.train} training / {args.test} test points, seeds {args.seeds} (mean ± standard error "
         "over seeds), each library's own initialisation",
-        "",
     ]
+    if any(split_name(n)[1] for n in names):
+        recipe = recipe_of(args)
+        lines.append(
+            f"- `NAME{RECIPE}`: trained with our recipe instead: Adam lr {recipe['lr']}, "
+            f"{recipe['warmup_steps']} warm-up steps, {recipe['schedule']} schedule over "
+            + (
+                "the steps of its run (the largest --steps of that run)"
+                if args.merge
+                else f"{max(args.steps)} steps"
+            )
+            + ", "
+            f"gradient norm clipped at {recipe['grad_clip'] or 'no limit'}, "
+            + (
+                f"evaluated with the EMA of the weights (decay {recipe['ema']})"
+                if recipe["ema"]
+                else "no weight averaging"
+            )
+        )
+    lines.append("")
+    if args.merge:
+        at = next(i for i, line in enumerate(lines) if line.startswith("- settings"))
+        lines[at] = lines[at].replace(f"seeds {args.seeds}", "seeds as counted below")
+        counts = []
+        for step in args.steps:
+            per = []
+            for name in names:
+                n = {
+                    sum(1 for run in res["checkpoints"] if name in run and _reached(run[name], step))
+                    for res in results.values()
+                }
+                per.append(f"{name} {'/'.join(map(str, sorted(n)))}")
+            counts.append(f"after {step} steps: " + ", ".join(per))
+        lines.insert(-1, "- seeds per figure (merged runs): " + "; ".join(counts))
     peers = _peers(names)
     conditions = [("steps", s, f"after {s} steps") for s in args.steps]
     conditions += [("cpu", s, f"at equal CPU time: what {names[0]} needs for {s} steps") for s in args.steps]
@@ -150,10 +290,11 @@ def render(results, names, info, cmd, args) -> str:
             if kind == "cpu":
                 row[1] += f" ({cells[names[0]][2]:.1f} s)"
             if peers and names[0] not in peers:
-                finite = [p for p in peers if math.isfinite(cells[p][0])]
+                finite = [p for p in peers if cells[p][0] is not None and math.isfinite(cells[p][0])]
                 if finite:
                     best = min(finite, key=lambda p: cells[p][0])
-                    ratio = cells[names[0]][0] / cells[best][0] if cells[best][0] > 0 else float("nan")
+                    ours = cells[names[0]][0]
+                    ratio = ours / cells[best][0] if ours is not None and cells[best][0] > 0 else float("nan")
                     row += [f"{best} {cells[best][0]:.3f}", f"{ratio:.2f}"]
                 else:
                     row += ["-", "-"]
@@ -165,6 +306,7 @@ def render(results, names, info, cmd, args) -> str:
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     choices = list(dict.fromkeys(FIT_NAMES + tuple(OUR_VARIANTS)))
+    choices += [n + RECIPE for n in choices]
     p.add_argument("--targets", nargs="+", default=list(TARGETS), choices=list(TARGETS))
     p.add_argument("--libs", nargs="+", default=list(FIT_NAMES), choices=choices)
     p.add_argument("--layers", type=int, default=8)
@@ -177,8 +319,21 @@ def parse_args(argv=None):
     p.add_argument("--test", type=int, default=10_000)
     p.add_argument("--entropy-samples", type=int, default=200_000)
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
+    p.add_argument("--recipe-lr", type=float, help="NAME+recipe contenders: base learning rate")
+    p.add_argument("--recipe-warmup-steps", type=int, help="NAME+recipe contenders: linear warm-up steps")
+    p.add_argument("--recipe-schedule", choices=("constant", "cosine"), help="NAME+recipe contenders")
+    p.add_argument("--recipe-grad-clip", type=float, help="NAME+recipe contenders: 0 disables clipping")
+    p.add_argument(
+        "--recipe-ema", type=float, help="NAME+recipe contenders: EMA decay of the evaluated weights, 0 off"
+    )
     p.add_argument("--no-cpu", action="store_true", help="skip the equal-CPU-time comparison")
     p.add_argument("--validate", action="store_true", help="turn distribution validation on for all")
+    p.add_argument(
+        "--merge",
+        nargs="+",
+        metavar="JSON",
+        help="run nothing: join the .json results of earlier runs (same settings) and report --libs at --steps",
+    )
     p.add_argument("--out", default=str(report.RESULTS))
     p.add_argument("--stem", default="fit")
     args = p.parse_args(argv)
@@ -192,6 +347,20 @@ def main(argv=None) -> dict:
     names = fit_available(args.libs)
     set_validation([], args.validate)
     info, cmd = report.machine("cpu"), report.command()
+    if args.merge:
+        import json
+
+        with open(args.merge[0]) as fh:  # the runs' settings (data sizes, loop, recipe), not merge's defaults
+            saved = json.load(fh)["settings"]
+        for key in ("layers", "hidden", "batch", "lr", "train", "test") + tuple(
+            k for k in saved if k.startswith("recipe_")
+        ):
+            setattr(args, key, saved[key])
+        results = merge(args.merge, names, args.steps)
+        markdown = render(results, names, info, cmd, args)
+        data = {"machine": info, "command": cmd, "settings": vars(args), "results": results}
+        report.publish(args.stem, markdown, data, args.out)
+        return data
     results = {}
     for target_name in args.targets:
         target = TARGETS[target_name]
@@ -218,6 +387,7 @@ def main(argv=None) -> dict:
             "entropy": entropy,
             "entropy_se": entropy_se,
             "gaussian": sum(gaussians) / len(gaussians),
+            "gaussians": gaussians,
             "summary": summarize(runs, entropy, names, args.steps),
             "checkpoints": runs,
         }

@@ -21,6 +21,7 @@ STEPS = 6
 
 def _config(batch_norm: bool) -> RunConfig:
     return RunConfig(
+        flow="real_nvp",  # batch norm, and no data-dependent initialisation (tested below with glow)
         num_layers=3,
         hidden_dims=(16,),
         batch_norm=batch_norm,

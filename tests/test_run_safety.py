@@ -143,7 +143,7 @@ def test_fit_into_an_existing_run_is_refused_unless_overwrite(tmp_path, capsys):
     # The old run is still whole: it resumes with its own options.
     code, _, err = run(capsys, "fit", "--resume", out)
     assert code == 0, err
-    assert load_checkpoint(str(out / "checkpoint.pt"))["config"]["flow"] == "real_nvp"
+    assert load_checkpoint(str(out / "checkpoint.pt"))["config"]["flow"] == "spline"
 
     # --overwrite replaces it: none of the old run's files survive, other files do.
     assert run(capsys, "sample", out, "-n", "5")[0] == 0

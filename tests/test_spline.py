@@ -182,3 +182,12 @@ def test_checkerboard_example_runs_and_writes_its_figure(tmp_path):
     assert os.path.getsize(results["figure"]) > 1000
     # 20 steps of tiny flows already beat the uniform density on [-2, 2]^2 (gap log 2)
     assert results["spline_flow"]["gap"] < 0.69
+
+
+def test_spline_flow_mixed_mask_pairs_halves_then_neighbours():
+    flow = pyro_flows.spline_flow(4, num_layers=4, hidden_dims=(8,))  # mask="mixed" by default
+    couplings = [p for p in flow.parts if isinstance(p, pyro_flows.transforms.SplineCoupling)]
+    conditioning = [c.partition.split(torch.arange(4.0)[None])[0].tolist() for c in couplings]
+    assert conditioning == [[[0.0, 1.0]], [[2.0, 3.0]], [[0.0, 2.0]], [[1.0, 3.0]]]
+    with pytest.raises(ValueError, match="mask must be"):
+        pyro_flows.spline_flow(4, mask="checkerboard")

@@ -240,7 +240,7 @@ def test_negative_threads_is_refused_with_the_other_options():
 def test_flow_kind_checks_the_shape_of_the_data():
     from pyro_flows.train.registry import build_model
 
-    with pytest.raises(ValueError, match=r"--flow real_nvp models vectors, but .* shape \(1, 4, 4\)"):
+    with pytest.raises(ValueError, match=r"--flow spline models vectors, but .* shape \(1, 4, 4\)"):
         build_model(RunConfig(num_layers=2, hidden_dims=(8,)), (1, 4, 4))
     with pytest.raises(ValueError, match=r"--flow glow models images \(C, H, W\), but .* shape \(2,\)"):
         build_model(RunConfig(flow="glow"), (2,))

@@ -7,6 +7,9 @@ A checkpoint is a ``torch.save`` file holding only tensors and plain containers:
 * ``step``: optimizer steps taken; ``trainer``: early-stopping state and history;
 * ``rng``: the torch CPU (and CUDA) generator states, so a resumed run draws the same
   dequantization noise and the same batches as an uninterrupted one;
+* ``ema`` (runs with ``--ema``): the moving average of the weights (``decay``,
+  ``num_updates``, ``shadow``: one tensor per trainable parameter); ``best.pt`` then
+  holds the averaged weights as ``model``;
 * ``config``: the run's resolved options; ``data``: the preprocessing (shift, scale,
   levels) needed to score and sample in data units.
 
@@ -218,6 +221,15 @@ def check_run_state(state: Dict[str, Any], path: str, resume: bool = False) -> N
             fail(f"trainer.{key} has a value of the wrong type: {trainer[key]!r}")
     if trainer["step"] != state["step"]:
         fail(f"trainer.step {trainer['step']} differs from step {state['step']}")
+    if "ema" in state:
+        ema = need("ema", dict)
+        shadow = ema.get("shadow")
+        if not _is_int(ema.get("num_updates")) or ema["num_updates"] < 0:
+            fail(f"ema.num_updates must be a non-negative integer, got {ema.get('num_updates')!r}")
+        if not isinstance(shadow, list) or not all(isinstance(t, torch.Tensor) for t in shadow):
+            fail("ema.shadow must be a list of tensors (the averaged weights)")
+        if not all(bool(torch.isfinite(t).all()) for t in shadow):
+            fail("ema.shadow holds non-finite averaged weights")
     rng = need("rng", dict)
     cuda = rng.get("cuda", [])
     generators = [rng.get("torch"), *(cuda if isinstance(cuda, list) else [None])]

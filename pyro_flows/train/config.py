@@ -7,7 +7,7 @@ its results can never disagree about names or defaults.
 
 >>> cfg = RunConfig(steps=10)
 >>> cfg.flow, cfg.steps, cfg.hidden_dims
-('real_nvp', 10, (128, 128))
+('spline', 10, (128, 128))
 >>> RunConfig.from_dict(cfg.to_dict()) == cfg
 True
 """
@@ -48,8 +48,8 @@ class RunConfig:
     """
 
     # model
-    flow: str = _opt("real_nvp", "flow family to train", "model")
-    num_layers: int = _opt(8, "coupling layers (vector flows: nice, real_nvp)", "model")
+    flow: str = _opt("spline", "flow family to train", "model")
+    num_layers: int = _opt(8, "coupling layers (vector flows: nice, real_nvp, spline)", "model")
     hidden_dims: Tuple[int, ...] = _opt(
         (128, 128), "hidden sizes of each conditioner network, comma separated", "model", metavar="H1,H2,..."
     )
@@ -118,13 +118,24 @@ class RunConfig:
     steps: int = _opt(2000, "optimizer steps (ignored when --epochs is set)", "training")
     epochs: int = _opt(0, "passes over the training set; 0 uses --steps", "training")
     batch_size: int = _opt(256, "global batch size (split across processes under torchrun)", "training")
-    lr: float = _opt(1e-3, "Adam learning rate", "training")
+    lr: float = _opt(
+        0.0,
+        "Adam learning rate; 0 picks the flow's: 3e-3 after a linear warm-up over min(100, steps/10) "
+        "steps for spline, 1e-3 for the others",
+        "training",
+    )
     schedule: str = _opt(
         "cosine", "learning-rate schedule after warm-up", "training", choices=("constant", "cosine")
     )
     warmup_steps: int = _opt(0, "steps of linear learning-rate warm-up", "training")
     weight_decay: float = _opt(0.0, "Adam weight decay", "training")
     grad_clip: float = _opt(5.0, "clip the gradient norm to this value; 0 disables clipping", "training")
+    ema: float = _opt(
+        0.0,
+        "evaluate, keep and sample the exponential moving average of the weights with this decay "
+        "(e.g. 0.999; warmed up as min(decay, (1 + t) / (10 + t)) after t steps); 0 turns it off",
+        "training",
+    )
     eval_every: int = _opt(200, "steps between validation NLL evaluations (and checkpoints)", "training")
     patience: int = _opt(
         10,
@@ -178,11 +189,14 @@ class RunConfig:
             raise ValueError(
                 f"--objective flow-matching trains a continuous flow: use --flow ffjord, got --flow {self.flow}"
             )
+        if not 0 <= self.ema < 1:
+            raise ValueError(f"--ema must be in [0, 1) (0 turns averaging off), got {self.ema}")
         for name in ("lr", "grad_clip", "weight_decay", "kinetic_weight", "frobenius_weight", "fm_sigma"):
             value = getattr(self, name)
-            if not math.isfinite(value) or value < 0 or (name == "lr" and value == 0):
+            if not math.isfinite(value) or value < 0:
                 raise ValueError(
                     f"--{_flag(name)} must be a finite number {'> 0' if name == 'lr' else '>= 0'}, got {value}"
+                    + (" (or 0 for the flow's default)" if name == "lr" else "")
                 )
         if not (
             0 < self.val_fraction < 1

@@ -3,10 +3,13 @@ r"""Maximum-likelihood training of a flow: the loop behind ``pyro-flows fit``.
 Each step draws a batch :math:`x_{1..B}` (preprocessed by the data's
 :meth:`~pyro_flows.data.splits.Splits.prepare`), minimises the mean negative
 log-likelihood :math:`-\frac1B\sum_b \log p_\theta(x_b)` with Adam, a warm-up then
-constant or cosine learning rate, and gradient-norm clipping. Every ``eval_every`` steps
+constant or cosine learning rate, and gradient-norm clipping. With ``ema`` the weights
+that are evaluated, kept and sampled are an exponential moving average of the trained
+ones (:class:`~pyro_flows.train.averaging.WeightAverage`). Every ``eval_every`` steps
 the validation NLL (eval mode, no gradients) decides whether the model is the best so
 far (kept in memory and in ``best.pt``) and whether to stop early; the full training state
-then goes to ``checkpoint.pt`` so ``fit --resume`` can continue exactly where it was.
+(with the average) then goes to ``checkpoint.pt`` so ``fit --resume`` can continue exactly
+where it was.
 
 Batch order is a function of ``(seed, epoch)`` only (a ``DistributedSampler``), and
 the checkpoint holds the generator states, so an interrupted and resumed run on CPU
@@ -34,6 +37,7 @@ import pyro
 import torch
 from torch import nn
 
+from .averaging import WeightAverage
 from .checkpoint import CheckpointError, capture_rng, restore_rng, save_checkpoint
 from .distributed import (
     SINGLE,
@@ -53,6 +57,7 @@ __all__ = [
     "nll_per_point",
     "mean_and_standard_error",
     "lr_factor",
+    "learning_rate",
     "MetricsLog",
 ]
 
@@ -99,6 +104,29 @@ class NegativeLogLikelihood(nn.Module):
             if getattr(module, "regularizes", False):
                 penalty = penalty + module.regularization
         return nll, penalty
+
+
+#: ``--lr 0`` (the default): each flow's learning rate and the most warm-up steps (at most a
+#: tenth of the run); flows not listed get ``DEFAULT_LR`` (1e-3) without warm-up
+FLOW_LEARNING_RATES = {"spline": (3e-3, 100)}
+DEFAULT_LR = 1e-3
+
+
+def learning_rate(config, total_steps: int) -> Tuple[float, int]:
+    """The base learning rate and warm-up steps of a run: ``config.lr`` and
+    ``config.warmup_steps`` as given, or with ``lr == 0`` the flow's (see
+    :data:`~pyro_flows.train.loop.FLOW_LEARNING_RATES`).
+
+    >>> from pyro_flows.train import RunConfig
+    >>> learning_rate(RunConfig(flow="spline"), 2000), learning_rate(RunConfig(flow="real_nvp"), 2000)
+    ((0.003, 100), (0.001, 0))
+    >>> learning_rate(RunConfig(flow="spline", lr=1e-2, warmup_steps=5), 2000)
+    (0.01, 5)
+    """
+    if config.lr > 0:
+        return config.lr, config.warmup_steps
+    lr, warmup = FLOW_LEARNING_RATES.get(config.flow, (DEFAULT_LR, 0))
+    return lr, max(config.warmup_steps, min(warmup, total_steps // 10))
 
 
 def lr_factor(step: int, total_steps: int, warmup_steps: int, schedule: str) -> float:
@@ -276,7 +304,8 @@ def train(
 ) -> LoopState:
     """Train ``flow`` on ``splits.train`` by maximum likelihood, in place.
 
-    On return ``flow`` holds the parameters of the best validation NLL.
+    On return ``flow`` holds the parameters of the best validation NLL (their moving
+    average when ``config.ema`` is set).
 
     :param flow: a :class:`~pyro_flows.Flow` on ``device`` in the run's dtype.
     :param splits: :class:`~pyro_flows.data.splits.Splits`.
@@ -306,15 +335,21 @@ def train(
     total_steps = config.epochs * steps_per_epoch if config.epochs else config.steps
 
     objective = None  # wrapped below, after any data-dependent initialisation
-    optimizer = torch.optim.Adam(flow.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    base_lr, warmup_steps = learning_rate(config, total_steps)
+    optimizer = torch.optim.Adam(flow.parameters(), lr=base_lr, weight_decay=config.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda s: lr_factor(s, total_steps, config.warmup_steps, config.schedule)
+        optimizer, lambda s: lr_factor(s, total_steps, warmup_steps, config.schedule)
     )
     state = LoopState(total_steps=total_steps)
+    # The weights that are evaluated, kept as the best and sampled: the live ones, or their average.
+    average = WeightAverage(flow, config.ema) if getattr(config, "ema", 0.0) > 0 else None
     best = copy.deepcopy(flow.state_dict())
     if resume_state is not None:
-        state = _restore(flow, optimizer, scheduler, resume_state)
-        best = best_model_state if best_model_state is not None else copy.deepcopy(flow.state_dict())
+        state = _restore(flow, optimizer, scheduler, resume_state, average)
+        if best_model_state is not None:
+            best = best_model_state
+        else:
+            best = average.averaged_state_dict() if average is not None else copy.deepcopy(flow.state_dict())
 
     train_x = splits.train.to(device=device, dtype=dtype)
     offset = splits.nll_offset()
@@ -348,9 +383,9 @@ def train(
     # the training metric: the NLL, or the flow-matching loss (no NLL offset: not a density)
     train_key = "fm_loss" if flow_matching else "nll"
 
-    def checkpoint_state() -> dict:
-        return {
-            "model": flow.state_dict(),
+    def checkpoint_state(model=None) -> dict:
+        snapshot = {
+            "model": model if model is not None else flow.state_dict(),
             "optimizer": optimizer.state_dict(),
             "scheduler": scheduler.state_dict(),
             "step": state.step,
@@ -359,6 +394,9 @@ def train(
             "config": config.to_dict(),
             "data": data_state or {},
         }
+        if average is not None:
+            snapshot["ema"] = average.state_dict()
+        return snapshot
 
     show = context.is_main and not config.quiet and sys.stderr.isatty()
     bar = _progress(total_steps, state.step, show)
@@ -407,6 +445,8 @@ def train(
             lr = optimizer.param_groups[0]["lr"]
             optimizer.step()
             scheduler.step()
+            if average is not None:
+                average.update()
             state.step += 1
 
             value = float(global_nll) + (0.0 if flow_matching else offset)
@@ -430,7 +470,11 @@ def train(
             if state.step % config.eval_every == 0 or state.step == total_steps:
                 sync_buffers(flow, context)
                 try:
-                    val_nll, val_se = mean_and_standard_error(nll_per_point(flow, val_x) + offset)
+                    if average is None:
+                        val_nll, val_se = mean_and_standard_error(nll_per_point(flow, val_x) + offset)
+                    else:
+                        with average.applied():
+                            val_nll, val_se = mean_and_standard_error(nll_per_point(flow, val_x) + offset)
                     solver_failure = None
                 except AssertionError as err:
                     val_nll, val_se, solver_failure = math.inf, math.nan, _solver_failure(err)
@@ -449,7 +493,11 @@ def train(
                 improved = val_nll < state.best_val_nll
                 if improved:
                     state.best_val_nll, state.best_step, state.bad_evals = val_nll, state.step, 0
-                    best = copy.deepcopy(flow.state_dict())
+                    best = (
+                        average.averaged_state_dict()
+                        if average is not None
+                        else copy.deepcopy(flow.state_dict())
+                    )
                 else:
                     state.bad_evals += 1
                 if config.patience and state.bad_evals >= config.patience:
@@ -465,7 +513,9 @@ def train(
                 if writes:
                     snapshot = checkpoint_state()
                     if improved:
-                        save_checkpoint(os.path.join(run_dir, "best.pt"), snapshot)
+                        # best.pt holds the evaluated weights (the average), which evaluate and sample use
+                        best_snapshot = snapshot if average is None else checkpoint_state(best)
+                        save_checkpoint(os.path.join(run_dir, "best.pt"), best_snapshot)
                     save_checkpoint(os.path.join(run_dir, "checkpoint.pt"), snapshot)
                 lines.evaluated(state)
             lines.step(state, running)
@@ -478,14 +528,19 @@ def train(
     return state
 
 
-def _restore(flow, optimizer, scheduler, resume_state: dict) -> LoopState:
+def _restore(flow, optimizer, scheduler, resume_state: dict, average=None) -> LoopState:
     """Load a checkpoint's training state; anything that does not fit the run is a
     :class:`CheckpointError` naming the part."""
-    for part, load in (
+    parts = [
         ("model weights", lambda: flow.load_state_dict(resume_state["model"])),
         ("optimizer state", lambda: optimizer.load_state_dict(resume_state["optimizer"])),
         ("learning-rate schedule", lambda: scheduler.load_state_dict(resume_state["scheduler"])),
-    ):
+    ]
+    if average is not None:
+        if "ema" not in resume_state:
+            raise CheckpointError("the run averages the weights (--ema) but the checkpoint holds no average")
+        parts.append(("averaged weights", lambda: average.load_state_dict(resume_state["ema"])))
+    for part, load in parts:
         try:
             load()
         except (RuntimeError, ValueError, KeyError, TypeError, IndexError) as err:

@@ -47,6 +47,7 @@ from .recompute import MemorySaving, memory_saving
 from .reshape import Squeeze, depth_to_space, space_to_depth, squeeze
 from .spline import (
     ConditionalSplineCoupling,
+    ElementwiseSpline,
     SplineCoupling,
     conditional_spline_coupling,
     image_spline_coupling,
@@ -67,6 +68,7 @@ __all__ = [
     "conditional_affine_coupling",
     # spline coupling
     "SplineCoupling",
+    "ElementwiseSpline",
     "ConditionalSplineCoupling",
     "spline_coupling",
     "conditional_spline_coupling",

@@ -5,6 +5,7 @@ import pyro_flows
 from pyro_flows.builders.vector import VectorFlow
 from pyro_flows.transforms import (
     ConditionalSplineCoupling,
+    ElementwiseSpline,
     SplineCoupling,
     conditional_spline_coupling,
     image_spline_coupling,
@@ -60,6 +61,22 @@ ENTRIES = [
         (4,),
         (VectorFlow, pyro_flows.spline_flow),
         warmup=score_data,  # initialises the ActNorms on the test batch
+    ),
+    Entry(
+        "elementwise_spline",
+        lambda: ElementwiseSpline(3, num_bins=4, tail_bound=2.0),
+        (3,),
+        (ElementwiseSpline,),
+    ),
+    Entry(
+        "spline_flow_mixed_elementwise",
+        lambda: pyro_flows.spline_flow(
+            4, num_layers=4, hidden_dims=(8,), num_bins=3, mask="mixed", elementwise=True
+        ),
+        (4,),
+        (VectorFlow, pyro_flows.spline_flow),
+        warmup=score_data,
+        compile=False,  # compiled once per builder: spline_flow
     ),
     Entry(
         "spline_flow_linear",
