@@ -15,9 +15,11 @@ from .guides import AutoRealNVP, guide_real_nvp
 from .neutra import NeuTraRun, neutra_mcmc
 from .path_gradient import PathGradientTransformedDistribution
 from .posterior import ConditionalPosterior, fit_posterior
+from .spline_guide import AutoSplineFlow, guide_spline_flow
 
 __all__ = [
     "AutoRealNVP",
+    "AutoSplineFlow",
     "ConditionalPosterior",
     "fit_posterior",
     "NeuTraRun",
@@ -26,6 +28,7 @@ __all__ = [
     "PathGradientTransformedDistribution",
     "Permutation",
     "guide_real_nvp",
+    "guide_spline_flow",
     "compare_moments",
     "guide_samples",
     "guide_to_inference_data",
