@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from typing import Callable, Optional, Sequence
 
-import torch
 from pyro.distributions.torch_transform import ComposeTransformModule
 from pyro.infer.autoguide.initialization import init_to_median
 from torch import nn
