@@ -44,7 +44,14 @@ from pyro.infer.autoguide import AutoIAFNormal
 from examples.banana import banana
 from examples.eight_schools import SIGMA, Y, eight_schools, quadrature_reference
 from examples.funnel import funnel
-from pyro_flows.infer import AutoRealNVP, AutoSplineFlow, guide_samples, importance_log_weights, psis_khat
+from pyro_flows.infer import (
+    AutoRealNVP,
+    AutoSplineFlow,
+    ParameterAverage,
+    guide_samples,
+    importance_log_weights,
+    psis_khat,
+)
 
 from . import report
 
@@ -87,9 +94,25 @@ def _targets() -> dict:
 GUIDES = {"AutoIAFNormal": AutoIAFNormal, "AutoRealNVP": AutoRealNVP, "AutoSplineFlow": AutoSplineFlow}
 
 
-def run_one(target: dict, guide_name: str, kwargs: dict, lr: float, seed: int, steps: int) -> dict:
+def score(target: dict, guide) -> dict:
+    """KL, k-hat and the sd of the hard coordinate of a trained guide."""
+    model = target["model"]
+    with torch.no_grad():
+        log_w = importance_log_weights(model, guide, num_particles=EVAL_PARTICLES, max_plate_nesting=1)
+        samples = guide_samples(model, guide, EVAL_PARTICLES)
+    kl = target["log_z"] - float(log_w.mean())
+    khat = psis_khat(model, guide, log_weights=log_w)
+    sd = float(samples[target["site"]].reshape(EVAL_PARTICLES, -1)[:, 0].std())
+    return {"kl": kl, "khat": float(khat), "sd": sd}
+
+
+def run_one(
+    target: dict, guide_name: str, kwargs: dict, lr: float, seed: int, steps: int, average_last: int = 0
+) -> dict:
     """Fit one guide and score it; a run whose loss turns non-finite (or whose step raises)
-    stops there and is scored as NaN."""
+    stops there and is scored as NaN. With ``average_last``, the mean of the parameters over
+    the last that many steps (:class:`~pyro_flows.infer.ParameterAverage`) is scored too,
+    as ``avg_kl``, ``avg_khat`` and ``avg_sd``."""
     pyro.clear_param_store()
     pyro.set_rng_seed(seed)
     model = target["model"]
@@ -99,7 +122,8 @@ def run_one(target: dict, guide_name: str, kwargs: dict, lr: float, seed: int, s
     nonfinite, error = 0, None
     start = time.process_time()
     svi.step()  # a setting that cannot run fails here, loudly
-    for _ in range(steps - 1):
+    average = ParameterAverage()
+    for step in range(1, steps):
         try:
             loss = svi.step()
         except (ValueError, RuntimeError) as e:  # validation of a NaN parameter, typically
@@ -108,17 +132,19 @@ def run_one(target: dict, guide_name: str, kwargs: dict, lr: float, seed: int, s
         if not math.isfinite(loss):
             nonfinite += 1
             break
+        if step >= steps - average_last:
+            average.update()
     cpu_ms = 1e3 * (time.process_time() - start) / steps
     out = {"nonfinite": nonfinite, "error": error, "cpu_ms_per_step": cpu_ms}
     if nonfinite:
-        return {**out, "kl": math.nan, "khat": math.nan, "sd": math.nan}
-    with torch.no_grad():
-        log_w = importance_log_weights(model, guide, num_particles=EVAL_PARTICLES, max_plate_nesting=1)
-        samples = guide_samples(model, guide, EVAL_PARTICLES)
-    kl = target["log_z"] - float(log_w.mean())
-    khat = psis_khat(model, guide, log_weights=log_w)
-    sd = float(samples[target["site"]].reshape(EVAL_PARTICLES, -1)[:, 0].std())
-    return {**out, "kl": kl, "khat": float(khat), "sd": sd}
+        nan = {"kl": math.nan, "khat": math.nan, "sd": math.nan}
+        return {**out, **nan, **({f"avg_{k}": v for k, v in nan.items()} if average_last else {})}
+    out.update(score(target, guide))
+    if average_last:
+        with average.applied():
+            out.update({f"avg_{k}": v for k, v in score(target, guide).items()})
+        out["average_last"] = average_last
+    return out
 
 
 def _key(row: dict) -> tuple:
@@ -141,9 +167,19 @@ def _cell(values, digits=2) -> str:
     return f"{mean:.{digits}f} ± {se:.{digits}f}"
 
 
+def _with_averages(rows: list) -> list:
+    """The runs, plus each run's averaged parameters as a run of its own label."""
+    out = list(rows)
+    for row in rows:
+        if "avg_kl" in row:
+            scores = {k: row[f"avg_{k}"] for k in ("kl", "khat", "sd")}
+            out.append({**row, **scores, "label": f"{row['label']} + average of last {row['average_last']}"})
+    return out
+
+
 def table(rows: list, targets: dict) -> str:
     groups: dict = {}
-    for row in rows:
+    for row in _with_averages(rows):
         groups.setdefault((row["model"], row["label"], row["lr"], row["steps"]), []).append(row)
     order = {name: i for i, name in enumerate(targets)}
     lines = []
@@ -195,6 +231,12 @@ def main(argv=None) -> list:
     p.add_argument("--lrs", nargs="+", type=float, default=[1e-2, 3e-3])
     p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     p.add_argument("--steps", type=int, default=3000)
+    p.add_argument(
+        "--average-last",
+        type=int,
+        default=1000,
+        help="also score the parameters averaged over the last N steps (0: no)",
+    )
     p.add_argument("--runs", default=str(report.RESULTS / "guide_accuracy_runs.jsonl"))
     p.add_argument("--table", action="store_true", help="only summarize the runs file")
     p.add_argument("--smoke", action="store_true", help="a few steps of small guides, for tests")
@@ -204,7 +246,7 @@ def main(argv=None) -> list:
     torch.set_num_threads(1)
     kwargs = json.loads(args.kwargs)
     if args.smoke:
-        args.steps, args.seeds, args.lrs = 3, [0], [1e-2]
+        args.steps, args.seeds, args.lrs, args.average_last = 3, [0], [1e-2], 2
         kwargs = {"num_layers": 2, "hidden_dims": [8]}
         args.runs = str(Path(args.out) / f"{args.stem}_smoke_runs.jsonl")
         Path(args.runs).unlink(missing_ok=True)
@@ -225,7 +267,9 @@ def main(argv=None) -> list:
                         key = (model, label, lr, seed, args.steps)
                         if key in done:
                             continue
-                        result = run_one(targets[model], guide_name, guide_kwargs, lr, seed, args.steps)
+                        result = run_one(
+                            targets[model], guide_name, guide_kwargs, lr, seed, args.steps, args.average_last
+                        )
                         row = {
                             "model": model,
                             "guide": guide_name,

@@ -2,6 +2,7 @@
 diagnostics."""
 
 from ..transforms.linear import LocScale, Permutation
+from .averaging import ParameterAverage
 from .diagnostics import (
     compare_moments,
     guide_samples,
@@ -20,6 +21,7 @@ from .spline_guide import AutoSplineFlow, guide_spline_flow
 __all__ = [
     "AutoRealNVP",
     "AutoSplineFlow",
+    "ParameterAverage",
     "ConditionalPosterior",
     "fit_posterior",
     "NeuTraRun",
