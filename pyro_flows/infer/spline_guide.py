@@ -34,7 +34,7 @@ def guide_spline_flow(
     latent_dim: int,
     num_layers: int = 8,
     hidden_dims: Optional[Sequence[int]] = None,
-    layers="spline",
+    layers="mix",
     num_bins: int = 8,
     tail_bound: float = 4.0,
     spline_affine: bool = True,
@@ -108,8 +108,8 @@ class AutoSplineFlow(AutoRealNVP):
     :param int num_layers: number of couplings.
     :param hidden_dims: conditioner hidden sizes; default two layers of
         ``max(64, 4 * latent_dim)``.
-    :param layers: ``"spline"``, ``"affine"``, ``"mix"`` (affine and spline couplings
-        alternating, affine first) or a list of those per layer.
+    :param layers: ``"mix"`` (the default: affine and spline couplings alternating,
+        affine first), ``"spline"``, ``"affine"`` or a list of those per layer.
     :param int num_bins: bins per spline.
     :param float tail_bound: :math:`B`.
     :param bool spline_affine: spline couplings with a conditional shift and scale.
@@ -136,7 +136,7 @@ class AutoSplineFlow(AutoRealNVP):
         model,
         num_layers: int = 8,
         hidden_dims: Optional[Sequence[int]] = None,
-        layers="spline",
+        layers="mix",
         num_bins: int = 8,
         tail_bound: float = 4.0,
         spline_affine: bool = True,
