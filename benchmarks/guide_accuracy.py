@@ -119,7 +119,7 @@ def run_one(
     guide = GUIDES[guide_name](model, **kwargs)
     elbo = Trace_ELBO(num_particles=PARTICLES, vectorize_particles=True, max_plate_nesting=1)
     svi = SVI(model, guide, pyro.optim.Adam({"lr": lr}), elbo)
-    nonfinite, error = 0, None
+    nonfinite, error, stopped_at = 0, None, None
     start = time.process_time()
     svi.step()  # a setting that cannot run fails here, loudly
     average = ParameterAverage()
@@ -127,15 +127,15 @@ def run_one(
         try:
             loss = svi.step()
         except (ValueError, RuntimeError) as e:  # validation of a NaN parameter, typically
-            nonfinite, error = nonfinite + 1, f"{type(e).__name__}: {str(e)[:120]}"
+            nonfinite, error, stopped_at = nonfinite + 1, f"{type(e).__name__}: {str(e)[:120]}", step
             break
         if not math.isfinite(loss):
-            nonfinite += 1
+            nonfinite, stopped_at = nonfinite + 1, step
             break
         if step >= steps - average_last:
             average.update()
     cpu_ms = 1e3 * (time.process_time() - start) / steps
-    out = {"nonfinite": nonfinite, "error": error, "cpu_ms_per_step": cpu_ms}
+    out = {"nonfinite": nonfinite, "error": error, "stopped_at": stopped_at, "cpu_ms_per_step": cpu_ms}
     if nonfinite:
         nan = {"kl": math.nan, "khat": math.nan, "sd": math.nan}
         return {**out, **nan, **({f"avg_{k}": v for k, v in nan.items()} if average_last else {})}
