@@ -134,7 +134,7 @@ def run_one(
             break
         if step >= steps - average_last:
             average.update()
-    cpu_ms = 1e3 * (time.process_time() - start) / steps
+    cpu_ms = 1e3 * (time.process_time() - start) / (steps if stopped_at is None else stopped_at + 1)
     out = {"nonfinite": nonfinite, "error": error, "stopped_at": stopped_at, "cpu_ms_per_step": cpu_ms}
     if nonfinite:
         nan = {"kl": math.nan, "khat": math.nan, "sd": math.nan}
