@@ -4,18 +4,32 @@ from __future__ import annotations
 
 from typing import Callable, Optional, Sequence
 
+import torch
 from pyro.distributions.torch_transform import ComposeTransformModule
 from pyro.infer.autoguide.initialization import init_to_median
 from torch import nn
 
 from ..transforms.coupling import affine_coupling
 from ..transforms.linear import InvertibleLinear, LocScale, Permutation
-from ..transforms.spline import spline_coupling
+from ..transforms.spline import SplineCoupling, spline_coupling
 from .guides import AutoRealNVP, _default_hidden_dims, _stack_conditioners
 
 __all__ = ["AutoSplineFlow", "guide_spline_flow"]
 
 _LAYERS = ("spline", "affine")
+
+
+class _SoftBounded(nn.Module):
+    """``bound * tanh(net(x) / bound)``: the conditioner's outputs, soft-bounded (zero stays
+    zero, so an identity start stays one)."""
+
+    def __init__(self, net: nn.Module, bound: float):
+        super().__init__()
+        self.net = net
+        self.bound = float(bound)
+
+    def forward(self, x):
+        return self.bound * torch.tanh(self.net(x) / self.bound)
 
 
 def _layer_kinds(layers, num_layers: int) -> list:
@@ -116,6 +130,9 @@ class AutoSplineFlow(AutoRealNVP):
     :param float scale_bound: soft bound of the affine couplings' log-scales.
     :param bool linear: an LU-parameterized linear map applied to the base draw first.
     :param bool permute: fixed permutations between coupling pairs.
+    :param float spline_bound: if given, the spline couplings' conditioner outputs (the
+        unnormalized bin widths, heights, derivatives and the shift and log-scale) are
+        soft-bounded, :math:`b \tanh(u / b)`, which caps how uneven the bins can become.
     :param float init_scale: initial :math:`\sigma`.
     :param callable init_loc_fn: per-site initialisation (default ``init_to_median``).
     :param bool path_gradient: the "sticking the landing" gradient, as in
@@ -143,6 +160,7 @@ class AutoSplineFlow(AutoRealNVP):
         scale_bound: Optional[float] = 4.0,
         linear: bool = False,
         permute: bool = True,
+        spline_bound: Optional[float] = None,
         init_scale: float = 1.0,
         init_loc_fn: Callable = init_to_median,
         activation: Callable[[], nn.Module] = nn.ReLU,
@@ -165,6 +183,7 @@ class AutoSplineFlow(AutoRealNVP):
         self.tail_bound = tail_bound
         self.spline_affine = spline_affine
         self.linear = linear
+        self.spline_bound = spline_bound
 
     def _setup_prototype(self, *args, **kwargs):
         # AutoRealNVP's prototype minus its couplings: AutoContinuous's, then ours
@@ -185,5 +204,9 @@ class AutoSplineFlow(AutoRealNVP):
             self.activation,
         ).to(**like)
         _stack_conditioners(couplings.parts)
+        if self.spline_bound is not None:
+            for part in couplings.parts:
+                if isinstance(part, SplineCoupling):
+                    part.conditioner = _SoftBounded(part.conditioner, self.spline_bound)
         loc_scale = LocScale(loc, self.init_scale).to(**like)
         self.transform = ComposeTransformModule([*couplings.parts, loc_scale])
