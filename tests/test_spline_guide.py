@@ -39,20 +39,32 @@ def _perturbed_guide(model, dtype=torch.float64, **kw):
 def test_layers_option_and_bad_values():
     kinds = [type(p).__name__ for p in guide_spline_flow(4, 4, (8,), layers="mix").parts]
     assert kinds == ["AffineCoupling", "SplineCoupling", "Permutation", "AffineCoupling", "SplineCoupling"]
-    kinds = [type(p).__name__ for p in guide_spline_flow(4, 2, (8,), linear=True).parts]
+    kinds = [type(p).__name__ for p in guide_spline_flow(4, 2, (8,), layers="spline", linear=True).parts]
     assert kinds == ["InvertibleLinear", "SplineCoupling", "SplineCoupling"]
     with pytest.raises(ValueError, match="layers"):
         AutoSplineFlow(gaussian_model, layers="maf")
 
 
-def test_starts_as_a_normal_at_the_initial_point():
+@pytest.mark.parametrize("spline_bound", [None, 3.0])
+def test_starts_as_a_normal_at_the_initial_point(spline_bound):
     pyro.clear_param_store()
-    guide = AutoSplineFlow(three_sites, num_layers=2, hidden_dims=(8,), init_scale=0.5)
+    guide = AutoSplineFlow(
+        three_sites, num_layers=2, hidden_dims=(8,), init_scale=0.5, spline_bound=spline_bound
+    )
     guide()
     q = guide.get_posterior()
     x = torch.randn(7, 4)
     expected = dist.Normal(guide._init_loc(), 0.5).to_event(1).log_prob(x)
     assert torch.allclose(q.log_prob(x), expected, atol=1e-5)
+
+
+def test_spline_bound_caps_the_conditioner_outputs():
+    pyro.clear_param_store()
+    guide = _perturbed_guide(three_sites, spline_bound=0.5)
+    spline = next(p for p in guide.transform.parts if type(p).__name__ == "SplineCoupling")
+    with torch.no_grad():
+        out = spline.conditioner(100 * torch.randn(50, 2))
+    assert out.abs().max() <= 0.5 and out.abs().max() > 0.4
 
 
 def test_log_prob_of_samples_is_the_flow_density_in_float64():
