@@ -138,7 +138,8 @@ def run_one(
     out = {"nonfinite": nonfinite, "error": error, "stopped_at": stopped_at, "cpu_ms_per_step": cpu_ms}
     if nonfinite:
         nan = {"kl": math.nan, "khat": math.nan, "sd": math.nan}
-        return {**out, **nan, **({f"avg_{k}": v for k, v in nan.items()} if average_last else {})}
+        averaged = {f"avg_{k}": v for k, v in nan.items()} if average_last else {}
+        return {**out, **nan, **averaged, "average_last": average_last}
     out.update(score(target, guide))
     if average_last:
         with average.applied():
@@ -158,13 +159,17 @@ def read_runs(path: Path) -> list:
 
 
 def _cell(values, digits=2) -> str:
+    """Mean ± standard error over the seeds whose run stayed finite, and how many did not."""
     values = torch.tensor(values, dtype=torch.float64)
-    if not bool(torch.isfinite(values).all()):
-        return f"NaN in {int((~torch.isfinite(values)).sum())}/{len(values)}"
-    if len(values) == 1:
-        return f"{float(values):.{digits}f}"
-    mean, se = report.mean_se(values)
-    return f"{mean:.{digits}f} ± {se:.{digits}f}"
+    finite = values[torch.isfinite(values)]
+    bad = len(values) - len(finite)
+    note = f" (NaN in {bad}/{len(values)})" if bad else ""
+    if len(finite) == 0:
+        return f"NaN{note}"
+    if len(finite) == 1:
+        return f"{float(finite):.{digits}f}{note}"
+    mean, se = report.mean_se(finite)
+    return f"{mean:.{digits}f} ± {se:.{digits}f}{note}"
 
 
 def _with_averages(rows: list) -> list:
@@ -173,7 +178,7 @@ def _with_averages(rows: list) -> list:
     for row in rows:
         if "avg_kl" in row:
             scores = {k: row[f"avg_{k}"] for k in ("kl", "khat", "sd")}
-            out.append({**row, **scores, "label": f"{row['label']} + average of last {row['average_last']}"})
+            out.append({**row, **scores, "label": f"{row['label']} + iterate average"})
     return out
 
 

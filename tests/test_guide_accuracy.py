@@ -38,7 +38,7 @@ def test_guide_accuracy_smoke(tmp_path):
         assert math.isfinite(r["kl"]) and r["kl"] > -0.05  # a KL (up to Monte Carlo noise)
         assert math.isfinite(r["avg_kl"]) and r["nonfinite"] == 0
     text = (tmp_path / "s.md").read_text()
-    assert "| banana | AutoSplineFlow | 0.01 | 3 |" in text and "average of last 2" in text
+    assert "| banana | AutoSplineFlow | 0.01 | 3 |" in text and "+ iterate average" in text
     assert "python -m benchmarks." in json.loads((tmp_path / "s.json").read_text())["command"]
 
 
