@@ -57,6 +57,7 @@ def guide_spline_flow(
     permute: bool = True,
     activation: Callable[[], nn.Module] = nn.ReLU,
     seed: int = 0,
+    shift_bound: Optional[float] = None,
 ) -> ComposeTransformModule:
     """The couplings of :class:`AutoSplineFlow`, in the sampling direction: optionally an
     LU-parameterized :class:`~pyro_flows.transforms.InvertibleLinear` map first, then
@@ -89,7 +90,7 @@ def guide_spline_flow(
                 affine=spline_affine,
             )
         else:
-            layer = affine_coupling(latent_dim, hidden_dims, "half", i % 2, activation, scale_bound, None)
+            layer = affine_coupling(latent_dim, hidden_dims, "half", i % 2, activation, scale_bound, shift_bound)
         parts.append(layer)
     return ComposeTransformModule(parts)
 
@@ -133,6 +134,7 @@ class AutoSplineFlow(AutoRealNVP):
     :param float spline_bound: if given, the spline couplings' conditioner outputs (the
         unnormalized bin widths, heights, derivatives and the shift and log-scale) are
         soft-bounded, :math:`b \tanh(u / b)`, which caps how uneven the bins can become.
+    :param float shift_bound: if given, the soft bound of the affine couplings' shifts.
     :param float init_scale: initial :math:`\sigma`.
     :param callable init_loc_fn: per-site initialisation (default ``init_to_median``).
     :param bool path_gradient: the "sticking the landing" gradient, as in
@@ -161,6 +163,7 @@ class AutoSplineFlow(AutoRealNVP):
         linear: bool = False,
         permute: bool = True,
         spline_bound: Optional[float] = None,
+        shift_bound: Optional[float] = None,
         init_scale: float = 1.0,
         init_loc_fn: Callable = init_to_median,
         activation: Callable[[], nn.Module] = nn.ReLU,
@@ -184,6 +187,7 @@ class AutoSplineFlow(AutoRealNVP):
         self.spline_affine = spline_affine
         self.linear = linear
         self.spline_bound = spline_bound
+        self.shift_bound = shift_bound
 
     def _setup_prototype(self, *args, **kwargs):
         # AutoRealNVP's prototype minus its couplings: AutoContinuous's, then ours
@@ -202,6 +206,7 @@ class AutoSplineFlow(AutoRealNVP):
             self.linear,
             self.permute,
             self.activation,
+            shift_bound=self.shift_bound,
         ).to(**like)
         _stack_conditioners(couplings.parts)
         if self.spline_bound is not None:
