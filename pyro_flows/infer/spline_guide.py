@@ -90,7 +90,9 @@ def guide_spline_flow(
                 affine=spline_affine,
             )
         else:
-            layer = affine_coupling(latent_dim, hidden_dims, "half", i % 2, activation, scale_bound, shift_bound)
+            layer = affine_coupling(
+                latent_dim, hidden_dims, "half", i % 2, activation, scale_bound, shift_bound
+            )
         parts.append(layer)
     return ComposeTransformModule(parts)
 
@@ -134,8 +136,8 @@ class AutoSplineFlow(AutoRealNVP):
     :param float spline_bound: the spline couplings' conditioner outputs (the
         unnormalized bin widths, heights, derivatives and the shift and log-scale) are
         soft-bounded, :math:`b \tanh(u / b)` (``None``: unbounded). Default 3: without
-        it, 3 of 7 runs at lr 1e-2 (funnel, eight schools, banana; 8 particles, plain
-        Adam) diverged or collapsed, an unbounded conditional shift amplifying the
+        it, 4 of 9 runs at lr 1e-2 (funnel, eight schools, banana, 3 seeds; 8 particles,
+        plain Adam) diverged or collapsed, an unbounded conditional shift amplifying the
         heavy tail of another layer's output (see docs/inference.md).
     :param float shift_bound: if given, the soft bound of the affine couplings' shifts.
     :param float init_scale: initial :math:`\sigma`.
