@@ -465,6 +465,10 @@ def test_fit_trains_an_ffjord_both_ways_in_memory():
     with torch.no_grad():
         gap = float(-flow.log_prob(test).mean()) - entropy
     assert gap < 0.15, gap  # the untrained flow (the standard normal) is 1.5 nats off
+    # without options, flow matching takes the measured recipe: the 256-256-256 field
+    default, _ = fit(data[:1000], flow="ffjord", objective="flow_matching", steps=2, eval_every=2)
+    widths = [m.out_features for m in default.transform.dynamics.net if isinstance(m, nn.Linear)]
+    assert widths == [256, 256, 256, 2]
     # the same call trains by maximum likelihood, and other families too
     ml, ml_history = fit(data, flow="ffjord", steps=20, **{**common, "eval_every": 10})
     assert isinstance(ml.transform.dynamics, pyro_flows.nn.DynamicsNet) and len(ml_history) == 2
