@@ -508,7 +508,7 @@ def main(argv=None):
     p.add_argument("--fm-activation", default=None, help="default: the field's own")
     p.add_argument("--fm-sigma", type=float, default=0.0)
     p.add_argument("--fm-ot-block", type=int, default=128, help="rows per OT assignment; 0: whole batch")
-    p.add_argument("--fm-time-exponent", type=float, default=2.0)
+    p.add_argument("--fm-time-exponent", type=float, default=1.0)
     p.add_argument("--path", default="ot", choices=["ot", "independent"])
     p.add_argument("--nvp-lr", type=float, default=1e-3)
     p.add_argument("--batch", type=int, default=256)
