@@ -40,41 +40,72 @@ from . import report
 from .toy_targets import TARGETS
 
 
-def cosine(lr: float, fraction: float) -> float:
+def cosine(lr: float, fraction: float, warmup: float = 0.0) -> float:
+    """``lr`` after a linear warm-up over the first ``warmup`` of the budget, then a cosine
+    decay to zero at its end."""
+    if warmup > 0 and fraction < warmup:
+        return lr * fraction / warmup
+    fraction = (fraction - warmup) / (1 - warmup)
     return lr * 0.5 * (1 + math.cos(math.pi * min(1.0, fraction)))
 
 
-def marks_up_to(budget: float):
-    base = [5, 10, 20, 34, 50, 85, 120, 170, 250, 340, 500, 700, 1000]
+MARKS = (5, 10, 20, 34, 50, 85, 120, 170, 250, 340, 500, 700, 1000)
+
+
+def marks_up_to(budget: float, base=MARKS):
     return [m for m in base if m < budget] + [budget]
 
 
-def run_budget(name, model, loss_fn, parameters, lr, budget, train, batch, evaluate, seed, log):
-    """Adam with a cosine schedule over the CPU budget; returns the NLL curve."""
+def run_budget(
+    name,
+    model,
+    loss_fn,
+    parameters,
+    lr,
+    budget,
+    train,
+    batch,
+    evaluate,
+    seed,
+    log,
+    warmup=0.0,
+    ema=0.0,
+    marks=MARKS,
+):
+    """Adam with a cosine schedule over the CPU budget; returns the NLL curve. With
+    ``ema > 0`` the evaluations score an exponential moving average of the weights
+    (decay ``ema``, shorter while few steps have been taken), updated after every step."""
     torch.manual_seed(seed)
+    parameters = list(parameters)
     optimizer = torch.optim.Adam(parameters, lr=lr)
     batches = torch.Generator().manual_seed(seed)
-    marks = marks_up_to(budget)
+    average = copy.deepcopy(model) if ema > 0 else None
+    marks = marks_up_to(budget, marks)
     used, steps, curve = 0.0, 0, []
     while marks:
         start = time.process_time()
         for _ in range(5):
             for group in optimizer.param_groups:
-                group["lr"] = cosine(lr, used / budget)
+                group["lr"] = cosine(lr, used / budget, warmup)
             x = train[torch.randint(len(train), (batch,), generator=batches)]
             loss = loss_fn(x)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
             steps += 1
+            if average is not None:
+                decay = min(ema, (1 + steps) / (10 + steps))
+                with torch.no_grad():
+                    for kept, current in zip(average.parameters(), model.parameters(), strict=True):
+                        kept.lerp_(current, 1 - decay)
         used += time.process_time() - start
         if used >= marks[0]:
             while marks and used >= marks[0]:
                 marks.pop(0)
-            nll, se, nfe = evaluate(model)
+            nll, se, nfe = evaluate(model if average is None else average)
             curve.append({"cpu": round(used, 2), "steps": steps, "nll": nll, "se": se, "nfe": nfe})
             log(f"{name}: {used:7.1f} CPU-s, step {steps}, NLL {nll:.4f} ± {se:.4f}, nfe {nfe}")
-    return curve
+    return curve, (model if average is None else average)
 
 
 def ffjord_nll(flow, test):
@@ -222,14 +253,29 @@ def run_target(name, args, log, on_progress=lambda out: None):
     order = args.models
     for model_name in order:
         if model_name == "ffjord_fm":
-            flow = ffjord(1e-5)
-            path = args.path
+            torch.manual_seed(args.seed)
+            flow = pyro_flows.Flow(
+                pyro_flows.ffjord(
+                    2,
+                    None if args.fm_hidden is None else tuple(args.fm_hidden),
+                    args.fm_activation,
+                    field=args.fm_field,
+                )
+            )
 
-            def loss_fn(x, flow=flow, path=path):
+            def loss_fn(x, flow=flow):
                 z = torch.randn_like(x)
-                return flow_matching_loss(flow.transform, x, z, path=path).mean()
+                return flow_matching_loss(
+                    flow.transform,
+                    x,
+                    z,
+                    path=args.path,
+                    sigma=args.fm_sigma,
+                    ot_block=args.fm_ot_block or None,
+                    time_exponent=args.fm_time_exponent,
+                ).mean()
 
-            curve = run_budget(
+            curve, fm_flow = run_budget(
                 model_name,
                 flow,
                 loss_fn,
@@ -241,15 +287,17 @@ def run_target(name, args, log, on_progress=lambda out: None):
                 lambda m: ffjord_nll(m, test),
                 args.seed,
                 log,
+                warmup=args.fm_warmup,
+                ema=args.fm_ema,
+                marks=args.marks,
             )
-            fm_flow = flow
         elif model_name == "ffjord_ml":
             flow = ffjord(args.ml_tol)
 
             def loss_fn(x, flow=flow):
                 return -flow.log_prob(x).mean()
 
-            curve = run_budget(
+            curve, _ = run_budget(
                 model_name,
                 flow,
                 loss_fn,
@@ -261,15 +309,19 @@ def run_target(name, args, log, on_progress=lambda out: None):
                 lambda m: ffjord_nll(m, test),
                 args.seed,
                 log,
+                marks=args.marks,
             )
-        elif model_name == "real_nvp":
+        elif model_name in ("real_nvp", "spline_flow"):
             torch.manual_seed(args.seed)
-            flow = pyro_flows.Flow(pyro_flows.real_nvp(2, num_layers=8, hidden_dims=(64, 64)))
+            if model_name == "real_nvp":
+                flow = pyro_flows.Flow(pyro_flows.real_nvp(2, num_layers=8, hidden_dims=(64, 64)))
+            else:
+                flow = pyro_flows.Flow(pyro_flows.spline_flow(2))
 
             def loss_fn(x, flow=flow):
                 return -flow.log_prob(x).mean()
 
-            curve = run_budget(
+            curve, _ = run_budget(
                 model_name,
                 flow,
                 loss_fn,
@@ -281,6 +333,7 @@ def run_target(name, args, log, on_progress=lambda out: None):
                 lambda m: plain_nll(m, test),
                 args.seed,
                 log,
+                marks=args.marks,
             )
         else:
             raise ValueError(model_name)
@@ -309,7 +362,7 @@ def summarize(out, args):
         summary["ml_best_cpu"] = best["cpu"]
         summary["fm_cpu_to_reach"] = None if reach is None else reach["cpu"]
         summary["ratio"] = None if reach is None else reach["cpu"] / best["cpu"]
-    for name in ("ffjord_fm", "real_nvp", "ffjord_ml"):
+    for name in ("ffjord_fm", "real_nvp", "spline_flow", "ffjord_ml"):
         if name in models:
             at = [r for r in models[name] if r["cpu"] <= args.compare_at + 1e-9] or models[name][:1]
             last = at[-1]
@@ -417,7 +470,7 @@ def merge(paths, args):
         for key in ("batch", "fm_batch", "train", "test", "compare_at", "accuracy_points", "sample_count"):
             setattr(args, key, data["args"][key])
     for res in results.values():
-        order = [m for m in ("ffjord_fm", "real_nvp", "ffjord_ml") if m in res["models"]]
+        order = [m for m in ("ffjord_fm", "ffjord_ml", "real_nvp", "spline_flow") if m in res["models"]]
         res["models"] = {m: res["models"][m] for m in order}
         res["summary"] = summarize(res, args)
     cmd = "; ".join(dict.fromkeys(commands))
@@ -447,7 +500,15 @@ def main(argv=None):
     p.add_argument("--ml-lr", type=float, default=5e-3)
     p.add_argument("--ml-tol", type=float, default=1e-4)
     p.add_argument("--fm-lr", type=float, default=3e-3)
-    p.add_argument("--fm-batch", type=int, default=256)
+    p.add_argument("--fm-batch", type=int, default=512)
+    p.add_argument("--fm-warmup", type=float, default=0.02, help="fraction of the FM budget to warm up over")
+    p.add_argument("--fm-ema", type=float, default=0.999, help="EMA decay of the scored FM weights; 0: none")
+    p.add_argument("--fm-field", default="velocity", choices=["velocity", "concat-squash"])
+    p.add_argument("--fm-hidden", type=int, nargs="+", default=None, help="default: the field's own")
+    p.add_argument("--fm-activation", default=None, help="default: the field's own")
+    p.add_argument("--fm-sigma", type=float, default=0.0)
+    p.add_argument("--fm-ot-block", type=int, default=128, help="rows per OT assignment; 0: whole batch")
+    p.add_argument("--fm-time-exponent", type=float, default=1.0)
     p.add_argument("--path", default="ot", choices=["ot", "independent"])
     p.add_argument("--nvp-lr", type=float, default=1e-3)
     p.add_argument("--batch", type=int, default=256)
@@ -458,6 +519,13 @@ def main(argv=None):
     p.add_argument("--sample-count", type=int, default=10000)
     p.add_argument("--skip-solvers", action="store_true")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--marks",
+        type=float,
+        nargs="+",
+        default=list(MARKS),
+        help="CPU-s at which the held-out NLL is measured",
+    )
     p.add_argument("--stem", default="ffjord_fm")
     p.add_argument(
         "--out", default=str(report.RESULTS), help="folder of the .md and .json results (ignored by git)"

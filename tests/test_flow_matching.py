@@ -23,7 +23,15 @@ import pyro_flows
 from pyro_flows.cli import main
 from pyro_flows.train.checkpoint import load_checkpoint
 from pyro_flows.train.config import RunConfig
-from pyro_flows.train.flow_matching import FlowMatching, conditional_path, flow_matching_loss, ot_pairing
+from pyro_flows.train.flow_matching import (
+    OT_BLOCK,
+    TIME_EXPONENT,
+    FlowMatching,
+    conditional_path,
+    flow_matching_loss,
+    ot_pairing,
+    sample_times,
+)
 from pyro_flows.train.run import fit_run
 from pyro_flows.transforms import FFJORD
 
@@ -343,3 +351,132 @@ def test_cli_flow_matching_runs_and_resumes(tmp_path, capsys):
     resumed = json.load(open(os.path.join(config.out, "results.json")))
     assert resumed["steps"] == 9 and resumed["objective"] == "flow-matching"
     assert resumed["test_nll"] == whole["test_nll"]  # bit-identical resume
+
+
+# ------------------------------------------- blocks, time law, the velocity field
+def test_ot_pairing_in_blocks_pairs_each_block_exactly():
+    torch.manual_seed(7)
+    x, z = torch.randn(300, 2) + 1, torch.randn(300, 2)
+    perm = ot_pairing(x, z, block_size=128)
+    assert sorted(perm.tolist()) == list(range(300))  # still a permutation: both marginals kept
+    for start in (0, 128, 256):
+        block = slice(start, min(start + 128, 300))
+        inside = perm[block]
+        assert bool(((inside >= start) & (inside < block.stop)).all())
+        # each block is the exact assignment of its own rows
+        local = ot_pairing(x[block], z[block]) + start
+        assert inside.tolist() == local.tolist()
+    # a block at least the batch is the whole-batch assignment
+    assert ot_pairing(x, z, block_size=300).tolist() == ot_pairing(x, z).tolist()
+    matched, identity = (x - z[perm]).square().sum(), (x - z).square().sum()
+    assert matched < 0.7 * identity
+    with pytest.raises(ValueError, match="block_size"):
+        ot_pairing(x, z, block_size=0)
+
+
+def test_time_exponent_draws_the_power_law_and_reaches_the_loss():
+    t = sample_times(200_000, exponent=2.0, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    # t = u^2: P(t < s) = sqrt(s), mean 1/3
+    assert abs(float(t.mean()) - 1 / 3) < 3e-3
+    assert abs(float((t < 0.25).double().mean()) - 0.5) < 3e-3
+    with pytest.raises(ValueError, match="exponent"):
+        sample_times(3, exponent=0.0)
+    # the loss draws its times with the exponent: the same seed, the same times
+    net = field()
+    x, z = torch.randn(64, 2, dtype=torch.float64), torch.randn(64, 2, dtype=torch.float64)
+    torch.manual_seed(3)
+    drawn = flow_matching_loss(net, x, z, path="independent", time_exponent=3.0)
+    torch.manual_seed(3)
+    given = flow_matching_loss(net, x, z, path="independent", t=torch.rand(64, dtype=torch.float64) ** 3)
+    assert torch.equal(drawn, given)
+
+
+def test_velocity_net_times_context_and_exact_log_det():
+    torch.manual_seed(0)
+    net = pyro_flows.nn.VelocityNet(2, (16, 16), frequencies=(1, 3)).double()
+    z = torch.randn(5, 2, dtype=torch.float64)
+    # one time for the batch and the same time per row give the same field
+    assert torch.allclose(net(torch.tensor(0.3), z), net(torch.full((5,), 0.3, dtype=torch.float64), z))
+    features = net.time_features(torch.tensor(0.5), 1)
+    assert torch.allclose(
+        features, torch.tensor([[0.5, 1.0, -1.0, 0.0, 0.0]], dtype=torch.float64), atol=1e-12
+    )
+    assert pyro_flows.nn.VelocityNet(2, (8,), zero_init=True)(0.1, z.float()).abs().max() == 0
+    conditional = pyro_flows.nn.VelocityNet(2, (8,), context_dim=3)
+    assert conditional(torch.rand(5), z.float(), torch.randn(5, 3)).shape == (5, 2)
+    with pytest.raises(ValueError, match="context"):
+        conditional(torch.rand(5), z.float())
+    # through FFJORD: log|det| of the solved map against the autograd Jacobian
+    flow = FFJORD(net, 2, rtol=1e-10, atol=1e-10).eval()
+    x = torch.randn(3, 2, dtype=torch.float64)
+    y, ladj = flow._inverse_and_ladj(x)
+    for i in range(3):
+        jac = torch.autograd.functional.jacobian(lambda v: flow._inverse_and_ladj(v[None])[0][0], x[i])
+        assert math.isclose(float(ladj[i].detach()), -float(torch.linalg.slogdet(jac)[1]), abs_tol=1e-7)
+
+
+def test_ffjord_builder_fields():
+    assert isinstance(pyro_flows.ffjord(2).dynamics, pyro_flows.nn.DynamicsNet)
+    velocity = pyro_flows.ffjord(2, field="velocity")
+    assert isinstance(velocity.dynamics, pyro_flows.nn.VelocityNet)
+    widths = [m.out_features for m in velocity.dynamics.net if isinstance(m, nn.Linear)]
+    assert widths == [256, 256, 256, 2] and isinstance(velocity.dynamics.net[1], nn.SiLU)
+    # a new flow is the identity (the last layer starts at zero)
+    x = torch.randn(4, 2)
+    assert torch.allclose(velocity._inverse_and_ladj(x)[0], x)
+    cflow = pyro_flows.conditional_ffjord(2, 3, (8,), field="velocity")
+    assert isinstance(cflow.dynamics, pyro_flows.nn.VelocityNet) and cflow.dynamics.context_dim == 3
+    with pytest.raises(ValueError, match="field"):
+        pyro_flows.ffjord(2, field="resnet")
+
+
+def test_run_config_picks_the_velocity_field_for_flow_matching():
+    from pyro_flows.train.flow_matching import fm_options
+    from pyro_flows.train.registry import build_model
+
+    fm = build_model(RunConfig(flow="ffjord", objective="flow_matching", hidden_dims=(8,)), (2,))
+    ml = build_model(RunConfig(flow="ffjord", hidden_dims=(8,)), (2,))
+    assert isinstance(fm.transform.dynamics, pyro_flows.nn.VelocityNet)
+    assert isinstance(ml.transform.dynamics, pyro_flows.nn.DynamicsNet)
+    forced = RunConfig(flow="ffjord", objective="flow_matching", field="concat-squash", hidden_dims=(8,))
+    assert isinstance(build_model(forced, (2,)).transform.dynamics, pyro_flows.nn.DynamicsNet)
+    config = RunConfig(flow="ffjord", objective="flow_matching")
+    assert fm_options(config) == ("ot", 0.0, OT_BLOCK, TIME_EXPONENT)
+    assert fm_options(config.replace(fm_ot_block=0, fm_time_exponent=2.0))[2:] == (None, 2.0)
+    with pytest.raises(ValueError, match="--fm-time-exponent"):
+        RunConfig(flow="ffjord", objective="flow_matching", fm_time_exponent=0.0)
+    with pytest.raises(ValueError, match="--fm-ot-block"):
+        RunConfig(flow="ffjord", objective="flow_matching", fm_ot_block=-1)
+
+
+# ------------------------------------------------------------------ fit()
+def test_fit_trains_an_ffjord_both_ways_in_memory():
+    from pyro_flows.train import fit
+
+    torch.manual_seed(5)
+    loc, scale = torch.tensor([1.5, -1.0]), torch.tensor([0.4, 1.2])
+    data = loc + scale * torch.randn(3000, 2)
+    test = loc + scale * torch.randn(500, 2)
+    entropy = float(dist.Normal(loc, scale).entropy().sum())
+    common = dict(hidden_dims=(32,), batch_size=128, lr=1e-2, eval_every=50, patience=0)
+    flow, history = fit(data, flow="ffjord", objective="flow_matching", steps=150, **common)
+    assert isinstance(flow.transform.dynamics, pyro_flows.nn.VelocityNet) and not flow.training
+    assert [r["step"] for r in history] == [50, 100, 150] and all(r["nfe"] > 0 for r in history)
+    with torch.no_grad():
+        gap = float(-flow.log_prob(test).mean()) - entropy
+    assert gap < 0.15, gap  # the untrained flow (the standard normal) is 1.5 nats off
+    # without options, flow matching takes the measured recipe: the 256-256-256 field
+    default, _ = fit(data[:1000], flow="ffjord", objective="flow_matching", steps=2, eval_every=2)
+    widths = [m.out_features for m in default.transform.dynamics.net if isinstance(m, nn.Linear)]
+    assert widths == [256, 256, 256, 2]
+    # the same call trains by maximum likelihood, and other families too
+    ml, ml_history = fit(data, flow="ffjord", steps=20, **{**common, "eval_every": 10})
+    assert isinstance(ml.transform.dynamics, pyro_flows.nn.DynamicsNet) and len(ml_history) == 2
+    nvp, _ = fit(data.double(), flow="real_nvp", steps=5, num_layers=2, hidden_dims=(8,), eval_every=5)
+    assert next(nvp.parameters()).dtype == torch.float64
+    with pytest.raises(ValueError, match=r"\(N, D\)"):
+        fit(torch.zeros(10), flow="real_nvp")
+    with pytest.raises(ValueError, match="NaN"):
+        fit(torch.full((10, 2), math.nan), flow="real_nvp")
+    with pytest.raises(ValueError, match="--flow ffjord"):
+        fit(data, flow="real_nvp", objective="flow_matching")

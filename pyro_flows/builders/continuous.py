@@ -7,16 +7,36 @@ from typing import Callable, Optional, Sequence, Union
 from torch import nn
 
 from ..nn.odefunc import DynamicsNet
+from ..nn.velocity import VelocityNet
 from ..transforms.continuous import FFJORD, ConditionalFFJORD
 from ._checks import check_hidden_dims
 
-__all__ = ["ffjord", "conditional_ffjord"]
+__all__ = ["ffjord", "conditional_ffjord", "FIELDS"]
+
+#: the networks of the field h(t, z): concat-squash layers (:class:`~pyro_flows.nn.DynamicsNet`,
+#: for maximum likelihood) or an MLP on a Fourier embedding of t (:class:`~pyro_flows.nn.VelocityNet`,
+#: for flow matching), each with its default hidden sizes and activation
+FIELDS = {
+    "concat-squash": ((64, 64), "softplus"),
+    "velocity": ((256, 256, 256), "silu"),
+}
+
+
+def _field_network(name, input_dim, hidden_dims, activation, context_dim, caller):
+    if name not in FIELDS:
+        raise ValueError(f"{caller}: expected field in {tuple(FIELDS)}, got {name!r}")
+    default_hidden, default_activation = FIELDS[name]
+    hidden_dims = check_hidden_dims(default_hidden if hidden_dims is None else hidden_dims, caller)
+    activation = default_activation if activation is None else activation
+    if name == "velocity":
+        return VelocityNet(input_dim, hidden_dims, activation, zero_init=True, context_dim=context_dim)
+    return DynamicsNet(input_dim, hidden_dims, activation, context_dim=context_dim)
 
 
 def ffjord(
     input_dim: int,
-    hidden_dims: Sequence[int] = (64, 64),
-    activation: Union[str, Callable[[], nn.Module]] = "softplus",
+    hidden_dims: Optional[Sequence[int]] = None,
+    activation: Union[str, Callable[[], nn.Module], None] = None,
     trace: str = "auto",
     noise: str = "rademacher",
     method: str = "dopri5",
@@ -30,10 +50,14 @@ def ffjord(
     sample_rtol: Optional[float] = None,
     sample_atol: Optional[float] = None,
     sample_options: Optional[dict] = None,
+    field: str = "concat-squash",
 ) -> FFJORD:
     r"""FFJORD (Grathwohl et al., 2019) on vectors of size ``input_dim``:
     one :class:`~pyro_flows.transforms.FFJORD` whose dynamics :math:`h(t, z)` is a
-    :class:`~pyro_flows.nn.DynamicsNet` of concat-squash layers.
+    :class:`~pyro_flows.nn.DynamicsNet` of concat-squash layers (``field="concat-squash"``,
+    the default, for maximum likelihood) or a :class:`~pyro_flows.nn.VelocityNet`, an MLP
+    on :math:`z` and a Fourier embedding of :math:`t` (``field="velocity"``, the field
+    that flow matching trains best; ``docs/ffjord.md`` compares them).
 
     .. math::
 
@@ -48,9 +72,12 @@ def ffjord(
     likelihood, or by flow matching with :mod:`pyro_flows.train.flow_matching`.
 
     :param int input_dim: dimension :math:`D \ge 1`.
-    :param hidden_dims: hidden sizes of the dynamics network.
-    :param activation: ``"softplus"`` (default), ``"tanh"``, ``"elu"``, ``"silu"`` or a
-        callable returning a smooth ``nn.Module``.
+    :param hidden_dims: hidden sizes of the dynamics network (``None``: 64-64 for
+        ``"concat-squash"``, 256-256-256 for ``"velocity"``).
+    :param activation: ``"softplus"``, ``"tanh"``, ``"elu"``, ``"silu"`` or a callable
+        returning a smooth ``nn.Module`` (``None``: softplus for ``"concat-squash"``, SiLU
+        for ``"velocity"``).
+    :param str field: the network, ``"concat-squash"`` or ``"velocity"``.
 
     >>> import torch, pyro.distributions as dist
     >>> flow = ffjord(2, hidden_dims=(16,), rtol=1e-4, atol=1e-4)
@@ -60,8 +87,7 @@ def ffjord(
     """
     if not isinstance(input_dim, int) or input_dim < 1:
         raise ValueError(f"ffjord: expected a positive integer input_dim, got {input_dim!r}")
-    hidden_dims = check_hidden_dims(hidden_dims, "ffjord")
-    dynamics = DynamicsNet(input_dim, hidden_dims, activation)
+    dynamics = _field_network(field, input_dim, hidden_dims, activation, 0, "ffjord")
     return FFJORD(
         dynamics,
         input_dim,
@@ -84,12 +110,14 @@ def ffjord(
 def conditional_ffjord(
     input_dim: int,
     context_dim: int,
-    hidden_dims: Sequence[int] = (64, 64),
-    activation: Union[str, Callable[[], nn.Module]] = "softplus",
+    hidden_dims: Optional[Sequence[int]] = None,
+    activation: Union[str, Callable[[], nn.Module], None] = None,
+    field: str = "concat-squash",
     **settings,
 ) -> ConditionalFFJORD:
     r"""A conditional FFJORD: one :class:`~pyro_flows.transforms.ConditionalFFJORD` whose
-    dynamics :math:`h(t, z; c)` is a :class:`~pyro_flows.nn.DynamicsNet` with the context
+    dynamics :math:`h(t, z; c)` is a :class:`~pyro_flows.nn.DynamicsNet` (or, with
+    ``field="velocity"``, a :class:`~pyro_flows.nn.VelocityNet`) with the context
     concatenated to its input.
 
     Use it with :class:`pyro.distributions.ConditionalTransformedDistribution`, as a
@@ -100,6 +128,8 @@ def conditional_ffjord(
 
     :param int input_dim: dimension :math:`D \ge 1`.
     :param int context_dim: size of the context vector.
+    :param hidden_dims: hidden sizes; :param activation: the activation; :param str field:
+        the network; as in :func:`ffjord`.
 
     >>> import torch, pyro.distributions as dist
     >>> cflow = conditional_ffjord(2, context_dim=1, hidden_dims=(16,), rtol=1e-4, atol=1e-4)
@@ -110,6 +140,5 @@ def conditional_ffjord(
     """
     if not isinstance(input_dim, int) or input_dim < 1:
         raise ValueError(f"conditional_ffjord: expected a positive integer input_dim, got {input_dim!r}")
-    hidden_dims = check_hidden_dims(hidden_dims, "conditional_ffjord")
-    dynamics = DynamicsNet(input_dim, hidden_dims, activation, context_dim=context_dim)
+    dynamics = _field_network(field, input_dim, hidden_dims, activation, context_dim, "conditional_ffjord")
     return ConditionalFFJORD(dynamics, input_dim, context_dim, **settings)

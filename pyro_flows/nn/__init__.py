@@ -3,6 +3,7 @@
 from .mlp import MLP, ConditionalMLP
 from .odefunc import ConcatSquashLinear, DynamicsNet
 from .resnet import ConditionalResNet, ResidualBlock, ResNet
+from .velocity import VelocityNet
 
 __all__ = [
     # vectors
@@ -15,4 +16,5 @@ __all__ = [
     # continuous-time flows
     "ConcatSquashLinear",
     "DynamicsNet",
+    "VelocityNet",
 ]

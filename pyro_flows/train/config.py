@@ -115,6 +115,24 @@ class RunConfig:
         choices=("ot", "independent"),
     )
     fm_sigma: float = _opt(0.0, "flow matching: noise level sigma of the probability path", "training")
+    fm_ot_block: int = _opt(
+        128,
+        "flow matching, --path ot: rows per exact assignment (the batch is paired in blocks of this "
+        "many; 0 pairs the whole batch at once, which costs O(batch^3))",
+        "training",
+    )
+    fm_time_exponent: float = _opt(
+        1.0,
+        "flow matching: train at times t = u^a, u uniform; a > 1 puts more of them near the data",
+        "training",
+    )
+    field: str = _opt(
+        "auto",
+        "ffjord: the network of the vector field, concat-squash layers or an MLP on a Fourier "
+        "embedding of t (velocity); auto takes velocity for flow matching, concat-squash otherwise",
+        "model",
+        choices=("auto", "concat-squash", "velocity"),
+    )
     steps: int = _opt(2000, "optimizer steps (ignored when --epochs is set)", "training")
     epochs: int = _opt(0, "passes over the training set; 0 uses --steps", "training")
     batch_size: int = _opt(256, "global batch size (split across processes under torchrun)", "training")
@@ -175,7 +193,15 @@ class RunConfig:
         for name in positive:
             if getattr(self, name) < 1:
                 raise ValueError(f"--{_flag(name)} must be >= 1, got {getattr(self, name)}")
-        for name in ("epochs", "warmup_steps", "patience", "plot_samples", "levels", "threads"):
+        for name in (
+            "epochs",
+            "warmup_steps",
+            "patience",
+            "plot_samples",
+            "levels",
+            "threads",
+            "fm_ot_block",
+        ):
             if getattr(self, name) < 0:
                 raise ValueError(f"--{_flag(name)} must be >= 0, got {getattr(self, name)}")
         if self.plot_samples > MAX_PLOT_SAMPLES:
@@ -191,6 +217,8 @@ class RunConfig:
             )
         if not 0 <= self.ema < 1:
             raise ValueError(f"--ema must be in [0, 1) (0 turns averaging off), got {self.ema}")
+        if not (math.isfinite(self.fm_time_exponent) and self.fm_time_exponent > 0):
+            raise ValueError(f"--fm-time-exponent must be a finite number > 0, got {self.fm_time_exponent}")
         for name in ("lr", "grad_clip", "weight_decay", "kinetic_weight", "frobenius_weight", "fm_sigma"):
             value = getattr(self, name)
             if not math.isfinite(value) or value < 0:

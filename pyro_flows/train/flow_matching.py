@@ -35,6 +35,13 @@ the same loss, the source ``x0`` is the data and the target ``x1`` the base samp
   ``linear_sum_assignment``. Pairs then cross less, the regression target has less
   variance and the learnt paths are straighter (cheaper to integrate). A permutation
   keeps both marginals, so the optimum is still a flow from the data to :math:`p_Z`.
+  The assignment is made in blocks of :data:`OT_BLOCK` rows (``ot_block``): its cost grows
+  as the cube of the block, and on one CPU thread a whole batch of 512 costs about 20 ms,
+  four times a training step of a 3 x 256 field, while four blocks of 128 cost 3 ms.
+
+**Times.** :math:`t = u^a` with :math:`u \sim U(0, 1)` (``time_exponent`` :math:`a`,
+default :data:`TIME_EXPONENT`); :math:`a > 1` spends more of the regression near the data
+end :math:`t = 0`, where the field has to carve the density's sharp features.
 
 With a context :math:`c` (a conditional field :math:`h(t, z; c)`, see
 :class:`~pyro_flows.transforms.ConditionalFFJORD`) the loss is the same with
@@ -50,15 +57,32 @@ torch.Size([8])
 
 from __future__ import annotations
 
+import math
 from typing import Optional, Tuple
 
 import torch
 from torch import nn
 
-__all__ = ["PATHS", "ot_pairing", "conditional_path", "flow_matching_loss", "FlowMatching"]
+__all__ = [
+    "PATHS",
+    "OT_BLOCK",
+    "TIME_EXPONENT",
+    "ot_pairing",
+    "sample_times",
+    "conditional_path",
+    "flow_matching_loss",
+    "FlowMatching",
+    "fm_options",
+]
 
 #: the couplings of data and base samples: independent pairs, minibatch OT pairs
 PATHS = ("independent", "ot")
+
+#: default rows per exact assignment of the ``"ot"`` path (see :func:`ot_pairing`)
+OT_BLOCK = 128
+
+#: default exponent :math:`a` of the training times :math:`t = u^a` (see :func:`sample_times`)
+TIME_EXPONENT = 1.0
 
 
 def _linear_sum_assignment():
@@ -73,26 +97,69 @@ def _linear_sum_assignment():
     return linear_sum_assignment
 
 
-def ot_pairing(x: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+def ot_pairing(x: torch.Tensor, z: torch.Tensor, block_size: Optional[int] = None) -> torch.Tensor:
     r"""The permutation :math:`\pi` minimising :math:`\sum_i \|x_i - z_{\pi(i)}\|^2` (exact
     assignment, SciPy's ``linear_sum_assignment``): ``z[pi]`` is paired with ``x``.
 
+    The assignment costs :math:`O(N^3)`: for a batch of 512 it takes longer than a step
+    of a 3 x 256 network. With ``block_size`` the batch is cut into consecutive blocks of
+    that many rows and each block is paired on its own (the last block may be smaller);
+    the pairs stay a permutation, so both marginals are kept.
+
     :param x: ``(N, D)``; :param z: ``(N, D)``.
+    :param block_size: rows per assignment (``None``: the whole batch at once).
     :returns: a ``LongTensor`` of shape ``(N,)`` on ``z``'s device.
 
     >>> x = torch.tensor([[0.0], [10.0]]); z = torch.tensor([[9.0], [1.0]])
     >>> ot_pairing(x, z).tolist()
     [1, 0]
+    >>> ot_pairing(x, z, block_size=1).tolist()
+    [0, 1]
     """
     if x.dim() != 2 or z.shape != x.shape:
         raise ValueError(
             f"ot_pairing: expected two (N, D) batches of the same shape, got {tuple(x.shape)} and {tuple(z.shape)}"
         )
+    if block_size is not None and (
+        isinstance(block_size, bool) or not isinstance(block_size, int) or block_size < 1
+    ):
+        raise ValueError(f"ot_pairing: block_size must be a positive integer or None, got {block_size!r}")
     solve = _linear_sum_assignment()
-    cost = torch.cdist(x.detach().double(), z.detach().double()).square()
-    rows, cols = solve(cost.cpu().numpy())
-    # rows come back sorted 0..N-1 for a square cost, so cols[i] is the partner of x_i
-    return torch.as_tensor(cols, dtype=torch.long, device=z.device)
+    n = x.shape[0]
+    block = n if block_size is None else min(block_size, n)
+    parts = []
+    for start in range(0, n, max(block, 1)):
+        cost = torch.cdist(
+            x[start : start + block].detach().double(), z[start : start + block].detach().double()
+        )
+        rows, cols = solve(cost.square().cpu().numpy())
+        # rows come back sorted 0..n-1 for a square cost, so cols[i] is the partner of x_i
+        parts.append(torch.as_tensor(cols, dtype=torch.long) + start)
+    if not parts:
+        return torch.zeros(0, dtype=torch.long, device=z.device)
+    return torch.cat(parts).to(z.device)
+
+
+def sample_times(
+    n: int,
+    exponent: float = TIME_EXPONENT,
+    dtype: Optional[torch.dtype] = None,
+    device=None,
+    generator: Optional[torch.Generator] = None,
+) -> torch.Tensor:
+    r"""``n`` training times :math:`t = u^a`, :math:`u \sim U(0, 1)`: uniform for
+    :math:`a = 1`; for :math:`a > 1` their density :math:`t^{1/a - 1} / a` puts more of
+    them near the data end of the path (:math:`t = 0`), where the field has to carve the
+    sharp features of the density.
+
+    >>> t = sample_times(10000, exponent=2.0, generator=torch.Generator().manual_seed(0))
+    >>> round(float(t.mean()), 2)  # E[u^2] = 1/3
+    0.33
+    """
+    if not (math.isfinite(exponent) and exponent > 0):
+        raise ValueError(f"flow matching: the time exponent must be a positive number, got {exponent}")
+    u = torch.rand(n, dtype=dtype, device=device, generator=generator)
+    return u if exponent == 1 else u.pow(exponent)
 
 
 def conditional_path(
@@ -135,6 +202,8 @@ def flow_matching_loss(
     t: Optional[torch.Tensor] = None,
     noise: Optional[torch.Tensor] = None,
     context: Optional[torch.Tensor] = None,
+    ot_block: Optional[int] = OT_BLOCK,
+    time_exponent: float = TIME_EXPONENT,
 ) -> torch.Tensor:
     r"""The conditional flow-matching loss per point,
     :math:`\frac1D\|h_\theta(t, x_t) - u_t\|^2` (see the module docstring); its batch mean
@@ -146,9 +215,12 @@ def flow_matching_loss(
     :param x: ``(N, D)`` data. :param z: ``(N, D)`` base samples :math:`z \sim p_Z`.
     :param str path: ``"ot"`` (minibatch optimal-transport pairs) or ``"independent"``.
     :param float sigma: the path's constant noise level :math:`\sigma \ge 0`.
-    :param t: ``(N,)`` times (default: uniform on [0, 1]).
+    :param t: ``(N,)`` times (default: drawn by :func:`sample_times` with ``time_exponent``).
     :param noise: ``(N, D)`` path noise :math:`\varepsilon` (default: standard normal).
     :param context: ``(N, C)`` contexts of a conditional field (independent path only).
+    :param ot_block: rows per exact assignment of the ``"ot"`` path (``None``: the whole
+        batch; see :func:`ot_pairing`).
+    :param float time_exponent: the exponent of the default times (1: uniform).
     :returns: ``(N,)``.
     """
     if path not in PATHS:
@@ -166,13 +238,25 @@ def flow_matching_loss(
             "transport would make the base samples depend on the context"
         )
     if path == "ot":
-        z = z[ot_pairing(x, z)]
+        z = z[ot_pairing(x, z, ot_block)]
     if t is None:
-        t = torch.rand(x.shape[0], dtype=x.dtype, device=x.device)
+        t = sample_times(x.shape[0], time_exponent, dtype=x.dtype, device=x.device)
     x_t, target = conditional_path(x, z, t, sigma, noise)
     field = _field_of(model)
     velocity = field(t, x_t) if context is None else field(t, x_t, context)
     return (velocity - target).square().mean(-1)
+
+
+def fm_options(config) -> Tuple[str, float, Optional[int], float]:
+    """``(path, sigma, ot_block, time_exponent)`` of a :class:`~pyro_flows.train.RunConfig`
+    (``--fm-ot-block 0``: the whole batch in one assignment)."""
+    block = getattr(config, "fm_ot_block", OT_BLOCK)
+    return (
+        config.path,
+        config.fm_sigma,
+        None if block == 0 else block,
+        getattr(config, "fm_time_exponent", TIME_EXPONENT),
+    )
 
 
 class FlowMatching(nn.Module):
@@ -188,7 +272,14 @@ class FlowMatching(nn.Module):
     (torch.Size([5]), 0.0)
     """
 
-    def __init__(self, flow: nn.Module, path: str = "ot", sigma: float = 0.0):
+    def __init__(
+        self,
+        flow: nn.Module,
+        path: str = "ot",
+        sigma: float = 0.0,
+        ot_block: Optional[int] = OT_BLOCK,
+        time_exponent: float = TIME_EXPONENT,
+    ):
         super().__init__()
         from ..transforms.continuous import FFJORD
 
@@ -203,9 +294,19 @@ class FlowMatching(nn.Module):
         self.flow = flow
         self.path = path
         self.sigma = float(sigma)
+        self.ot_block = ot_block
+        self.time_exponent = float(time_exponent)
 
     def forward(self, x: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
         x = x.reshape(x.shape[0], -1)
         z = self.flow().base_dist.sample(x.shape[:1]).reshape(x.shape).to(x)
-        loss = flow_matching_loss(self.flow.transform, x, z, self.path, self.sigma)
+        loss = flow_matching_loss(
+            self.flow.transform,
+            x,
+            z,
+            self.path,
+            self.sigma,
+            ot_block=self.ot_block,
+            time_exponent=self.time_exponent,
+        )
         return loss, loss.new_zeros(())

@@ -375,9 +375,9 @@ def train(
         initialize_consistently(flow, splits.prepare(first), context)
     flow_matching = getattr(config, "objective", "likelihood") == "flow-matching"
     if flow_matching:
-        from .flow_matching import FlowMatching
+        from .flow_matching import FlowMatching, fm_options
 
-        objective = wrap_model(FlowMatching(flow, config.path, config.fm_sigma), context, device)
+        objective = wrap_model(FlowMatching(flow, *fm_options(config)), context, device)
     else:
         objective = wrap_model(NegativeLogLikelihood(flow), context, device)
     # the training metric: the NLL, or the flow-matching loss (no NLL offset: not a density)

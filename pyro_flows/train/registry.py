@@ -120,6 +120,7 @@ FLOWS = {
                 hidden_dims=c.hidden_dims,
                 kinetic_weight=c.kinetic_weight,
                 frobenius_weight=c.frobenius_weight,
+                field=ffjord_field(c),
             ),
             "continuous-time FFJORD",
             requires=(
@@ -139,6 +140,15 @@ FLOWS = {
         ),
     ]
 }
+
+
+def ffjord_field(config) -> str:
+    """The network of an ffjord's field for a run: ``--field``, where ``auto`` is the
+    Fourier-time MLP for flow matching and concat-squash layers for maximum likelihood."""
+    field = getattr(config, "field", "auto")
+    if field != "auto":
+        return field
+    return "velocity" if getattr(config, "objective", "likelihood") == "flow-matching" else "concat-squash"
 
 
 def flow_names() -> Tuple[str, ...]:
