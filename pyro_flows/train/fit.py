@@ -34,7 +34,7 @@ FLOW_MATCHING_DEFAULTS = {
 
 def fit(
     data: torch.Tensor,
-    flow: str = "real_nvp",
+    flow: str = "spline",
     objective: str = "likelihood",
     steps: int = 2000,
     val_fraction: float = 0.1,
@@ -49,8 +49,8 @@ def fit(
     held out and scored every ``eval_every`` steps; the rest is trained on.
 
     :param data: ``(N, D)`` floating-point points; the flow is built in their dtype.
-    :param str flow: a flow family of the ``pyro-flows`` command (``"real_nvp"``,
-        ``"spline_flow"``, ``"ffjord"``, ...).
+    :param str flow: a flow family of the ``pyro-flows`` command (``"spline"``, the
+        default as for the command, ``"real_nvp"``, ``"ffjord"``, ...).
     :param str objective: ``"likelihood"``, or ``"flow_matching"`` (also spelled
         ``"flow-matching"``) for ``flow="ffjord"``: the vector field is regressed on a
         probability path (:mod:`pyro_flows.train.flow_matching`) instead of solving the ODE
