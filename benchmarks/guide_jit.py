@@ -16,8 +16,6 @@ each. The first step of each pair (setup, tracing) is not timed.
 from __future__ import annotations
 
 import argparse
-import statistics
-import time
 
 import pyro
 import torch
@@ -28,6 +26,7 @@ from examples.funnel import funnel
 from pyro_flows.infer import AutoRealNVP, AutoSplineFlow
 
 from . import report
+from .guide_speed import interleaved
 
 MODELS = {"funnel": funnel, "eight_schools": eight_schools}
 GUIDES = {"AutoSplineFlow": AutoSplineFlow, "AutoRealNVP": AutoRealNVP}
@@ -45,20 +44,6 @@ def make_step(model, guide_cls, elbo_cls, seed: int = 0, **guide_kwargs):
     svi = SVI(model, guide, pyro.optim.Adam({"lr": 1e-3}), elbo)
     svi.step()  # setup and tracing, not timed
     return svi.step
-
-
-def interleaved_cpu(steps: dict, reps: int, warmup: int) -> dict:
-    """Median CPU seconds per step of each callable, the callables alternating."""
-    for _ in range(warmup):
-        for step in steps.values():
-            step()
-    times = {name: [] for name in steps}
-    for _ in range(reps):
-        for name, step in steps.items():
-            start = time.process_time()
-            step()
-            times[name].append(time.process_time() - start)
-    return {name: statistics.median(t) for name, t in times.items()}
 
 
 def main(argv=None) -> dict:
@@ -84,7 +69,7 @@ def main(argv=None) -> dict:
             for g in GUIDES
             for e in ELBOS
         }
-        medians = interleaved_cpu(steps, args.reps, args.warmup)
+        medians = interleaved(steps, args.reps, args.warmup)
         results[model_name] = {}
         for g in GUIDES:
             eager = medians[(g, "Trace_ELBO")]
