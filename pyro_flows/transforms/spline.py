@@ -186,6 +186,13 @@ class _SplineParams:
         self.min_derivative = min_derivative
         self.affine = bool(affine)
 
+    # Transforms with this mixin compute both directions in one method, ``_spline``.
+    def _call_and_ladj(self, x):
+        return self._spline(x, inverse=False)
+
+    def _inverse_and_ladj(self, y):
+        return self._spline(y, inverse=True)
+
 
 def _params_per_coordinate(num_bins: int, affine: bool = False) -> int:
     """Conditioner outputs per transformed coordinate: ``K`` widths, ``K`` heights and
@@ -309,12 +316,6 @@ class SplineCoupling(_SplineParams, _Coupling):
             y = partition.merge(x_a, y_b)
         return y, sum_event(log_derivative, self.event_dim_)
 
-    def _call_and_ladj(self, x):
-        return self._spline(x, inverse=False)
-
-    def _inverse_and_ladj(self, y):
-        return self._spline(y, inverse=True)
-
     def extra_repr(self):
         return f"{super().extra_repr()}, num_bins={self.num_bins}, tail_bound={self.tail_bound}"
 
@@ -372,12 +373,6 @@ class ElementwiseSpline(_SplineParams, FlowTransform):
             min_derivative=self.min_derivative,
         )
         return y, log_derivative.sum(-1)
-
-    def _call_and_ladj(self, x):
-        return self._spline(x, inverse=False)
-
-    def _inverse_and_ladj(self, y):
-        return self._spline(y, inverse=True)
 
     def extra_repr(self):
         return f"dim={self.params.shape[0]}, num_bins={self.num_bins}, tail_bound={self.tail_bound}"
