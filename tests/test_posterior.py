@@ -110,6 +110,16 @@ def test_a_posterior_at_the_edge_of_the_box_is_truncated_and_renormalized():
     # the draws follow the renormalized density: the share of draws in the left half
     left = float((log_q.exp() * (points[:, 0] < 0.5)).sum() * area)
     assert abs(float((draws[:, 0] < 0.5).double().mean()) - left) < 0.04
+    # scoring in batches against the same x reuses one estimate of Z (the same numbers
+    # as one call), and a change of the weights makes a new one
+    with torch.no_grad():
+        halves = torch.cat([posterior.log_prob(p, x_obs) for p in points.chunk(2)])
+        assert torch.equal(halves, log_q)
+        before = posterior._log_normalizer_cached(x_obs)
+        next(posterior.parameters()).mul_(0.5)
+        torch.manual_seed(2)
+        after = posterior._log_normalizer_cached(x_obs)
+    assert not torch.equal(before, after) and torch.isfinite(after).all()
 
 
 def test_fit_posterior_rejects_an_unknown_bounded_option():

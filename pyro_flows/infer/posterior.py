@@ -193,12 +193,28 @@ class ConditionalPosterior(nn.Module):
             done += m
         return (count / n).clamp_min(1.0 / n).log()
 
+    def _log_normalizer_cached(self, x: torch.Tensor) -> torch.Tensor:
+        # Scoring many batches of theta against the same x must not redraw Z each time:
+        # keep the last estimate while x and the weights (their version counters) are unchanged.
+        key = tuple(p._version for p in self.parameters())
+        cached = getattr(self, "_z_cache", None)
+        if (
+            cached is not None
+            and cached[0] == key
+            and cached[1].shape == x.shape
+            and torch.equal(cached[1], x)
+        ):
+            return cached[2]
+        z = self.log_normalizer(x)
+        self._z_cache = (key, x.detach().clone(), z)
+        return z
+
     def log_prob(self, theta: torch.Tensor, x: torch.Tensor, normalize: bool = True) -> torch.Tensor:
         r""":math:`\log q(\theta \mid x)` in the units of :math:`\theta`; ``theta`` of shape
         ``(*batch, theta_dim)`` and ``x`` of shape ``(*batch', x_dim)`` broadcast, e.g.
         many ``theta`` against one ``x``. Outside the prior's support it is :math:`-\infty`.
-        With ``reject``, it is renormalized by :meth:`log_normalizer` (estimated afresh on
-        each call) unless ``normalize=False``."""
+        With ``reject``, it is renormalized by :meth:`log_normalizer` unless
+        ``normalize=False``; the estimate is kept while ``x`` and the weights stay the same."""
         if not isinstance(theta, torch.Tensor) or theta.dim() < 1 or theta.shape[-1] != self.theta_dim:
             shape = tuple(theta.shape) if isinstance(theta, torch.Tensor) else type(theta).__name__
             raise ValueError(f"posterior: expected theta of shape (*batch, {self.theta_dim}), got {shape}")
@@ -213,7 +229,7 @@ class ConditionalPosterior(nn.Module):
             theta = torch.where(inside.unsqueeze(-1), theta, biject_to(self.support)(self.theta_loc))
         log_q = self.distribution(x.expand(*batch, self.x_dim)).log_prob(theta)
         if self.reject and normalize:
-            log_q = log_q - self.log_normalizer(x)  # one Z per observation, then broadcast
+            log_q = log_q - self._log_normalizer_cached(x)  # one Z per observation, then broadcast
         return torch.where(inside, log_q, log_q.new_full((), -math.inf))
 
     def extra_repr(self) -> str:
