@@ -120,12 +120,16 @@ def build_parser() -> argparse.ArgumentParser:
 
 def resolve_fit_config(args: argparse.Namespace) -> RunConfig:
     """Defaults, then the TOML file, then the command line."""
+    from .train.fit import with_flow_matching_defaults
+
     given = {f.name: getattr(args, f.name) for f in dataclasses.fields(RunConfig) if hasattr(args, f.name)}
     values = {}
     if args.config:
         values.update(read_toml(args.config))
         RunConfig.from_dict(values, source=args.config)  # name the file in errors
     values.update(given)
+    # an ffjord trained by flow matching gets the same recipe as from the Python API
+    values = with_flow_matching_defaults(values)
     return RunConfig.from_dict(values, source="options")
 
 

@@ -480,3 +480,35 @@ def test_fit_trains_an_ffjord_both_ways_in_memory():
         fit(torch.full((10, 2), math.nan), flow="real_nvp")
     with pytest.raises(ValueError, match="--flow ffjord"):
         fit(data, flow="real_nvp", objective="flow_matching")
+
+
+def test_cli_flow_matching_takes_the_recipe_of_fit_unless_told_otherwise(tmp_path):
+    from pyro_flows.cli import build_parser, resolve_fit_config
+
+    def config(*argv):
+        return resolve_fit_config(build_parser().parse_args(["fit", "--data", "moons", *argv]))
+
+    recipe = config("--flow", "ffjord", "--objective", "flow-matching", "--steps", "500")
+    assert (recipe.hidden_dims, recipe.batch_size, recipe.lr, recipe.warmup_steps) == (
+        (256, 256, 256),
+        512,
+        3e-3,
+        10,
+    )
+    # each option given on the command line or in the TOML file replaces its part only
+    told = config(
+        "--flow", "ffjord", "--objective", "flow-matching", "--hidden-dims", "32,32", "--batch-size", "64"
+    )
+    assert (told.hidden_dims, told.batch_size, told.lr, told.warmup_steps) == ((32, 32), 64, 3e-3, 40)
+    toml = tmp_path / "run.toml"
+    toml.write_text('flow = "ffjord"\nobjective = "flow-matching"\nlr = 1e-3\n')
+    from_file = config("--config", str(toml))
+    assert (from_file.lr, from_file.hidden_dims) == (1e-3, (256, 256, 256))
+    # maximum likelihood and the other flows keep the shared defaults
+    ml = config("--flow", "ffjord")
+    spline = config("--flow", "spline")
+    assert (
+        (ml.hidden_dims, ml.batch_size, ml.lr)
+        == (spline.hidden_dims, spline.batch_size, spline.lr)
+        == ((128, 128), 256, 0.0)
+    )

@@ -9,7 +9,7 @@ writes nothing and returns the trained flow with its validation history.
 
 from __future__ import annotations
 
-from typing import List, Tuple
+from typing import List, Optional, Tuple
 
 import torch
 
@@ -18,18 +18,47 @@ from .config import RunConfig
 from .loop import train
 from .registry import build_model
 
-__all__ = ["fit", "FLOW_MATCHING_DEFAULTS"]
+__all__ = ["fit", "FLOW_MATCHING_DEFAULTS", "with_flow_matching_defaults"]
 
-#: the options :func:`fit` uses for ``flow="ffjord", objective="flow_matching"`` unless
-#: given: the velocity field 256-256-256 (the builder's default for that field), batches of
-#: 512 and a learning rate of 3e-3 with a linear warm-up over the first 2% of the steps
-#: (the recipe measured in ``docs/ffjord.md``)
+#: the options an ffjord trained by flow matching gets unless given, from :func:`fit` and
+#: from ``pyro-flows fit --flow ffjord --objective flow-matching`` alike: the velocity field
+#: 256-256-256 (the builder's default for that field), batches of 512 and a learning rate
+#: of 3e-3 with a linear warm-up over the first 2% of the steps (the recipe measured in
+#: ``docs/ffjord.md``)
 FLOW_MATCHING_DEFAULTS = {
     "hidden_dims": (256, 256, 256),
     "batch_size": 512,
     "lr": 3e-3,
     "warmup_fraction": 0.02,
 }
+
+
+def with_flow_matching_defaults(options: dict, n_train: Optional[int] = None) -> dict:
+    """``options`` (fields of :class:`~pyro_flows.train.RunConfig`) completed with
+    :data:`FLOW_MATCHING_DEFAULTS` where they train an ffjord by flow matching and leave
+    a field out; other options are returned unchanged. The warm-up is 2% of ``steps``
+    (of the default 2000 when not given; none when ``epochs`` sets the length), and
+    the batch is at most ``n_train`` points when that is known.
+
+    >>> with_flow_matching_defaults({"flow": "ffjord", "objective": "flow-matching", "steps": 500})["warmup_steps"]
+    10
+    >>> with_flow_matching_defaults({"flow": "spline", "steps": 500})
+    {'flow': 'spline', 'steps': 500}
+    """
+    objective = str(options.get("objective", "likelihood")).replace("_", "-")
+    if options.get("flow") != "ffjord" or objective != "flow-matching":
+        return options
+    options = dict(options)
+    steps = options.get("steps", RunConfig.steps)
+    for key, value in FLOW_MATCHING_DEFAULTS.items():
+        if key == "warmup_fraction":
+            if not options.get("epochs"):
+                options.setdefault("warmup_steps", int(value * steps))
+        elif key == "batch_size" and n_train is not None:
+            options.setdefault(key, max(1, min(value, n_train)))
+        else:
+            options.setdefault(key, value)
+    return options
 
 
 def fit(
@@ -85,15 +114,12 @@ def fit(
         raise ValueError(f"fit: val_fraction must be in (0, 1), got {val_fraction}")
     if not bool(torch.isfinite(data).all()):
         raise ValueError("fit: the data hold NaN or infinite values")
-    if flow == "ffjord" and objective in ("flow_matching", "flow-matching"):
-        n_train = len(data) - max(1, round(val_fraction * len(data)))
-        for key, value in FLOW_MATCHING_DEFAULTS.items():
-            if key == "warmup_fraction":
-                options.setdefault("warmup_steps", int(value * steps))
-            elif key == "batch_size":
-                options.setdefault(key, max(1, min(value, n_train)))
-            else:
-                options.setdefault(key, value)
+    n_train = len(data) - max(1, round(val_fraction * len(data)))
+    options = with_flow_matching_defaults(
+        {"flow": flow, "objective": objective, "steps": steps, **options}, n_train
+    )
+    for key in ("flow", "objective", "steps"):
+        del options[key]
     options.setdefault("quiet", True)
     options.setdefault("plots", False)
     dtype = {torch.float32: "float32", torch.float64: "float64"}.get(data.dtype)
