@@ -242,6 +242,7 @@ OUR_VARIANTS = {
     "ours_plain_b5": {"affine": False, "tail_bound": 5.0, "mask": "half"},
     "ours_plain_linear": {"affine": False, "linear": True, "mask": "half"},
     "ours_linear": {"linear": True, "mask": "half"},
+    "ours_bins8": {"num_bins": 8},
     "ours_bins16": {"num_bins": 16},
     "ours_half": {"mask": "half"},
     "ours_alternating": {"mask": "alternating"},
@@ -250,6 +251,10 @@ OUR_VARIANTS = {
     "ours_b5": {"tail_bound": 5.0},
     "ours_elementwise": {"elementwise": True},
     "ours_mixed_elementwise": {"mask": "mixed", "elementwise": True},
+    "ours_drop": {"dropout": 0.1},
+    "ours_bins16_drop": {"num_bins": 16, "dropout": 0.1},
+    "ours_drop2": {"dropout": 0.2},
+    "ours_no_dropout": {"dropout": 0.0},
 }
 FIT_PACKAGES = {name: "pyro_flows" for name in (*OUR_VARIANTS, "ours_real_nvp")}
 for _lib in ("zuko", "nflows", "normflows"):
@@ -262,14 +267,22 @@ def fit_available(names: Sequence[str]) -> list:
     return [n for n in names if importlib.util.find_spec(FIT_PACKAGES[n.split("+")[0]]) is not None]
 
 
-def build_fit(name: str, dim: int, num_layers: int = 8, hidden_dims: Sequence[int] = (128, 128)) -> Contender:
-    """The density-fit contender ``name`` (see :data:`FIT_NAMES`, :data:`OUR_VARIANTS`)."""
+def build_fit(
+    name: str, dim: int, num_layers: int = 8, hidden_dims: Sequence[int] = (128, 128), **spline_options
+) -> Contender:
+    """The density-fit contender ``name`` (see :data:`FIT_NAMES`, :data:`OUR_VARIANTS`);
+    ``spline_options`` go to our spline flows' builder (under the variant's own)."""
     hidden_dims = tuple(hidden_dims)
     if name in OUR_VARIANTS:
         import pyro_flows
 
         flow = pyro_flows.Flow(
-            pyro_flows.spline_flow(dim, num_layers=num_layers, hidden_dims=hidden_dims, **OUR_VARIANTS[name])
+            pyro_flows.spline_flow(
+                dim,
+                num_layers=num_layers,
+                hidden_dims=hidden_dims,
+                **{**spline_options, **OUR_VARIANTS[name]},
+            )
         )
         return Contender(name, flow, flow.log_prob, lambda n: flow.sample((n,)))
     builders = {

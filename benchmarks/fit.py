@@ -50,6 +50,8 @@ def recipe_of(args) -> dict:
         "schedule": defaults.schedule,
         "grad_clip": defaults.grad_clip,
         "ema": defaults.ema,
+        # our spline flows only (peers' flows take the optimizer part of the recipe)
+        "dropout": defaults.dropout,
     }
     for key in recipe:
         value = getattr(args, f"recipe_{key}", None)
@@ -89,7 +91,13 @@ def fit_one(name, train, test, seed, args, cpu_budget=0.0):
     base, with_recipe = split_name(name)
     recipe = recipe_of(args) if with_recipe else None
     torch.manual_seed(seed)
-    contender = build_fit(base, train.shape[-1], args.layers, args.hidden)
+    options = {}
+    if recipe and base in OUR_VARIANTS and "dropout" not in OUR_VARIANTS[base]:
+        from pyro_flows.train.registry import spline_dropout
+
+        # the conditioner dropout `pyro-flows fit --flow spline` trains with on this data
+        options["dropout"] = spline_dropout(recipe["dropout"], train.shape[-1])
+    contender = build_fit(base, train.shape[-1], args.layers, args.hidden, **options)
     lr = recipe["lr"] if recipe else args.lr
     optimizer = torch.optim.Adam(contender.module.parameters(), lr=lr)
     average = WeightAverage(contender.module, recipe["ema"]) if recipe and recipe["ema"] > 0 else None
@@ -256,6 +264,11 @@ def render(results, names, info, cmd, args) -> str:
                 if recipe["ema"]
                 else "no weight averaging"
             )
+            + (
+                "; our spline flows with the conditioner dropout of `fit` (0.2 above 2-D, none in 2-D)"
+                if recipe.get("dropout", -1) < 0
+                else f"; our spline flows with conditioner dropout {recipe['dropout']}"
+            )
         )
     lines.append("")
     if args.merge:
@@ -325,6 +338,11 @@ def parse_args(argv=None):
     p.add_argument("--recipe-grad-clip", type=float, help="NAME+recipe contenders: 0 disables clipping")
     p.add_argument(
         "--recipe-ema", type=float, help="NAME+recipe contenders: EMA decay of the evaluated weights, 0 off"
+    )
+    p.add_argument(
+        "--recipe-dropout",
+        type=float,
+        help="NAME+recipe contenders of ours: conditioner dropout (negative: fit's default for the data)",
     )
     p.add_argument("--no-cpu", action="store_true", help="skip the equal-CPU-time comparison")
     p.add_argument("--validate", action="store_true", help="turn distribution validation on for all")

@@ -191,3 +191,25 @@ def test_spline_flow_mixed_mask_pairs_halves_then_neighbours():
     assert conditioning == [[[0.0, 1.0]], [[2.0, 3.0]], [[0.0, 2.0]], [[1.0, 3.0]]]
     with pytest.raises(ValueError, match="mask must be"):
         pyro_flows.spline_flow(4, mask="checkerboard")
+
+
+def test_dropout_acts_in_train_mode_only_and_eval_mode_is_an_exact_flow():
+    torch.manual_seed(0)
+    flow = pyro_flows.Flow(pyro_flows.spline_flow(4, num_layers=2, hidden_dims=(16,), dropout=0.5).double())
+    with torch.no_grad():
+        randomize(flow, scale=0.3)  # dropout on a zero-initialised conditioner would change nothing
+    x = torch.randn(64, 4, dtype=torch.float64)
+    flow.train()
+    flow.log_prob(x)  # initialise the ActNorms on this batch
+    assert not torch.allclose(flow.log_prob(x.clone()), flow.log_prob(x.clone()))  # a mask per call
+    flow.eval()
+    first, second = flow.log_prob(x.clone()), flow.log_prob(x.clone())
+    assert torch.equal(first, second)
+    transform = flow.transform
+    z = transform.inv(x)
+    assert torch.allclose(transform(z), x, atol=1e-10)
+    assert torch.allclose(transform.log_abs_det_jacobian(z, x), autograd_logdet(transform, z, 1), atol=1e-8)
+    no_dropout = pyro_flows.spline_flow(4, num_layers=2, hidden_dims=(16,))
+    assert sum(isinstance(m, torch.nn.Dropout) for m in no_dropout.modules()) == 0
+    with pytest.raises(ValueError, match="dropout"):
+        pyro_flows.spline_flow(4, dropout=1.0)

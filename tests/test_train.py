@@ -8,6 +8,7 @@ import pickle
 import pytest
 import torch
 
+import pyro_flows
 from pyro_flows.train.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from pyro_flows.train.config import RunConfig
 from pyro_flows.train.loop import NonFiniteLossError, lr_factor
@@ -251,3 +252,27 @@ def test_sample_checks_its_options_before_reading_the_run(tmp_path):
 
     with pytest.raises(ValueError, match="--output must end in .npy, got s.txt"):
         sample_run(str(tmp_path / "none"), 5, out="s.txt")
+
+
+def test_spline_defaults_by_dimension_and_runs_saved_before_them_rebuild_as_trained():
+    from pyro_flows.train.registry import build_model
+
+    def bins_and_dropout(model):
+        couplings = [m for m in model.modules() if isinstance(m, pyro_flows.transforms.SplineCoupling)]
+        rates = {m.p for m in model.modules() if isinstance(m, torch.nn.Dropout)}
+        return couplings[0].num_bins, rates
+
+    config = RunConfig(flow="spline", num_layers=2, hidden_dims=(8,))
+    assert bins_and_dropout(build_model(config, (2,))) == (16, set())
+    assert bins_and_dropout(build_model(config, (5,))) == (8, {0.2})
+    told = config.replace(num_bins=4, dropout=0.0)
+    assert bins_and_dropout(build_model(told, (5,))) == (4, set())
+    # a run saved before --num-bins and --dropout existed was trained with 8 bins and none
+    saved = {k: v for k, v in config.to_dict().items() if k not in ("num_bins", "dropout")}
+    old = RunConfig.from_saved(saved)
+    assert (old.num_bins, old.dropout) == (8, 0.0)
+    assert bins_and_dropout(build_model(old, (2,))) == (8, set())
+    with pytest.raises(ValueError, match="--dropout"):
+        RunConfig(dropout=1.0)
+    with pytest.raises(ValueError, match="--num-bins"):
+        RunConfig(num_bins=-1)

@@ -23,6 +23,8 @@ class MLP(nn.Sequential):
     :param hidden_dims: sizes of the hidden layers.
     :param activation: a callable returning an ``nn.Module`` (default ``nn.ReLU``).
     :param bool zero_init: zero the weights and bias of the last layer.
+    :param float dropout: probability of an :class:`~torch.nn.Dropout` after each hidden
+        activation (train mode only; 0 adds none).
 
     >>> net = MLP(3, 4, hidden_dims=(16,))
     >>> net(torch.randn(5, 2, 3)).shape
@@ -36,13 +38,18 @@ class MLP(nn.Sequential):
         hidden_dims: Sequence[int] = (256, 256),
         activation: Callable[[], nn.Module] = nn.ReLU,
         zero_init: bool = True,
+        dropout: float = 0.0,
     ):
+        if not 0 <= dropout < 1:
+            raise ValueError(f"MLP: dropout must be in [0, 1), got {dropout}")
         sizes = [in_features, *hidden_dims, out_features]
         layers = []
         for i, (n_in, n_out) in enumerate(zip(sizes[:-1], sizes[1:], strict=True)):
             layers.append(nn.Linear(n_in, n_out))
             if i < len(sizes) - 2:
                 layers.append(activation())
+                if dropout > 0:
+                    layers.append(nn.Dropout(dropout))
         super().__init__(*layers)
         self.in_features = in_features
         self.out_features = out_features
@@ -120,8 +127,11 @@ class ConditionalMLP(MLP):
         hidden_dims: Sequence[int] = (256, 256),
         activation: Callable[[], nn.Module] = nn.ReLU,
         zero_init: bool = True,
+        dropout: float = 0.0,
     ):
-        super().__init__(in_features + context_features, out_features, hidden_dims, activation, zero_init)
+        super().__init__(
+            in_features + context_features, out_features, hidden_dims, activation, zero_init, dropout
+        )
         self.in_features = in_features
         self.context_features = context_features
 

@@ -54,6 +54,13 @@ class RunConfig:
         (128, 128), "hidden sizes of each conditioner network, comma separated", "model", metavar="H1,H2,..."
     )
     batch_norm: bool = _opt(False, "RealNVP batch norm between couplings (real_nvp)", "model")
+    num_bins: int = _opt(0, "bins per spline (spline); 0 picks 16 for 2-D data, 8 above", "model")
+    dropout: float = _opt(
+        -1.0,
+        "dropout in the conditioners while training (spline); negative picks 0.2 for data of "
+        "more than 2 dimensions, none for 2-D",
+        "model",
+    )
     base: str = _opt("normal", "base distribution", "model", choices=("normal", "uniform", "beta"))
     num_scales: int = _opt(2, "scales of the multi-scale image flows (real_nvp_image, glow)", "model")
     steps_per_scale: int = _opt(4, "flow steps per scale (glow)", "model")
@@ -146,8 +153,8 @@ class RunConfig:
     lr: float = _opt(
         0.0,
         "Adam learning rate; 0 picks the flow's: 3e-3 after a linear warm-up over min(100, steps/10) "
-        "steps for spline, 1e-3 for the others (an ffjord trained by flow matching: 3e-3 after a warm-up over steps/50, "
-        "steps, with --hidden-dims 256,256,256 and --batch-size 512 unless given)",
+        "steps for spline, 1e-3 for the others (an ffjord trained by flow matching: 3e-3 after a "
+        "warm-up over steps/50, with --hidden-dims 256,256,256 and --batch-size 512 unless given)",
         "training",
     )
     schedule: str = _opt(
@@ -209,6 +216,7 @@ class RunConfig:
             "levels",
             "threads",
             "fm_ot_block",
+            "num_bins",
         ):
             if getattr(self, name) < 0:
                 raise ValueError(f"--{_flag(name)} must be >= 0, got {getattr(self, name)}")
@@ -222,6 +230,10 @@ class RunConfig:
         if self.objective == "flow-matching" and self.flow != "ffjord":
             raise ValueError(
                 f"--objective flow-matching trains a continuous flow: use --flow ffjord, got --flow {self.flow}"
+            )
+        if not (math.isfinite(self.dropout) and self.dropout < 1):
+            raise ValueError(
+                f"--dropout must be below 1 (negative for the flow's default), got {self.dropout}"
             )
         if not 0 <= self.ema < 1:
             raise ValueError(f"--ema must be in [0, 1) (0 turns averaging off), got {self.ema}")
@@ -271,8 +283,18 @@ class RunConfig:
             typed[key] = _coerce(names[key], value, source)
         return cls(**typed)
 
+    @classmethod
+    def from_saved(cls, values: Dict[str, Any], source: str = "config") -> "RunConfig":
+        """Build from the options a run saved: an option the run predates takes the value
+        that run was trained with (:data:`SAVED_BEFORE`), not today's default."""
+        return cls.from_dict({**SAVED_BEFORE, **values}, source)
+
     def replace(self, **changes) -> "RunConfig":
         return dataclasses.replace(self, **changes)
+
+
+#: what a run saved before an option existed was trained with (its default then)
+SAVED_BEFORE = {"num_bins": 8, "dropout": 0.0}
 
 
 def _flag(name: str) -> str:

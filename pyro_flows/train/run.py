@@ -369,7 +369,7 @@ def _load_run(run_dir: str, which: str = "best.pt", resume: bool = False):
         raise CheckpointError(f"{run_dir} has no {which}; is it the output folder of `pyro-flows fit`?")
     state = load_checkpoint(path)
     check_run_state(state, path, resume=resume)
-    config = RunConfig.from_dict(state["config"], source=path)
+    config = RunConfig.from_saved(state["config"], source=path)
     return state, config
 
 

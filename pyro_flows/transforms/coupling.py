@@ -453,9 +453,9 @@ def _relu_in_place() -> nn.Module:
     return nn.ReLU(inplace=True)
 
 
-def _mlp_conditioner(mask, num_params, hidden_dims, activation, context_dim=None):
+def _mlp_conditioner(mask, num_params, hidden_dims, activation, context_dim=None, dropout=0.0):
     """An MLP from :math:`x^A` (and, with ``context_dim``, a context) to ``num_params``
-    parameters per coordinate of :math:`x^B`."""
+    parameters per coordinate of :math:`x^B`, with ``dropout`` after each hidden layer."""
     n_a = int(mask.sum())
     n_out = num_params * (mask.numel() - n_a)
     if activation is nn.ReLU:
@@ -464,8 +464,8 @@ def _mlp_conditioner(mask, num_params, hidden_dims, activation, context_dim=None
         # (on CPU about a fifth of the conditioner's time for log_prob and sample).
         activation = _relu_in_place
     if context_dim is None:
-        return MLP(n_a, n_out, hidden_dims, activation)
-    return ConditionalMLP(n_a, context_dim, n_out, hidden_dims, activation)
+        return MLP(n_a, n_out, hidden_dims, activation, dropout=dropout)
+    return ConditionalMLP(n_a, context_dim, n_out, hidden_dims, activation, dropout=dropout)
 
 
 def _resnet_conditioner(shape, mask, num_params, hidden_channels, num_blocks, batch_norm):

@@ -448,10 +448,12 @@ def spline_coupling(
     tail_bound: float = 3.0,
     activation: Callable[[], nn.Module] = nn.ReLU,
     affine: bool = False,
+    dropout: float = 0.0,
     **spline_options,
 ) -> SplineCoupling:
     """One :class:`SplineCoupling` on vectors of size ``input_dim`` with an
-    :class:`~pyro_flows.nn.MLP` conditioner (last layer zero: starts as the identity).
+    :class:`~pyro_flows.nn.MLP` conditioner (last layer zero: starts as the identity;
+    ``dropout`` after each hidden layer in train mode).
 
     >>> layer = spline_coupling(2, hidden_dims=(8,))
     >>> layer.conditioner[-1].out_features  # (3 * 8 - 1) parameters for the one coordinate of B
@@ -459,7 +461,7 @@ def spline_coupling(
     """
     m = vector_mask(input_dim, mask, parity)
     per = _params_per_coordinate(num_bins, affine)
-    conditioner = _mlp_conditioner(m, per, hidden_dims, activation)
+    conditioner = _mlp_conditioner(m, per, hidden_dims, activation, dropout=dropout)
     return SplineCoupling(
         m, conditioner, num_bins=num_bins, tail_bound=tail_bound, affine=affine, **spline_options
     )
@@ -475,10 +477,12 @@ def conditional_spline_coupling(
     tail_bound: float = 3.0,
     activation: Callable[[], nn.Module] = nn.ReLU,
     affine: bool = False,
+    dropout: float = 0.0,
     **spline_options,
 ) -> ConditionalSplineCoupling:
     """One :class:`ConditionalSplineCoupling` on vectors of size ``input_dim`` with a
-    :class:`~pyro_flows.nn.ConditionalMLP` conditioner (last layer zero).
+    :class:`~pyro_flows.nn.ConditionalMLP` conditioner (last layer zero; ``dropout``
+    after each hidden layer in train mode).
 
     >>> layer = conditional_spline_coupling(2, 1, hidden_dims=(8,))
     >>> x = torch.randn(3, 2)
@@ -487,7 +491,7 @@ def conditional_spline_coupling(
     """
     m = vector_mask(input_dim, mask, parity)
     per = _params_per_coordinate(num_bins, affine)
-    conditioner = _mlp_conditioner(m, per, hidden_dims, activation, context_dim)
+    conditioner = _mlp_conditioner(m, per, hidden_dims, activation, context_dim, dropout)
     return ConditionalSplineCoupling(
         m, conditioner, context_dim, num_bins=num_bins, tail_bound=tail_bound, affine=affine, **spline_options
     )
