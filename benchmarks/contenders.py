@@ -244,6 +244,7 @@ OUR_VARIANTS = {
     "ours_linear": {"linear": True, "mask": "half"},
     "ours_bins8": {"num_bins": 8},
     "ours_bins16": {"num_bins": 16},
+    "ours_bins32": {"num_bins": 32},
     "ours_half": {"mask": "half"},
     "ours_alternating": {"mask": "alternating"},
     "ours_mixed": {"mask": "mixed"},
