@@ -250,6 +250,7 @@ OUR_VARIANTS = {
     "ours_b5": {"tail_bound": 5.0},
     "ours_elementwise": {"elementwise": True},
     "ours_mixed_elementwise": {"mask": "mixed", "elementwise": True},
+    "ours_ar": {"autoregressive": True},
 }
 FIT_PACKAGES = {name: "pyro_flows" for name in (*OUR_VARIANTS, "ours_real_nvp")}
 for _lib in ("zuko", "nflows", "normflows"):
