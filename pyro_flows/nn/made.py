@@ -44,11 +44,16 @@ class MaskedLinear(nn.Linear):
         return F.linear(x, self.weight * self.mask, self.bias)
 
 
-def _check_order(order, input_dim: int) -> torch.Tensor:
-    order = torch.as_tensor(order, dtype=torch.long)
-    if tuple(order.shape) != (input_dim,) or sorted(order.tolist()) != list(range(input_dim)):
-        raise ValueError(f"MADE: order must be a permutation of 0..{input_dim - 1}, got {order.tolist()}")
-    return order
+def _degrees(order, input_dim: int) -> list:
+    """The degree (1-based place in ``order``) of each coordinate, in plain Python: the
+    tensors are made afterwards, on the default device."""
+    order = [int(i) for i in order]
+    if sorted(order) != list(range(input_dim)):
+        raise ValueError(f"MADE: order must be a permutation of 0..{input_dim - 1}, got {order}")
+    degrees = [0] * input_dim
+    for place, i in enumerate(order):
+        degrees[i] = place + 1
+    return degrees
 
 
 class MADE(nn.Module):
@@ -96,10 +101,7 @@ class MADE(nn.Module):
         hidden_dims = tuple(int(h) for h in hidden_dims)
         if any(h < 1 for h in hidden_dims):
             raise ValueError(f"MADE: hidden sizes must be positive, got {hidden_dims}")
-        order = _check_order(range(input_dim) if order is None else order, input_dim)
-        # degree of coordinate order[k] is k + 1
-        degrees = torch.empty(input_dim, dtype=torch.long)
-        degrees[order] = torch.arange(1, input_dim + 1)
+        degrees = torch.tensor(_degrees(range(input_dim) if order is None else order, input_dim))
         self.register_buffer("degrees", degrees)
         self.input_dim = input_dim
         self.outputs_per_input = outputs_per_input
