@@ -18,6 +18,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from .mlp import _global_hooks, _has_hooks
+
 __all__ = ["MADE", "MaskedLinear"]
 
 
@@ -127,10 +129,13 @@ class MADE(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         # the masked layers called directly, as MLP does (no nn.Module.__call__ per layer)
+        if _global_hooks():
+            return self.net(x)
         for layer in self.net:
-            if type(layer) is MaskedLinear and not layer._forward_hooks and not layer._forward_pre_hooks:
+            kind = type(layer)
+            if kind is MaskedLinear and not _has_hooks(layer):
                 x = F.linear(x, layer.weight * layer.mask, layer.bias)
-            elif type(layer) is nn.ReLU:
+            elif kind is nn.ReLU and not _has_hooks(layer):
                 x = torch.relu(x)
             else:
                 x = layer(x)
