@@ -256,6 +256,8 @@ OUR_VARIANTS = {
     "ours_bins16_drop": {"num_bins": 16, "dropout": 0.1},
     "ours_drop2": {"dropout": 0.2},
     "ours_no_dropout": {"dropout": 0.0},
+    # no dropout: the MADE conditioner has none
+    "ours_ar": {"autoregressive": True, "dropout": 0.0},
 }
 FIT_PACKAGES = {name: "pyro_flows" for name in (*OUR_VARIANTS, "ours_real_nvp")}
 for _lib in ("zuko", "nflows", "normflows"):

@@ -8,6 +8,7 @@ import torch
 from pyro.distributions.torch_transform import ComposeTransformModule
 from torch import nn
 
+from ..transforms.autoregressive import spline_autoregressive
 from ..transforms.coupling import additive_coupling, affine_coupling
 from ..transforms.linear import InvertibleLinear, Scaling
 from ..transforms.normalization import ActNorm, real_nvp_batch_norm
@@ -137,6 +138,7 @@ def spline_flow(
     affine: bool = True,
     elementwise: bool = False,
     dropout: float = 0.0,
+    autoregressive: bool = False,
 ) -> VectorFlow:
     r"""A neural spline flow (Durkan et al., 2019): ``num_layers`` rational-quadratic
     spline couplings (:class:`~pyro_flows.transforms.SplineCoupling`) whose partitions
@@ -180,6 +182,12 @@ def spline_flow(
     :param bool elementwise: an :class:`~pyro_flows.transforms.ElementwiseSpline` (an
         unconditional spline per coordinate, knots learned directly) before each coupling,
         so that every layer transforms every coordinate.
+    :param bool autoregressive: masked autoregressive spline layers
+        (:class:`~pyro_flows.transforms.SplineAutoregressive`, :class:`~pyro_flows.nn.MADE`
+        conditioners with ``hidden_dims``) instead of couplings, in the natural order and its
+        reverse alternately (``mask`` is then unused). Every layer transforms every
+        coordinate conditioned on all those before it; ``log_prob`` costs one network pass
+        per layer, as with couplings, but ``sample`` costs ``input_dim`` passes per layer.
     :param bool affine: couplings with a conditional shift and scale around the spline (see
         :class:`~pyro_flows.transforms.SplineCoupling`): a conditional shift is what a
         banana-shaped target needs beyond the spline's interval. Measured at 800 steps
@@ -207,6 +215,8 @@ def spline_flow(
         raise ValueError(
             f"spline_flow: mask must be 'half', 'alternating', 'mixed' or a tensor, got {mask!r}"
         )
+    if autoregressive and dropout:
+        raise ValueError("spline_flow: dropout needs coupling layers; the autoregressive layers have none")
     parts = []
     for i in range(num_layers):
         if linear and i > 0:
@@ -216,19 +226,25 @@ def spline_flow(
             layer_mask = "half" if (i // 2) % 2 == 0 else "alternating"
         if elementwise:
             parts.append(ElementwiseSpline(input_dim, num_bins, tail_bound))
-        parts.append(
-            spline_coupling(
-                input_dim,
-                hidden_dims,
-                layer_mask,
-                i % 2,
-                num_bins,
-                tail_bound,
-                activation,
-                affine,
-                dropout=dropout,
+        if autoregressive:
+            order = list(range(input_dim))[:: -1 if i % 2 else 1]
+            parts.append(
+                spline_autoregressive(input_dim, hidden_dims, num_bins, tail_bound, order, activation, affine)
             )
-        )
+        else:
+            parts.append(
+                spline_coupling(
+                    input_dim,
+                    hidden_dims,
+                    layer_mask,
+                    i % 2,
+                    num_bins,
+                    tail_bound,
+                    activation,
+                    affine,
+                    dropout=dropout,
+                )
+            )
         if act_norm:
             parts.append(ActNorm(input_dim, event_dim=1))
     return VectorFlow(parts, (input_dim,))

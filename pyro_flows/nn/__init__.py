@@ -1,5 +1,6 @@
 """Networks used inside flows: coupling conditioners and ODE dynamics."""
 
+from .made import MADE, MaskedLinear
 from .mlp import MLP, ConditionalMLP
 from .odefunc import ConcatSquashLinear, DynamicsNet
 from .resnet import ConditionalResNet, ResidualBlock, ResNet
@@ -9,6 +10,8 @@ __all__ = [
     # vectors
     "MLP",
     "ConditionalMLP",
+    "MADE",
+    "MaskedLinear",
     # images
     "ResNet",
     "ResidualBlock",

@@ -4,6 +4,7 @@ Convention (Pyro's): ``_call`` maps the base side to the data side (sampling), a
 ``_inverse`` maps data to the base (scoring).
 """
 
+from .autoregressive import SplineAutoregressive, spline_autoregressive
 from .base import FlowTransform
 from .continuous import FFJORD, ConditionalFFJORD
 from .coupling import (
@@ -74,6 +75,9 @@ __all__ = [
     "conditional_spline_coupling",
     "image_spline_coupling",
     "rational_quadratic_spline",
+    # autoregressive spline
+    "SplineAutoregressive",
+    "spline_autoregressive",
     # masks
     "alternating_mask",
     "channel_mask",

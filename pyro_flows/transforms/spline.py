@@ -186,6 +186,42 @@ class _SplineParams:
         self.min_derivative = min_derivative
         self.affine = bool(affine)
 
+    def _split_params(self, params: torch.Tensor):
+        """``(widths, heights, derivatives)`` (and ``shift, log_scale`` with ``affine``) from
+        the parameters of each coordinate laid out along the last dimension, in that order."""
+        k = self.num_bins
+        if not self.affine:
+            return params.split_with_sizes((k, k, k - 1), -1)
+        widths, heights, derivatives, shift, raw = params.split_with_sizes((k, k, k - 1, 1, 1), -1)
+        # soft-bounded log-scale, as in AffineCoupling: at most e^{+-2} per layer
+        log_scale = _AFFINE_SCALE_BOUND * torch.tanh(raw.squeeze(-1) / _AFFINE_SCALE_BOUND)
+        return widths, heights, derivatives, shift.squeeze(-1), log_scale
+
+    def _transform(self, x: torch.Tensor, params, inverse: bool):
+        """The spline (with the affine part when ``affine``), elementwise: ``(y, log g'(x))``
+        per value, the log-derivative of the forward map. ``params`` as ``_split_params``
+        returns them."""
+        widths, heights, derivatives = params[:3]
+        if self.affine and inverse:
+            # the forward map is y = t + e^s g(x): undo the affine part first
+            x = (x - params[3]) * torch.exp(-params[4])
+        y, log_derivative = rational_quadratic_spline(
+            x,
+            widths,
+            heights,
+            derivatives,
+            self.tail_bound,
+            inverse=inverse,
+            min_bin_width=self.min_bin_width,
+            min_bin_height=self.min_bin_height,
+            min_derivative=self.min_derivative,
+        )
+        if self.affine:
+            if not inverse:
+                y = params[3] + torch.exp(params[4]) * y
+            log_derivative = log_derivative + params[4]
+        return y, log_derivative
+
     # Transforms with this mixin compute both directions in one method, ``_spline``.
     def _call_and_ladj(self, x):
         return self._spline(x, inverse=False)
@@ -276,37 +312,12 @@ class SplineCoupling(_SplineParams, _Coupling):
             )
         # (..., |B| * P, ...) -> (..., |B|, P, ...) -> parameters last
         params = raw.unflatten(dim, (partition.b_shape[dim], per)).movedim(dim, -1)
-        k = self.num_bins
-        if not self.affine:
-            return params.split_with_sizes((k, k, k - 1), -1)
-        widths, heights, derivatives, shift, raw = params.split_with_sizes((k, k, k - 1, 1, 1), -1)
-        # soft-bounded log-scale, as in AffineCoupling: at most e^{+-2} per layer
-        log_scale = _AFFINE_SCALE_BOUND * torch.tanh(raw.squeeze(-1) / _AFFINE_SCALE_BOUND)
-        return widths, heights, derivatives, shift.squeeze(-1), log_scale
+        return self._split_params(params)
 
     def _spline(self, x, inverse):
         partition = self.partition
         x_a, x_b = partition.split(x)
-        params = self._spline_params(x_a)
-        widths, heights, derivatives = params[:3]
-        if self.affine and inverse:
-            # _call is y = t + e^s g(x): undo the affine part first
-            x_b = (x_b - params[3]) * torch.exp(-params[4])
-        y_b, log_derivative = rational_quadratic_spline(
-            x_b,
-            widths,
-            heights,
-            derivatives,
-            self.tail_bound,
-            inverse=inverse,
-            min_bin_width=self.min_bin_width,
-            min_bin_height=self.min_bin_height,
-            min_derivative=self.min_derivative,
-        )
-        if self.affine:
-            if not inverse:
-                y_b = params[3] + torch.exp(params[4]) * y_b
-            log_derivative = log_derivative + params[4]
+        y_b, log_derivative = self._transform(x_b, self._spline_params(x_a), inverse)
         if partition.masks_params:
             # Checkerboard: the spline ran on every pixel; keep A exactly as it was.
             keep = partition.mask.to(x.dtype)
@@ -358,20 +369,8 @@ class ElementwiseSpline(_SplineParams, FlowTransform):
         self.params = nn.Parameter(torch.zeros(dim, _params_per_coordinate(num_bins)))
 
     def _spline(self, x, inverse):
-        k = self.num_bins
         params = self.params.expand(x.shape + self.params.shape[-1:])
-        widths, heights, derivatives = params.split_with_sizes((k, k, k - 1), -1)
-        y, log_derivative = rational_quadratic_spline(
-            x,
-            widths,
-            heights,
-            derivatives,
-            self.tail_bound,
-            inverse=inverse,
-            min_bin_width=self.min_bin_width,
-            min_bin_height=self.min_bin_height,
-            min_derivative=self.min_derivative,
-        )
+        y, log_derivative = self._transform(x, self._split_params(params), inverse)
         return y, log_derivative.sum(-1)
 
     def extra_repr(self):

@@ -1,14 +1,16 @@
 """Conformance entries: rational-quadratic spline couplings (vector, image and
-conditional) and the spline flow builder."""
+conditional), autoregressive spline layers and the spline flow builder."""
 
 import pyro_flows
 from pyro_flows.builders.vector import VectorFlow
 from pyro_flows.transforms import (
     ConditionalSplineCoupling,
     ElementwiseSpline,
+    SplineAutoregressive,
     SplineCoupling,
     conditional_spline_coupling,
     image_spline_coupling,
+    spline_autoregressive,
     spline_coupling,
 )
 
@@ -83,6 +85,27 @@ ENTRIES = [
         lambda: pyro_flows.spline_flow(3, num_layers=2, hidden_dims=(8,), act_norm=False, linear=True),
         (3,),
         (VectorFlow, pyro_flows.spline_flow),
+        compile=False,  # compiled once per builder: spline_flow
+    ),
+    Entry(
+        "spline_autoregressive",
+        lambda: spline_autoregressive(4, (16,), num_bins=4),
+        (4,),
+        (SplineAutoregressive,),
+    ),
+    Entry(
+        "spline_autoregressive_affine_order",
+        lambda: spline_autoregressive(3, (8, 8), num_bins=3, tail_bound=2.0, order=[1, 2, 0], affine=True),
+        (3,),
+        (SplineAutoregressive,),
+        compile=False,  # compiled once per class: spline_autoregressive
+    ),
+    Entry(
+        "spline_flow_autoregressive",
+        lambda: pyro_flows.spline_flow(4, num_layers=3, hidden_dims=(8,), num_bins=4, autoregressive=True),
+        (4,),
+        (VectorFlow, pyro_flows.spline_flow),
+        warmup=score_data,
         compile=False,  # compiled once per builder: spline_flow
     ),
     Entry(
