@@ -256,6 +256,8 @@ OUR_VARIANTS = {
     "ours_bins16_drop": {"num_bins": 16, "dropout": 0.1},
     "ours_drop2": {"dropout": 0.2},
     "ours_no_dropout": {"dropout": 0.0},
+    # the defaults before 16 bins in 2-D and the recipe's dropout above 2-D
+    "ours_8bins_nodrop": {"num_bins": 8, "dropout": 0.0},
     # no dropout: the MADE conditioner has none
     "ours_ar": {"autoregressive": True, "dropout": 0.0},
 }

@@ -50,6 +50,7 @@ def recipe_of(args) -> dict:
         "schedule": defaults.schedule,
         "grad_clip": defaults.grad_clip,
         "ema": defaults.ema,
+        "weight_decay": defaults.weight_decay,
         # our spline flows only (peers' flows take the optimizer part of the recipe)
         "dropout": defaults.dropout,
     }
@@ -99,7 +100,8 @@ def fit_one(name, train, test, seed, args, cpu_budget=0.0):
         options["dropout"] = spline_dropout(recipe["dropout"], train.shape[-1])
     contender = build_fit(base, train.shape[-1], args.layers, args.hidden, **options)
     lr = recipe["lr"] if recipe else args.lr
-    optimizer = torch.optim.Adam(contender.module.parameters(), lr=lr)
+    weight_decay = recipe.get("weight_decay", 0.0) if recipe else 0.0
+    optimizer = torch.optim.Adam(contender.module.parameters(), lr=lr, weight_decay=weight_decay)
     average = WeightAverage(contender.module, recipe["ema"]) if recipe and recipe["ema"] > 0 else None
     batches = torch.Generator().manual_seed(seed)  # the same batches for everyone
     contender.module.train()
@@ -264,6 +266,7 @@ def render(results, names, info, cmd, args) -> str:
                 if recipe["ema"]
                 else "no weight averaging"
             )
+            + (f", Adam weight decay {recipe['weight_decay']}" if recipe.get("weight_decay") else "")
             + (
                 "; our spline flows with the conditioner dropout of `fit` (0.2 above 2-D, none in 2-D)"
                 if recipe.get("dropout", -1) < 0
@@ -338,6 +341,9 @@ def parse_args(argv=None):
     p.add_argument("--recipe-grad-clip", type=float, help="NAME+recipe contenders: 0 disables clipping")
     p.add_argument(
         "--recipe-ema", type=float, help="NAME+recipe contenders: EMA decay of the evaluated weights, 0 off"
+    )
+    p.add_argument(
+        "--recipe-weight-decay", type=float, help="NAME+recipe contenders: Adam's (L2) weight decay"
     )
     p.add_argument(
         "--recipe-dropout",
