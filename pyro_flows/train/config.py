@@ -286,7 +286,7 @@ class RunConfig:
     @classmethod
     def from_saved(cls, values: Dict[str, Any], source: str = "config") -> "RunConfig":
         """Build from the options a run saved: an option the run predates takes the value
-        that run was trained with (:data:`SAVED_BEFORE`), not today's default."""
+        that run was trained with (``SAVED_BEFORE`` in this module), not today's default."""
         return cls.from_dict({**SAVED_BEFORE, **values}, source)
 
     def replace(self, **changes) -> "RunConfig":
