@@ -262,6 +262,7 @@ OUR_VARIANTS = {
     # about as much CPU time per step as the default MLP
     "ours_res": {"conditioner": "residual"},
     "ours_res96": {"conditioner": "residual", "hidden_dims": (96, 96)},
+    "ours_res_bins8": {"conditioner": "residual", "num_bins": 8},
 }
 FIT_PACKAGES = {name: "pyro_flows" for name in (*OUR_VARIANTS, "ours_real_nvp")}
 for _lib in ("zuko", "nflows", "normflows"):
