@@ -263,6 +263,10 @@ OUR_VARIANTS = {
     "ours_res": {"conditioner": "residual"},
     "ours_res96": {"conditioner": "residual", "hidden_dims": (96, 96)},
     "ours_res_bins8": {"conditioner": "residual", "num_bins": 8},
+    # normflows' coupled spline without our ActNorms / conditional affine map, 8 bins
+    "ours_res_bins8_plain": {"conditioner": "residual", "num_bins": 8, "affine": False},
+    "ours_res_bins8_no_act_norm": {"conditioner": "residual", "num_bins": 8, "act_norm": False},
+    "ours_res_bins8_bare": {"conditioner": "residual", "num_bins": 8, "affine": False, "act_norm": False},
 }
 FIT_PACKAGES = {name: "pyro_flows" for name in (*OUR_VARIANTS, "ours_real_nvp")}
 for _lib in ("zuko", "nflows", "normflows"):
