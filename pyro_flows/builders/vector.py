@@ -204,8 +204,8 @@ def spline_flow(
         with the same ``hidden_dims``). Measured after 800 steps over three seeds (see
         docs/splines.md): level with the MLP in 2-D; with ``hidden_dims=(96, 96)``, at the
         MLP's CPU time, lower KL gaps on the 10-D mixture (0.165 against 0.175 on average)
-        and banana (0.063 against 0.086), but after 3000 steps (one seed) behind on the
-        mixture (0.105 against 0.070) and level on the banana.
+        and banana (0.063 against 0.086), but after 3000 steps behind on the mixture
+        (0.105 and 0.114 against 0.070 and 0.083, two seeds) and level on the banana.
 
     >>> import pyro_flows
     >>> flow = pyro_flows.Flow(spline_flow(2, num_layers=2, hidden_dims=(16,)))
