@@ -9,7 +9,7 @@ from pyro.distributions.torch_transform import ComposeTransformModule
 from torch import nn
 
 from ..transforms.autoregressive import spline_autoregressive
-from ..transforms.coupling import additive_coupling, affine_coupling
+from ..transforms.coupling import CONDITIONERS, additive_coupling, affine_coupling
 from ..transforms.linear import InvertibleLinear, Scaling
 from ..transforms.normalization import ActNorm, real_nvp_batch_norm
 from ..transforms.spline import ElementwiseSpline, spline_coupling
@@ -139,6 +139,7 @@ def spline_flow(
     elementwise: bool = False,
     dropout: float = 0.0,
     autoregressive: bool = False,
+    conditioner: str = "mlp",
 ) -> VectorFlow:
     r"""A neural spline flow (Durkan et al., 2019): ``num_layers`` rational-quadratic
     spline couplings (:class:`~pyro_flows.transforms.SplineCoupling`) whose partitions
@@ -196,6 +197,15 @@ def spline_flow(
         (0.270 / 0.272), for 5% more CPU time per step.
     :param float dropout: dropout probability after each hidden layer of the conditioners
         (train mode only), a regulariser against fitting the training points too closely.
+    :param str conditioner: the couplings' conditioner networks: ``"mlp"``
+        (:class:`~pyro_flows.nn.MLP`) or ``"residual"`` (:class:`~pyro_flows.nn.ResidualMLP`:
+        an input layer, a pre-activation residual block of two layers per pair of equal
+        consecutive ``hidden_dims``, an output layer; one hidden layer more than the MLP
+        with the same ``hidden_dims``). Measured after 800 steps over three seeds (see
+        docs/splines.md): level with the MLP in 2-D; with ``hidden_dims=(96, 96)``, at the
+        MLP's CPU time, lower KL gaps on the 10-D mixture (0.165 against 0.175 on average)
+        and banana (0.063 against 0.086), but after 3000 steps behind on the mixture
+        (0.105 and 0.114 against 0.070 and 0.083, two seeds) and level on the banana.
 
     >>> import pyro_flows
     >>> flow = pyro_flows.Flow(spline_flow(2, num_layers=2, hidden_dims=(16,)))
@@ -217,6 +227,12 @@ def spline_flow(
         )
     if autoregressive and dropout:
         raise ValueError("spline_flow: dropout needs coupling layers; the autoregressive layers have none")
+    if conditioner not in CONDITIONERS:
+        raise ValueError(f"spline_flow: conditioner must be one of {CONDITIONERS}, got {conditioner!r}")
+    if autoregressive and conditioner != "mlp":
+        raise ValueError(
+            "spline_flow: the autoregressive layers have MADE conditioners; leave conditioner='mlp'"
+        )
     parts = []
     for i in range(num_layers):
         if linear and i > 0:
@@ -243,6 +259,7 @@ def spline_flow(
                     activation,
                     affine,
                     dropout=dropout,
+                    conditioner=conditioner,
                 )
             )
         if act_norm:

@@ -3,6 +3,7 @@
 from .made import MADE, MaskedLinear
 from .mlp import MLP, ConditionalMLP
 from .odefunc import ConcatSquashLinear, DynamicsNet
+from .resmlp import ConditionalResidualMLP, ResidualMLP
 from .resnet import ConditionalResNet, ResidualBlock, ResNet
 from .velocity import VelocityNet
 
@@ -10,6 +11,8 @@ __all__ = [
     # vectors
     "MLP",
     "ConditionalMLP",
+    "ResidualMLP",
+    "ConditionalResidualMLP",
     "MADE",
     "MaskedLinear",
     # images

@@ -28,6 +28,7 @@ from pyro.distributions.conditional import ConditionalTransformModule
 from torch import nn
 
 from ..nn.mlp import MLP, ConditionalMLP
+from ..nn.resmlp import ConditionalResidualMLP, ResidualMLP
 from ..nn.resnet import ResNet
 from .base import FlowTransform, check_context, sum_event
 from .masks import (
@@ -453,11 +454,25 @@ def _relu_in_place() -> nn.Module:
     return nn.ReLU(inplace=True)
 
 
-def _mlp_conditioner(mask, num_params, hidden_dims, activation, context_dim=None, dropout=0.0):
-    """An MLP from :math:`x^A` (and, with ``context_dim``, a context) to ``num_params``
-    parameters per coordinate of :math:`x^B`, with ``dropout`` after each hidden layer."""
+#: the conditioner networks of the vector couplings' ``conditioner`` keyword
+CONDITIONERS = ("mlp", "residual")
+
+
+def _mlp_conditioner(
+    mask, num_params, hidden_dims, activation, context_dim=None, dropout=0.0, conditioner="mlp"
+):
+    """An MLP (``conditioner="mlp"``) or a :class:`~pyro_flows.nn.ResidualMLP`
+    (``"residual"``) from :math:`x^A` (and, with ``context_dim``, a context) to
+    ``num_params`` parameters per coordinate of :math:`x^B`, with ``dropout``."""
+    if conditioner not in CONDITIONERS:
+        raise ValueError(f"conditioner must be one of {CONDITIONERS}, got {conditioner!r}")
     n_a = int(mask.sum())
     n_out = num_params * (mask.numel() - n_a)
+    if conditioner == "residual":
+        # no in-place activation here: a pre-activation's input feeds the skip connection
+        if context_dim is None:
+            return ResidualMLP(n_a, n_out, hidden_dims, activation, dropout=dropout)
+        return ConditionalResidualMLP(n_a, context_dim, n_out, hidden_dims, activation, dropout=dropout)
     if activation is nn.ReLU:
         # Each ReLU follows a Linear whose output nothing else reads, so it can run in
         # place: same values and gradients, one large allocation less per hidden layer

@@ -448,11 +448,13 @@ def spline_coupling(
     activation: Callable[[], nn.Module] = nn.ReLU,
     affine: bool = False,
     dropout: float = 0.0,
+    conditioner: str = "mlp",
     **spline_options,
 ) -> SplineCoupling:
     """One :class:`SplineCoupling` on vectors of size ``input_dim`` with an
-    :class:`~pyro_flows.nn.MLP` conditioner (last layer zero: starts as the identity;
-    ``dropout`` after each hidden layer in train mode).
+    :class:`~pyro_flows.nn.MLP` conditioner, or with ``conditioner="residual"`` a
+    :class:`~pyro_flows.nn.ResidualMLP` (last layer zero: starts as the identity;
+    ``dropout`` in train mode).
 
     >>> layer = spline_coupling(2, hidden_dims=(8,))
     >>> layer.conditioner[-1].out_features  # (3 * 8 - 1) parameters for the one coordinate of B
@@ -460,10 +462,8 @@ def spline_coupling(
     """
     m = vector_mask(input_dim, mask, parity)
     per = _params_per_coordinate(num_bins, affine)
-    conditioner = _mlp_conditioner(m, per, hidden_dims, activation, dropout=dropout)
-    return SplineCoupling(
-        m, conditioner, num_bins=num_bins, tail_bound=tail_bound, affine=affine, **spline_options
-    )
+    net = _mlp_conditioner(m, per, hidden_dims, activation, dropout=dropout, conditioner=conditioner)
+    return SplineCoupling(m, net, num_bins=num_bins, tail_bound=tail_bound, affine=affine, **spline_options)
 
 
 def conditional_spline_coupling(
@@ -477,11 +477,13 @@ def conditional_spline_coupling(
     activation: Callable[[], nn.Module] = nn.ReLU,
     affine: bool = False,
     dropout: float = 0.0,
+    conditioner: str = "mlp",
     **spline_options,
 ) -> ConditionalSplineCoupling:
     """One :class:`ConditionalSplineCoupling` on vectors of size ``input_dim`` with a
-    :class:`~pyro_flows.nn.ConditionalMLP` conditioner (last layer zero; ``dropout``
-    after each hidden layer in train mode).
+    :class:`~pyro_flows.nn.ConditionalMLP` conditioner, or with ``conditioner="residual"``
+    a :class:`~pyro_flows.nn.ConditionalResidualMLP` (last layer zero; ``dropout`` in
+    train mode).
 
     >>> layer = conditional_spline_coupling(2, 1, hidden_dims=(8,))
     >>> x = torch.randn(3, 2)
@@ -490,9 +492,9 @@ def conditional_spline_coupling(
     """
     m = vector_mask(input_dim, mask, parity)
     per = _params_per_coordinate(num_bins, affine)
-    conditioner = _mlp_conditioner(m, per, hidden_dims, activation, context_dim, dropout)
+    net = _mlp_conditioner(m, per, hidden_dims, activation, context_dim, dropout, conditioner)
     return ConditionalSplineCoupling(
-        m, conditioner, context_dim, num_bins=num_bins, tail_bound=tail_bound, affine=affine, **spline_options
+        m, net, context_dim, num_bins=num_bins, tail_bound=tail_bound, affine=affine, **spline_options
     )
 
 

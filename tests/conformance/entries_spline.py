@@ -101,6 +101,17 @@ ENTRIES = [
         compile=False,  # compiled once per class: spline_autoregressive
     ),
     Entry(
+        "spline_flow_residual",
+        lambda: pyro_flows.spline_flow(
+            4, num_layers=3, hidden_dims=(8, 8), num_bins=4, conditioner="residual"
+        ),
+        (4,),
+        (VectorFlow, pyro_flows.spline_flow),
+        warmup=score_data,
+        compile=False,  # compiled once per builder: spline_flow
+        lr=0.01,  # the stale-cache check's SGD steps overflow at 0.05 through the deeper conditioners
+    ),
+    Entry(
         "spline_flow_autoregressive",
         lambda: pyro_flows.spline_flow(4, num_layers=3, hidden_dims=(8,), num_bins=4, autoregressive=True),
         (4,),
