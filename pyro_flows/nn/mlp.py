@@ -96,7 +96,25 @@ def _global_hooks() -> bool:
 
 
 # ---------------------------------------------------------------- conditional
-class ConditionalMLP(MLP):
+class _OnContext:
+    """The conditional form of a network of ``x``: it reads ``[x, context]``, with the
+    leading batch shapes of the two broadcast against each other. Mixed in before the
+    network's class, whose ``__init__`` takes ``in_features + context_features`` inputs and
+    which keeps ``in_features`` and ``context_features``."""
+
+    def forward(self, x: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
+        if context.shape[-1:] != (self.context_features,):
+            raise ValueError(
+                f"{type(self).__name__}: expected a context of shape (*batch, {self.context_features}), "
+                f"got shape {tuple(context.shape)}"
+            )
+        batch = torch.broadcast_shapes(x.shape[:-1], context.shape[:-1])
+        x = x.expand(*batch, x.shape[-1])
+        context = context.to(x.dtype).expand(*batch, self.context_features)
+        return super().forward(torch.cat([x, context], dim=-1))
+
+
+class ConditionalMLP(_OnContext, MLP):
     """An :class:`MLP` on the concatenation ``[x, context]``, for conditional couplings.
 
     The leading batch shapes of ``x`` and ``context`` are broadcast against each other,
@@ -134,14 +152,3 @@ class ConditionalMLP(MLP):
         )
         self.in_features = in_features
         self.context_features = context_features
-
-    def forward(self, x: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
-        if context.shape[-1:] != (self.context_features,):
-            raise ValueError(
-                f"ConditionalMLP: expected a context of shape (*batch, {self.context_features}), "
-                f"got shape {tuple(context.shape)}"
-            )
-        batch = torch.broadcast_shapes(x.shape[:-1], context.shape[:-1])
-        x = x.expand(*batch, x.shape[-1])
-        context = context.to(x.dtype).expand(*batch, self.context_features)
-        return super().forward(torch.cat([x, context], dim=-1))

@@ -8,7 +8,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from .mlp import _global_hooks, _has_hooks
+from .mlp import _global_hooks, _has_hooks, _OnContext
 
 __all__ = ["ResidualMLP", "ConditionalResidualMLP"]
 
@@ -139,7 +139,7 @@ def _act(layer: nn.Module, x: torch.Tensor, in_place: bool = False) -> torch.Ten
 
 
 # ---------------------------------------------------------------- conditional
-class ConditionalResidualMLP(ResidualMLP):
+class ConditionalResidualMLP(_OnContext, ResidualMLP):
     """A :class:`ResidualMLP` on the concatenation ``[x, context]``, for conditional
     couplings; leading batch shapes are broadcast as in
     :class:`~pyro_flows.nn.ConditionalMLP`.
@@ -172,14 +172,3 @@ class ConditionalResidualMLP(ResidualMLP):
         )
         self.in_features = in_features
         self.context_features = context_features
-
-    def forward(self, x: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
-        if context.shape[-1:] != (self.context_features,):
-            raise ValueError(
-                "ConditionalResidualMLP: expected a context of shape "
-                f"(*batch, {self.context_features}), got shape {tuple(context.shape)}"
-            )
-        batch = torch.broadcast_shapes(x.shape[:-1], context.shape[:-1])
-        x = x.expand(*batch, x.shape[-1])
-        context = context.to(x.dtype).expand(*batch, self.context_features)
-        return super().forward(torch.cat([x, context], dim=-1))
