@@ -512,3 +512,12 @@ def test_cli_flow_matching_takes_the_recipe_of_fit_unless_told_otherwise(tmp_pat
         == (spline.hidden_dims, spline.batch_size, spline.lr)
         == ((128, 128), 256, 0.0)
     )
+
+
+def test_progress_lines_name_the_flow_matching_loss(tmp_path, capsys):
+    # stdout is not a terminal under pytest, so the run prints plain progress lines
+    argv = ["fit", "--flow", "ffjord", "--objective", "flow-matching", "--hidden-dims", "8"]
+    argv += ["--num-samples", "200", "--batch-size", "40", "--steps", "3", "--eval-every", "3"]
+    assert main([*argv, "--no-plots", "--out", str(tmp_path / "run")]) == 0
+    printed = capsys.readouterr().out
+    assert "step 3/3: flow-matching loss " in printed and "train NLL" not in printed

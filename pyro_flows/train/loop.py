@@ -236,9 +236,10 @@ class _ProgressLines:
     pipe, a batch job): one at the first evaluation, then one every
     :data:`PROGRESS_SECONDS` and one at the last step."""
 
-    def __init__(self, total_steps: int, enabled: bool):
+    def __init__(self, total_steps: int, enabled: bool, metric: str = "train NLL"):
         self.total = total_steps
         self.enabled = enabled
+        self.metric = metric  # what the running mean is of
         self.started = self.last = time.perf_counter()
         self.first_step = None
         self.pending_first = True
@@ -259,7 +260,7 @@ class _ProgressLines:
             return
         self.last = now
         rate = (state.step - self.first_step) / max(1e-9, now - self.started)
-        line = f"step {state.step}/{self.total}: train NLL {running:.4f} (running mean)"
+        line = f"step {state.step}/{self.total}: {self.metric} {running:.4f} (running mean)"
         if state.history:
             last = state.history[-1]
             line += f", validation NLL {last['nll']:.4f} at step {last['step']}"
@@ -401,7 +402,11 @@ def train(
     show = context.is_main and not config.quiet and sys.stderr.isatty()
     bar = _progress(total_steps, state.step, show)
     # Output going to a log or a pipe gets plain progress lines (a bar would be lost there).
-    lines = _ProgressLines(total_steps, context.is_main and not config.quiet and not _is_terminal(sys.stdout))
+    lines = _ProgressLines(
+        total_steps,
+        context.is_main and not config.quiet and not _is_terminal(sys.stdout),
+        "flow-matching loss" if flow_matching else "train NLL",
+    )
     postfix = {}
     running, started, started_step = None, time.perf_counter(), state.step
     epoch_indices, epoch_of_indices = None, -1
