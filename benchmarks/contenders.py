@@ -242,6 +242,8 @@ OUR_VARIANTS = {
     "ours_plain_b5": {"affine": False, "tail_bound": 5.0, "mask": "half"},
     "ours_plain_linear": {"affine": False, "linear": True, "mask": "half"},
     "ours_linear": {"linear": True, "mask": "half"},
+    # today's default with an LU linear layer between couplings
+    "ours_lu": {"linear": True},
     "ours_bins8": {"num_bins": 8},
     "ours_bins16": {"num_bins": 16},
     "ours_bins32": {"num_bins": 32},
@@ -258,8 +260,10 @@ OUR_VARIANTS = {
     "ours_no_dropout": {"dropout": 0.0},
     # the defaults before 16 bins in 2-D and the recipe's dropout above 2-D
     "ours_8bins_nodrop": {"num_bins": 8, "dropout": 0.0},
-    # no dropout: the MADE conditioner has none
     "ours_ar": {"autoregressive": True, "dropout": 0.0},
+    # MADE conditioners with dropout (from the recipe unless set: fit's default for the data)
+    "ours_ar_drop": {"autoregressive": True},
+    "ours_ar_drop1": {"autoregressive": True, "dropout": 0.1},
     # residual conditioners: (128, 128) adds a 128x128 layer per conditioner; (96, 96) costs
     # about as much CPU time per step as the default MLP
     "ours_res": {"conditioner": "residual"},

@@ -35,15 +35,16 @@ GAUSSIAN = "gaussian"
 RECIPE = "+recipe"
 
 
-def recipe_of(args) -> dict:
-    """The training recipe of ``NAME+recipe`` contenders: by default that of
-    :func:`pyro_flows.train.train` (the defaults of :class:`~pyro_flows.train.RunConfig`),
-    with the benchmark's batches; ``--recipe-*`` options override each part."""
+def recipe_of(args, input_dim: int = 2) -> dict:
+    """The training recipe of ``NAME+recipe`` contenders on data of ``input_dim``
+    dimensions: by default that of :func:`pyro_flows.train.train` for ``--flow spline``
+    (the defaults of :class:`~pyro_flows.train.RunConfig`), with the benchmark's batches;
+    ``--recipe-*`` options override each part."""
     from pyro_flows.train import RunConfig
     from pyro_flows.train.loop import learning_rate
 
     defaults = RunConfig(flow="spline")
-    lr, warmup_steps = learning_rate(defaults, max(args.steps))
+    lr, warmup_steps = learning_rate(defaults, max(args.steps), input_dim)
     recipe = {
         "lr": lr,
         "warmup_steps": warmup_steps,
@@ -90,15 +91,19 @@ def fit_one(name, train, test, seed, args, cpu_budget=0.0):
     from pyro_flows.train.loop import lr_factor
 
     base, with_recipe = split_name(name)
-    recipe = recipe_of(args) if with_recipe else None
+    recipe = recipe_of(args, train.shape[-1]) if with_recipe else None
     torch.manual_seed(seed)
     options = {}
     if recipe and base in OUR_VARIANTS and "dropout" not in OUR_VARIANTS[base]:
         from pyro_flows.train.registry import spline_dropout
 
         # the conditioner dropout `pyro-flows fit --flow spline` trains with on this data
-        options["dropout"] = spline_dropout(recipe["dropout"], train.shape[-1])
+        # for a run as long as the longest --steps
+        passes = max(args.steps) * args.batch / len(train)
+        options["dropout"] = spline_dropout(recipe["dropout"], train.shape[-1], passes)
     contender = build_fit(base, train.shape[-1], args.layers, args.hidden, **options)
+    dropouts = [m for m in contender.module.modules() if isinstance(m, torch.nn.Dropout)]
+    in_run_ramp = bool(recipe) and getattr(args, "recipe_dropout_in_run", False) and dropouts
     lr = recipe["lr"] if recipe else args.lr
     weight_decay = recipe.get("weight_decay", 0.0) if recipe else 0.0
     optimizer = torch.optim.Adam(contender.module.parameters(), lr=lr, weight_decay=weight_decay)
@@ -114,6 +119,10 @@ def fit_one(name, train, test, seed, args, cpu_budget=0.0):
             factor = lr_factor(step, last_step, recipe["warmup_steps"], recipe["schedule"])
             for group in optimizer.param_groups:
                 group["lr"] = lr * factor
+        if in_run_ramp:  # the rate the passes made so far call for, not the run's total
+            rate = spline_dropout(-1.0, train.shape[-1], step * args.batch / len(train))
+            for m in dropouts:
+                m.p = min(rate, options["dropout"])
         optimizer.zero_grad(set_to_none=True)
         loss = -contender.log_prob(x).mean()
         loss.backward()
@@ -250,9 +259,14 @@ def render(results, names, info, cmd, args) -> str:
         "over seeds), each library's own initialisation",
     ]
     if any(split_name(n)[1] for n in names):
-        recipe = recipe_of(args)
+        recipe, above_2d = recipe_of(args), recipe_of(args, 3)
+        rate = (
+            f"{recipe['lr']}"
+            if recipe["lr"] == above_2d["lr"]
+            else f"{recipe['lr']} (2-D; {above_2d['lr']} above, as `fit` trains a spline flow)"
+        )
         lines.append(
-            f"- `NAME{RECIPE}`: trained with our recipe instead: Adam lr {recipe['lr']}, "
+            f"- `NAME{RECIPE}`: trained with our recipe instead: Adam lr {rate}, "
             f"{recipe['warmup_steps']} warm-up steps, {recipe['schedule']} schedule over "
             + (
                 "the steps of its run (the largest --steps of that run)"
@@ -268,7 +282,8 @@ def render(results, names, info, cmd, args) -> str:
             )
             + (f", Adam weight decay {recipe['weight_decay']}" if recipe.get("weight_decay") else "")
             + (
-                "; our spline flows with the conditioner dropout of `fit` (0.2 above 2-D, none in 2-D)"
+                "; our spline flows with the conditioner dropout of `fit` (none in 2-D; above, none up to"
+                " 10 passes over the training set, then 0.02 more per pass up to 0.2)"
                 if recipe.get("dropout", -1) < 0
                 else f"; our spline flows with conditioner dropout {recipe['dropout']}"
             )
@@ -349,6 +364,11 @@ def parse_args(argv=None):
         "--recipe-dropout",
         type=float,
         help="NAME+recipe contenders of ours: conditioner dropout (negative: fit's default for the data)",
+    )
+    p.add_argument(
+        "--recipe-dropout-in-run",
+        action="store_true",
+        help="NAME+recipe contenders of ours: the default dropout grows with the passes made so far",
     )
     p.add_argument("--no-cpu", action="store_true", help="skip the equal-CPU-time comparison")
     p.add_argument("--validate", action="store_true", help="turn distribution validation on for all")

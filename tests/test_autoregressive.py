@@ -30,6 +30,28 @@ def test_made_outputs_depend_only_on_earlier_coordinates(order, hidden_dims):
     assert net.order.tolist() == (order or list(range(5)))
 
 
+def test_made_dropout_keeps_the_order_in_train_mode_and_is_off_in_eval_mode():
+    torch.manual_seed(0)
+    net = MADE(5, (32, 32), 3, [3, 1, 4, 0, 2], activation=torch.nn.Tanh, zero_init=False, dropout=0.5)
+    plain = MADE(5, (32, 32), 3, [3, 1, 4, 0, 2], activation=torch.nn.Tanh, zero_init=False)
+    with torch.no_grad():  # the same weights (dropout layers shift the Sequential's indices)
+        for mine, theirs in zip(plain.parameters(), net.parameters(), strict=True):
+            mine.copy_(theirs)
+    net, plain = net.double(), plain.double()
+    x = torch.randn(5, dtype=torch.float64)
+    # train mode: a dropout mask drops paths, never adds one (one mask per Jacobian: one forward)
+    jac = torch.autograd.functional.jacobian(net, x).reshape(5, 3, 5)
+    position = torch.empty(5, dtype=torch.long)
+    position[net.order] = torch.arange(5)
+    earlier = position[None, :] < position[:, None]
+    assert bool((jac[~earlier[:, None, :].expand(5, 3, 5)] == 0).all())
+    assert not torch.allclose(net(x), plain(x))
+    net.eval()
+    assert torch.equal(net(x), plain(x))
+    with pytest.raises(ValueError, match="dropout"):
+        MADE(3, (8,), dropout=1.0)
+
+
 def test_made_starts_at_zero_and_rejects_a_bad_order():
     net = MADE(3, (8,), outputs_per_input=2)
     assert torch.equal(net(torch.randn(4, 3)), torch.zeros(4, 6))
@@ -86,6 +108,23 @@ def test_spline_flow_autoregressive_alternates_orders_with_act_norms():
     assert all(layer.affine for layer in layers)  # spline_flow's default
     # the default stays the coupling flow
     assert not any(isinstance(p, SplineAutoregressive) for p in pyro_flows.spline_flow(3).parts)
+
+
+def test_spline_flow_autoregressive_with_dropout_is_an_exact_flow_in_eval_mode():
+    torch.manual_seed(0)
+    flow = pyro_flows.Flow(
+        pyro_flows.spline_flow(3, num_layers=2, hidden_dims=(16,), autoregressive=True, dropout=0.3).double()
+    )
+    assert sum(isinstance(m, torch.nn.Dropout) for m in flow.modules()) == 2
+    x = torch.randn(64, 3, dtype=torch.float64)
+    flow.log_prob(x)  # initialise the ActNorms
+    with torch.no_grad():
+        randomize(flow, scale=0.3)
+    assert not torch.allclose(flow.log_prob(x.clone()), flow.log_prob(x.clone()))  # a mask per call
+    flow.eval()
+    assert torch.equal(flow.log_prob(x.clone()), flow.log_prob(x.clone()))
+    z = flow.transform.inv(x)
+    assert torch.allclose(flow.transform(z), x, atol=1e-9)
 
 
 def test_autoregressive_spline_flow_density_integrates_to_one():

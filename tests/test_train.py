@@ -254,6 +254,77 @@ def test_sample_checks_its_options_before_reading_the_run(tmp_path):
         sample_run(str(tmp_path / "none"), 5, out="s.txt")
 
 
+@pytest.mark.parametrize("length, rate", [({"epochs": 1}, 0.0), ({"steps": 120}, 0.1), ({"epochs": 30}, 0.2)])
+def test_spline_dropout_grows_with_the_passes_over_the_data_and_the_run_saves_it(tmp_path, length, rate):
+    import numpy as np
+
+    from pyro_flows.train.run import _load_run, evaluate_run
+
+    # 400 points less 10% validation and 10% test: 320 to train on, 8 batches of 40 a
+    # pass; 120 steps are 15 passes
+    np.save(tmp_path / "x.npy", np.random.default_rng(0).normal(size=(400, 3)))
+    config = RunConfig(
+        flow="spline",
+        data=str(tmp_path / "x.npy"),
+        num_layers=2,
+        hidden_dims=(8,),
+        batch_size=40,
+        eval_every=4,
+        plots=False,
+        quiet=True,
+        out=str(tmp_path / "r"),
+        **length,
+    )
+    fit_run(config)
+    state, saved = _load_run(str(tmp_path / "r"))
+    assert saved.dropout == rate
+    # evaluating rebuilds the trained layout (dropout layers shift the networks' keys)
+    assert math.isfinite(evaluate_run(str(tmp_path / "r"), quiet=True)["nll"])
+    flow, history = pyro_flows.train.fit(
+        torch.randn(400, 3), num_layers=2, hidden_dims=(8,), batch_size=40, val_fraction=0.2, **length
+    )
+    assert {m.p for m in flow.modules() if isinstance(m, torch.nn.Dropout)} == ({rate} if rate else set())
+
+
+def test_spline_learning_rate_by_dimension_and_a_resumed_run_keeps_its_own(tmp_path):
+    import numpy as np
+
+    from pyro_flows.train.checkpoint import load_checkpoint, save_checkpoint
+
+    rng = np.random.default_rng(0)
+    for dim, rate in ((2, 3e-3), (3, 1e-2)):
+        np.save(tmp_path / f"x{dim}.npy", rng.normal(size=(300, dim)))
+        config = RunConfig(
+            flow="spline",
+            data=str(tmp_path / f"x{dim}.npy"),
+            num_layers=2,
+            hidden_dims=(8,),
+            batch_size=40,
+            steps=20,
+            eval_every=10,
+            plots=False,
+            quiet=True,
+            out=str(tmp_path / f"r{dim}"),
+        )
+        with pytest.raises(Interrupt):
+            fit_run(config, on_step=interrupt_at(12))
+        path = os.path.join(config.out, "checkpoint.pt")
+        state = load_checkpoint(path)
+        assert state["scheduler"]["base_lrs"] == [rate]
+        assert RunConfig.from_saved(state["config"]).lr == 0.0  # "the flow's"
+    # A run saved when the rule gave another rate (here 5e-4) resumes at its own rate.
+    state["scheduler"]["base_lrs"] = [5e-4]
+    for group in state["optimizer"]["param_groups"]:
+        group["initial_lr"] = 5e-4
+    save_checkpoint(path, state)
+    fit_run(RunConfig(quiet=True), resume_dir=config.out)
+    lines = [json.loads(x) for x in open(os.path.join(config.out, "metrics.jsonl"))]
+    rates = {r["step"]: r["lr"] for r in lines if "lr" in r}
+    assert sorted(rates) == [10, 20]
+    assert rates[10] > 1e-3  # before the interruption: 1e-2 on the cosine
+    assert 0 < rates[20] < 5e-4  # after: the checkpoint's 5e-4 on the cosine
+
+
 def test_spline_defaults_by_dimension_and_runs_saved_before_them_rebuild_as_trained():
     from pyro_flows.train.registry import build_model
 

@@ -196,7 +196,8 @@ def spline_flow(
         benchmarks, 0.074 against 0.088 on the 8 Gaussians, level on the 10-D mixture
         (0.270 / 0.272), for 5% more CPU time per step.
     :param float dropout: dropout probability after each hidden layer of the conditioners
-        (train mode only), a regulariser against fitting the training points too closely.
+        (couplings' and MADEs'; train mode only), a regulariser against fitting the
+        training points too closely.
     :param str conditioner: the couplings' conditioner networks: ``"mlp"``
         (:class:`~pyro_flows.nn.MLP`) or ``"residual"`` (:class:`~pyro_flows.nn.ResidualMLP`:
         an input layer, a pre-activation residual block of two layers per pair of equal
@@ -225,8 +226,6 @@ def spline_flow(
         raise ValueError(
             f"spline_flow: mask must be 'half', 'alternating', 'mixed' or a tensor, got {mask!r}"
         )
-    if autoregressive and dropout:
-        raise ValueError("spline_flow: dropout needs coupling layers; the autoregressive layers have none")
     if conditioner not in CONDITIONERS:
         raise ValueError(f"spline_flow: conditioner must be one of {CONDITIONERS}, got {conditioner!r}")
     if autoregressive and conditioner != "mlp":
@@ -245,7 +244,9 @@ def spline_flow(
         if autoregressive:
             order = list(range(input_dim))[:: -1 if i % 2 else 1]
             parts.append(
-                spline_autoregressive(input_dim, hidden_dims, num_bins, tail_bound, order, activation, affine)
+                spline_autoregressive(
+                    input_dim, hidden_dims, num_bins, tail_bound, order, activation, affine, dropout=dropout
+                )
             )
         else:
             parts.append(

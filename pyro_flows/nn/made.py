@@ -78,6 +78,9 @@ class MADE(nn.Module):
     :param activation: a callable returning an ``nn.Module`` (default ``nn.ReLU``).
     :param bool zero_init: zero the last layer's weight and bias (a new autoregressive
         transform is then the identity).
+    :param float dropout: probability of an :class:`~torch.nn.Dropout` after each hidden
+        activation (train mode only; dropping a unit removes paths, so the outputs still
+        depend only on earlier coordinates).
 
     >>> net = MADE(3, (16,), outputs_per_input=2, zero_init=False)
     >>> x = torch.randn(3)
@@ -94,8 +97,11 @@ class MADE(nn.Module):
         order: Optional[Sequence[int]] = None,
         activation: Callable[[], nn.Module] = nn.ReLU,
         zero_init: bool = True,
+        dropout: float = 0.0,
     ):
         super().__init__()
+        if not 0 <= dropout < 1:
+            raise ValueError(f"MADE: dropout must be in [0, 1), got {dropout}")
         if not isinstance(input_dim, int) or input_dim < 1:
             raise ValueError(f"MADE: input_dim must be a positive int, got {input_dim!r}")
         if not isinstance(outputs_per_input, int) or outputs_per_input < 1:
@@ -114,6 +120,8 @@ class MADE(nn.Module):
             hidden = 1 + torch.arange(size) % max(1, input_dim - 1)
             mask = hidden[:, None] >= previous[None, :]
             layers += [MaskedLinear(len(previous), size, mask), activation()]
+            if dropout > 0:
+                layers.append(nn.Dropout(dropout))
             previous = hidden
         outputs = degrees.repeat_interleave(outputs_per_input)
         layers.append(MaskedLinear(len(previous), len(outputs), outputs[:, None] > previous[None, :]))
@@ -137,6 +145,8 @@ class MADE(nn.Module):
                 x = F.linear(x, layer.weight * layer.mask, layer.bias)
             elif kind is nn.ReLU and not _has_hooks(layer):
                 x = torch.relu(x)
+            elif kind is nn.Dropout and not _has_hooks(layer):
+                x = F.dropout(x, layer.p, layer.training)
             else:
                 x = layer(x)
         return x

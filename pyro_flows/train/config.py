@@ -57,8 +57,9 @@ class RunConfig:
     num_bins: int = _opt(0, "bins per spline (spline); 0 picks 16 for 2-D data, 8 above", "model")
     dropout: float = _opt(
         -1.0,
-        "dropout in the conditioners while training (spline); negative picks 0.2 for data of "
-        "more than 2 dimensions, none for 2-D",
+        "dropout in the conditioners while training (spline); negative picks none for 2-D data and, "
+        "above, none up to 10 passes over the training set, then 0.02 more per pass up to 0.2; "
+        "the run saves the rate it used",
         "model",
     )
     base: str = _opt("normal", "base distribution", "model", choices=("normal", "uniform", "beta"))
@@ -152,8 +153,8 @@ class RunConfig:
     batch_size: int = _opt(256, "global batch size (split across processes under torchrun)", "training")
     lr: float = _opt(
         0.0,
-        "Adam learning rate; 0 picks the flow's: 3e-3 after a linear warm-up over min(100, steps/10) "
-        "steps for spline, 1e-3 for the others (an ffjord trained by flow matching: 3e-3 after a "
+        "Adam learning rate; 0 picks the flow's: for spline 3e-3 on 2-D data and 1e-2 above, after a "
+        "linear warm-up over min(100, steps/10) steps; 1e-3 for the others (an ffjord trained by flow matching: 3e-3 after a "
         "warm-up over steps/50, with --hidden-dims 256,256,256 and --batch-size 512 unless given)",
         "training",
     )

@@ -132,6 +132,7 @@ def spline_autoregressive(
     order: Optional[Sequence[int]] = None,
     activation: Callable[[], nn.Module] = nn.ReLU,
     affine: bool = False,
+    dropout: float = 0.0,
     **spline_options,
 ) -> SplineAutoregressive:
     """One :class:`SplineAutoregressive` on vectors of size ``input_dim`` with a
@@ -139,13 +140,16 @@ def spline_autoregressive(
 
     :param order: the autoregressive order, a permutation of ``range(input_dim)`` (default:
         the natural order ``0, 1, ..., D - 1``).
+    :param float dropout: dropout probability after each hidden layer of the MADE (train
+        mode only: sample in eval mode, since the :math:`D` passes of the forward map would
+        each draw their own dropout).
 
     >>> layer = spline_autoregressive(3, hidden_dims=(8,), order=[2, 1, 0])
     >>> layer.conditioner.order.tolist(), layer.conditioner.net[-1].out_features  # 3 * (3 * 8 - 1)
     ([2, 1, 0], 69)
     """
     per = _params_per_coordinate(num_bins, affine)
-    conditioner = MADE(input_dim, hidden_dims, per, order, activation)
+    conditioner = MADE(input_dim, hidden_dims, per, order, activation, dropout=dropout)
     return SplineAutoregressive(
         conditioner, input_dim, num_bins=num_bins, tail_bound=tail_bound, affine=affine, **spline_options
     )
