@@ -263,7 +263,7 @@ def render(results, names, info, cmd, args) -> str:
         rate = (
             f"{recipe['lr']}"
             if recipe["lr"] == above_2d["lr"]
-            else f"{recipe['lr']} (2-D; {above_2d['lr']} above, as `fit` trains a spline flow)"
+            else f"{recipe['lr']} (2-D; {above_2d['lr']} from 3 to 10 dimensions, as `fit` trains a spline flow)"
         )
         lines.append(
             f"- `NAME{RECIPE}`: trained with our recipe instead: Adam lr {rate}, "

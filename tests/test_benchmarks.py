@@ -217,3 +217,35 @@ def test_digits_scores_every_model_on_the_same_density():
     # One draw of the per-image scorer averages to the examples' test bits/dim.
     bits = digits.per_image_bits(model, levels, draws=1, seed=5)
     assert bits.shape == (20,) and abs(float(bits.mean()) - test_bits_per_dim(model, levels, seed=5)) < 1e-5
+
+
+def test_spline_lr_smoke(tmp_path):
+    from benchmarks import spline_lr
+
+    x = spline_lr.curved_gaussian(5, 1000, 0)
+
+    # an odd coordinate is half the square of the even one before it plus a linear part
+    def corr(a, b):
+        return float(torch.corrcoef(torch.stack([a, b]))[0, 1])
+
+    assert corr(x[:, 0] ** 2, x[:, 1]) > 0.2
+    assert abs(corr(x[:, 0] ** 2, x[:, 1] - 0.5 * x[:, 0] ** 2)) < 0.1
+    spline_lr.main(
+        [
+            "--dims",
+            "3",
+            "--lrs",
+            "3e-3",
+            "1e-2",
+            "--steps",
+            "20",
+            "--train",
+            "600",
+            "--test",
+            "200",
+            "--out",
+            str(tmp_path),
+        ]
+    )
+    text = (tmp_path / "spline_lr.md").read_text()
+    assert "| 3 |" in text and "lr 0.01" in text

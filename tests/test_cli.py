@@ -186,6 +186,16 @@ def test_bad_data_files_get_clear_errors(tmp_path, capsys, content, message):
     assert message in err and str(path) in err
 
 
+def test_an_option_the_flow_would_ignore_is_refused_before_anything_is_written(tmp_path, capsys):
+    code, _, err = run(capsys, "fit", *TINY, "--batch-norm", "--no-plots", "--out", str(tmp_path / "r"))
+    assert code == 1 and "--batch-norm applies to --flow real_nvp or real_nvp_image, not --flow spline" in err
+    assert not (tmp_path / "r").exists()
+    code, _, err = run(
+        capsys, "fit", *TINY, "--flow", "real_nvp", "--batch-norm", "--no-plots", "--out", str(tmp_path / "r")
+    )
+    assert code == 0, err
+
+
 def test_evaluate_on_a_file_with_the_wrong_columns(tmp_path, capsys):
     rng = np.random.default_rng(0)
     np.save(tmp_path / "train.npy", rng.normal(size=(400, 3)))

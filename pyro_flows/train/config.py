@@ -153,8 +153,8 @@ class RunConfig:
     batch_size: int = _opt(256, "global batch size (split across processes under torchrun)", "training")
     lr: float = _opt(
         0.0,
-        "Adam learning rate; 0 picks the flow's: for spline 3e-3 on 2-D data and 1e-2 above, after a "
-        "linear warm-up over min(100, steps/10) steps; 1e-3 for the others (an ffjord trained by flow matching: 3e-3 after a "
+        "Adam learning rate; 0 picks the flow's: for spline 1e-2 on data of 3 to 10 dimensions and 3e-3 "
+        "otherwise, after a linear warm-up over min(100, steps/10) steps; 1e-3 for the others (an ffjord trained by flow matching: 3e-3 after a "
         "warm-up over steps/50, with --hidden-dims 256,256,256 and --batch-size 512 unless given)",
         "training",
     )

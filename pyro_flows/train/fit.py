@@ -16,7 +16,7 @@ import torch
 from ..data.splits import Splits
 from .config import RunConfig
 from .loop import train
-from .registry import build_model, with_training_dropout
+from .registry import build_model, check_flow_options, with_training_dropout
 
 __all__ = ["fit", "FLOW_MATCHING_DEFAULTS", "with_flow_matching_defaults"]
 
@@ -142,6 +142,7 @@ def fit(
     val, train_x = data[order[:n_val]], data[order[n_val:]]
     # the loop never reads the test split; the validation points stand in for it
     splits = Splits("data", train_x, val, val, split_rule=f"random, seed {seed}")
+    check_flow_options(config)
     config = with_training_dropout(config, splits)
     torch.manual_seed(seed)
     model = build_model(config, splits.event_shape).to(device=data.device, dtype=data.dtype)

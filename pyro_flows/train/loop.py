@@ -110,35 +110,38 @@ class NegativeLogLikelihood(nn.Module):
 #: tenth of the run); flows not listed get ``DEFAULT_LR`` (1e-3) without warm-up
 FLOW_LEARNING_RATES = {"spline": (3e-3, 100)}
 DEFAULT_LR = 1e-3
-#: ``--lr 0`` for ``--flow spline`` on data of more than two dimensions (see :func:`learning_rate`)
-SPLINE_LR_ABOVE_2D = 1e-2
+#: ``--lr 0`` for ``--flow spline`` on data of 3 to ``SPLINE_FAST_MAX_DIM`` dimensions (see
+#: :func:`learning_rate`)
+SPLINE_FAST_LR, SPLINE_FAST_MAX_DIM = 1e-2, 10
 
 
 def learning_rate(config, total_steps: int, input_dim: Optional[int] = None) -> Tuple[float, int]:
     """The base learning rate and warm-up steps of a run: ``config.lr`` and
     ``config.warmup_steps`` as given, or with ``lr == 0`` the flow's (see
     :data:`~pyro_flows.train.loop.FLOW_LEARNING_RATES`); for ``spline`` on vectors of
-    ``input_dim > 2``, ``SPLINE_LR_ABOVE_2D`` (1e-2).
+    ``3 <= input_dim <= 10``, ``SPLINE_FAST_LR`` (1e-2).
 
-    The spline rate was measured: in 2-D 3e-3 beats 5e-3 (rings after 800 steps, KL gap
-    0.167 against 0.186); on the 10-D targets of docs/benchmarks.md 1e-2 beats 3e-3 (the
+    The spline rates were measured (docs/benchmarks.md): in 2-D 3e-3 beats 5e-3 (rings
+    after 800 steps, KL gap 0.167 against 0.186); on the 10-D targets 1e-2 beats 3e-3 (the
     mixture after 800 steps 0.103 / 0.140 against 0.146 / 0.192, seeds 0 / 2, and after
     3000 steps 0.046 against 0.070; the banana after 800 steps 0.050 against 0.061 over
-    three seeds). A resumed run keeps the rate its checkpoint saved.
+    three seeds); with the command's defaults on curved Gaussian data
+    (``benchmarks/spline_lr.py``) 1e-2 is level or better up to 10 dimensions and worse
+    from 12 on. A resumed run keeps the rate its checkpoint saved.
 
     >>> from pyro_flows.train import RunConfig
     >>> learning_rate(RunConfig(flow="spline"), 2000), learning_rate(RunConfig(flow="real_nvp"), 2000)
     ((0.003, 100), (0.001, 0))
-    >>> learning_rate(RunConfig(flow="spline"), 800, input_dim=10)
-    (0.01, 80)
+    >>> [learning_rate(RunConfig(flow="spline"), 800, input_dim=d) for d in (10, 43)]
+    [(0.01, 80), (0.003, 80)]
     >>> learning_rate(RunConfig(flow="spline", lr=1e-2, warmup_steps=5), 2000)
     (0.01, 5)
     """
     if config.lr > 0:
         return config.lr, config.warmup_steps
     lr, warmup = FLOW_LEARNING_RATES.get(config.flow, (DEFAULT_LR, 0))
-    if config.flow == "spline" and input_dim is not None and input_dim > 2:
-        lr = SPLINE_LR_ABOVE_2D
+    if config.flow == "spline" and input_dim is not None and 2 < input_dim <= SPLINE_FAST_MAX_DIM:
+        lr = SPLINE_FAST_LR
     return lr, max(config.warmup_steps, min(warmup, total_steps // 10))
 
 

@@ -55,6 +55,26 @@ def spline_dropout(dropout: float, input_dim: int, passes: Optional[float] = Non
     return round(min(DROPOUT_MAX, DROPOUT_SLOPE * max(0.0, passes - DROPOUT_FROM)), 4)
 
 
+#: the flows that read ``--batch-norm``
+BATCH_NORM_FLOWS = ("real_nvp", "real_nvp_image")
+
+
+def check_flow_options(config) -> None:
+    """Refuse options of a new run that its flow would ignore (a run trained otherwise
+    than asked would report numbers for a model nobody chose).
+
+    >>> from pyro_flows.train.config import RunConfig
+    >>> check_flow_options(RunConfig(flow="spline", batch_norm=True))
+    Traceback (most recent call last):
+    ...
+    ValueError: --batch-norm applies to --flow real_nvp or real_nvp_image, not --flow spline
+    """
+    if config.batch_norm and config.flow not in BATCH_NORM_FLOWS:
+        raise ValueError(
+            f"--batch-norm applies to --flow {' or '.join(BATCH_NORM_FLOWS)}, not --flow {config.flow}"
+        )
+
+
 def with_training_dropout(config, splits):
     """``config`` with a negative ``dropout`` of ``--flow spline`` replaced by the rate
     ``spline_dropout`` picks for a run of ``config``'s length on ``splits`` (a

@@ -24,7 +24,7 @@ from .checkpoint import CheckpointError, check_run_state, load_checkpoint
 from .config import RunConfig, config_to_toml
 from .distributed import fail_together, process_device, setup, teardown
 from .loop import MetricsLog, held_out_noise, mean_and_standard_error, nll_per_point, read_metrics, train
-from .registry import build_model, with_training_dropout
+from .registry import build_model, check_flow_options, with_training_dropout
 from .rundir import (
     RunLock,
     atomic_write_text,
@@ -140,7 +140,8 @@ def fit_run(
             torch.manual_seed(config.seed)
             splits = load_splits(config)
             splits.check_spread()
-            if resume_state is None:  # a resumed run keeps the rate it saved
+            if resume_state is None:  # a resumed run keeps what it saved
+                check_flow_options(config)
                 config = with_training_dropout(config, splits)
             source = data_source(config, splits)
             if resume_state is not None:
