@@ -510,7 +510,17 @@ def test_ffjord_solver_underflow_in_float64_goes_through_the_guard(tmp_path, mon
 
     monkeypatch.setattr(torchdiffeq, "odeint", odeint)
     with pytest.raises(NonFiniteLossError, match=r"stopped at step 3: the ODE solver failed"):
-        fit_run(tiny(tmp_path / "r", flow="ffjord", dtype="float64", steps=4, eval_every=4, batch_size=50))
+        fit_run(
+            tiny(
+                tmp_path / "r",
+                flow="ffjord",
+                num_layers=8,
+                dtype="float64",
+                steps=4,
+                eval_every=4,
+                batch_size=50,
+            )
+        )
 
 
 # 10. threads ----------------------------------------------------------------------------------

@@ -142,7 +142,7 @@ def fit(
     val, train_x = data[order[:n_val]], data[order[n_val:]]
     # the loop never reads the test split; the validation points stand in for it
     splits = Splits("data", train_x, val, val, split_rule=f"random, seed {seed}")
-    check_flow_options(config)
+    check_flow_options(config, splits.event_shape)
     config = with_training_dropout(config, splits)
     torch.manual_seed(seed)
     model = build_model(config, splits.event_shape).to(device=data.device, dtype=data.dtype)

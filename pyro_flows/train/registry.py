@@ -55,24 +55,60 @@ def spline_dropout(dropout: float, input_dim: int, passes: Optional[float] = Non
     return round(min(DROPOUT_MAX, DROPOUT_SLOPE * max(0.0, passes - DROPOUT_FROM)), 4)
 
 
-#: the flows that read ``--batch-norm``
-BATCH_NORM_FLOWS = ("real_nvp", "real_nvp_image")
+#: model options every flow reads (through :func:`build_model`, not its builder's arguments)
+READ_BY_EVERY_FLOW = ("flow", "base", "logit_alpha")
 
 
-def check_flow_options(config) -> None:
-    """Refuse options of a new run that its flow would ignore (a run trained otherwise
-    than asked would report numbers for a model nobody chose).
+class _Reads:
+    """A stand-in for a config that records which options are read."""
+
+    def __init__(self, config):
+        self._config, self.names = config, set()
+
+    def __getattr__(self, name):
+        self.names.add(name)
+        return getattr(self._config, name)
+
+
+def check_flow_options(config, event_shape) -> None:
+    """Refuse model options of a new run that its flow would ignore: a run trained
+    otherwise than asked reports numbers for a model nobody chose. An option counts as
+    read when the flow's builder arguments (:class:`FlowEntry`) use it for data of
+    ``event_shape``; options left at their defaults pass.
 
     >>> from pyro_flows.train.config import RunConfig
-    >>> check_flow_options(RunConfig(flow="spline", batch_norm=True))
+    >>> check_flow_options(RunConfig(flow="spline", batch_norm=True), (2,))
     Traceback (most recent call last):
     ...
-    ValueError: --batch-norm applies to --flow real_nvp or real_nvp_image, not --flow spline
+    ValueError: --batch-norm does not apply to --flow spline (it reads --num-layers, --hidden-dims, --num-bins, --dropout)
+    >>> check_flow_options(RunConfig(flow="real_nvp", batch_norm=True), (2,))
     """
-    if config.batch_norm and config.flow not in BATCH_NORM_FLOWS:
-        raise ValueError(
-            f"--batch-norm applies to --flow {' or '.join(BATCH_NORM_FLOWS)}, not --flow {config.flow}"
-        )
+    import dataclasses
+
+    if config.flow not in FLOWS:
+        return  # build_model names the problem
+    entry = FLOWS[config.flow]
+    entry.check_shape(tuple(event_shape))
+    entry.check_requirements()  # a missing package first: it is what stops the run
+    reads = _Reads(config)
+    entry.arguments(reads, tuple(event_shape))
+    for f in dataclasses.fields(config):
+        if f.metadata.get("group") != "model" or f.name in READ_BY_EVERY_FLOW or f.name in reads.names:
+            continue
+        if getattr(config, f.name) != f.default:
+            used = ", ".join(
+                f"--{n.replace('_', '-')}" for n in sorted(reads.names, key=_field_order(config))
+            )
+            raise ValueError(
+                f"--{f.name.replace('_', '-')} does not apply to --flow {config.flow} (it reads {used or 'none'})"
+            )
+
+
+def _field_order(config):
+    import dataclasses
+
+    order = {f.name: i for i, f in enumerate(dataclasses.fields(config))}
+    return lambda name: order.get(name, len(order))
 
 
 def with_training_dropout(config, splits):

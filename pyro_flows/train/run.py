@@ -141,7 +141,7 @@ def fit_run(
             splits = load_splits(config)
             splits.check_spread()
             if resume_state is None:  # a resumed run keeps what it saved
-                check_flow_options(config)
+                check_flow_options(config, splits.event_shape)
                 config = with_training_dropout(config, splits)
             source = data_source(config, splits)
             if resume_state is not None:
