@@ -249,3 +249,17 @@ def test_spline_lr_smoke(tmp_path):
     )
     text = (tmp_path / "spline_lr.md").read_text()
     assert "| 3 |" in text and "lr 0.01" in text
+
+
+def test_guide_tails_smoke(capsys):
+    from benchmarks import guide_tails
+
+    tables = guide_tails.main(
+        ["--model", "banana", "--guide", "AutoRealNVP", "--steps", "5", "--draws", "500"]
+    )
+    assert sorted(tables) == [3, 4]  # the last two steps' parameters
+    for rows in tables.values():
+        assert rows[-1][0] == "LocScale"
+        for _, (median, q99, q9999), largest in rows:
+            assert 0 <= median <= q99 <= q9999 <= largest < 1e3
+    assert "finite to the end" in capsys.readouterr().out
