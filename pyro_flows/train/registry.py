@@ -6,6 +6,7 @@ run options map to the builder's arguments.
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
 from dataclasses import dataclass
 from typing import Callable, Optional, Tuple
@@ -16,7 +17,15 @@ from ..builders import cdf_flow, ffjord, glow, nice, real_nvp, real_nvp_image, s
 from ..flow import Flow
 from ..transforms.preprocess import logit
 
-__all__ = ["FlowEntry", "FLOWS", "build_model", "flow_names", "spline_dropout", "with_training_dropout"]
+__all__ = [
+    "FlowEntry",
+    "FLOWS",
+    "build_model",
+    "check_flow_options",
+    "flow_names",
+    "spline_dropout",
+    "with_training_dropout",
+]
 
 
 #: the conditioner dropout ``--flow spline`` trains with above 2-D: none up to
@@ -83,8 +92,6 @@ def check_flow_options(config, event_shape) -> None:
     ValueError: --batch-norm does not apply to --flow spline (it reads --num-layers, --hidden-dims, --num-bins, --dropout)
     >>> check_flow_options(RunConfig(flow="real_nvp", batch_norm=True), (2,))
     """
-    import dataclasses
-
     if config.flow not in FLOWS:
         return  # build_model names the problem
     entry = FLOWS[config.flow]
@@ -92,23 +99,15 @@ def check_flow_options(config, event_shape) -> None:
     entry.check_requirements()  # a missing package first: it is what stops the run
     reads = _Reads(config)
     entry.arguments(reads, tuple(event_shape))
-    for f in dataclasses.fields(config):
+    fields = dataclasses.fields(config)
+    used = ", ".join(f"--{f.name.replace('_', '-')}" for f in fields if f.name in reads.names) or "none"
+    for f in fields:
         if f.metadata.get("group") != "model" or f.name in READ_BY_EVERY_FLOW or f.name in reads.names:
             continue
         if getattr(config, f.name) != f.default:
-            used = ", ".join(
-                f"--{n.replace('_', '-')}" for n in sorted(reads.names, key=_field_order(config))
-            )
             raise ValueError(
-                f"--{f.name.replace('_', '-')} does not apply to --flow {config.flow} (it reads {used or 'none'})"
+                f"--{f.name.replace('_', '-')} does not apply to --flow {config.flow} (it reads {used})"
             )
-
-
-def _field_order(config):
-    import dataclasses
-
-    order = {f.name: i for i, f in enumerate(dataclasses.fields(config))}
-    return lambda name: order.get(name, len(order))
 
 
 def with_training_dropout(config, splits):
