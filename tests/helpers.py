@@ -31,6 +31,17 @@ def randomize(module: torch.nn.Module, scale: float = 0.3, seed: int = 0) -> tor
     return module
 
 
+def midpoint_density(log_prob, half: float = 9.0, n: int = 600):
+    """``(grid, density, cell area)`` of ``exp(log_prob)`` at the midpoints of an ``n x n``
+    grid on ``[-half, half]^2`` (float64, no gradients): ``density.sum() * cell`` is the
+    midpoint rule for the mass of the box."""
+    ticks = (torch.arange(n, dtype=torch.float64) + 0.5) / n * 2 * half - half
+    grid = torch.cartesian_prod(ticks, ticks)
+    with torch.no_grad():
+        density = log_prob(grid).exp()
+    return grid, density, (2 * half / n) ** 2
+
+
 def run_cli(capsys, *argv):
     """Run ``pyro-flows ARGV`` in this process: ``(exit code, stdout, stderr)``."""
     from pyro_flows.cli import main
