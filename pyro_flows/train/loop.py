@@ -352,10 +352,8 @@ def train(
     total_steps = config.epochs * steps_per_epoch if config.epochs else config.steps
 
     objective = None  # wrapped below, after any data-dependent initialisation
-    event_shape = tuple(splits.train.shape[1:])
-    base_lr, warmup_steps = learning_rate(
-        config, total_steps, event_shape[0] if len(event_shape) == 1 else None
-    )
+    vector = len(splits.event_shape) == 1
+    base_lr, warmup_steps = learning_rate(config, total_steps, splits.event_shape[0] if vector else None)
     optimizer = torch.optim.Adam(flow.parameters(), lr=base_lr, weight_decay=config.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda s: lr_factor(s, total_steps, warmup_steps, config.schedule)
