@@ -1,6 +1,7 @@
 """Flow guides, flow priors, NeuTra, serialisation and diagnostics with Pyro inference."""
 
 import functools
+import math
 
 import pyro
 import pyro.distributions as dist
@@ -68,7 +69,9 @@ def test_svi_recovers_the_exact_conjugate_posterior():
         torch.zeros(8), torch.eye(8) + torch.ones(4, 4).kron(torch.eye(2))
     ).log_prob(X.reshape(-1))
     assert abs(lw.mean() - log_evidence) < 0.05, (lw.mean(), log_evidence)
-    assert psis_khat(conjugate_model, guide, log_weights=lw) < 0.5
+    # Nearly constant means a spread of a few hundredths. (PSIS k-hat is no check here:
+    # fitted to weights this flat it is noise, 0.12 to 0.86 over four seeds of this run.)
+    assert float(lw.std()) < 0.1, float(lw.std())
 
 
 def test_real_nvp_as_init_transform_fn_of_auto_normalizing_flow():
@@ -214,7 +217,7 @@ def _steps_of_real_nvp(stacked: bool, monkeypatch, steps: int = 3, fused: bool =
     from pyro_flows.infer import guides
 
     if not stacked:
-        monkeypatch.setattr(guides, "_stack_conditioners", lambda couplings: None)
+        monkeypatch.setattr(guides, "_stack_conditioners", lambda couplings, input_bound=None: None)
     monkeypatch.setattr(AutoRealNVP, "_fused", fused)
     pyro.clear_param_store()
     pyro.set_rng_seed(0)
@@ -253,9 +256,9 @@ def test_stacked_conditioners_leave_loss_and_gradients_unchanged(monkeypatch):
     weight and the parameters after Adam steps equal those of separate per-coupling
     networks."""
     torch.set_default_dtype(torch.float64)
-    try:
-        stacked, losses, grads = _steps_of_real_nvp(True, monkeypatch)
-        plain, plain_losses, plain_grads = _steps_of_real_nvp(False, monkeypatch)
+    try:  # per-coupling MLPs read their inputs as they are
+        stacked, losses, grads = _steps_of_real_nvp(True, monkeypatch, input_bound=None)
+        plain, plain_losses, plain_grads = _steps_of_real_nvp(False, monkeypatch, input_bound=None)
     finally:
         torch.set_default_dtype(torch.float32)
     # 11 latent dimensions: the half masks give couplings of two shapes, so two stacks
@@ -277,17 +280,18 @@ def test_stacked_conditioners_leave_loss_and_gradients_unchanged(monkeypatch):
     assert any(float(g.abs().max()) > 0 for g in grads.values())
 
 
-@pytest.mark.parametrize("path_gradient", [True, False])
-def test_fused_couplings_leave_loss_and_gradients_unchanged(monkeypatch, path_gradient):
+@pytest.mark.parametrize("path_gradient, input_bound", [(True, 4.0), (False, 4.0), (True, None)])
+def test_fused_couplings_leave_loss_and_gradients_unchanged(monkeypatch, path_gradient, input_bound):
     """The default AutoRealNVP runs its couplings and permutations as one transform
     (pyro_flows.infer.fused); in float64 its losses over a few Adam steps, its gradients
     and its parameters equal those of the layers run one by one."""
     from pyro_flows.infer.fused import _FusedCouplings
 
+    options = {"path_gradient": path_gradient, "input_bound": input_bound}
     torch.set_default_dtype(torch.float64)
     try:
-        fused, losses, grads = _steps_of_real_nvp(True, monkeypatch, fused=True, path_gradient=path_gradient)
-        plain, plain_losses, plain_grads = _steps_of_real_nvp(True, monkeypatch, path_gradient=path_gradient)
+        fused, losses, grads = _steps_of_real_nvp(True, monkeypatch, fused=True, **options)
+        plain, plain_losses, plain_grads = _steps_of_real_nvp(True, monkeypatch, **options)
     finally:
         torch.set_default_dtype(torch.float32)
     assert [type(p) for p in fused.transform.parts] == [_FusedCouplings, pyro_flows.transforms.LocScale]
@@ -311,16 +315,16 @@ def test_fused_couplings_match_the_layers_in_both_directions():
     from pyro_flows.infer.fused import _fuse
     from pyro_flows.infer.guides import _stack_conditioners, guide_real_nvp
 
-    for dim, scale_bound in ((6, 3.0), (7, None)):
+    for dim, scale_bound, input_bound in ((6, 3.0, None), (7, None, None), (6, 3.0, 1.5)):
         torch.manual_seed(dim)
         layers = guide_real_nvp(dim, num_layers=5, hidden_dims=(8, 8), scale_bound=scale_bound).double()
-        _stack_conditioners(layers.parts)
+        _stack_conditioners(layers.parts, input_bound)
         with torch.no_grad():
             for p in layers.parameters():
                 p.add_(0.3 * torch.randn_like(p))
         fused = _fuse(list(layers.parts), dim)
         reference = ComposeTransformModule(list(layers.parts))
-        x = torch.randn(9, dim, dtype=torch.float64)
+        x = 2.0 * torch.randn(9, dim, dtype=torch.float64)  # beyond the input bound, often
         y, ladj = fused._call_and_ladj(x)
         assert torch.allclose(y, reference(x), rtol=0, atol=1e-12)
         assert torch.allclose(ladj, reference.log_abs_det_jacobian(x, reference(x)), rtol=0, atol=1e-12)
@@ -337,3 +341,39 @@ def test_fuse_declines_layers_it_cannot_reproduce():
     # conditioners not stacked (plain MLPs): left to run one by one
     assert _fuse(list(guide_real_nvp(4, num_layers=2, hidden_dims=(8,)).parts), 4) is None
     assert _fuse([], 4) is None
+
+
+def test_conditioner_input_bound_keeps_the_first_steps_at_lr_1e_2_finite():
+    """The first Adam steps move every conditioner weight by about the learning rate; a
+    ReLU conditioner's outputs grow with its input, so without a bound the couplings
+    compound that in the tails. Six steps at lr 1e-2 on eight schools: with the default
+    input bound every draw of 20000 stays below 1000 before the LocScale (it was 4768 at
+    step 2 of the seed-2 run whose loss overflowed at step 7), without it some seed goes
+    far beyond."""
+    from benchmarks.guide_accuracy import _targets
+
+    model = _targets()["eight_schools"]["model"]
+
+    def worst_draw(input_bound, seed):
+        pyro.clear_param_store()
+        pyro.set_rng_seed(seed)
+        guide = AutoRealNVP(model, input_bound=input_bound)
+        elbo = Trace_ELBO(num_particles=8, vectorize_particles=True, max_plate_nesting=1)
+        svi = SVI(model, guide, pyro.optim.Adam({"lr": 1e-2}), elbo)
+        worst = 0.0
+        for step in range(6):
+            assert math.isfinite(svi.step())
+            with torch.no_grad():
+                z = torch.randn(20000, 10, generator=torch.Generator().manual_seed(step))
+                for part in guide.transform.parts[:-1]:  # the flow, before mu + sigma *
+                    z = part(z)
+            worst = max(worst, float(z.abs().max()))
+        return worst
+
+    bounded = [worst_draw(4.0, seed) for seed in range(3)]
+    unbounded = [worst_draw(None, seed) for seed in range(3)]
+    assert max(bounded) < 1e3, bounded
+    assert max(unbounded) > 1e3, unbounded
+    # the bound is validated and reaches the conditioners
+    with pytest.raises(ValueError, match="input_bound"):
+        AutoRealNVP(model, input_bound=0.0)

@@ -85,7 +85,9 @@ def test_neutra_mcmc_under_jit_gives_the_same_chain():
     options = dict(num_samples=15, warmup_steps=10, seed=0, max_tree_depth=3)
     plain = neutra_mcmc(gaussian, guide, **options)
     jitted = neutra_mcmc(gaussian, guide, jit_compile=True, ignore_jit_warnings=True, **options)
-    assert torch.allclose(plain.samples["z"], jitted.samples["z"], atol=1e-5)
+    # the same chain up to float32 rounding (the traced graph orders some operations
+    # differently: 1e-5 here); another accept decision would differ by O(1)
+    assert torch.allclose(plain.samples["z"], jitted.samples["z"], atol=1e-4)
 
 
 def test_neutra_mcmc_leaves_the_guide_trainable():

@@ -153,3 +153,20 @@ def test_short_fit_beats_the_best_mean_field_guide():
         z = q.sample((4000,))
         kl = float((q.log_prob(z) - dist.MultivariateNormal(torch.zeros(2), COV).log_prob(z)).mean())
     assert kl < 0.5 * best_mean_field, (kl, best_mean_field)
+
+
+def test_conditioners_read_their_inputs_soft_clipped():
+    """With ``input_bound`` b (default 4) every coupling's conditioner sees b tanh(x / b):
+    far out its outputs are those of a saturated input, so they cannot grow with it."""
+    far = torch.tensor([[1e4, -1e4, 3e3, -2e4]])
+    at_bound = 100.0 * far.sign()  # b tanh(100 / b) is b in float32
+    for input_bound, same in ((4.0, True), (None, False)):
+        guide = _perturbed_guide(three_sites, input_bound=input_bound)
+        couplings = [p for p in guide.transform.parts if hasattr(p, "conditioner")]
+        assert len(couplings) == 3
+        for part in couplings:
+            a_far, _ = part.partition.split(far)
+            a_bound, _ = part.partition.split(at_bound)
+            out_far, out_bound = part.conditioner(a_far), part.conditioner(a_bound)
+            assert torch.isfinite(out_far).all()
+            assert torch.allclose(out_far, out_bound, rtol=0, atol=1e-5) == same

@@ -55,7 +55,8 @@ class _FusedCouplings(FlowTransform):
         super().__init__(event_shape=(dim,))
         self.stacks = nn.ModuleList(stacks)
         # plan entries: ("perm", index into perms) or
-        # ("coupling", stack index, member index, a_first, sizes, scale bound, shift bound, activations)
+        # ("coupling", stack index, member index, a_first, sizes, scale bound, shift bound,
+        #  activations, input bound)
         self._plan = plan
         self.activations = nn.ModuleList(
             act for step in plan if step[0] == "coupling" for act in step[7] if act is not None
@@ -107,8 +108,8 @@ class _FusedCouplings(FlowTransform):
         self.__dict__["_row_scale_cache"] = scales
         return scales
 
-    def _conditioner(self, x_a, layers, i, activations):
-        h = x_a
+    def _conditioner(self, x_a, layers, i, activations, input_bound):
+        h = x_a if input_bound is None else _soft_bound(x_a, input_bound)
         last = len(layers) - 1
         for j, (weights, biases) in enumerate(layers):
             h = F.linear(h, weights[i], biases[i])
@@ -125,10 +126,10 @@ class _FusedCouplings(FlowTransform):
             if step[0] == "perm":
                 x = x.index_select(-1, self._buffers[f"perm{step[1]}"])
                 continue
-            _, s, i, a_first, sizes, bound, shift_bound, activations = step
+            _, s, i, a_first, sizes, bound, shift_bound, activations, input_bound = step
             first, second = x.split_with_sizes(sizes, -1)
             x_a, x_b = (first, second) if a_first else (second, first)
-            shift, raw = self._conditioner(x_a, weights[s], i, activations).chunk(2, -1)
+            shift, raw = self._conditioner(x_a, weights[s], i, activations, input_bound).chunk(2, -1)
             if shift_bound is not None:
                 shift = shift.clamp(-shift_bound, shift_bound)
             if bound is None:
@@ -150,10 +151,10 @@ class _FusedCouplings(FlowTransform):
             if step[0] == "perm":
                 y = y.index_select(-1, self._buffers[f"inverse_perm{step[1]}"])
                 continue
-            _, s, i, a_first, sizes, bound, shift_bound, activations = step
+            _, s, i, a_first, sizes, bound, shift_bound, activations, input_bound = step
             first, second = y.split_with_sizes(sizes, -1)
             y_a, y_b = (first, second) if a_first else (second, first)
-            shift, raw = self._conditioner(y_a, weights[s], i, activations).chunk(2, -1)
+            shift, raw = self._conditioner(y_a, weights[s], i, activations, input_bound).chunk(2, -1)
             if shift_bound is not None:
                 shift = shift.clamp(-shift_bound, shift_bound)
             if bound is None:
@@ -228,6 +229,7 @@ def _fuse(parts: Sequence[nn.Module], dim: int) -> Optional[_FusedCouplings]:
                 part.scale_bound,
                 part.shift_bound,
                 tuple(activations),
+                conditioner.input_bound,
             )
         )
     return _FusedCouplings(dim, stacks, plan, perms)

@@ -146,6 +146,9 @@ class AutoSplineFlow(AutoRealNVP):
     :param bool path_gradient: the "sticking the landing" gradient, as in
         :class:`~pyro_flows.infer.AutoRealNVP` (set ``False`` for importance-weighted
         objectives).
+    :param float input_bound: the conditioners read their inputs soft-clipped,
+        :math:`b \tanh(x^A / b)`, as in :class:`~pyro_flows.infer.AutoRealNVP`
+        (default 4; ``None``: as they are).
 
     >>> import pyro, pyro.distributions as dist
     >>> def model():
@@ -174,6 +177,7 @@ class AutoSplineFlow(AutoRealNVP):
         init_loc_fn: Callable = init_to_median,
         activation: Callable[[], nn.Module] = nn.ReLU,
         path_gradient: bool = True,
+        input_bound: Optional[float] = 4.0,
     ):
         _layer_kinds(layers, num_layers)  # fail early on a bad value
         super().__init__(
@@ -186,6 +190,7 @@ class AutoSplineFlow(AutoRealNVP):
             init_loc_fn=init_loc_fn,
             activation=activation,
             path_gradient=path_gradient,
+            input_bound=input_bound,
         )
         self.layers = layers
         self.num_bins = num_bins
@@ -214,7 +219,7 @@ class AutoSplineFlow(AutoRealNVP):
             self.activation,
             shift_bound=self.shift_bound,
         ).to(**like)
-        _stack_conditioners(couplings.parts)
+        _stack_conditioners(couplings.parts, self.input_bound)
         if self.spline_bound is not None:
             for part in couplings.parts:
                 if isinstance(part, SplineCoupling):
