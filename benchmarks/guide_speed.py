@@ -17,6 +17,7 @@ under ``JitTrace_ELBO`` and, with fewer steps, ``JitTraceGraph_ELBO``, with the 
 from __future__ import annotations
 
 import argparse
+import json
 import statistics
 import time
 
@@ -37,12 +38,17 @@ ELBOS = {"Trace_ELBO": Trace_ELBO, "JitTrace_ELBO": JitTrace_ELBO, "JitTraceGrap
 PARTICLES = 8
 
 
-def make_step(model, guide_name: str, elbo_name: str, seed: int = 0, num_layers=None):
+def make_step(model, guide_name: str, elbo_name: str, seed: int = 0, num_layers=None, flow_kwargs=None):
     """One SVI step of a fresh guide, with its own optimizer (parameter names differ
     between the guides, so both live in the one parameter store); ``num_layers``: the
-    couplings of AutoRealNVP (default: its own default)."""
+    couplings of AutoRealNVP (default: its own default), ``flow_kwargs``: its other
+    options."""
     pyro.set_rng_seed(seed)
-    options = {"num_layers": num_layers} if guide_name == "AutoRealNVP" and num_layers else {}
+    options = {}
+    if guide_name == "AutoRealNVP":
+        options = dict(flow_kwargs or {})
+        if num_layers:
+            options["num_layers"] = num_layers
     guide = GUIDES[guide_name](model, **options)
     elbo = ELBOS[elbo_name](num_particles=PARTICLES, vectorize_particles=True, max_plate_nesting=1)
     svi = SVI(model, guide, pyro.optim.Adam({"lr": 1e-3}), elbo)
@@ -63,14 +69,16 @@ def interleaved(steps: dict, reps: int, warmup: int) -> dict:
     return {name: statistics.median(t) for name, t in times.items()}
 
 
-def measure(model_name: str, elbo_name: str, reps: int, warmup: int, num_layers=None) -> tuple:
+def measure(
+    model_name: str, elbo_name: str, reps: int, warmup: int, num_layers=None, flow_kwargs=None
+) -> tuple:
     """Medians of the guides whose first step runs, and the error of those whose does not
     (Pyro 1.9's ``JitTrace_ELBO`` stops ``AutoIAFNormal`` with an ``AssertionError``)."""
     pyro.clear_param_store()
     model = MODELS[model_name]
     steps, errors = {}, {}
     for name in GUIDES:
-        step = make_step(model, name, elbo_name, num_layers=num_layers)
+        step = make_step(model, name, elbo_name, num_layers=num_layers, flow_kwargs=flow_kwargs)
         try:
             step()
         except Exception as error:  # reported in the table, not hidden
@@ -90,6 +98,7 @@ def main(argv=None) -> dict:
     p.add_argument(
         "--num-layers", type=int, default=None, help="AutoRealNVP's couplings (default: its default)"
     )
+    p.add_argument("--flow-kwargs", type=json.loads, default={}, help="JSON keyword arguments of AutoRealNVP")
     p.add_argument("--smoke", action="store_true", help="a few steps, for tests")
     p.add_argument("--out", default=str(report.RESULTS))
     p.add_argument("--stem", default="guide_speed")
@@ -104,7 +113,9 @@ def main(argv=None) -> dict:
         results[model_name] = {}
         for elbo_name in args.elbos:
             reps = args.graph_reps if elbo_name == "JitTraceGraph_ELBO" else args.reps
-            medians, errors = measure(model_name, elbo_name, reps, args.warmup, args.num_layers)
+            medians, errors = measure(
+                model_name, elbo_name, reps, args.warmup, args.num_layers, args.flow_kwargs
+            )
             ms = {name: 1e3 * t for name, t in medians.items()}
             both = len(ms) == len(GUIDES)
             results[model_name][elbo_name] = {
@@ -153,6 +164,7 @@ def main(argv=None) -> dict:
         "command": cmd,
         "particles": PARTICLES,
         "num_layers": args.num_layers,
+        "flow_kwargs": args.flow_kwargs,
         "results": results,
     }
     report.publish(args.stem, markdown, data, args.out)

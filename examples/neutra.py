@@ -94,7 +94,7 @@ def run_nuts(model, site, recenter, noncentered: bool, args, seed: int):
 
 
 def run_neutra(model, args, seed: int):
-    make = lambda m: AutoRealNVP(m)  # noqa: E731 - the library's defaults
+    make = lambda m: AutoRealNVP(m, **args.flow_kwargs)  # noqa: E731 - the library's defaults unless set
     guide, seconds_per_step, _ = fit(model, make, args.steps, args.lr, args.particles, seed)
     train_seconds = seconds_per_step * args.steps
     result = neutra_mcmc(
@@ -189,6 +189,12 @@ def main(argv=None):
     parser.add_argument("--particles", type=int, default=32)
     parser.add_argument("--seeds", default="0")
     parser.add_argument("--jit", action="store_true", help="Pyro's jit_compile for every sampler")
+    parser.add_argument(
+        "--flow-kwargs",
+        type=json.loads,
+        default={},
+        help="JSON keyword arguments of the NeuTra guide (AutoRealNVP)",
+    )
     parser.add_argument("--out", type=Path, default=OUTPUT_DIR)
     parser.add_argument("--smoke", action="store_true", help="a few iterations of everything")
     args = parser.parse_args(argv)
