@@ -303,7 +303,7 @@ def fit_posterior(
     max_epochs: Optional[int] = None,
     max_seconds: Optional[float] = None,
     validation_fraction: float = 0.1,
-    patience: int = 20,
+    patience: int = 50,
     clip_norm: Optional[float] = 5.0,
     lr_decays: int = 0,
     lr_decay: float = 0.2,
@@ -333,7 +333,10 @@ def fit_posterior(
     :param int max_epochs: at most this many epochs (default: until early stopping).
     :param float max_seconds: stop after this many seconds of training.
     :param float validation_fraction: share of the pairs held out for early stopping.
-    :param int patience: epochs without a held-out improvement before stopping.
+    :param int patience: epochs without a held-out improvement before stopping (default
+        50: with 20, two moons at 5000 simulations stopped after a third of the time
+        ``sbi`` took, at a KL of 0.80 against its 0.61; with 50 it reached 0.30. The best
+        held-out epoch's weights are kept either way; see docs/inference.md).
     :param float clip_norm: gradient norm clipping (``None``: none).
     :param int lr_decays: on a plateau (``patience`` epochs without a held-out
         improvement) restart from the best weights with the learning rate times
