@@ -23,3 +23,13 @@ def test_guide_speed_smoke(tmp_path):
         # our guide runs under both JIT ELBOs; a guide that fails is reported, not dropped
         assert "AutoRealNVP" in row["median_ms"] and row["jit_gain"]["AutoRealNVP"] > 0
         assert set(row["median_ms"]) | set(row["errors"]) == set(guide_speed.GUIDES)
+
+
+def test_guide_speed_passes_flow_kwargs_to_our_guide(tmp_path, monkeypatch):
+    seen = []
+    real = guide_speed.GUIDES["AutoRealNVP"]
+    monkeypatch.setitem(guide_speed.GUIDES, "AutoRealNVP", lambda model, **kw: seen.append(kw) or real(model, **kw))
+    argv = ["--smoke", "--models", "funnel", "--elbos", "Trace_ELBO", "--out", str(tmp_path), "--stem", "kw"]
+    data = guide_speed.main([*argv, "--flow-kwargs", '{"input_bound": null}'])
+    assert seen == [{"input_bound": None}]
+    assert data["flow_kwargs"] == {"input_bound": None}

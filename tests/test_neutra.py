@@ -124,3 +124,14 @@ def test_the_neutra_comparison_runs_end_to_end(tmp_path):
     assert [r["method"] for r in rows] == ["NUTS centered", "NUTS non-centered", "NeuTra"]
     assert all(r["exact sd"] == 3.0 and r["ess_min"] > 0 for r in rows)
     assert "| funnel | 0 | NeuTra |" in (tmp_path / "neutra.md").read_text()
+
+
+def test_the_neutra_comparison_passes_flow_kwargs_to_the_guide(tmp_path, monkeypatch):
+    import examples.neutra as neutra_example
+
+    seen = []
+    real = neutra_example.AutoRealNVP
+    monkeypatch.setattr(neutra_example, "AutoRealNVP", lambda model, **kw: seen.append(kw) or real(model, **kw))
+    argv = ["--smoke", "--models", "funnel", "--methods", "NeuTra", "--out", str(tmp_path)]
+    neutra_example.main([*argv, "--flow-kwargs", '{"input_bound": null, "num_layers": 2}'])
+    assert seen == [{"input_bound": None, "num_layers": 2}]
