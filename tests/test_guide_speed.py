@@ -28,7 +28,9 @@ def test_guide_speed_smoke(tmp_path):
 def test_guide_speed_passes_flow_kwargs_to_our_guide(tmp_path, monkeypatch):
     seen = []
     real = guide_speed.GUIDES["AutoRealNVP"]
-    monkeypatch.setitem(guide_speed.GUIDES, "AutoRealNVP", lambda model, **kw: seen.append(kw) or real(model, **kw))
+    monkeypatch.setitem(
+        guide_speed.GUIDES, "AutoRealNVP", lambda model, **kw: seen.append(kw) or real(model, **kw)
+    )
     argv = ["--smoke", "--models", "funnel", "--elbos", "Trace_ELBO", "--out", str(tmp_path), "--stem", "kw"]
     data = guide_speed.main([*argv, "--flow-kwargs", '{"input_bound": null}'])
     assert seen == [{"input_bound": None}]

@@ -131,7 +131,9 @@ def test_the_neutra_comparison_passes_flow_kwargs_to_the_guide(tmp_path, monkeyp
 
     seen = []
     real = neutra_example.AutoRealNVP
-    monkeypatch.setattr(neutra_example, "AutoRealNVP", lambda model, **kw: seen.append(kw) or real(model, **kw))
+    monkeypatch.setattr(
+        neutra_example, "AutoRealNVP", lambda model, **kw: seen.append(kw) or real(model, **kw)
+    )
     argv = ["--smoke", "--models", "funnel", "--methods", "NeuTra", "--out", str(tmp_path)]
     neutra_example.main([*argv, "--flow-kwargs", '{"input_bound": null, "num_layers": 2}'])
     assert seen == [{"input_bound": None, "num_layers": 2}]
