@@ -169,8 +169,9 @@ class AutoRealNVP(AutoContinuous):
         shift and log-scale grow linearly with its input, so without the clip the first
         steps of Adam at lr 1e-2 (which move every weight by about the learning rate) can
         compound through the couplings: on eight schools, draws of 2,000 to 58,000
-        within six steps (three seeds), where the model's log-density overflows float32. The coupling stays exactly invertible (the conditioner may be any
-        function of :math:`x^A`); see docs/inference.md for its effect on accuracy.
+        within six steps (three seeds), where the model's log-density overflows float32.
+        The coupling stays exactly invertible (the conditioner may be any function of
+        :math:`x^A`); see docs/inference.md for its effect on accuracy.
 
     >>> import pyro, pyro.distributions as dist
     >>> def model():
