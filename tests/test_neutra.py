@@ -1,6 +1,8 @@
 """NeuTra HMC through pyro_flows.infer.neutra_mcmc: shapes, sites, the target and the
 guide left as it was found."""
 
+import warnings
+
 import pyro
 import pyro.distributions as dist
 import pytest
@@ -137,3 +139,19 @@ def test_the_neutra_comparison_passes_flow_kwargs_to_the_guide(tmp_path, monkeyp
     argv = ["--smoke", "--models", "funnel", "--methods", "NeuTra", "--out", str(tmp_path)]
     neutra_example.main([*argv, "--flow-kwargs", '{"input_bound": null, "num_layers": 2}'])
     assert seen == [{"input_bound": None, "num_layers": 2}]
+
+
+def test_neutra_mcmc_warns_when_many_draws_diverge(monkeypatch):
+    from pyro_flows.infer import neutra as neutra_module
+
+    with pytest.warns(UserWarning, match="91 of 500 draws diverged"):
+        neutra_module._warn_if_divergent(91, 500)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        neutra_module._warn_if_divergent(7, 500)  # 1.4%: what good NeuTra runs here show
+        neutra_module._warn_if_divergent(0, 0)
+    # neutra_mcmc counts the run's divergences and warns through it
+    guide = _trained(gaussian, steps=5)
+    monkeypatch.setattr(neutra_module.NeuTraRun, "divergences", property(lambda self: 3))
+    with pytest.warns(UserWarning, match="3 of 4 draws diverged"):
+        neutra_mcmc(gaussian, guide, num_samples=4, warmup_steps=2, seed=0, max_tree_depth=2)

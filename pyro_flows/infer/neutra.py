@@ -200,10 +200,30 @@ def neutra_mcmc(
         seconds = time.perf_counter() - start
         (latent,) = mcmc.get_samples(group_by_chain=True).values()
         samples = _to_model_space(reparam, latent.reshape(-1, latent.shape[-1]))
-    return NeuTraRun(
+    run = NeuTraRun(
         samples=samples,
         latent=latent.detach(),
         mcmc=mcmc,
         reparam=reparam,
         seconds=seconds,
     )
+    if num_samples >= 4:  # Pyro's diagnostics (which count them) need 4 draws per chain
+        _warn_if_divergent(run.divergences, num_samples * num_chains)
+    return run
+
+
+#: the share of divergent draws above which :func:`neutra_mcmc` warns
+DIVERGENT_SHARE = 0.05
+
+
+def _warn_if_divergent(divergences: int, draws: int) -> None:
+    """Warn when more than :data:`DIVERGENT_SHARE` of the kept draws diverged: the chain
+    is then likely stuck where the guide is poor (a run of eight schools with a weak guide
+    had 91 of 500 and an ESS of 2), and its draws are not worth keeping."""
+    if draws and divergences > DIVERGENT_SHARE * draws:
+        warnings.warn(
+            f"neutra_mcmc: {divergences} of {draws} draws diverged; the chain is likely "
+            "stuck where the guide fits the posterior poorly (its tails, typically). "
+            "Retrain the guide (more steps, another seed) before using these draws.",
+            stacklevel=3,
+        )
