@@ -213,14 +213,14 @@ def neutra_mcmc(
 
 
 #: the share of divergent draws above which :func:`neutra_mcmc` warns
-DIVERGENT_SHARE = 0.05
+_DIVERGENT_SHARE = 0.05
 
 
 def _warn_if_divergent(divergences: int, draws: int) -> None:
-    """Warn when more than :data:`DIVERGENT_SHARE` of the kept draws diverged: the chain
+    """Warn when more than ``_DIVERGENT_SHARE`` of the kept draws diverged: the chain
     is then likely stuck where the guide is poor (a run of eight schools with a weak guide
     had 91 of 500 and an ESS of 2), and its draws are not worth keeping."""
-    if draws and divergences > DIVERGENT_SHARE * draws:
+    if draws and divergences > _DIVERGENT_SHARE * draws:
         warnings.warn(
             f"neutra_mcmc: {divergences} of {draws} draws diverged; the chain is likely "
             "stuck where the guide fits the posterior poorly (its tails, typically). "
