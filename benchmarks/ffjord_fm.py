@@ -316,8 +316,8 @@ def run_target(name, args, log, on_progress=lambda out: None):
             if model_name == "real_nvp":
                 flow = pyro_flows.Flow(pyro_flows.real_nvp(2, num_layers=8, hidden_dims=(64, 64)))
             else:
-                # 8 bins, the 2-D default when the recorded runs were made (16 now)
-                flow = pyro_flows.Flow(pyro_flows.spline_flow(2, num_bins=8))
+                # 8 bins on [-3, 3], the 2-D default when the recorded runs were made (16 bins on [-2, 2] now)
+                flow = pyro_flows.Flow(pyro_flows.spline_flow(2, num_bins=8, tail_bound=3.0))
 
             def loss_fn(x, flow=flow):
                 return -flow.log_prob(x).mean()

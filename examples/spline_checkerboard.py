@@ -4,8 +4,9 @@ The checkerboard is uniform on 8 of the 16 unit squares of :math:`[-2, 2]^2`, so
 entropy is exactly :math:`\\log 8` and the held-out NLL minus :math:`\\log 8` is the KL gap
 of each model. Both flows have 8 couplings with MLP conditioners 128-128 and are trained
 with Adam (lr 1e-3) on the same batches of 512; the rational-quadratic splines of
-:func:`pyro_flows.spline_flow` (Durkan et al., 2019) bend each coordinate with 16 bins (the 2-D default),
-where RealNVP (Dinh et al., 2017) can only shift and scale it.
+:func:`pyro_flows.spline_flow` (Durkan et al., 2019) bend each coordinate with 16 bins
+on [-2, 2] (the 2-D default), where RealNVP (Dinh et al., 2017) can only shift and scale
+it.
 
     python -m examples.spline_checkerboard            # outputs/examples/
     python -m examples.spline_checkerboard --smoke    # a few steps, for the tests
@@ -60,6 +61,9 @@ def main(argv=None) -> dict:
     p.add_argument("--steps", type=int, default=2000)
     p.add_argument("--batch", type=int, default=512)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--tail-bound", type=float, default=None, help="the spline flow's interval [-B, B] (default: its own)"
+    )
     p.add_argument("--out", default=str(OUTPUT_DIR))
     p.add_argument("--smoke", action="store_true", help="20 steps, small networks")
     args = p.parse_args(argv)
@@ -71,7 +75,9 @@ def main(argv=None) -> dict:
     test = make_checkerboard(20_000, seed=args.seed + 1)
 
     builders = {
-        "spline_flow": lambda: pyro_flows.spline_flow(2, num_layers=8, hidden_dims=hidden),
+        "spline_flow": lambda: pyro_flows.spline_flow(
+            2, num_layers=8, hidden_dims=hidden, tail_bound=args.tail_bound
+        ),
         "real_nvp": lambda: pyro_flows.real_nvp(2, num_layers=8, hidden_dims=hidden),
     }
     models, results = {}, {}

@@ -190,7 +190,7 @@ def test_an_option_the_flow_would_ignore_is_refused_before_anything_is_written(t
     code, _, err = run(capsys, "fit", *TINY, "--batch-norm", "--no-plots", "--out", str(tmp_path / "r"))
     assert (
         code == 1
-        and "--batch-norm does not apply to --flow spline (it reads --num-layers, --hidden-dims, --num-bins, --dropout)"
+        and "--batch-norm does not apply to --flow spline (it reads --num-layers, --hidden-dims, --num-bins, --tail-bound, --dropout)"
         in err
     )
     assert not (tmp_path / "r").exists()

@@ -5,6 +5,7 @@ import math
 import os
 import pickle
 
+import numpy as np
 import pytest
 import torch
 
@@ -12,6 +13,7 @@ import pyro_flows
 from pyro_flows.train.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from pyro_flows.train.config import RunConfig
 from pyro_flows.train.loop import NonFiniteLossError, lr_factor
+from pyro_flows.train.registry import check_flow_options
 from pyro_flows.train.run import fit_run
 
 from .helpers import Interrupt, interrupt_at
@@ -330,22 +332,57 @@ def test_spline_learning_rate_by_dimension_and_a_resumed_run_keeps_its_own(tmp_p
 def test_spline_defaults_by_dimension_and_runs_saved_before_them_rebuild_as_trained():
     from pyro_flows.train.registry import build_model
 
-    def bins_and_dropout(model):
+    def bins_bound_and_dropout(model):
         couplings = [m for m in model.modules() if isinstance(m, pyro_flows.transforms.SplineCoupling)]
         rates = {m.p for m in model.modules() if isinstance(m, torch.nn.Dropout)}
-        return couplings[0].num_bins, rates
+        return couplings[0].num_bins, couplings[0].tail_bound, rates
 
     config = RunConfig(flow="spline", num_layers=2, hidden_dims=(8,))
-    assert bins_and_dropout(build_model(config, (2,))) == (16, set())
-    assert bins_and_dropout(build_model(config, (5,))) == (8, {0.2})
-    told = config.replace(num_bins=4, dropout=0.0)
-    assert bins_and_dropout(build_model(told, (5,))) == (4, set())
-    # a run saved before --num-bins and --dropout existed was trained with 8 bins and none
-    saved = {k: v for k, v in config.to_dict().items() if k not in ("num_bins", "dropout")}
+    assert bins_bound_and_dropout(build_model(config, (2,))) == (16, 2.0, set())
+    assert bins_bound_and_dropout(build_model(config, (5,))) == (8, 3.0, {0.2})
+    told = config.replace(num_bins=4, dropout=0.0, tail_bound=5.0)
+    assert bins_bound_and_dropout(build_model(told, (5,))) == (4, 5.0, set())
+    # a run saved before --num-bins, --tail-bound and --dropout existed was trained with
+    # 8 bins on [-3, 3] and no dropout
+    saved = {k: v for k, v in config.to_dict().items() if k not in ("num_bins", "dropout", "tail_bound")}
     old = RunConfig.from_saved(saved)
-    assert (old.num_bins, old.dropout) == (8, 0.0)
-    assert bins_and_dropout(build_model(old, (2,))) == (8, set())
+    assert (old.num_bins, old.tail_bound, old.dropout) == (8, 3.0, 0.0)
+    assert bins_bound_and_dropout(build_model(old, (2,))) == (8, 3.0, set())
     with pytest.raises(ValueError, match="--dropout"):
         RunConfig(dropout=1.0)
     with pytest.raises(ValueError, match="--num-bins"):
         RunConfig(num_bins=-1)
+    for bad in (-1.0, float("nan"), float("inf")):
+        with pytest.raises(ValueError, match="--tail-bound"):
+            RunConfig(tail_bound=bad)
+    with pytest.raises(ValueError, match="--tail-bound does not apply to --flow real_nvp"):
+        check_flow_options(RunConfig(flow="real_nvp", tail_bound=2.0), (2,))
+
+
+def test_a_run_saves_the_spline_options_it_picked_so_a_new_default_cannot_change_it(tmp_path):
+    """The bins and the bound that 0 picks by the data are saved as numbers: evaluating the
+    run after the defaults changed rebuilds the network it trained, with its NLL."""
+    import pyro_flows.builders.vector as vector
+    from pyro_flows.train import evaluate_run
+
+    np.save(tmp_path / "x.npy", np.random.default_rng(0).normal(size=(300, 2)).astype(np.float32))
+    config = RunConfig(
+        flow="spline",
+        data=str(tmp_path / "x.npy"),
+        num_layers=2,
+        hidden_dims=(8,),
+        batch_size=50,
+        steps=10,
+        eval_every=5,
+        plots=False,
+        quiet=True,
+        out=str(tmp_path / "run"),
+    )
+    fit_run(config)
+    saved = load_checkpoint(os.path.join(config.out, "best.pt"))["config"]
+    assert (saved["num_bins"], saved["tail_bound"]) == (16, 2.0)
+    before = evaluate_run(config.out, quiet=True)["nll"]
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(vector, "default_tail_bound", lambda input_dim: 4.0)
+        patch.setattr(vector, "default_spline_bins", lambda input_dim: 4)
+        assert evaluate_run(config.out, quiet=True)["nll"] == before

@@ -54,7 +54,18 @@ class RunConfig:
         (128, 128), "hidden sizes of each conditioner network, comma separated", "model", metavar="H1,H2,..."
     )
     batch_norm: bool = _opt(False, "RealNVP batch norm between couplings (real_nvp)", "model")
-    num_bins: int = _opt(0, "bins per spline (spline); 0 picks 16 for 2-D data, 8 above", "model")
+    num_bins: int = _opt(
+        0,
+        "bins per spline (spline); 0 picks 16 for 2-D data, 8 above; the run saves the number it used",
+        "model",
+    )
+    tail_bound: float = _opt(
+        0.0,
+        "the splines act on [-B, B] of the standardised data (spline); 0 picks 2 for 2-D data, 3 above; "
+        "the run saves the bound it used",
+        "model",
+        metavar="B",
+    )
     dropout: float = _opt(
         -1.0,
         "dropout in the conditioners while training (spline); negative picks none for 2-D data and, "
@@ -232,6 +243,10 @@ class RunConfig:
             raise ValueError(
                 f"--objective flow-matching trains a continuous flow: use --flow ffjord, got --flow {self.flow}"
             )
+        if not (math.isfinite(self.tail_bound) and self.tail_bound >= 0):
+            raise ValueError(
+                f"--tail-bound must be a finite number >= 0 (0 for the flow's default), got {self.tail_bound}"
+            )
         if not (math.isfinite(self.dropout) and self.dropout < 1):
             raise ValueError(
                 f"--dropout must be below 1 (negative for the flow's default), got {self.dropout}"
@@ -295,7 +310,7 @@ class RunConfig:
 
 
 #: what a run saved before an option existed was trained with (its default then)
-SAVED_BEFORE = {"num_bins": 8, "dropout": 0.0}
+SAVED_BEFORE = {"num_bins": 8, "dropout": 0.0, "tail_bound": 3.0}
 
 
 def _flag(name: str) -> str:

@@ -16,7 +16,7 @@ import torch
 from ..data.splits import Splits
 from .config import RunConfig
 from .loop import train
-from .registry import build_model, check_flow_options, with_training_dropout
+from .registry import build_model, check_flow_options, with_resolved_options
 
 __all__ = ["fit", "FLOW_MATCHING_DEFAULTS", "with_flow_matching_defaults"]
 
@@ -143,7 +143,7 @@ def fit(
     # the loop never reads the test split; the validation points stand in for it
     splits = Splits("data", train_x, val, val, split_rule=f"random, seed {seed}")
     check_flow_options(config, splits.event_shape)
-    config = with_training_dropout(config, splits)
+    config = with_resolved_options(config, splits)
     torch.manual_seed(seed)
     model = build_model(config, splits.event_shape).to(device=data.device, dtype=data.dtype)
     state = train(model, splits, config, None)

@@ -14,6 +14,7 @@ from typing import Callable, Optional, Tuple
 import torch
 
 from ..builders import cdf_flow, ffjord, glow, nice, real_nvp, real_nvp_image, spline_flow
+from ..builders.vector import default_spline_bins, default_tail_bound
 from ..flow import Flow
 from ..transforms.preprocess import logit
 
@@ -24,6 +25,7 @@ __all__ = [
     "check_flow_options",
     "flow_names",
     "spline_dropout",
+    "with_resolved_options",
     "with_training_dropout",
 ]
 
@@ -89,7 +91,7 @@ def check_flow_options(config, event_shape) -> None:
     >>> check_flow_options(RunConfig(flow="spline", batch_norm=True), (2,))
     Traceback (most recent call last):
     ...
-    ValueError: --batch-norm does not apply to --flow spline (it reads --num-layers, --hidden-dims, --num-bins, --dropout)
+    ValueError: --batch-norm does not apply to --flow spline (it reads --num-layers, --hidden-dims, --num-bins, --tail-bound, --dropout)
     >>> check_flow_options(RunConfig(flow="real_nvp", batch_norm=True), (2,))
     """
     if config.flow not in FLOWS:
@@ -129,6 +131,31 @@ def with_training_dropout(config, splits):
     passes = config.epochs if config.epochs else config.steps * config.batch_size / max(1, len(splits.train))
     input_dim = splits.event_shape[0] if len(splits.event_shape) == 1 else 0
     return config.replace(dropout=float(spline_dropout(config.dropout, input_dim, passes)))
+
+
+def with_resolved_options(config, splits):
+    """``config`` with every option of ``--flow spline`` that picks its value by the data
+    (``num_bins`` and ``tail_bound`` at 0, a negative ``dropout``) replaced by the value
+    picked (see :func:`with_training_dropout`). The run saves them, so a later change of a
+    default does not change the network that ``evaluate``, ``sample`` and ``--resume``
+    rebuild from it.
+
+    >>> from pyro_flows.data import Splits
+    >>> from pyro_flows.train.config import RunConfig
+    >>> x = torch.randn(1200, 2)
+    >>> splits = Splits("normal", x[:1000], x[1000:1100], x[1100:])
+    >>> c = with_resolved_options(RunConfig(flow="spline"), splits)
+    >>> c.num_bins, c.tail_bound, c.dropout
+    (16, 2.0, 0.0)
+    """
+    config = with_training_dropout(config, splits)
+    if config.flow != "spline" or len(splits.event_shape) != 1:
+        return config
+    input_dim = splits.event_shape[0]
+    return config.replace(
+        num_bins=config.num_bins or default_spline_bins(input_dim),
+        tail_bound=config.tail_bound or default_tail_bound(input_dim),
+    )
 
 
 @dataclass(frozen=True)
@@ -199,6 +226,7 @@ FLOWS = {
                 num_layers=c.num_layers,
                 hidden_dims=c.hidden_dims,
                 num_bins=c.num_bins or None,
+                tail_bound=c.tail_bound or None,
                 dropout=spline_dropout(c.dropout, s[0]),
             ),
             "rational-quadratic spline couplings with ActNorm (neural spline flow)",

@@ -24,7 +24,7 @@ from .checkpoint import CheckpointError, check_run_state, load_checkpoint
 from .config import RunConfig, config_to_toml
 from .distributed import fail_together, process_device, setup, teardown
 from .loop import MetricsLog, held_out_noise, mean_and_standard_error, nll_per_point, read_metrics, train
-from .registry import build_model, check_flow_options, with_training_dropout
+from .registry import build_model, check_flow_options, with_resolved_options
 from .rundir import (
     RunLock,
     atomic_write_text,
@@ -142,7 +142,7 @@ def fit_run(
             splits.check_spread()
             if resume_state is None:  # a resumed run keeps what it saved
                 check_flow_options(config, splits.event_shape)
-                config = with_training_dropout(config, splits)
+                config = with_resolved_options(config, splits)
             source = data_source(config, splits)
             if resume_state is not None:
                 check_data_source(resume_state["data"].get("source"), config, splits, "fit --resume")
