@@ -258,28 +258,31 @@ def test_sample_checks_its_options_before_reading_the_run(tmp_path):
         sample_run(str(tmp_path / "none"), 5, out="s.txt")
 
 
-@pytest.mark.parametrize("length, rate", [({"epochs": 1}, 0.0), ({"steps": 120}, 0.1), ({"epochs": 30}, 0.2)])
-def test_spline_dropout_grows_with_the_passes_over_the_data_and_the_run_saves_it(tmp_path, length, rate):
-    import numpy as np
-
-    from pyro_flows.train.run import _load_run, evaluate_run
-
-    # 400 points less 10% validation and 10% test: 320 to train on, 8 batches of 40 a
-    # pass; 120 steps are 15 passes
-    np.save(tmp_path / "x.npy", np.random.default_rng(0).normal(size=(400, 3)))
+def _tiny_spline_run(tmp_path, points: np.ndarray, **options) -> RunConfig:
+    """Fit a two-coupling spline flow on ``points`` into ``tmp_path / "r"``."""
+    np.save(tmp_path / "x.npy", points)
     config = RunConfig(
         flow="spline",
         data=str(tmp_path / "x.npy"),
         num_layers=2,
         hidden_dims=(8,),
-        batch_size=40,
-        eval_every=4,
         plots=False,
         quiet=True,
         out=str(tmp_path / "r"),
-        **length,
+        **options,
     )
     fit_run(config)
+    return config
+
+
+@pytest.mark.parametrize("length, rate", [({"epochs": 1}, 0.0), ({"steps": 120}, 0.1), ({"epochs": 30}, 0.2)])
+def test_spline_dropout_grows_with_the_passes_over_the_data_and_the_run_saves_it(tmp_path, length, rate):
+    from pyro_flows.train.run import _load_run, evaluate_run
+
+    # 400 points less 10% validation and 10% test: 320 to train on, 8 batches of 40 a
+    # pass; 120 steps are 15 passes
+    points = np.random.default_rng(0).normal(size=(400, 3))
+    _tiny_spline_run(tmp_path, points, batch_size=40, eval_every=4, **length)
     state, saved = _load_run(str(tmp_path / "r"))
     assert saved.dropout == rate
     # evaluating rebuilds the trained layout (dropout layers shift the networks' keys)
@@ -365,20 +368,8 @@ def test_a_run_saves_the_spline_options_it_picked_so_a_new_default_cannot_change
     import pyro_flows.builders.vector as vector
     from pyro_flows.train import evaluate_run
 
-    np.save(tmp_path / "x.npy", np.random.default_rng(0).normal(size=(300, 2)).astype(np.float32))
-    config = RunConfig(
-        flow="spline",
-        data=str(tmp_path / "x.npy"),
-        num_layers=2,
-        hidden_dims=(8,),
-        batch_size=50,
-        steps=10,
-        eval_every=5,
-        plots=False,
-        quiet=True,
-        out=str(tmp_path / "run"),
-    )
-    fit_run(config)
+    points = np.random.default_rng(0).normal(size=(300, 2)).astype(np.float32)
+    config = _tiny_spline_run(tmp_path, points, batch_size=50, steps=10, eval_every=5)
     saved = load_checkpoint(os.path.join(config.out, "best.pt"))["config"]
     assert (saved["num_bins"], saved["tail_bound"]) == (16, 2.0)
     before = evaluate_run(config.out, quiet=True)["nll"]
