@@ -188,7 +188,7 @@ def spline_flow(
         standardised data, so :math:`B` in standard deviations sets how finely the bins
         cut the data: in 2-D, :math:`B = 2` (16 bins of width 0.25) fitted the rings closer
         than :math:`B = 3` (KL gap after 3000 steps, three seeds, see docs/benchmarks.md:
-        0.030 against 0.036), level on the other 2-D targets.
+        0.031 against 0.036), level on the other 2-D targets.
     :param bool act_norm: an ActNorm before every coupling (data side).
     :param bool linear: an LU-parameterised :class:`~pyro_flows.transforms.InvertibleLinear`
         between consecutive couplings, which mixes the coordinates of the two halves.
