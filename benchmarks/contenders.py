@@ -244,6 +244,7 @@ OUR_VARIANTS = {
     "ours_linear": {"linear": True, "mask": "half"},
     # today's default with an LU linear layer between couplings
     "ours_lu": {"linear": True},
+    "ours_bins4": {"num_bins": 4},
     "ours_bins8": {"num_bins": 8},
     "ours_bins16": {"num_bins": 16},
     "ours_bins32": {"num_bins": 32},
