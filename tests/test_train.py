@@ -374,6 +374,6 @@ def test_a_run_saves_the_spline_options_it_picked_so_a_new_default_cannot_change
     assert (saved["num_bins"], saved["tail_bound"]) == (16, 2.0)
     before = evaluate_run(config.out, quiet=True)["nll"]
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(vector, "default_tail_bound", lambda input_dim: 4.0)
-        patch.setattr(vector, "default_spline_bins", lambda input_dim: 4)
+        patch.setattr(vector, "_default_tail_bound", lambda input_dim: 4.0)
+        patch.setattr(vector, "_default_spline_bins", lambda input_dim: 4)
         assert evaluate_run(config.out, quiet=True)["nll"] == before

@@ -125,12 +125,12 @@ def real_nvp(
     return VectorFlow(parts, (input_dim,))
 
 
-def default_spline_bins(input_dim: int) -> int:
+def _default_spline_bins(input_dim: int) -> int:
     """The bins of :func:`spline_flow` by default: 16 for 2-D data, 8 above."""
     return 16 if input_dim == 2 else 8
 
 
-def default_tail_bound(input_dim: int) -> float:
+def _default_tail_bound(input_dim: int) -> float:
     """The interval :math:`[-B, B]` of :func:`spline_flow`'s splines by default: 2 for 2-D
     data, 3 above."""
     return 2.0 if input_dim == 2 else 3.0
@@ -233,11 +233,11 @@ def spline_flow(
     _check_input_dim(input_dim, "spline_flow")
     check_count(num_layers, "num_layers", "spline_flow")
     if num_bins is None:
-        num_bins = default_spline_bins(input_dim)
+        num_bins = _default_spline_bins(input_dim)
     check_count(num_bins, "num_bins", "spline_flow")
     hidden_dims = check_hidden_dims(hidden_dims, "spline_flow")
     if tail_bound is None:
-        tail_bound = default_tail_bound(input_dim)
+        tail_bound = _default_tail_bound(input_dim)
     if not tail_bound > 0:
         raise ValueError(f"spline_flow: tail_bound must be positive, got {tail_bound}")
     if isinstance(mask, str) and mask not in ("half", "alternating", "mixed"):

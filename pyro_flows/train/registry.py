@@ -14,7 +14,7 @@ from typing import Callable, Optional, Tuple
 import torch
 
 from ..builders import cdf_flow, ffjord, glow, nice, real_nvp, real_nvp_image, spline_flow
-from ..builders.vector import default_spline_bins, default_tail_bound
+from ..builders.vector import _default_spline_bins, _default_tail_bound
 from ..flow import Flow
 from ..transforms.preprocess import logit
 
@@ -153,8 +153,8 @@ def with_resolved_options(config, splits):
         return config
     input_dim = splits.event_shape[0]
     return config.replace(
-        num_bins=config.num_bins or default_spline_bins(input_dim),
-        tail_bound=config.tail_bound or default_tail_bound(input_dim),
+        num_bins=config.num_bins or _default_spline_bins(input_dim),
+        tail_bound=config.tail_bound or _default_tail_bound(input_dim),
     )
 
 
