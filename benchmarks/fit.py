@@ -21,6 +21,7 @@ they reach the budget).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import math
 import time
 
@@ -33,6 +34,10 @@ from .toy_targets import TARGETS
 GAUSSIAN = "gaussian"
 #: a contender name ending in this trains with our training recipe (see :func:`recipe_of`)
 RECIPE = "+recipe"
+#: ... and ending in this, as :func:`pyro_flows.train.fit` trains it: the recipe, a part of
+#: the training points held out for validation, and scored with the weights of the best
+#: validation NLL so far (see :func:`selection_of`)
+FIT = "+fit"
 
 
 def recipe_of(args, input_dim: int = 2) -> dict:
@@ -62,11 +67,35 @@ def recipe_of(args, input_dim: int = 2) -> dict:
     return recipe
 
 
+def selection_of(args) -> dict:
+    """How ``NAME+fit`` contenders hold out and select, by default as
+    :func:`pyro_flows.train.fit` does (its ``val_fraction``, :class:`~pyro_flows.train.RunConfig`'s
+    ``eval_every``); ``--fit-*`` options override each part."""
+    import inspect
+
+    from pyro_flows.train import RunConfig
+    from pyro_flows.train.fit import fit as train_fit
+
+    selection = {
+        "val_fraction": inspect.signature(train_fit).parameters["val_fraction"].default,
+        "val_every": RunConfig(flow="spline").eval_every,
+    }
+    for key in selection:
+        value = getattr(args, f"fit_{key}", None)
+        if value is not None:
+            selection[key] = value
+    return selection
+
+
 def split_name(name: str):
-    """``"ours+recipe"`` -> ``("ours", True)``; ``"zuko_nsf"`` -> ``("zuko_nsf", False)``."""
+    """``"ours+recipe"`` -> ``("ours", True, False)``; ``"ours+fit"`` -> ``("ours", True,
+    True)``; ``"zuko_nsf"`` -> ``("zuko_nsf", False, False)``: the flow, whether it trains with
+    our recipe and whether it is scored with its best validation weights."""
     if name.endswith(RECIPE):
-        return name[: -len(RECIPE)], True
-    return name, False
+        return name[: -len(RECIPE)], True, False
+    if name.endswith(FIT):
+        return name[: -len(FIT)], True, True
+    return name, False, False
 
 
 def gaussian_nll(train: torch.Tensor, test: torch.Tensor) -> float:
@@ -90,8 +119,14 @@ def fit_one(name, train, test, seed, args, cpu_budget=0.0):
     from pyro_flows.train.averaging import WeightAverage
     from pyro_flows.train.loop import lr_factor
 
-    base, with_recipe = split_name(name)
+    base, with_recipe, with_selection = split_name(name)
     recipe = recipe_of(args, train.shape[-1]) if with_recipe else None
+    val = None
+    if with_selection:  # hold out as `fit` does: a random part of the training points
+        selection = selection_of(args)
+        n_val = max(1, round(selection["val_fraction"] * len(train)))
+        order = torch.randperm(len(train), generator=torch.Generator().manual_seed(seed))
+        val, train = train[order[:n_val]], train[order[n_val:]]
     torch.manual_seed(seed)
     options = {}
     if recipe and base in OUR_VARIANTS and "dropout" not in OUR_VARIANTS[base]:
@@ -112,6 +147,7 @@ def fit_one(name, train, test, seed, args, cpu_budget=0.0):
     contender.module.train()
     checkpoints, cpu, step = [], 0.0, 0
     last_step = max(args.steps)
+    best_val, best_test = math.inf, None  # NAME+fit: the best validation NLL so far and its test NLL
     while step < last_step or cpu < cpu_budget:
         start = time.process_time()
         x = train[torch.randint(len(train), (args.batch,), generator=batches)]
@@ -136,13 +172,28 @@ def fit_one(name, train, test, seed, args, cpu_budget=0.0):
         if not math.isfinite(float(loss.detach())):
             checkpoints.append((step, cpu, float("nan")))
             break
+        # `fit` validates every val_every steps and at its last step (any of --steps)
+        if val is not None and (step % selection["val_every"] == 0 or step in args.steps):
+            start = time.process_time()  # part of the training's cost
+            with _evaluated(average):
+                val_nll = test_nll(contender, val)
+            cpu += time.process_time() - start
+            if val_nll < best_val:  # these weights are what `fit` would return now
+                best_val = val_nll
+                with _evaluated(average):
+                    best_test = test_nll(contender, test)
         if step % args.eval_every == 0 or step in args.steps:
-            if average is None:
-                checkpoints.append((step, cpu, test_nll(contender, test)))
+            if best_test is not None:
+                checkpoints.append((step, cpu, best_test))
             else:
-                with average.applied():
+                with _evaluated(average):
                     checkpoints.append((step, cpu, test_nll(contender, test)))
     return checkpoints
+
+
+def _evaluated(average):
+    """The evaluated weights in place: the EMA if there is one, else the live weights."""
+    return average.applied() if average is not None else contextlib.nullcontext()
 
 
 def at_step(checkpoints, step):
@@ -245,7 +296,7 @@ def _cell(mean, se):
 
 
 def _peers(names):
-    return [n for n in names if not n.startswith("ours") and not n.endswith(RECIPE)]
+    return [n for n in names if not n.startswith("ours") and split_name(n)[0] == n]
 
 
 def render(results, names, info, cmd, args) -> str:
@@ -287,6 +338,15 @@ def render(results, names, info, cmd, args) -> str:
                 if recipe.get("dropout", -1) < 0
                 else f"; our spline flows with conditioner dropout {recipe['dropout']}"
             )
+        )
+    if any(split_name(n)[2] for n in names):
+        selection = selection_of(args)
+        lines.append(
+            f"- `NAME{FIT}`: as `pyro_flows.train.fit` trains it: the recipe, with "
+            f"{selection['val_fraction']:.0%} of the training points held out (trained on the rest), "
+            f"their NLL every {selection['val_every']} steps and at each reported step (CPU time "
+            "included), and each figure the test NLL of the weights with the best validation NLL "
+            "so far"
         )
     lines.append("")
     if args.merge:
@@ -337,7 +397,7 @@ def render(results, names, info, cmd, args) -> str:
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     choices = list(dict.fromkeys(FIT_NAMES + tuple(OUR_VARIANTS)))
-    choices += [n + RECIPE for n in choices]
+    choices += [n + suffix for n in choices for suffix in (RECIPE, FIT)]
     p.add_argument("--targets", nargs="+", default=list(TARGETS), choices=list(TARGETS))
     p.add_argument("--libs", nargs="+", default=list(FIT_NAMES), choices=choices)
     p.add_argument("--layers", type=int, default=8)
@@ -370,6 +430,10 @@ def parse_args(argv=None):
         action="store_true",
         help="NAME+recipe contenders of ours: the default dropout grows with the passes made so far",
     )
+    p.add_argument(
+        "--fit-val-fraction", type=float, help="NAME+fit contenders: fraction of the training points held out"
+    )
+    p.add_argument("--fit-val-every", type=int, help="NAME+fit contenders: steps between validations")
     p.add_argument("--no-cpu", action="store_true", help="skip the equal-CPU-time comparison")
     p.add_argument("--validate", action="store_true", help="turn distribution validation on for all")
     p.add_argument(
@@ -397,7 +461,7 @@ def main(argv=None) -> dict:
         with open(args.merge[0]) as fh:  # the runs' settings (data sizes, loop, recipe), not merge's defaults
             saved = json.load(fh)["settings"]
         for key in ("layers", "hidden", "batch", "lr", "train", "test") + tuple(
-            k for k in saved if k.startswith("recipe_")
+            k for k in saved if k.startswith(("recipe_", "fit_"))
         ):
             setattr(args, key, saved[key])
         results = merge(args.merge, names, args.steps)

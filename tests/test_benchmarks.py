@@ -111,6 +111,38 @@ def test_fit_smoke(tmp_path):
     assert (tmp_path / "fit.md").read_text().count("## KL gap") == 4
 
 
+def test_fit_scores_plus_fit_contenders_with_their_best_validation_weights(tmp_path):
+    # 200 training points and 400 steps: the recipe alone overfits them, while `NAME+fit`
+    # (10% held out, validated every 50 steps) keeps the weights of its best validation
+    args = ["--targets", "moons", "--libs", "ours+fit", "ours+recipe", "--steps", "100", "400"]
+    args += ["--layers", "2", "--hidden", "64", "--eval-every", "50", "--fit-val-every", "50", "--seeds", "0"]
+    args += [
+        "--train",
+        "200",
+        "--test",
+        "2000",
+        "--entropy-samples",
+        "20000",
+        "--no-cpu",
+        "--out",
+        str(tmp_path),
+    ]
+    data = fit.main(args)
+    moons = data["results"]["moons"]
+    (run,) = moons["checkpoints"]
+    selected = [nll for _, _, nll in run["ours+fit"]]
+    last_step = [nll for _, _, nll in run["ours+recipe"]]
+    assert last_step[-1] > min(last_step) + 0.1  # the recipe alone overfits ...
+    assert selected[-1] < last_step[-1] - 0.1  # ... and the selected weights do not
+    # a figure changes only when the validation NLL improves: once the best is passed, it stays
+    assert selected[-1] == selected[-2] == selected[-3]
+    summary = moons["summary"]
+    assert summary["ours+fit"]["steps"][400][0] == selected[-1] - moons["entropy"]
+    assert "10% of the training points held out" in (tmp_path / "fit.md").read_text()
+    assert fit.split_name("ours+fit") == ("ours", True, True)
+    assert fit.split_name("zuko_nsf") == ("zuko_nsf", False, False)
+
+
 def test_gpu_images_script_runs_on_cpu(tmp_path):
     from benchmarks import gpu_images
 
