@@ -144,6 +144,9 @@ def fit_one(name, train, test, seed, args, cpu_budget=0.0):
     optimizer = torch.optim.Adam(contender.module.parameters(), lr=lr, weight_decay=weight_decay)
     average = WeightAverage(contender.module, recipe["ema"]) if recipe and recipe["ema"] > 0 else None
     batches = torch.Generator().manual_seed(seed)  # the same batches for everyone
+    noise = None
+    if recipe and getattr(args, "recipe_noise", 0.0):  # in units of each coordinate's sd
+        noise = args.recipe_noise * train.std(0)
     contender.module.train()
     checkpoints, cpu, step = [], 0.0, 0
     last_step = max(args.steps)
@@ -151,6 +154,8 @@ def fit_one(name, train, test, seed, args, cpu_budget=0.0):
     while step < last_step or cpu < cpu_budget:
         start = time.process_time()
         x = train[torch.randint(len(train), (args.batch,), generator=batches)]
+        if noise is not None:
+            x = x + noise * torch.randn_like(x)
         if recipe:  # the schedule spans the longest --steps, as `fit --steps N` would
             factor = lr_factor(step, last_step, recipe["warmup_steps"], recipe["schedule"])
             for group in optimizer.param_groups:
@@ -434,6 +439,12 @@ def parse_args(argv=None):
         "--fit-val-fraction", type=float, help="NAME+fit contenders: fraction of the training points held out"
     )
     p.add_argument("--fit-val-every", type=int, help="NAME+fit contenders: steps between validations")
+    p.add_argument(
+        "--recipe-noise",
+        type=float,
+        default=0.0,
+        help="NAME+recipe contenders: Gaussian noise added to each training batch, in units of each coordinate's sd",
+    )
     p.add_argument("--no-cpu", action="store_true", help="skip the equal-CPU-time comparison")
     p.add_argument("--validate", action="store_true", help="turn distribution validation on for all")
     p.add_argument(
