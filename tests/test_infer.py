@@ -14,6 +14,7 @@ from pyro.infer.reparam import NeuTraReparam
 import pyro_flows
 from pyro_flows.infer import (
     AutoRealNVP,
+    AutoSplineFlow,
     compare_moments,
     guide_to_inference_data,
     importance_log_weights,
@@ -167,6 +168,24 @@ def test_param_store_save_load_restores_the_guide(tmp_path):
         fresh()  # PyroModule syncs parameters from the store
         got = fresh.get_posterior().log_prob(z)
     assert torch.allclose(got, expected, atol=1e-6)
+
+
+@pytest.mark.parametrize("guide_class", [AutoRealNVP, AutoSplineFlow])
+def test_a_store_of_another_guides_settings_fails_with_a_clear_error(guide_class, tmp_path):
+    pyro.clear_param_store()
+    guide_class(funnel, num_layers=2, hidden_dims=(8,))()
+    pyro.get_param_store().save(tmp_path / "params.pt")
+    other = guide_class(funnel, num_layers=2, hidden_dims=(6,))  # same name, other shapes
+    with pytest.raises(
+        ValueError, match=r"parameter store holds .* of shape \(1, 8, 1\), but this guide's is \(1, 6, 1\)"
+    ):
+        other()
+    # the same after a first sync: a store loaded later is checked too
+    pyro.clear_param_store()
+    other()
+    pyro.get_param_store().load(tmp_path / "params.pt")
+    with pytest.raises(ValueError, match="pyro.clear_param_store"):
+        other()
 
 
 def test_khat_separates_a_good_guide_from_a_bad_one():

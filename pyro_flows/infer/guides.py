@@ -127,6 +127,25 @@ def _stack_conditioners(couplings: Sequence[nn.Module], input_bound: Optional[fl
             coupling.conditioner = _StackedMLP(stack, i, coupling.conditioner, input_bound)
 
 
+def _restore_and_raise(guide, name: str, transform: nn.Module, own: list, current: list) -> None:
+    """Put the guide's own parameters back in ``transform`` (the store's values of other
+    shapes replaced them) and say what is wrong."""
+    for (pname, mine), (_, theirs) in zip(own, current, strict=True):
+        if mine.shape != theirs.shape:
+            module, _, leaf = pname.rpartition(".")
+            transform.get_submodule(module)._parameters[leaf] = mine
+    pname, mine, theirs = next(
+        (n, p, q) for (n, p), (_, q) in zip(own, current, strict=True) if p.shape != q.shape
+    )
+    raise ValueError(
+        f"{type(guide).__name__}: Pyro's parameter store holds {name}.{pname} of shape "
+        f"{tuple(theirs.shape)}, but this guide's is {tuple(mine.shape)}: the store holds the "
+        "parameters of a guide with other settings under the same name. Call "
+        "pyro.clear_param_store() before building a new guide, or load a store saved from a "
+        "guide with the same settings."
+    )
+
+
 class AutoRealNVP(AutoContinuous):
     r"""A RealNVP guide over all continuous latent variables of a model.
 
@@ -235,7 +254,17 @@ class AutoRealNVP(AutoContinuous):
         # Read through _modules: PyroModule's attribute access would register the whole
         # flow with the parameter store once more on every read.
         transform = self._modules["transform"]
-        pyro.module(self._pyro_get_fullname("transform"), transform, update_module_params=True)
+        own = self.__dict__.get("_own_parameters")
+        if own is None or own[0] is not transform:
+            own = (transform, list(transform.named_parameters()))
+        name = self._pyro_get_fullname("transform")
+        pyro.module(name, transform, update_module_params=True)
+        # The store wins: values saved by a guide of other settings under the same name
+        # would otherwise fail deep inside the flow (or, with equal shapes, be used).
+        current = list(transform.named_parameters())
+        if any(p.shape != q.shape for (_, p), (_, q) in zip(current, own[1], strict=True)):
+            _restore_and_raise(self, name, transform, own[1], current)
+        self.__dict__["_own_parameters"] = (transform, current)
         return transform
 
     def get_base_dist(self):
