@@ -7,6 +7,7 @@ import sys
 
 import numpy as np
 import pytest
+import torch
 
 from pyro_flows.cli import main
 from pyro_flows.train.registry import flow_names
@@ -184,6 +185,31 @@ def test_bad_data_files_get_clear_errors(tmp_path, capsys, content, message):
     code, _, err = run(capsys, "fit", *TINY, "--data", str(path), "--out", str(tmp_path / "run"))
     assert code == 1
     assert message in err and str(path) in err
+
+
+def test_columns_with_a_large_mean_keep_their_detail_in_a_float32_run(tmp_path, capsys):
+    # mean 1.6e7, sd 3: float32 holds such values only to 1 or 2 units, so standardizing
+    # after rounding to float32 would leave a column about 20 distinct values
+    rng = np.random.default_rng(0)
+    data = rng.normal(size=(600, 2)) * 3.0 + 1.6e7
+    path = tmp_path / "big.csv"
+    np.savetxt(path, data, delimiter=",", header="a,b", comments="")
+    from pyro_flows.data import load_splits
+    from pyro_flows.train import RunConfig
+
+    splits = load_splits(RunConfig(data=str(path)))
+    prepared = splits.prepare(splits.train, dtype=torch.float32)
+    assert prepared.dtype == torch.float32
+    assert len(torch.unique(prepared[:, 0])) == len(splits.train)
+    assert torch.allclose(prepared.double(), (splits.train - splits.shift) / splits.scale, atol=1e-6)
+    code, _, err = run(capsys, "fit", *TINY, "--data", path, "--no-plots", "--out", tmp_path / "r")
+    assert code == 0, err
+    code, _, err = run(capsys, "sample", tmp_path / "r", "-n", "500", "-o", tmp_path / "s.npy")
+    assert code == 0, err
+    samples = np.load(tmp_path / "s.npy")
+    # in data units, with the detail of the data (not rounded to float32's spacing of 2 there)
+    assert len(np.unique(samples[:, 0])) > 450
+    assert abs(samples[:, 0].mean() - 1.6e7) < 10 and 1 < samples[:, 0].std() < 10
 
 
 def test_an_option_the_flow_would_ignore_is_refused_before_anything_is_written(tmp_path, capsys):

@@ -225,6 +225,19 @@ def test_act_norm_data_dependent_init():
     assert torch.equal(layer.loc.detach(), before)
 
 
+def test_act_norm_leaves_a_channel_without_spread_in_its_first_batch_at_unit_scale():
+    layer = ActNorm(2, event_dim=1)
+    first = torch.tensor([[0.0, 1.0], [0.0, 3.0], [0.0, -1.0]])  # column 0: no spread
+    layer.inv(first)
+    assert float(layer.log_scale.detach()[0]) == 0.0 and float(layer.loc.detach()[0]) == 0.0
+    assert abs(float(layer.log_scale.detach()[1]) - math.log(first[:, 1].std(unbiased=False))) < 1e-5
+    # a later point of that channel is not blown up by 1/eps
+    assert float(layer.inv(torch.tensor([[0.5, 1.0]]))[0, 0]) == 0.5
+    one = ActNorm(3, event_dim=1)  # a batch of one point
+    one.inv(torch.tensor([[2.0, -1.0, 4.0]]))
+    assert torch.equal(one.log_scale.detach(), torch.zeros(3))
+
+
 def test_act_norm_init_flag_survives_state_dict():
     torch.manual_seed(0)
     layer = ActNorm(2)

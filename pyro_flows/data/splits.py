@@ -64,18 +64,53 @@ class Splits:
     def dim(self) -> int:
         return int(math.prod(self.event_shape))
 
-    def prepare(self, x: torch.Tensor, generator: Optional[torch.Generator] = None) -> torch.Tensor:
-        """Data units -> the space the flow models (dequantized and standardized)."""
+    @property
+    def _standardizes(self) -> bool:
+        return self.levels is None and (self.shift is not None or self.scale is not None)
+
+    def input_dtype(self, dtype: torch.dtype) -> torch.dtype:
+        """The dtype to hold data in for :meth:`prepare` to give ``dtype``: float64 for
+        standardized data (see :meth:`prepare`), else ``dtype``."""
+        return torch.float64 if self._standardizes else dtype
+
+    def prepare(
+        self,
+        x: torch.Tensor,
+        generator: Optional[torch.Generator] = None,
+        dtype: Optional[torch.dtype] = None,
+    ) -> torch.Tensor:
+        """Data units -> the space the flow models (dequantized and standardized), as
+        ``dtype`` (default: ``x``'s).
+
+        Standardization runs in float64 and only its result is rounded to ``dtype``: in
+        float32 a column whose mean is large against its spread (a mean of 1.6e7 and an sd
+        of 3) would keep a few distinct values.
+
+        >>> s = Splits("d", torch.zeros(4, 1), torch.zeros(1, 1), torch.zeros(1, 1),
+        ...            shift=torch.tensor([1.6e7], dtype=torch.float64), scale=torch.tensor([3.0], dtype=torch.float64))
+        >>> s.prepare(torch.tensor([[1.6e7 + 0.3]], dtype=torch.float64), dtype=torch.float32)
+        tensor([[0.1000]])
+        """
+        dtype = x.dtype if dtype is None else dtype
+        if self._standardizes:
+            wide = x.double()
+            if self.shift is not None:
+                wide = wide - self.shift.to(wide)
+            if self.scale is not None:
+                wide = wide / self.scale.to(wide)
+            return wide.to(dtype)
+        x = x.to(dtype)
         if self.levels is not None:
             x = x + torch.rand(x.shape, generator=generator, dtype=x.dtype, device=x.device)
-        if self.shift is not None:
-            x = x - self.shift.to(x)
         if self.scale is not None:
             x = x / self.scale.to(x)
         return x
 
     def to_data_units(self, y: torch.Tensor) -> torch.Tensor:
-        """The inverse of :meth:`prepare` (without the dequantization noise)."""
+        """The inverse of :meth:`prepare` (without the dequantization noise); in float64
+        for standardized data, for the reason :meth:`prepare` gives."""
+        if self._standardizes:
+            y = y.double()
         if self.scale is not None:
             y = y * self.scale.to(y)
         if self.shift is not None:

@@ -369,10 +369,13 @@ def train(
         else:
             best = average.averaged_state_dict() if average is not None else copy.deepcopy(flow.state_dict())
 
-    train_x = splits.train.to(device=device, dtype=dtype)
+    # held as prepare wants them (float64 for standardized data), prepared as ``dtype``
+    train_x = splits.train.to(device=device, dtype=splits.input_dtype(dtype))
     offset = splits.nll_offset()
     val_x = splits.prepare(
-        splits.val.to(device=device, dtype=dtype), generator=held_out_noise(config.seed, "val", device)
+        splits.val.to(device=device, dtype=splits.input_dtype(dtype)),
+        generator=held_out_noise(config.seed, "val", device),
+        dtype=dtype,
     )
     metrics = MetricsLog(
         os.path.join(run_dir, "metrics.jsonl") if writes else None,
@@ -390,7 +393,7 @@ def train(
     if context.distributed and resume_state is None:
         sampler.set_epoch(0)
         first = train_x[torch.tensor(list(iter(sampler))[:local_batch], dtype=torch.long, device=device)]
-        initialize_consistently(flow, splits.prepare(first), context)
+        initialize_consistently(flow, splits.prepare(first, dtype=dtype), context)
     flow_matching = getattr(config, "objective", "likelihood") == "flow-matching"
     if flow_matching:
         from .flow_matching import FlowMatching, fm_options
@@ -436,7 +439,7 @@ def train(
                 epoch_indices = torch.tensor(list(iter(sampler)), dtype=torch.long, device=device)
                 epoch_of_indices = epoch
             idx = epoch_indices[within * local_batch : (within + 1) * local_batch]
-            x = splits.prepare(train_x[idx])
+            x = splits.prepare(train_x[idx], dtype=dtype)
 
             # Validation off: a non-finite value inside the flow should reach the loss guard
             # below (which says what to do) rather than a support check deep in the base.

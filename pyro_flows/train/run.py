@@ -275,7 +275,11 @@ def _score(flow, splits: Splits, x: torch.Tensor, split: str, seed: int, device,
     """Mean NLL (nats per point) of the data-unit points ``x`` of ``split`` with its
     standard error, plus bits/dim for discrete data (dequantization noise fixed by
     ``seed`` and ``split``): what ``fit`` reports on the test split and ``evaluate`` on any."""
-    x = splits.prepare(x.to(device=device, dtype=dtype), generator=held_out_noise(seed, split, device))
+    x = splits.prepare(
+        x.to(device=device, dtype=splits.input_dtype(dtype)),
+        generator=held_out_noise(seed, split, device),
+        dtype=dtype,
+    )
     with _solver_errors(f"scoring the {split} split"):
         nll, se = mean_and_standard_error(nll_per_point(flow, x) + splits.nll_offset())
     out = {"nll": nll, "nll_se": se}
@@ -338,7 +342,9 @@ def write_plots(flow, splits: Splits, config: RunConfig, run_dir: str) -> list:
         offset = splits.nll_offset()
 
         def log_density(x):
-            y = splits.prepare(x.to(device=param.device, dtype=param.dtype))
+            y = splits.prepare(
+                x.to(device=param.device, dtype=splits.input_dtype(param.dtype)), dtype=param.dtype
+            )
             return (nll_per_point(flow, y) * -1 - offset).cpu()
 
         data = splits.test if len(splits.test) >= n else torch.cat([splits.test, splits.train])[:n]

@@ -207,7 +207,8 @@ class ActNorm(_PerFeature):
     (``log_prob``), in train mode, sets :math:`b` to the per-channel mean and
     :math:`e^{s}` to the per-channel standard deviation of that batch (over the batch
     and the pixels), so the layer's output on it has zero mean and unit variance per
-    channel. Afterwards :math:`s, b` are ordinary parameters. The ``initialized`` flag
+    channel (a channel without spread in that batch keeps :math:`s = 0`). Afterwards
+    :math:`s, b` are ordinary parameters. The ``initialized`` flag
     is a buffer, so it is saved in ``state_dict`` and a reloaded model is not
     re-initialised on its first batch. Sampling before initialisation uses the
     identity.
@@ -239,7 +240,11 @@ class ActNorm(_PerFeature):
         channel_dim = y.dim() - self.event_dim_
         per_channel = y.detach().movedim(channel_dim, 0).reshape(self.num_features, -1)
         self.loc.copy_(per_channel.mean(1))
-        self.log_scale.copy_(torch.log(per_channel.std(1, unbiased=False) + self.eps))
+        std = per_channel.std(1, unbiased=False)
+        # A channel without spread in this batch (one point, or a value that repeats, as in
+        # a sparse column) says nothing about its scale: leave it at 1. log(eps) there
+        # would blow every other point of that channel up by 1/eps.
+        self.log_scale.copy_(torch.where(std > 0, torch.log(std + self.eps), torch.zeros_like(std)))
         self.initialized.fill_(True)
 
     def _call_and_ladj(self, x):
