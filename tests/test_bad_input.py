@@ -60,3 +60,33 @@ def test_context_of_the_wrong_size():
     d = dist.ConditionalTransformedDistribution(base, [flow])
     with pytest.raises(ValueError, match=r"context of shape \(\*batch, 3\), got \(5, 4\)"):
         d.condition(torch.randn(5, 4)).log_prob(torch.randn(5, 2))
+
+
+@pytest.mark.parametrize(
+    "data, options, message",
+    [
+        (torch.tensor([[0.0, 1.0], [float("nan"), 2.0]] * 20), {}, "NaN or infinite"),
+        (
+            torch.ones(40, 2, dtype=torch.long),
+            {},
+            r"floating-point tensor of shape \(N, D\), got shape \(40, 2\), dtype torch.int64",
+        ),
+        (torch.randn(40), {}, r"got shape \(40,\)"),
+        # a constant coordinate: its density would grow without bound
+        (
+            torch.cat([torch.randn(40, 1), torch.full((40, 1), 3.0)], 1),
+            {},
+            r"column 1 \(0-based\) holds the same value \(3\)",
+        ),
+        # options of files and runs, which fit() would otherwise silently ignore
+        (torch.randn(40, 2), {"standardize": True}, "standardize does not apply here"),
+        (torch.randn(40, 2), {"levels": 16, "test_fraction": 0.5}, "levels, test_fraction do not apply here"),
+        (torch.randn(40, 2), {"out": "runs"}, "out does not apply here"),
+    ],
+    ids=["nan", "integer", "1-d", "constant-column", "standardize", "levels", "out"],
+)
+def test_the_training_api_refuses_bad_data_and_options_it_would_ignore(data, options, message):
+    from pyro_flows.train import fit
+
+    with pytest.raises(ValueError, match=message):
+        fit(data, flow="real_nvp", steps=2, num_layers=2, hidden_dims=(4,), batch_size=8, **options)

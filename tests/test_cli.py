@@ -176,8 +176,10 @@ def test_bad_options_and_paths_get_clear_errors(tmp_path, capsys):
         ("", "is empty (0 bytes)"),
         ("a,b\n", "is empty (no data rows)"),
         ("a,b\n1,2\n3,oops\n", "non-numeric value 'oops'"),
+        # no header: an empty cell in the first row is a missing value, not a header
+        ("1.0,\n3,4\n5,6\n", "1 of 3 rows contain NaN or infinite values (first: row 0)"),
     ],
-    ids=["nan-row", "wrong-columns", "empty-file", "header-only", "non-numeric"],
+    ids=["nan-row", "wrong-columns", "empty-file", "header-only", "non-numeric", "first-row-missing"],
 )
 def test_bad_data_files_get_clear_errors(tmp_path, capsys, content, message):
     path = tmp_path / "data.csv"

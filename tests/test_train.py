@@ -73,9 +73,19 @@ def test_interrupted_and_resumed_run_ends_bit_identical(tmp_path, discrete, flow
     lines = [json.loads(x) for x in open(os.path.join(split.out, "metrics.jsonl"))]
     steps = [r["step"] for r in lines if r["split"] == "val"]
     assert steps == [5, 10, 15, 20]
+    # ... including the running mean of the training loss, which the resumed run carries on
+    whole_lines = [json.loads(x) for x in open(os.path.join(config.out, "metrics.jsonl"))]
+    running = [
+        [(r["step"], r["running_nll"]) for r in ls if r["split"] == "train"] for ls in (whole_lines, lines)
+    ]
+    assert running[0] == running[1] and len(running[0]) == 2
     whole_results = json.load(open(os.path.join(config.out, "results.json")))
     resumed_results = json.load(open(os.path.join(split.out, "results.json")))
     assert whole_results["test_nll"] == resumed_results["test_nll"]
+    # resuming a finished run scores it again without logging a second test score
+    fit_run(RunConfig(quiet=True), resume_dir=config.out)
+    tests = [json.loads(x) for x in open(os.path.join(config.out, "metrics.jsonl")) if '"test"' in x]
+    assert [r["nll"] for r in tests] == [whole_results["test_nll"]]
 
 
 def test_training_beats_the_best_gaussian(tmp_path):
@@ -235,11 +245,44 @@ def test_resume_names_the_missing_run_or_checkpoint(tmp_path):
         fit_run(RunConfig(quiet=True), resume_dir=str(tmp_path))
 
 
+def test_a_run_stopped_before_its_first_checkpoint_says_how_to_start_again(tmp_path, capsys):
+    from pyro_flows.cli import main
+
+    config = tiny(tmp_path, eval_every=10)
+    with pytest.raises(Interrupt):
+        fit_run(config, on_step=interrupt_at(3))
+    assert not os.path.exists(os.path.join(config.out, "checkpoint.pt"))
+    toml = os.path.join(config.out, "config.toml")
+    with pytest.raises(
+        CheckpointError, match=f"stopped before its first checkpoint; start it again with .*--config {toml}"
+    ):
+        fit_run(RunConfig(quiet=True), resume_dir=config.out)
+    with pytest.raises(
+        ValueError,
+        match="stopped before its first checkpoint .* cannot be resumed; start it again with --overwrite",
+    ):
+        fit_run(config)
+    # the command the first message gives runs the whole run
+    assert main(["fit", "--config", toml, "--out", config.out, "--overwrite"]) == 0
+    capsys.readouterr()
+    assert _model(config.out)["step"] == config.steps
+
+
 def test_negative_threads_is_refused_with_the_other_options():
     with pytest.raises(ValueError, match="--threads must be >= 0, got -1"):
         RunConfig(threads=-1)
     with pytest.raises(ValueError, match="--threads must be >= 0, got -2"):
         RunConfig.from_dict({"threads": -2}, source="run.toml")
+    # one level would train and then fail at scoring, losing the run
+    with pytest.raises(ValueError, match="--levels must be 0 .* or at least 2 .* got 1"):
+        RunConfig(levels=1)
+    # on a built-in continuous set it would be ignored
+    from pyro_flows.data import load_splits
+
+    with pytest.raises(
+        ValueError, match="--levels 16 applies to data files .* moons is a built-in continuous set"
+    ):
+        load_splits(RunConfig(data="moons", levels=16))
 
 
 def test_flow_kind_checks_the_shape_of_the_data():

@@ -47,6 +47,11 @@ def load_splits(config) -> Splits:
     """
     name = config.data
     key = name.lower()
+    if getattr(config, "levels", 0) and (key in TOY_DATASETS or key in MAF_DATASETS):
+        raise ValueError(
+            f"--levels {config.levels} applies to data files of discrete values 0..K-1; {key} is a "
+            "built-in continuous set (drop --levels)"
+        )
     if key in TOY_DATASETS:
         # Generating takes a few float64 temporaries of the final size.
         _check_memory(8 * config.num_samples * 2 * 8, f"--num-samples {config.num_samples} of {key}")

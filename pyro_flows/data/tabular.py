@@ -95,10 +95,10 @@ def _read_csv(path: str) -> np.ndarray:
                 continue
             if width is None:
                 width = len(row)
-                try:
-                    rows.append([float(c) for c in row])
-                except ValueError:
-                    pass  # a header line
+                # a header has a non-numeric cell; a first row with empty cells and
+                # numbers is data with missing values (refused below as NaN, not dropped)
+                if all(not c.strip() or _is_float(c) for c in row):
+                    rows.append([float(c) if c.strip() else float("nan") for c in row])
                 continue
             if len(row) != width:
                 raise ValueError(

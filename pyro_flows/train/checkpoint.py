@@ -167,7 +167,10 @@ TRAINER_FIELDS = {
     "stopped_early": lambda v: isinstance(v, bool),
     "total_steps": _is_int,
     "history": lambda v: isinstance(v, list) and all(isinstance(r, dict) for r in v),
+    "running_loss": lambda v: v is None or _is_number(v),
 }
+#: trainer fields that checkpoints written before them lack (the loop's default then applies)
+OPTIONAL_TRAINER_FIELDS = {"running_loss"}
 
 
 def check_run_state(state: Dict[str, Any], path: str, resume: bool = False) -> None:
@@ -216,6 +219,8 @@ def check_run_state(state: Dict[str, Any], path: str, resume: bool = False) -> N
         fail(f"trainer has unknown entries {', '.join(unknown)}")
     for key, check in TRAINER_FIELDS.items():
         if key not in trainer:
+            if key in OPTIONAL_TRAINER_FIELDS:
+                continue
             fail(f"trainer.{key} is missing")
         if not check(trainer[key]):
             fail(f"trainer.{key} has a value of the wrong type: {trainer[key]!r}")

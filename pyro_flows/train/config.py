@@ -232,6 +232,10 @@ class RunConfig:
         ):
             if getattr(self, name) < 0:
                 raise ValueError(f"--{_flag(name)} must be >= 0, got {getattr(self, name)}")
+        if self.levels == 1:
+            raise ValueError(
+                "--levels must be 0 (continuous data) or at least 2 (discrete values 0..K-1), got 1"
+            )
         if self.plot_samples > MAX_PLOT_SAMPLES:
             raise ValueError(
                 f"--plot-samples must be at most {MAX_PLOT_SAMPLES} (more points than a plot can show), "

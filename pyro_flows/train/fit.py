@@ -9,6 +9,7 @@ writes nothing and returns the trained flow with its validation history.
 
 from __future__ import annotations
 
+import dataclasses
 from typing import List, Optional, Tuple
 
 import torch
@@ -25,6 +26,9 @@ __all__ = ["fit", "FLOW_MATCHING_DEFAULTS", "with_flow_matching_defaults"]
 #: 256-256-256 (the builder's default for that field), batches of 512 and a learning rate
 #: of 3e-3 with a linear warm-up over the first 2% of the steps (the recipe measured in
 #: ``docs/ffjord.md``)
+#: the ``--help`` group of each RunConfig field: fit() has no use for the data and output ones
+_OPTION_GROUPS = {f.name: f.metadata.get("group") for f in dataclasses.fields(RunConfig)}
+
 FLOW_MATCHING_DEFAULTS = {
     "hidden_dims": (256, 256, 256),
     "batch_size": 512,
@@ -110,6 +114,13 @@ def fit(
                 else type(data).__name__
             )
         )
+    unused = sorted(k for k in options if _OPTION_GROUPS.get(k) in ("data", "output") and k != "quiet")
+    if unused:
+        raise ValueError(
+            f"fit: {', '.join(unused)} {'does' if len(unused) == 1 else 'do'} not apply here: fit trains on the "
+            "data it is given, as they are, and writes nothing (standardise or dequantize them first; "
+            "the pyro-flows command reads files and writes runs)"
+        )
     if not 0 < val_fraction < 1:
         raise ValueError(f"fit: val_fraction must be in (0, 1), got {val_fraction}")
     if not bool(torch.isfinite(data).all()):
@@ -142,6 +153,7 @@ def fit(
     val, train_x = data[order[:n_val]], data[order[n_val:]]
     # the loop never reads the test split; the validation points stand in for it
     splits = Splits("data", train_x, val, val, split_rule=f"random, seed {seed}")
+    splits.check_spread()
     check_flow_options(config, splits.event_shape)
     config = with_resolved_options(config, splits)
     torch.manual_seed(seed)

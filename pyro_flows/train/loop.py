@@ -83,6 +83,8 @@ class LoopState:
     stopped_early: bool = False
     total_steps: int = 0
     history: List[dict] = field(default_factory=list)
+    #: the logged running mean of the training loss (kept so that a resumed run logs the same)
+    running_loss: Optional[float] = None
 
 
 class NegativeLogLikelihood(nn.Module):
@@ -188,7 +190,8 @@ class MetricsLog:
     """Metrics as JSON lines (one object per event), written by the main process only.
 
     Resuming (``keep_until_step``) drops what the interrupted run logged after its
-    checkpoint, and a last line torn by the interruption; the file is rewritten through
+    checkpoint, its test score (written again at the end) and a last line torn by the
+    interruption; the file is rewritten through
     a temporary file and a rename, so a second interruption cannot empty it.
     """
 
@@ -197,7 +200,12 @@ class MetricsLog:
         if path is None:
             return
         if keep_until_step is not None and os.path.exists(path):
-            kept = [r for r in read_metrics(path, drop_torn_line=True) if r.get("step", 0) <= keep_until_step]
+            # the test score is written once, at the end: the resumed run writes its own
+            kept = [
+                r
+                for r in read_metrics(path, drop_torn_line=True)
+                if r.get("step", 0) <= keep_until_step and r.get("split") != "test"
+            ]
             atomic_write_text(path, "".join(json.dumps(r) + "\n" for r in kept))
         elif keep_until_step is None:
             open(path, "w").close()
@@ -428,7 +436,7 @@ def train(
         "flow-matching loss" if flow_matching else "train NLL",
     )
     postfix = {}
-    running, started, started_step = None, time.perf_counter(), state.step
+    running, started, started_step = state.running_loss, time.perf_counter(), state.step
     epoch_indices, epoch_of_indices = None, -1
     flow.train()
     try:
@@ -476,6 +484,7 @@ def train(
 
             value = float(global_nll) + (0.0 if flow_matching else offset)
             running = value if running is None else 0.95 * running + 0.05 * value
+            state.running_loss = running
             if state.step % 10 == 0 or state.step == total_steps:
                 rate = (state.step - started_step) / max(1e-9, time.perf_counter() - started)
                 metrics.write(

@@ -241,6 +241,12 @@ def _claim(run_dir: str, resume: bool, overwrite: bool) -> RunLock:
             remove_stale_temporaries(run_dir)
             return lock
         existing = run_files(run_dir)
+        if existing and not overwrite and "checkpoint.pt" not in existing:
+            raise ValueError(
+                f"--out {run_dir} holds a run that stopped before its first checkpoint "
+                f"({', '.join(existing)}), which cannot be resumed; start it again with --overwrite, "
+                "or choose another --out"
+            )
         if existing and not overwrite:
             raise ValueError(
                 f"--out {run_dir} already holds a run ({', '.join(existing)}); continue it with "
@@ -375,6 +381,11 @@ def _load_run(run_dir: str, which: str = "best.pt", resume: bool = False):
         raise ValueError(f"run folder {run_dir} does not exist (pass the --out folder of a fit run)")
     path = os.path.join(run_dir, which)
     if not os.path.exists(path):
+        if "config.toml" in run_files(run_dir):  # started, then stopped before its first checkpoint
+            raise CheckpointError(
+                f"{run_dir} has no {which}: the run stopped before its first checkpoint; start it again "
+                f"with `pyro-flows fit --config {os.path.join(run_dir, 'config.toml')} --out {run_dir} --overwrite`"
+            )
         raise CheckpointError(f"{run_dir} has no {which}; is it the output folder of `pyro-flows fit`?")
     state = load_checkpoint(path)
     check_run_state(state, path, resume=resume)
