@@ -59,6 +59,7 @@ def recipe_of(args, input_dim: int = 2) -> dict:
         "weight_decay": defaults.weight_decay,
         # our spline flows only (peers' flows take the optimizer part of the recipe)
         "dropout": defaults.dropout,
+        "noise": defaults.noise,
     }
     for key in recipe:
         value = getattr(args, f"recipe_{key}", None)
@@ -145,8 +146,11 @@ def fit_one(name, train, test, seed, args, cpu_budget=0.0):
     average = WeightAverage(contender.module, recipe["ema"]) if recipe and recipe["ema"] > 0 else None
     batches = torch.Generator().manual_seed(seed)  # the same batches for everyone
     noise = None
-    if recipe and getattr(args, "recipe_noise", 0.0):  # in units of each coordinate's sd
-        noise = args.recipe_noise * train.std(0)
+    if recipe and base in OUR_VARIANTS:  # the training noise of `fit --flow spline` on this data
+        from pyro_flows.train.registry import training_noise
+
+        level = training_noise(recipe["noise"], "spline", train.shape[-1])
+        noise = level * train.std(0) if level > 0 else None  # in units of each coordinate's sd
     contender.module.train()
     checkpoints, cpu, step = [], 0.0, 0
     last_step = max(args.steps)
@@ -338,10 +342,15 @@ def render(results, names, info, cmd, args) -> str:
             )
             + (f", Adam weight decay {recipe['weight_decay']}" if recipe.get("weight_decay") else "")
             + (
-                "; our spline flows with the conditioner dropout of `fit` (none in 2-D; above, none up to"
-                " 10 passes over the training set, then 0.02 more per pass up to 0.2)"
+                "; our spline flows with the conditioner dropout of `fit` (none up to 10 dimensions; above,"
+                " none up to 10 passes over the training set, then 0.02 more per pass up to 0.2)"
                 if recipe.get("dropout", -1) < 0
                 else f"; our spline flows with conditioner dropout {recipe['dropout']}"
+            )
+            + (
+                " and the training noise of `fit` (0.05 of each coordinate's sd from 3 to 10 dimensions)"
+                if recipe.get("noise", -1) < 0
+                else (f" and training noise {recipe['noise']} sd" if recipe.get("noise") else "")
             )
         )
     if any(split_name(n)[2] for n in names):
@@ -442,8 +451,8 @@ def parse_args(argv=None):
     p.add_argument(
         "--recipe-noise",
         type=float,
-        default=0.0,
-        help="NAME+recipe contenders: Gaussian noise added to each training batch, in units of each coordinate's sd",
+        help="NAME+recipe contenders of ours: Gaussian noise added to each training batch, in units of each "
+        "coordinate's sd (negative: fit's default for the data)",
     )
     p.add_argument("--no-cpu", action="store_true", help="skip the equal-CPU-time comparison")
     p.add_argument("--validate", action="store_true", help="turn distribution validation on for all")

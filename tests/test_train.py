@@ -54,6 +54,8 @@ def test_interrupted_and_resumed_run_ends_bit_identical(tmp_path, discrete, flow
 
         np.save(tmp_path / "levels.npy", np.random.default_rng(0).integers(0, 5, size=(600, 2)))
         data = dict(data=str(tmp_path / "levels.npy"), levels=5, logit_alpha=0.0)
+    if not discrete:  # training noise makes the global generator's state matter too
+        data = dict(noise=0.1)
     config = tiny(tmp_path, "whole", flow=flow, batch_norm=flow == "real_nvp", warmup_steps=3, **data)
     fit_run(config)
     split = config.replace(out=str(tmp_path / "split"))
@@ -323,17 +325,42 @@ def test_spline_dropout_grows_with_the_passes_over_the_data_and_the_run_saves_it
     from pyro_flows.train.run import _load_run, evaluate_run
 
     # 400 points less 10% validation and 10% test: 320 to train on, 8 batches of 40 a
-    # pass; 120 steps are 15 passes
-    points = np.random.default_rng(0).normal(size=(400, 3))
+    # pass; 120 steps are 15 passes (12 dimensions: up to 10 the training noise replaces dropout)
+    points = np.random.default_rng(0).normal(size=(400, 12))
     _tiny_spline_run(tmp_path, points, batch_size=40, eval_every=4, **length)
     state, saved = _load_run(str(tmp_path / "r"))
     assert saved.dropout == rate
     # evaluating rebuilds the trained layout (dropout layers shift the networks' keys)
     assert math.isfinite(evaluate_run(str(tmp_path / "r"), quiet=True)["nll"])
     flow, history = pyro_flows.train.fit(
-        torch.randn(400, 3), num_layers=2, hidden_dims=(8,), batch_size=40, val_fraction=0.2, **length
+        torch.randn(400, 12), num_layers=2, hidden_dims=(8,), batch_size=40, val_fraction=0.2, **length
     )
     assert {m.p for m in flow.modules() if isinstance(m, torch.nn.Dropout)} == ({rate} if rate else set())
+
+
+def test_training_noise_by_dimension_is_saved_and_widens_the_fit_by_its_level(tmp_path):
+    from pyro_flows.train.run import _load_run
+
+    rng = np.random.default_rng(0)
+    for dim, level in ((2, 0.0), (3, 0.05), (12, 0.0)):
+        (tmp_path / f"d{dim}").mkdir()
+        _tiny_spline_run(
+            tmp_path / f"d{dim}", rng.normal(size=(300, dim)), batch_size=40, steps=4, eval_every=2
+        )
+        assert _load_run(str(tmp_path / f"d{dim}" / "r"))[1].noise == level
+    # noise of S sds on each coordinate: the fitted variance is the data's times 1 + S^2
+    torch.manual_seed(0)
+    x = 2.0 * torch.randn(3000, 3)
+    options = dict(
+        flow="real_nvp", steps=400, num_layers=2, hidden_dims=(16,), batch_size=200, eval_every=400
+    )
+    plain, _ = pyro_flows.train.fit(x, noise=0.0, **options)
+    noisy, _ = pyro_flows.train.fit(x, noise=1.0, **options)
+    with torch.no_grad():
+        sd_plain, sd_noisy = (float(f.sample((20000,)).std(0).mean()) for f in (plain, noisy))
+    assert abs(sd_plain - 2.0) < 0.15 and abs(sd_noisy - 2.0 * math.sqrt(2.0)) < 0.2, (sd_plain, sd_noisy)
+    with pytest.raises(ValueError, match="--noise must be a finite number"):
+        RunConfig(noise=float("nan"))
 
 
 def test_spline_learning_rate_by_dimension_and_a_resumed_run_keeps_its_own(tmp_path):
@@ -342,7 +369,7 @@ def test_spline_learning_rate_by_dimension_and_a_resumed_run_keeps_its_own(tmp_p
     from pyro_flows.train.checkpoint import load_checkpoint, save_checkpoint
 
     rng = np.random.default_rng(0)
-    for dim, rate in ((2, 3e-3), (3, 1e-2)):
+    for dim, rate in ((2, 3e-3), (3, 2e-2)):
         np.save(tmp_path / f"x{dim}.npy", rng.normal(size=(300, dim)))
         config = RunConfig(
             flow="spline",
@@ -371,7 +398,7 @@ def test_spline_learning_rate_by_dimension_and_a_resumed_run_keeps_its_own(tmp_p
     lines = [json.loads(x) for x in open(os.path.join(config.out, "metrics.jsonl"))]
     rates = {r["step"]: r["lr"] for r in lines if "lr" in r}
     assert sorted(rates) == [10, 20]
-    assert rates[10] > 1e-3  # before the interruption: 1e-2 on the cosine
+    assert rates[10] > 1e-3  # before the interruption: 2e-2 on the cosine
     assert 0 < rates[20] < 5e-4  # after: the checkpoint's 5e-4 on the cosine
 
 
