@@ -158,12 +158,12 @@ def fit_one(name, train, test, seed, args, cpu_budget=0.0):
     while step < last_step or cpu < cpu_budget:
         start = time.process_time()
         x = train[torch.randint(len(train), (args.batch,), generator=batches)]
-        if noise is not None:
-            x = x + noise * torch.randn_like(x)
         if recipe:  # the schedule spans the longest --steps, as `fit --steps N` would
             factor = lr_factor(step, last_step, recipe["warmup_steps"], recipe["schedule"])
             for group in optimizer.param_groups:
                 group["lr"] = lr * factor
+        if noise is not None:  # scaled as the rate, as in `fit`
+            x = x + factor * noise * torch.randn_like(x)
         if in_run_ramp:  # the rate the passes made so far call for, not the run's total
             rate = spline_dropout(-1.0, train.shape[-1], step * args.batch / len(train))
             for m in dropouts:

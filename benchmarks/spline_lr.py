@@ -3,7 +3,8 @@
 For each dimension ``D`` and rate, :func:`pyro_flows.train.fit` trains the default spline
 flow with the defaults of ``pyro-flows fit`` (2000 steps of 256 points after a warm-up
 of 100, the default dropout for the run's length, the weights of the best validation
-NLL) on 30,000 standardised points of a curved Gaussian family,
+NLL, the default training noise unless ``--noise`` is given) on 30,000 standardised points
+of a curved Gaussian family,
 and the held-out NLL of 5,000 new points (standardised with the training statistics) is
 reported. The family: ``y = A z`` with ``z ~ N(0, I_D)`` and a fixed random ``A``
 (entries ``N(0, 1/D)``), then every odd coordinate shifted by half the square of the even
@@ -49,7 +50,14 @@ def score(dim: int, lr: float, args) -> dict:
     # the warm-up `--lr 0` gives the spline flow, at the rate given
     warmup = min(100, args.steps // 10)
     flow, _ = fit(
-        (train - mean) / std, flow="spline", steps=args.steps, lr=lr, warmup_steps=warmup, quiet=True
+        (train - mean) / std,
+        flow="spline",
+        steps=args.steps,
+        lr=lr,
+        warmup_steps=warmup,
+        noise=args.noise,
+        dropout=args.dropout,
+        quiet=True,
     )
     cpu = time.process_time() - start
     with torch.no_grad():
@@ -62,6 +70,15 @@ def main(argv=None):
     p.add_argument("--dims", type=int, nargs="+", default=[6, 10, 12, 16, 21, 43])
     p.add_argument("--lrs", type=float, nargs="+", default=[3e-3, 1e-2])
     p.add_argument("--steps", type=int, default=2000)
+    p.add_argument(
+        "--noise", type=float, default=-1.0, help="training noise (fit's --noise; negative: the default)"
+    )
+    p.add_argument(
+        "--dropout",
+        type=float,
+        default=-1.0,
+        help="conditioner dropout (fit's --dropout; negative: the default)",
+    )
     p.add_argument("--train", type=int, default=30_000)
     p.add_argument("--test", type=int, default=5_000)
     p.add_argument("--out", default=str(report.RESULTS))
@@ -94,7 +111,7 @@ def main(argv=None):
             "",
             report.header(info, cmd),
             f"- settings: `pyro_flows.train.fit(flow='spline', steps={args.steps}, lr=LR, "
-            f"warmup_steps={min(100, args.steps // 10)})`, otherwise "
+            f"warmup_steps={min(100, args.steps // 10)}, noise={args.noise}, dropout={args.dropout})`, otherwise "
             f"the defaults; {args.train} training / {args.test} test points of the curved Gaussian "
             "family (see benchmarks/spline_lr.py)",
             "",

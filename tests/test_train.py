@@ -348,17 +348,23 @@ def test_training_noise_by_dimension_is_saved_and_widens_the_fit_by_its_level(tm
             tmp_path / f"d{dim}", rng.normal(size=(300, dim)), batch_size=40, steps=4, eval_every=2
         )
         assert _load_run(str(tmp_path / f"d{dim}" / "r"))[1].noise == level
-    # noise of S sds on each coordinate: the fitted variance is the data's times 1 + S^2
+    # noise of S sds on each coordinate at a constant rate: the fitted variance is the
+    # data's times 1 + S^2; on the cosine schedule the noise fades with the rate, and the
+    # flow ends near the data's own
     torch.manual_seed(0)
     x = 2.0 * torch.randn(3000, 3)
     options = dict(
         flow="real_nvp", steps=400, num_layers=2, hidden_dims=(16,), batch_size=200, eval_every=400
     )
-    plain, _ = pyro_flows.train.fit(x, noise=0.0, **options)
-    noisy, _ = pyro_flows.train.fit(x, noise=1.0, **options)
+    plain, _ = pyro_flows.train.fit(x, noise=0.0, schedule="constant", **options)
+    noisy, _ = pyro_flows.train.fit(x, noise=1.0, schedule="constant", **options)
+    faded, _ = pyro_flows.train.fit(x, noise=1.0, **options)
     with torch.no_grad():
-        sd_plain, sd_noisy = (float(f.sample((20000,)).std(0).mean()) for f in (plain, noisy))
+        sd_plain, sd_noisy, sd_faded = (
+            float(f.sample((20000,)).std(0).mean()) for f in (plain, noisy, faded)
+        )
     assert abs(sd_plain - 2.0) < 0.15 and abs(sd_noisy - 2.0 * math.sqrt(2.0)) < 0.2, (sd_plain, sd_noisy)
+    assert abs(sd_faded - 2.0) < 0.3, sd_faded
     with pytest.raises(ValueError, match="--noise must be a finite number"):
         RunConfig(noise=float("nan"))
 

@@ -177,8 +177,9 @@ class RunConfig:
     noise: float = _opt(
         -1.0,
         "Gaussian noise added to each training batch of vector data, in units of each coordinate's "
-        "standard deviation over the training points; negative picks 0.05 for --flow spline on 3 to "
-        "10 dimensions and none otherwise; the run saves the level it used",
+        "standard deviation over the training points and scaled like the learning rate by its schedule "
+        "(the last steps see the data as they are); negative picks 0.05 for --flow spline on 3 to 10 "
+        "dimensions and none otherwise; the run saves the level it used",
         "training",
         metavar="S",
     )

@@ -454,8 +454,9 @@ def train(
                 epoch_of_indices = epoch
             idx = epoch_indices[within * local_batch : (within + 1) * local_batch]
             x = splits.prepare(train_x[idx], dtype=dtype)
-            if noise_sd is not None:
-                x = x + noise_sd * torch.randn_like(x)
+            if noise_sd is not None:  # follows the rate's schedule: the last steps see the data as they are
+                group = optimizer.param_groups[0]
+                x = x + (group["lr"] / group["initial_lr"]) * noise_sd * torch.randn_like(x)
 
             # Validation off: a non-finite value inside the flow should reach the loss guard
             # below (which says what to do) rather than a support check deep in the base.
