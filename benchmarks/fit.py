@@ -128,11 +128,12 @@ def fit_one(name, train, test, seed, args, cpu_budget=0.0):
         n_val = max(1, round(selection["val_fraction"] * len(train)))
         order = torch.randperm(len(train), generator=torch.Generator().manual_seed(seed))
         val, train = train[order[:n_val]], train[order[n_val:]]
+    from pyro_flows.train.loop import SPLINE_FAST_MAX_DIM
+    from pyro_flows.train.registry import spline_dropout
+
     torch.manual_seed(seed)
     options = {}
     if recipe and base in OUR_VARIANTS and "dropout" not in OUR_VARIANTS[base]:
-        from pyro_flows.train.registry import spline_dropout
-
         # the conditioner dropout `pyro-flows fit --flow spline` trains with on this data
         # for a run as long as the longest --steps
         passes = max(args.steps) * args.batch / len(train)
@@ -162,10 +163,12 @@ def fit_one(name, train, test, seed, args, cpu_budget=0.0):
             factor = lr_factor(step, last_step, recipe["warmup_steps"], recipe["schedule"])
             for group in optimizer.param_groups:
                 group["lr"] = lr * factor
-        if noise is not None:  # scaled as the rate, as in `fit`
-            x = x + factor * noise * torch.randn_like(x)
-        if in_run_ramp:  # the rate the passes made so far call for, not the run's total
-            rate = spline_dropout(-1.0, train.shape[-1], step * args.batch / len(train))
+        if noise is not None:  # scaled as the rate, as in `fit` (unless --recipe-constant-noise)
+            x = x + (
+                1.0 if getattr(args, "recipe_constant_noise", False) else factor
+            ) * noise * torch.randn_like(x)
+        if in_run_ramp:  # the ramp's rate for the passes made so far, not the run's total
+            rate = spline_dropout(-1.0, SPLINE_FAST_MAX_DIM + 1, step * args.batch / len(train))
             for m in dropouts:
                 m.p = min(rate, options["dropout"])
         optimizer.zero_grad(set_to_none=True)
@@ -453,6 +456,11 @@ def parse_args(argv=None):
         type=float,
         help="NAME+recipe contenders of ours: Gaussian noise added to each training batch, in units of each "
         "coordinate's sd (negative: fit's default for the data)",
+    )
+    p.add_argument(
+        "--recipe-constant-noise",
+        action="store_true",
+        help="NAME+recipe contenders of ours: the training noise at its full level throughout (fit fades it with the rate)",
     )
     p.add_argument("--no-cpu", action="store_true", help="skip the equal-CPU-time comparison")
     p.add_argument("--validate", action="store_true", help="turn distribution validation on for all")

@@ -26,15 +26,16 @@ __all__ = ["fit", "FLOW_MATCHING_DEFAULTS", "with_flow_matching_defaults"]
 #: 256-256-256 (the builder's default for that field), batches of 512 and a learning rate
 #: of 3e-3 with a linear warm-up over the first 2% of the steps (the recipe measured in
 #: ``docs/ffjord.md``)
-#: the ``--help`` group of each RunConfig field: fit() has no use for the data and output ones
-_OPTION_GROUPS = {f.name: f.metadata.get("group") for f in dataclasses.fields(RunConfig)}
-
 FLOW_MATCHING_DEFAULTS = {
     "hidden_dims": (256, 256, 256),
     "batch_size": 512,
     "lr": 3e-3,
     "warmup_fraction": 0.02,
 }
+
+
+#: the ``--help`` group of each RunConfig field: fit() has no use for the data and output ones
+_OPTION_GROUPS = {f.name: f.metadata.get("group") for f in dataclasses.fields(RunConfig)}
 
 
 def with_flow_matching_defaults(options: dict, n_train: Optional[int] = None) -> dict:

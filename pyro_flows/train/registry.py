@@ -88,9 +88,8 @@ def training_noise(noise: float, flow: str, input_dim: int) -> float:
     It fades with the rate, so the last steps fit the data as they are: a column rounded
     to halves, whose spikes are far narrower than 0.05 of its spread, kept its fit that
     way (``benchmarks/spline_lr.py``, 6 dimensions: held-out NLL 6.469 nats at 2e-2,
-    against 6.523 for the earlier default, dropout at 1e-2, and 6.933 with the noise held
-    constant at 1e-2). See docs/benchmarks.md, "Training noise in 10-D", for the 10-D
-    targets.
+    against 6.523 for the earlier default, dropout at 1e-2). See docs/benchmarks.md,
+    "Training noise in 10-D", for the 10-D targets.
 
     >>> training_noise(-1.0, "spline", 10), training_noise(-1.0, "spline", 2), training_noise(-1.0, "spline", 20)
     (0.05, 0.0, 0.0)
