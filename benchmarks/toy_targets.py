@@ -16,6 +16,17 @@ The 2-D samples come from :mod:`pyro_flows.data`; the densities are written here
   :math:`p(x) = \\frac14 \\sum_r \\frac{1}{2\\pi\\sigma^2} e^{-(\\rho - r)^2 / 2\\sigma^2}
   \\tilde I_0(r\\rho/\\sigma^2)` with :math:`\\rho = |x|` and the exponentially scaled Bessel
   function :math:`\\tilde I_0(u) = e^{-u} I_0(u)`;
+* ``spirals``: :func:`pyro_flows.data.make_2spirals`, a point on one of two
+  interleaved spirals :math:`\\pm (t/\\pi)(\\cos t, \\sin t)` with :math:`t = 3\\pi\\sqrt u`,
+  :math:`u` uniform, plus isotropic Gaussian noise (std 0.1). Its density is a 1-D
+  integral over :math:`u`, computed by the midpoint rule on 20,000 nodes per spiral
+  (spacing along the curve at most 0.011, a ninth of the noise);
+* ``pinwheel``: :func:`pyro_flows.data.make_pinwheel`, five arms: on arm :math:`k` a
+  point :math:`(r, t) \\sim N(1, 0.3^2) \\times N(0, 0.1^2)` is rotated by
+  :math:`2\\pi k / 5 + 0.25 e^r` and doubled. The map has Jacobian determinant
+  :math:`4 (1 - 0.25 e^r t)`, and its preimages are the roots of a 1-D equation in the
+  polar angle, found on a grid of 1024 angles and refined by Newton steps (far in the tails,
+  where the arms fold over, there are three);
 * ``mixture10``: a 10-D mixture of 8 Gaussians with fixed random means in
   :math:`[-3, 3]^{10}` and diagonal standard deviations in :math:`[0.3, 0.8]`;
 * ``banana10``: five independent 2-D bananas, :math:`x_{2i-1} = a z_{2i-1}`,
@@ -148,6 +159,88 @@ def _rings_log_prob(x):
     return (torch.logsumexp(log_ring, -1) - log_norm).to(x.dtype)
 
 
+_SPIRALS_NOISE = 0.1
+_SPIRALS_NODES = 20_000
+
+
+def _spirals_sample(n, seed=0):
+    from pyro_flows.data import make_2spirals
+
+    return make_2spirals(n, noise=_SPIRALS_NOISE, seed=seed)
+
+
+def _spirals_log_prob(x, nodes: int = _SPIRALS_NODES):
+    # u uniform on (0, 1): midpoint nodes, t = 3 pi sqrt(u); both spirals, each node
+    # weighing 1 / (2 * nodes)
+    u = (torch.arange(nodes, dtype=torch.float64, device=x.device) + 0.5) / nodes
+    t = 3 * math.pi * u.sqrt()
+    arm = (t / math.pi).unsqueeze(-1) * torch.stack([t.cos(), t.sin()], -1)
+    curve = torch.cat([arm, -arm])
+    var = _SPIRALS_NOISE**2
+    log_p = torch.cat(
+        [torch.logsumexp(-0.5 * torch.cdist(c, curve).square() / var, -1) for c in x.double().split(500)]
+    )
+    return (log_p - math.log(2 * nodes) - math.log(2 * math.pi * var)).to(x.dtype)
+
+
+# make_pinwheel's defaults
+_PINWHEEL_ARMS, _PINWHEEL_RADIAL, _PINWHEEL_TANGENTIAL, _PINWHEEL_RATE = 5, 0.3, 0.1, 0.25
+_PINWHEEL_GRID = 1024
+
+
+def _pinwheel_sample(n, seed=0):
+    from pyro_flows.data import make_pinwheel
+
+    return make_pinwheel(n, seed=seed)
+
+
+def _pinwheel_angle_gap(beta, rho, target):
+    """``h(beta)`` of :func:`_pinwheel_log_prob`, wrapped to [-pi, pi)."""
+    h = beta + _PINWHEEL_RATE * torch.exp(rho * beta.cos()) - target
+    return torch.remainder(h + math.pi, 2 * math.pi) - math.pi
+
+
+def _pinwheel_log_prob(x, grid: int = _PINWHEEL_GRID):
+    # y = x / 2 = R(a_k + rate e^r) (r, t) on arm k. In polar coordinates (r, t) =
+    # rho (cos b, sin b), so the preimages on arm k are the roots of
+    # h(b) = b + rate e^(rho cos b) + a_k - angle(y) (mod 2 pi), with
+    # h'(b) = 1 - rate e^r t, the Jacobian determinant of (r, t) -> y: found on a grid of
+    # b, refined by Newton steps, and summed (one root where h' > 0 throughout, three
+    # where the arms fold over, far in the tails).
+    out = []
+    arms = torch.arange(_PINWHEEL_ARMS, dtype=torch.float64, device=x.device) * (2 * math.pi / _PINWHEEL_ARMS)
+    b = (torch.arange(grid + 1, dtype=torch.float64, device=x.device) / grid * 2 - 1) * math.pi
+    normal = torch.distributions.Normal(0.0, 1.0)
+    for chunk in x.double().split(1024):
+        y = chunk / 2
+        rho = y.norm(dim=-1)[:, None, None]
+        psi = torch.atan2(y[:, 1], y[:, 0])[:, None, None]
+        target = psi - arms[None, :, None]
+
+        g = _pinwheel_angle_gap(b.expand(len(y), _PINWHEEL_ARMS, -1), rho, target)
+        lo, hi = g[..., :-1], g[..., 1:]
+        cross = (lo * hi <= 0) & ((hi - lo).abs() < math.pi)  # a root, not the wrap
+        # Newton from the secant point of each bracketing cell (cells without a root too,
+        # masked out after)
+        beta = b[:-1] - lo * (b[1:] - b[:-1]) / torch.where(hi != lo, hi - lo, torch.ones_like(lo))
+        for _ in range(4):
+            slope = 1 - _PINWHEEL_RATE * torch.exp(rho * beta.cos()) * rho * beta.sin()
+            beta = beta - _pinwheel_angle_gap(beta, rho, target) / slope
+        r, t = rho * beta.cos(), rho * beta.sin()
+        det = (1 - _PINWHEEL_RATE * torch.exp(r) * t).abs()
+        log_q = (
+            normal.log_prob((r - 1) / _PINWHEEL_RADIAL)
+            - math.log(_PINWHEEL_RADIAL)
+            + normal.log_prob(t / _PINWHEEL_TANGENTIAL)
+            - math.log(_PINWHEEL_TANGENTIAL)
+            - det.log()
+        )
+        log_q = torch.where(cross, log_q, torch.full_like(log_q, -math.inf))
+        out.append(torch.logsumexp(log_q.flatten(1), -1))
+    # each arm with probability 1 / K; x = 2 y
+    return (torch.cat(out) - math.log(_PINWHEEL_ARMS) - math.log(4.0)).to(x.dtype)
+
+
 def _mixture10_parameters():
     g = torch.Generator().manual_seed(2019)
     means = 6 * torch.rand(8, 10, generator=g, dtype=torch.float64) - 3
@@ -199,6 +292,10 @@ MOONS = Target("moons", _moons, _moons_log_prob)
 EIGHT_GAUSSIANS = Target("8gaussians", _gaussians_sample, _gaussians_log_prob)
 CHECKERBOARD = Target("checkerboard", _checkerboard_sample, _checkerboard_log_prob, math.log(8.0))
 RINGS = Target("rings", _rings_sample, _rings_log_prob)
+SPIRALS = Target("spirals", _spirals_sample, _spirals_log_prob)
+PINWHEEL = Target("pinwheel", _pinwheel_sample, _pinwheel_log_prob)
 MIXTURE10 = Target("mixture10", _mixture10_sample, _mixture10_log_prob)
 BANANA10 = Target("banana10", _banana10_sample, _banana10_log_prob, banana10_entropy())
-TARGETS = {t.name: t for t in (MOONS, EIGHT_GAUSSIANS, CHECKERBOARD, RINGS, MIXTURE10, BANANA10)}
+TARGETS = {
+    t.name: t for t in (MOONS, EIGHT_GAUSSIANS, CHECKERBOARD, RINGS, SPIRALS, PINWHEEL, MIXTURE10, BANANA10)
+}

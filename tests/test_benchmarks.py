@@ -143,6 +143,36 @@ def test_fit_scores_plus_fit_contenders_with_their_best_validation_weights(tmp_p
     assert fit.split_name("zuko_nsf") == ("zuko_nsf", False, False)
 
 
+def test_the_spirals_density_integrates_to_one_and_its_quadrature_has_converged():
+    from benchmarks.toy_targets import SPIRALS, _spirals_log_prob
+
+    # a grid at half the noise's std integrates the smooth density to 1 (2000 nodes keep
+    # the curve spacing below half the noise)
+    grid = torch.linspace(-4.0, 4.0, 161, dtype=torch.float64)
+    xy = torch.cartesian_prod(grid, grid)
+    mass = float(_spirals_log_prob(xy, nodes=2000).exp().sum()) * float(grid[1] - grid[0]) ** 2
+    assert abs(mass - 1.0) < 1e-4
+    # the benchmark's 20,000 nodes against 2000: the quadrature has converged at the samples
+    x = SPIRALS.sample(300, seed=5).double()
+    assert float((_spirals_log_prob(x) - _spirals_log_prob(x, nodes=2000)).abs().max()) < 0.01
+    # samples of the target are where its density is: far above a uniform on the square
+    assert float(SPIRALS.log_prob(x).mean()) > -math.log(64) + 1
+
+
+def test_the_pinwheel_density_integrates_to_one_with_all_its_preimages():
+    from benchmarks.toy_targets import PINWHEEL, _pinwheel_log_prob
+
+    grid = torch.linspace(-6.0, 6.0, 151, dtype=torch.float64)
+    xy = torch.cartesian_prod(grid, grid)
+    mass = float(_pinwheel_log_prob(xy, grid=256).exp().sum()) * float(grid[1] - grid[0]) ** 2
+    assert abs(mass - 1.0) < 1e-3
+    x = PINWHEEL.sample(500, seed=5).double()
+    log_p = PINWHEEL.log_prob(x)
+    assert bool(torch.isfinite(log_p).all())
+    # a coarser grid of angles finds the same preimages
+    assert float((log_p - _pinwheel_log_prob(x, grid=256)).abs().max()) < 1e-8
+
+
 def test_gpu_images_script_runs_on_cpu(tmp_path):
     from benchmarks import gpu_images
 
