@@ -63,12 +63,8 @@ def test_contenders_start_as_a_normalized_density(name):
 
 
 def test_toy_target_densities_integrate_to_one_and_entropies():
-    grid = torch.linspace(-3.5, 3.5, 701, dtype=torch.float64)
-    xy = torch.cartesian_prod(grid, grid)
-    cell = float(grid[1] - grid[0]) ** 2
     for target in (CHECKERBOARD, EIGHT_GAUSSIANS):
-        mass = float(target.log_prob(xy).exp().sum()) * cell
-        assert abs(mass - 1.0) < 0.02, target.name
+        assert abs(_grid_mass(target.log_prob, 3.5, 701) - 1.0) < 0.02, target.name
     x = CHECKERBOARD.sample(4000, seed=3)
     assert bool(torch.isfinite(CHECKERBOARD.log_prob(x)).all())
     assert CHECKERBOARD.entropy() == (math.log(8), 0.0)
@@ -79,12 +75,8 @@ def test_toy_target_densities_integrate_to_one_and_entropies():
 
 
 def test_exact_densities_of_the_new_targets():
-    grid = torch.linspace(-3.5, 3.5, 351, dtype=torch.float64)
-    xy = torch.cartesian_prod(grid, grid)
-    cell = float(grid[1] - grid[0]) ** 2
     for target in (RINGS, MOONS):
-        mass = float(target.log_prob(xy).exp().sum()) * cell
-        assert abs(mass - 1.0) < 0.01, target.name
+        assert abs(_grid_mass(target.log_prob, 3.5, 351) - 1.0) < 0.01, target.name
     # the 10-D targets: Monte Carlo entropy with the exact density; banana's is exact
     x = BANANA10.sample(40_000, seed=4).double()
     mc = -BANANA10.log_prob(x)
@@ -143,15 +135,19 @@ def test_fit_scores_plus_fit_contenders_with_their_best_validation_weights(tmp_p
     assert fit.split_name("zuko_nsf") == ("zuko_nsf", False, False)
 
 
+def _grid_mass(log_prob, half_width: float, points: int) -> float:
+    """The integral of ``exp(log_prob)`` over the square ``[-half_width, half_width]^2`` by a
+    Riemann sum on ``points`` x ``points`` nodes (float64)."""
+    grid = torch.linspace(-half_width, half_width, points, dtype=torch.float64)
+    return float(log_prob(torch.cartesian_prod(grid, grid)).exp().sum()) * float(grid[1] - grid[0]) ** 2
+
+
 def test_the_spirals_density_integrates_to_one_and_its_quadrature_has_converged():
     from benchmarks.toy_targets import SPIRALS, _spirals_log_prob
 
     # a grid at half the noise's std integrates the smooth density to 1 (2000 nodes keep
     # the curve spacing below half the noise)
-    grid = torch.linspace(-4.0, 4.0, 161, dtype=torch.float64)
-    xy = torch.cartesian_prod(grid, grid)
-    mass = float(_spirals_log_prob(xy, nodes=2000).exp().sum()) * float(grid[1] - grid[0]) ** 2
-    assert abs(mass - 1.0) < 1e-4
+    assert abs(_grid_mass(lambda xy: _spirals_log_prob(xy, nodes=2000), 4.0, 161) - 1.0) < 1e-4
     # the benchmark's 20,000 nodes against 2000: the quadrature has converged at the samples
     x = SPIRALS.sample(300, seed=5).double()
     assert float((_spirals_log_prob(x) - _spirals_log_prob(x, nodes=2000)).abs().max()) < 0.01
@@ -162,10 +158,7 @@ def test_the_spirals_density_integrates_to_one_and_its_quadrature_has_converged(
 def test_the_pinwheel_density_integrates_to_one_with_all_its_preimages():
     from benchmarks.toy_targets import PINWHEEL, _pinwheel_log_prob
 
-    grid = torch.linspace(-6.0, 6.0, 151, dtype=torch.float64)
-    xy = torch.cartesian_prod(grid, grid)
-    mass = float(_pinwheel_log_prob(xy, grid=256).exp().sum()) * float(grid[1] - grid[0]) ** 2
-    assert abs(mass - 1.0) < 1e-3
+    assert abs(_grid_mass(lambda xy: _pinwheel_log_prob(xy, grid=256), 6.0, 151) - 1.0) < 1e-3
     x = PINWHEEL.sample(500, seed=5).double()
     log_p = PINWHEEL.log_prob(x)
     assert bool(torch.isfinite(log_p).all())
