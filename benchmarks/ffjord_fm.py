@@ -238,6 +238,15 @@ SAMPLING = [
 ]
 
 
+def fm_state_features(args) -> dict:
+    """The velocity field's state features of the flow-matching model (the library's
+    default unless ``--fm-state-features`` is given; concat-squash fields have none)."""
+    if args.fm_field != "velocity":
+        return {}
+    count = None if args.fm_state_features < 0 else args.fm_state_features
+    return dict(state_features=count, state_frequency=args.fm_state_frequency)
+
+
 def run_target(name, args, log, on_progress=lambda out: None):
     target = TARGETS[name]
     entropy, entropy_se = target.entropy(args.entropy_samples)
@@ -260,6 +269,7 @@ def run_target(name, args, log, on_progress=lambda out: None):
                     None if args.fm_hidden is None else tuple(args.fm_hidden),
                     args.fm_activation,
                     field=args.fm_field,
+                    **fm_state_features(args),
                 )
             )
 
@@ -316,8 +326,11 @@ def run_target(name, args, log, on_progress=lambda out: None):
             if model_name == "real_nvp":
                 flow = pyro_flows.Flow(pyro_flows.real_nvp(2, num_layers=8, hidden_dims=(64, 64)))
             else:
-                # 8 bins on [-3, 3], the 2-D default when the recorded runs were made (16 bins on [-2, 2] now)
-                flow = pyro_flows.Flow(pyro_flows.spline_flow(2, num_bins=8, tail_bound=3.0))
+                # 8 bins on [-3, 3] by default: the 2-D default when the first runs were made;
+                # --spline-bins 16 --spline-tail-bound 2 is the library's 2-D default now
+                flow = pyro_flows.Flow(
+                    pyro_flows.spline_flow(2, num_bins=args.spline_bins, tail_bound=args.spline_tail_bound)
+                )
 
             def loss_fn(x, flow=flow):
                 return -flow.log_prob(x).mean()
@@ -507,11 +520,26 @@ def main(argv=None):
     p.add_argument("--fm-field", default="velocity", choices=["velocity", "concat-squash"])
     p.add_argument("--fm-hidden", type=int, nargs="+", default=None, help="default: the field's own")
     p.add_argument("--fm-activation", default=None, help="default: the field's own")
+    p.add_argument(
+        "--fm-state-features",
+        type=int,
+        default=-1,
+        help="random Fourier features of z in the velocity field; negative: the library's default "
+        "(128); 0 for the runs recorded before they existed",
+    )
+    p.add_argument("--fm-state-frequency", type=float, default=1.0)
     p.add_argument("--fm-sigma", type=float, default=0.0)
     p.add_argument("--fm-ot-block", type=int, default=128, help="rows per OT assignment; 0: whole batch")
     p.add_argument("--fm-time-exponent", type=float, default=1.0)
     p.add_argument("--path", default="ot", choices=["ot", "independent"])
     p.add_argument("--nvp-lr", type=float, default=1e-3)
+    p.add_argument("--spline-bins", type=int, default=8, help="spline_flow's bins (16: the 2-D default now)")
+    p.add_argument(
+        "--spline-tail-bound",
+        type=float,
+        default=3.0,
+        help="spline_flow's tail bound (2: the 2-D default now)",
+    )
     p.add_argument("--batch", type=int, default=256)
     p.add_argument("--train", type=int, default=20000)
     p.add_argument("--test", type=int, default=5000)

@@ -9,9 +9,14 @@ a run the score is also checked against dopri5 at 1e-7 in float64 on 500 test po
 (``gap_raw``). ``base`` is the recipe the benchmark uses (an MLP 256-256-256, SiLU, on
 ``z`` and Fourier features of ``t``, batch 512, lr 3e-3, EMA 0.999, minibatch-OT pairs);
 the other variants change one thing (``old``: the earlier recipe, concat-squash 128-128
-tanh, batch 256, lr 2e-3, no warm-up or EMA, whole-batch OT).
+tanh, batch 256, lr 2e-3, no warm-up or EMA, whole-batch OT). ``xff`` and ``rff`` add
+Fourier features of the state ``z`` to the field's input: ``xff`` axis-aligned
+``sin/cos(pi k z_j)`` for ``k = 1, 2, 4, 8``, ``rff`` 64 random ones ``sin/cos(2 pi B z)``
+with ``B ~ N(0, rff_scale^2)`` (what ``pyro_flows.nn.VelocityNet`` does by default, with
+128; ``--set rff=128`` here).
 
     OMP_NUM_THREADS=1 python -m benchmarks.ffjord_fm_screen --targets checkerboard --variants ot128 tpow2
+    OMP_NUM_THREADS=1 python -m benchmarks.ffjord_fm_screen --targets rings --variants rff --set rff=128
     OMP_NUM_THREADS=1 python -m benchmarks.ffjord_fm_screen --step-costs   # the cost of OT pairing
 
 Results (JSON) go to ``--out``; the log lines to stderr.
@@ -43,11 +48,18 @@ class TimeMLP(nn.Module):
     """An MLP on ``[z, t, sin(pi k t), cos(pi k t)]`` (``pyro_flows.nn.VelocityNet`` without
     its zero initialisation of the last layer)."""
 
-    def __init__(self, dim, hidden, act, freqs):
+    def __init__(self, dim, hidden, act, freqs, xfreqs=(), rff=0, rff_scale=1.0):
         super().__init__()
         self.register_buffer("freqs", torch.tensor(freqs, dtype=torch.float32) * math.pi)
         n_t = 1 + 2 * len(freqs)
-        sizes = [dim + n_t, *hidden]
+        # spatial features: axis-aligned sin/cos(pi k z_j) and random Fourier features
+        eye = torch.eye(dim)
+        mats = [k * math.pi * eye for k in xfreqs]
+        if rff:
+            g = torch.Generator().manual_seed(1234)
+            mats.append(2 * math.pi * rff_scale * torch.randn(rff, dim, generator=g))
+        self.register_buffer("xmat", torch.cat(mats) if mats else torch.zeros(0, dim))
+        sizes = [dim + n_t + 2 * self.xmat.shape[0], *hidden]
         layers = []
         for a, b in zip(sizes[:-1], sizes[1:], strict=True):
             layers += [nn.Linear(a, b), ACT[act]()]
@@ -57,7 +69,11 @@ class TimeMLP(nn.Module):
     def forward(self, t, z):
         t = torch.as_tensor(t).to(z).reshape(-1, 1).expand(z.shape[0], 1)
         a = t * self.freqs
-        return self.net(torch.cat([z, t, a.sin(), a.cos()], -1))
+        parts = [z, t, a.sin(), a.cos()]
+        if self.xmat.shape[0]:
+            b = z @ self.xmat.T
+            parts += [b.sin(), b.cos()]
+        return self.net(torch.cat(parts, -1))
 
 
 def build(cfg):
@@ -65,7 +81,15 @@ def build(cfg):
     if cfg["arch"] == "cs":
         net = DynamicsNet(2, cfg["hidden"], cfg["act"], zero_init=True)
     else:
-        net = TimeMLP(2, cfg["hidden"], cfg["act"], cfg["freqs"])
+        net = TimeMLP(
+            2,
+            cfg["hidden"],
+            cfg["act"],
+            cfg["freqs"],
+            cfg.get("xfreqs", ()),
+            cfg.get("rff", 0),
+            cfg.get("rff_scale", 1.0),
+        )
     return pyro_flows.Flow(FFJORD(net, 2))
 
 
@@ -169,6 +193,8 @@ VARIANTS = {
     "indep": dict(path="independent"),
     "sig03": dict(sigma=0.03, path="ot128"),
     "tpow2": dict(tpow=2.0, path="ot128"),
+    "xff": dict(xfreqs=(1, 2, 4, 8), path="ot128"),
+    "rff": dict(rff=64, rff_scale=1.0, path="ot128"),
 }
 
 

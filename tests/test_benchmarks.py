@@ -318,3 +318,46 @@ def test_guide_tails_smoke(capsys):
         for _, (median, q99, q9999), largest in rows:
             assert 0 <= median <= q99 <= q9999 <= largest < 1e3
     assert "finite to the end" in capsys.readouterr().out
+
+
+def test_ffjord_fm_benchmarks_take_the_state_feature_options(tmp_path):
+    from benchmarks import ffjord_fm, ffjord_fm_dims
+
+    argv = ["--targets", "moons", "--models", "ffjord_fm", "--fm-seconds", "0.5", "--marks", "0.5"]
+    argv += [
+        "--train",
+        "600",
+        "--test",
+        "100",
+        "--entropy-samples",
+        "2000",
+        "--skip-solvers",
+        "--fm-hidden",
+        "8",
+    ]
+    ffjord_fm.main([*argv, "--fm-state-features", "4", "--out", str(tmp_path), "--stem", "fm"])
+    record = json.loads((tmp_path / "fm.json").read_text())
+    assert record["args"]["fm_state_features"] == 4
+    (curve,) = [
+        m["curve"] if isinstance(m, dict) else m for m in record["results"]["moons"]["models"].values()
+    ]
+    assert curve and all(math.isfinite(row["nll"]) for row in curve)
+    rows = ffjord_fm_dims.main(
+        [
+            "--targets",
+            "banana10",
+            "--features",
+            "0",
+            "4",
+            "--steps",
+            "2",
+            "--entropy-samples",
+            "2000",
+            "--out",
+            str(tmp_path),
+            "--stem",
+            "dims",
+        ]
+    )
+    assert [r["state_features"] for r in rows] == [0, 4] and all(math.isfinite(r["gap"]) for r in rows)
+    assert "| banana10 | 4 | 2 |" in (tmp_path / "dims.md").read_text()

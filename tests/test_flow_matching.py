@@ -2,9 +2,9 @@
 closed-form optimum of a Gaussian, the OT pairing, small end-to-end fits (plain and
 conditional), the separate sampling solver and the ``--objective flow-matching`` runs.
 
-The torchcfm comparison needs ``torchcfm`` and POT; ``torchcfm``'s own requirements pull
-heavy packages it does not import for the matchers, so install it with
-``pip install --no-deps torchcfm && pip install pot``.
+The torchcfm comparison needs ``torchcfm`` and POT (the README's test command installs
+both: POT with the ``test`` extra, ``torchcfm`` without its own requirements, which pull
+heavy packages it does not import for the matchers).
 """
 
 from __future__ import annotations
@@ -49,7 +49,8 @@ def field(dim=2, hidden=(16,), seed=0, context_dim=0):
 
 # --------------------------------------------------------------- the reference
 def test_loss_matches_torchcfm_independent_path_with_noise():
-    cfm = pytest.importorskip("torchcfm.conditional_flow_matching")
+    import torchcfm.conditional_flow_matching as cfm
+
     torch.manual_seed(0)
     x, z = torch.randn(64, 2, dtype=torch.float64) * 2 + 1, torch.randn(64, 2, dtype=torch.float64)
     net = field()
@@ -65,7 +66,8 @@ def test_loss_matches_torchcfm_independent_path_with_noise():
 
 
 def test_ot_pairing_is_torchcfm_exact_plan_and_loss_agrees():
-    cfm = pytest.importorskip("torchcfm.conditional_flow_matching")
+    import torchcfm.conditional_flow_matching as cfm
+
     torch.manual_seed(1)
     x, z = torch.randn(32, 2, dtype=torch.float64) + 3, torch.randn(32, 2, dtype=torch.float64)
     plan = cfm.OTPlanSampler(method="exact").get_map(x, z)  # (32, 32), 1/32 on the matching
@@ -310,6 +312,36 @@ def test_fit_run_by_flow_matching_logs_the_loss_and_scores_through_the_ode(tmp_p
     assert os.path.exists(tmp_path / "run" / "nll_curves.png")
 
 
+def test_runs_save_the_state_features_they_used_and_older_runs_rebuild_without(tmp_path):
+    from pyro_flows.train.config import SAVED_BEFORE
+    from pyro_flows.train.registry import build_model, check_flow_options
+
+    common = dict(flow="ffjord", objective="flow_matching", hidden_dims=(8,), num_samples=300, data="moons")
+    common.update(batch_size=64, steps=4, eval_every=4, quiet=True, plots=False, patience=0)
+    fit_run(RunConfig(**common, out=str(tmp_path / "run")))
+    saved = (tmp_path / "run" / "config.toml").read_text()
+    assert "state_features = 128" in saved  # the default, written as the number it was
+    weights = load_checkpoint(tmp_path / "run" / "checkpoint.pt")["model"]
+    assert weights["transform.dynamics.state_matrix"].shape == (128, 2)
+    fit_run(RunConfig(**common, state_features=4, state_frequency=0.5, out=str(tmp_path / "small")))
+    assert "state_features = 4" in (tmp_path / "small" / "config.toml").read_text()
+    # data of more than 2 dimensions get none by default
+    csv = tmp_path / "three.csv"
+    csv.write_text("\n".join(",".join(f"{v:.4f}" for v in row) for row in torch.randn(300, 3).tolist()))
+    fit_run(RunConfig(**{**common, "data": str(csv)}, out=str(tmp_path / "three")))
+    assert "state_features = 0" in (tmp_path / "three" / "config.toml").read_text()
+    # a run saved before the option existed was trained without the features
+    old = {k: v for k, v in RunConfig(**common).to_dict().items() if k != "state_features"}
+    assert SAVED_BEFORE["state_features"] == 0
+    rebuilt = build_model(RunConfig.from_saved(old), (2,))
+    assert rebuilt.transform.dynamics.state_features == 0
+    # maximum likelihood's concat-squash field has none: asking for them is refused
+    with pytest.raises(ValueError, match="--state-features does not apply"):
+        check_flow_options(RunConfig(flow="ffjord", state_features=8), (2,))
+    with pytest.raises(ValueError, match="--state-frequency"):
+        RunConfig(flow="ffjord", objective="flow_matching", state_frequency=-1.0)
+
+
 def test_cli_flow_matching_runs_and_resumes(tmp_path, capsys):
     out = str(tmp_path / "run")
     argv = [
@@ -428,6 +460,69 @@ def test_ffjord_builder_fields():
     assert isinstance(cflow.dynamics, pyro_flows.nn.VelocityNet) and cflow.dynamics.context_dim == 3
     with pytest.raises(ValueError, match="field"):
         pyro_flows.ffjord(2, field="resnet")
+
+
+def test_velocity_net_state_features_are_fourier_features_of_z_saved_with_the_network():
+    torch.manual_seed(0)
+    net = pyro_flows.nn.VelocityNet(2, (8,), state_features=5, state_frequency=0.5)
+    assert net.state_matrix.shape == (5, 2) and "state_matrix" in net.state_dict()
+    assert 0.1 < float(net.state_matrix.std()) < 1.0  # drawn with sd 0.5
+    z = torch.randn(4, 2)
+    angles = 2 * math.pi * z @ net.state_matrix.T
+    assert torch.allclose(net.state_features_of(z), torch.cat([angles.sin(), angles.cos()], -1), atol=1e-5)
+    # the first layer reads z, the 2m features and the time's
+    assert net.net[0].in_features == 2 + 10 + 1 + 2 * 5
+    # the frequencies travel with the state_dict: a rebuilt network is the same map
+    torch.manual_seed(1)
+    other = pyro_flows.nn.VelocityNet(2, (8,), state_features=5, state_frequency=0.5)
+    assert not torch.equal(other.state_matrix, net.state_matrix)
+    other.load_state_dict(net.state_dict())
+    t = torch.rand(4)
+    assert torch.equal(other(t, z), net(t, z))
+    # without features there is no buffer, so state_dicts saved before them still load
+    plain = pyro_flows.nn.VelocityNet(2, (8,), state_features=0)
+    assert "state_matrix" not in plain.state_dict() and plain.net[0].in_features == 2 + 1 + 2 * 5
+    # the default: 128 up to 2 dimensions (where they were measured to help), none above
+    assert pyro_flows.nn.VelocityNet(2, (8,)).state_features == 128
+    assert pyro_flows.nn.VelocityNet(1, (8,)).state_features == 128
+    assert pyro_flows.nn.VelocityNet(3, (8,)).state_features == 0
+    assert pyro_flows.nn.VelocityNet(10, (8,), state_features=16).state_matrix.shape == (16, 10)
+    for bad in (dict(state_features=-1), dict(state_features=2.0), dict(state_frequency=0.0)):
+        with pytest.raises(ValueError, match="state_f"):
+            pyro_flows.nn.VelocityNet(2, (8,), **bad)
+    # the builders pass them on, for the velocity field only
+    few = pyro_flows.ffjord(2, (8,), field="velocity", state_features=3)
+    assert few.dynamics.state_matrix.shape == (3, 2)
+    cflow = pyro_flows.conditional_ffjord(2, 3, (8,), field="velocity", state_features=0)
+    assert cflow.dynamics.state_features == 0
+    with pytest.raises(ValueError, match="field='velocity'"):
+        pyro_flows.ffjord(2, state_features=8)
+
+
+def test_state_features_fit_a_sharp_density_closer_by_flow_matching():
+    # the checkerboard: a density with edges, which an MLP on z alone learns slowly
+    from pyro_flows.data import make_checkerboard
+
+    data, test = make_checkerboard(4000, seed=0).double(), make_checkerboard(400, seed=1).double()
+    entropy = math.log(8.0)  # uniform on 8 unit squares
+    gaps = {}
+    for count in (0, 128):
+        torch.manual_seed(0)
+        flow = pyro_flows.ffjord(2, (64, 64), field="velocity", state_features=count, rtol=1e-4, atol=1e-4)
+        flow = flow.double()
+        optimizer = torch.optim.Adam(flow.parameters(), lr=3e-3)
+        generator = torch.Generator().manual_seed(0)
+        for _ in range(400):
+            x = data[torch.randint(len(data), (256,), generator=generator)]
+            z = torch.randn(x.shape, generator=generator, dtype=x.dtype)
+            loss = flow_matching_loss(flow, x, z, path="ot").mean()
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+        model = dist.TransformedDistribution(normal_base(2), [flow.eval()])
+        with torch.no_grad():
+            gaps[count] = float(-model.log_prob(test.clone()).mean()) - entropy
+    assert gaps[128] < gaps[0] - 0.1, gaps
 
 
 def test_run_config_picks_the_velocity_field_for_flow_matching():

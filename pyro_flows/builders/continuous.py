@@ -22,14 +22,28 @@ FIELDS = {
 }
 
 
-def _field_network(name, input_dim, hidden_dims, activation, context_dim, caller):
+def _field_network(
+    name, input_dim, hidden_dims, activation, context_dim, caller, state_features=None, state_frequency=1.0
+):
     if name not in FIELDS:
         raise ValueError(f"{caller}: expected field in {tuple(FIELDS)}, got {name!r}")
     default_hidden, default_activation = FIELDS[name]
     hidden_dims = check_hidden_dims(default_hidden if hidden_dims is None else hidden_dims, caller)
     activation = default_activation if activation is None else activation
     if name == "velocity":
-        return VelocityNet(input_dim, hidden_dims, activation, zero_init=True, context_dim=context_dim)
+        return VelocityNet(
+            input_dim,
+            hidden_dims,
+            activation,
+            zero_init=True,
+            context_dim=context_dim,
+            state_features=state_features,
+            state_frequency=state_frequency,
+        )
+    if state_features or state_frequency != 1.0:
+        raise ValueError(
+            f"{caller}: state_features and state_frequency are options of field='velocity', not {name!r}"
+        )
     return DynamicsNet(input_dim, hidden_dims, activation, context_dim=context_dim)
 
 
@@ -51,6 +65,8 @@ def ffjord(
     sample_atol: Optional[float] = None,
     sample_options: Optional[dict] = None,
     field: str = "concat-squash",
+    state_features: Optional[int] = None,
+    state_frequency: float = 1.0,
 ) -> FFJORD:
     r"""FFJORD (Grathwohl et al., 2019) on vectors of size ``input_dim``:
     one :class:`~pyro_flows.transforms.FFJORD` whose dynamics :math:`h(t, z)` is a
@@ -78,6 +94,12 @@ def ffjord(
         returning a smooth ``nn.Module`` (``None``: softplus for ``"concat-squash"``, SiLU
         for ``"velocity"``).
     :param str field: the network, ``"concat-squash"`` or ``"velocity"``.
+    :param state_features: for ``field="velocity"``, the number of random Fourier
+        features of the state the MLP reads besides :math:`z` (``None``: 128 for
+        ``input_dim <= 2``, where they fit sharp densities much faster, none above;
+        ``0``: none); see :class:`~pyro_flows.nn.VelocityNet`.
+    :param float state_frequency: for ``field="velocity"``, the sd of their frequencies,
+        in cycles per unit of :math:`z` (for data of unit scale).
 
     >>> import torch, pyro.distributions as dist
     >>> flow = ffjord(2, hidden_dims=(16,), rtol=1e-4, atol=1e-4)
@@ -87,7 +109,9 @@ def ffjord(
     """
     if not isinstance(input_dim, int) or input_dim < 1:
         raise ValueError(f"ffjord: expected a positive integer input_dim, got {input_dim!r}")
-    dynamics = _field_network(field, input_dim, hidden_dims, activation, 0, "ffjord")
+    dynamics = _field_network(
+        field, input_dim, hidden_dims, activation, 0, "ffjord", state_features, state_frequency
+    )
     return FFJORD(
         dynamics,
         input_dim,
@@ -113,6 +137,8 @@ def conditional_ffjord(
     hidden_dims: Optional[Sequence[int]] = None,
     activation: Union[str, Callable[[], nn.Module], None] = None,
     field: str = "concat-squash",
+    state_features: Optional[int] = None,
+    state_frequency: float = 1.0,
     **settings,
 ) -> ConditionalFFJORD:
     r"""A conditional FFJORD: one :class:`~pyro_flows.transforms.ConditionalFFJORD` whose
@@ -129,7 +155,8 @@ def conditional_ffjord(
     :param int input_dim: dimension :math:`D \ge 1`.
     :param int context_dim: size of the context vector.
     :param hidden_dims: hidden sizes; :param activation: the activation; :param str field:
-        the network; as in :func:`ffjord`.
+        the network; :param state_features: :param float state_frequency: the features of
+        :math:`z` of the velocity field (not of the context); as in :func:`ffjord`.
 
     >>> import torch, pyro.distributions as dist
     >>> cflow = conditional_ffjord(2, context_dim=1, hidden_dims=(16,), rtol=1e-4, atol=1e-4)
@@ -140,5 +167,14 @@ def conditional_ffjord(
     """
     if not isinstance(input_dim, int) or input_dim < 1:
         raise ValueError(f"conditional_ffjord: expected a positive integer input_dim, got {input_dim!r}")
-    dynamics = _field_network(field, input_dim, hidden_dims, activation, context_dim, "conditional_ffjord")
+    dynamics = _field_network(
+        field,
+        input_dim,
+        hidden_dims,
+        activation,
+        context_dim,
+        "conditional_ffjord",
+        state_features,
+        state_frequency,
+    )
     return ConditionalFFJORD(dynamics, input_dim, context_dim, **settings)

@@ -159,6 +159,18 @@ class RunConfig:
         "model",
         choices=("auto", "concat-squash", "velocity"),
     )
+    state_features: int = _opt(
+        -1,
+        "ffjord, velocity field: random Fourier features of the state z the field reads besides z "
+        "(sharp densities fit much faster); negative: 128 on data of 1 or 2 dimensions, none above; 0: none",
+        "model",
+    )
+    state_frequency: float = _opt(
+        1.0,
+        "ffjord, velocity field: sd of the random frequencies of --state-features, in cycles per unit "
+        "of the (standardized) data",
+        "model",
+    )
     steps: int = _opt(2000, "optimizer steps (ignored when --epochs is set)", "training")
     epochs: int = _opt(0, "passes over the training set; 0 uses --steps", "training")
     batch_size: int = _opt(256, "global batch size (split across processes under torchrun)", "training")
@@ -243,6 +255,8 @@ class RunConfig:
                 raise ValueError(f"--{_flag(name)} must be >= 0, got {getattr(self, name)}")
         if not math.isfinite(self.noise):
             raise ValueError(f"--noise must be a finite number (negative for the default), got {self.noise}")
+        if not (math.isfinite(self.state_frequency) and self.state_frequency > 0):
+            raise ValueError(f"--state-frequency must be a positive number, got {self.state_frequency}")
         if self.levels == 1:
             raise ValueError(
                 "--levels must be 0 (continuous data) or at least 2 (discrete values 0..K-1), got 1"
@@ -325,7 +339,7 @@ class RunConfig:
 
 
 #: what a run saved before an option existed was trained with (its default then)
-SAVED_BEFORE = {"num_bins": 8, "dropout": 0.0, "tail_bound": 3.0, "noise": 0.0}
+SAVED_BEFORE = {"num_bins": 8, "dropout": 0.0, "tail_bound": 3.0, "noise": 0.0, "state_features": 0}
 
 
 def _flag(name: str) -> str:

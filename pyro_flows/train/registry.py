@@ -16,6 +16,7 @@ import torch
 from ..builders import cdf_flow, ffjord, glow, nice, real_nvp, real_nvp_image, spline_flow
 from ..builders.vector import _default_spline_bins, _default_tail_bound
 from ..flow import Flow
+from ..nn.velocity import default_state_features
 from ..transforms.preprocess import logit
 from .loop import SPLINE_FAST_MAX_DIM
 
@@ -171,7 +172,8 @@ def with_training_dropout(config, splits):
 def with_resolved_options(config, splits):
     """``config`` with every option of ``--flow spline`` that picks its value by the data
     (``num_bins`` and ``tail_bound`` at 0, a negative ``dropout``; for every flow a
-    negative ``noise``, see :func:`training_noise`) replaced by the value picked (see
+    negative ``noise``, see :func:`training_noise`; for an ffjord's velocity field a
+    negative ``state_features``) replaced by the value picked (see
     :func:`with_training_dropout`). The run saves them, so a later change of a
     default does not change the network that ``evaluate``, ``sample`` and ``--resume``
     rebuild from it.
@@ -183,6 +185,9 @@ def with_resolved_options(config, splits):
     >>> c = with_resolved_options(RunConfig(flow="spline"), splits)
     >>> c.num_bins, c.tail_bound, c.dropout, c.noise
     (16, 2.0, 0.0, 0.0)
+    >>> fm = RunConfig(flow="ffjord", objective="flow-matching")
+    >>> with_resolved_options(fm, splits).state_features, with_resolved_options(fm.replace(field="concat-squash"), splits).state_features
+    (128, -1)
     """
     config = with_training_dropout(config, splits)
     vector = len(splits.event_shape) == 1
@@ -193,6 +198,8 @@ def with_resolved_options(config, splits):
     config = config.replace(
         noise=training_noise(config.noise, config.flow, splits.event_shape[0] if vector else 0)
     )
+    if config.flow == "ffjord" and ffjord_field(config) == "velocity" and config.state_features < 0:
+        config = config.replace(state_features=default_state_features(splits.event_shape[0]))
     if config.flow != "spline" or not vector:
         return config
     input_dim = splits.event_shape[0]
@@ -313,6 +320,7 @@ FLOWS = {
                 kinetic_weight=c.kinetic_weight,
                 frobenius_weight=c.frobenius_weight,
                 field=ffjord_field(c),
+                **_state_feature_arguments(c),
             ),
             "continuous-time FFJORD",
             requires=(
@@ -341,6 +349,16 @@ def ffjord_field(config) -> str:
     if field != "auto":
         return field
     return "velocity" if getattr(config, "objective", "likelihood") == "flow-matching" else "concat-squash"
+
+
+def _state_feature_arguments(config) -> dict:
+    """The velocity field's state features of an ffjord run (read, and so accepted by
+    :func:`check_flow_options`, only for that field); a negative count is the builder's
+    default, which :func:`with_resolved_options` writes into the run's config."""
+    if ffjord_field(config) != "velocity":
+        return {}
+    count = config.state_features
+    return dict(state_features=None if count < 0 else count, state_frequency=config.state_frequency)
 
 
 def flow_names() -> Tuple[str, ...]:
