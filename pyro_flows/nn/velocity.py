@@ -102,7 +102,7 @@ class VelocityNet(nn.Module):
                     f"VelocityNet: unknown activation {activation!r}; expected one of {sorted(ACTIVATIONS)}"
                 )
             activation = ACTIVATIONS[activation]
-        if state_features is None and isinstance(dim, int):
+        if state_features is None:
             state_features = default_state_features(dim)
         if not isinstance(state_features, int) or isinstance(state_features, bool) or state_features < 0:
             raise ValueError(f"VelocityNet: expected an integer state_features >= 0, got {state_features!r}")
