@@ -5,7 +5,7 @@ from .mlp import MLP, ConditionalMLP
 from .odefunc import ConcatSquashLinear, DynamicsNet
 from .resmlp import ConditionalResidualMLP, ResidualMLP
 from .resnet import ConditionalResNet, ResidualBlock, ResNet
-from .velocity import VelocityNet
+from .velocity import VelocityNet, default_state_features
 
 __all__ = [
     # vectors
@@ -23,4 +23,5 @@ __all__ = [
     "ConcatSquashLinear",
     "DynamicsNet",
     "VelocityNet",
+    "default_state_features",
 ]

@@ -69,7 +69,7 @@ class VelocityNet(nn.Module):
     :param int context_dim: size of the context vector (0: unconditional).
     :param state_features: number :math:`m` of rows of :math:`B` in the features
         :math:`\phi(z)` of the state (``0``: the MLP reads :math:`z` alone; ``None``:
-        ``default_state_features(dim)``: 128 up to 2 dimensions and none above).
+        :func:`default_state_features`, 128 up to 2 dimensions and none above).
     :param float state_frequency: the sd :math:`s` of the entries of :math:`B`, in cycles
         per unit of :math:`z`: it suits data of unit scale (standardise them first).
         :math:`B` is drawn from torch's global generator when the network is built and
@@ -137,7 +137,13 @@ class VelocityNet(nn.Module):
         return torch.cat([t, angles.sin(), angles.cos()], -1)
 
     def state_features_of(self, z: torch.Tensor) -> torch.Tensor:
-        r""":math:`\phi(z)` as ``(rows, 2m)``."""
+        r""":math:`\phi(z) = (\sin 2\pi Bz, \cos 2\pi Bz)` as ``(rows, 2m)``, for ``z`` of
+        shape ``(rows, dim)`` (a network built with ``state_features > 0``).
+
+        >>> net = VelocityNet(2, (8,), state_features=3)
+        >>> net.state_features_of(torch.zeros(4, 2))[0]
+        tensor([0., 0., 0., 1., 1., 1.])
+        """
         angles = (2 * math.pi) * (z @ self.state_matrix.to(z).T)
         return torch.cat([angles.sin(), angles.cos()], -1)
 
