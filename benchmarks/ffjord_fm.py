@@ -34,6 +34,7 @@ import time
 import torch
 
 import pyro_flows
+from pyro_flows.nn import default_state_features
 from pyro_flows.train.flow_matching import flow_matching_loss
 
 from . import report
@@ -247,6 +248,24 @@ def fm_state_features(args) -> dict:
     return dict(state_features=count, state_frequency=args.fm_state_frequency)
 
 
+#: options added after the first records, with the value those records ran with
+RECORDED_BEFORE = {
+    "fm_state_features": 0,
+    "fm_state_frequency": 1.0,
+    "spline_bins": 8,
+    "spline_tail_bound": 3.0,
+}
+
+
+def fm_field_summary(args) -> str:
+    """The flow-matching field of a run, as its record describes it."""
+    size = "default size" if args.fm_hidden is None else "-".join(map(str, args.fm_hidden))
+    if args.fm_field != "velocity":
+        return f"{args.fm_field} field, {size}"
+    count = default_state_features(2) if args.fm_state_features < 0 else args.fm_state_features
+    return f"velocity field, {size}, {count} state features"
+
+
 def run_target(name, args, log, on_progress=lambda out: None):
     target = TARGETS[name]
     entropy, entropy_se = target.entropy(args.entropy_samples)
@@ -391,9 +410,11 @@ def render(results, info, cmd, args) -> str:
         "# FFJORD by flow matching vs maximum likelihood vs RealNVP (held-out NLL, nats/point)",
         "",
         report.header(info, cmd),
-        f"- settings: FFJORD dynamics MLP {'-'.join(map(str, args.hidden))} tanh for both objectives; "
-        f"ML: Adam lr {args.ml_lr}, batch {args.batch}, dopri5 at {args.ml_tol}, exact trace; "
-        f"FM: Adam lr {args.fm_lr}, batch {args.fm_batch}, path {args.path}; RealNVP: 8 couplings 64-64, "
+        f"- settings: ML: FFJORD concat-squash field {'-'.join(map(str, args.hidden))} tanh, "
+        f"Adam lr {args.ml_lr}, batch {args.batch}, dopri5 at {args.ml_tol}, exact trace; "
+        f"FM: {fm_field_summary(args)}, Adam lr {args.fm_lr}, batch {args.fm_batch}, path {args.path}; "
+        f"RealNVP: 8 couplings 64-64; spline flow: {args.spline_bins} bins on "
+        f"[-{args.spline_tail_bound:g}, {args.spline_tail_bound:g}]; both "
         f"lr {args.nvp_lr}; cosine decay over each model's CPU budget; {args.train} training / "
         f"{args.test} test points; NLL of FFJORD through the ODE (dopri5 1e-5, exact trace)",
         "",
@@ -483,6 +504,12 @@ def merge(paths, args):
             setattr(args, key, data["args"][key])
         for key in ("batch", "fm_batch", "train", "test", "compare_at", "accuracy_points", "sample_count"):
             setattr(args, key, data["args"][key])
+        for key in ("fm_field", "fm_hidden"):
+            if key in data["args"]:
+                setattr(args, key, data["args"][key])
+        # options newer than some records: what those records ran with
+        for key, before in RECORDED_BEFORE.items():
+            setattr(args, key, data["args"].get(key, before))
     for res in results.values():
         order = [m for m in ("ffjord_fm", "ffjord_ml", "real_nvp", "spline_flow") if m in res["models"]]
         res["models"] = {m: res["models"][m] for m in order}

@@ -338,6 +338,7 @@ def test_ffjord_fm_benchmarks_take_the_state_feature_options(tmp_path):
     ffjord_fm.main([*argv, "--fm-state-features", "4", "--out", str(tmp_path), "--stem", "fm"])
     record = json.loads((tmp_path / "fm.json").read_text())
     assert record["args"]["fm_state_features"] == 4
+    assert "velocity field, 8, 4 state features" in (tmp_path / "fm.md").read_text()
     (curve,) = [
         m["curve"] if isinstance(m, dict) else m for m in record["results"]["moons"]["models"].values()
     ]
