@@ -25,10 +25,18 @@ from . import report
 from .toy_targets import TARGETS
 
 
-def run(target: str, features: int, steps: int, seed: int, entropy: float) -> dict:
+def run(
+    target: str,
+    features: int,
+    steps: int,
+    seed: int,
+    entropy: float,
+    test_points: int = 1000,
+    train_points: int = 20000,
+) -> dict:
     tg = TARGETS[target]
-    train = tg.sample(20000, seed=seed).float()
-    test = tg.sample(1000, seed=seed + 1).float()
+    train = tg.sample(train_points, seed=seed).float()
+    test = tg.sample(test_points, seed=seed + 1).float()
     start = time.process_time()
     flow, _ = fit(
         train,
@@ -61,6 +69,8 @@ def main(argv=None) -> list:
     p.add_argument("--features", nargs="+", type=int, default=[0, 128])
     p.add_argument("--steps", type=int, default=2000)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--train", type=int, default=20000, help="training points (10%% held out by fit)")
+    p.add_argument("--test", type=int, default=1000, help="test points")
     p.add_argument("--entropy-samples", type=int, default=100_000)
     p.add_argument("--stem", default="ffjord_fm_dims")
     p.add_argument("--out", default=str(report.RESULTS))
@@ -70,7 +80,7 @@ def main(argv=None) -> list:
     for target in args.targets:
         entropy, _ = TARGETS[target].entropy(args.entropy_samples)
         for features in args.features:
-            row = run(target, features, args.steps, args.seed, entropy)
+            row = run(target, features, args.steps, args.seed, entropy, args.test, args.train)
             print(row, flush=True)
             rows.append(row)
     info, cmd = report.machine(), report.command()
