@@ -109,8 +109,23 @@ def run_budget(
     return curve, (model if average is None else average)
 
 
-def ffjord_nll(flow, test):
-    """Held-out NLL through the ODE: eval mode (exact trace), dopri5 at 1e-5."""
+def paired_kl(flow, points, target, ode: bool) -> dict:
+    """KL(p || q) estimated on ``points`` drawn from p: the mean of log p(x) - log q(x) and
+    its standard error. On training points it is biased low by as much as the model has
+    fitted their sampling noise, so its difference from the held-out estimate measures
+    overfitting (the paired difference removes most of the sampling noise of the NLL)."""
+    if ode:
+        nll, _, _ = ffjord_nll(flow, points, per_point=True)
+    else:
+        nll, _, _ = plain_nll(flow, points, per_point=True)
+    diff = target.log_prob(points.double()) + nll.double()
+    mean, se = report.mean_se(diff)
+    return {"kl": mean, "se": se, "points": len(points)}
+
+
+def ffjord_nll(flow, test, per_point=False):
+    """Held-out NLL through the ODE: eval mode (exact trace), dopri5 at 1e-5; its mean,
+    standard error and the solver's evaluations (``per_point``: the NLLs, not their mean)."""
     transform = flow.transform
     saved = transform.rtol, transform.atol
     transform.rtol = transform.atol = 1e-5
@@ -121,17 +136,22 @@ def ffjord_nll(flow, test):
     finally:
         transform.rtol, transform.atol = saved
         flow.train()
-    mean, se = report.mean_se(nll)
-    return mean, se, transform.nfe
+    return _nll_result(nll, transform.nfe, per_point)
 
 
-def plain_nll(flow, test):
+def plain_nll(flow, test, per_point=False):
     flow.eval()
     with torch.no_grad():
         nll = -flow.log_prob(test)
     flow.train()
+    return _nll_result(nll, None, per_point)
+
+
+def _nll_result(nll, nfe, per_point):
+    if per_point:
+        return nll, None, nfe
     mean, se = report.mean_se(nll)
-    return mean, se, None
+    return mean, se, nfe
 
 
 def log_density_accuracy(flow, points, settings):
@@ -304,7 +324,7 @@ def run_target(name, args, log, on_progress=lambda out: None):
                     time_exponent=args.fm_time_exponent,
                 ).mean()
 
-            curve, fm_flow = run_budget(
+            curve, scored = run_budget(
                 model_name,
                 flow,
                 loss_fn,
@@ -320,13 +340,14 @@ def run_target(name, args, log, on_progress=lambda out: None):
                 ema=args.fm_ema,
                 marks=args.marks,
             )
+            fm_flow = scored
         elif model_name == "ffjord_ml":
             flow = ffjord(args.ml_tol)
 
             def loss_fn(x, flow=flow):
                 return -flow.log_prob(x).mean()
 
-            curve, _ = run_budget(
+            curve, scored = run_budget(
                 model_name,
                 flow,
                 loss_fn,
@@ -354,7 +375,7 @@ def run_target(name, args, log, on_progress=lambda out: None):
             def loss_fn(x, flow=flow):
                 return -flow.log_prob(x).mean()
 
-            curve, _ = run_budget(
+            curve, scored = run_budget(
                 model_name,
                 flow,
                 loss_fn,
@@ -371,6 +392,13 @@ def run_target(name, args, log, on_progress=lambda out: None):
         else:
             raise ValueError(model_name)
         out["models"][model_name] = curve
+        if args.generalization:
+            ode = model_name.startswith("ffjord")
+            out.setdefault("generalization", {})[model_name] = {
+                "train": paired_kl(scored, train[: args.generalization], target, ode),
+                "test": paired_kl(scored, test, target, ode),
+            }
+            log(f"generalization {model_name} {out['generalization'][model_name]}")
         on_progress(out)  # a long run leaves its finished models behind
     if "ffjord_fm" in order and not args.skip_solvers:
         out["scoring"] = log_density_accuracy(fm_flow, test[: args.accuracy_points], SCORING)
@@ -397,7 +425,9 @@ def summarize(out, args):
         summary["ratio"] = None if reach is None else reach["cpu"] / best["cpu"]
     for name in ("ffjord_fm", "real_nvp", "spline_flow", "ffjord_ml"):
         if name in models:
-            at = [r for r in models[name] if r["cpu"] <= args.compare_at + 1e-9] or models[name][:1]
+            # a mark is taken after the block of steps that crosses it, so a model whose
+            # budget runs past compare_at records it up to a block late (ML: about 0.7 CPU-s)
+            at = [r for r in models[name] if r["cpu"] <= args.compare_at * 1.01] or models[name][:1]
             last = at[-1]
             summary[f"{name}_nll_at_{args.compare_at:g}"] = last["nll"]
             if entropy is not None:
@@ -420,8 +450,9 @@ def render(results, info, cmd, args) -> str:
         "",
         "## Time to reach maximum likelihood's NLL, and the KL gap at equal CPU time",
         "",
-        f"| target | H(p) | ML best NLL (CPU-s) | FM reaches it at (CPU-s) | ratio | gap at {args.compare_at:g} s: FM | RealNVP | ML |",
-        "|---|---|---|---|---|---|---|---|",
+        f"| target | H(p) | ML best NLL (CPU-s) | FM reaches it at (CPU-s) | ratio | gap at {args.compare_at:g} s: FM "
+        "| RealNVP | spline | ML |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for name, res in results.items():
         s = res["summary"]
@@ -434,8 +465,9 @@ def render(results, info, cmd, args) -> str:
             f"| {name} | {fmt(res['entropy'])} | {fmt(s.get('ml_best_nll'))} ({fmt(s.get('ml_best_cpu'), '.0f')}) | "
             f"{fmt(s.get('fm_cpu_to_reach'), '.0f')} | {fmt(s.get('ratio'), '.2f')} | "
             f"{fmt(s.get('ffjord_fm_gap_at_' + key))} | {fmt(s.get('real_nvp_gap_at_' + key))} | "
-            f"{fmt(s.get('ffjord_ml_gap_at_' + key))} |"
+            f"{fmt(s.get('spline_flow_gap_at_' + key))} | {fmt(s.get('ffjord_ml_gap_at_' + key))} |"
         )
+    lines += generalization_table(results)
     lines += ["", "## NLL over CPU time", ""]
     for name, res in results.items():
         lines += [f"### {name}", "", "| model | CPU-s | steps | NLL | nfe |", "|---|---|---|---|---|"]
@@ -472,21 +504,52 @@ def render(results, info, cmd, args) -> str:
     return "\n".join(lines) + "\n"
 
 
+def generalization_table(results) -> list:
+    """Rows of the KL estimated on training and on test points, for the runs that made them."""
+    rows = [
+        (name, model, g)
+        for name, res in results.items()
+        for model, g in res.get("generalization", {}).items()
+    ]
+    if not rows:
+        return []
+    lines = [
+        "",
+        "## Fit and generalization: KL(p || q) estimated on training and on test points",
+        "",
+        "mean of log p(x) - log q(x) over the points ± its standard error, at the end of each model's "
+        "budget; the test column differs from the gaps above by the test set's own sampling noise",
+        "",
+        "| target | model | on training points | on test points | difference |",
+        "|---|---|---|---|---|",
+    ]
+    for name, model, g in rows:
+        tr, te = g["train"], g["test"]
+        lines.append(
+            f"| {name} | {model} | {tr['kl']:.4f} ± {tr['se']:.4f} ({tr['points']}) | "
+            f"{te['kl']:.4f} ± {te['se']:.4f} ({te['points']}) | {te['kl'] - tr['kl']:.4f} |"
+        )
+    return lines
+
+
 def merge(paths, args):
     """One table from several result files (targets and models are combined)."""
     import json
 
-    results, commands, info = {}, [], None
+    results, commands, info, first_args = {}, [], None, None
     for path in paths:
         with open(path) as fh:
             data = json.load(fh)
         info = info or data["info"]
+        first_args = first_args or data["args"]
         commands.append(data["command"])
         for target, res in data["results"].items():
             into = results.setdefault(
                 target, {"entropy": res["entropy"], "entropy_se": res["entropy_se"], "models": {}}
             )
             into["models"].update(res["models"])
+            if "generalization" in res:
+                into.setdefault("generalization", {}).update(res["generalization"])
             for key in ("scoring", "sampling"):
                 if key in res:
                     into[key] = res[key]
@@ -518,7 +581,8 @@ def merge(paths, args):
     report.write(
         args.stem,
         render(results, info, cmd, args),
-        {"results": results, "commands": commands},
+        # the layout of a run's own record, so that a merged record can be merged again
+        {"info": info, "command": cmd, "args": first_args, "results": results, "commands": commands},
         directory=args.out,
     )
     print(render(results, info, cmd, args))
@@ -574,6 +638,14 @@ def main(argv=None):
     p.add_argument("--accuracy-points", type=int, default=500)
     p.add_argument("--sample-count", type=int, default=10000)
     p.add_argument("--skip-solvers", action="store_true")
+    p.add_argument(
+        "--generalization",
+        type=int,
+        default=0,
+        metavar="N",
+        help="also estimate each model's KL on N of its training points and on the test points "
+        "(the difference measures overfitting); 0: not",
+    )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument(
         "--marks",

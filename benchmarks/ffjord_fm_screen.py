@@ -13,7 +13,8 @@ tanh, batch 256, lr 2e-3, no warm-up or EMA, whole-batch OT). ``xff`` and ``rff`
 Fourier features of the state ``z`` to the field's input: ``xff`` axis-aligned
 ``sin/cos(pi k z_j)`` for ``k = 1, 2, 4, 8``, ``rff`` 64 random ones ``sin/cos(2 pi B z)``
 with ``B ~ N(0, rff_scale^2)`` (what ``pyro_flows.nn.VelocityNet`` does by default, with
-128; ``--set rff=128`` here).
+128; ``--set rff=128`` here). The training times are ``t = tmin + (1 - tmin) u^tpow``
+(``--set tpow=0.7``, ``--set tmin=0.1``: none nearer the data than ``tmin``).
 
     OMP_NUM_THREADS=1 python -m benchmarks.ffjord_fm_screen --targets checkerboard --variants ot128 tpow2
     OMP_NUM_THREADS=1 python -m benchmarks.ffjord_fm_screen --targets rings --variants rff --set rff=128
@@ -129,7 +130,7 @@ def run(cfg, target, log):
                 g["lr"] = learning_rate(cfg, used / budget)
             x = train[torch.randint(len(train), (cfg["batch"],), generator=gen)]
             z = torch.randn_like(x)
-            tt = torch.rand(x.shape[0]) ** cfg["tpow"]
+            tt = cfg["tmin"] + (1 - cfg["tmin"]) * torch.rand(x.shape[0]) ** cfg["tpow"]
             path = cfg["path"]
             if path.startswith("ot") and path != "ot":  # "otK": exact OT within blocks of K rows
                 k = int(path[2:])
@@ -180,6 +181,7 @@ BASE = dict(
     path="ot",
     sigma=0.0,
     tpow=1.0,
+    tmin=0.0,
     seed=0,
     budget=60,
     marks=(10, 20, 34, 50, 85, 120, 170),

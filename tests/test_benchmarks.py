@@ -366,3 +366,51 @@ def test_ffjord_fm_benchmarks_take_the_state_feature_options(tmp_path):
     )
     assert [r["state_features"] for r in rows] == [0, 4] and all(math.isfinite(r["gap"]) for r in rows)
     assert "| banana10 | 4 | 2 |" in (tmp_path / "dims.md").read_text()
+
+
+def test_ffjord_fm_generalization_is_the_paired_kl_on_train_and_test_points(tmp_path):
+    from benchmarks import ffjord_fm
+    from benchmarks.toy_targets import TARGETS
+
+    argv = ["--targets", "8gaussians", "--models", "spline_flow", "--nvp-seconds", "0.5", "--marks", "0.5"]
+    argv += ["--train", "600", "--test", "150", "--entropy-samples", "2000", "--skip-solvers"]
+    argv += ["--generalization", "200", "--spline-bins", "4", "--out", str(tmp_path), "--stem", "gen"]
+    ffjord_fm.main(argv)
+    record = json.loads((tmp_path / "gen.json").read_text())
+    result = record["results"]["8gaussians"]
+    g = result["generalization"]["spline_flow"]
+    # 600 training points: the estimate on them uses the first 200 of them
+    assert g["train"]["points"] == 200 and g["test"]["points"] == 150
+    # on the test points it is the final held-out NLL plus the mean true log-density there
+    test = TARGETS["8gaussians"].sample(150, seed=1).float()
+    final_nll = result["models"]["spline_flow"][-1]["nll"]
+    expected = final_nll + float(TARGETS["8gaussians"].log_prob(test.double()).mean())
+    assert abs(g["test"]["kl"] - expected) < 1e-4
+    assert g["train"]["se"] > 0 and math.isfinite(g["train"]["kl"])
+    assert "Fit and generalization" in (tmp_path / "gen.md").read_text()
+    # a merged record keeps the estimates
+    ffjord_fm.main(["--merge", str(tmp_path / "gen.json"), "--out", str(tmp_path), "--stem", "merged"])
+    merged = json.loads((tmp_path / "merged.json").read_text())
+    assert merged["results"]["8gaussians"]["generalization"]["spline_flow"] == g
+    assert "| 8gaussians | spline_flow |" in (tmp_path / "merged.md").read_text()
+    assert merged["command"] == record["command"] and merged["args"] == record["args"]
+
+
+def test_ffjord_fm_screen_draws_times_above_tmin(monkeypatch):
+    from benchmarks import ffjord_fm_screen
+
+    times, loss = [], ffjord_fm_screen.flow_matching_loss
+
+    def recording_loss(*args, t, **kwargs):
+        times.append(t)
+        return loss(*args, t=t, **kwargs)
+
+    monkeypatch.setattr(ffjord_fm_screen, "flow_matching_loss", recording_loss)
+    results = ffjord_fm_screen.main(
+        ["--targets", "8gaussians", "--variants", "rff", "--budget", "0.3", "--set", "tmin=0.5", "hidden=[8]"]
+    )
+    (curve,) = results.values()
+    assert curve[-1]["cpu"] >= 0.3 and math.isfinite(curve[-1]["gap"])
+    t = torch.cat(times)
+    assert len(times) >= 5 and float(t.min()) >= 0.5 and float(t.max()) <= 1.0
+    assert float(t.mean()) == pytest.approx(0.75, abs=0.05)  # uniform on [0.5, 1]
