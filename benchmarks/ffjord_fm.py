@@ -666,6 +666,8 @@ def main(argv=None):
         "the same time, one process per model, to share a busy machine) into one table",
     )
     args = p.parse_args(argv)
+    if not 0 <= args.generalization <= args.train:
+        p.error(f"--generalization must be between 0 and --train ({args.train}), got {args.generalization}")
     torch.set_num_threads(1)
     if args.merge:
         return merge(args.merge, args)

@@ -388,6 +388,8 @@ def test_ffjord_fm_generalization_is_the_paired_kl_on_train_and_test_points(tmp_
     assert abs(g["test"]["kl"] - expected) < 1e-4
     assert g["train"]["se"] > 0 and math.isfinite(g["train"]["kl"])
     assert "Fit and generalization" in (tmp_path / "gen.md").read_text()
+    with pytest.raises(SystemExit):  # more training points than there are
+        ffjord_fm.main([*argv, "--generalization", "601"])  # the last one given counts
     # a merged record keeps the estimates
     ffjord_fm.main(["--merge", str(tmp_path / "gen.json"), "--out", str(tmp_path), "--stem", "merged"])
     merged = json.loads((tmp_path / "merged.json").read_text())
