@@ -115,8 +115,20 @@ def paired_kl(flow, points, target, ode: bool) -> dict:
     fitted their sampling noise, so its difference from the held-out estimate measures
     overfitting (the paired difference removes most of the sampling noise of the NLL)."""
     nll, _ = (ode_nlls if ode else plain_nlls)(flow, points)
+    return kl_estimate(nll, points, target)
+
+
+def kl_estimate(nll, points, target) -> dict:
+    """:func:`paired_kl` from per-point NLLs already computed."""
     mean, se = report.mean_se(target.log_prob(points.double()) + nll.double())
     return {"kl": mean, "se": se, "points": len(points)}
+
+
+def points_key(points) -> str:
+    """A fingerprint of a set of points: per-point NLLs of two models are paired only when
+    their keys agree (a merge may bring runs of other seeds or test sizes together)."""
+    x = points.double()
+    return f"{len(x)}:{float(x.sum()):.9e}:{float((x * x).sum()):.9e}"
 
 
 def ode_nlls(flow, points):
@@ -394,11 +406,16 @@ def run_target(name, args, log, on_progress=lambda out: None):
         out["models"][model_name] = curve
         if args.generalization:
             ode = model_name.startswith("ffjord")
+            test_nlls = (ode_nlls if ode else plain_nlls)(scored, test)[0]
             out.setdefault("generalization", {})[model_name] = {
                 "train": paired_kl(scored, train[: args.generalization], target, ode),
-                "test": paired_kl(scored, test, target, ode),
+                "test": kl_estimate(test_nlls, test, target),
+                # per point, so that models are compared on the same points (paired_table)
+                "test_nlls": [round(float(v), 6) for v in test_nlls],
+                "test_key": points_key(test),
             }
-            log(f"generalization {model_name} {out['generalization'][model_name]}")
+            g = out["generalization"][model_name]
+            log(f"generalization {model_name}: train {g['train']}, test {g['test']}")
         on_progress(out)  # a long run leaves its finished models behind
     if "ffjord_fm" in order and not args.skip_solvers:
         out["scoring"] = log_density_accuracy(fm_flow, test[: args.accuracy_points], SCORING)
@@ -529,7 +546,41 @@ def generalization_table(results) -> list:
             f"| {name} | {model} | {tr['kl']:.4f} ± {tr['se']:.4f} ({tr['points']}) | "
             f"{te['kl']:.4f} ± {te['se']:.4f} ({te['points']}) | {te['kl'] - tr['kl']:.4f} |"
         )
-    return lines
+    return lines + paired_table(results)
+
+
+def paired_table(results) -> list:
+    """Flow matching against every other model on the same test points: the mean of
+    NLL_FM(x) - NLL_model(x) ± its standard error. Pairing removes the test set's own
+    sampling noise (shared by both models), which dominates the standard error of either
+    NLL alone; negative means flow matching is closer to the truth."""
+    lines = []
+    for name, res in results.items():
+        g = res.get("generalization", {})
+        fm = g.get("ffjord_fm")
+        if not fm or "test_nlls" not in fm:
+            continue
+        for model, other in g.items():
+            if model == "ffjord_fm" or other.get("test_key") != fm["test_key"]:
+                continue
+            diff = torch.tensor(fm["test_nlls"], dtype=torch.float64) - torch.tensor(
+                other["test_nlls"], dtype=torch.float64
+            )
+            mean, se = report.mean_se(diff)
+            lines.append(f"| {name} | {model} | {mean:+.4f} ± {se:.4f} ({len(diff)}) |")
+    if not lines:
+        return []
+    return [
+        "",
+        "## Flow matching against each model on the same test points",
+        "",
+        "mean of NLL_FM(x) - NLL_model(x) over the test points ± its standard error (negative: flow "
+        "matching is closer to the truth); pairing removes the test points' own sampling noise",
+        "",
+        "| target | model | NLL difference |",
+        "|---|---|---|",
+        *lines,
+    ]
 
 
 def merge(paths, args):

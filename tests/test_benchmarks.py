@@ -416,3 +416,39 @@ def test_ffjord_fm_screen_draws_times_above_tmin(monkeypatch):
     t = torch.cat(times)
     assert len(times) >= 5 and float(t.min()) >= 0.5 and float(t.max()) <= 1.0
     assert float(t.mean()) == pytest.approx(0.75, abs=0.05)  # uniform on [0.5, 1]
+
+
+def test_ffjord_fm_pairs_models_on_the_same_test_points_only(tmp_path):
+    from benchmarks import ffjord_fm
+
+    argv = ["--targets", "moons", "--models", "ffjord_fm", "spline_flow", "--fm-seconds", "0.5"]
+    argv += ["--nvp-seconds", "0.5", "--marks", "0.5", "--train", "600", "--test", "120"]
+    argv += ["--entropy-samples", "2000", "--skip-solvers", "--fm-hidden", "8", "--spline-bins", "4"]
+    argv += ["--generalization", "100", "--out", str(tmp_path)]
+    ffjord_fm.main([*argv, "--stem", "s0"])
+    result = json.loads((tmp_path / "s0.json").read_text())["results"]["moons"]
+    fm, spline = (result["generalization"][m] for m in ("ffjord_fm", "spline_flow"))
+    assert len(fm["test_nlls"]) == 120 and fm["test_key"] == spline["test_key"]
+    # the paired mean is the difference of the two final held-out NLLs
+    nll = {m: result["models"][m][-1]["nll"] for m in ("ffjord_fm", "spline_flow")}
+    paired = (tmp_path / "s0.md").read_text().split("## Flow matching against each model")[1]
+    (row,) = [line for line in paired.splitlines() if line.startswith("| moons | spline_flow | ")]
+    mean, se = (float(v) for v in row.split("|")[3].split("(")[0].split("±"))
+    assert abs(mean - (nll["ffjord_fm"] - nll["spline_flow"])) < 2e-4 and se > 0
+    # another seed's test points are not paired with these: the merge keeps the last
+    # spline run, whose points differ from flow matching's
+    ffjord_fm.main([*argv, "--models", "spline_flow", "--seed", "1", "--stem", "s1"])
+    ffjord_fm.main(
+        [
+            "--merge",
+            str(tmp_path / "s0.json"),
+            str(tmp_path / "s1.json"),
+            "--out",
+            str(tmp_path),
+            "--stem",
+            "m",
+        ]
+    )
+    assert "## Flow matching against each model" not in (tmp_path / "m.md").read_text()
+    ffjord_fm.main(["--merge", str(tmp_path / "s0.json"), "--out", str(tmp_path), "--stem", "m0"])
+    assert row in (tmp_path / "m0.md").read_text().split("## Flow matching against each model")[1]
