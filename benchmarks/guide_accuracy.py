@@ -107,12 +107,20 @@ def score(target: dict, guide) -> dict:
 
 
 def run_one(
-    target: dict, guide_name: str, kwargs: dict, lr: float, seed: int, steps: int, average_last: int = 0
+    target: dict,
+    guide_name: str,
+    kwargs: dict,
+    lr: float,
+    seed: int,
+    steps: int,
+    average_last: int = 0,
+    inspect=None,
 ) -> dict:
     """Fit one guide and score it; a run whose loss turns non-finite (or whose step raises)
     stops there and is scored as NaN. With ``average_last``, the mean of the parameters over
     the last that many steps (:class:`~pyro_flows.infer.ParameterAverage`) is scored too,
-    as ``avg_kl``, ``avg_khat`` and ``avg_sd``."""
+    as ``avg_kl``, ``avg_khat`` and ``avg_sd``. ``inspect(target, guide)``, if given, runs
+    on a finished, finite guide after the scores, and its dict joins the result."""
     pyro.clear_param_store()
     pyro.set_rng_seed(seed)
     model = target["model"]
@@ -141,6 +149,8 @@ def run_one(
         averaged = {f"avg_{k}": v for k, v in nan.items()} if average_last else {}
         return {**out, **nan, **averaged, "average_last": average_last}
     out.update(score(target, guide))
+    if inspect is not None:
+        out.update(inspect(target, guide))
     if average_last:
         with average.applied():
             out.update({f"avg_{k}": v for k, v in score(target, guide).items()})

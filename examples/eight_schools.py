@@ -29,20 +29,38 @@ def eight_schools(y=Y, sigma=SIGMA):
         pyro.sample("y", dist.Normal(theta, sigma), obs=y)
 
 
-def quadrature_reference(n_draws=4000, seed=1, y=Y, sigma=SIGMA):
-    """Exact moments (grid over mu and log tau) and exact posterior draws."""
-    y, sigma = y.double(), sigma.double()
+def _posterior_grid(y, sigma):
+    """The posterior of (mu, log tau), theta integrated out, on a grid: the grid's axes,
+    its mesh and the normalized mass of each point."""
     mu = torch.linspace(-30, 45, 751, dtype=torch.float64)
     log_tau = torch.linspace(-9, 5, 701, dtype=torch.float64)
     m, lt = torch.meshgrid(mu, log_tau, indexing="ij")
-    tau = lt.exp()
     log_p = (
-        dist.Normal(0.0, 5.0).log_prob(m) + dist.HalfCauchy(5.0).log_prob(tau) + lt
+        dist.Normal(0.0, 5.0).log_prob(m) + dist.HalfCauchy(5.0).log_prob(lt.exp()) + lt
     )  # + log|d tau/d log tau|
-    scale = (sigma.square() + tau.unsqueeze(-1).square()).sqrt()
+    scale = (sigma.square() + lt.exp().unsqueeze(-1).square()).sqrt()
     log_p = log_p + dist.Normal(m.unsqueeze(-1), scale).log_prob(y).sum(-1)
     w = (log_p - log_p.max()).exp()
-    w = w / w.sum()
+    return mu, log_tau, m, lt, w / w.sum()
+
+
+def log_tau_cdf(values, y=Y, sigma=SIGMA) -> torch.Tensor:
+    """Exact posterior P(log tau <= v) for each v of ``values`` (quadrature: each grid
+    point's mass spread over its cell, interpolated linearly between the points)."""
+    _, log_tau, _, _, w = _posterior_grid(y.double(), sigma.double())
+    mass = w.sum(0)
+    cdf = mass.cumsum(0) - mass / 2  # at the points, the middles of their cells
+    v = torch.as_tensor(values, dtype=torch.float64).clamp(log_tau[0], log_tau[-1])
+    i = torch.searchsorted(log_tau, v).clamp(1, len(log_tau) - 1)
+    frac = (v - log_tau[i - 1]) / (log_tau[i] - log_tau[i - 1])
+    return cdf[i - 1] + frac * (cdf[i] - cdf[i - 1])
+
+
+def quadrature_reference(n_draws=4000, seed=1, y=Y, sigma=SIGMA):
+    """Exact moments (grid over mu and log tau) and exact posterior draws."""
+    y, sigma = y.double(), sigma.double()
+    mu, log_tau, m, lt, w = _posterior_grid(y, sigma)
+    tau = lt.exp()
     # theta_j | mu, tau, y: precision-weighted average of y_j and mu
     prec = 1 / sigma.square() + 1 / tau.unsqueeze(-1).square()
     t_mean = (y / sigma.square() + m.unsqueeze(-1) / tau.unsqueeze(-1).square()) / prec

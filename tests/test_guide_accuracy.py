@@ -1,4 +1,5 @@
-"""The guide-accuracy and guide-JIT benchmarks: smoke runs and the exact log-evidence."""
+"""The guide-accuracy, guide-JIT and guide-coverage benchmarks: smoke runs, the exact
+log-evidence and the exact marginal of log tau."""
 
 import json
 import math
@@ -6,8 +7,9 @@ import math
 import pyro.distributions as dist
 import torch
 
-from benchmarks import guide_accuracy, guide_jit
-from examples.eight_schools import SIGMA, Y
+from benchmarks import guide_accuracy, guide_coverage, guide_jit
+from examples.eight_schools import SIGMA, Y, log_tau_cdf, quadrature_reference
+from examples.funnel import funnel
 
 
 def test_eight_schools_log_evidence_against_importance_sampling():
@@ -48,3 +50,36 @@ def test_guide_jit_smoke(tmp_path):
         for elbo in guide_jit.ELBOS:
             cell = data["results"]["funnel"][guide][elbo]
             assert cell["cpu_ms"] > 0 and cell["gain"] > 0
+
+
+def test_log_tau_cdf_matches_the_exact_posterior_draws():
+    _, draws = quadrature_reference(n_draws=40_000, seed=3)
+    log_tau = draws["tau"].double().log()
+    points = torch.tensor([-2.0, -0.5, 0.0, 0.5, 1.0, 1.5, 2.0, 3.0])
+    empirical = (log_tau.unsqueeze(-1) <= points.double()).double().mean(0)
+    assert (log_tau_cdf(points) - empirical).abs().max() < 0.008  # 4 standard errors at worst
+    ends = log_tau_cdf([-20.0, 20.0])
+    assert float(ends[0]) < 1e-6 and abs(float(ends[1]) - 1) < 1e-6
+    assert (log_tau_cdf(torch.linspace(-3, 4, 50)).diff() >= 0).all()
+
+
+def test_guide_coverage_of_the_exact_posterior_is_a_tenth_each_side():
+    """The funnel has no data, so the model itself is an exact guide: each of its tails
+    holds a tenth of the posterior's mass and of the (equal) importance weights."""
+    torch.manual_seed(0)
+    targets = guide_accuracy._targets()
+    out = guide_coverage.coverage(targets["funnel"], funnel, "funnel", 20_000)
+    for side in ("below", "above"):
+        assert abs(out[f"exact_{side}"] - 0.1) < 0.01
+        assert abs(out[f"weight_{side}"] - 0.1) < 1e-3
+    assert abs(out["q10"] + 3.0 * 1.2816) < 0.15 and abs(out["q90"] - 3.0 * 1.2816) < 0.15
+
+
+def test_guide_coverage_smoke(tmp_path):
+    rows = guide_coverage.main(["--smoke", "--out", str(tmp_path), "--stem", "c"])
+    assert {(r["model"], r["guide"]) for r in rows} == {
+        (m, g) for m in guide_coverage.COORDINATES for g in ("AutoRealNVP", "AutoIAFNormal")
+    }
+    for r in rows:
+        assert 0 <= r["exact_below"] <= 1 and 0 <= r["weight_below"] <= 1 and r["q10"] < r["q90"]
+    assert "| eight_schools | AutoRealNVP | 0.003 | 0 |" in (tmp_path / "c.md").read_text()
