@@ -115,6 +115,10 @@ def main(argv=None) -> list:
     p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     p.add_argument("--steps", type=int, default=3000)
     p.add_argument("--draws", type=int, default=20000, help="guide draws for the tail masses")
+    p.add_argument("--kwargs", default="{}", help="JSON keyword arguments of the flow guides")
+    p.add_argument(
+        "--label", default=None, help="name of the guide setting in the table (default: the guide)"
+    )
     p.add_argument("--smoke", action="store_true", help="a few steps of small guides, for tests")
     p.add_argument("--out", default=str(report.RESULTS))
     p.add_argument("--stem", default="guide_coverage")
@@ -126,7 +130,7 @@ def main(argv=None) -> list:
     rows = []
     for model in args.models:
         for guide_name in args.guides:
-            kwargs = {}
+            kwargs = {} if guide_name == "AutoIAFNormal" else json.loads(args.kwargs)
             if args.smoke:
                 kwargs = (
                     {"hidden_dim": [20]}
@@ -143,7 +147,8 @@ def main(argv=None) -> list:
                 )
                 row = {
                     "model": model,
-                    "guide": guide_name,
+                    "guide": args.label or guide_name,
+                    "kwargs": kwargs,
                     "lr": args.lr,
                     "seed": seed,
                     "steps": args.steps,
