@@ -38,8 +38,10 @@ from pathlib import Path
 import pyro
 import pyro.distributions as dist
 import torch
+from pyro import poutine
 from pyro.infer import SVI, Trace_ELBO
 from pyro.infer.autoguide import AutoIAFNormal
+from pyro.infer.reparam import LocScaleReparam
 
 from examples.banana import banana
 from examples.eight_schools import SIGMA, Y, eight_schools, quadrature_reference
@@ -77,17 +79,27 @@ def eight_schools_log_evidence(y=Y, sigma=SIGMA) -> float:
     return float(torch.logsumexp(log_p.reshape(-1), 0) + cell.log())
 
 
+def _noncentered(model, site: str):
+    """``model`` with ``site`` non-centered (Pyro's ``LocScaleReparam``): the same
+    posterior over the other sites and the same evidence, in other coordinates, so KL and
+    k-hat are comparable with the centered model's."""
+    return poutine.reparam(model, config={site: LocScaleReparam(0.0)})
+
+
 def _targets() -> dict:
     exact_tau_sd = float(quadrature_reference(n_draws=1)[0]["tau"]["sd"])
+    log_z = eight_schools_log_evidence()
     return {
         "funnel": {"model": funnel, "log_z": 0.0, "site": "v", "sd": 3.0},
-        "eight_schools": {
-            "model": eight_schools,
-            "log_z": eight_schools_log_evidence(),
+        "eight_schools": {"model": eight_schools, "log_z": log_z, "site": "tau", "sd": exact_tau_sd},
+        "banana": {"model": banana, "log_z": 0.0, "site": "b", "sd": 3.0},
+        "funnel_noncentered": {"model": _noncentered(funnel, "x"), "log_z": 0.0, "site": "v", "sd": 3.0},
+        "eight_schools_noncentered": {
+            "model": _noncentered(eight_schools, "theta"),
+            "log_z": log_z,
             "site": "tau",
             "sd": exact_tau_sd,
         },
-        "banana": {"model": banana, "log_z": 0.0, "site": "b", "sd": 3.0},
     }
 
 

@@ -83,3 +83,29 @@ def test_guide_coverage_smoke(tmp_path):
     for r in rows:
         assert 0 <= r["exact_below"] <= 1 and 0 <= r["weight_below"] <= 1 and r["q10"] < r["q90"]
     assert "| eight_schools | AutoRealNVP | 0.003 | 0 |" in (tmp_path / "c.md").read_text()
+
+
+def test_noncentered_targets_are_the_same_posterior_in_other_coordinates():
+    """log p_nc(mu, tau, z) = log p(mu, tau, theta = mu + tau z) + 8 log tau (and the funnel's
+    likewise), so evidence, KL and k-hat are those of the centered model."""
+    from pyro import poutine
+
+    from examples.eight_schools import eight_schools
+
+    targets = guide_accuracy._targets()
+    g = torch.Generator().manual_seed(0)
+    mu, tau, z = torch.tensor(1.3), torch.tensor(2.1), torch.randn(8, generator=g)
+
+    def log_joint(model, values):
+        return float(poutine.trace(poutine.condition(model, values)).get_trace().log_prob_sum())
+
+    nc = log_joint(
+        targets["eight_schools_noncentered"]["model"], {"mu": mu, "tau": tau, "theta_decentered": z}
+    )
+    c = log_joint(eight_schools, {"mu": mu, "tau": tau, "theta": mu + tau * z})
+    assert abs(nc - (c + 8 * math.log(2.1))) < 1e-4
+    v, x = torch.tensor(-1.7), torch.randn(9, generator=g)
+    nc = log_joint(targets["funnel_noncentered"]["model"], {"v": v, "x_decentered": x})
+    c = log_joint(funnel, {"v": v, "x": (v / 2).exp() * x})
+    assert abs(nc - (c + 9 * -1.7 / 2)) < 1e-4
+    assert targets["eight_schools_noncentered"]["log_z"] == targets["eight_schools"]["log_z"]
