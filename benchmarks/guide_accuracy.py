@@ -41,7 +41,7 @@ import torch
 from pyro import poutine
 from pyro.infer import SVI, Trace_ELBO
 from pyro.infer.autoguide import AutoIAFNormal
-from pyro.infer.reparam import LocScaleReparam
+from pyro.infer.reparam import AutoReparam, LocScaleReparam
 
 from examples.banana import banana
 from examples.eight_schools import SIGMA, Y, eight_schools, quadrature_reference
@@ -96,6 +96,14 @@ def _targets() -> dict:
         "funnel_noncentered": {"model": _noncentered(funnel, "x"), "log_z": 0.0, "site": "v", "sd": 3.0},
         "eight_schools_noncentered": {
             "model": _noncentered(eight_schools, "theta"),
+            "log_z": log_z,
+            "site": "tau",
+            "sd": exact_tau_sd,
+        },
+        # Pyro's AutoReparam: mu and theta with a centeredness learnt along with the guide
+        # (Gorinova, Moore and Hoffman, 2020), started half-centered
+        "eight_schools_autoreparam": {
+            "model": poutine.reparam(eight_schools, config=AutoReparam()),
             "log_z": log_z,
             "site": "tau",
             "sd": exact_tau_sd,

@@ -109,3 +109,16 @@ def test_noncentered_targets_are_the_same_posterior_in_other_coordinates():
     c = log_joint(funnel, {"v": v, "x": (v / 2).exp() * x})
     assert abs(nc - (c + 9 * -1.7 / 2)) < 1e-4
     assert targets["eight_schools_noncentered"]["log_z"] == targets["eight_schools"]["log_z"]
+
+
+def test_autoreparam_target_learns_centeredness_from_half():
+    import pyro
+    from pyro import poutine
+
+    pyro.clear_param_store()
+    target = guide_accuracy._targets()["eight_schools_autoreparam"]
+    trace = poutine.trace(target["model"]).get_trace()
+    assert {"mu_decentered", "theta_decentered", "tau"} <= set(trace.nodes)
+    store = pyro.get_param_store()
+    assert float(store["theta_centered"]) == 0.5 and store["theta_centered"].requires_grad
+    pyro.clear_param_store()
