@@ -100,6 +100,12 @@ def _targets() -> dict:
             "site": "tau",
             "sd": exact_tau_sd,
         },
+        "funnel_autoreparam": {
+            "model": poutine.reparam(funnel, config=AutoReparam()),
+            "log_z": 0.0,
+            "site": "v",
+            "sd": 3.0,
+        },
         # Pyro's AutoReparam: mu and theta with a centeredness learnt along with the guide
         # (Gorinova, Moore and Hoffman, 2020), started half-centered
         "eight_schools_autoreparam": {
@@ -120,6 +126,8 @@ def score(target: dict, guide) -> dict:
     with torch.no_grad():
         log_w = importance_log_weights(model, guide, num_particles=EVAL_PARTICLES, max_plate_nesting=1)
         samples = guide_samples(model, guide, EVAL_PARTICLES)
+        if target["site"] not in samples:  # deterministic under a reparameterization
+            samples = guide_samples(model, guide, EVAL_PARTICLES, sites=[target["site"]])
     kl = target["log_z"] - float(log_w.mean())
     khat = psis_khat(model, guide, log_weights=log_w)
     sd = float(samples[target["site"]].reshape(EVAL_PARTICLES, -1)[:, 0].std())

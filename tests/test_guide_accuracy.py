@@ -122,3 +122,22 @@ def test_autoreparam_target_learns_centeredness_from_half():
     store = pyro.get_param_store()
     assert float(store["theta_centered"]) == 0.5 and store["theta_centered"].requires_grad
     pyro.clear_param_store()
+
+
+def test_score_reads_a_reparameterized_site_from_the_model():
+    """Under AutoReparam the funnel's v is deterministic (v_decentered is sampled): the sd
+    is then read from the model's trace. Half-centered, v_decentered ~ N(0, 3^(1/2)) and
+    v = 3^(1/2) v_decentered; an untrained AutoNormal guide has scale 0.1 there, so the
+    sd of v is 0.1 * 3^(1/2)."""
+    import pyro
+    from pyro.infer.autoguide import AutoNormal
+
+    pyro.clear_param_store()
+    pyro.set_rng_seed(0)
+    target = guide_accuracy._targets()["funnel_autoreparam"]
+    guide = AutoNormal(target["model"])
+    guide()
+    assert "v_decentered" in guide.prototype_trace.nodes
+    out = guide_accuracy.score(target, guide)
+    assert abs(out["sd"] - 0.1 * 3**0.5) < 0.01 and out["kl"] > 1  # far from the posterior
+    pyro.clear_param_store()
