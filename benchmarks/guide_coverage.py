@@ -34,25 +34,30 @@ from pyro_flows.infer import psis_khat
 from . import report
 from .guide_accuracy import GUIDES, _targets, run_one
 
-#: the hard coordinate of each model: its site, how to read it, and its exact CDF
+
+def _funnel_v_cdf(v):
+    return torch.distributions.Normal(0.0, 3.0).cdf(torch.as_tensor(v).double())
+
+
+#: the hard coordinate of each model (of its target's ``site``): its name, how it is read
+#: from the site's value, and its exact posterior CDF
 COORDINATES = {
-    "funnel": ("v", "v", lambda v: torch.distributions.Normal(0.0, 3.0).cdf(torch.as_tensor(v).double())),
-    "eight_schools": ("tau", "log tau", log_tau_cdf),
-    "eight_schools_noncentered": ("tau", "log tau", log_tau_cdf),
+    "funnel": ("v", lambda v: v, _funnel_v_cdf),
+    "eight_schools": ("log tau", torch.log, log_tau_cdf),
+    "eight_schools_noncentered": ("log tau", torch.log, log_tau_cdf),
 }
 
 
 def coverage(target: dict, guide, model_name: str, draws: int) -> dict:
     """Tail masses of the hard coordinate under the posterior and under the guide's
-    importance weights, at the guide's 10% and 90% quantiles."""
-    site, _, cdf = COORDINATES[model_name]
+    importance weights, at the guide's 10% and 90% quantiles (and the k-hat of these
+    draws' weights, ``khat_draws``)."""
+    _, read, cdf = COORDINATES[model_name]
     with torch.no_grad():
         log_w, model_trace, _ = vectorized_importance_weights(
             target["model"], guide, num_samples=draws, max_plate_nesting=1, normalized=False
         )
-    values = model_trace.nodes[site]["value"].reshape(draws, -1)[:, 0].double()
-    if site == "tau":
-        values = values.log()
+    values = read(model_trace.nodes[target["site"]]["value"].reshape(draws, -1)[:, 0].double())
     log_w = log_w.detach().double()
     w = (log_w - log_w.max()).exp()
     w = w / w.sum()
@@ -72,7 +77,7 @@ def coverage(target: dict, guide, model_name: str, draws: int) -> dict:
 def table(rows: list) -> str:
     lines = []
     for r in rows:
-        coordinate = COORDINATES[r["model"]][1]
+        coordinate = COORDINATES[r["model"]][0]
         lines.append(
             [
                 r["model"],
