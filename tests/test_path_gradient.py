@@ -190,3 +190,43 @@ def test_path_gradient_under_jit_elbos(plain, jitted):
     ordinary = _losses_and_grads(plain(), path_gradient=False)
     assert math.isclose(ordinary[0][0], expected[0][0], rel_tol=1e-5)
     assert any(not torch.allclose(ordinary[0][1][n], expected[0][1][n]) for n in expected[0][1])
+
+
+def _hierarchical(data):
+    mu = pyro.sample("mu", dist.Normal(0.0, 5.0))
+    tau = pyro.sample("tau", dist.HalfCauchy(5.0))
+    with pyro.plate("groups", data.shape[0]):
+        theta = pyro.sample("theta", dist.Normal(mu, tau))
+        pyro.sample("y", dist.Normal(theta, 1.0), obs=data)
+
+
+@pytest.mark.parametrize("guide_cls", ["AutoRealNVP", "AutoSplineFlow"])
+def test_flow_guides_run_under_jit_with_a_learnt_reparameterization(guide_cls):
+    """Under Pyro's AutoReparam the model has parameters of its own (each site's
+    centeredness) and the guide's initial values carry their graph: the JIT ELBO gives
+    the losses and gradients, the centeredness ones included, of the plain ELBO."""
+    from pyro.infer.reparam import AutoReparam
+
+    from pyro_flows.infer import AutoSplineFlow
+
+    cls = {"AutoRealNVP": AutoRealNVP, "AutoSplineFlow": AutoSplineFlow}[guide_cls]
+    data = torch.tensor([2.0, -1.0, 0.5, 3.0])
+    results = []
+    for elbo in (Trace_ELBO(), JitTrace_ELBO(ignore_jit_warnings=True)):
+        pyro.clear_param_store()
+        pyro.set_rng_seed(0)
+        model = pyro.poutine.reparam(_hierarchical, config=AutoReparam())
+        guide = cls(model, num_layers=2, hidden_dims=(8,))
+        elbo.loss_and_grads(model, guide, data)
+        params = dict(pyro.get_param_store().named_parameters())
+        assert "theta_centered" in params
+        for p in params.values():
+            p.grad = None
+        pyro.set_rng_seed(1)
+        loss = elbo.loss_and_grads(model, guide, data)
+        results.append((loss, {n: p.grad.clone() for n, p in params.items()}))
+    (loss, grads), (jit_loss, jit_grads) = results
+    assert math.isclose(loss, jit_loss, rel_tol=1e-5), (loss, jit_loss)
+    assert grads.keys() == jit_grads.keys() and grads["theta_centered"].abs() > 0
+    for name in grads:
+        assert torch.allclose(grads[name], jit_grads[name], rtol=1e-4, atol=1e-5), name

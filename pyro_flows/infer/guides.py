@@ -127,6 +127,18 @@ def _stack_conditioners(couplings: Sequence[nn.Module], input_bound: Optional[fl
             coupling.conditioner = _StackedMLP(stack, i, coupling.conditioner, input_bound)
 
 
+def _detach_prototype(guide: AutoContinuous) -> None:
+    """Detach the values of the guide's prototype trace. Under a learnable
+    reparameterization (Pyro's ``AutoReparam``) a site's initial value is computed from a
+    parameter of the model and keeps its graph; ``JitTrace_ELBO`` then refuses it as a
+    constant ("Cannot insert a Tensor that requires grad"), as it does for Pyro's own
+    ``AutoContinuous`` guides. The values only place the guide's start."""
+    for node in guide.prototype_trace.nodes.values():
+        value = node.get("value")
+        if isinstance(value, torch.Tensor) and value.requires_grad:
+            node["value"] = value.detach()
+
+
 def _restore_and_raise(guide, name: str, transform: nn.Module, own: list, current: list) -> None:
     """Put the guide's own parameters back in ``transform`` (the store's values of other
     shapes replaced them) and say what is wrong."""
@@ -231,6 +243,7 @@ class AutoRealNVP(AutoContinuous):
 
     def _setup_prototype(self, *args, **kwargs):
         super()._setup_prototype(*args, **kwargs)
+        _detach_prototype(self)
         couplings = guide_real_nvp(
             self.latent_dim,
             self.num_layers,

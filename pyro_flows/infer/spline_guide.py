@@ -12,7 +12,7 @@ from torch import nn
 from ..transforms.coupling import affine_coupling
 from ..transforms.linear import InvertibleLinear, LocScale, Permutation
 from ..transforms.spline import SplineCoupling, spline_coupling
-from .guides import AutoRealNVP, _default_hidden_dims, _stack_conditioners
+from .guides import AutoRealNVP, _default_hidden_dims, _detach_prototype, _stack_conditioners
 
 __all__ = ["AutoSplineFlow", "guide_spline_flow"]
 
@@ -204,6 +204,7 @@ class AutoSplineFlow(AutoRealNVP):
     def _setup_prototype(self, *args, **kwargs):
         # AutoRealNVP's prototype minus its couplings: AutoContinuous's, then ours
         super(AutoRealNVP, self)._setup_prototype(*args, **kwargs)
+        _detach_prototype(self)
         loc = self._init_loc()
         like = {"dtype": loc.dtype, "device": loc.device}
         couplings = guide_spline_flow(
