@@ -79,42 +79,37 @@ def eight_schools_log_evidence(y=Y, sigma=SIGMA) -> float:
     return float(torch.logsumexp(log_p.reshape(-1), 0) + cell.log())
 
 
-def _noncentered(model, site: str):
-    """``model`` with ``site`` non-centered (Pyro's ``LocScaleReparam``): the same
-    posterior over the other sites and the same evidence, in other coordinates, so KL and
-    k-hat are comparable with the centered model's."""
-    return poutine.reparam(model, config={site: LocScaleReparam(0.0)})
-
-
 def _targets() -> dict:
+    """The three models, and the funnel and eight schools twice more in other
+    coordinates: ``*_noncentered`` (Pyro's ``LocScaleReparam`` on ``x`` / ``theta``) and
+    ``*_autoreparam`` (Pyro's ``AutoReparam``: each location-scale site's centeredness
+    learnt along with the guide, started at one half; Gorinova, Moore and Hoffman, 2020).
+    The same posterior and evidence, so KL, k-hat and sd compare with the centered ones."""
     exact_tau_sd = float(quadrature_reference(n_draws=1)[0]["tau"]["sd"])
-    log_z = eight_schools_log_evidence()
-    return {
+    targets = {
         "funnel": {"model": funnel, "log_z": 0.0, "site": "v", "sd": 3.0},
-        "eight_schools": {"model": eight_schools, "log_z": log_z, "site": "tau", "sd": exact_tau_sd},
+        "eight_schools": {
+            "model": eight_schools,
+            "log_z": eight_schools_log_evidence(),
+            "site": "tau",
+            "sd": exact_tau_sd,
+        },
         "banana": {"model": banana, "log_z": 0.0, "site": "b", "sd": 3.0},
-        "funnel_noncentered": {"model": _noncentered(funnel, "x"), "log_z": 0.0, "site": "v", "sd": 3.0},
-        "eight_schools_noncentered": {
-            "model": _noncentered(eight_schools, "theta"),
-            "log_z": log_z,
-            "site": "tau",
-            "sd": exact_tau_sd,
-        },
-        "funnel_autoreparam": {
-            "model": poutine.reparam(funnel, config=AutoReparam()),
-            "log_z": 0.0,
-            "site": "v",
-            "sd": 3.0,
-        },
-        # Pyro's AutoReparam: mu and theta with a centeredness learnt along with the guide
-        # (Gorinova, Moore and Hoffman, 2020), started half-centered
-        "eight_schools_autoreparam": {
-            "model": poutine.reparam(eight_schools, config=AutoReparam()),
-            "log_z": log_z,
-            "site": "tau",
-            "sd": exact_tau_sd,
-        },
     }
+    group_sites = {"funnel": "x", "eight_schools": "theta"}
+    for name, site in group_sites.items():
+        model = targets[name]["model"]
+        targets[f"{name}_noncentered"] = {
+            **targets[name],
+            "model": poutine.reparam(model, config={site: LocScaleReparam(0.0)}),
+        }
+    for name in group_sites:
+        model = targets[name]["model"]
+        targets[f"{name}_autoreparam"] = {
+            **targets[name],
+            "model": poutine.reparam(model, config=AutoReparam()),
+        }
+    return targets
 
 
 GUIDES = {"AutoIAFNormal": AutoIAFNormal, "AutoRealNVP": AutoRealNVP, "AutoSplineFlow": AutoSplineFlow}
