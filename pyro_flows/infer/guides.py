@@ -7,21 +7,25 @@ by a normalizing flow pushed forward from :math:`\\mathcal N(0, I)`.
 
 from __future__ import annotations
 
+from contextlib import ExitStack
 from typing import Callable, Optional, Sequence
 
 import pyro
 import pyro.distributions as dist
 import torch
+from pyro import poutine
 from pyro.distributions.torch_transform import ComposeTransformModule
 from pyro.infer.autoguide import AutoContinuous
 from pyro.infer.autoguide.initialization import init_to_median
 from torch import nn
+from torch.distributions import biject_to
 from torch.nn import functional as F
 
 from ..nn import MLP
 from ..transforms.coupling import _check_bound, _soft_bound, affine_coupling
 from ..transforms.linear import LocScale, Permutation
 from .fused import _fuse
+from .noncentered import loc_scale_sites, noncentered_init, site_values
 from .path_gradient import PathGradientTransformedDistribution
 
 __all__ = ["AutoRealNVP", "guide_real_nvp"]
@@ -203,6 +207,14 @@ class AutoRealNVP(AutoContinuous):
         within six steps (three seeds), where the model's log-density overflows float32.
         The coupling stays exactly invertible (the conditioner may be any function of
         :math:`x^A`); see docs/inference.md for its effect on accuracy.
+    :param bool noncentered: model every latent site drawn from a location-scale family
+        (``Normal``, ``StudentT``, ``Cauchy``, ``Laplace``, ``Gumbel``) in non-centered
+        coordinates, :math:`x = \mu + \sigma u` with the site's own location and scale
+        (which may depend on other latent variables), and map the flow's draws of
+        :math:`u` to the model's sites by running the model
+        (:mod:`pyro_flows.infer.noncentered`). The model stays as written; the guide
+        then fits hierarchical posteriors (funnels) that it misses in the model's own
+        coordinates, and a step runs the model once more. Default ``False``.
 
     >>> import pyro, pyro.distributions as dist
     >>> def model():
@@ -229,8 +241,11 @@ class AutoRealNVP(AutoContinuous):
         activation: Callable[[], nn.Module] = nn.ReLU,
         path_gradient: bool = True,
         input_bound: Optional[float] = 4.0,
+        noncentered: bool = False,
     ):
         super().__init__(model, init_loc_fn=init_loc_fn)
+        self.noncentered = bool(noncentered)
+        self.noncentered_sites = frozenset()
         self.num_layers = num_layers
         self.hidden_dims = hidden_dims
         self.scale_bound = scale_bound
@@ -241,9 +256,16 @@ class AutoRealNVP(AutoContinuous):
         self.input_bound = _check_bound("input_bound", input_bound)
         self.transform = None
 
-    def _setup_prototype(self, *args, **kwargs):
-        super()._setup_prototype(*args, **kwargs)
+    def _setup_sites(self, *args, **kwargs):
+        # AutoContinuous's prototype (the latent sites and their shapes), shared by the
+        # flow guides before each builds its flow
+        AutoContinuous._setup_prototype(self, *args, **kwargs)
         _detach_prototype(self)
+        if self.noncentered:
+            self.noncentered_sites = loc_scale_sites(self.prototype_trace)
+
+    def _setup_prototype(self, *args, **kwargs):
+        self._setup_sites(*args, **kwargs)
         couplings = guide_real_nvp(
             self.latent_dim,
             self.num_layers,
@@ -259,6 +281,36 @@ class AutoRealNVP(AutoContinuous):
             parts = [fused]
         loc_scale = LocScale(self._init_loc(), self.init_scale)
         self.transform = ComposeTransformModule([*parts, loc_scale])
+
+    def _init_loc(self):
+        if not self.noncentered_sites:
+            return super()._init_loc()
+        parts = []
+        for name, site in self.prototype_trace.iter_stochastic_nodes():
+            if name in self.noncentered_sites:
+                parts.append(noncentered_init(site).reshape(-1))
+            else:
+                parts.append(biject_to(site["fn"].support).inv(site["value"].detach()).reshape(-1))
+        return torch.cat(parts)
+
+    def forward(self, *args, **kwargs):
+        if not self.noncentered:
+            return super().forward(*args, **kwargs)
+        if self.prototype_trace is None:
+            self._setup_prototype(*args, **kwargs)
+        latent = self.sample_latent(*args, **kwargs)
+        plates = self._create_plates(*args, **kwargs)
+        unconstrained = {site["name"]: u for site, u in self._unpack_latent(latent)}
+        values, log_densities = site_values(self.model, unconstrained, self.noncentered_sites, args, kwargs)
+        result = {}
+        for name, site in self.prototype_trace.iter_stochastic_nodes():
+            log_density = log_densities[name] if poutine.get_mask() is not False else 0.0
+            delta = dist.Delta(values[name], log_density=log_density, event_dim=site["fn"].event_dim)
+            with ExitStack() as stack:
+                for frame in self._cond_indep_stacks[name]:
+                    stack.enter_context(plates[frame.name])
+                result[name] = pyro.sample(name, delta)
+        return result
 
     def _synced_transform(self):
         # ``pyro.module`` with update_module_params=True makes the parameter store the

@@ -30,6 +30,8 @@ from pyro.infer import MCMC, NUTS
 from pyro.infer.autoguide import AutoContinuous
 from pyro.infer.reparam import NeuTraReparam
 
+from .noncentered import NonCenteredNeuTraReparam
+
 __all__ = ["NeuTraRun", "neutra_mcmc"]
 
 
@@ -138,6 +140,8 @@ def neutra_mcmc(
     :param guide: a trained :class:`~pyro.infer.autoguide.AutoContinuous` guide, such as
         :class:`~pyro_flows.infer.AutoRealNVP`, Pyro's ``AutoIAFNormal`` or
         ``AutoMultivariateNormal``; Pyro's ``NeuTraReparam`` needs its ``get_transform``.
+        A flow guide with ``noncentered=True`` warps in its own coordinates
+        (:class:`~pyro_flows.infer.noncentered.NonCenteredNeuTraReparam`).
     :param int num_samples: draws kept per chain.
     :param int warmup_steps: adaptation steps per chain (step size and mass matrix).
     :param tuple model_args: positional arguments of ``model`` (and of ``guide``).
@@ -186,7 +190,10 @@ def neutra_mcmc(
 
         pyro.set_rng_seed(seed)
     with _frozen(guide):
-        reparam = NeuTraReparam(guide)
+        if getattr(guide, "noncentered_sites", None):
+            reparam = NonCenteredNeuTraReparam(guide, model_args, model_kwargs)
+        else:
+            reparam = NeuTraReparam(guide)
         kernel = NUTS(reparam.reparam(model), **nuts_kwargs)
         mcmc = MCMC(
             kernel,

@@ -12,7 +12,7 @@ from torch import nn
 from ..transforms.coupling import affine_coupling
 from ..transforms.linear import InvertibleLinear, LocScale, Permutation
 from ..transforms.spline import SplineCoupling, spline_coupling
-from .guides import AutoRealNVP, _default_hidden_dims, _detach_prototype, _stack_conditioners
+from .guides import AutoRealNVP, _default_hidden_dims, _stack_conditioners
 
 __all__ = ["AutoSplineFlow", "guide_spline_flow"]
 
@@ -150,6 +150,8 @@ class AutoSplineFlow(AutoRealNVP):
     :param float input_bound: the conditioners read their inputs soft-clipped,
         :math:`b \tanh(x^A / b)`, as in :class:`~pyro_flows.infer.AutoRealNVP`
         (default 4; ``None``: as they are).
+    :param bool noncentered: non-centered coordinates for the location-scale sites, as
+        in :class:`~pyro_flows.infer.AutoRealNVP` (default ``False``).
 
     >>> import pyro, pyro.distributions as dist
     >>> def model():
@@ -179,6 +181,7 @@ class AutoSplineFlow(AutoRealNVP):
         activation: Callable[[], nn.Module] = nn.ReLU,
         path_gradient: bool = True,
         input_bound: Optional[float] = 4.0,
+        noncentered: bool = False,
     ):
         _layer_kinds(layers, num_layers)  # fail early on a bad value
         super().__init__(
@@ -192,6 +195,7 @@ class AutoSplineFlow(AutoRealNVP):
             activation=activation,
             path_gradient=path_gradient,
             input_bound=input_bound,
+            noncentered=noncentered,
         )
         self.layers = layers
         self.num_bins = num_bins
@@ -202,9 +206,7 @@ class AutoSplineFlow(AutoRealNVP):
         self.shift_bound = shift_bound
 
     def _setup_prototype(self, *args, **kwargs):
-        # AutoRealNVP's prototype minus its couplings: AutoContinuous's, then ours
-        super(AutoRealNVP, self)._setup_prototype(*args, **kwargs)
-        _detach_prototype(self)
+        self._setup_sites(*args, **kwargs)
         loc = self._init_loc()
         like = {"dtype": loc.dtype, "device": loc.device}
         couplings = guide_spline_flow(

@@ -1,0 +1,160 @@
+"""Flow guides with ``noncentered=True``: the same ELBO and gradients as the plain guide
+on the model under Pyro's ``LocScaleReparam(0)``, the density a change of variables,
+NeuTra on the same warped posterior, and JIT."""
+
+import pyro
+import pyro.distributions as dist
+import pytest
+import torch
+from pyro import poutine
+from pyro.infer import SVI, JitTrace_ELBO, Trace_ELBO
+from pyro.infer.reparam import LocScaleReparam, NeuTraReparam
+
+from examples.banana import banana
+from examples.eight_schools import eight_schools
+from examples.funnel import funnel
+from pyro_flows.infer import AutoRealNVP, AutoSplineFlow, neutra_mcmc
+from pyro_flows.infer.noncentered import NonCenteredNeuTraReparam, loc_scale_sites
+
+# each model with its location-scale sites
+MODELS = {
+    "eight_schools": (eight_schools, ("mu", "theta")),
+    "funnel": (funnel, ("v", "x")),
+    "banana": (banana, ("a", "b")),
+}
+
+
+def _noncentered_model(name):
+    model, sites = MODELS[name]
+    return poutine.reparam(model, config={s: LocScaleReparam(0.0) for s in sites})
+
+
+def _train(model, guide_cls, steps, lr=1e-2, elbo_cls=Trace_ELBO, **kwargs):
+    pyro.clear_param_store()
+    pyro.set_rng_seed(0)
+    guide = guide_cls(model, num_layers=2, hidden_dims=(16,), **kwargs)
+    elbo = elbo_cls(num_particles=4, vectorize_particles=True, max_plate_nesting=1)
+    svi = SVI(model, guide, pyro.optim.Adam({"lr": lr}), elbo)
+    losses = []
+    for step in range(steps):
+        pyro.set_rng_seed(100 + step)  # the two guides' set-ups draw differently
+        losses.append(svi.step())
+    return guide, losses
+
+
+@pytest.fixture
+def float64():
+    old = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    yield
+    torch.set_default_dtype(old)
+
+
+@pytest.mark.parametrize("guide_cls", [AutoRealNVP, AutoSplineFlow])
+@pytest.mark.parametrize("name", list(MODELS))
+def test_same_training_as_the_reparameterized_model(float64, name, guide_cls):
+    # The non-centered guide on the centered model is the plain guide on the model under
+    # LocScaleReparam(0): the same losses, so the same gradients, step after step.
+    model, _ = MODELS[name]
+    ours, ours_losses = _train(model, guide_cls, 12, noncentered=True)
+    theirs, their_losses = _train(_noncentered_model(name), guide_cls, 12)
+    assert ours.noncentered_sites == frozenset(MODELS[name][1])
+    torch.testing.assert_close(torch.tensor(ours_losses), torch.tensor(their_losses), rtol=1e-10, atol=1e-10)
+    for p, q in zip(ours.parameters(), theirs.parameters(), strict=True):
+        torch.testing.assert_close(p, q, rtol=1e-9, atol=1e-10)
+    # and training moved it: not a comparison of two untouched guides
+    assert abs(ours_losses[-1] - ours_losses[0]) > 1e-3
+
+
+def test_density_is_the_change_of_variables(float64):
+    # log q(v, x) = log q~(v, u) - sum log sigma(v), with x = mu(v) + sigma(v) u
+    guide, _ = _train(funnel, AutoRealNVP, 5, noncentered=True)
+    pyro.set_rng_seed(3)
+    with pyro.plate("draws", 6, dim=-1):
+        trace = poutine.trace(guide).get_trace()
+    trace.compute_log_prob()
+    latent = trace.nodes["_AutoRealNVP_latent"]
+    v, x = trace.nodes["v"]["value"], trace.nodes["x"]["value"]
+    u_v, u_x = latent["value"][..., 0], latent["value"][..., 1:]
+    torch.testing.assert_close(v, 3.0 * u_v)
+    torch.testing.assert_close(x, (v / 2).exp().unsqueeze(-1) * u_x)
+    log_q = latent["log_prob"] + trace.nodes["v"]["log_prob"] + trace.nodes["x"]["log_prob"]
+    expected = guide.get_posterior().log_prob(latent["value"]) - torch.tensor(3.0).log() - 9 * v / 2
+    torch.testing.assert_close(log_q, expected)
+
+
+def test_init_is_the_model_initial_point():
+    # the guide's start in non-centered coordinates is the model's initial point
+    def model():
+        a = pyro.sample("a", dist.Normal(1.0, 2.0))
+        pyro.sample("b", dist.Normal(a, 3.0))
+        pyro.sample("c", dist.LogNormal(0.0, 1.0))
+
+    init = {"a": torch.tensor(2.0), "b": torch.tensor(-1.0), "c": torch.tensor(4.0)}
+    guide = AutoRealNVP(model, noncentered=True, init_loc_fn=pyro.infer.autoguide.init_to_value(values=init))
+    guide()
+    assert guide.noncentered_sites == {"a", "b"}  # LogNormal lives on the positive line
+    torch.testing.assert_close(guide._init_loc(), torch.tensor([0.5, -1.0, torch.tensor(4.0).log()]))
+    assert loc_scale_sites(guide.prototype_trace) == {"a", "b"}
+
+
+def test_runs_under_jit(float64):
+    # JitTrace_ELBO gives the plain ELBO's loss and gradients (its first call traces)
+    results = []
+    for elbo in (
+        Trace_ELBO(num_particles=4, vectorize_particles=True, max_plate_nesting=1),
+        JitTrace_ELBO(num_particles=4, vectorize_particles=True, max_plate_nesting=1),
+    ):
+        pyro.clear_param_store()
+        pyro.set_rng_seed(0)
+        guide = AutoRealNVP(eight_schools, num_layers=2, hidden_dims=(16,), noncentered=True)
+        elbo.loss_and_grads(eight_schools, guide)
+        params = dict(pyro.get_param_store().named_parameters())
+        for p in params.values():
+            p.grad = None
+        pyro.set_rng_seed(1)
+        loss = elbo.loss_and_grads(eight_schools, guide)
+        results.append((loss, {n: p.grad.clone() for n, p in params.items()}))
+    (loss, grads), (jit_loss, jit_grads) = results
+    assert abs(loss - jit_loss) < 1e-8 * abs(loss)
+    assert grads.keys() == jit_grads.keys()
+    for name in grads:
+        torch.testing.assert_close(jit_grads[name], grads[name], rtol=1e-7, atol=1e-9)
+
+
+def test_neutra_warps_the_same_posterior(float64):
+    # NeuTra with the non-centered guide on the centered model and Pyro's NeuTra with the
+    # plain guide on the non-centered model: the same potential at every shared latent,
+    # and the same model-space draws.
+    ours, _ = _train(eight_schools, AutoRealNVP, 6, noncentered=True)
+    nc_model = _noncentered_model("eight_schools")
+    theirs, _ = _train(nc_model, AutoRealNVP, 6)
+    z = torch.randn(10)
+
+    def log_joint(model, reparam):
+        name = next(iter(reparam.guide.prototype_trace.iter_stochastic_nodes()))[0]
+        conditioned = poutine.condition(reparam.reparam(model), data={f"{name}_shared_latent": z})
+        trace = poutine.trace(conditioned).get_trace()
+        return trace.log_prob_sum()
+
+    a = log_joint(eight_schools, NonCenteredNeuTraReparam(ours))
+    b = log_joint(nc_model, NeuTraReparam(theirs))
+    torch.testing.assert_close(a, b)
+    # the plain NeuTra would read u as theta: another (wrong) potential
+    assert abs(float(log_joint(eight_schools, NeuTraReparam(ours)) - a)) > 1e-3
+    run = neutra_mcmc(eight_schools, ours, num_samples=4, warmup_steps=4, seed=0, max_tree_depth=2)
+    draw = run.latent.reshape(-1, 10)[:1]
+    values = run.to_model_space(draw)
+    u = ours.get_transform()(draw)
+    torch.testing.assert_close(values["mu"][0], 5.0 * u[0, 0])
+    torch.testing.assert_close(values["theta"][0], values["mu"][0] + values["tau"][0] * u[0, 2:])
+
+
+def test_predictive_draws_are_centered():
+    guide, _ = _train(eight_schools, AutoRealNVP, 3, noncentered=True)
+    samples = pyro.infer.Predictive(
+        eight_schools, guide=guide, num_samples=50, return_sites=["theta", "mu"]
+    )()
+    assert samples["theta"].shape[0] == 50 and samples["theta"].shape[-1] == 8
+    # draws of theta scatter around mu by tau, not around zero by one
+    assert float((samples["theta"] - samples["mu"]).abs().mean()) > 0.5
