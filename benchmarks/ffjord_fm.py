@@ -72,10 +72,13 @@ def run_budget(
     warmup=0.0,
     ema=0.0,
     marks=MARKS,
+    noise_sd=None,
 ):
     """Adam with a cosine schedule over the CPU budget; returns the NLL curve. With
     ``ema > 0`` the evaluations score an exponential moving average of the weights
-    (decay ``ema``, shorter while few steps have been taken), updated after every step."""
+    (decay ``ema``, shorter while few steps have been taken), updated after every step.
+    With ``noise_sd`` (per coordinate) each batch gets Gaussian noise of that sd times
+    the current learning rate over ``lr``, as ``fit``'s ``noise`` does."""
     torch.manual_seed(seed)
     parameters = list(parameters)
     optimizer = torch.optim.Adam(parameters, lr=lr)
@@ -89,6 +92,8 @@ def run_budget(
             for group in optimizer.param_groups:
                 group["lr"] = cosine(lr, used / budget, warmup)
             x = train[torch.randint(len(train), (batch,), generator=batches)]
+            if noise_sd is not None:
+                x = x + (optimizer.param_groups[0]["lr"] / lr) * noise_sd * torch.randn_like(x)
             loss = loss_fn(x)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
@@ -351,6 +356,7 @@ def run_target(name, args, log, on_progress=lambda out: None):
                 warmup=args.fm_warmup,
                 ema=args.fm_ema,
                 marks=args.marks,
+                noise_sd=args.fm_noise * train.std(0) if args.fm_noise > 0 else None,
             )
             fm_flow = scored  # scored by the solver tables after the loop
         elif model_name == "ffjord_ml":
@@ -671,6 +677,12 @@ def main(argv=None):
     )
     p.add_argument("--fm-state-frequency", type=float, default=1.0)
     p.add_argument("--fm-sigma", type=float, default=0.0)
+    p.add_argument(
+        "--fm-noise",
+        type=float,
+        default=0.0,
+        help="Gaussian noise on each FM training batch, in units of each coordinate's sd, scaled with the rate",
+    )
     p.add_argument("--fm-ot-block", type=int, default=128, help="rows per OT assignment; 0: whole batch")
     p.add_argument("--fm-time-exponent", type=float, default=1.0)
     p.add_argument("--path", default="ot", choices=["ot", "independent"])

@@ -452,3 +452,39 @@ def test_ffjord_fm_pairs_models_on_the_same_test_points_only(tmp_path):
     assert "## Flow matching against each model" not in (tmp_path / "m.md").read_text()
     ffjord_fm.main(["--merge", str(tmp_path / "s0.json"), "--out", str(tmp_path), "--stem", "m0"])
     assert row in (tmp_path / "m0.md").read_text().split("## Flow matching against each model")[1]
+
+
+def test_ffjord_fm_training_noise_follows_the_learning_rate(monkeypatch):
+    # --fm-noise: each batch moves by noise_sd times the current rate over the initial
+    # one, so the last steps of the cosine see the data as they are
+    import benchmarks.ffjord_fm as bench
+
+    def run(rate_factor):
+        monkeypatch.setattr(bench, "cosine", lambda lr, fraction, warmup=0.0: lr * rate_factor)
+        seen = []
+        weight = torch.nn.Parameter(torch.zeros(1))
+
+        def loss_fn(x):
+            seen.append(x.clone())
+            return (weight * x.sum()).square()
+
+        bench.run_budget(
+            "fm",
+            torch.nn.Linear(1, 1),
+            loss_fn,
+            [weight],
+            1e-2,
+            0.02,
+            torch.zeros(64, 2),
+            256,
+            lambda m: (0.0, 0.0, 0),
+            0,
+            lambda msg: None,
+            marks=[0.02],
+            noise_sd=torch.tensor([1.0, 0.001]),
+        )
+        return torch.cat(seen).std(0)
+
+    full, quarter = run(1.0), run(0.25)
+    assert 0.9 < float(full[0]) < 1.1 and float(full[1]) < 0.002  # per coordinate
+    assert 0.2 < float(quarter[0]) < 0.3
