@@ -96,9 +96,23 @@ def test_init_is_the_model_initial_point():
     assert guide.noncentered_sites == {"a", "b"}  # LogNormal lives on the positive line
     torch.testing.assert_close(guide._init_loc(), torch.tensor([0.5, -1.0, torch.tensor(4.0).log()]))
     assert loc_scale_sites(guide.prototype_trace) == {"a", "b"}
+    # half-centered: u = c loc + (x - loc) / scale ** (1 - c), c = 1/2
+    pyro.clear_param_store()
+    guide = AutoRealNVP(
+        model, noncentered="learn", init_loc_fn=pyro.infer.autoguide.init_to_value(values=init)
+    )
+    guide()
+    expected = [0.5 + 1.0 / 2**0.5, 1.0 + (-1.0 - 2.0) / 3**0.5, float(torch.tensor(4.0).log())]
+    torch.testing.assert_close(guide._init_loc(), torch.tensor(expected))
 
 
-def test_runs_under_jit(float64):
+def test_rejects_an_unknown_setting():
+    with pytest.raises(ValueError, match="noncentered must be"):
+        AutoRealNVP(funnel, noncentered="yes")
+
+
+@pytest.mark.parametrize("noncentered", [True, "learn"])
+def test_runs_under_jit(float64, noncentered):
     # JitTrace_ELBO gives the plain ELBO's loss and gradients (its first call traces)
     results = []
     for elbo in (
@@ -107,7 +121,7 @@ def test_runs_under_jit(float64):
     ):
         pyro.clear_param_store()
         pyro.set_rng_seed(0)
-        guide = AutoRealNVP(eight_schools, num_layers=2, hidden_dims=(16,), noncentered=True)
+        guide = AutoRealNVP(eight_schools, num_layers=2, hidden_dims=(16,), noncentered=noncentered)
         elbo.loss_and_grads(eight_schools, guide)
         params = dict(pyro.get_param_store().named_parameters())
         for p in params.values():
@@ -158,3 +172,52 @@ def test_predictive_draws_are_centered():
     assert samples["theta"].shape[0] == 50 and samples["theta"].shape[-1] == 8
     # draws of theta scatter around mu by tau, not around zero by one
     assert float((samples["theta"] - samples["mu"]).abs().mean()) > 0.5
+
+
+def _loss_and_grads(model, guide, seed):
+    elbo = Trace_ELBO(num_particles=4, vectorize_particles=True, max_plate_nesting=1)
+    pyro.set_rng_seed(seed)
+    loss = elbo.differentiable_loss(model, guide)
+    params = dict(pyro.get_param_store().named_parameters())
+    grads = torch.autograd.grad(loss, list(params.values()), allow_unused=True)
+    return float(loss), {n: g for n, g in zip(params, grads, strict=True)}
+
+
+@pytest.mark.parametrize("name", ["eight_schools", "funnel"])
+def test_learnt_centeredness_is_pyros_learnable_reparam(float64, name):
+    # noncentered="learn": each location-scale site's centeredness is a parameter, and the
+    # guide with it is the plain guide on the model under Pyro's learnable
+    # LocScaleReparam(): at the same parameters, the same loss and gradients
+    model, sites = MODELS[name]
+    pyro.clear_param_store()
+    pyro.set_rng_seed(0)
+    ours = AutoRealNVP(model, num_layers=2, hidden_dims=(16,), noncentered="learn")
+    ours()
+    store = pyro.get_param_store()
+    assert {f"AutoRealNVP.centeredness.{s}" for s in sites} <= set(store.keys())
+    for s in sites:
+        store[f"AutoRealNVP.centeredness.{s}"] = torch.tensor(0.3)
+    state = {k: v.detach().clone() for k, v in store.items()}
+    loss, grads = _loss_and_grads(model, ours, seed=5)
+
+    pyro.clear_param_store()
+    reparam = poutine.reparam(model, config={s: LocScaleReparam() for s in sites})
+    theirs = AutoRealNVP(reparam, num_layers=2, hidden_dims=(16,))
+    theirs()
+    store = pyro.get_param_store()
+    for k, v in state.items():
+        if ".centeredness." in k:
+            site = k.rsplit(".", 1)[1]
+            store[f"{site}_centered"] = torch.full_like(store[f"{site}_centered"], 0.3)
+        else:
+            store[k] = v
+    their_loss, their_grads = _loss_and_grads(reparam, theirs, seed=5)
+
+    assert abs(loss - their_loss) < 1e-9 * max(1.0, abs(loss))
+    for k, g in grads.items():
+        if ".centeredness." in k:  # Pyro keeps one per element of the event: the same total
+            site = k.rsplit(".", 1)[1]
+            torch.testing.assert_close(g, their_grads[f"{site}_centered"].sum())
+            assert abs(float(g)) > 1e-6
+        else:
+            torch.testing.assert_close(g, their_grads[k])

@@ -7,16 +7,20 @@ by a normalizing flow pushed forward from :math:`\\mathcal N(0, I)`.
 
 from __future__ import annotations
 
+import functools
 from contextlib import ExitStack
-from typing import Callable, Optional, Sequence
+from typing import Callable, Optional, Sequence, Union
 
 import pyro
 import pyro.distributions as dist
 import torch
 from pyro import poutine
+from pyro.distributions import constraints
 from pyro.distributions.torch_transform import ComposeTransformModule
 from pyro.infer.autoguide import AutoContinuous
 from pyro.infer.autoguide.initialization import init_to_median
+from pyro.infer.autoguide.utils import deep_setattr
+from pyro.nn import PyroModule, PyroParam
 from torch import nn
 from torch.distributions import biject_to
 from torch.nn import functional as F
@@ -207,14 +211,17 @@ class AutoRealNVP(AutoContinuous):
         within six steps (three seeds), where the model's log-density overflows float32.
         The coupling stays exactly invertible (the conditioner may be any function of
         :math:`x^A`); see docs/inference.md for its effect on accuracy.
-    :param bool noncentered: model every latent site drawn from a location-scale family
-        (``Normal``, ``StudentT``, ``Cauchy``, ``Laplace``, ``Gumbel``) in non-centered
-        coordinates, :math:`x = \mu + \sigma u` with the site's own location and scale
-        (which may depend on other latent variables), and map the flow's draws of
-        :math:`u` to the model's sites by running the model
+    :param noncentered: ``True``: model every latent site drawn from a location-scale
+        family (``Normal``, ``StudentT``, ``Cauchy``, ``Laplace``, ``Gumbel``) in
+        non-centered coordinates, :math:`x = \mu + \sigma u` with the site's own location
+        and scale (which may depend on other latent variables), and map the flow's draws
+        of :math:`u` to the model's sites by running the model
         (:mod:`pyro_flows.infer.noncentered`). The model stays as written; the guide
         then fits hierarchical posteriors (funnels) that it misses in the model's own
-        coordinates, and a step runs the model once more. Default ``False``.
+        coordinates, and a step runs the model once more. ``"learn"``: a centeredness
+        :math:`c \in [0, 1]` per site, learnt with the guide (started at 1/2),
+        :math:`x = \mu + \sigma^{1 - c} (u - c \mu)`, the parameterization of Pyro's
+        ``LocScaleReparam``. Default ``False``.
 
     >>> import pyro, pyro.distributions as dist
     >>> def model():
@@ -241,10 +248,12 @@ class AutoRealNVP(AutoContinuous):
         activation: Callable[[], nn.Module] = nn.ReLU,
         path_gradient: bool = True,
         input_bound: Optional[float] = 4.0,
-        noncentered: bool = False,
+        noncentered: Union[bool, str] = False,
     ):
         super().__init__(model, init_loc_fn=init_loc_fn)
-        self.noncentered = bool(noncentered)
+        if noncentered not in (False, True, "learn"):
+            raise ValueError(f"noncentered must be False, True or 'learn', got {noncentered!r}")
+        self.noncentered = noncentered
         self.noncentered_sites = frozenset()
         self.num_layers = num_layers
         self.hidden_dims = hidden_dims
@@ -263,6 +272,23 @@ class AutoRealNVP(AutoContinuous):
         _detach_prototype(self)
         if self.noncentered:
             self.noncentered_sites = loc_scale_sites(self.prototype_trace)
+        if self.noncentered == "learn":
+            # one centeredness per site, started half-way, as Pyro's AutoReparam does
+            self.centeredness = PyroModule()
+            for name in sorted(self.noncentered_sites):
+                like = self.prototype_trace.nodes[name]["value"]
+                half = torch.full((), 0.5, dtype=like.dtype, device=like.device)
+                deep_setattr(self.centeredness, name, PyroParam(half, constraints.unit_interval))
+
+    def site_centeredness(self) -> dict:
+        """The non-centered sites and their centeredness (``None`` when fully
+        non-centered; the learnt values, in [0, 1], with ``noncentered="learn"``)."""
+        if self.noncentered != "learn":
+            return dict.fromkeys(self.noncentered_sites)
+        return {
+            name: functools.reduce(getattr, name.split("."), self.centeredness)
+            for name in self.noncentered_sites
+        }
 
     def _setup_prototype(self, *args, **kwargs):
         self._setup_sites(*args, **kwargs)
@@ -286,9 +312,12 @@ class AutoRealNVP(AutoContinuous):
         if not self.noncentered_sites:
             return super()._init_loc()
         parts = []
+        centeredness = self.site_centeredness()
         for name, site in self.prototype_trace.iter_stochastic_nodes():
-            if name in self.noncentered_sites:
-                parts.append(noncentered_init(site).reshape(-1))
+            if name in centeredness:
+                centered = centeredness[name]
+                centered = None if centered is None else centered.detach()
+                parts.append(noncentered_init(site, centered).reshape(-1))
             else:
                 parts.append(biject_to(site["fn"].support).inv(site["value"].detach()).reshape(-1))
         return torch.cat(parts)
@@ -301,7 +330,7 @@ class AutoRealNVP(AutoContinuous):
         latent = self.sample_latent(*args, **kwargs)
         plates = self._create_plates(*args, **kwargs)
         unconstrained = {site["name"]: u for site, u in self._unpack_latent(latent)}
-        values, log_densities = site_values(self.model, unconstrained, self.noncentered_sites, args, kwargs)
+        values, log_densities = site_values(self.model, unconstrained, self.site_centeredness(), args, kwargs)
         result = {}
         for name, site in self.prototype_trace.iter_stochastic_nodes():
             log_density = log_densities[name] if poutine.get_mask() is not False else 0.0

@@ -82,10 +82,12 @@ def loc_scale_sites(trace) -> frozenset:
     )
 
 
-def site_transform(fn, noncentered: bool):
+def site_transform(fn, noncentered: bool, centered: Optional[torch.Tensor] = None):
     """The map from a site's coordinates in the guide's latent vector to its value:
     ``x = loc + scale * u`` with the distribution's own ``loc`` and ``scale`` when
-    ``noncentered``, else :func:`~torch.distributions.biject_to` of its support.
+    ``noncentered``, else :func:`~torch.distributions.biject_to` of its support. With a
+    centeredness ``c`` in [0, 1], the partial non-centering of Pyro's ``LocScaleReparam``,
+    ``x = loc + scale ** (1 - c) * (u - c * loc)`` (``c = 1``: ``x = u``).
 
     >>> fn = dist.Normal(torch.tensor([1.0, 2.0]), torch.tensor([2.0, 0.5]))
     >>> site_transform(fn, noncentered=True)(torch.ones(2))
@@ -96,7 +98,10 @@ def site_transform(fn, noncentered: bool):
     if not noncentered:
         return biject_to(fn.support)
     loc, scale = _loc_scale(fn)
-    return AffineTransform(loc, scale)
+    if centered is None:
+        return AffineTransform(loc, scale)
+    factor = scale.pow(1 - centered)
+    return AffineTransform(loc - centered * loc * factor, factor)
 
 
 def _log_density(transform, unconstrained: torch.Tensor, value: torch.Tensor, event_dim: int) -> torch.Tensor:
@@ -111,7 +116,7 @@ class _SiteValues(Messenger):
     """Sets each latent site of the model it wraps from its latent coordinates, in the
     model's order, so a site's location and scale are those of its parents' values."""
 
-    def __init__(self, unconstrained: Dict[str, torch.Tensor], noncentered: frozenset, densities: bool):
+    def __init__(self, unconstrained: Dict[str, torch.Tensor], noncentered: dict, densities: bool):
         super().__init__()
         self.unconstrained = unconstrained
         self.noncentered = noncentered
@@ -124,7 +129,7 @@ class _SiteValues(Messenger):
         if msg["is_observed"] or name not in self.unconstrained:
             return
         u = self.unconstrained[name]
-        transform = site_transform(msg["fn"], name in self.noncentered)
+        transform = site_transform(msg["fn"], name in self.noncentered, self.noncentered.get(name))
         value = transform(u)
         if value.shape != u.shape:
             raise ValueError(
@@ -139,11 +144,12 @@ class _SiteValues(Messenger):
 
 
 def site_values(
-    model, unconstrained: Dict[str, torch.Tensor], noncentered: frozenset, args, kwargs, densities=True
+    model, unconstrained: Dict[str, torch.Tensor], noncentered: dict, args, kwargs, densities=True
 ):
     """Run ``model`` hidden from every other handler, with each latent site set from its
     latent coordinates; return the values and (with ``densities``) the Delta
-    log-densities of the sites, ``-log|det|`` of each site's map."""
+    log-densities of the sites, ``-log|det|`` of each site's map. ``noncentered`` maps
+    the non-centered sites to their centeredness (``None``: 0)."""
     messenger = _SiteValues(unconstrained, noncentered, densities)
     with poutine.block(), messenger:
         model(*args, **kwargs)
@@ -155,11 +161,12 @@ def site_values(
     return messenger.values, messenger.log_densities
 
 
-def noncentered_init(site) -> torch.Tensor:
-    """The latent coordinates of a prototype site's initial value, ``(x - loc) / scale``."""
-    loc, scale = _loc_scale(site["fn"])
+def noncentered_init(site, centered: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """The latent coordinates of a prototype site's initial value (``(x - loc) / scale``
+    when fully non-centered)."""
     value = site["value"].detach()
-    return ((value - loc.detach()) / scale.detach()).expand(value.shape)
+    transform = site_transform(site["fn"], True, centered)
+    return transform.inv(value).detach().expand(value.shape)
 
 
 class NonCenteredNeuTraReparam(NeuTraReparam):
@@ -194,7 +201,8 @@ class NonCenteredNeuTraReparam(NeuTraReparam):
                 log_density = self.transform.log_abs_det_jacobian(z, x_unconstrained)
             self.x_unconstrained = {site["name"]: u for site, u in self.guide._unpack_latent(x_unconstrained)}
         u = self.x_unconstrained.pop(name)
-        transform = site_transform(fn, name in self.guide.noncentered_sites)
+        noncentered = self.guide.site_centeredness()
+        transform = site_transform(fn, name in noncentered, noncentered.get(name))
         value = transform(u)
         if compute_density:
             log_density = log_density + fn.log_prob(value) - _log_density(transform, u, value, fn.event_dim)
@@ -210,7 +218,7 @@ class NonCenteredNeuTraReparam(NeuTraReparam):
         values, _ = site_values(
             self.guide.model,
             unconstrained,
-            self.guide.noncentered_sites,
+            self.guide.site_centeredness(),
             self.model_args,
             self.model_kwargs,
             densities=False,

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Callable, Optional, Sequence
+from typing import Callable, Optional, Sequence, Union
 
 import torch
 from pyro.distributions.torch_transform import ComposeTransformModule
@@ -150,7 +150,8 @@ class AutoSplineFlow(AutoRealNVP):
     :param float input_bound: the conditioners read their inputs soft-clipped,
         :math:`b \tanh(x^A / b)`, as in :class:`~pyro_flows.infer.AutoRealNVP`
         (default 4; ``None``: as they are).
-    :param bool noncentered: non-centered coordinates for the location-scale sites, as
+    :param noncentered: non-centered coordinates for the location-scale sites (``True``
+        or ``"learn"``), as
         in :class:`~pyro_flows.infer.AutoRealNVP` (default ``False``).
 
     >>> import pyro, pyro.distributions as dist
@@ -181,7 +182,7 @@ class AutoSplineFlow(AutoRealNVP):
         activation: Callable[[], nn.Module] = nn.ReLU,
         path_gradient: bool = True,
         input_bound: Optional[float] = 4.0,
-        noncentered: bool = False,
+        noncentered: Union[bool, str] = False,
     ):
         _layer_kinds(layers, num_layers)  # fail early on a bad value
         super().__init__(
