@@ -108,10 +108,13 @@ class _FusedCouplings(FlowTransform):
         self.__dict__["_row_scale_cache"] = scales
         return scales
 
-    def _conditioner(self, x_a, layers, i, activations, input_bound):
+    def _conditioner(self, x_a, layers, i, activations, input_bound, inputs=None):
+        # ``inputs``, if a list, receives each linear layer's input (for the score pass)
         h = x_a if input_bound is None else _soft_bound(x_a, input_bound)
         last = len(layers) - 1
         for j, (weights, biases) in enumerate(layers):
+            if inputs is not None:
+                inputs.append(h)
             h = F.linear(h, weights[i], biases[i])
             if j < last:
                 act = activations[j]
@@ -119,17 +122,37 @@ class _FusedCouplings(FlowTransform):
         return h
 
     def _call_and_ladj(self, x):
+        y, ladj, _ = self._forward(x)
+        return y, ladj
+
+    def supports_score(self) -> bool:
+        """Whether :meth:`_call_ladj_and_score` can run: ReLU conditioners, no shift clamp."""
+        return all(
+            step[0] == "perm" or (step[6] is None and all(a is None for a in step[7])) for step in self._plan
+        )
+
+    def _call_ladj_and_score(self, x, score):
+        r"""The forward pass and, from the score :math:`\nabla_x \log q(x)` of its input
+        density, the score of the output density (see
+        :meth:`~pyro_flows.infer.PathGradientTransformedDistribution.rsample`)."""
+        return self._forward(x, score)
+
+    def _forward(self, x, score=None):
         scaled = self._row_scales()
         weights = self._weights(scaled)
         log_scales = []
         for step in self._plan:
             if step[0] == "perm":
-                x = x.index_select(-1, self._buffers[f"perm{step[1]}"])
+                perm = self._buffers[f"perm{step[1]}"]
+                x = x.index_select(-1, perm)
+                if score is not None:
+                    score = score.index_select(-1, perm)
                 continue
             _, s, i, a_first, sizes, bound, shift_bound, activations, input_bound = step
             first, second = x.split_with_sizes(sizes, -1)
             x_a, x_b = (first, second) if a_first else (second, first)
-            shift, raw = self._conditioner(x_a, weights[s], i, activations, input_bound).chunk(2, -1)
+            inputs = [] if score is not None else None
+            shift, raw = self._conditioner(x_a, weights[s], i, activations, input_bound, inputs).chunk(2, -1)
             if shift_bound is not None:
                 shift = shift.clamp(-shift_bound, shift_bound)
             if bound is None:
@@ -138,10 +161,47 @@ class _FusedCouplings(FlowTransform):
                 log_scale = torch.sigmoid(raw).mul(2.0 * bound).sub_(bound)
             else:
                 log_scale = _soft_bound(raw, bound)
-            y_b = torch.addcmul(shift, x_b, log_scale.exp())
+            scale = log_scale.exp()
+            y_b = torch.addcmul(shift, x_b, scale)
             x = torch.cat([x_a, y_b] if a_first else [y_b, x_a], -1)
             log_scales.append(log_scale)
-        return x, self._ladj(x, log_scales)
+            if score is not None:
+                with torch.no_grad():
+                    score = self._coupling_score(
+                        score, step, x_b, scale, log_scale, s in scaled, weights[s], inputs
+                    )
+        return x, self._ladj(x, log_scales), score
+
+    @staticmethod
+    def _coupling_score(score, step, x_b, scale, log_scale, scaled, layers, inputs):
+        r"""The score at a coupling's output from the score :math:`g` at its input. With
+        :math:`y^B = x^B e^{s} + t`, :math:`s, t` functions of :math:`x^A = y^A`:
+
+        .. math::
+
+            g_y^B = g^B e^{-s}, \qquad
+            g_y^A = g^A - J_s^\top (1 + x^B \odot g^B) - J_t^\top g_y^B,
+
+        the solution of :math:`J^\top g_y = g - \nabla_x \log|\det J|`; the products
+        with the conditioner's Jacobians are one backward pass through its layers (ReLU)."""
+        _, _, i, a_first, sizes, bound, _, _, input_bound = step
+        first, second = score.split_with_sizes(sizes, -1)
+        g_a, g_b = (first, second) if a_first else (second, first)
+        g_yb = g_b / scale
+        # cotangents of the conditioner's outputs: the shift, then the raw log-scale
+        d_log_scale = 1 + x_b * g_b
+        if bound is not None:
+            slope = 1 - (log_scale / bound).square()
+            d_log_scale = d_log_scale * (slope * (0.5 * bound) if scaled else slope)
+        cotangent = torch.cat([g_yb, d_log_scale], -1)
+        for j in range(len(layers) - 1, -1, -1):
+            cotangent = cotangent @ layers[j][0][i]
+            if j > 0:  # through the ReLU: its output is the next layer's input
+                cotangent = cotangent * (inputs[j] > 0)
+        if input_bound is not None:
+            cotangent = cotangent * (1 - (inputs[0] / input_bound).square())
+        g_ya = g_a - cotangent
+        return torch.cat([g_ya, g_yb] if a_first else [g_yb, g_ya], -1)
 
     def _inverse_and_ladj(self, y):
         scaled = self._row_scales()

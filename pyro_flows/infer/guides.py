@@ -201,7 +201,8 @@ class AutoRealNVP(AutoContinuous):
     :param bool path_gradient: score the guide's samples with the flow's parameters
         detached (:class:`~pyro_flows.infer.PathGradientTransformedDistribution`), so
         ``Trace_ELBO`` gets the lower-variance "sticking the landing" gradient (Roeder et
-        al., 2017); values are unchanged, a step costs one extra inverse pass. Set
+        al., 2017); values are unchanged, a step costs one extra inverse pass (with the
+        default flow, a backward pass through each conditioner while sampling). Set
         ``False`` for importance-weighted objectives (``RenyiELBO``), where it is biased.
     :param float input_bound: the conditioners read their inputs soft-clipped,
         :math:`b \tanh(x^A / b)` (default 4; ``None``: as they are). A ReLU network's
