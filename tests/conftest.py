@@ -22,6 +22,15 @@ def _seed_and_clean():
     pyro.clear_param_store()
 
 
+@pytest.fixture
+def float64():
+    """Tests of exact equalities run in float64; the default dtype is restored after."""
+    old = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    yield
+    torch.set_default_dtype(old)
+
+
 def pytest_collection_modifyitems(config, items):
     if torch.cuda.is_available():
         return

@@ -42,14 +42,6 @@ def _train(model, guide_cls, steps, lr=1e-2, elbo_cls=Trace_ELBO, **kwargs):
     return guide, losses
 
 
-@pytest.fixture
-def float64():
-    old = torch.get_default_dtype()
-    torch.set_default_dtype(torch.float64)
-    yield
-    torch.set_default_dtype(old)
-
-
 @pytest.mark.parametrize("guide_cls", [AutoRealNVP, AutoSplineFlow])
 @pytest.mark.parametrize("name", list(MODELS))
 def test_same_training_as_the_reparameterized_model(float64, name, guide_cls):

@@ -252,14 +252,6 @@ def _funnel():
     pyro.sample("x", dist.Normal(torch.zeros(4), (v / 2).exp().unsqueeze(-1)).to_event(1))
 
 
-@pytest.fixture
-def float64():
-    old = torch.get_default_dtype()
-    torch.set_default_dtype(torch.float64)
-    yield
-    torch.set_default_dtype(old)
-
-
 @pytest.mark.parametrize("kwargs", [{}, {"scale_bound": None}, {"input_bound": None}])
 def test_score_from_the_sampling_pass_equals_the_inverse_pass(float64, kwargs):
     guide, q = _trained_posterior(_funnel, **kwargs)
