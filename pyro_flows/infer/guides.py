@@ -30,7 +30,7 @@ from ..transforms.coupling import _check_bound, _soft_bound, affine_coupling
 from ..transforms.linear import LocScale, Permutation
 from .fused import _fuse
 from .noncentered import loc_scale_sites, noncentered_init, site_values
-from .path_gradient import PathGradientTransformedDistribution
+from .path_gradient import PathGradientTransformedDistribution, _InversePathGradient
 
 __all__ = ["AutoRealNVP", "guide_real_nvp"]
 
@@ -198,11 +198,13 @@ class AutoRealNVP(AutoContinuous):
     :param float init_scale: initial :math:`\sigma` (default 1.0; a narrower start helped the
         funnel's k-hat a little but hurt the banana and eight schools, see docs/inference.md).
     :param callable init_loc_fn: per-site initialisation (default ``init_to_median``).
-    :param bool path_gradient: score the guide's samples with the flow's parameters
+    :param path_gradient: score the guide's samples with the flow's parameters
         detached (:class:`~pyro_flows.infer.PathGradientTransformedDistribution`), so
         ``Trace_ELBO`` gets the lower-variance "sticking the landing" gradient (Roeder et
         al., 2017); values are unchanged, a step costs one extra inverse pass (with the
-        default flow, a backward pass through each conditioner while sampling). Set
+        default flow, a backward pass through each conditioner while sampling instead).
+        ``"inverse"``: always through the inverse pass (the same gradients, rounded
+        differently in float32: it reproduces runs made before 2026-12-01 exactly). Set
         ``False`` for importance-weighted objectives (``RenyiELBO``), where it is biased.
     :param float input_bound: the conditioners read their inputs soft-clipped,
         :math:`b \tanh(x^A / b)` (default 4; ``None``: as they are). A ReLU network's
@@ -247,7 +249,7 @@ class AutoRealNVP(AutoContinuous):
         init_scale: float = 1.0,
         init_loc_fn: Callable = init_to_median,
         activation: Callable[[], nn.Module] = nn.ReLU,
-        path_gradient: bool = True,
+        path_gradient: Union[bool, str] = True,
         input_bound: Optional[float] = 4.0,
         noncentered: Union[bool, str] = False,
     ):
@@ -262,6 +264,8 @@ class AutoRealNVP(AutoContinuous):
         self.permute = permute
         self.init_scale = init_scale
         self.activation = activation
+        if path_gradient not in (True, False, "inverse"):
+            raise ValueError(f"path_gradient must be True, False or 'inverse', got {path_gradient!r}")
         self.path_gradient = path_gradient
         self.input_bound = _check_bound("input_bound", input_bound)
         self.transform = None
@@ -371,6 +375,8 @@ class AutoRealNVP(AutoContinuous):
 
     def get_posterior(self, *args, **kwargs):
         transform = self._synced_transform()
+        if self.path_gradient == "inverse":
+            return _InversePathGradient(self.get_base_dist(), [transform])
         if self.path_gradient:
             return PathGradientTransformedDistribution(self.get_base_dist(), [transform])
         return dist.TransformedDistribution(self.get_base_dist(), transform)

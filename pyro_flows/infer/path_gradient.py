@@ -111,6 +111,10 @@ class PathGradientTransformedDistribution(TransformedDistribution):
     True
     """
 
+    #: carry the score through the sampling pass where the flow allows it (``False``: every
+    #: value is scored through the inverse pass, as before 2026-12-01)
+    score_pass = True
+
     def rsample(self, sample_shape=()) -> torch.Tensor:
         """Draw as usual; where every part of the flow can (affine couplings with ReLU
         conditioners, permutations, :class:`~pyro_flows.transforms.LocScale`) and the base
@@ -119,7 +123,7 @@ class PathGradientTransformedDistribution(TransformedDistribution):
         very sample needs no inverse pass: its value is :math:`\\log q` from the draw, and
         its gradient reaches the sample only, through the score (the same value and
         gradient as through the inverse, one pass of the flow cheaper)."""
-        parts = _score_parts(self.transforms)
+        parts = _score_parts(self.transforms) if self.score_pass else None
         score_of = _base_score_rule(self.base_dist)
         if parts is None or score_of is None or not torch.is_grad_enabled():
             self.__dict__.pop("_scored_sample", None)
@@ -154,6 +158,12 @@ class PathGradientTransformedDistribution(TransformedDistribution):
         with _detached_parameters(transform):
             z, ladj = _inverse_of(transform)(value)
         return self.base_dist.log_prob(z) - ladj
+
+
+class _InversePathGradient(PathGradientTransformedDistribution):
+    """The path gradient through the inverse pass only (``path_gradient="inverse"``)."""
+
+    score_pass = False
 
 
 def _versions(parts) -> list:

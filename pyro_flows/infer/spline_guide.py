@@ -180,7 +180,7 @@ class AutoSplineFlow(AutoRealNVP):
         init_scale: float = 1.0,
         init_loc_fn: Callable = init_to_median,
         activation: Callable[[], nn.Module] = nn.ReLU,
-        path_gradient: bool = True,
+        path_gradient: Union[bool, str] = True,
         input_bound: Optional[float] = 4.0,
         noncentered: Union[bool, str] = False,
     ):
