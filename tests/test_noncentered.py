@@ -213,3 +213,23 @@ def test_learnt_centeredness_is_pyros_learnable_reparam(float64, name):
             assert abs(float(g)) > 1e-6
         else:
             torch.testing.assert_close(g, their_grads[k])
+
+
+def test_sites_of_other_supports_keep_their_own_bijection():
+    # a simplex site (one latent coordinate fewer than its value) next to a location-scale
+    # one: the non-centered guide gives the plain guide's loss when the location-scale
+    # site's loc and scale are 0 and 1 (u = x), with vectorized particles
+    def model():
+        pyro.sample("p", dist.Dirichlet(torch.ones(4)))
+        pyro.sample("z", dist.Normal(0.0, 1.0))
+
+    losses = []
+    for noncentered in (False, True):
+        pyro.clear_param_store()
+        pyro.set_rng_seed(0)
+        guide = AutoRealNVP(model, num_layers=2, hidden_dims=(8,), noncentered=noncentered)
+        pyro.set_rng_seed(1)
+        elbo = Trace_ELBO(num_particles=4, vectorize_particles=True, max_plate_nesting=1)
+        losses.append(elbo.loss(model, guide))
+    assert guide.noncentered_sites == {"z"}
+    assert abs(losses[0] - losses[1]) < 1e-5 * max(1.0, abs(losses[0]))

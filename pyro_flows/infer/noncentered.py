@@ -107,8 +107,6 @@ def site_transform(fn, noncentered: bool, centered: Optional[torch.Tensor] = Non
 def _log_density(transform, unconstrained: torch.Tensor, value: torch.Tensor, event_dim: int) -> torch.Tensor:
     # The Delta site's log-density: minus log|det| of the map from the latent coordinates.
     log_density = transform.inv.log_abs_det_jacobian(value, unconstrained)
-    if log_density.shape != value.shape:  # a scale without the value's batch dimensions
-        log_density = log_density.expand(torch.broadcast_shapes(log_density.shape, value.shape))
     return sum_rightmost(log_density, log_density.dim() - value.dim() + event_dim)
 
 
@@ -129,9 +127,11 @@ class _SiteValues(Messenger):
         if msg["is_observed"] or name not in self.unconstrained:
             return
         u = self.unconstrained[name]
-        transform = site_transform(msg["fn"], name in self.noncentered, self.noncentered.get(name))
+        noncentered = name in self.noncentered
+        transform = site_transform(msg["fn"], noncentered, self.noncentered.get(name))
         value = transform(u)
-        if value.shape != u.shape:
+        # (a support's own bijection may change the shape: a simplex has one coordinate more)
+        if noncentered and value.shape != u.shape:
             raise ValueError(
                 f"non-centered guide: site {name!r} has location/scale of batch shape "
                 f"{tuple(value.shape)} where its value has {tuple(u.shape)}; the guide needs "
