@@ -11,10 +11,10 @@ from pyro.infer import SVI, JitTrace_ELBO, Trace_ELBO
 from pyro.infer.reparam import LocScaleReparam, NeuTraReparam
 
 from examples.banana import banana
-from examples.eight_schools import eight_schools
+from examples.eight_schools import SIGMA, eight_schools
 from examples.funnel import funnel
 from pyro_flows.infer import AutoRealNVP, AutoSplineFlow, neutra_mcmc
-from pyro_flows.infer.noncentered import NonCenteredNeuTraReparam, loc_scale_sites
+from pyro_flows.infer.noncentered import NonCenteredNeuTraReparam, curvature_centeredness, loc_scale_sites
 
 # each model with its location-scale sites
 MODELS = {
@@ -49,7 +49,7 @@ def test_same_training_as_the_reparameterized_model(float64, name, guide_cls):
     # LocScaleReparam(0): the same losses, so the same gradients, step after step.
     model, _ = MODELS[name]
     ours, ours_losses = _train(model, guide_cls, 12, noncentered=True)
-    theirs, their_losses = _train(_noncentered_model(name), guide_cls, 12)
+    theirs, their_losses = _train(_noncentered_model(name), guide_cls, 12, noncentered=False)
     assert ours.noncentered_sites == frozenset(MODELS[name][1])
     torch.testing.assert_close(torch.tensor(ours_losses), torch.tensor(their_losses), rtol=1e-10, atol=1e-10)
     for p, q in zip(ours.parameters(), theirs.parameters(), strict=True):
@@ -103,7 +103,7 @@ def test_rejects_an_unknown_setting():
         AutoRealNVP(funnel, noncentered="yes")
 
 
-@pytest.mark.parametrize("noncentered", [True, "learn"])
+@pytest.mark.parametrize("noncentered", [True, "auto", "learn"])
 def test_runs_under_jit(float64, noncentered):
     # JitTrace_ELBO gives the plain ELBO's loss and gradients (its first call traces)
     results = []
@@ -134,7 +134,7 @@ def test_neutra_warps_the_same_posterior(float64):
     # and the same model-space draws.
     ours, _ = _train(eight_schools, AutoRealNVP, 6, noncentered=True)
     nc_model = _noncentered_model("eight_schools")
-    theirs, _ = _train(nc_model, AutoRealNVP, 6)
+    theirs, _ = _train(nc_model, AutoRealNVP, 6, noncentered=False)
     z = torch.randn(10)
 
     def log_joint(model, reparam):
@@ -194,7 +194,7 @@ def test_learnt_centeredness_is_pyros_learnable_reparam(float64, name):
 
     pyro.clear_param_store()
     reparam = poutine.reparam(model, config={s: LocScaleReparam() for s in sites})
-    theirs = AutoRealNVP(reparam, num_layers=2, hidden_dims=(16,))
+    theirs = AutoRealNVP(reparam, num_layers=2, hidden_dims=(16,), noncentered=False)
     theirs()
     store = pyro.get_param_store()
     for k, v in state.items():
@@ -233,3 +233,60 @@ def test_sites_of_other_supports_keep_their_own_bijection():
         losses.append(elbo.loss(model, guide))
     assert guide.noncentered_sites == {"z"}
     assert abs(losses[0] - losses[1]) < 1e-5 * max(1.0, abs(losses[0]))
+
+
+def test_curvature_centeredness_is_the_conjugate_ratio(float64):
+    # eight schools at its initial point: theta_j ~ N(mu, tau) with y_j ~ N(theta_j, sigma_j)
+    # gives c_j = tau^2 / (tau^2 + sigma_j^2); mu ~ N(0, 5) with eight children N(mu, tau)
+    # gives kappa = 25 * 8 / tau^2
+    pyro.set_rng_seed(0)
+    guide = AutoRealNVP(eight_schools, num_layers=2, hidden_dims=(8,), noncentered="auto")
+    guide()
+    tau = guide.prototype_trace.nodes["tau"]["value"]
+    c = guide.site_centeredness()
+    sigma = torch.as_tensor(SIGMA, dtype=tau.dtype)
+    torch.testing.assert_close(c["theta"], tau**2 / (tau**2 + sigma**2))
+    kappa = 25 * 8 / tau**2
+    torch.testing.assert_close(c["mu"], kappa / (1 + kappa))
+    # held as buffers: saved with the guide and moved with it
+    buffers = dict(guide.named_buffers())
+    assert sum(k.startswith("centeredness.") for k in buffers) == 2
+
+
+def test_curvature_centeredness_of_large_sites_and_of_sites_without_children(float64):
+    scales = torch.linspace(0.5, 3.0, 100)
+
+    def model():
+        x = pyro.sample("x", dist.Normal(torch.zeros(100), 2.0).to_event(1))
+        pyro.sample("lone", dist.Normal(0.0, 1.0))
+        lin = pyro.sample("lin", dist.Normal(0.0, 1.0))
+        pyro.sample("y", dist.Normal(x, scales).to_event(1), obs=torch.zeros(100))
+        pyro.sample("w", dist.Exponential(1.0), obs=torch.tensor(1.0) + lin.exp() * 0)
+
+    trace = poutine.trace(model).get_trace()
+    exact = curvature_centeredness(model, trace, ["x", "lone"], exact_max=100)
+    kappa = 4 / scales**2
+    torch.testing.assert_close(exact["x"], kappa / (1 + kappa))
+    assert float(exact["lone"]) == 0.0  # nothing else depends on it: fully non-centered
+    # above exact_max, the site's mean curvature (exact for a diagonal Hessian)
+    mean = curvature_centeredness(model, trace, ["x"], exact_max=10)["x"]
+    kappa = 4 * (1 / scales**2).mean()
+    torch.testing.assert_close(mean, torch.full((100,), float(kappa / (1 + kappa))))
+
+
+@pytest.mark.parametrize("name", ["eight_schools", "funnel"])
+def test_auto_centeredness_is_pyros_fixed_reparam(float64, name):
+    # noncentered="auto" is the plain guide on the model under Pyro's LocScaleReparam with
+    # the same fixed centeredness: the same losses and parameters, step after step
+    model, sites = MODELS[name]
+    ours, ours_losses = _train(model, AutoRealNVP, 12, noncentered="auto")
+    c = ours.site_centeredness()
+    assert set(c) == set(sites)
+    if name == "eight_schools":
+        assert 0.01 < float(c["theta"].min()) < float(c["theta"].max()) < 0.5
+    reparam = poutine.reparam(model, config={s: LocScaleReparam(c[s]) for s in sites})
+    theirs, their_losses = _train(reparam, AutoRealNVP, 12, noncentered=False)
+    torch.testing.assert_close(torch.tensor(ours_losses), torch.tensor(their_losses), rtol=1e-10, atol=1e-10)
+    for p, q in zip(ours.transform.parameters(), theirs.transform.parameters(), strict=True):
+        torch.testing.assert_close(p, q, rtol=1e-9, atol=1e-10)
+    assert abs(ours_losses[-1] - ours_losses[0]) > 1e-3

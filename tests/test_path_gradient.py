@@ -239,6 +239,9 @@ def _trained_posterior(model, steps=15, **kwargs):
     """A float64 AutoRealNVP posterior (its fused flow) moved away from its start."""
     pyro.clear_param_store()
     pyro.set_rng_seed(0)
+    # in the model's own coordinates: non-centered, this funnel is the base distribution
+    # itself, where the path gradient vanishes and the flow would not move
+    kwargs.setdefault("noncentered", False)
     guide = AutoRealNVP(model, num_layers=4, hidden_dims=(16, 16), **kwargs)
     elbo = Trace_ELBO(num_particles=8, vectorize_particles=True, max_plate_nesting=1)
     svi = pyro.infer.SVI(model, guide, pyro.optim.Adam({"lr": 0.05}), elbo)

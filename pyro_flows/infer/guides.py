@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import functools
 from contextlib import ExitStack
-from typing import Callable, Optional, Sequence, Union
+from typing import Callable, Dict, Optional, Sequence, Union
 
 import pyro
 import pyro.distributions as dist
@@ -29,7 +29,7 @@ from ..nn import MLP
 from ..transforms.coupling import _check_bound, _soft_bound, affine_coupling
 from ..transforms.linear import LocScale, Permutation
 from .fused import _fuse
-from .noncentered import loc_scale_sites, noncentered_init, site_values
+from .noncentered import curvature_centeredness, loc_scale_sites, noncentered_init, site_values
 from .path_gradient import PathGradientTransformedDistribution, _InversePathGradient
 
 __all__ = ["AutoRealNVP", "guide_real_nvp"]
@@ -166,6 +166,24 @@ def _restore_and_raise(guide, name: str, transform: nn.Module, own: list, curren
     )
 
 
+#: the settings of ``noncentered``
+_NONCENTERED = (False, True, "auto", "learn")
+
+
+class _SiteBuffers(nn.Module):
+    """Per-site tensors held as buffers (site names may hold dots, buffer names may not)."""
+
+    def __init__(self, values: Dict[str, torch.Tensor]):
+        super().__init__()
+        self._names = {}
+        for k, name in enumerate(sorted(values)):
+            self.register_buffer(f"site{k}", values[name])
+            self._names[name] = f"site{k}"
+
+    def as_dict(self) -> Dict[str, torch.Tensor]:
+        return {name: self._buffers[key] for name, key in self._names.items()}
+
+
 class AutoRealNVP(AutoContinuous):
     r"""A RealNVP guide over all continuous latent variables of a model.
 
@@ -177,8 +195,11 @@ class AutoRealNVP(AutoContinuous):
 
     with :math:`g` a stack of affine couplings (:func:`guide_real_nvp`) that starts as
     the identity, and :math:`\mu` started at the model's initial point
-    (``init_loc_fn``), :math:`\sigma` at ``init_scale``. So before training the guide
-    equals an :class:`~pyro.infer.autoguide.AutoNormal` started the same way.
+    (``init_loc_fn``), :math:`\sigma` at ``init_scale``. The location-scale sites enter
+    :math:`\theta` in partially non-centered coordinates chosen from the model at its
+    initial point (``noncentered="auto"``, below); with ``noncentered=False`` the guide
+    before training equals an :class:`~pyro.infer.autoguide.AutoNormal` started the same
+    way.
 
     It is an :class:`~pyro.infer.autoguide.AutoContinuous` guide: it works with
     :class:`~pyro.infer.Predictive`, ``Trace_ELBO``/``TraceMeanField_ELBO`` with
@@ -221,10 +242,15 @@ class AutoRealNVP(AutoContinuous):
         of :math:`u` to the model's sites by running the model
         (:mod:`pyro_flows.infer.noncentered`). The model stays as written; the guide
         then fits hierarchical posteriors (funnels) that it misses in the model's own
-        coordinates, and a step runs the model once more. ``"learn"``: a centeredness
-        :math:`c \in [0, 1]` per site, learnt with the guide (started at 1/2),
-        :math:`x = \mu + \sigma^{1 - c} (u - c \mu)`, the parameterization of Pyro's
-        ``LocScaleReparam``. Default ``False``.
+        coordinates, and a step runs the model once more. ``"auto"`` (default): the
+        partial non-centering :math:`x = \mu + \sigma^{1 - c} (u - c \mu)` of Pyro's
+        ``LocScaleReparam`` with a centeredness :math:`c \in [0, 1)` per element fixed at
+        the start from how strongly the rest of the model pins the site there
+        (:func:`~pyro_flows.infer.noncentered.curvature_centeredness`: near 0 where the
+        prior dominates, near 1 where the data do), so that weakly informed
+        hierarchies are fitted non-centered and well-informed ones nearly centered.
+        ``"learn"``: a centeredness per site learnt with the guide (started at 1/2).
+        ``False``: the model's own coordinates (the default until 2026-12-01).
 
     >>> import pyro, pyro.distributions as dist
     >>> def model():
@@ -251,11 +277,15 @@ class AutoRealNVP(AutoContinuous):
         activation: Callable[[], nn.Module] = nn.ReLU,
         path_gradient: Union[bool, str] = True,
         input_bound: Optional[float] = 4.0,
-        noncentered: Union[bool, str] = False,
+        noncentered: Union[bool, str] = "auto",
     ):
         super().__init__(model, init_loc_fn=init_loc_fn)
-        if noncentered not in (False, True, "learn"):
-            raise ValueError(f"noncentered must be False, True or 'learn', got {noncentered!r}")
+        # the model without AutoContinuous's InitMessenger, for the runs that set every
+        # latent site themselves (that messenger would draw an initial value per site and
+        # step, only for it to be replaced); kept out of nn.Module's registries
+        self.__dict__["model_as_written"] = model
+        if noncentered not in _NONCENTERED:
+            raise ValueError(f"noncentered must be False, True, 'auto' or 'learn', got {noncentered!r}")
         self.noncentered = noncentered
         self.noncentered_sites = frozenset()
         self.num_layers = num_layers
@@ -277,6 +307,13 @@ class AutoRealNVP(AutoContinuous):
         _detach_prototype(self)
         if self.noncentered:
             self.noncentered_sites = loc_scale_sites(self.prototype_trace)
+        if self.noncentered == "auto":
+            # fixed, from the curvature at the initial point: buffers, so that they follow
+            # .to(device) and are saved with the guide's state_dict
+            centered = curvature_centeredness(
+                self.model_as_written, self.prototype_trace, self.noncentered_sites, args, kwargs
+            )
+            self.centeredness = _SiteBuffers(centered)
         if self.noncentered == "learn":
             # one centeredness per site, started half-way, as Pyro's AutoReparam does
             self.centeredness = PyroModule()
@@ -287,7 +324,10 @@ class AutoRealNVP(AutoContinuous):
 
     def site_centeredness(self) -> dict:
         """The non-centered sites and their centeredness (``None`` when fully
-        non-centered; the learnt values, in [0, 1], with ``noncentered="learn"``)."""
+        non-centered; per element from the curvature with ``noncentered="auto"``; the
+        learnt values, in [0, 1], with ``noncentered="learn"``)."""
+        if self.noncentered == "auto":
+            return self.centeredness.as_dict()
         if self.noncentered != "learn":
             return dict.fromkeys(self.noncentered_sites)
         return {
@@ -335,7 +375,9 @@ class AutoRealNVP(AutoContinuous):
         latent = self.sample_latent(*args, **kwargs)
         plates = self._create_plates(*args, **kwargs)
         unconstrained = {site["name"]: u for site, u in self._unpack_latent(latent)}
-        values, log_densities = site_values(self.model, unconstrained, self.site_centeredness(), args, kwargs)
+        values, log_densities = site_values(
+            self.model_as_written, unconstrained, self.site_centeredness(), args, kwargs
+        )
         result = {}
         for name, site in self.prototype_trace.iter_stochastic_nodes():
             log_density = log_densities[name] if poutine.get_mask() is not False else 0.0

@@ -108,6 +108,8 @@ def _to_model_space(reparam: NeuTraReparam, latent: torch.Tensor) -> Dict[str, t
     guide = reparam.guide
     num = latent.shape[0]
     nesting = max([-plate.dim for plate in guide.plates.values() if plate.dim is not None], default=0)
+    if isinstance(reparam, NonCenteredNeuTraReparam):  # it runs the model: all its plates
+        nesting = max(nesting, reparam.model_plate_nesting())
     padded = latent.reshape(num, *[1] * nesting, latent.shape[-1])
     shapes = {name: site["value"].shape for name, site in guide.prototype_trace.iter_stochastic_nodes()}
     return {

@@ -150,9 +150,9 @@ class AutoSplineFlow(AutoRealNVP):
     :param float input_bound: the conditioners read their inputs soft-clipped,
         :math:`b \tanh(x^A / b)`, as in :class:`~pyro_flows.infer.AutoRealNVP`
         (default 4; ``None``: as they are).
-    :param noncentered: non-centered coordinates for the location-scale sites (``True``
-        or ``"learn"``), as
-        in :class:`~pyro_flows.infer.AutoRealNVP` (default ``False``).
+    :param noncentered: (partially) non-centered coordinates for the location-scale
+        sites (``"auto"``, the default, ``True`` or ``"learn"``; ``False``: the model's
+        own), as in :class:`~pyro_flows.infer.AutoRealNVP`.
 
     >>> import pyro, pyro.distributions as dist
     >>> def model():
@@ -182,7 +182,7 @@ class AutoSplineFlow(AutoRealNVP):
         activation: Callable[[], nn.Module] = nn.ReLU,
         path_gradient: Union[bool, str] = True,
         input_bound: Optional[float] = 4.0,
-        noncentered: Union[bool, str] = False,
+        noncentered: Union[bool, str] = "auto",
     ):
         _layer_kinds(layers, num_layers)  # fail early on a bad value
         super().__init__(
