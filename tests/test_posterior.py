@@ -110,16 +110,21 @@ def test_a_posterior_at_the_edge_of_the_box_is_truncated_and_renormalized():
     # the draws follow the renormalized density: the share of draws in the left half
     left = float((log_q.exp() * (points[:, 0] < 0.5)).sum() * area)
     assert abs(float((draws[:, 0] < 0.5).double().mean()) - left) < 0.04
-    # scoring in batches against the same x reuses one estimate of Z (the same numbers
-    # as one call), and a change of the weights makes a new one
+    # scoring in batches against the same x reuses one estimate of Z (no new estimate is
+    # drawn; the values agree with one call up to the rounding of a different batch size
+    # in the flow's matrix products), and a change of the weights makes a new one
+    estimates = []
+    estimate = posterior.log_normalizer
+    posterior.log_normalizer = lambda x: estimates.append(x) or estimate(x)
     with torch.no_grad():
         halves = torch.cat([posterior.log_prob(p, x_obs) for p in points.chunk(2)])
-        assert torch.equal(halves, log_q)
+        assert estimates == []
+        torch.testing.assert_close(halves, log_q, rtol=1e-12, atol=1e-12)
         before = posterior._log_normalizer_cached(x_obs)
         next(posterior.parameters()).mul_(0.5)
         torch.manual_seed(2)
         after = posterior._log_normalizer_cached(x_obs)
-    assert not torch.equal(before, after) and torch.isfinite(after).all()
+    assert len(estimates) == 1 and not torch.equal(before, after) and torch.isfinite(after).all()
 
 
 def test_fit_posterior_rejects_an_unknown_bounded_option():
