@@ -7,11 +7,15 @@ the two guides alternate in one process, so slow drifts of the machine hit both 
 the table reports the median step time of each (CPU seconds of this process, one torch
 thread: other jobs on a shared machine do not count) and their ratio. The same is repeated
 under ``JitTrace_ELBO`` and, with fewer steps, ``JitTraceGraph_ELBO``, with the JIT gain
-(eager median over JIT median) per guide.
+(eager median over JIT median) per guide. ``--floor`` adds Pyro's ``AutoNormal`` (a step
+with no flow at all: the model, Pyro's tracing and Adam) and the number of top-level ATen
+operators one step of each guide dispatches, the count an eager step pays per-call
+overhead on.
 
     OMP_NUM_THREADS=1 python -m benchmarks.guide_speed            # about two minutes
     OMP_NUM_THREADS=1 python -m benchmarks.guide_speed --smoke    # seconds
     OMP_NUM_THREADS=1 python -m benchmarks.guide_speed --elbos Trace_ELBO --num-layers 4 --stem guide_speed_layers4
+    OMP_NUM_THREADS=1 python -m benchmarks.guide_speed --elbos Trace_ELBO --floor --stem guide_speed_floor
 """
 
 from __future__ import annotations
@@ -24,7 +28,8 @@ import time
 import pyro
 import torch
 from pyro.infer import SVI, JitTrace_ELBO, JitTraceGraph_ELBO, Trace_ELBO
-from pyro.infer.autoguide import AutoIAFNormal
+from pyro.infer.autoguide import AutoIAFNormal, AutoNormal
+from torch.profiler import ProfilerActivity, profile
 
 from examples.eight_schools import eight_schools
 from examples.funnel import funnel
@@ -34,6 +39,8 @@ from . import report
 
 MODELS = {"funnel": funnel, "eight_schools": eight_schools}
 GUIDES = {"AutoRealNVP": AutoRealNVP, "AutoIAFNormal": AutoIAFNormal}
+#: the step without a flow, timed with ``--floor``
+FLOOR = {"AutoNormal": AutoNormal}
 ELBOS = {"Trace_ELBO": Trace_ELBO, "JitTrace_ELBO": JitTrace_ELBO, "JitTraceGraph_ELBO": JitTraceGraph_ELBO}
 PARTICLES = 8
 
@@ -49,7 +56,7 @@ def make_step(model, guide_name: str, elbo_name: str, seed: int = 0, num_layers=
         options = dict(flow_kwargs or {})
         if num_layers:
             options["num_layers"] = num_layers
-    guide = GUIDES[guide_name](model, **options)
+    guide = {**GUIDES, **FLOOR}[guide_name](model, **options)
     elbo = ELBOS[elbo_name](num_particles=PARTICLES, vectorize_particles=True, max_plate_nesting=1)
     svi = SVI(model, guide, pyro.optim.Adam({"lr": 1e-3}), elbo)
     return svi.step
@@ -69,15 +76,31 @@ def interleaved(steps: dict, reps: int, warmup: int) -> dict:
     return {name: statistics.median(t) for name, t in times.items()}
 
 
+def count_ops(step) -> int:
+    """Top-level ATen operators dispatched by one call of ``step`` (those not called from
+    inside another ATen operator): what an eager step pays Python and dispatcher overhead on."""
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        step()
+    aten = [e for e in prof.events() if e.name.startswith("aten::")]
+    return sum(1 for e in aten if e.cpu_parent is None or not e.cpu_parent.name.startswith("aten::"))
+
+
 def measure(
-    model_name: str, elbo_name: str, reps: int, warmup: int, num_layers=None, flow_kwargs=None
+    model_name: str,
+    elbo_name: str,
+    reps: int,
+    warmup: int,
+    num_layers=None,
+    flow_kwargs=None,
+    floor: bool = False,
 ) -> tuple:
-    """Medians of the guides whose first step runs, and the error of those whose does not
-    (Pyro 1.9's ``JitTrace_ELBO`` stops ``AutoIAFNormal`` with an ``AssertionError``)."""
+    """Medians of the guides whose first step runs, the error of those whose does not
+    (Pyro 1.9's ``JitTrace_ELBO`` stops ``AutoIAFNormal`` with an ``AssertionError``),
+    and, with ``floor``, the operator count of each step."""
     pyro.clear_param_store()
     model = MODELS[model_name]
     steps, errors = {}, {}
-    for name in GUIDES:
+    for name in [*GUIDES, *(FLOOR if floor else ())]:
         step = make_step(model, name, elbo_name, num_layers=num_layers, flow_kwargs=flow_kwargs)
         try:
             step()
@@ -85,7 +108,9 @@ def measure(
             errors[name] = f"{type(error).__name__} in the first step"
         else:
             steps[name] = step
-    return interleaved(steps, reps, warmup), errors
+    medians = interleaved(steps, reps, warmup)
+    ops = {name: count_ops(step) for name, step in steps.items()} if floor else {}
+    return medians, errors, ops
 
 
 def main(argv=None) -> dict:
@@ -99,6 +124,11 @@ def main(argv=None) -> dict:
         "--num-layers", type=int, default=None, help="AutoRealNVP's couplings (default: its default)"
     )
     p.add_argument("--flow-kwargs", type=json.loads, default={}, help="JSON keyword arguments of AutoRealNVP")
+    p.add_argument(
+        "--floor",
+        action="store_true",
+        help="also time AutoNormal and count each step's top-level ATen operators",
+    )
     p.add_argument("--smoke", action="store_true", help="a few steps, for tests")
     p.add_argument("--out", default=str(report.RESULTS))
     p.add_argument("--stem", default="guide_speed")
@@ -113,16 +143,17 @@ def main(argv=None) -> dict:
         results[model_name] = {}
         for elbo_name in args.elbos:
             reps = args.graph_reps if elbo_name == "JitTraceGraph_ELBO" else args.reps
-            medians, errors = measure(
-                model_name, elbo_name, reps, args.warmup, args.num_layers, args.flow_kwargs
+            medians, errors, ops = measure(
+                model_name, elbo_name, reps, args.warmup, args.num_layers, args.flow_kwargs, args.floor
             )
             ms = {name: 1e3 * t for name, t in medians.items()}
-            both = len(ms) == len(GUIDES)
+            both = all(name in ms for name in GUIDES)
             results[model_name][elbo_name] = {
                 "median_ms": ms,
                 "errors": errors,
                 "ratio": ms["AutoRealNVP"] / ms["AutoIAFNormal"] if both else None,
                 "reps": reps,
+                "aten_ops": ops,
             }
         eager = results[model_name].get("Trace_ELBO", {}).get("median_ms", {})
         for elbo_name in ("JitTrace_ELBO", "JitTraceGraph_ELBO"):
@@ -141,23 +172,34 @@ def main(argv=None) -> dict:
             def gain_cell(name, gain=gain):
                 return f"{gain[name]:.2f}x" if name in gain else "-"
 
-            rows.append(
-                [
-                    model_name,
-                    elbo_name,
-                    row["reps"],
-                    cell("AutoRealNVP"),
-                    cell("AutoIAFNormal"),
-                    "-" if row["ratio"] is None else f"{row['ratio']:.2f}x",
-                    ""
-                    if elbo_name == "Trace_ELBO"
-                    else f"{gain_cell('AutoRealNVP')} / {gain_cell('AutoIAFNormal')}",
-                ]
-            )
-    table = report.markdown_table(
-        ["model", "ELBO", "steps", "AutoRealNVP ms", "AutoIAFNormal ms", "ratio", "JIT gain (RealNVP / IAF)"],
-        rows,
-    )
+            cells = [
+                model_name,
+                elbo_name,
+                row["reps"],
+                cell("AutoRealNVP"),
+                cell("AutoIAFNormal"),
+                "-" if row["ratio"] is None else f"{row['ratio']:.2f}x",
+                ""
+                if elbo_name == "Trace_ELBO"
+                else f"{gain_cell('AutoRealNVP')} / {gain_cell('AutoIAFNormal')}",
+            ]
+            if args.floor:
+                ops = row["aten_ops"]
+                counts = " / ".join(str(ops.get(name, "-")) for name in [*GUIDES, *FLOOR])
+                cells += [cell("AutoNormal"), counts]
+            rows.append(cells)
+    header = [
+        "model",
+        "ELBO",
+        "steps",
+        "AutoRealNVP ms",
+        "AutoIAFNormal ms",
+        "ratio",
+        "JIT gain (RealNVP / IAF)",
+    ]
+    if args.floor:
+        header += ["AutoNormal ms", "ATen ops per step (RealNVP / IAF / Normal)"]
+    table = report.markdown_table(header, rows)
     markdown = f"# Guide step time\n\n{report.header(info, cmd)}\n\n{table}\n"
     data = {
         "machine": info,

@@ -35,3 +35,26 @@ def test_guide_speed_passes_flow_kwargs_to_our_guide(tmp_path, monkeypatch):
     data = guide_speed.main([*argv, "--flow-kwargs", '{"input_bound": null}'])
     assert seen == [{"input_bound": None}]
     assert data["flow_kwargs"] == {"input_bound": None}
+
+
+def test_count_ops_counts_top_level_aten_calls():
+    import torch
+
+    # torch.ones calls empty and fill_ inside itself: one top-level operator, and one add
+    assert guide_speed.count_ops(lambda: torch.ones(3) + 1) == 2
+    assert guide_speed.count_ops(lambda: None) == 0
+
+
+def test_guide_speed_floor_times_autonormal_and_counts_operators(tmp_path):
+    argv = ["--smoke", "--models", "funnel", "--elbos", "Trace_ELBO", "--floor"]
+    data = guide_speed.main([*argv, "--out", str(tmp_path), "--stem", "floor"])
+    row = data["results"]["funnel"]["Trace_ELBO"]
+    assert set(row["median_ms"]) == {*guide_speed.GUIDES, "AutoNormal"}
+    ops = row["aten_ops"]
+    assert set(ops) == set(row["median_ms"]) and all(isinstance(n, int) and n > 0 for n in ops.values())
+    # a flow guide's step dispatches more operators than the step without a flow
+    assert ops["AutoRealNVP"] > ops["AutoNormal"]
+    assert "ATen ops per step (RealNVP / IAF / Normal)" in (tmp_path / "floor.md").read_text()
+    # the ratio stays that of the two guides compared, AutoNormal is not part of it
+    ms = row["median_ms"]
+    assert math.isclose(row["ratio"], ms["AutoRealNVP"] / ms["AutoIAFNormal"])
