@@ -147,12 +147,16 @@ def run_one(
     steps: int,
     average_last: int = 0,
     inspect=None,
+    score_every: int = 0,
 ) -> dict:
     """Fit one guide and score it; a run whose loss turns non-finite (or whose step raises)
     stops there and is scored as NaN. With ``average_last``, the mean of the parameters over
     the last that many steps (:class:`~pyro_flows.infer.ParameterAverage`) is scored too,
     as ``avg_kl``, ``avg_khat`` and ``avg_sd``. ``inspect(target, guide)``, if given, runs
-    on a finished, finite guide after the scores, and its dict joins the result."""
+    on a finished, finite guide after the scores, and its dict joins the result. With
+    ``score_every``, the guide is also scored after every that many steps, into
+    ``trajectory``; those scores draw from a forked random stream, so the run itself (and
+    its final scores) are those of the run without them, and their time is not counted."""
     pyro.clear_param_store()
     pyro.set_rng_seed(seed)
     model = target["model"]
@@ -163,6 +167,7 @@ def run_one(
     start = time.process_time()
     svi.step()  # a setting that cannot run fails here, loudly
     average = ParameterAverage()
+    trajectory, scoring = [], 0.0
     for step in range(1, steps):
         try:
             loss = svi.step()
@@ -174,8 +179,20 @@ def run_one(
             break
         if step >= steps - average_last:
             average.update()
-    cpu_ms = 1e3 * (time.process_time() - start) / (steps if stopped_at is None else stopped_at + 1)
+        if score_every and (step + 1) % score_every == 0:
+            begin = time.process_time()
+            with torch.random.fork_rng():
+                trajectory.append({"step": step + 1, **score(target, guide)})
+            scoring += time.process_time() - begin
+            print(
+                f"  step {step + 1}: "
+                + ", ".join(f"{k} {v:.3f}" for k, v in trajectory[-1].items() if k != "step")
+            )
+    taken = steps if stopped_at is None else stopped_at + 1
+    cpu_ms = 1e3 * (time.process_time() - start - scoring) / taken
     out = {"nonfinite": nonfinite, "error": error, "stopped_at": stopped_at, "cpu_ms_per_step": cpu_ms}
+    if score_every:
+        out["trajectory"] = trajectory
     if nonfinite:
         nan = {"kl": math.nan, "khat": math.nan, "sd": math.nan}
         averaged = {f"avg_{k}": v for k, v in nan.items()} if average_last else {}
@@ -284,6 +301,12 @@ def main(argv=None) -> list:
         default=1000,
         help="also score the parameters averaged over the last N steps (0: no)",
     )
+    p.add_argument(
+        "--score-every",
+        type=int,
+        default=0,
+        help="also score each run after every N steps (a forked random stream: the run is unchanged)",
+    )
     p.add_argument("--runs", default=str(report.RESULTS / "guide_accuracy_runs.jsonl"))
     p.add_argument("--table", action="store_true", help="only summarize the runs file")
     p.add_argument("--smoke", action="store_true", help="a few steps of small guides, for tests")
@@ -315,7 +338,14 @@ def main(argv=None) -> list:
                         if key in done:
                             continue
                         result = run_one(
-                            targets[model], guide_name, guide_kwargs, lr, seed, args.steps, args.average_last
+                            targets[model],
+                            guide_name,
+                            guide_kwargs,
+                            lr,
+                            seed,
+                            args.steps,
+                            args.average_last,
+                            score_every=args.score_every,
                         )
                         row = {
                             "model": model,

@@ -44,6 +44,20 @@ def test_guide_accuracy_smoke(tmp_path):
     assert "python -m benchmarks." in json.loads((tmp_path / "s.json").read_text())["command"]
 
 
+def test_scores_along_the_way_leave_the_run_unchanged():
+    """``score_every`` scores on a forked random stream: the run ends where it ends without
+    them, to the last bit, and the trajectory holds one score per interval."""
+    target = guide_accuracy._targets()["banana"]
+    small = {"num_layers": 2, "hidden_dims": [8]}
+    plain = guide_accuracy.run_one(target, "AutoRealNVP", small, 1e-2, 0, 6)
+    traced = guide_accuracy.run_one(target, "AutoRealNVP", small, 1e-2, 0, 6, score_every=2)
+    assert [plain[k] for k in ("kl", "khat", "sd")] == [traced[k] for k in ("kl", "khat", "sd")]
+    assert "trajectory" not in plain
+    assert [t["step"] for t in traced["trajectory"]] == [2, 4, 6]
+    # the score after the last step is the final score, drawn from the same stream state
+    assert traced["trajectory"][-1]["kl"] == traced["kl"]
+
+
 def test_guide_jit_smoke(tmp_path):
     data = guide_jit.main(["--smoke", "--models", "funnel", "--out", str(tmp_path), "--stem", "j"])
     for guide in guide_jit.GUIDES:
@@ -120,7 +134,7 @@ def test_autoreparam_target_learns_centeredness_from_half():
     trace = poutine.trace(target["model"]).get_trace()
     assert {"mu_decentered", "theta_decentered", "tau"} <= set(trace.nodes)
     store = pyro.get_param_store()
-    assert float(store["theta_centered"]) == 0.5 and store["theta_centered"].requires_grad
+    assert float(store["theta_centered"].detach()) == 0.5 and store["theta_centered"].requires_grad
     pyro.clear_param_store()
 
 
