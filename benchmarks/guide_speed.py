@@ -10,12 +10,15 @@ under ``JitTrace_ELBO`` and, with fewer steps, ``JitTraceGraph_ELBO``, with the 
 (eager median over JIT median) per guide. ``--floor`` adds Pyro's ``AutoNormal`` (a step
 with no flow at all: the model, Pyro's tracing and Adam) and the number of top-level ATen
 operators one step of each guide dispatches, the count an eager step pays per-call
-overhead on.
+overhead on. ``--compile-flow`` runs the flow's fused couplings (forward with the score
+pass, and inverse) through ``torch.compile`` (inductor; eager ELBO only; compiled during
+the warm-up steps), the rest of the step (the model, Pyro's tracing, Adam) as it is.
 
     OMP_NUM_THREADS=1 python -m benchmarks.guide_speed            # about two minutes
     OMP_NUM_THREADS=1 python -m benchmarks.guide_speed --smoke    # seconds
     OMP_NUM_THREADS=1 python -m benchmarks.guide_speed --elbos Trace_ELBO --num-layers 4 --stem guide_speed_layers4
     OMP_NUM_THREADS=1 python -m benchmarks.guide_speed --elbos Trace_ELBO --floor --stem guide_speed_floor
+    OMP_NUM_THREADS=1 python -m benchmarks.guide_speed --elbos Trace_ELBO --floor --compile-flow --stem guide_speed_compiled
 """
 
 from __future__ import annotations
@@ -34,6 +37,7 @@ from torch.profiler import ProfilerActivity, profile
 from examples.eight_schools import eight_schools
 from examples.funnel import funnel
 from pyro_flows.infer import AutoRealNVP
+from pyro_flows.infer.fused import _FusedCouplings
 
 from . import report
 
@@ -43,13 +47,24 @@ GUIDES = {"AutoRealNVP": AutoRealNVP, "AutoIAFNormal": AutoIAFNormal}
 FLOOR = {"AutoNormal": AutoNormal}
 ELBOS = {"Trace_ELBO": Trace_ELBO, "JitTrace_ELBO": JitTrace_ELBO, "JitTraceGraph_ELBO": JitTraceGraph_ELBO}
 PARTICLES = 8
+#: the name of ``AutoRealNVP`` with its couplings compiled (``--compile-flow``)
+COMPILED = "AutoRealNVP, compiled"
 
 
-def make_step(model, guide_name: str, elbo_name: str, seed: int = 0, num_layers=None, flow_kwargs=None):
+def make_step(
+    model,
+    guide_name: str,
+    elbo_name: str,
+    seed: int = 0,
+    num_layers=None,
+    flow_kwargs=None,
+    compile_flow: bool = False,
+):
     """One SVI step of a fresh guide, with its own optimizer (parameter names differ
     between the guides, so both live in the one parameter store); ``num_layers``: the
     couplings of AutoRealNVP (default: its own default), ``flow_kwargs``: its other
-    options."""
+    options, ``compile_flow``: its fused couplings through ``torch.compile`` (one step
+    is taken here to build them)."""
     pyro.set_rng_seed(seed)
     options = {}
     if guide_name == "AutoRealNVP":
@@ -59,7 +74,24 @@ def make_step(model, guide_name: str, elbo_name: str, seed: int = 0, num_layers=
     guide = {**GUIDES, **FLOOR}[guide_name](model, **options)
     elbo = ELBOS[elbo_name](num_particles=PARTICLES, vectorize_particles=True, max_plate_nesting=1)
     svi = SVI(model, guide, pyro.optim.Adam({"lr": 1e-3}), elbo)
+    if compile_flow and guide_name == "AutoRealNVP":
+        if elbo_name != "Trace_ELBO":
+            raise ValueError(f"--compile-flow times the eager step only, not {elbo_name}")
+        svi.step()  # builds the flow
+        compile_fused(guide)
     return svi.step
+
+
+def compile_fused(guide) -> int:
+    """Route each fused-coupling transform of ``guide`` through ``torch.compile`` (on the
+    instance: other guides keep the eager methods); the number of transforms routed."""
+    fused = [part for part in guide.transform.parts if isinstance(part, _FusedCouplings)]
+    if not fused:
+        raise ValueError("the guide has no fused couplings to compile")
+    for part in fused:
+        part._forward = torch.compile(part._forward, dynamic=False)
+        part._inverse_and_ladj = torch.compile(part._inverse_and_ladj, dynamic=False)
+    return len(fused)
 
 
 def interleaved(steps: dict, reps: int, warmup: int) -> dict:
@@ -93,15 +125,25 @@ def measure(
     num_layers=None,
     flow_kwargs=None,
     floor: bool = False,
+    compile_flow: bool = False,
 ) -> tuple:
     """Medians of the guides whose first step runs, the error of those whose does not
     (Pyro 1.9's ``JitTrace_ELBO`` stops ``AutoIAFNormal`` with an ``AssertionError``),
-    and, with ``floor``, the operator count of each step."""
+    and, with ``floor``, the operator count of each step. With ``compile_flow`` the
+    compiled guide (:data:`COMPILED`) joins the interleaving."""
     pyro.clear_param_store()
     model = MODELS[model_name]
     steps, errors = {}, {}
-    for name in [*GUIDES, *(FLOOR if floor else ())]:
-        step = make_step(model, name, elbo_name, num_layers=num_layers, flow_kwargs=flow_kwargs)
+    names = [*GUIDES, *(FLOOR if floor else ()), *((COMPILED,) if compile_flow else ())]
+    for name in names:
+        step = make_step(
+            model,
+            "AutoRealNVP" if name == COMPILED else name,
+            elbo_name,
+            num_layers=num_layers,
+            flow_kwargs=flow_kwargs,
+            compile_flow=name == COMPILED,
+        )
         try:
             step()
         except Exception as error:  # reported in the table, not hidden
@@ -129,6 +171,11 @@ def main(argv=None) -> dict:
         action="store_true",
         help="also time AutoNormal and count each step's top-level ATen operators",
     )
+    p.add_argument(
+        "--compile-flow",
+        action="store_true",
+        help="also time AutoRealNVP with its fused couplings through torch.compile (eager ELBO rows)",
+    )
     p.add_argument("--smoke", action="store_true", help="a few steps, for tests")
     p.add_argument("--out", default=str(report.RESULTS))
     p.add_argument("--stem", default="guide_speed")
@@ -144,7 +191,14 @@ def main(argv=None) -> dict:
         for elbo_name in args.elbos:
             reps = args.graph_reps if elbo_name == "JitTraceGraph_ELBO" else args.reps
             medians, errors, ops = measure(
-                model_name, elbo_name, reps, args.warmup, args.num_layers, args.flow_kwargs, args.floor
+                model_name,
+                elbo_name,
+                reps,
+                args.warmup,
+                args.num_layers,
+                args.flow_kwargs,
+                args.floor,
+                compile_flow=args.compile_flow and elbo_name == "Trace_ELBO",
             )
             ms = {name: 1e3 * t for name, t in medians.items()}
             both = all(name in ms for name in GUIDES)
@@ -152,6 +206,9 @@ def main(argv=None) -> dict:
                 "median_ms": ms,
                 "errors": errors,
                 "ratio": ms["AutoRealNVP"] / ms["AutoIAFNormal"] if both else None,
+                "compiled_ratio": ms[COMPILED] / ms["AutoIAFNormal"]
+                if COMPILED in ms and "AutoIAFNormal" in ms
+                else None,
                 "reps": reps,
                 "aten_ops": ops,
             }
@@ -187,6 +244,13 @@ def main(argv=None) -> dict:
                 ops = row["aten_ops"]
                 counts = " / ".join(str(ops.get(name, "-")) for name in [*GUIDES, *FLOOR])
                 cells += [cell("AutoNormal"), counts]
+            if args.compile_flow:
+                compiled = row["compiled_ratio"]
+                cells += [
+                    cell(COMPILED) if COMPILED in ms or COMPILED in row["errors"] else "",
+                    "" if compiled is None else f"{compiled:.2f}x",
+                    str(row["aten_ops"].get(COMPILED, "")),
+                ]
             rows.append(cells)
     header = [
         "model",
@@ -199,6 +263,8 @@ def main(argv=None) -> dict:
     ]
     if args.floor:
         header += ["AutoNormal ms", "ATen ops per step (RealNVP / IAF / Normal)"]
+    if args.compile_flow:
+        header += ["compiled ms", "compiled ratio", "compiled ATen ops"]
     table = report.markdown_table(header, rows)
     markdown = f"# Guide step time\n\n{report.header(info, cmd)}\n\n{table}\n"
     data = {
@@ -207,6 +273,7 @@ def main(argv=None) -> dict:
         "particles": PARTICLES,
         "num_layers": args.num_layers,
         "flow_kwargs": args.flow_kwargs,
+        "compile_flow": args.compile_flow,
         "results": results,
     }
     report.publish(args.stem, markdown, data, args.out)
