@@ -157,6 +157,8 @@ def run_one(
     ``score_every``, the guide is also scored after every that many steps, into
     ``trajectory``; those scores draw from a forked random stream, so the run itself (and
     its final scores) are those of the run without them, and their time is not counted."""
+    if score_every < 0:
+        raise ValueError(f"score_every must be a number of steps (0: none), got {score_every}")
     pyro.clear_param_store()
     pyro.set_rng_seed(seed)
     model = target["model"]

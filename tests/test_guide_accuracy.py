@@ -5,6 +5,7 @@ import json
 import math
 
 import pyro.distributions as dist
+import pytest
 import torch
 
 from benchmarks import guide_accuracy, guide_coverage, guide_jit
@@ -56,6 +57,8 @@ def test_scores_along_the_way_leave_the_run_unchanged():
     assert [t["step"] for t in traced["trajectory"]] == [2, 4, 6]
     # the score after the last step is the final score, drawn from the same stream state
     assert traced["trajectory"][-1]["kl"] == traced["kl"]
+    with pytest.raises(ValueError, match="score_every"):
+        guide_accuracy.run_one(target, "AutoRealNVP", small, 1e-2, 0, 6, score_every=-1)
 
 
 def test_guide_jit_smoke(tmp_path):

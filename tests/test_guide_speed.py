@@ -99,3 +99,12 @@ def test_compile_fused_refuses_a_guide_without_fused_couplings():
 
     with pytest.raises(ValueError, match="no fused couplings"):
         guide_speed.compile_fused(SimpleNamespace(transform=SimpleNamespace(parts=[])))
+
+
+def test_make_step_refuses_to_compile_what_it_cannot_time():
+    import pytest
+
+    with pytest.raises(ValueError, match="AutoIAFNormal under Trace_ELBO"):
+        guide_speed.make_step(guide_speed.MODELS["funnel"], "AutoIAFNormal", "Trace_ELBO", compile_flow=True)
+    with pytest.raises(ValueError, match="AutoRealNVP under JitTrace_ELBO"):
+        guide_speed.make_step(guide_speed.MODELS["funnel"], "AutoRealNVP", "JitTrace_ELBO", compile_flow=True)
