@@ -35,6 +35,7 @@ import json
 import math
 import time
 from pathlib import Path
+from typing import Optional
 
 import pyro
 import pyro.distributions as dist
@@ -148,6 +149,7 @@ def run_one(
     average_last: int = 0,
     inspect=None,
     score_every: int = 0,
+    clip_norm: Optional[float] = None,
 ) -> dict:
     """Fit one guide and score it; a run whose loss turns non-finite (or whose step raises)
     stops there and is scored as NaN. With ``average_last``, the mean of the parameters over
@@ -156,7 +158,9 @@ def run_one(
     on a finished, finite guide after the scores, and its dict joins the result. With
     ``score_every``, the guide is also scored after every that many steps, into
     ``trajectory``; those scores draw from a forked random stream, so the run itself (and
-    its final scores) are those of the run without them, and their time is not counted."""
+    its final scores) are those of the run without them, and their time is not counted.
+    With ``clip_norm``, Pyro's ``ClippedAdam`` (every gradient element clamped to
+    :math:`\\pm` ``clip_norm`` before its Adam step; no learning-rate decay) replaces plain Adam."""
     if score_every < 0:
         raise ValueError(f"score_every must be a number of steps (0: none), got {score_every}")
     pyro.clear_param_store()
@@ -164,7 +168,14 @@ def run_one(
     model = target["model"]
     guide = GUIDES[guide_name](model, **kwargs)
     elbo = Trace_ELBO(num_particles=PARTICLES, vectorize_particles=True, max_plate_nesting=1)
-    svi = SVI(model, guide, pyro.optim.Adam({"lr": lr}), elbo)
+    if clip_norm is not None and not clip_norm > 0:
+        raise ValueError(f"clip_norm must be a positive number, got {clip_norm}")
+    optimizer = (
+        pyro.optim.Adam({"lr": lr})
+        if clip_norm is None
+        else pyro.optim.ClippedAdam({"lr": lr, "clip_norm": clip_norm})
+    )
+    svi = SVI(model, guide, optimizer, elbo)
     nonfinite, error, stopped_at = 0, None, None
     start = time.process_time()
     svi.step()  # a setting that cannot run fails here, loudly
@@ -309,6 +320,13 @@ def main(argv=None) -> list:
         default=0,
         help="also score each run after every N steps (a forked random stream: the run is unchanged)",
     )
+    p.add_argument(
+        "--clip-norm",
+        type=float,
+        default=None,
+        help="train with Pyro's ClippedAdam (gradient elements clamped to +-clip_norm) instead of plain Adam "
+        "(default label: the guide's name with ', ClippedAdam <norm>')",
+    )
     p.add_argument("--runs", default=str(report.RESULTS / "guide_accuracy_runs.jsonl"))
     p.add_argument("--table", action="store_true", help="only summarize the runs file")
     p.add_argument("--smoke", action="store_true", help="a few steps of small guides, for tests")
@@ -333,7 +351,9 @@ def main(argv=None) -> list:
                 guide_kwargs = {} if guide_name == "AutoIAFNormal" and not args.smoke else kwargs
                 if guide_name == "AutoIAFNormal" and args.smoke:
                     guide_kwargs = {"hidden_dim": [20]}
-                label = args.label or guide_name
+                label = args.label or (
+                    guide_name if args.clip_norm is None else f"{guide_name}, ClippedAdam {args.clip_norm:g}"
+                )
                 for lr in args.lrs:
                     for seed in args.seeds:
                         key = (model, label, lr, seed, args.steps)
@@ -348,6 +368,7 @@ def main(argv=None) -> list:
                             args.steps,
                             args.average_last,
                             score_every=args.score_every,
+                            clip_norm=args.clip_norm,
                         )
                         row = {
                             "model": model,
@@ -358,6 +379,7 @@ def main(argv=None) -> list:
                             "seed": seed,
                             "steps": args.steps,
                             "command": cmd,
+                            **({} if args.clip_norm is None else {"clip_norm": args.clip_norm}),
                             **result,
                         }
                         with runs_path.open("a") as f:

@@ -4,6 +4,7 @@ log-evidence and the exact marginal of log tau."""
 import json
 import math
 
+import pyro
 import pyro.distributions as dist
 import pytest
 import torch
@@ -43,6 +44,47 @@ def test_guide_accuracy_smoke(tmp_path):
     text = (tmp_path / "s.md").read_text()
     assert "| banana | AutoSplineFlow | 0.01 | 3 |" in text and "+ iterate average" in text
     assert "python -m benchmarks." in json.loads((tmp_path / "s.json").read_text())["command"]
+
+
+def test_clip_norm_trains_with_pyros_clipped_adam(tmp_path, monkeypatch):
+    """``--clip-norm`` swaps plain Adam for ``ClippedAdam`` at that clip, labels and records
+    the runs apart from the plain ones, and refuses a clip that is not positive."""
+    made = []
+    clipped = pyro.optim.ClippedAdam
+
+    def spy(args):
+        made.append(dict(args))
+        return clipped(args)
+
+    monkeypatch.setattr(pyro.optim, "ClippedAdam", spy)
+    rows = guide_accuracy.main(
+        [
+            "--smoke",
+            "--models",
+            "banana",
+            "--guides",
+            "AutoRealNVP",
+            "--clip-norm",
+            "10",
+            "--out",
+            str(tmp_path),
+            "--stem",
+            "c",
+        ]
+    )
+    assert made == [{"lr": 1e-2, "clip_norm": 10.0}]
+    (row,) = rows
+    assert row["label"] == "AutoRealNVP, ClippedAdam 10" and row["clip_norm"] == 10.0
+    assert math.isfinite(row["kl"]) and row["nonfinite"] == 0
+    plain = guide_accuracy.main(
+        ["--smoke", "--models", "banana", "--guides", "AutoRealNVP", "--out", str(tmp_path), "--stem", "p"]
+    )
+    assert len(made) == 1 and "clip_norm" not in plain[0] and plain[0]["label"] == "AutoRealNVP"
+    target = guide_accuracy._targets()["banana"]
+    with pytest.raises(ValueError, match="clip_norm"):
+        guide_accuracy.run_one(
+            target, "AutoRealNVP", {"num_layers": 2, "hidden_dims": [8]}, 1e-2, 0, 3, clip_norm=0.0
+        )
 
 
 def test_scores_along_the_way_leave_the_run_unchanged():
