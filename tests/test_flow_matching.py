@@ -337,7 +337,7 @@ def test_runs_save_the_state_features_they_used_and_older_runs_rebuild_without(t
     assert rebuilt.transform.dynamics.state_features == 0
     # maximum likelihood's concat-squash field has none: asking for them is refused
     with pytest.raises(ValueError, match="--state-features does not apply"):
-        check_flow_options(RunConfig(flow="ffjord", state_features=8), (2,))
+        check_flow_options(RunConfig(flow="ffjord", objective="likelihood", state_features=8), (2,))
     with pytest.raises(ValueError, match="--state-frequency"):
         RunConfig(flow="ffjord", objective="flow_matching", state_frequency=-1.0)
 
@@ -530,9 +530,12 @@ def test_run_config_picks_the_velocity_field_for_flow_matching():
     from pyro_flows.train.registry import build_model
 
     fm = build_model(RunConfig(flow="ffjord", objective="flow_matching", hidden_dims=(8,)), (2,))
-    ml = build_model(RunConfig(flow="ffjord", hidden_dims=(8,)), (2,))
+    ml = build_model(RunConfig(flow="ffjord", objective="likelihood", hidden_dims=(8,)), (2,))
     assert isinstance(fm.transform.dynamics, pyro_flows.nn.VelocityNet)
     assert isinstance(ml.transform.dynamics, pyro_flows.nn.DynamicsNet)
+    # the default objective of an ffjord is flow matching, with its field
+    auto = build_model(RunConfig(flow="ffjord", hidden_dims=(8,)), (2,))
+    assert isinstance(auto.transform.dynamics, pyro_flows.nn.VelocityNet)
     forced = RunConfig(flow="ffjord", objective="flow_matching", field="concat-squash", hidden_dims=(8,))
     assert isinstance(build_model(forced, (2,)).transform.dynamics, pyro_flows.nn.DynamicsNet)
     config = RunConfig(flow="ffjord", objective="flow_matching")
@@ -564,8 +567,14 @@ def test_fit_trains_an_ffjord_both_ways_in_memory():
     default, _ = fit(data[:1000], flow="ffjord", objective="flow_matching", steps=2, eval_every=2)
     widths = [m.out_features for m in default.transform.dynamics.net if isinstance(m, nn.Linear)]
     assert widths == [256, 256, 256, 2]
-    # the same call trains by maximum likelihood, and other families too
-    ml, ml_history = fit(data, flow="ffjord", steps=20, **{**common, "eval_every": 10})
+    # without an objective, an ffjord is trained by flow matching, with its recipe
+    auto, _ = fit(data[:1000], flow="ffjord", steps=2, eval_every=2)
+    widths = [m.out_features for m in auto.transform.dynamics.net if isinstance(m, nn.Linear)]
+    assert widths == [256, 256, 256, 2]
+    # by maximum likelihood when asked, and other families too
+    ml, ml_history = fit(
+        data, flow="ffjord", objective="likelihood", steps=20, **{**common, "eval_every": 10}
+    )
     assert isinstance(ml.transform.dynamics, pyro_flows.nn.DynamicsNet) and len(ml_history) == 2
     nvp, _ = fit(data.double(), flow="real_nvp", steps=5, num_layers=2, hidden_dims=(8,), eval_every=5)
     assert next(nvp.parameters()).dtype == torch.float64
@@ -599,9 +608,21 @@ def test_cli_flow_matching_takes_the_recipe_of_fit_unless_told_otherwise(tmp_pat
     toml.write_text('flow = "ffjord"\nobjective = "flow-matching"\nlr = 1e-3\n')
     from_file = config("--config", str(toml))
     assert (from_file.lr, from_file.hidden_dims) == (1e-3, (256, 256, 256))
+    # without --objective an ffjord is trained by flow matching, with the same recipe
+    auto = config("--flow", "ffjord", "--steps", "500")
+    assert (auto.objective, auto.hidden_dims, auto.batch_size, auto.warmup_steps) == (
+        "flow-matching",
+        (256, 256, 256),
+        512,
+        10,
+    )
+    # a penalty of maximum likelihood's solves, or another base, keeps maximum likelihood
+    assert config("--flow", "ffjord", "--kinetic-weight", "0.01").objective == "likelihood"
+    assert config("--flow", "ffjord", "--base", "uniform").objective == "likelihood"
     # maximum likelihood and the other flows keep the shared defaults
-    ml = config("--flow", "ffjord")
+    ml = config("--flow", "ffjord", "--objective", "likelihood")
     spline = config("--flow", "spline")
+    assert spline.objective == "likelihood"
     assert (
         (ml.hidden_dims, ml.batch_size, ml.lr)
         == (spline.hidden_dims, spline.batch_size, spline.lr)
@@ -616,3 +637,22 @@ def test_progress_lines_name_the_flow_matching_loss(tmp_path, capsys):
     assert main([*argv, "--no-plots", "--out", str(tmp_path / "run")]) == 0
     printed = capsys.readouterr().out
     assert "step 3/3: flow-matching loss " in printed and "train NLL" not in printed
+
+
+def test_an_ffjord_trains_by_flow_matching_unless_told_or_penalized():
+    """``objective="auto"``, the default, is flow matching for an ffjord on continuous data
+    with a normal base and no penalty of its solves, and maximum likelihood otherwise; a
+    run saved before the option existed was trained by maximum likelihood."""
+    assert RunConfig(flow="ffjord").objective == "flow-matching"
+    assert RunConfig(flow="ffjord", levels=256).objective == "likelihood"
+    assert RunConfig(flow="ffjord", frobenius_weight=0.1).objective == "likelihood"
+    assert RunConfig(flow="ffjord", base="beta").objective == "likelihood"
+    assert RunConfig(flow="real_nvp").objective == RunConfig().objective == "likelihood"
+    assert RunConfig(flow="ffjord", objective="likelihood").objective == "likelihood"
+    old = {k: v for k, v in RunConfig(flow="ffjord").to_dict().items() if k != "objective"}
+    assert RunConfig.from_saved(old).objective == "likelihood"
+    assert RunConfig.from_dict(old).objective == "flow-matching"
+    with pytest.raises(ValueError, match="--flow ffjord"):
+        RunConfig(flow="spline", objective="flow-matching")
+    with pytest.raises(ValueError, match="objective"):
+        RunConfig(flow="ffjord", objective="regression")

@@ -514,6 +514,7 @@ def test_ffjord_solver_underflow_in_float64_goes_through_the_guard(tmp_path, mon
             tiny(
                 tmp_path / "r",
                 flow="ffjord",
+                objective="likelihood",
                 num_layers=8,
                 dtype="float64",
                 steps=4,

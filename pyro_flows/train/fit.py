@@ -15,7 +15,7 @@ from typing import List, Optional, Tuple
 import torch
 
 from ..data.splits import Splits
-from .config import RunConfig
+from .config import RunConfig, resolve_objective
 from .loop import train
 from .registry import build_model, check_flow_options, with_resolved_options
 
@@ -50,8 +50,7 @@ def with_flow_matching_defaults(options: dict, n_train: Optional[int] = None) ->
     >>> with_flow_matching_defaults({"flow": "spline", "steps": 500})
     {'flow': 'spline', 'steps': 500}
     """
-    objective = str(options.get("objective", "likelihood")).replace("_", "-")
-    if options.get("flow") != "ffjord" or objective != "flow-matching":
+    if options.get("flow") != "ffjord" or resolve_objective(options) != "flow-matching":
         return options
     options = dict(options)
     steps = options.get("steps", RunConfig.steps)
@@ -69,7 +68,7 @@ def with_flow_matching_defaults(options: dict, n_train: Optional[int] = None) ->
 def fit(
     data: torch.Tensor,
     flow: str = "spline",
-    objective: str = "likelihood",
+    objective: str = "auto",
     steps: int = 2000,
     val_fraction: float = 0.1,
     seed: int = 0,
@@ -88,7 +87,10 @@ def fit(
     :param str objective: ``"likelihood"``, or ``"flow_matching"`` (also spelled
         ``"flow-matching"``) for ``flow="ffjord"``: the vector field is regressed on a
         probability path (:mod:`pyro_flows.train.flow_matching`) instead of solving the ODE
-        at every step; the flow's ``log_prob`` and ``sample`` are unchanged.
+        at every step; the flow's ``log_prob`` and ``sample`` are unchanged. ``"auto"``
+        (default): flow matching for an ffjord with a normal base and no kinetic or
+        Frobenius penalty, maximum likelihood otherwise
+        (:func:`~pyro_flows.train.config.resolve_objective`).
     :param int steps: optimizer steps.
     :param float val_fraction: fraction of the rows held out for validation.
     :param int seed: seed of the split, the initial weights and the batches.
