@@ -645,6 +645,7 @@ def test_an_ffjord_trains_by_flow_matching_unless_told_or_penalized():
     run saved before the option existed was trained by maximum likelihood."""
     assert RunConfig(flow="ffjord").objective == "flow-matching"
     assert RunConfig(flow="ffjord", levels=256).objective == "likelihood"
+    assert RunConfig(flow="ffjord", data="digits").objective == "likelihood"
     assert RunConfig(flow="ffjord", frobenius_weight=0.1).objective == "likelihood"
     assert RunConfig(flow="ffjord", base="beta").objective == "likelihood"
     assert RunConfig(flow="real_nvp").objective == RunConfig().objective == "likelihood"
