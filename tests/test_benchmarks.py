@@ -365,7 +365,21 @@ def test_ffjord_fm_benchmarks_take_the_state_feature_options(tmp_path):
         ]
     )
     assert [r["state_features"] for r in rows] == [0, 4] and all(math.isfinite(r["gap"]) for r in rows)
-    assert "| banana10 | 4 | 2 |" in (tmp_path / "dims.md").read_text()
+    assert "| banana10 | flow matching | 4 | 2 |" in (tmp_path / "dims.md").read_text()
+    # maximum likelihood beside flow matching with the field's default features
+    small = ["--targets", "banana10", "--steps", "2", "--entropy-samples", "2000", "--test", "100"]
+    rows = ffjord_fm_dims.main(
+        [*small, "--train", "300", "--objectives", "likelihood", "flow_matching", "--features", "-1"]
+        + ["--out", str(tmp_path), "--stem", "both"]
+    )
+    assert [(r["objective"], r["state_features"]) for r in rows] == [
+        ("likelihood", None),
+        ("flow_matching", -1),
+    ]
+    text = (tmp_path / "both.md").read_text()
+    assert (
+        "| banana10 | likelihood | - | 2 |" in text and "| banana10 | flow matching | default | 2 |" in text
+    )
 
 
 def test_ffjord_fm_generalization_is_the_paired_kl_on_train_and_test_points(tmp_path):
