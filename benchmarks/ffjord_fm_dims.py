@@ -102,7 +102,7 @@ def main(argv=None) -> list:
         [
             [
                 r["target"],
-                r.get("objective", "flow_matching").replace("_", " "),
+                r["objective"].replace("_", " "),
                 "-"
                 if r["state_features"] is None
                 else ("default" if r["state_features"] < 0 else r["state_features"]),

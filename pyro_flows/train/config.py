@@ -355,11 +355,11 @@ def resolve_objective(options: Dict[str, Any]) -> str:
     """The training objective of a run's options: ``"auto"`` (the default) is flow
     matching for an ffjord on continuous data (``levels`` 0, not a built-in image set)
     with a normal base and no kinetic or Frobenius penalty (those regularize maximum
-    likelihood's solves), and maximum likelihood for everything else; flow matching reaches maximum likelihood's
-    held-out NLL in a fifth of its CPU time or less on three of the four 2-D targets of
-    ``docs/ffjord.md``, and on its 10-D targets ends 8.6 and 14.6 times closer after the
-    same steps in an eighth to a tenth of the time. A given objective is returned as it is (``flow_matching`` spelled
-    ``flow-matching``).
+    likelihood's solves), and maximum likelihood for everything else. Flow matching
+    reaches maximum likelihood's held-out NLL in a fifth of its CPU time or less on three
+    of the four 2-D targets of ``docs/ffjord.md``, and on its 10-D targets ends 8.6 and
+    14.6 times closer after the same steps in an eighth to a tenth of the time. A given
+    objective is returned as it is (``flow_matching`` spelled ``flow-matching``).
 
     >>> resolve_objective({"flow": "ffjord"}), resolve_objective({"flow": "ffjord", "kinetic_weight": 0.01})
     ('flow-matching', 'likelihood')

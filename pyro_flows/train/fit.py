@@ -88,8 +88,8 @@ def fit(
         ``"flow-matching"``) for ``flow="ffjord"``: the vector field is regressed on a
         probability path (:mod:`pyro_flows.train.flow_matching`) instead of solving the ODE
         at every step; the flow's ``log_prob`` and ``sample`` are unchanged. ``"auto"``
-        (default): flow matching for an ffjord with a normal base and no kinetic or
-        Frobenius penalty, maximum likelihood otherwise
+        (default): flow matching for an ffjord on continuous data with a normal base and
+        no kinetic or Frobenius penalty, maximum likelihood otherwise
         (:func:`~pyro_flows.train.config.resolve_objective`).
     :param int steps: optimizer steps.
     :param float val_fraction: fraction of the rows held out for validation.
