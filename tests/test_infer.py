@@ -188,6 +188,68 @@ def test_a_store_of_another_guides_settings_fails_with_a_clear_error(guide_class
         other()
 
 
+def test_a_store_saved_with_another_flow_lr_scale_is_refused_not_ignored(tmp_path):
+    """A store saved with ``flow_lr_scale=1`` (AutoRealNVP's default before 2026-12-02)
+    holds the conditioners under other names than the default guide's; the guide says so
+    instead of training from its own start, and a guide of the saved settings reads it."""
+    pyro.clear_param_store()
+    AutoRealNVP(funnel, num_layers=2, hidden_dims=(8,), flow_lr_scale=1)()
+    names = set(pyro.get_param_store().keys())
+    assert any(n.endswith(".weight0") for n in names), names
+    pyro.get_param_store().save(tmp_path / "params.pt")
+    pyro.clear_param_store()
+    guide = AutoRealNVP(funnel, num_layers=2, hidden_dims=(8,))
+    guide()
+    assert any(n.endswith(".weight0_scaled0p3") for n in pyro.get_param_store().keys())
+    pyro.get_param_store().load(tmp_path / "params.pt")
+    with pytest.raises(
+        ValueError, match=r"holds AutoRealNVP\.transform\$\$\$0\.stacks\.0\.bias0 .*flow_lr_scale=1"
+    ):
+        guide()
+    pyro.clear_param_store()
+    pyro.get_param_store().load(tmp_path / "params.pt")
+    AutoRealNVP(funnel, num_layers=2, hidden_dims=(8,), flow_lr_scale=1)()  # reads it
+    with pytest.raises(ValueError, match="flow_lr_scale must be a positive number"):
+        AutoRealNVP(funnel, flow_lr_scale=0.0)
+
+
+def test_flow_lr_scale_is_adam_with_the_flow_at_a_lower_rate():
+    """``flow_lr_scale=c`` changes no value, only Adam's step on the conditioners: in
+    float64, the default guide (c = 0.3) under Adam at lr 1e-2 follows the guide held at
+    its own scale (c = 1) under Adam with lr 3e-3 on the conditioners and 1e-2 on the
+    location and scale, step for step."""
+
+    def run(scale, optim_args):
+        pyro.clear_param_store()
+        pyro.set_rng_seed(0)
+        guide = AutoRealNVP(_eight_schools_64, flow_lr_scale=scale)
+        elbo = Trace_ELBO(num_particles=8, vectorize_particles=True, max_plate_nesting=1)
+        svi = SVI(_eight_schools_64, guide, pyro.optim.Adam(optim_args), elbo)
+        losses = [svi.step() for _ in range(6)]
+        stacks = guide.transform.parts[0].stacks
+        weights = [t for stack in stacks for j in range(stack.num_layers) for t in stack.layer(j)]
+        return losses, weights, guide.transform.parts[-1]
+
+    eps = 1e-16  # Adam's eps acts on the held scale: keep it out of the comparison
+    torch.set_default_dtype(torch.float64)
+    try:
+        losses, weights, loc_scale = run(0.3, {"lr": 1e-2, "eps": eps})
+        ref_losses, ref_weights, ref_loc_scale = run(
+            1.0, lambda name: {"lr": 3e-3 if ".stacks." in name else 1e-2, "eps": eps}
+        )
+    finally:
+        torch.set_default_dtype(torch.float32)
+    for a, b in zip(losses, ref_losses, strict=True):
+        assert abs(a - b) <= 1e-9 * max(1.0, abs(b)), (a, b)
+    assert len(weights) == len(ref_weights) == 12  # 11-D: two stacks of three layers
+    for w, v in zip(weights, ref_weights, strict=True):
+        assert float((w - v).abs().max()) < 1e-8, float((w - v).abs().max())  # steps: ~3e-3
+    assert torch.allclose(loc_scale.loc, ref_loc_scale.loc, rtol=0, atol=1e-8)
+    # the steps moved the flow (its last layer starts at zero), by about 3e-3 a step
+    last = weights[-2]
+    assert 1e-3 < float(last.abs().max()) < 6 * 3e-3 * 1.5
+
+
 def test_khat_separates_a_good_guide_from_a_bad_one():
     good = _small_guide(conjugate_model)
     _train(conjugate_model, good, 150, Trace_ELBO(num_particles=8, vectorize_particles=True), 0.05)
@@ -236,7 +298,7 @@ def _steps_of_real_nvp(stacked: bool, monkeypatch, steps: int = 3, fused: bool =
     from pyro_flows.infer import guides
 
     if not stacked:
-        monkeypatch.setattr(guides, "_stack_conditioners", lambda couplings, input_bound=None: None)
+        monkeypatch.setattr(guides, "_stack_conditioners", lambda *args, **kwargs: None)
     monkeypatch.setattr(AutoRealNVP, "_fused", fused)
     pyro.clear_param_store()
     pyro.set_rng_seed(0)
@@ -261,11 +323,8 @@ def _conditioner_tensors(coupling, grads=None):
     pick = (lambda t: t) if grads is None else (lambda t: grads[id(t)])
     conditioner = coupling.conditioner
     if isinstance(conditioner, _StackedMLP):
-        params, i = conditioner.stack._parameters, conditioner.index
-        return [
-            (pick(params[f"weight{j}"])[i], pick(params[f"bias{j}"])[i])
-            for j in range(conditioner.stack.num_layers)
-        ]
+        stack, i = conditioner.stack, conditioner.index
+        return [(pick(stack.held(j)[0])[i], pick(stack.held(j)[1])[i]) for j in range(stack.num_layers)]
     return [(pick(m.weight), pick(m.bias)) for m in conditioner if isinstance(m, torch.nn.Linear)]
 
 
@@ -273,11 +332,13 @@ def test_stacked_conditioners_leave_loss_and_gradients_unchanged(monkeypatch):
     """AutoRealNVP keeps its couplings' conditioner weights in a few stacked tensors (for
     Pyro's per-tensor costs); in float64 the losses, the gradients of every conditioner
     weight and the parameters after Adam steps equal those of separate per-coupling
-    networks."""
+    networks (held at their own scale, ``flow_lr_scale=1``: per-coupling networks have
+    no other)."""
     torch.set_default_dtype(torch.float64)
     try:  # per-coupling MLPs read their inputs as they are
-        stacked, losses, grads = _steps_of_real_nvp(True, monkeypatch, input_bound=None)
-        plain, plain_losses, plain_grads = _steps_of_real_nvp(False, monkeypatch, input_bound=None)
+        options = {"input_bound": None, "flow_lr_scale": 1}
+        stacked, losses, grads = _steps_of_real_nvp(True, monkeypatch, **options)
+        plain, plain_losses, plain_grads = _steps_of_real_nvp(False, monkeypatch, **options)
     finally:
         torch.set_default_dtype(torch.float32)
     # 11 latent dimensions: the half masks give couplings of two shapes, so two stacks
@@ -334,10 +395,17 @@ def test_fused_couplings_match_the_layers_in_both_directions():
     from pyro_flows.infer.fused import _fuse
     from pyro_flows.infer.guides import _stack_conditioners, guide_real_nvp
 
-    for dim, scale_bound, input_bound in ((6, 3.0, None), (7, None, None), (6, 3.0, 1.5)):
+    cases = (
+        (6, 3.0, None, 1.0),
+        (7, None, None, 1.0),
+        (6, 3.0, 1.5, 1.0),
+        (6, 3.0, 1.5, 0.3),
+        (7, None, None, 0.3),
+    )
+    for dim, scale_bound, input_bound, lr_scale in cases:
         torch.manual_seed(dim)
         layers = guide_real_nvp(dim, num_layers=5, hidden_dims=(8, 8), scale_bound=scale_bound).double()
-        _stack_conditioners(layers.parts, input_bound)
+        _stack_conditioners(layers.parts, input_bound, lr_scale)
         with torch.no_grad():
             for p in layers.parameters():
                 p.add_(0.3 * torch.randn_like(p))

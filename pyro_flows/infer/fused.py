@@ -71,12 +71,13 @@ class _FusedCouplings(FlowTransform):
         biases (one ``unbind`` each), the last layer's log-scale rows divided by the bound."""
         out = []
         for s, stack in enumerate(self.stacks):
-            params = stack._parameters  # read here: the path gradient swaps detached views in
             layers = []
             for j in range(stack.num_layers):
-                weight, bias = params[f"weight{j}"], params[f"bias{j}"]
                 row_scale = row_scales.get(s) if j == stack.num_layers - 1 else None
-                if row_scale is not None:
+                if row_scale is None:
+                    weight, bias = stack.layer(j)
+                else:  # the row factors include the stack's lr_scale
+                    weight, bias = stack.held(j)
                     weight = weight * row_scale.unsqueeze(-1)
                     bias = bias * row_scale
                 layers.append((weight.unbind(0), bias.unbind(0)))
@@ -85,12 +86,12 @@ class _FusedCouplings(FlowTransform):
 
     def _row_scales(self) -> dict:
         """Per stack whose members share one scale bound :math:`b`: the factors of its last
-        layer's rows (1 on the shift rows, :math:`2/b` on the log-scale rows), kept between
-        calls in the dtype and on the device of the weights."""
+        layer's held rows (:math:`c` on the shift rows, :math:`2c/b` on the log-scale rows,
+        :math:`c` the stack's ``lr_scale``), kept between calls in the dtype and on the
+        device of the weights."""
         scales = self.__dict__.get("_row_scale_cache")
         if scales is not None and all(
-            t.dtype == self.stacks[s]._parameters["bias0"].dtype
-            and t.device == self.stacks[s]._parameters["bias0"].device
+            t.dtype == self.stacks[s].reference.dtype and t.device == self.stacks[s].reference.device
             for s, t in scales.items()
         ):
             return scales
@@ -100,10 +101,10 @@ class _FusedCouplings(FlowTransform):
             if len(bounds) != 1 or None in bounds:
                 continue
             (bound,) = bounds
-            bias = stack._parameters[f"bias{stack.num_layers - 1}"]
+            bias = stack.held(stack.num_layers - 1)[1]
             rows = bias.shape[-1]
-            scale = torch.ones(rows, dtype=bias.dtype, device=bias.device)
-            scale[rows // 2 :] = 2.0 / bound
+            scale = torch.full((rows,), stack.lr_scale, dtype=bias.dtype, device=bias.device)
+            scale[rows // 2 :] = stack.lr_scale * 2.0 / bound
             scales[s] = scale
         self.__dict__["_row_scale_cache"] = scales
         return scales
