@@ -90,10 +90,12 @@ class _FusedCouplings(FlowTransform):
         :math:`c` the stack's ``lr_scale``), kept between calls in the dtype and on the
         device of the weights."""
         scales = self.__dict__.get("_row_scale_cache")
-        if scales is not None and all(
-            t.dtype == self.stacks[s].reference.dtype and t.device == self.stacks[s].reference.device
-            for s, t in scales.items()
-        ):
+
+        def in_place_of_weights(s, t):
+            bias = self.stacks[s].held(0)[1]
+            return t.dtype == bias.dtype and t.device == bias.device
+
+        if scales is not None and all(in_place_of_weights(s, t) for s, t in scales.items()):
             return scales
         scales = {}
         for s, stack in enumerate(self.stacks):

@@ -90,22 +90,13 @@ class _StackedLinears(nn.Module):
         linears = [[layer for layer in mlp if isinstance(layer, nn.Linear)] for mlp in mlps]
         self.num_layers = len(linears[0])
         self.lr_scale = float(lr_scale)
-        suffix = (
-            ""
-            if self.lr_scale == 1.0
-            else "_scaled" + f"{self.lr_scale:g}".replace(".", "p").replace("-", "m")
-        )
+        suffix = "" if self.lr_scale == 1.0 else "_scaled" + f"{self.lr_scale:g}".replace(".", "p")
         self._names = [(f"weight{j}{suffix}", f"bias{j}{suffix}") for j in range(self.num_layers)]
         for j, (wname, bname) in enumerate(self._names):
             weight = torch.stack([layers[j].weight.detach() for layers in linears]) / self.lr_scale
             bias = torch.stack([layers[j].bias.detach() for layers in linears]) / self.lr_scale
             self.register_parameter(wname, nn.Parameter(weight))
             self.register_parameter(bname, nn.Parameter(bias))
-
-    @property
-    def reference(self) -> torch.Tensor:
-        """A held tensor, for the stack's dtype and device."""
-        return self._parameters[self._names[0][1]]
 
     def held(self, j: int) -> tuple:
         """The held weight and bias of layer ``j`` (the values divided by ``lr_scale``).
