@@ -589,6 +589,54 @@ def paired_table(results) -> list:
     ]
 
 
+def paired_records(base_path, other_path, args):
+    """Two runs of the same models compared point by point: for every target and model
+    both records scored on the same test points (``--generalization``), the mean of
+    NLL_other(x) - NLL_base(x) over those points ± its standard error (negative: the
+    second run is closer to the truth). This is how one option is measured against
+    another (``--fm-noise 0.15`` against 0, say) without the test set's own sampling
+    noise, which dominates the standard error of either NLL alone."""
+    import json
+
+    records = []
+    for path in (base_path, other_path):
+        with open(path) as fh:
+            records.append(json.load(fh))
+    base, other = records
+    rows = []
+    for target, res in base["results"].items():
+        theirs = other["results"].get(target, {}).get("generalization", {})
+        for model, mine in res.get("generalization", {}).items():
+            match = theirs.get(model)
+            if not match or "test_nlls" not in mine or "test_nlls" not in match:
+                continue
+            if match.get("test_key") != mine.get("test_key"):
+                continue
+            diff = torch.tensor(match["test_nlls"], dtype=torch.float64) - torch.tensor(
+                mine["test_nlls"], dtype=torch.float64
+            )
+            mean, se = report.mean_se(diff)
+            rows.append((target, model, f"{mean:+.4f} ± {se:.4f} ({len(diff)})"))
+    if not rows:
+        raise SystemExit(f"{base_path} and {other_path} share no model scored on the same test points")
+    lines = [
+        "# Two runs compared on the same test points",
+        "",
+        f"- base: `{base['command']}`",
+        f"- other: `{other['command']}`",
+        "",
+        "mean of NLL_other(x) - NLL_base(x) over the test points ± its standard error "
+        "(negative: the other run is closer to the truth)",
+        "",
+        report.markdown_table(("target", "model", "NLL difference"), rows),
+    ]
+    text = "\n".join(lines) + "\n"
+    data = {"base": base["command"], "other": other["command"], "rows": rows}
+    report.write(args.stem, text, data, directory=args.out)
+    print(text)
+    return rows
+
+
 def merge(paths, args):
     """One table from several result files (targets and models are combined)."""
     import json
@@ -728,12 +776,21 @@ def main(argv=None):
         help="only combine the .json results of runs that each trained some of the models (run at "
         "the same time, one process per model, to share a busy machine) into one table",
     )
+    p.add_argument(
+        "--paired",
+        nargs=2,
+        metavar=("BASE_JSON", "OTHER_JSON"),
+        help="only compare two runs' models point by point on their shared test points (both run "
+        "with --generalization): NLL_other - NLL_base ± its standard error",
+    )
     args = p.parse_args(argv)
     if not 0 <= args.generalization <= args.train:
         p.error(f"--generalization must be between 0 and --train ({args.train}), got {args.generalization}")
     torch.set_num_threads(1)
     if args.merge:
         return merge(args.merge, args)
+    if args.paired:
+        return paired_records(*args.paired, args)
 
     def log(message):
         print(time.strftime("%H:%M:%S"), message, file=sys.stderr, flush=True)

@@ -466,6 +466,20 @@ def test_ffjord_fm_pairs_models_on_the_same_test_points_only(tmp_path):
     assert "## Flow matching against each model" not in (tmp_path / "m.md").read_text()
     ffjord_fm.main(["--merge", str(tmp_path / "s0.json"), "--out", str(tmp_path), "--stem", "m0"])
     assert row in (tmp_path / "m0.md").read_text().split("## Flow matching against each model")[1]
+    # --paired: one option against another, model by model, on the shared test points
+    ffjord_fm.main([*argv, "--models", "spline_flow", "--nvp-lr", "3e-3", "--stem", "s0b"])
+    other = json.loads((tmp_path / "s0b.json").read_text())["results"]["moons"]["models"]["spline_flow"]
+    rows = ffjord_fm.main(
+        ["--paired", str(tmp_path / "s0.json"), str(tmp_path / "s0b.json")] + ["--out", str(tmp_path)]
+    )
+    ((target, model, cell),) = rows  # flow matching is in one record only
+    mean, se = (float(v) for v in cell.split("(")[0].split("±"))
+    assert (target, model) == ("moons", "spline_flow") and se > 0
+    assert abs(mean - (other[-1]["nll"] - nll["spline_flow"])) < 2e-4
+    with pytest.raises(SystemExit, match="share no model"):  # seed 1's test points differ
+        ffjord_fm.main(
+            ["--paired", str(tmp_path / "s0.json"), str(tmp_path / "s1.json"), "--out", str(tmp_path)]
+        )
 
 
 def test_ffjord_fm_training_noise_follows_the_learning_rate(monkeypatch):
