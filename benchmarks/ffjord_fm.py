@@ -622,6 +622,7 @@ def paired_records(base_path, other_path, args):
     lines = [
         "# Two runs compared on the same test points",
         "",
+        f"- command: `{report.command()}`",
         f"- base: `{base['command']}`",
         f"- other: `{other['command']}`",
         "",
@@ -631,7 +632,7 @@ def paired_records(base_path, other_path, args):
         report.markdown_table(("target", "model", "NLL difference"), rows),
     ]
     text = "\n".join(lines) + "\n"
-    data = {"base": base["command"], "other": other["command"], "rows": rows}
+    data = {"command": report.command(), "base": base["command"], "other": other["command"], "rows": rows}
     report.write(args.stem, text, data, directory=args.out)
     print(text)
     return rows

@@ -476,6 +476,7 @@ def test_ffjord_fm_pairs_models_on_the_same_test_points_only(tmp_path):
     mean, se = (float(v) for v in cell.split("(")[0].split("±"))
     assert (target, model) == ("moons", "spline_flow") and se > 0
     assert abs(mean - (other[-1]["nll"] - nll["spline_flow"])) < 2e-4
+    assert "- command: `" in (tmp_path / "ffjord_fm.md").read_text()  # the record names its own command
     with pytest.raises(SystemExit, match="share no model"):  # seed 1's test points differ
         ffjord_fm.main(
             ["--paired", str(tmp_path / "s0.json"), str(tmp_path / "s1.json"), "--out", str(tmp_path)]
