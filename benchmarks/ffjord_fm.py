@@ -555,6 +555,34 @@ def generalization_table(results) -> list:
     return lines + paired_table(results)
 
 
+def paired_difference(first, second) -> str:
+    """``"mean ± se (n)"`` of NLL_first(x) - NLL_second(x) over the test points that both
+    generalization entries (``test_nlls``) were scored on."""
+    diff = torch.tensor(first["test_nlls"], dtype=torch.float64) - torch.tensor(
+        second["test_nlls"], dtype=torch.float64
+    )
+    mean, se = report.mean_se(diff)
+    return f"{mean:+.4f} ± {se:.4f} ({len(diff)})"
+
+
+def load_record(path) -> dict:
+    """The ``.json`` record of a run of this benchmark, or an exit that names the file and
+    what is wrong with it."""
+    import json
+
+    try:
+        with open(path) as fh:
+            data = json.load(fh)
+    except FileNotFoundError:
+        raise SystemExit(f"no record at {path}: give the .json a run of this benchmark wrote") from None
+    except json.JSONDecodeError as err:
+        raise SystemExit(f"{path} is not JSON ({err})") from None
+    missing = [key for key in ("command", "results") if key not in data]
+    if missing:
+        raise SystemExit(f"{path} is not a record of this benchmark: it has no {' or '.join(missing)}")
+    return data
+
+
 def paired_table(results) -> list:
     """Flow matching against every other model on the same test points: the mean of
     NLL_FM(x) - NLL_model(x) ± its standard error. Pairing removes the test set's own
@@ -569,11 +597,7 @@ def paired_table(results) -> list:
         for model, other in g.items():
             if model == "ffjord_fm" or other.get("test_key") != fm["test_key"]:
                 continue
-            diff = torch.tensor(fm["test_nlls"], dtype=torch.float64) - torch.tensor(
-                other["test_nlls"], dtype=torch.float64
-            )
-            mean, se = report.mean_se(diff)
-            lines.append(f"| {name} | {model} | {mean:+.4f} ± {se:.4f} ({len(diff)}) |")
+            lines.append(f"| {name} | {model} | {paired_difference(fm, other)} |")
     if not lines:
         return []
     return [
@@ -596,13 +620,7 @@ def paired_records(base_path, other_path, args):
     second run is closer to the truth). This is how one option is measured against
     another (``--fm-noise 0.15`` against 0, say) without the test set's own sampling
     noise, which dominates the standard error of either NLL alone."""
-    import json
-
-    records = []
-    for path in (base_path, other_path):
-        with open(path) as fh:
-            records.append(json.load(fh))
-    base, other = records
+    base, other = load_record(base_path), load_record(other_path)
     rows = []
     for target, res in base["results"].items():
         theirs = other["results"].get(target, {}).get("generalization", {})
@@ -612,17 +630,14 @@ def paired_records(base_path, other_path, args):
                 continue
             if match.get("test_key") != mine.get("test_key"):
                 continue
-            diff = torch.tensor(match["test_nlls"], dtype=torch.float64) - torch.tensor(
-                mine["test_nlls"], dtype=torch.float64
-            )
-            mean, se = report.mean_se(diff)
-            rows.append((target, model, f"{mean:+.4f} ± {se:.4f} ({len(diff)})"))
+            rows.append((target, model, paired_difference(match, mine)))
     if not rows:
         raise SystemExit(f"{base_path} and {other_path} share no model scored on the same test points")
+    cmd = report.command()
     lines = [
         "# Two runs compared on the same test points",
         "",
-        f"- command: `{report.command()}`",
+        f"- command: `{cmd}`",
         f"- base: `{base['command']}`",
         f"- other: `{other['command']}`",
         "",
@@ -632,7 +647,7 @@ def paired_records(base_path, other_path, args):
         report.markdown_table(("target", "model", "NLL difference"), rows),
     ]
     text = "\n".join(lines) + "\n"
-    data = {"command": report.command(), "base": base["command"], "other": other["command"], "rows": rows}
+    data = {"command": cmd, "base": base["command"], "other": other["command"], "rows": rows}
     report.write(args.stem, text, data, directory=args.out)
     print(text)
     return rows
@@ -640,12 +655,9 @@ def paired_records(base_path, other_path, args):
 
 def merge(paths, args):
     """One table from several result files (targets and models are combined)."""
-    import json
-
     results, commands, info, first_args = {}, [], None, None
     for path in paths:
-        with open(path) as fh:
-            data = json.load(fh)
+        data = load_record(path)
         info = info or data["info"]
         first_args = first_args or data["args"]
         commands.append(data["command"])

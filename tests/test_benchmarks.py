@@ -481,6 +481,12 @@ def test_ffjord_fm_pairs_models_on_the_same_test_points_only(tmp_path):
         ffjord_fm.main(
             ["--paired", str(tmp_path / "s0.json"), str(tmp_path / "s1.json"), "--out", str(tmp_path)]
         )
+    # a missing file or a file that is not a record is named, not a KeyError
+    with pytest.raises(SystemExit, match="no record at .*absent.json"):
+        ffjord_fm.main(["--paired", str(tmp_path / "s0.json"), str(tmp_path / "absent.json")])
+    (tmp_path / "other.json").write_text('{"rows": []}')
+    with pytest.raises(SystemExit, match="other.json is not a record of this benchmark: it has no command"):
+        ffjord_fm.main(["--merge", str(tmp_path / "other.json"), "--out", str(tmp_path)])
 
 
 def test_ffjord_fm_training_noise_follows_the_learning_rate(monkeypatch):
