@@ -7,7 +7,7 @@ import pyro.distributions as dist
 import pytest
 import torch
 from pyro import poutine
-from pyro.infer import SVI, JitTrace_ELBO, Trace_ELBO
+from pyro.infer import SVI, JitTrace_ELBO, JitTraceGraph_ELBO, Trace_ELBO, TraceGraph_ELBO
 from pyro.infer.reparam import LocScaleReparam, NeuTraReparam
 
 from examples.banana import banana
@@ -106,17 +106,22 @@ def test_rejects_an_unknown_setting():
         AutoRealNVP(funnel, noncentered="yes")
 
 
-@pytest.mark.parametrize("noncentered", [True, "auto", "learn"])
-def test_runs_under_jit(float64, noncentered):
-    # JitTrace_ELBO gives the plain ELBO's loss and gradients (its first call traces)
+@pytest.mark.parametrize(
+    "guide_cls, noncentered",
+    [(AutoRealNVP, True), (AutoRealNVP, "auto"), (AutoRealNVP, "learn"), (AutoSplineFlow, "auto")],
+)
+@pytest.mark.parametrize("jit_elbo", [JitTrace_ELBO, JitTraceGraph_ELBO])
+def test_runs_under_jit(float64, guide_cls, noncentered, jit_elbo):
+    # a JIT ELBO gives the plain ELBO's loss and gradients (its first call traces)
+    plain = Trace_ELBO if jit_elbo is JitTrace_ELBO else TraceGraph_ELBO
     results = []
     for elbo in (
-        Trace_ELBO(num_particles=4, vectorize_particles=True, max_plate_nesting=1),
-        JitTrace_ELBO(num_particles=4, vectorize_particles=True, max_plate_nesting=1),
+        plain(num_particles=4, vectorize_particles=True, max_plate_nesting=1),
+        jit_elbo(num_particles=4, vectorize_particles=True, max_plate_nesting=1),
     ):
         pyro.clear_param_store()
         pyro.set_rng_seed(0)
-        guide = AutoRealNVP(eight_schools, num_layers=2, hidden_dims=(16,), noncentered=noncentered)
+        guide = guide_cls(eight_schools, num_layers=2, hidden_dims=(16,), noncentered=noncentered)
         elbo.loss_and_grads(eight_schools, guide)
         params = dict(pyro.get_param_store().named_parameters())
         for p in params.values():
