@@ -50,6 +50,9 @@ def cosine(lr: float, fraction: float, warmup: float = 0.0) -> float:
     return lr * 0.5 * (1 + math.cos(math.pi * min(1.0, fraction)))
 
 
+#: the models of a run, in the order of its records
+MODELS = ("ffjord_fm", "ffjord_ml", "real_nvp", "spline_flow")
+
 MARKS = (5, 10, 20, 34, 50, 85, 120, 170, 250, 340, 500, 700, 1000)
 
 
@@ -458,18 +461,34 @@ def summarize(out, args):
     return summary
 
 
-def render(results, info, cmd, args) -> str:
+def model_settings(model: str, a) -> str:
+    """The settings of one model of a record, from the options of the run that trained it."""
+    if model == "ffjord_ml":
+        return (
+            f"ML: FFJORD concat-squash field {'-'.join(map(str, a.hidden))} tanh, Adam lr {a.ml_lr}, "
+            f"batch {a.batch}, dopri5 at {a.ml_tol}, exact trace"
+        )
+    if model == "ffjord_fm":
+        return f"FM: {fm_field_summary(a)}, Adam lr {a.fm_lr}, batch {a.fm_batch}, path {a.path}"
+    if model == "real_nvp":
+        return f"RealNVP: 8 couplings 64-64, Adam lr {a.nvp_lr}, batch {a.batch}"
+    bound = f"{a.spline_tail_bound:g}"
+    return f"spline flow: {a.spline_bins} bins on [-{bound}, {bound}], Adam lr {a.nvp_lr}, batch {a.batch}"
+
+
+def render(results, info, cmd, args, model_args=None) -> str:
+    """The record as Markdown; ``model_args`` (model name to the options of the run that
+    trained it, for a merged record) defaults to ``args`` for every model."""
+    model_args = model_args or {}
+    present = [m for m in MODELS if any(m in res["models"] for res in results.values())]
+    settings = "; ".join(model_settings(m, model_args.get(m, args)) for m in present)
     lines = [
         "# FFJORD by flow matching vs maximum likelihood vs RealNVP (held-out NLL, nats/point)",
         "",
         report.header(info, cmd),
-        f"- settings: ML: FFJORD concat-squash field {'-'.join(map(str, args.hidden))} tanh, "
-        f"Adam lr {args.ml_lr}, batch {args.batch}, dopri5 at {args.ml_tol}, exact trace; "
-        f"FM: {fm_field_summary(args)}, Adam lr {args.fm_lr}, batch {args.fm_batch}, path {args.path}; "
-        f"RealNVP: 8 couplings 64-64; spline flow: {args.spline_bins} bins on "
-        f"[-{args.spline_tail_bound:g}, {args.spline_tail_bound:g}]; both "
-        f"lr {args.nvp_lr}; cosine decay over each model's CPU budget; {args.train} training / "
-        f"{args.test} test points; NLL of FFJORD through the ODE (dopri5 1e-5, exact trace)",
+        f"- settings: {settings}{'; ' if settings else ''}cosine decay over each model's CPU budget; "
+        f"{args.train} training / {args.test} test points; NLL of FFJORD through the ODE "
+        "(dopri5 1e-5, exact trace)",
         "",
         "## Time to reach maximum likelihood's NLL, and the KL gap at equal CPU time",
         "",
@@ -655,7 +674,7 @@ def paired_records(base_path, other_path, args):
 
 def merge(paths, args):
     """One table from several result files (targets and models are combined)."""
-    results, commands, info, first_args = {}, [], None, None
+    results, commands, info, first_args, model_args = {}, [], None, None, {}
     for path in paths:
         data = load_record(path)
         info = info or data["info"]
@@ -671,39 +690,35 @@ def merge(paths, args):
             for key in ("scoring", "sampling"):
                 if key in res:
                     into[key] = res[key]
-        for key in (
-            "ml_seconds",
-            "fm_seconds",
-            "nvp_seconds",
-            "ml_lr",
-            "fm_lr",
-            "nvp_lr",
-            "ml_tol",
-            "path",
-            "hidden",
-        ):
+            # each model is described by the options of the run that trained it (a merged
+            # record keeps them per model, so that it can be merged again)
+            for model in res["models"]:
+                model_args[model] = data.get("model_args", {}).get(model, data["args"])
+        for key in ("train", "test", "compare_at", "accuracy_points", "sample_count"):
             setattr(args, key, data["args"][key])
-        for key in ("batch", "fm_batch", "train", "test", "compare_at", "accuracy_points", "sample_count"):
-            setattr(args, key, data["args"][key])
-        for key in ("fm_field", "fm_hidden"):
-            if key in data["args"]:
-                setattr(args, key, data["args"][key])
-        # options newer than some records: what those records ran with
-        for key, before in RECORDED_BEFORE.items():
-            setattr(args, key, data["args"].get(key, before))
     for res in results.values():
-        order = [m for m in ("ffjord_fm", "ffjord_ml", "real_nvp", "spline_flow") if m in res["models"]]
+        order = [m for m in MODELS if m in res["models"]]
         res["models"] = {m: res["models"][m] for m in order}
         res["summary"] = summarize(res, args)
     cmd = "; ".join(dict.fromkeys(commands))
+    # options newer than some records: what those records ran with
+    described = {m: argparse.Namespace(**{**RECORDED_BEFORE, **a}) for m, a in model_args.items()}
+    text = render(results, info, cmd, args, described)
     report.write(
         args.stem,
-        render(results, info, cmd, args),
+        text,
         # the layout of a run's own record, so that a merged record can be merged again
-        {"info": info, "command": cmd, "args": first_args, "results": results, "commands": commands},
+        {
+            "info": info,
+            "command": cmd,
+            "args": first_args,
+            "model_args": model_args,
+            "results": results,
+            "commands": commands,
+        },
         directory=args.out,
     )
-    print(render(results, info, cmd, args))
+    print(text)
 
 
 def main(argv=None):

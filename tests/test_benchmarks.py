@@ -412,6 +412,29 @@ def test_ffjord_fm_generalization_is_the_paired_kl_on_train_and_test_points(tmp_
     assert merged["command"] == record["command"] and merged["args"] == record["args"]
 
 
+def test_ffjord_fm_merged_record_describes_each_model_by_its_own_run(tmp_path):
+    # a RealNVP run and a spline run with other options, merged: each model's settings are
+    # those of the run that trained it (not the last record's), also when merged again
+    from benchmarks import ffjord_fm
+
+    argv = ["--targets", "moons", "--nvp-seconds", "0.3", "--marks", "0.3", "--train", "300"]
+    argv += ["--test", "100", "--entropy-samples", "1000", "--skip-solvers", "--out", str(tmp_path)]
+    ffjord_fm.main([*argv, "--models", "real_nvp", "--nvp-lr", "0.002", "--batch", "64", "--stem", "nvp"])
+    ffjord_fm.main([*argv, "--models", "spline_flow", "--spline-bins", "4", "--stem", "spline"])
+    paths = [str(tmp_path / "nvp.json"), str(tmp_path / "spline.json")]
+    ffjord_fm.main(["--merge", *paths, "--out", str(tmp_path), "--stem", "both"])
+    ffjord_fm.main(["--merge", str(tmp_path / "both.json"), "--out", str(tmp_path), "--stem", "again"])
+    for stem in ("both", "again"):
+        settings = next(
+            line
+            for line in (tmp_path / f"{stem}.md").read_text().splitlines()
+            if line.startswith("- settings:")
+        )
+        assert "RealNVP: 8 couplings 64-64, Adam lr 0.002, batch 64;" in settings, settings
+        assert "spline flow: 4 bins on [-3, 3], Adam lr 0.001, batch 256;" in settings, settings
+        assert "ML:" not in settings and "FM:" not in settings  # no model that did not run
+
+
 def test_ffjord_fm_screen_draws_times_above_tmin(monkeypatch):
     from benchmarks import ffjord_fm_screen
 
