@@ -227,7 +227,8 @@ def run(task: str, num_simulations: int, seed: int, args) -> list:
         kwargs = json.loads(args.fit_kwargs)
         if args.max_epochs:
             kwargs["max_epochs"] = args.max_epochs
-        methods["ours (fit_posterior)"] = fit_ours(prior, theta, x, budget, seed=seed, **kwargs)
+        name = "ours (fit_posterior)" if "flow" not in kwargs else f"ours (fit_posterior, {kwargs['flow']})"
+        methods[name] = fit_ours(prior, theta, x, budget, seed=seed, **kwargs)
     rows = []
     for name, (at, seconds, info) in methods.items():
         scores = []
