@@ -65,6 +65,45 @@ def test_fit_posterior_is_close_to_the_exact_linear_gaussian_posterior(options, 
         assert min(history["train"]) > 0
 
 
+def test_flow_matching_posterior_takes_one_dimension_and_integrates_to_one():
+    torch.manual_seed(0)
+    theta = 2.0 * torch.randn(800, 1) + 3.0
+    x = theta + torch.randn(800, 1)
+    with pytest.raises(ValueError, match='couplings need at least 2 .flow="ffjord" takes one'):
+        fit_posterior((theta, x), max_epochs=1)
+    posterior = fit_posterior(
+        (theta, x), flow="ffjord", hidden_dims=(32, 32), max_epochs=20, dtype=torch.float64
+    )
+    grid = torch.linspace(-15.0, 21.0, 3001, dtype=torch.float64).unsqueeze(-1)
+    with torch.no_grad():
+        density = posterior.log_prob(grid, torch.tensor([4.0])).exp()
+    mass = float(density.sum() * (grid[1] - grid[0]))
+    assert abs(mass - 1) < 1e-3, mass
+
+
+def test_flow_matching_posterior_with_a_bounded_prior_rejects_and_renormalizes():
+    prior = Independent(Uniform(-torch.ones(1), torch.ones(1)), 1)
+    torch.manual_seed(0)
+    theta = prior.sample((800,))
+    x = theta + 0.1 * torch.randn(800, 1)
+    posterior = fit_posterior((theta, x), prior, flow="ffjord", hidden_dims=(32, 32), max_epochs=10)
+    posterior.num_normalizing_draws = 20_000
+    x_obs = torch.tensor([0.95])
+    grid = torch.linspace(-1 + 1e-4, 1 - 1e-4, 2001).unsqueeze(-1)
+    with torch.no_grad():
+        density = posterior.log_prob(grid, x_obs).exp()
+        draws = posterior.sample(x_obs, 500)
+        outside = posterior.log_prob(torch.tensor([1.5]), x_obs)
+    mass = float(density.sum() * (grid[1] - grid[0]))
+    assert abs(mass - 1) < 0.03, mass
+    assert outside == -math.inf and (draws.abs() < 1).all()
+
+
+def test_fit_posterior_rejects_an_unknown_flow():
+    with pytest.raises(ValueError, match="flow must be one of real_nvp, ffjord"):
+        fit_posterior((torch.randn(10, 2), torch.randn(10, 3)), flow="maf")
+
+
 def _grid(low, high, n=401):
     axis = torch.linspace(low, high, n, dtype=torch.float64)
     a, b = torch.meshgrid(axis, axis, indexing="ij")
