@@ -99,9 +99,11 @@ def test_flow_matching_posterior_with_a_bounded_prior_rejects_and_renormalizes()
     assert outside == -math.inf and (draws.abs() < 1).all()
 
 
-def test_fit_posterior_rejects_an_unknown_flow():
+def test_fit_posterior_rejects_an_unknown_flow_and_a_bad_time_exponent():
     with pytest.raises(ValueError, match="flow must be one of real_nvp, ffjord"):
         fit_posterior((torch.randn(10, 2), torch.randn(10, 3)), flow="maf")
+    with pytest.raises(ValueError, match="time_exponent must be a finite number > 0, got 0"):
+        fit_posterior((torch.randn(10, 2), torch.randn(10, 3)), flow="ffjord", time_exponent=0.0)
 
 
 def _grid(low, high, n=401):
