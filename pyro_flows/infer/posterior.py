@@ -25,6 +25,7 @@ two-moons benchmark one observation's KL went to thousands.
 from __future__ import annotations
 
 import copy
+import functools
 import math
 import time
 from typing import Callable, List, Optional, Sequence, Tuple, Union
@@ -297,13 +298,25 @@ FLOWS = ("real_nvp", "ffjord")
 VALIDATION_DRAWS = 16
 
 
+def _likelihood_loss(net, u_std, x_std):
+    """The negative log-likelihood of the standardized pairs ``idx`` under a conditional
+    vector flow (maximum likelihood)."""
+
+    def loss_of(idx):
+        zeros = u_std.new_zeros(len(idx), u_std.shape[-1])
+        base = Independent(Normal(zeros, torch.ones_like(zeros)), 1)
+        return -TransformedDistribution(base, [net.condition(x_std[idx])]).log_prob(u_std[idx]).mean()
+
+    return loss_of
+
+
 def _flow_matching_losses(u_std, x_std, val_idx, hidden_dims, time_exponent, generator, dtype):
     """A conditional FFJORD on the standardized pairs, its conditional flow-matching loss
     on a minibatch (fresh times and base samples) and its held-out loss (the same fixed
     draws of both for every epoch, so that epochs compare)."""
     # imported here: the RealNVP path does not need the ODE machinery
     from ..builders.continuous import conditional_ffjord
-    from ..train.flow_matching import flow_matching_loss
+    from ..train.flow_matching import flow_matching_loss, sample_times
 
     dim = u_std.shape[-1]
     # No random Fourier features of the state: they help a sharp 2-D density at a fixed
@@ -325,7 +338,7 @@ def _flow_matching_losses(u_std, x_std, val_idx, hidden_dims, time_exponent, gen
     # noisy a criterion for early stopping
     val_idx = val_idx.repeat(VALIDATION_DRAWS)
     val_z = torch.randn(len(val_idx), dim, generator=generator, dtype=dtype)
-    val_t = torch.rand(len(val_idx), generator=generator, dtype=dtype) ** time_exponent
+    val_t = sample_times(len(val_idx), time_exponent, dtype=dtype, generator=generator)
 
     def loss_of(idx):
         x_idx = u_std[idx]
@@ -431,6 +444,9 @@ def fit_posterior(
     >>> post = fit_posterior((theta, x), max_epochs=3, hidden_dims=(16,))
     >>> post.sample(torch.zeros(2), 10).shape, post.log_prob(torch.zeros(2), torch.zeros(2)).shape
     (torch.Size([10, 2]), torch.Size([]))
+    >>> fm = fit_posterior((theta[:, :1], x), flow="ffjord", max_epochs=2, hidden_dims=(16,))
+    >>> fm.sample(torch.zeros(2), 10).shape, type(fm.flow).__name__
+    (torch.Size([10, 1]), 'ConditionalFFJORD')
     """
     if flow not in FLOWS:
         raise ValueError(f"fit_posterior: flow must be one of {', '.join(FLOWS)}, got {flow!r}")
@@ -479,16 +495,8 @@ def fit_posterior(
             hidden_dims=(64, 64) if hidden_dims is None else hidden_dims,
             scale_bound=scale_bound,
         ).to(dtype)
-
-        def loss_of(idx):
-            zeros = u_std.new_zeros(len(idx), u_std.shape[-1])
-            base = Independent(Normal(zeros, torch.ones_like(zeros)), 1)
-            q = TransformedDistribution(base, [net.condition(x_std[idx])])
-            return -q.log_prob(u_std[idx]).mean()
-
-        def held_out_loss():
-            return loss_of(val_idx)
-
+        loss_of = _likelihood_loss(net, u_std, x_std)
+        held_out_loss = functools.partial(loss_of, val_idx)
     else:
         loss_of, held_out_loss, net = _flow_matching_losses(
             u_std, x_std, val_idx, hidden_dims, time_exponent, generator, dtype
