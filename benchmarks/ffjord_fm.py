@@ -574,6 +574,17 @@ def generalization_table(results) -> list:
     return lines + paired_table(results)
 
 
+def scored_on_the_same_points(first, second) -> bool:
+    """Whether two generalization entries kept their per-point NLLs on the same test points."""
+    return (
+        bool(first)
+        and bool(second)
+        and "test_nlls" in first
+        and "test_nlls" in second
+        and first.get("test_key") == second.get("test_key")
+    )
+
+
 def paired_difference(first, second) -> str:
     """``"mean ± se (n)"`` of NLL_first(x) - NLL_second(x) over the test points that both
     generalization entries (``test_nlls``) were scored on."""
@@ -611,10 +622,8 @@ def paired_table(results) -> list:
     for name, res in results.items():
         g = res.get("generalization", {})
         fm = g.get("ffjord_fm")
-        if not fm or "test_nlls" not in fm:
-            continue
         for model, other in g.items():
-            if model == "ffjord_fm" or other.get("test_key") != fm["test_key"]:
+            if model == "ffjord_fm" or not scored_on_the_same_points(fm, other):
                 continue
             lines.append(f"| {name} | {model} | {paired_difference(fm, other)} |")
     if not lines:
@@ -645,9 +654,7 @@ def paired_records(base_path, other_path, args):
         theirs = other["results"].get(target, {}).get("generalization", {})
         for model, mine in res.get("generalization", {}).items():
             match = theirs.get(model)
-            if not match or "test_nlls" not in mine or "test_nlls" not in match:
-                continue
-            if match.get("test_key") != mine.get("test_key"):
+            if not scored_on_the_same_points(mine, match):
                 continue
             rows.append((target, model, paired_difference(match, mine)))
     if not rows:
