@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 
+import pyro
 import torch
 
 
@@ -63,3 +64,10 @@ def interrupt_at(step: int):
             raise Interrupt
 
     return on_step
+
+
+def trained_parameters() -> dict:
+    """The parameter store's optimized parameters by name: all but the flow guides'
+    curvature centeredness, which the store holds fixed (never traced, no gradient)."""
+    params = dict(pyro.get_param_store().named_parameters())
+    return {name: p for name, p in params.items() if ".curvature_centeredness." not in name}

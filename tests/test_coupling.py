@@ -8,7 +8,14 @@ from torch import nn
 from torch.distributions import Distribution
 
 import pyro_flows
-from pyro_flows.transforms import AffineCoupling, affine_coupling, channel_mask, checkerboard_mask, half_mask
+from pyro_flows.transforms import (
+    AffineCoupling,
+    affine_coupling,
+    channel_mask,
+    checkerboard_mask,
+    half_mask,
+    image_mask,
+)
 
 from .helpers import autograd_logdet, randomize
 
@@ -58,6 +65,39 @@ def test_alternating_layers_change_every_coordinate(mask):
     y2 = flow.parts[1](y1)
     assert (y1 == x).all(0).any()  # one layer leaves its A part unchanged
     assert not (y2 == x).all(0).any()  # two complementary layers change every coordinate
+
+
+@pytest.mark.parametrize(
+    "build",
+    [
+        lambda m: pyro_flows.real_nvp(4, num_layers=2, hidden_dims=(8,), mask=m),
+        lambda m: pyro_flows.nice(4, num_layers=2, hidden_dims=(8,), mask=m),
+        lambda m: pyro_flows.spline_flow(
+            4, num_layers=2, hidden_dims=(8,), mask=m, act_norm=False, linear=False
+        ),
+    ],
+    ids=["real_nvp", "nice", "spline_flow"],
+)
+def test_a_tensor_mask_alternates_with_its_complement(build):
+    mask = torch.tensor([True, True, False, False])
+    flow = randomize(build(mask))
+    couplings = [p for p in flow.parts if hasattr(p, "partition")]
+    assert [c.partition.idx_a.tolist() for c in couplings] == [[0, 1], [2, 3]]
+    x = torch.randn(10, 4)
+    assert not (flow(x) == x).all(0).any()  # every coordinate is transformed
+
+
+def test_a_tensor_mask_is_checked():
+    with pytest.raises(ValueError, match=r"shape \(4,\)"):
+        pyro_flows.affine_coupling(4, (8,), mask=torch.tensor([True, False, True]))
+    with pytest.raises(ValueError, match="both True"):
+        pyro_flows.affine_coupling(3, (8,), mask=torch.ones(3, dtype=torch.bool))
+    with pytest.raises(ValueError, match="only 0 and 1"):
+        pyro_flows.affine_coupling(2, (8,), mask=torch.tensor([0.5, 1.0]))
+    with pytest.raises(ValueError, match="broadcast to the image shape"):
+        image_mask((2, 4, 4), checkerboard_mask(3, 4))
+    checker = checkerboard_mask(4, 4)
+    assert torch.equal(image_mask((2, 4, 4), checker, parity=1), ~checker)
 
 
 def test_masks_are_complementary():

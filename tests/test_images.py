@@ -238,6 +238,33 @@ def test_act_norm_leaves_a_channel_without_spread_in_its_first_batch_at_unit_sca
     assert torch.equal(one.log_scale.detach(), torch.zeros(3))
 
 
+def test_act_norm_trained_by_sampling_is_not_overwritten_by_its_first_scored_batch():
+    # a guide trains the sampling direction only; scoring it afterwards (in train mode) must
+    # not replace what it learned by the statistics of that batch
+    torch.manual_seed(0)
+    layer = ActNorm(2, event_dim=1)
+    flow = dist.TransformedDistribution(dist.Normal(torch.zeros(2), 1.0).to_event(1), [layer])
+    optimizer = torch.optim.Adam(layer.parameters(), lr=0.1)
+    target = torch.tensor([5.0, -3.0])
+    for _ in range(200):
+        loss = ((flow.rsample((64,)) - target) ** 2).mean()
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    learned = layer.loc.detach().clone(), layer.log_scale.detach().clone()
+    assert torch.allclose(learned[0], target, atol=0.05)
+    points = torch.tensor([[5.0, -3.0], [4.0, -2.0]])
+    with torch.no_grad():
+        first = flow.log_prob(points)
+    assert torch.equal(layer.loc.detach(), learned[0]) and torch.equal(layer.log_scale.detach(), learned[1])
+    assert bool(layer.initialized)
+    expected = dist.Normal(learned[0], learned[1].exp()).to_event(1).log_prob(points)
+    assert torch.allclose(first, expected, atol=1e-5)
+    # a sample scores the same from the cache and recomputed
+    s = flow.sample((5,))
+    assert torch.allclose(flow.log_prob(s), flow.log_prob(s.clone()), atol=1e-5)
+
+
 def test_act_norm_init_flag_survives_state_dict():
     torch.manual_seed(0)
     layer = ActNorm(2)

@@ -16,6 +16,8 @@ from examples.funnel import funnel
 from pyro_flows.infer import AutoRealNVP, AutoSplineFlow, neutra_mcmc
 from pyro_flows.infer.noncentered import NonCenteredNeuTraReparam, curvature_centeredness, loc_scale_sites
 
+from .helpers import trained_parameters
+
 # each model with its location-scale sites
 MODELS = {
     "eight_schools": (eight_schools, ("mu", "theta")),
@@ -123,11 +125,15 @@ def test_runs_under_jit(float64, guide_cls, noncentered, jit_elbo):
         pyro.set_rng_seed(0)
         guide = guide_cls(eight_schools, num_layers=2, hidden_dims=(16,), noncentered=noncentered)
         elbo.loss_and_grads(eight_schools, guide)
-        params = dict(pyro.get_param_store().named_parameters())
+        params = trained_parameters()
         for p in params.values():
             p.grad = None
         pyro.set_rng_seed(1)
         loss = elbo.loss_and_grads(eight_schools, guide)
+        # the curvature centeredness is kept in the store but never traced or optimized
+        fixed = set(pyro.get_param_store().keys()) - set(params)
+        assert bool(fixed) == (noncentered == "auto")
+        assert all(pyro.param(n).unconstrained().grad is None for n in fixed)
         results.append((loss, {n: p.grad.clone() for n, p in params.items()}))
     (loss, grads), (jit_loss, jit_grads) = results
     assert abs(loss - jit_loss) < 1e-8 * abs(loss)

@@ -13,6 +13,8 @@ from pyro.infer import JitTrace_ELBO, JitTraceGraph_ELBO, Trace_ELBO, TraceGraph
 from pyro_flows.infer import AutoRealNVP, PathGradientTransformedDistribution, guide_real_nvp
 from pyro_flows.transforms import LocScale
 
+from .helpers import trained_parameters
+
 
 def _flow(dim=3, seed=0, dtype=torch.float64):
     """A flow that is far from the identity: couplings with random last layers."""
@@ -157,7 +159,7 @@ def _losses_and_grads(elbo, path_gradient=True):
     pyro.set_rng_seed(0)
     guide = AutoRealNVP(_jit_model, num_layers=2, hidden_dims=(8,), path_gradient=path_gradient)
     elbo.loss_and_grads(_jit_model, guide, data)  # sets the guide up (and traces a JIT ELBO)
-    params = dict(pyro.get_param_store().named_parameters())
+    params = trained_parameters()
     out = []
     for step in range(3):
         for p in params.values():
@@ -218,7 +220,7 @@ def test_flow_guides_run_under_jit_with_a_learnt_reparameterization(guide_cls):
         model = pyro.poutine.reparam(_hierarchical, config=AutoReparam())
         guide = cls(model, num_layers=2, hidden_dims=(8,))
         elbo.loss_and_grads(model, guide, data)
-        params = dict(pyro.get_param_store().named_parameters())
+        params = trained_parameters()
         assert "theta_centered" in params
         for p in params.values():
             p.grad = None

@@ -11,6 +11,8 @@ from pyro.infer import SVI, JitTrace_ELBO, JitTraceGraph_ELBO, Predictive, Trace
 
 from pyro_flows.infer import AutoSplineFlow, guide_spline_flow
 
+from .helpers import trained_parameters
+
 # A correlated 2-D Gaussian "posterior" (no data, so log p(x) = 0 and KL = -ELBO).
 COV = torch.tensor([[1.0, 0.9], [0.9, 1.0]])
 
@@ -109,7 +111,7 @@ def _losses_and_grads(elbo):
     pyro.set_rng_seed(0)
     guide = AutoSplineFlow(three_sites, num_layers=2, hidden_dims=(8,), layers="mix")
     elbo.loss_and_grads(three_sites, guide)  # sets the guide up (and traces a JIT ELBO)
-    params = dict(pyro.get_param_store().named_parameters())
+    params = trained_parameters()
     out = []
     for step in range(3):
         for p in params.values():

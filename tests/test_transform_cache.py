@@ -145,6 +145,44 @@ def test_a_sample_is_scored_from_the_cache_until_a_parameter_changes():
     assert torch.allclose(layer(x2), y, atol=1e-5)
 
 
+def test_an_input_written_in_place_is_recomputed():
+    # a reused input buffer: the same tensor object, new values
+    flow = pyro_flows.Flow(pyro_flows.real_nvp(2, 2, (8,)))
+    for p in flow.parameters():
+        torch.nn.init.normal_(p, 0, 0.5)
+    flow.eval()
+    data = torch.randn(3, 4, 2)
+    buffer = torch.empty(4, 2)
+    scores = []
+    for batch in data:
+        buffer.copy_(batch)
+        scores.append(flow.log_prob(buffer))
+    assert torch.allclose(torch.stack(scores), flow.log_prob(data))
+    # an output written in place is not inverted from the cache either
+    layer = _randomized()
+    x = torch.randn(5, 4)
+    y = layer(x)
+    y.add_(1.0)
+    assert torch.allclose(layer(layer.inv(y)), y, atol=1e-5)
+
+
+def test_requires_grad_set_after_a_call_gets_a_graph():
+    layer = _randomized()
+    x = torch.randn(5, 4)
+    y = layer(x)
+    layer.log_abs_det_jacobian(x, y)
+    x.requires_grad_()
+    y2 = layer(x)
+    (grad,) = torch.autograd.grad(layer.log_abs_det_jacobian(x, y2).sum() + y2.sum(), x)
+    assert torch.isfinite(grad).all() and grad.abs().sum() > 0
+    # and the inverse side: a sample drawn without gradients, then given them
+    with torch.no_grad():
+        y = layer(torch.randn(5, 4))
+    y.requires_grad_()
+    (grad,) = torch.autograd.grad(layer.inv(y).sum(), y)
+    assert grad.abs().sum() > 0
+
+
 _IMPORT_PROBE = """
 import json, sys
 import torch, pyro, pyro.distributions, pyro.infer

@@ -66,7 +66,8 @@ def conditional_real_nvp(
     :param int context_dim: size of the context vector.
     :param int num_layers: number of coupling layers.
     :param hidden_dims: hidden sizes of each conditioner MLP.
-    :param mask: ``"half"`` or ``"alternating"``; parities alternate layer to layer.
+    :param mask: ``"half"``, ``"alternating"`` or a boolean tensor of shape ``(input_dim,)``;
+        parities alternate layer to layer (a tensor on even layers, its complement on odd).
     :param scale_bound: soft bound on each log-scale.
 
     >>> import pyro.distributions as dist

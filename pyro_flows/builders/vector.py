@@ -103,7 +103,8 @@ def real_nvp(
     :param int num_layers: number of coupling layers.
     :param hidden_dims: hidden sizes of each conditioner MLP.
     :param bool batch_norm: insert RealNVP batch norm between couplings.
-    :param mask: ``"half"`` or ``"alternating"``; parities alternate layer to layer.
+    :param mask: ``"half"``, ``"alternating"`` or a boolean tensor of shape ``(input_dim,)``;
+        parities alternate layer to layer (a tensor on even layers, its complement on odd).
     :param scale_bound: soft bound on each log-scale (see
         :class:`~pyro_flows.transforms.AffineCoupling`).
     :param float momentum: batch-norm momentum (weight of the new batch).
@@ -193,8 +194,8 @@ def spline_flow(
     :param bool linear: an LU-parameterised :class:`~pyro_flows.transforms.InvertibleLinear`
         between consecutive couplings, which mixes the coordinates of the two halves.
     :param mask: ``"half"``, ``"alternating"`` or ``"mixed"`` (two layers of ``"half"``, two
-        of ``"alternating"``, and so on), or a boolean tensor; parities alternate layer to
-        layer. With ``"half"`` two neighbouring coordinates of the first half never condition
+        of ``"alternating"``, and so on), or a boolean tensor (its complement on odd layers);
+        parities alternate layer to layer. With ``"half"`` two neighbouring coordinates of the first half never condition
         each other directly; ``"alternating"`` pairs neighbours; ``"mixed"`` does both.
     :param bool elementwise: an :class:`~pyro_flows.transforms.ElementwiseSpline` (an
         unconditional spline per coordinate, knots learned directly) before each coupling,

@@ -294,7 +294,9 @@ class AutoRealNVP(AutoContinuous):
         the start from how strongly the rest of the model pins the site there
         (:func:`~pyro_flows.infer.noncentered.curvature_centeredness`: near 0 where the
         prior dominates, near 1 where the data do), so that weakly informed
-        hierarchies are fitted non-centered and well-informed ones nearly centered.
+        hierarchies are fitted non-centered and well-informed ones nearly centered
+        (kept in Pyro's parameter store, not optimized, so that a saved store restores
+        it with the parameters).
         ``"learn"``: a centeredness per site learnt with the guide (started at 1/2).
         ``False``: the model's own coordinates (the default until 2026-12-01).
     :param float flow_lr_scale: the couplings' conditioner weights are held divided by
@@ -368,11 +370,20 @@ class AutoRealNVP(AutoContinuous):
             self.noncentered_sites = loc_scale_sites(self.prototype_trace)
         if self.noncentered == "auto":
             # fixed, from the curvature at the initial point: buffers, so that they follow
-            # .to(device) and are saved with the guide's state_dict
-            centered = curvature_centeredness(
-                self.model_as_written, self.prototype_trace, self.noncentered_sites, args, kwargs
-            )
+            # .to(device) and are saved with the guide's state_dict, and kept in Pyro's
+            # parameter store too (not traced, so never optimized), so that a store saved
+            # and loaded into a new guide restores them with the parameters they go with
+            # (the initial point, hence the curvature, is random)
+            store = pyro.get_param_store()
+            keys = {name: self._centeredness_key(name) for name in self.noncentered_sites}
+            if all(key in store for key in keys.values()):
+                centered = {name: store[key].detach().clone() for name, key in keys.items()}
+            else:
+                centered = curvature_centeredness(
+                    self.model_as_written, self.prototype_trace, self.noncentered_sites, args, kwargs
+                )
             self.centeredness = _SiteBuffers(centered)
+            self._stored_centeredness = {}
         if self.noncentered == "learn":
             # one centeredness per site, started half-way, as Pyro's AutoReparam does
             self.centeredness = PyroModule()
@@ -386,13 +397,38 @@ class AutoRealNVP(AutoContinuous):
         non-centered; per element from the curvature with ``noncentered="auto"``; the
         learnt values, in [0, 1], with ``noncentered="learn"``)."""
         if self.noncentered == "auto":
-            return self.centeredness.as_dict()
+            return self._synced_centeredness()
         if self.noncentered != "learn":
             return dict.fromkeys(self.noncentered_sites)
         return {
             name: functools.reduce(getattr, name.split("."), self.centeredness)
             for name in self.noncentered_sites
         }
+
+    def _centeredness_key(self, name: str) -> str:
+        return f"{self._pyro_name}.curvature_centeredness.{name}"
+
+    def _synced_centeredness(self) -> dict:
+        """The curvature centeredness, with the parameter store as the source of truth
+        as for the guide's parameters: a value loaded into the store replaces the
+        buffer's; a store cleared since gets the buffer's back."""
+        store = pyro.get_param_store()
+        buffers = self.centeredness.as_dict()
+        for name, buffer in buffers.items():
+            key = self._centeredness_key(name)
+            value = store.setdefault(key, lambda buffer=buffer: buffer.detach().clone())
+            if value is not self._stored_centeredness.get(name):
+                if value.shape != buffer.shape:
+                    raise ValueError(
+                        f"{type(self).__name__}: Pyro's parameter store holds {key} of shape "
+                        f"{tuple(value.shape)}, but this guide's is {tuple(buffer.shape)}: the "
+                        "store was saved from a guide of another model. Call "
+                        "pyro.clear_param_store() before building a new guide."
+                    )
+                with torch.no_grad():
+                    buffer.copy_(value)
+                self._stored_centeredness[name] = value
+        return buffers
 
     def _setup_prototype(self, *args, **kwargs):
         self._setup_sites(*args, **kwargs)

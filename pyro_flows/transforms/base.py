@@ -5,15 +5,19 @@ It adds three things to :class:`pyro.distributions.TransformModule`:
 * **one computation, one place**: subclasses implement :meth:`FlowTransform._call_and_ladj`
   and :meth:`FlowTransform._inverse_and_ladj`, which return the value *and* the
   log-determinant together, so a coupling's conditioner runs once per direction;
-* **a cache of the last call only, keyed so that nothing can make it stale**: the entry
+* **a cache of the last call only, keyed so that it does not go stale**: the entry
   ``(x, y, log|det J|)`` of the most recent call is reused only for the very same input
-  tensor (Pyro's identity rule) *and* the same grad mode, the same train/eval mode and
-  the same parameters and buffers (the same tensor objects, at the same version
-  counters: optimizer steps, ``load_state_dict`` and running-statistics updates bump
-  them). So scoring a tensor again after an optimizer step, after swapping a parameter,
-  or with gradients after scoring it under ``no_grad`` recomputes instead of returning
-  stale values or a value without a graph. Nothing is registered with torch: a
-  changed key simply misses;
+  tensor (Pyro's identity rule), not written in place since and with the same
+  ``requires_grad``, *and* the same grad mode, the same train/eval mode and the same
+  parameters and buffers (the same tensor objects, at the same version counters:
+  optimizer steps, ``load_state_dict`` and running-statistics updates bump them). So
+  scoring a reused input buffer, scoring a tensor again after an optimizer step, after
+  swapping a parameter, or with gradients after scoring it under ``no_grad`` recomputes
+  instead of returning stale values or a value without a graph. Nothing is registered
+  with torch: a changed key simply misses. The one write it cannot see is one through
+  ``.data`` (``p.data.add_(...)``, ``vector_to_parameters``), which bypasses the
+  version counters by design: write parameters in place under ``torch.no_grad()``
+  instead (``p.add_(...)``, ``p.copy_(...)``), which bumps them;
 * **input checks that name the problem**: event shape and dtype (also against the
   dtype of the transform's parameters) are always checked (cheap, no device sync);
   finiteness is checked while distribution validation is on
@@ -206,9 +210,10 @@ class FlowTransform(TransformModule):
         return _state_of(self)
 
     # ------------------------------------------------------------------- the cache
-    # One entry, (x, y, ladj, grad mode, training, state, versions): the last call's
-    # pair and log-det, and the key under which they may be reused. It is reused only
-    # for the same input tensor object, in the same grad mode and train/eval mode, with
+    # One entry, (x, y, ladj, grad mode, training, state, versions, pair key): the last
+    # call's pair and log-det, and the key under which they may be reused. It is reused
+    # only for the same input tensor object, unchanged since (version counter and
+    # requires_grad of both x and y), in the same grad mode and train/eval mode, with
     # the same state tensors at the same version counters. A hit on one input
     # (``__call__``/``inv``: a sample being scored, or the same data scored again after
     # an optimizer step) also walks the module tree to check that no tensor was
@@ -233,7 +238,7 @@ class FlowTransform(TransformModule):
         entry = self._cache
         if entry is None or (x is not None and x is not entry[0]) or (y is not None and y is not entry[1]):
             return None
-        if entry[3] != torch.is_grad_enabled() or entry[4] != self.training:
+        if entry[3] != torch.is_grad_enabled() or entry[4] != self.training or entry[7] != _pair_key(entry):
             return None
         state = entry[5]
         if walk:
@@ -251,7 +256,8 @@ class FlowTransform(TransformModule):
         # (which looks for parameters, buffers and submodules first), timeit, once per
         # layer and call
         grad = torch.is_grad_enabled()
-        self.__dict__["_cache"] = x, y, ladj, grad, self.training, state, [t._version for t in state]
+        versions = [t._version for t in state]
+        self.__dict__["_cache"] = x, y, ladj, grad, self.training, state, versions, _pair_key((x, y))
 
     def _clear_cache(self):
         self.__dict__["_cache"] = None
@@ -365,3 +371,11 @@ def sum_event(t: torch.Tensor, event_dim: int) -> torch.Tensor:
     if event_dim == 1:
         return t.sum(-1)
     return t.flatten(t.dim() - event_dim).sum(-1)
+
+
+def _pair_key(entry) -> tuple:
+    """What the pair itself adds to the key: a tensor written in place (a reused input
+    buffer) or given ``requires_grad`` after the call (which the cached result's graph
+    would not know) misses."""
+    x, y = entry[0], entry[1]
+    return x._version, y._version, x.requires_grad, y.requires_grad

@@ -411,18 +411,41 @@ class ConditionalAffineCoupling(_ConditionalCoupling):
 # ------------------------------------------------------------------------- helpers
 def vector_mask(input_dim: int, mask: Union[str, torch.Tensor] = "half", parity: int = 0) -> torch.Tensor:
     """A mask for vectors of size ``input_dim`` by name, ``"half"`` (:func:`half_mask`) or
-    ``"alternating"`` (:func:`alternating_mask`), with the given ``parity``; a tensor is
-    returned as a boolean one. Shape ``(input_dim,)``, ``True`` on the conditioning part A.
+    ``"alternating"`` (:func:`alternating_mask`), with the given ``parity``. A tensor is
+    the mask of parity 0 and its complement that of parity 1, so that the builders'
+    alternating layers transform every coordinate with a custom mask too. Shape
+    ``(input_dim,)``, ``True`` on the conditioning part A.
 
     >>> vector_mask(4, "alternating", parity=1).tolist()
     [False, True, False, True]
+    >>> vector_mask(3, torch.tensor([True, True, False]), parity=1).tolist()
+    [False, False, True]
     """
     if isinstance(mask, str):
         makers = {"half": half_mask, "alternating": alternating_mask}
         if mask not in makers:
             raise ValueError(f"unknown mask {mask!r}; expected one of {sorted(makers)} or a bool tensor")
         return makers[mask](input_dim, parity)
-    return torch.as_tensor(mask, dtype=torch.bool, device="cpu")
+    m = _tensor_mask(mask, parity)
+    if m.shape != (input_dim,):
+        raise ValueError(
+            f"a vector mask must have shape ({input_dim},) for input_dim={input_dim}, got {tuple(m.shape)}"
+        )
+    return m
+
+
+def _tensor_mask(mask, parity: int) -> torch.Tensor:
+    """A user's mask as a boolean tensor (complemented for ``parity`` 1), which must both
+    condition on something and transform something."""
+    m = torch.as_tensor(mask, device="cpu")
+    if m.dtype != torch.bool and not ((m == 0) | (m == 1)).all():
+        raise ValueError("a mask tensor must be boolean or hold only 0 and 1")
+    m = m.to(torch.bool)
+    if parity % 2:
+        m = ~m
+    if m.all() or not m.any():
+        raise ValueError("a mask must have both True (conditioning) and False (transformed) entries")
+    return m
 
 
 def image_mask(
@@ -430,7 +453,8 @@ def image_mask(
 ) -> torch.Tensor:
     """A mask for images of shape ``(C, H, W)`` by name: ``"checkerboard"`` (shape
     ``(1, H, W)``, the same pattern in every channel) or ``"channel"`` (shape
-    ``(C, 1, 1)``, the first or second half of the channels); a tensor is returned as is.
+    ``(C, 1, 1)``, the first or second half of the channels). A tensor, broadcastable to
+    ``(C, H, W)``, is the mask of parity 0 and its complement that of parity 1.
 
     >>> image_mask((2, 2, 2), "checkerboard", parity=1)[0].tolist()
     [[False, True], [True, False]]
@@ -450,7 +474,12 @@ def image_mask(
                 raise ValueError(f"a channel mask needs at least 2 channels, got image shape {shape}")
             return channel_mask(shape[0], parity)
         raise ValueError(f"unknown image mask {mask!r}; expected 'checkerboard', 'channel' or a bool tensor")
-    return torch.as_tensor(mask, dtype=torch.bool, device="cpu")
+    m = _tensor_mask(mask, parity)
+    if m.dim() != 3 or any(a not in (1, b) for a, b in zip(m.shape, shape, strict=True)):
+        raise ValueError(
+            f"an image mask must broadcast to the image shape {shape}, got shape {tuple(m.shape)}"
+        )
+    return m
 
 
 def _relu_in_place() -> nn.Module:

@@ -211,7 +211,9 @@ class ActNorm(_PerFeature):
     :math:`s, b` are ordinary parameters. The ``initialized`` flag
     is a buffer, so it is saved in ``state_dict`` and a reloaded model is not
     re-initialised on its first batch. Sampling before initialisation uses the
-    identity.
+    identity. A layer trained through sampling alone (a variational guide, whose
+    ``rsample`` runs the sampling direction) is never overwritten: the data set
+    :math:`s, b` only while both are still at their starting value zero.
 
     :param int num_features: channels (images) or features (vectors).
     :param int event_dim: 3 for images ``(C, H, W)``, 1 for vectors.
@@ -252,7 +254,10 @@ class ActNorm(_PerFeature):
 
     def _inverse_and_ladj(self, y):
         if self.training and not bool(self.initialized) and y.numel():  # not from an empty batch
-            self.initialize(y)
+            if self.loc.any() or self.log_scale.any():
+                self.initialized.fill_(True)  # already trained (by sampling): keep what it learned
+            else:
+                self.initialize(y)
         return (y - self._view(self.loc)) * self._view(torch.exp(-self.log_scale)), self._ladj(y)
 
     def extra_repr(self):
