@@ -16,6 +16,7 @@ from pyro_flows.infer import (
     AutoRealNVP,
     AutoSplineFlow,
     compare_moments,
+    guide_samples,
     guide_to_inference_data,
     importance_log_weights,
     mcmc_to_inference_data,
@@ -108,6 +109,79 @@ def test_guide_with_predictive_plates_and_vectorised_particles():
     assert idata.posterior["b"].shape == (1, 11, 3)
 
 
+def test_inference_data_keeps_the_sites_own_shapes():
+    # a genuine event dimension of size 1 stays; the singleton plate dimensions of a
+    # vectorised draw go (the samples of guide_samples have the sites' own shapes)
+    def model():
+        w = pyro.sample("w", dist.Normal(torch.zeros(1), 1.0).to_event(1))
+        with pyro.plate("outer", 2, dim=-2), pyro.plate("inner", 3):
+            pyro.sample("b", dist.Normal(w[..., 0], 1.0))
+        pyro.sample("y", dist.Normal(w[..., 0], 1.0), obs=torch.tensor(0.5))
+
+    guide = _small_guide(model)
+    _train(model, guide, 2, Trace_ELBO(max_plate_nesting=2))
+    samples = guide_samples(model, guide, 5)
+    assert samples["w"].shape == (5, 1) and samples["b"].shape == (5, 2, 3)
+    idata = guide_to_inference_data(model, guide, 5)
+    assert idata.posterior["w"].shape == (1, 5, 1) and idata.posterior["b"].shape == (1, 5, 2, 3)
+    # the look at the shapes leaves the draws as they were
+    pyro.set_rng_seed(4)
+    first = guide_samples(model, guide, 5, sites=["w"])["w"]
+    pyro.set_rng_seed(4)
+    second = Predictive(model, guide=guide, num_samples=5, return_sites=["w"], parallel=True)()["w"]
+    assert torch.equal(first, second.reshape(5, 1))
+
+
+@pytest.mark.parametrize("guide_class", [AutoRealNVP, AutoSplineFlow])
+def test_latents_in_a_subsampled_plate_are_refused_and_observed_ones_are_not(guide_class):
+    covariate = torch.randn(100)
+
+    def local(subsample_size):
+        def model():
+            mu = pyro.sample("mu", dist.Normal(0.0, 1.0))
+            with pyro.plate("n", 100, subsample_size=subsample_size) as idx:
+                z = pyro.sample("z", dist.Normal(mu + covariate[idx], 0.1))
+                pyro.sample("y", dist.Normal(z, 1.0), obs=torch.zeros(len(idx)))
+
+        return model
+
+    pyro.clear_param_store()
+    with pytest.raises(
+        ValueError, match=r"latent site 'z' is in the subsampled plate 'n' \(size 100, subsample 5\)"
+    ):
+        guide_class(local(5), num_layers=2, hidden_dims=(8,))()
+    pyro.clear_param_store()
+    assert guide_class(local(None), num_layers=2, hidden_dims=(8,))()["z"].shape == (100,)
+
+    def observed_only():
+        mu = pyro.sample("mu", dist.Normal(0.0, 1.0))
+        with pyro.plate("n", 100, subsample_size=5) as idx:
+            pyro.sample("y", dist.Normal(mu + covariate[idx], 1.0), obs=torch.zeros(5))
+
+    pyro.clear_param_store()
+    assert guide_class(observed_only, num_layers=2, hidden_dims=(8,))()["mu"].shape == ()
+
+
+def test_median_quantiles_and_plate_nesting_errors_say_what_to_do():
+    def model():
+        mu = pyro.sample("mu", dist.Normal(0.0, 1.0))
+        with pyro.plate("a", 2, dim=-2), pyro.plate("b", 3, dim=-1):
+            pyro.sample("y", dist.Normal(mu, 1.0), obs=torch.zeros(2, 3))
+
+    pyro.clear_param_store()
+    guide = _small_guide(model)
+    guide()
+    with pytest.raises(NotImplementedError, match="estimate it from draws"):
+        guide.median()
+    with pytest.raises(NotImplementedError, match="estimate them from draws"):
+        guide.quantiles([0.5])
+    with pytest.raises(
+        (RuntimeError, ValueError), match="pass the number of nested plates as max_plate_nesting"
+    ):
+        psis_khat(model, guide, num_particles=50)
+    assert math.isfinite(psis_khat(model, guide, num_particles=50, max_plate_nesting=2))
+
+
 def test_flow_prior_is_learned_inside_a_model():
     """A RealNVP prior over local latents z_n, registered with pyro.module, learns where
     the data are: its mean moves from 0 to near (3, -2)."""
@@ -168,6 +242,25 @@ def test_param_store_save_load_restores_the_guide(tmp_path):
         fresh()  # PyroModule syncs parameters from the store
         got = fresh.get_posterior().log_prob(z)
     assert torch.allclose(got, expected, atol=1e-6)
+
+
+@pytest.mark.parametrize("guide_class", [AutoRealNVP, AutoSplineFlow])
+def test_a_float64_model_gets_a_float64_guide(guide_class):
+    # as Pyro's autoguides: the guide takes the model's dtype, not the default one
+    assert torch.get_default_dtype() == torch.float32
+    y = torch.tensor([0.3, -1.2, 2.0], dtype=torch.float64)
+
+    def model():
+        mu = pyro.sample("mu", dist.Normal(torch.zeros((), dtype=torch.float64), 1.0))
+        sigma = pyro.sample("sigma", dist.LogNormal(torch.zeros((), dtype=torch.float64), 1.0))
+        with pyro.plate("data", 3):
+            pyro.sample("y", dist.Normal(mu, sigma), obs=y)
+
+    pyro.clear_param_store()
+    guide = guide_class(model, num_layers=2, hidden_dims=(8,))
+    _train(model, guide, 3, Trace_ELBO())
+    assert {p.dtype for p in guide.parameters()} == {torch.float64}
+    assert {v.dtype for v in guide().values()} == {torch.float64}
 
 
 @pytest.mark.parametrize("load_first", [True, False], ids=["load-then-call", "call-then-load"])

@@ -29,6 +29,19 @@ __all__ = [
 Samples = Mapping[str, Union[torch.Tensor, np.ndarray]]
 
 
+def _site_shapes(model, guide, args, kwargs) -> Dict[str, torch.Size]:
+    """The shape of every sample site of one draw of the guide and of the model run on it
+    (no vectorization, so no singleton plate dimensions), latent sites first."""
+    guide_trace = pyro.poutine.trace(guide).get_trace(*args, **kwargs)
+    model_trace = pyro.poutine.trace(pyro.poutine.replay(model, trace=guide_trace)).get_trace(*args, **kwargs)
+    shapes = {}
+    for trace in (guide_trace, model_trace):
+        for name, site in trace.nodes.items():
+            if site["type"] == "sample" and not site["infer"].get("is_auxiliary"):
+                shapes.setdefault(name, site["value"].shape)
+    return shapes
+
+
 def _latent_sites(model, guide, args, kwargs) -> list:
     trace = pyro.poutine.trace(guide).get_trace(*args, **kwargs)
     return [
@@ -50,28 +63,30 @@ def guide_samples(
 ) -> Dict[str, torch.Tensor]:
     """Draw ``num_samples`` joint samples of the latent sites of ``guide`` (all of them,
     or ``sites``) with :class:`pyro.infer.Predictive`; each of shape
-    ``(num_samples, *site_shape)``. ``parallel=True`` draws them in one vectorised pass
-    (the model must broadcast over a leading batch dimension); ``False`` loops."""
+    ``(num_samples, *site_shape)``, the site's own shape (the singleton plate dimensions
+    of a vectorised draw removed, a genuine dimension of size 1 kept). ``parallel=True``
+    draws them in one vectorised pass (the model must broadcast over a leading batch
+    dimension); ``False`` loops."""
     if sites is None:
         sites = _latent_sites(model, guide, args, kwargs)
+    with torch.random.fork_rng():  # the same draws as without this look at the shapes
+        shapes = _site_shapes(model, guide, args, kwargs)
     predictive = Predictive(
         model, guide=guide, num_samples=num_samples, return_sites=list(sites), parallel=parallel
     )
-    return {k: v.detach() for k, v in predictive(*args, **kwargs).items()}
+    out = {}
+    for name, value in predictive(*args, **kwargs).items():
+        shape = shapes.get(name)
+        if shape is not None and value.numel() == num_samples * shape.numel():
+            value = value.reshape(num_samples, *shape)
+        out[name] = value.detach()
+    return out
 
 
 def _to_numpy(value) -> np.ndarray:
     if isinstance(value, torch.Tensor):
         return value.detach().cpu().double().numpy()
     return np.asarray(value, dtype=float)
-
-
-def _squeeze_plates(value: np.ndarray, num_leading: int) -> np.ndarray:
-    # Predictive keeps singleton plate dimensions (e.g. shape (S, 1, 8)); ArviZ wants
-    # (chain, draw, *event) with no placeholder axes.
-    keep = value.shape[:num_leading]
-    rest = tuple(s for s in value.shape[num_leading:] if s != 1)
-    return value.reshape(*keep, *rest)
 
 
 def guide_to_inference_data(
@@ -97,7 +112,7 @@ def guide_to_inference_data(
     import arviz as az
 
     samples = guide_samples(model, guide, num_samples, *args, sites=sites, parallel=parallel, **kwargs)
-    posterior = {k: _squeeze_plates(_to_numpy(v), 1)[None] for k, v in samples.items()}
+    posterior = {k: _to_numpy(v)[None] for k, v in samples.items()}
     return az.from_dict(posterior=posterior)
 
 
@@ -109,7 +124,8 @@ def mcmc_to_inference_data(mcmc, sites: Optional[Sequence[str]] = None):
     samples = mcmc.get_samples(group_by_chain=True)
     if sites is not None:
         samples = {k: samples[k] for k in sites}
-    posterior = {k: _squeeze_plates(_to_numpy(v), 2) for k, v in samples.items()}
+    # MCMC runs the model unvectorised: its samples have the sites' own shapes
+    posterior = {k: _to_numpy(v) for k, v in samples.items()}
     num_chains, num_draws = next(iter(posterior.values())).shape[:2]
     diverging = np.zeros((num_chains, num_draws), dtype=bool)
     for chain, where in enumerate(mcmc.diagnostics().get("divergences", {}).values()):
@@ -124,15 +140,23 @@ def importance_log_weights(
     r"""Log importance weights :math:`\log p(x, z_s) - \log q(z_s)`, :math:`z_s \sim q`,
     shape ``(num_particles,)``, drawn in one vectorised pass. Their mean is an ELBO
     estimate and their log-mean-exp an importance-weighted bound on :math:`\log p(x)`."""
-    log_weights, _, _ = vectorized_importance_weights(
-        model,
-        guide,
-        *args,
-        num_samples=num_particles,
-        max_plate_nesting=max_plate_nesting,
-        normalized=False,
-        **kwargs,
-    )
+    try:
+        log_weights, _, _ = vectorized_importance_weights(
+            model,
+            guide,
+            *args,
+            num_samples=num_particles,
+            max_plate_nesting=max_plate_nesting,
+            normalized=False,
+            **kwargs,
+        )
+    except (RuntimeError, ValueError) as e:
+        # the usual cause: the particles' dimension collides with a plate's
+        raise type(e)(
+            f"{e}\n(drawing {num_particles} particles in one pass with max_plate_nesting="
+            f"{max_plate_nesting}: if the model nests more plates than that, pass the number "
+            "of nested plates as max_plate_nesting)"
+        ) from e
     return log_weights.detach()
 
 

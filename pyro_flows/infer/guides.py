@@ -212,6 +212,22 @@ def _refuse_foreign_parameters(guide, name: str, store, current: list) -> None:
         )
 
 
+def _refuse_subsampled_latents(guide) -> None:
+    """A flow guide holds one joint vector of every latent element, which cannot follow a
+    plate's subsample from step to step: refuse latent sites in subsampled plates
+    (subsampled observed sites are fine) instead of fitting meaningless values."""
+    for name, site in guide.prototype_trace.iter_stochastic_nodes():
+        for frame in site["cond_indep_stack"]:
+            if frame.full_size is not None and frame.full_size != frame.size:
+                raise ValueError(
+                    f"{type(guide).__name__}: latent site {name!r} is in the subsampled plate "
+                    f"{frame.name!r} (size {frame.full_size}, subsample {frame.size}); a flow guide "
+                    "models all latent elements jointly and cannot follow a subsample. Subsample "
+                    "only observed sites, or guide the local latents with an amortized or "
+                    "per-element guide (e.g. AutoNormal) in an AutoGuideList."
+                )
+
+
 #: the settings of ``noncentered``
 _NONCENTERED = (False, True, "auto", "learn")
 
@@ -249,8 +265,12 @@ class AutoRealNVP(AutoContinuous):
 
     It is an :class:`~pyro.infer.autoguide.AutoContinuous` guide: it works with
     :class:`~pyro.infer.Predictive`, ``Trace_ELBO``/``TraceMeanField_ELBO`` with
-    vectorised particles, and :class:`~pyro.infer.reparam.NeuTraReparam`. Its parameters
-    live in Pyro's parameter store (``pyro.get_param_store().save/load``).
+    vectorised particles, and NeuTra (:func:`~pyro_flows.infer.neutra_mcmc`; Pyro's plain
+    :class:`~pyro.infer.reparam.NeuTraReparam` only with ``noncentered=False``, see
+    :meth:`get_posterior`). Its parameters live in Pyro's parameter store
+    (``pyro.get_param_store().save/load``). Latent sites in subsampled plates are refused
+    (one joint flow cannot follow a subsample); ``median`` and ``quantiles`` have no
+    closed form: estimate them from draws.
 
     Batch norm is deliberately not used: in a guide the flow only runs in the sampling
     direction, where RealNVP batch norm would use running statistics that never update.
@@ -366,6 +386,7 @@ class AutoRealNVP(AutoContinuous):
         # flow guides before each builds its flow
         AutoContinuous._setup_prototype(self, *args, **kwargs)
         _detach_prototype(self)
+        _refuse_subsampled_latents(self)
         if self.noncentered:
             self.noncentered_sites = loc_scale_sites(self.prototype_trace)
         if self.noncentered == "auto":
@@ -440,12 +461,15 @@ class AutoRealNVP(AutoContinuous):
             self.permute,
             self.activation,
         )
+        loc = self._init_loc()
+        like = {"dtype": loc.dtype, "device": loc.device}  # the model's, as Pyro's autoguides
+        couplings = couplings.to(**like)
         _stack_conditioners(couplings.parts, self.input_bound, self.flow_lr_scale)
         parts = list(couplings.parts)
         fused = _fuse(parts, self.latent_dim) if self._fused else None
         if fused is not None:
             parts = [fused]
-        loc_scale = LocScale(self._init_loc(), self.init_scale)
+        loc_scale = LocScale(loc, self.init_scale).to(**like)
         self.transform = ComposeTransformModule([*parts, loc_scale])
 
     def _init_loc(self):
@@ -507,6 +531,18 @@ class AutoRealNVP(AutoContinuous):
             self.__dict__["_store_size_checked"] = len(store)
         return transform
 
+    def median(self, *args, **kwargs):
+        raise NotImplementedError(
+            f"{type(self).__name__} has no closed-form median: estimate it from draws, e.g. "
+            "pyro_flows.infer.guide_samples(model, guide, 1000) or pyro.infer.Predictive"
+        )
+
+    def quantiles(self, quantiles, *args, **kwargs):
+        raise NotImplementedError(
+            f"{type(self).__name__} has no closed-form quantiles: estimate them from draws, e.g. "
+            "torch.quantile(pyro_flows.infer.guide_samples(model, guide, 1000)[site], q, dim=0)"
+        )
+
     def get_base_dist(self):
         loc = self._modules["transform"].parts[-1].loc
         return dist.Normal(torch.zeros_like(loc), torch.ones_like(loc)).to_event(1)
@@ -515,6 +551,13 @@ class AutoRealNVP(AutoContinuous):
         return self._synced_transform()
 
     def get_posterior(self, *args, **kwargs):
+        """The flow's distribution over the latent vector. With ``noncentered`` set it is
+        over the non-centered coordinates :math:`u` of the location-scale sites, not the
+        model's unconstrained values: draw model-space values by calling the guide (or
+        with :class:`~pyro.infer.Predictive`), and run NeuTra through
+        :func:`~pyro_flows.infer.neutra_mcmc`, which maps :math:`u` back; Pyro's plain
+        ``NeuTraReparam`` would read :math:`u` as the model's coordinates (its chain still
+        targets the posterior, but the flow no longer preconditions it)."""
         transform = self._synced_transform()
         if self.path_gradient == "inverse":
             return _InversePathGradient(self.get_base_dist(), [transform])

@@ -76,9 +76,8 @@ class NeuTraRun:
         chains, draws = self.latent.shape[:2]
         posterior = {}
         for name, value in self.samples.items():
-            value = value.detach().cpu().double().numpy().reshape(chains, draws, *value.shape[1:])
-            # drop the singleton plate dimensions Pyro keeps (e.g. (S, 1, 8))
-            posterior[name] = value.reshape(chains, draws, *(s for s in value.shape[2:] if s != 1))
+            # the sites' own shapes (_to_model_space removed the padding of plate dimensions)
+            posterior[name] = value.detach().cpu().double().numpy().reshape(chains, draws, *value.shape[1:])
         diverging = np.zeros((chains, draws), dtype=bool)
         for chain, where in enumerate(self.mcmc.diagnostics().get("divergences", {}).values()):
             diverging[chain, list(where)] = True
