@@ -311,3 +311,116 @@ def test_a_plateau_decays_the_learning_rate_before_stopping():
     assert plain.history["epochs"] < 60
     assert decayed.history["epochs"] >= plain.history["epochs"] + 2
     assert min(decayed.history["validation"]) <= min(plain.history["validation"]) + 1e-6
+
+
+def test_an_unbounded_prior_written_with_to_event_is_recognised_as_unbounded():
+    """``Normal(zeros(2), 1).to_event(1)`` has support ``independent(real, 1)``, not the
+    object ``real_vector``: it is unbounded all the same, so no rejection and no Z(x)."""
+    import pyro.distributions as dist
+    from torch.distributions import constraints
+
+    prior = dist.Normal(torch.zeros(2), 1.0).to_event(1)
+    assert prior.support is not constraints.real_vector
+    pairs = (prior.sample((40,)), torch.randn(40, 3))
+    plain = _tiny(pairs, max_epochs=1)
+    query = torch.randn(5, 2)
+    for bounded in ("reject", "transform"):
+        posterior = _tiny(pairs, prior, max_epochs=1, bounded=bounded)
+        assert not posterior.reject and posterior.support is constraints.real_vector
+        with torch.no_grad():
+            assert torch.equal(
+                posterior.log_prob(query, torch.zeros(3)), plain.log_prob(query, torch.zeros(3))
+            )
+    # a posterior built directly with such a support does not reject either
+    direct = ConditionalPosterior(
+        plain.flow,
+        *(torch.zeros(2), torch.ones(2), torch.zeros(3), torch.ones(3)),
+        support=constraints.independent(constraints.real, 1),
+        reject=True,
+    )
+    assert not direct.reject and len(direct.distribution(torch.zeros(3)).transforms) == 1
+
+
+@pytest.mark.parametrize("bounded", ["reject", "transform"])
+def test_a_simplex_prior_is_refused_at_fit_time(bounded):
+    import pyro.distributions as dist
+
+    prior = dist.Dirichlet(torch.ones(3))
+    pairs = (prior.sample((20,)), torch.randn(20, 2))
+    with pytest.raises(
+        ValueError, match=r"Simplex\(\) is a 2-dimensional set .*Dirichlet/simplex.*no density on R\^3"
+    ):
+        fit_posterior(pairs, prior, max_epochs=1, bounded=bounded)
+    # nor is a discrete prior, whose support a flow's draws never land on
+    poisson = dist.Poisson(torch.full((2,), 3.0)).to_event(1)
+    with pytest.raises(ValueError, match="discrete"):
+        fit_posterior((poisson.sample((20,)), torch.randn(20, 2)), poisson, max_epochs=1, bounded=bounded)
+
+
+def test_fit_posterior_leaves_the_global_rng_alone_and_is_reproducible_from_seed():
+    pairs = (torch.randn(30, 2), torch.randn(30, 3))
+    torch.manual_seed(123)
+    expected = torch.rand(3)
+    torch.manual_seed(123)
+    _tiny(pairs, max_epochs=1)
+    assert torch.equal(torch.rand(3), expected)  # the caller's stream goes on as without the fit
+    # two fits after different global seeds: the same fit (with a simulator, whose draws are
+    # seeded too), and different draws after them
+    fits, after = [], []
+    for global_seed in (1, 2):
+        torch.manual_seed(global_seed)
+        fits.append(_tiny(simulator, PRIOR, 30, max_epochs=1))
+        after.append(torch.rand(1))
+    assert not torch.equal(after[0], after[1])
+    for key, value in fits[0].state_dict().items():
+        assert torch.equal(value, fits[1].state_dict()[key]), key
+    assert fits[0].history["train"] == fits[1].history["train"]
+
+
+@pytest.mark.parametrize(
+    "prior",
+    [
+        Independent(Uniform(torch.zeros(3), torch.ones(3)), 1),
+        Independent(torch.distributions.LogNormal(torch.zeros(3), torch.ones(3)), 1),
+    ],
+    ids=["box", "lognormal"],
+)
+def test_a_prior_of_another_dimension_than_theta_is_refused(prior):
+    theta = torch.rand(20, 2) + 0.1
+    with pytest.raises(ValueError, match=r"prior draws theta of shape \(3,\).*theta has dimension 2"):
+        fit_posterior((theta, torch.randn(20, 1)), prior, max_epochs=1)
+
+
+def test_a_scalar_prior_holds_for_each_coordinate():
+    theta = torch.rand(20, 2)
+    posterior = _tiny((theta, torch.randn(20, 1)), Uniform(0.0, 1.0), max_epochs=1)
+    assert posterior.reject
+    assert posterior.log_prob(torch.tensor([0.5, 1.5]), torch.zeros(1)) == -math.inf
+
+
+@pytest.mark.parametrize(
+    "num, options, message",
+    [
+        (0, {}, "got 0 pairs .theta, x.; need at least 3"),
+        (2, {}, "got 2 pairs .theta, x.; need at least 3"),
+        (10, {"validation_fraction": 0.9}, "holds out 9 of 10 pairs and leaves 1 to train on"),
+        (10, {"batch_size": 0}, "batch_size must be an int >= 1, got 0"),
+    ],
+    ids=["empty", "two pairs", "too few to train", "batch_size 0"],
+)
+def test_fit_posterior_names_too_few_pairs_and_a_bad_batch_size(num, options, message):
+    with pytest.raises(ValueError, match=message):
+        fit_posterior((torch.randn(num, 2), torch.randn(num, 3)), max_epochs=1, **options)
+
+
+def test_sample_wants_an_int_or_a_shape_and_log_prob_names_nan():
+    posterior = _tiny((torch.randn(30, 2), torch.randn(30, 3)), max_epochs=1)
+    for bad in (2.5, True, -1, (2, 0.5)):
+        with pytest.raises(TypeError, match="num_samples must be an int >= 0 or a sample shape"):
+            posterior.sample(torch.zeros(3), bad)
+    assert posterior.sample(torch.zeros(4, 3), (2, 5)).shape == (2, 5, 4, 2)
+    with pytest.raises(ValueError, match="theta has NaN entries"):
+        posterior.log_prob(torch.tensor([[0.0, 0.0], [math.nan, 1.0]]), torch.zeros(3))
+    # an infinite theta is a point of density zero
+    log_q = posterior.log_prob(torch.tensor([[0.0, 0.0], [math.inf, 1.0]]), torch.zeros(3))
+    assert torch.isfinite(log_q[0]) and log_q[1] == -math.inf

@@ -24,13 +24,16 @@ two-moons benchmark one observation's KL went to thousands.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import functools
 import math
+import operator
 import time
 from typing import Callable, List, Optional, Sequence, Tuple, Union
 
 import torch
+from pyro.distributions import constraints as pyro_constraints
 from torch import nn
 from torch.distributions import (
     AffineTransform,
@@ -47,6 +50,39 @@ from ..builders.conditional import conditional_real_nvp
 __all__ = ["ConditionalPosterior", "fit_posterior"]
 
 Pairs = Tuple[torch.Tensor, torch.Tensor]
+
+
+def _is_real(support: constraints.Constraint) -> bool:
+    r"""Whether ``support`` is all of :math:`\mathbb R^d`: ``real``, ``real_vector`` or any
+    ``independent(...)`` of them (the support of ``Normal(...).to_event(1)``), recognised by
+    structure rather than by identity with ``constraints.real_vector``."""
+    return isinstance(_base(support), constraints._Real)
+
+
+def _base(support: constraints.Constraint) -> constraints.Constraint:
+    while isinstance(support, constraints.independent):
+        support = support.base_constraint
+    return support
+
+
+def _is_simplex(support: constraints.Constraint) -> bool:
+    return isinstance(_base(support), type(constraints.simplex))
+
+
+def _lower_dimensional(support: constraints.Constraint, dim: int) -> Optional[int]:
+    r"""The number of free coordinates of ``support`` if it is a lower-dimensional set in
+    :math:`\mathbb R^{dim}` (a simplex, a sphere), else ``None``."""
+    if isinstance(_base(support), type(pyro_constraints.sphere)):  # no bijection registered
+        return dim - 1
+    try:
+        transform = biject_to(support)
+    except NotImplementedError:
+        return None
+    try:
+        free = transform.inverse_shape(torch.Size([dim]))
+    except Exception:  # a transform that cannot say: not known to be lower-dimensional
+        return None
+    return free[-1] if len(free) == 1 and free[-1] != dim else None
 
 
 class ConditionalPosterior(nn.Module):
@@ -104,7 +140,7 @@ class ConditionalPosterior(nn.Module):
         self.register_buffer("x_loc", x_loc)
         self.register_buffer("x_scale", x_scale)
         self.support = support
-        self.reject = bool(reject) and support is not constraints.real_vector
+        self.reject = bool(reject) and not _is_real(support)
         self.history: dict = {}
 
     @property
@@ -140,7 +176,7 @@ class ConditionalPosterior(nn.Module):
         :meth:`log_prob` are)."""
         inner = self.standardized_distribution(x)
         parts = [AffineTransform(self.theta_loc, self.theta_scale, event_dim=1)]
-        if self.support is not constraints.real_vector and not self.reject:
+        if not self.reject and not _is_real(self.support):
             parts.append(biject_to(self.support))
         return TransformedDistribution(inner, parts, validate_args=False)
 
@@ -149,10 +185,12 @@ class ConditionalPosterior(nn.Module):
         return inside.all(-1) if inside.dim() == theta.dim() else inside  # elementwise or not
 
     @torch.no_grad()
-    def sample(self, x: torch.Tensor, num_samples: int = 1) -> torch.Tensor:
+    def sample(self, x: torch.Tensor, num_samples: Union[int, Sequence[int]] = 1) -> torch.Tensor:
         """``num_samples`` draws of :math:`\\theta` for each observation: shape
         ``(num_samples, theta_dim)`` for one ``x`` of shape ``(x_dim,)``, and
-        ``(num_samples, *batch, theta_dim)`` for ``x`` of shape ``(*batch, x_dim)``.
+        ``(num_samples, *batch, theta_dim)`` for ``x`` of shape ``(*batch, x_dim)``;
+        ``num_samples`` is an int >= 0, or a sample shape (a tuple of them) that takes its
+        place (a ``TypeError`` for anything else, e.g. ``2.5``).
         With ``reject``, draws outside the support are replaced by new ones (a
         ``RuntimeError`` if ``max_rejection_rounds`` rounds leave some outside).
 
@@ -160,8 +198,9 @@ class ConditionalPosterior(nn.Module):
         >>> post.sample(torch.zeros(3), 5).shape, post.sample(torch.zeros(4, 3), 5).shape
         (torch.Size([5, 2]), torch.Size([5, 4, 2]))
         """
+        sample_shape = _sample_shape(num_samples)
         q = self.distribution(x)
-        draws = q.sample((num_samples,))
+        draws = q.sample(sample_shape)
         if not self.reject:
             return draws
         missing = ~self._inside(draws)
@@ -173,7 +212,7 @@ class ConditionalPosterior(nn.Module):
                     f"{missing.numel()} draws are still outside the prior's support (the flow "
                     "puts almost no mass inside it for this x)"
                 )
-            fresh = q.sample((num_samples,))
+            fresh = q.sample(sample_shape)
             fill = missing & self._inside(fresh)
             draws = torch.where(fill.unsqueeze(-1), fresh, draws)
             missing = missing & ~fill
@@ -218,21 +257,32 @@ class ConditionalPosterior(nn.Module):
     def log_prob(self, theta: torch.Tensor, x: torch.Tensor, normalize: bool = True) -> torch.Tensor:
         r""":math:`\log q(\theta \mid x)` in the units of :math:`\theta`; ``theta`` of shape
         ``(*batch, theta_dim)`` and ``x`` of shape ``(*batch', x_dim)`` broadcast, e.g.
-        many ``theta`` against one ``x``. Outside the prior's support it is :math:`-\infty`.
+        many ``theta`` against one ``x``. Outside the prior's support, and at an infinite
+        ``theta``, it is :math:`-\infty`; a ``theta`` with NaN entries is a ``ValueError``.
         With ``reject``, it is renormalized by :meth:`log_normalizer` unless
         ``normalize=False``; the estimate is kept while ``x`` and the weights stay the same."""
         if not isinstance(theta, torch.Tensor) or theta.dim() < 1 or theta.shape[-1] != self.theta_dim:
             shape = tuple(theta.shape) if isinstance(theta, torch.Tensor) else type(theta).__name__
             raise ValueError(f"posterior: expected theta of shape (*batch, {self.theta_dim}), got {shape}")
+        nan = torch.isnan(theta).any(-1)
+        if nan.any():
+            raise ValueError(
+                f"posterior: theta has NaN entries ({int(nan.sum())} of {nan.numel()} points, e.g. "
+                f"at index {tuple(int(i) for i in nan.nonzero()[0])}); a density is not defined there"
+            )
         x = self._check_x(x)
         theta = theta.to(self.theta_loc.dtype)
         batch = torch.broadcast_shapes(theta.shape[:-1], x.shape[:-1])
         theta = theta.expand(*batch, self.theta_dim)
-        inside = self._inside(theta)
-        if not self.reject and not inside.all():
-            # evaluate a point inside instead (the inverse support map is not finite
-            # outside), then report -inf there
-            theta = torch.where(inside.unsqueeze(-1), theta, biject_to(self.support)(self.theta_loc))
+        inside = self._inside(theta) & torch.isfinite(theta).all(-1)
+        if not inside.all():
+            # evaluate a finite point in the flow's domain instead (the flow does not take
+            # inf, and without reject the inverse support map is not finite outside), then
+            # report -inf there
+            safe = self.theta_loc
+            if not self.reject and not _is_real(self.support):
+                safe = biject_to(self.support)(self.theta_loc)
+            theta = torch.where(inside.unsqueeze(-1), theta, safe)
         log_q = self.distribution(x.expand(*batch, self.x_dim)).log_prob(theta)
         if self.reject and normalize:
             log_q = log_q - self._log_normalizer_cached(x)  # one Z per observation, then broadcast
@@ -243,12 +293,42 @@ class ConditionalPosterior(nn.Module):
         return f"theta_dim={self.theta_dim}, x_dim={self.x_dim}, support={self.support}{reject}"
 
 
+def _sample_shape(num_samples) -> torch.Size:
+    """``num_samples`` (an int >= 0, or a tuple of them) as a sample shape."""
+    items = num_samples if isinstance(num_samples, (tuple, list, torch.Size)) else (num_samples,)
+    shape = []
+    for n in items:
+        try:
+            n = None if isinstance(n, bool) else operator.index(n)
+        except TypeError:
+            n = None
+        if n is None or n < 0:
+            raise TypeError(
+                "posterior: num_samples must be an int >= 0 or a sample shape (a tuple of such "
+                f"ints), got {num_samples!r}"
+            )
+        shape.append(n)
+    return torch.Size(shape)
+
+
+#: the fewest pairs that :func:`fit_posterior` takes: two to train on (their standard
+#: deviations standardize theta and x) and one held out for early stopping
+MIN_PAIRS = 3
+
+
 def _as_pairs(simulator_or_pairs, prior, num_simulations) -> Pairs:
     if callable(simulator_or_pairs):
         if prior is None:
             raise ValueError("fit_posterior: a simulator needs a prior to draw theta from")
-        if not isinstance(num_simulations, int) or num_simulations < 2:
-            raise ValueError(f"fit_posterior: num_simulations must be an int >= 2, got {num_simulations!r}")
+        if (
+            isinstance(num_simulations, bool)
+            or not isinstance(num_simulations, int)
+            or num_simulations < MIN_PAIRS
+        ):
+            raise ValueError(
+                f"fit_posterior: num_simulations must be an int >= {MIN_PAIRS} (two simulations to "
+                f"train on and one held out), got {num_simulations!r}"
+            )
         theta = prior.sample((num_simulations,))
         x = simulator_or_pairs(theta)
         return theta, x
@@ -273,6 +353,8 @@ def _check_pairs(theta, x) -> Pairs:
             raise ValueError(
                 f"fit_posterior: {name} must have shape (num_simulations, dim), got {tuple(value.shape)}"
             )
+        if value.shape[-1] == 0:
+            raise ValueError(f"fit_posterior: {name} has shape {tuple(value.shape)}, no columns")
         bad = ~torch.isfinite(value).all(-1)
         if bad.any():
             raise ValueError(
@@ -281,7 +363,76 @@ def _check_pairs(theta, x) -> Pairs:
             )
     if len(theta) != len(x):
         raise ValueError(f"fit_posterior: got {len(theta)} theta but {len(x)} x; they must pair up")
+    if len(theta) < MIN_PAIRS:
+        raise ValueError(
+            f"fit_posterior: got {len(theta)} pairs (theta, x); need at least {MIN_PAIRS}: two to "
+            "train on (their standard deviations standardize theta and x) and one held out for "
+            "early stopping"
+        )
     return theta, x
+
+
+def _prior_support(prior: Distribution, theta: torch.Tensor, bounded: str) -> constraints.Constraint:
+    r"""The support of ``theta`` that ``prior`` implies (``real_vector`` for any unbounded
+    one), after checking that the prior's draws have ``theta``'s shape and that there is a
+    density on :math:`\mathbb R^d` for the flow to fit under it."""
+    dim = theta.shape[-1]
+    shape = prior.batch_shape + prior.event_shape
+    # a scalar prior applies its support to each coordinate
+    if shape not in (torch.Size([dim]), torch.Size([])):
+        raise ValueError(
+            f"fit_posterior: the prior draws theta of shape {tuple(shape)} (batch_shape "
+            f"{tuple(prior.batch_shape)} + event_shape {tuple(prior.event_shape)}), but theta has "
+            f"dimension {dim} (shape {tuple(theta.shape)}); give a prior on {dim}-dimensional theta"
+        )
+    support = prior.support
+    if _is_real(support):
+        return constraints.real_vector
+    if support.is_discrete:
+        raise ValueError(
+            f"fit_posterior: the prior's support {support} is discrete; a posterior density of "
+            "theta needs a continuous prior"
+        )
+    free = _lower_dimensional(support, dim)
+    if free is not None:
+        what, example = "", ""
+        if _is_simplex(support):
+            what = " (a Dirichlet/simplex prior: the coordinates sum to one)"
+            example = f" (e.g. the log-ratios log(theta_i / theta_{dim}), i < {dim})"
+        raise ValueError(
+            f"fit_posterior: the prior's support {support} is a {free}-dimensional set in R^{dim}{what}, "
+            f"and has no density on R^{dim} for a flow to fit; reparameterize theta to {free} free "
+            f"coordinates{example} with a prior on those"
+        )
+    if bounded == "transform":
+        try:
+            biject_to(support)
+        except NotImplementedError:
+            raise ValueError(
+                f'fit_posterior: bounded="transform" needs a bijection onto the prior\'s support '
+                f'{support}, and torch has none registered for it; use bounded="reject"'
+            ) from None
+    inside = support.check(theta)
+    if not (inside.all(-1) if inside.dim() == theta.dim() else inside).all():
+        raise ValueError("fit_posterior: some theta lie outside the prior's support")
+    return support
+
+
+@contextlib.contextmanager
+def _seeded(seed: Optional[int]):
+    """Within: torch's global CPU generator seeded with ``seed`` on a fork of its state
+    (restored on exit, so that the caller's stream goes on as if nothing had drawn from
+    it), and a private generator seeded with it; without a seed, the global RNG as it is
+    and no private generator."""
+    if seed is None:
+        yield None
+        return
+    with torch.random.fork_rng(devices=[]):
+        # the CPU generator as torch.manual_seed seeds it (the same draws as before), but
+        # not the CUDA generators, which torch.manual_seed would reseed and the fork of the
+        # CPU state does not restore
+        torch.random.default_generator.manual_seed(seed)
+        yield torch.Generator().manual_seed(seed)
 
 
 def _loc_scale(values: torch.Tensor) -> Pairs:
@@ -403,19 +554,27 @@ def fit_posterior(
         ``theta`` of shape ``(num_simulations, theta_dim)`` and returning ``x`` of shape
         ``(num_simulations, x_dim)``; or a pair ``(theta, x)`` of such tensors.
     :param prior: draws ``theta`` for a simulator (``prior.sample((n,))`` must have shape
-        ``(n, theta_dim)``); with pairs it is optional and only supplies the support.
-    :param int num_simulations: simulations to run (simulator only).
+        ``(n, theta_dim)``); with pairs it is optional and only supplies the support. Its
+        ``batch_shape + event_shape`` must be ``(theta_dim,)`` (or ``()``: a scalar prior's
+        support holds for each coordinate). A support that is all of :math:`\mathbb R^d`
+        (``real``, ``real_vector``, or ``independent`` of them, as of
+        ``Normal(...).to_event(1)``) is unbounded; a discrete support, or a
+        lower-dimensional one (the simplex of a ``Dirichlet``), on which ``theta`` has no
+        density in :math:`\mathbb R^d`, is refused.
+    :param int num_simulations: simulations to run (simulator only); at least 3, as for
+        pairs: two to train on and one held out.
     :param str flow: ``"real_nvp"`` (conditional RealNVP by maximum likelihood) or
         ``"ffjord"`` (conditional FFJORD by flow matching).
     :param int num_layers: coupling layers of the conditional RealNVP.
     :param hidden_dims: hidden sizes of each coupling's conditioner (default ``(64, 64)``),
         or of the FFJORD's velocity field (default ``(128, 128, 128)``).
     :param float scale_bound: soft bound on each coupling's log-scale.
-    :param int batch_size: minibatch size.
+    :param int batch_size: minibatch size (an int >= 1).
     :param float lr: Adam's learning rate.
     :param int max_epochs: at most this many epochs (default: until early stopping).
     :param float max_seconds: stop after this many seconds of training.
-    :param float validation_fraction: share of the pairs held out for early stopping.
+    :param float validation_fraction: share of the pairs held out for early stopping (at
+        least one pair, and at least two must be left to train on).
     :param int patience: epochs without a held-out improvement before stopping (default
         50: with 20, two moons at 5000 simulations stopped after a third of the time
         ``sbi`` took, at a KL of 0.80 against its 0.61; with 50 it reached 0.30. The best
@@ -425,8 +584,12 @@ def fit_posterior(
         improvement) restart from the best weights with the learning rate times
         ``lr_decay``, this many times before stopping.
     :param float lr_decay: the factor of each such decay.
-    :param int seed: seeds the split, the initialisation and the minibatches (``None``: the
-        global RNG).
+    :param int seed: seeds the simulations (the prior's draws and the simulator's draws from
+        torch's global CPU generator), the split, the initialisation and the minibatches, so
+        that the same ``seed`` gives the same fit. The fit runs on a fork of the global CPU
+        RNG seeded with it (:func:`torch.random.fork_rng`): the caller's global RNG is left
+        as it was, and draws after the call are those it would have made without it.
+        ``None``: the fit draws from the global RNG as it is, and advances it.
     :param str bounded: for a ``prior`` with bounded support: ``"reject"`` fits the flow to
         ``theta`` as it is, rejects draws outside the support and renormalizes ``log_prob``
         (see :class:`ConditionalPosterior`); ``"transform"`` fits it to
@@ -450,26 +613,6 @@ def fit_posterior(
     """
     if flow not in FLOWS:
         raise ValueError(f"fit_posterior: flow must be one of {', '.join(FLOWS)}, got {flow!r}")
-    if seed is not None:
-        torch.manual_seed(seed)
-    generator = torch.Generator().manual_seed(seed) if seed is not None else None
-    theta, x = _check_pairs(*_as_pairs(simulator_or_pairs, prior, num_simulations))
-    if flow == "real_nvp" and theta.shape[-1] < 2:
-        raise ValueError(
-            f"fit_posterior: theta has dimension {theta.shape[-1]}; the RealNVP couplings need at "
-            'least 2 (flow="ffjord" takes one)'
-        )
-    theta, x = theta.detach().to(dtype), x.detach().to(dtype)
-    support = constraints.real_vector
-    if (
-        prior is not None
-        and prior.support is not constraints.real
-        and prior.support is not constraints.real_vector
-    ):
-        support = prior.support
-        inside = support.check(theta)
-        if not (inside.all(-1) if inside.dim() == theta.dim() else inside).all():
-            raise ValueError("fit_posterior: some theta lie outside the prior's support")
     if bounded not in ("reject", "transform"):
         raise ValueError(f"fit_posterior: bounded must be 'reject' or 'transform', got {bounded!r}")
     reject = bounded == "reject"
@@ -477,76 +620,92 @@ def fit_posterior(
         raise ValueError(f"fit_posterior: time_exponent must be a finite number > 0, got {time_exponent}")
     if not 0 < validation_fraction < 1:
         raise ValueError(f"fit_posterior: validation_fraction must be in (0, 1), got {validation_fraction}")
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"fit_posterior: batch_size must be an int >= 1, got {batch_size!r}")
+    with _seeded(seed) as generator:
+        theta, x = _check_pairs(*_as_pairs(simulator_or_pairs, prior, num_simulations))
+        if flow == "real_nvp" and theta.shape[-1] < 2:
+            raise ValueError(
+                f"fit_posterior: theta has dimension {theta.shape[-1]}; the RealNVP couplings need at "
+                'least 2 (flow="ffjord" takes one)'
+            )
+        theta, x = theta.detach().to(dtype), x.detach().to(dtype)
+        support = constraints.real_vector if prior is None else _prior_support(prior, theta, bounded)
 
-    u = theta if support is constraints.real_vector or reject else biject_to(support).inv(theta)
-    num = len(u)
-    order = torch.randperm(num, generator=generator)
-    num_val = max(1, int(round(validation_fraction * num)))
-    val_idx, train_idx = order[:num_val], order[num_val:]
-    theta_loc, theta_scale = _loc_scale(u[train_idx])
-    x_loc, x_scale = _loc_scale(x[train_idx])
-    u_std = (u - theta_loc) / theta_scale
-    x_std = (x - x_loc) / x_scale
-    if flow == "real_nvp":
-        net = conditional_real_nvp(
-            theta.shape[-1],
-            x.shape[-1],
-            num_layers=num_layers,
-            hidden_dims=(64, 64) if hidden_dims is None else hidden_dims,
-            scale_bound=scale_bound,
-        ).to(dtype)
-        loss_of = _likelihood_loss(net, u_std, x_std)
-        held_out_loss = functools.partial(loss_of, val_idx)
-    else:
-        loss_of, held_out_loss, net = _flow_matching_losses(
-            u_std, x_std, val_idx, hidden_dims, time_exponent, generator, dtype
-        )
-    posterior = ConditionalPosterior(net, theta_loc, theta_scale, x_loc, x_scale, support, reject)
-
-    optimizer = torch.optim.Adam(net.parameters(), lr=lr)
-    history = {"train": [], "validation": []}
-    best, best_state, since_best, epoch, decays_left = math.inf, None, 0, 0, lr_decays
-    start = time.perf_counter()
-    net.train()
-    while max_epochs is None or epoch < max_epochs:
-        perm = train_idx[torch.randperm(len(train_idx), generator=generator)]
-        total = 0.0
-        for batch in perm.split(batch_size):
-            loss = loss_of(batch)
-            optimizer.zero_grad()
-            loss.backward()
-            if clip_norm is not None:
-                nn.utils.clip_grad_norm_(net.parameters(), clip_norm)
-            optimizer.step()
-            total += float(loss.detach()) * len(batch)
-        with torch.no_grad():
-            val = float(held_out_loss())
-        epoch += 1
-        history["train"].append(total / len(train_idx))
-        history["validation"].append(val)
-        if val < best:
-            best, since_best = val, 0
-            best_state = copy.deepcopy(net.state_dict())
+        u = theta if _is_real(support) or reject else biject_to(support).inv(theta)
+        num = len(u)
+        num_val = max(1, int(round(validation_fraction * num)))
+        if num - num_val < 2:
+            raise ValueError(
+                f"fit_posterior: validation_fraction={validation_fraction} holds out {num_val} of {num} "
+                f"pairs and leaves {num - num_val} to train on; need at least 2 (lower it or add pairs)"
+            )
+        order = torch.randperm(num, generator=generator)
+        val_idx, train_idx = order[:num_val], order[num_val:]
+        theta_loc, theta_scale = _loc_scale(u[train_idx])
+        x_loc, x_scale = _loc_scale(x[train_idx])
+        u_std = (u - theta_loc) / theta_scale
+        x_std = (x - x_loc) / x_scale
+        if flow == "real_nvp":
+            net = conditional_real_nvp(
+                theta.shape[-1],
+                x.shape[-1],
+                num_layers=num_layers,
+                hidden_dims=(64, 64) if hidden_dims is None else hidden_dims,
+                scale_bound=scale_bound,
+            ).to(dtype)
+            loss_of = _likelihood_loss(net, u_std, x_std)
+            held_out_loss = functools.partial(loss_of, val_idx)
         else:
-            since_best += 1
-        if max_seconds is not None and time.perf_counter() - start > max_seconds:
-            break
-        if since_best >= patience:
-            if decays_left == 0:
+            loss_of, held_out_loss, net = _flow_matching_losses(
+                u_std, x_std, val_idx, hidden_dims, time_exponent, generator, dtype
+            )
+        posterior = ConditionalPosterior(net, theta_loc, theta_scale, x_loc, x_scale, support, reject)
+
+        optimizer = torch.optim.Adam(net.parameters(), lr=lr)
+        history = {"train": [], "validation": []}
+        best, best_state, since_best, epoch, decays_left = math.inf, None, 0, 0, lr_decays
+        start = time.perf_counter()
+        net.train()
+        while max_epochs is None or epoch < max_epochs:
+            perm = train_idx[torch.randperm(len(train_idx), generator=generator)]
+            total = 0.0
+            for batch in perm.split(batch_size):
+                loss = loss_of(batch)
+                optimizer.zero_grad()
+                loss.backward()
+                if clip_norm is not None:
+                    nn.utils.clip_grad_norm_(net.parameters(), clip_norm)
+                optimizer.step()
+                total += float(loss.detach()) * len(batch)
+            with torch.no_grad():
+                val = float(held_out_loss())
+            epoch += 1
+            history["train"].append(total / len(train_idx))
+            history["validation"].append(val)
+            if val < best:
+                best, since_best = val, 0
+                best_state = copy.deepcopy(net.state_dict())
+            else:
+                since_best += 1
+            if max_seconds is not None and time.perf_counter() - start > max_seconds:
                 break
-            # a plateau: go back to the best weights and take smaller steps from there
-            decays_left, since_best = decays_left - 1, 0
+            if since_best >= patience:
+                if decays_left == 0:
+                    break
+                # a plateau: go back to the best weights and take smaller steps from there
+                decays_left, since_best = decays_left - 1, 0
+                net.load_state_dict(best_state)
+                for group in optimizer.param_groups:
+                    group["lr"] *= lr_decay
+        if best_state is not None:
             net.load_state_dict(best_state)
-            for group in optimizer.param_groups:
-                group["lr"] *= lr_decay
-    if best_state is not None:
-        net.load_state_dict(best_state)
-    posterior.eval()
-    history.update(
-        epochs=epoch,
-        best_epoch=history["validation"].index(best) + 1 if best_state is not None else 0,
-        seconds=time.perf_counter() - start,
-        num_simulations=num,
-    )
-    posterior.history = history
-    return posterior
+        posterior.eval()
+        history.update(
+            epochs=epoch,
+            best_epoch=history["validation"].index(best) + 1 if best_state is not None else 0,
+            seconds=time.perf_counter() - start,
+            num_simulations=num,
+        )
+        posterior.history = history
+        return posterior
