@@ -15,24 +15,78 @@ from typing import Callable, Optional, Sequence, Tuple, Union
 import torch
 from torch import nn
 
-from .transforms.elementwise import MixtureCDF, clamp_open_unit
+from .transforms.elementwise import BaseCDF, ChangeOfBase, MixtureCDF, clamp_open_unit
 from .transforms.monotone_inverse import invert_monotone
 
 __all__ = ["inverse_cdf_sample"]
 
 
 def _find_mixture(model) -> Optional[MixtureCDF]:
+    """The :class:`MixtureCDF` whose CDF is the model's: the layer itself, that of a
+    :func:`~pyro_flows.cdf_flow`, or that of a :class:`~pyro_flows.Flow` whose other parts
+    only carry its base to the unit interval (a :class:`BaseCDF`). ``None`` for a
+    model without one; a ``ValueError`` for a model whose other layers change the CDF
+    (inverting the mixture alone would ignore them)."""
+    from .builders.cdf import CDFFlow  # builders import this module's package
+    from .flow import Flow
+
     if isinstance(model, MixtureCDF):
         return model
-    if isinstance(model, nn.Module):
-        found = [m for m in model.modules() if isinstance(m, MixtureCDF)]
-        if len(found) == 1:
-            return found[0]
-        if len(found) > 1:
-            raise ValueError(
-                f"{type(model).__name__} holds {len(found)} MixtureCDF layers; pass the one to sample"
+    if isinstance(model, CDFFlow):
+        return model.parts[-1]
+    if not isinstance(model, nn.Module):
+        return None
+    found = [m for m in model.modules() if isinstance(m, MixtureCDF)]
+    if not found:
+        return None
+    if len(found) > 1:
+        raise ValueError(
+            f"{type(model).__name__} holds {len(found)} MixtureCDF layers; pass the one to sample"
+        )
+    if isinstance(model, Flow):
+        # the model's CDF is the mixture's when what comes before it carries the base to
+        # Uniform(0, 1): nothing (a uniform base), or bridges ending in the CDF of the
+        # distribution they carry (a BaseCDF), as cdf_flow and Flow's bridges build them
+        *carriers, last = _layers(model)
+        if isinstance(last, MixtureCDF) and (
+            (
+                carriers
+                and all(isinstance(p, (BaseCDF, ChangeOfBase)) for p in carriers)
+                and isinstance(carriers[-1], BaseCDF)
             )
-    return None
+            or (not carriers and _is_standard_uniform(model.base()))
+        ):
+            return last
+    others = [
+        type(m).__name__ for m in _layers(model) if not isinstance(m, (MixtureCDF, BaseCDF, ChangeOfBase))
+    ]
+    raise ValueError(
+        f"inverse_cdf_sample inverts the CDF of a MixtureCDF, but {type(model).__name__} also has "
+        f"{', '.join(others) or 'a base other than Uniform(0, 1)'}, which change the model's CDF; "
+        "sample it with its own sample() instead"
+    )
+
+
+def _layers(model) -> list:
+    from .flow import Flow
+
+    if isinstance(model, Flow):
+        return [
+            leaf
+            for part in model._transforms()
+            for leaf in (part.parts if hasattr(part, "parts") else [part])
+        ]
+    return [m for m in model.modules() if m is not model]
+
+
+def _is_standard_uniform(base) -> bool:
+    while isinstance(base, torch.distributions.Independent):
+        base = base.base_dist
+    return (
+        isinstance(base, torch.distributions.Uniform)
+        and bool((base.low == 0).all())
+        and bool((base.high == 1).all())
+    )
 
 
 def inverse_cdf_sample(
@@ -45,11 +99,12 @@ def inverse_cdf_sample(
 ) -> torch.Tensor:
     r"""Draw ``n`` samples :math:`X = F^{-1}(U)`, :math:`U \sim \mathrm{Uniform}(0, 1)`.
 
-    :param flow_or_cdf: a fitted 1-D flow (a :class:`~pyro_flows.Flow` or
-        :func:`~pyro_flows.cdf_flow` containing one
-        :class:`~pyro_flows.transforms.MixtureCDF`, or the ``MixtureCDF`` itself), whose
-        :math:`F` is inverted by safeguarded Newton; or a Python function ``t -> F(t)``,
-        increasing and elementwise, inverted by bisection inside ``bracket``.
+    :param flow_or_cdf: a fitted 1-D flow (a :func:`~pyro_flows.cdf_flow`, a
+        :class:`~pyro_flows.transforms.MixtureCDF`, or a :class:`~pyro_flows.Flow` of
+        either whose base reaches the mixture as Uniform(0, 1)), whose :math:`F` is inverted
+        by safeguarded Newton (a flow with other layers, which change its CDF, is refused:
+        use its ``sample``); or a Python function ``t -> F(t)``, increasing and
+        elementwise, inverted by bisection inside ``bracket``.
     :param int n: number of samples.
     :param generator: optional :class:`torch.Generator` for the uniforms (on CPU).
     :param bracket: ``(lo, hi)`` with :math:`F(lo) < u < F(hi)` for the targets drawn;

@@ -214,6 +214,24 @@ def test_inverse_cdf_sample(fitted):
         inverse_cdf_sample(torch.sigmoid, 10)
 
 
+def test_inverse_cdf_sample_refuses_layers_that_change_the_cdf():
+    # a scaling after the mixture changes the model's CDF: inverting the mixture alone
+    # would return samples of another law
+    scaled = Flow([cdf_flow(3, event_shape=(2,)), pyro_flows.scaling(2)])
+    with pytest.raises(ValueError, match="also has Scaling, which change the model's CDF"):
+        inverse_cdf_sample(scaled, 10)
+    # a Beta base feeding a bare mixture is not carried to Uniform(0, 1) first
+    with pytest.raises(ValueError, match="a base other than Uniform"):
+        inverse_cdf_sample(Flow(spread_mixture(), base="beta", a=2.0, b=3.0), 10)
+    # bridges that carry the base to Uniform(0, 1) leave the mixture's CDF the model's
+    mixture = spread_mixture()
+    for flow in (Flow(mixture, base="uniform"), Flow(mixture), Flow(cdf_flow(3, base="beta"))):
+        torch.manual_seed(0)
+        own = flow.sample((4000,))
+        x = inverse_cdf_sample(flow, 4000, torch.Generator().manual_seed(5))
+        assert stats.ks_2samp(x.numpy(), own.numpy()).pvalue > 0.01
+
+
 # ------------------------------------------------------ rsample gradients
 @pytest.mark.parametrize("base", BASES)
 def test_rsample_gradients_match_finite_differences(base):

@@ -34,7 +34,7 @@ class ConditionalVectorFlow(ConditionalComposeTransformModule):
         self.context_dim = context_dim
 
     def condition(self, context: torch.Tensor) -> VectorFlow:
-        check_context("conditional flow", context, self.context_dim)
+        check_context(type(self).__name__, context, self.context_dim, self)
         parts = [t.condition(context) for t in self.transforms]
         return VectorFlow(parts, self.event_shape, cache_size=self._cache_size)
 
@@ -47,6 +47,7 @@ def conditional_real_nvp(
     mask: Union[str, torch.Tensor] = "half",
     activation: Callable[[], nn.Module] = nn.ReLU,
     scale_bound: Optional[float] = 2.0,
+    shift_bound: Optional[float] = 8.0,
 ) -> ConditionalVectorFlow:
     r"""Conditional RealNVP: ``num_layers`` :class:`~pyro_flows.transforms.ConditionalAffineCoupling`
     layers with alternating partitions, each conditioner an MLP on ``[x^A, c]``:
@@ -69,6 +70,8 @@ def conditional_real_nvp(
     :param mask: ``"half"``, ``"alternating"`` or a boolean tensor of shape ``(input_dim,)``;
         parities alternate layer to layer (a tensor on even layers, its complement on odd).
     :param scale_bound: soft bound on each log-scale.
+    :param shift_bound: bound on each shift (default 8 as for
+        :func:`~pyro_flows.transforms.affine_coupling`, ``None`` for none).
 
     >>> import pyro.distributions as dist
     >>> flow = conditional_real_nvp(3, context_dim=2, num_layers=2, hidden_dims=(16,))
@@ -86,7 +89,9 @@ def conditional_real_nvp(
     check_count(num_layers, "num_layers", "conditional_real_nvp")
     hidden_dims = check_hidden_dims(hidden_dims, "conditional_real_nvp")
     parts = [
-        conditional_affine_coupling(input_dim, context_dim, hidden_dims, mask, i % 2, activation, scale_bound)
+        conditional_affine_coupling(
+            input_dim, context_dim, hidden_dims, mask, i % 2, activation, scale_bound, shift_bound
+        )
         for i in range(num_layers)
     ]
     return ConditionalVectorFlow(parts, (input_dim,), context_dim)

@@ -38,7 +38,7 @@ import torch
 from pyro.distributions.torch_transform import TransformModule
 from torch.distributions import Distribution, constraints
 
-__all__ = ["FlowTransform", "check_context", "check_event", "validation_enabled"]
+__all__ = ["FlowTransform", "check_context", "check_event", "context_batch_shape", "validation_enabled"]
 
 
 # Shared (immutable) constraints for the usual event dims: TransformedDistribution reads
@@ -122,9 +122,36 @@ def _first_float_dtype(tensors) -> Optional[torch.dtype]:
     return None
 
 
-def check_context(name: str, context: torch.Tensor, context_dim: int) -> torch.Tensor:
+def _module_dtype(module) -> Optional[torch.dtype]:
+    """The dtype of the first floating-point parameter or buffer of ``module`` (searched
+    breadth-first, stopping at the first one), or ``None`` if it has none."""
+    queue = [module]
+    for m in queue:
+        state = m.__dict__
+        for t in (*state["_parameters"].values(), *state["_buffers"].values()):
+            if t is not None and t.is_floating_point():
+                return t.dtype
+        queue += (c for c in state["_modules"].values() if c is not None)
+    return None
+
+
+def check_context(
+    name: str, context: torch.Tensor, context_dim: int, module: Optional[torch.nn.Module] = None
+) -> torch.Tensor:
     """Return ``context`` if it is a floating-point tensor of shape ``(*batch, context_dim)``,
-    else raise an error that names the problem (the context of a conditional flow)."""
+    else raise an error that names the problem (the context of a conditional flow).
+
+    The context follows the rules of an input (see the module docstring): its shape and
+    dtype are always checked, with ``module`` (the conditional flow) against the dtype of
+    its parameters, never cast; its finiteness while distribution validation is on.
+    Whether its batch shape broadcasts against an input's is checked when the conditioned
+    flow is called (:func:`context_batch_shape`).
+
+    >>> check_context("ConditionalThing", torch.zeros(4, 3), 2)
+    Traceback (most recent call last):
+        ...
+    ValueError: ConditionalThing: expected a context of shape (*batch, 2), got (4, 3)
+    """
     if not isinstance(context, torch.Tensor):
         raise TypeError(f"{name}: expected a tensor context, got {type(context).__name__}")
     if not context.is_floating_point():
@@ -133,7 +160,38 @@ def check_context(name: str, context: torch.Tensor, context_dim: int) -> torch.T
         raise ValueError(
             f"{name}: expected a context of shape (*batch, {context_dim}), got {tuple(context.shape)}"
         )
+    dtype = None if module is None else _module_dtype(module)
+    if dtype is not None and context.dtype != dtype:
+        raise ValueError(
+            f"{name}: the context has dtype {context.dtype} but the flow's parameters are {dtype}; "
+            f"convert the context (context{_conversion(dtype)}) or the flow (flow{_conversion(context.dtype)})"
+        )
+    if validation_enabled() and not bool(torch.isfinite(context).all()):
+        bad = int((~torch.isfinite(context)).sum())
+        raise ValueError(f"{name}: the context contains {bad} non-finite value(s) (NaN or inf)")
     return context
+
+
+def context_batch_shape(
+    name: str, batch_shape: Sequence[int], context: torch.Tensor, what: str = "input"
+) -> torch.Size:
+    """The broadcast of an input's ``batch_shape`` with the batch shape of ``context``
+    (``context.shape[:-1]``), or a ``ValueError`` naming both shapes.
+
+    >>> context_batch_shape("ConditionalThing", (3,), torch.zeros(5, 2))
+    Traceback (most recent call last):
+        ...
+    ValueError: ConditionalThing: the input's batch shape (3,) does not broadcast against the context's batch shape (5,); ...
+    """
+    try:
+        return torch.broadcast_shapes(tuple(batch_shape), context.shape[:-1])
+    except RuntimeError:
+        raise ValueError(
+            f"{name}: the {what}'s batch shape {tuple(batch_shape)} does not broadcast against the "
+            f"context's batch shape {tuple(context.shape[:-1])}; give one context per {what} (the same "
+            f"batch shape), one context for all (shape ({context.shape[-1]},)), or {what}s of batch shape "
+            f"(n, {', '.join(['1'] * (context.dim() - 1))}) for n per context"
+        ) from None
 
 
 class FlowTransform(TransformModule):

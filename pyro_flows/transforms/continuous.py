@@ -32,7 +32,7 @@ from pyro.distributions.conditional import ConditionalTransformModule
 from torch import nn
 
 from ..nn.odefunc import AugmentedDynamics, trace_noise
-from .base import FlowTransform
+from .base import FlowTransform, check_context, check_event, context_batch_shape
 
 __all__ = ["FFJORD", "ConditionalFFJORD", "EXACT_TRACE_MAX_DIM"]
 
@@ -358,10 +358,15 @@ class _ConditionedFFJORD(FFJORD):
         super().__init__(parent.dynamics, parent.input_dim, **parent.settings)
         # A plain attribute, not a buffer: gradients reach whatever produced the context.
         self.context = context
+        self._owner = type(parent).__name__
+
+    def _check(self, x, what, dtype=None):
+        # errors name the class the user built, not this private one
+        check_event(self._owner, x, self.event_shape, what, dtype)
 
     def _field(self, z):
         context = self.context
-        batch = torch.broadcast_shapes(z.shape[:-1], context.shape[:-1])
+        batch = context_batch_shape(self._owner, z.shape[:-1], context)
         z = z.expand(*batch, self.input_dim)
         flat_context = context.expand(*batch, context.shape[-1]).reshape(-1, context.shape[-1])
         dynamics = self.dynamics
@@ -423,16 +428,7 @@ class ConditionalFFJORD(ConditionalTransformModule):
         self.event_shape = torch.Size((input_dim,))
 
     def condition(self, context: torch.Tensor) -> FFJORD:
-        if not isinstance(context, torch.Tensor) or not context.is_floating_point():
-            raise ValueError(
-                f"ConditionalFFJORD: expected a floating-point tensor context, got {type(context).__name__}"
-                + (f" of dtype {context.dtype}" if isinstance(context, torch.Tensor) else "")
-            )
-        if context.dim() < 1 or context.shape[-1] != self.context_dim:
-            raise ValueError(
-                f"ConditionalFFJORD: expected a context of shape (*batch, {self.context_dim}), "
-                f"got shape {tuple(context.shape)}"
-            )
+        check_context(type(self).__name__, context, self.context_dim, self)
         return _ConditionedFFJORD(self, context)
 
     def extra_repr(self) -> str:

@@ -30,7 +30,7 @@ from torch import nn
 from ..nn.mlp import MLP, ConditionalMLP
 from ..nn.resmlp import ConditionalResidualMLP, ResidualMLP
 from ..nn.resnet import ResNet
-from .base import FlowTransform, check_context, sum_event
+from .base import FlowTransform, check_context, check_event, context_batch_shape, sum_event
 from .masks import (
     IndexPartition,
     MaskPartition,
@@ -271,17 +271,23 @@ class _BoundConditioner(nn.Module):
 class _ContextBroadcast:
     """Mixin for a coupling conditioned on a context: the input's batch shape is
     broadcast against the context's before the coupling runs, so that ``x^A`` and the
-    conditioner's outputs line up (e.g. one base sample per context in a batch)."""
+    conditioner's outputs line up (e.g. one base sample per context in a batch). Errors
+    name the conditional class the user built (``ConditionalAffineCoupling``), and a batch
+    shape that does not broadcast against the context's is refused with both shapes."""
 
     def __init__(self, parent: "_ConditionalCoupling", context: torch.Tensor, **kwargs):
         # the parent's partition itself (no new masks) and its conditioner, bound to the context
         conditioner = _BoundConditioner(parent.conditioner, context)
         super().__init__(parent.partition, conditioner, parent.event_shape, **kwargs)
         self.context = context
+        self._owner = type(parent).__name__
 
-    def _expand(self, x: torch.Tensor) -> torch.Tensor:
+    def _check(self, x, what, dtype=None):
+        check_event(self._owner, x, self.event_shape, what, dtype)
+
+    def _expand(self, x: torch.Tensor, what: str = "input") -> torch.Tensor:
         event_dim = len(self.event_shape)
-        batch = torch.broadcast_shapes(x.shape[: x.dim() - event_dim], self.context.shape[:-1])
+        batch = context_batch_shape(self._owner, x.shape[: x.dim() - event_dim], self.context, what)
         return x.expand(*batch, *self.event_shape)
 
     def _state_tensors(self):
@@ -292,7 +298,7 @@ class _ContextBroadcast:
         return super()._call_and_ladj(self._expand(x))
 
     def _inverse_and_ladj(self, y):
-        return super()._inverse_and_ladj(self._expand(y))
+        return super()._inverse_and_ladj(self._expand(y, "value"))
 
 
 class _ConditionedAdditiveCoupling(_ContextBroadcast, AdditiveCoupling):
@@ -326,7 +332,7 @@ class _ConditionalCoupling(ConditionalTransformModule):
         self.conditioner = conditioner
 
     def _check_context(self, context: torch.Tensor) -> torch.Tensor:
-        return check_context(type(self).__name__, context, self.context_dim)
+        return check_context(type(self).__name__, context, self.context_dim, self)
 
     def extra_repr(self) -> str:
         return f"event_shape={tuple(self.event_shape)}, context_dim={self.context_dim}"
@@ -490,14 +496,27 @@ def _relu_in_place() -> nn.Module:
 CONDITIONERS = ("mlp", "residual")
 
 
+#: the builder a conditioner of ``num_params`` parameters per coordinate is made for
+#: (named in argument errors when the caller does not say)
+_BUILDERS = {1: "additive_coupling", 2: "affine_coupling"}
+
+
 def _mlp_conditioner(
-    mask, num_params, hidden_dims, activation, context_dim=None, dropout=0.0, conditioner="mlp"
+    mask, num_params, hidden_dims, activation, context_dim=None, dropout=0.0, conditioner="mlp", builder=None
 ):
     """An MLP (``conditioner="mlp"``) or a :class:`~pyro_flows.nn.ResidualMLP`
     (``"residual"``) from :math:`x^A` (and, with ``context_dim``, a context) to
-    ``num_params`` parameters per coordinate of :math:`x^B`, with ``dropout``."""
+    ``num_params`` parameters per coordinate of :math:`x^B`, with ``dropout``.
+    ``builder`` (the public function being called) is named in argument errors."""
+    from ..builders._checks import check_hidden_dims  # builders import this module
+
+    if builder is None:
+        builder = _BUILDERS.get(num_params, "coupling")
+        if context_dim is not None:
+            builder = f"conditional_{builder}"
+    hidden_dims = check_hidden_dims(hidden_dims, builder)
     if conditioner not in CONDITIONERS:
-        raise ValueError(f"conditioner must be one of {CONDITIONERS}, got {conditioner!r}")
+        raise ValueError(f"{builder}: conditioner must be one of {CONDITIONERS}, got {conditioner!r}")
     n_a = int(mask.sum())
     n_out = num_params * (mask.numel() - n_a)
     if conditioner == "residual":
@@ -585,9 +604,10 @@ def conditional_additive_coupling(
     3
     """
     m = vector_mask(input_dim, mask, parity)
-    return ConditionalAdditiveCoupling(
-        m, _mlp_conditioner(m, 1, hidden_dims, activation, context_dim), context_dim
+    net = _mlp_conditioner(
+        m, 1, hidden_dims, activation, context_dim, builder="conditional_additive_coupling"
     )
+    return ConditionalAdditiveCoupling(m, net, context_dim)
 
 
 def conditional_affine_coupling(
@@ -598,10 +618,12 @@ def conditional_affine_coupling(
     parity: int = 0,
     activation: Callable[[], nn.Module] = nn.ReLU,
     scale_bound: Optional[float] = 2.0,
+    shift_bound: Optional[float] = 8.0,
 ) -> ConditionalAffineCoupling:
     """One :class:`ConditionalAffineCoupling` on vectors of size ``input_dim`` with a
     :class:`~pyro_flows.nn.ConditionalMLP` conditioner (last layer zero: every
-    conditioned coupling starts as the identity).
+    conditioned coupling starts as the identity); ``scale_bound`` and ``shift_bound`` as
+    for :func:`affine_coupling`.
 
     >>> layer = conditional_affine_coupling(2, 1, hidden_dims=(8,))
     >>> x = torch.randn(3, 2)
@@ -609,9 +631,8 @@ def conditional_affine_coupling(
     True
     """
     m = vector_mask(input_dim, mask, parity)
-    return ConditionalAffineCoupling(
-        m, _mlp_conditioner(m, 2, hidden_dims, activation, context_dim), context_dim, scale_bound=scale_bound
-    )
+    net = _mlp_conditioner(m, 2, hidden_dims, activation, context_dim, builder="conditional_affine_coupling")
+    return ConditionalAffineCoupling(m, net, context_dim, scale_bound=scale_bound, shift_bound=shift_bound)
 
 
 def image_affine_coupling(

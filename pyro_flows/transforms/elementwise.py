@@ -42,6 +42,7 @@ from torch.distributions import constraints
 
 from .base import FlowTransform, check_event, sum_event, validation_enabled
 from .cdf_functions import check_supported, log_parts, quantile
+from .linear import _check_sizes
 from .monotone_inverse import attach_implicit_gradient, invert_monotone
 
 __all__ = ["MixtureCDF", "BaseCDF", "ChangeOfBase", "mixture_cdf", "base_cdf", "change_of_base"]
@@ -64,10 +65,45 @@ def _cdf_from_log_parts(log_cdf: torch.Tensor, log_sf: torch.Tensor) -> torch.Te
     return clamp_open_unit(u)
 
 
-def _check_unit(name: str, u: torch.Tensor) -> None:
+def _check_unit(name: str, u: torch.Tensor, what: str = "input") -> None:
+    """Under validation, ``u`` must lie in the unit interval (the transform's domain for
+    an ``"input"``, its codomain for a ``"value"``)."""
     if validation_enabled() and not bool(((u >= 0) & (u <= 1)).all()):
         bad = int((~((u >= 0) & (u <= 1))).sum())
-        raise ValueError(f"{name}: expected values in the unit interval [0, 1], got {bad} outside it")
+        raise ValueError(
+            f"{name}: expected {what}s in the unit interval [0, 1], got {bad} value(s) outside it"
+        )
+
+
+def _support_text(support) -> str:
+    """A short description of a scalar support (``the unit interval [0, 1]``, ``the interval
+    [-2, 3]``) or, for any other constraint, its repr."""
+    if isinstance(support, constraints._Interval):
+        low, high = torch.as_tensor(support.lower_bound), torch.as_tensor(support.upper_bound)
+        if low.numel() == 1 and high.numel() == 1:
+            if float(low) == 0 and float(high) == 1:
+                return "the unit interval [0, 1]"
+            return f"the interval [{float(low):g}, {float(high):g}]"
+    return str(support)
+
+
+def _check_base_params(owner: str, base, params: dict) -> None:
+    """The parameters of a named ``"beta"`` base: numbers, finite and positive (the
+    Beta distribution would otherwise reject them under the name of a Dirichlet)."""
+    if not (isinstance(base, str) and base.lower() == "beta"):
+        return
+    for key in ("a", "b"):
+        if key not in params:
+            continue
+        value = params[key]
+        try:
+            number = float(value)
+        except (TypeError, ValueError, RuntimeError):
+            number = None
+        if isinstance(value, bool) or number is None or not (math.isfinite(number) and number > 0):
+            raise ValueError(
+                f"{owner}: the Beta base needs positive, finite parameters a and b, got {key}={value!r}"
+            )
 
 
 def _plain_support(support):
@@ -130,11 +166,12 @@ class MixtureCDF(FlowTransform):
     sign = 1
 
     def __init__(self, event_shape: Sequence[int] = (), num_components: int = 4, component: str = "gaussian"):
-        if not isinstance(num_components, int) or num_components < 1:
-            raise ValueError(f"num_components must be a positive integer, got {num_components!r}")
+        name = type(self).__name__
+        if isinstance(num_components, bool) or not isinstance(num_components, int) or num_components < 1:
+            raise ValueError(f"{name}: num_components must be a positive integer, got {num_components!r}")
         if component not in _COMPONENTS:
-            raise ValueError(f"component must be one of {_COMPONENTS}, got {component!r}")
-        super().__init__(event_shape=event_shape)
+            raise ValueError(f"{name}: component must be one of {_COMPONENTS}, got {component!r}")
+        super().__init__(event_shape=_check_sizes(event_shape, name))
         self.num_components = num_components
         self.component = component
         shape = (*self.event_shape, num_components)
@@ -200,7 +237,7 @@ class MixtureCDF(FlowTransform):
         return lower, upper
 
     def _call_and_ladj(self, u):
-        _check_unit(type(self).__name__, u)
+        _check_unit(type(self).__name__, u, "input")
         u = clamp_open_unit(u)
         with torch.no_grad():
             lower, upper = self._bracket(u)
@@ -268,7 +305,9 @@ class BaseCDF(FlowTransform):
     ):
         from ..bases import base_distribution  # bases builds bridges from this module
 
-        super().__init__(event_shape=event_shape)
+        name = type(self).__name__
+        _check_base_params(name, base, params)
+        super().__init__(event_shape=_check_sizes(event_shape, name))
         self.base = base_distribution(base, self.event_shape, **params)
         check_supported(self._scalar())
         self._support = _plain_support(self._scalar().support)
@@ -288,16 +327,42 @@ class BaseCDF(FlowTransform):
     def codomain(self):
         return constraints.independent(constraints.unit_interval, self.event_dim_)
 
-    def _call_and_ladj(self, z):
+    def _check_support(self, z: torch.Tensor, owner: str, what: str) -> None:
+        """Under validation, ``z`` must lie in the base's support (this transform's
+        domain): outside it the CDF is 0 or 1 or undefined, and the result would be a
+        silent NaN or a value clamped to the edge. ``owner`` is named in the error (the
+        transform the user called). A real support needs nothing beyond finiteness,
+        which :meth:`_check` has seen to."""
+        if not validation_enabled():
+            return
+        support = self._support if self._support is not None else self._scalar().support
+        if isinstance(support, constraints._Real):
+            return
+        inside = support.check(z)
+        if not bool(inside.all()):
+            bad = int((~inside).sum())
+            raise ValueError(
+                f"{owner}: expected {what}s in the support of the {self.base.cls.__name__} base, "
+                f"{_support_text(support)}; got {bad} value(s) outside it"
+            )
+
+    def _cdf(self, z):
         d = self._scalar()
         log_cdf, log_sf, log_pdf = log_parts(d, z)
         return _cdf_from_log_parts(log_cdf, log_sf), sum_event(log_pdf, self.event_dim_)
 
-    def _inverse_and_ladj(self, u):
-        _check_unit(type(self).__name__, u)
+    def _quantile(self, u):
         d = self._scalar()
         z = quantile(d, clamp_open_unit(u))
         return z, sum_event(d.log_prob(z), self.event_dim_)
+
+    def _call_and_ladj(self, z):
+        self._check_support(z, type(self).__name__, "input")
+        return self._cdf(z)
+
+    def _inverse_and_ladj(self, u):
+        _check_unit(type(self).__name__, u, "value")
+        return self._quantile(u)
 
     def extra_repr(self) -> str:
         return f"{super().extra_repr()}, base={self.base.cls.__name__}"
@@ -334,7 +399,9 @@ class ChangeOfBase(FlowTransform):
     sign = 1
 
     def __init__(self, source="uniform", target="normal", event_shape: Sequence[int] = (), **source_params):
-        super().__init__(event_shape=event_shape)
+        name = type(self).__name__
+        _check_base_params(name, source, source_params)
+        super().__init__(event_shape=_check_sizes(event_shape, name))
         self.source = BaseCDF(source, event_shape, **source_params)
         self.target = BaseCDF(target, event_shape)
 
@@ -346,14 +413,18 @@ class ChangeOfBase(FlowTransform):
     def codomain(self):
         return self.target.domain
 
+    # The parts' own checks would name them (BaseCDF) instead of this transform, and the
+    # middle value u, a CDF's output, lies in [0, 1] by construction: check the ends only.
     def _call_and_ladj(self, z):
-        u, log_source = self.source._call_and_ladj(z)
-        out, log_target = self.target._inverse_and_ladj(u)
+        self.source._check_support(z, type(self).__name__, "input")
+        u, log_source = self.source._cdf(z)
+        out, log_target = self.target._quantile(u)
         return out, log_source - log_target
 
     def _inverse_and_ladj(self, y):
-        u, log_target = self.target._call_and_ladj(y)
-        z, log_source = self.source._inverse_and_ladj(u)
+        self.target._check_support(y, type(self).__name__, "value")
+        u, log_target = self.target._cdf(y)
+        z, log_source = self.source._quantile(u)
         return z, log_source - log_target
 
 

@@ -24,7 +24,7 @@ from pyro.distributions.conditional import ConditionalTransformModule
 from pyro.distributions.torch_transform import ComposeTransformModule, TransformModule
 from torch import nn
 
-from .base import FlowTransform, check_context, sum_event
+from .base import FlowTransform, _module_dtype, check_context, check_event, context_batch_shape, sum_event
 from .recompute import _check_blocks, normalize_recomputing, normalizing_blocks
 
 __all__ = ["MultiScale", "ConditionalMultiScale"]
@@ -323,11 +323,13 @@ class ConditionalMultiScale(ConditionalTransformModule):
         self.layers = nn.ModuleList(layers)
         self.inner = inner
         self.split_prior = split_prior
-        # the shapes, from a version conditioned on a zero context (couplings keep shapes)
+        # the shapes, from a version conditioned on a zero context (couplings keep shapes),
+        # in the dtype of the layers' parameters (contexts are checked against it)
+        zero = torch.zeros(context_dim, dtype=_module_dtype(self) or torch.get_default_dtype())
         probe = MultiScale(
-            ComposeTransformModule([self._conditioned(layer, torch.zeros(context_dim)) for layer in layers]),
+            ComposeTransformModule([self._conditioned(layer, zero) for layer in layers]),
             event_shape,
-            inner=None if inner is None else inner.condition(torch.zeros(context_dim)),
+            inner=None if inner is None else inner.condition(zero),
         )
         self.scale_shape, self.factored_shape = probe.scale_shape, probe.factored_shape
         self.kept_shape = probe.kept_shape
@@ -365,7 +367,7 @@ class ConditionalMultiScale(ConditionalTransformModule):
         return layer.condition(context) if isinstance(layer, ConditionalTransformModule) else layer
 
     def condition(self, context: torch.Tensor) -> MultiScale:
-        check_context("ConditionalMultiScale", context, self.context_dim)
+        check_context(type(self).__name__, context, self.context_dim, self)
         return _ConditionedMultiScale(self, context)
 
     def prior(self, h: Optional[torch.Tensor], batch_shape, context: torch.Tensor):
@@ -420,12 +422,16 @@ class _ConditionedMultiScale(MultiScale):
         # A context changed in place must invalidate the cache like a parameter would.
         return [*super()._state_tensors(), self.context]
 
-    def _expand(self, x):
-        batch = torch.broadcast_shapes(x.shape[:-3], self.context.shape[:-1])
+    def _check(self, x, what, dtype=None):
+        # errors name the class the user built, not this private one
+        check_event(type(self.parent).__name__, x, self.event_shape, what, dtype)
+
+    def _expand(self, x, what: str = "input"):
+        batch = context_batch_shape(type(self.parent).__name__, x.shape[:-3], self.context, what)
         return x.expand(*batch, *self.event_shape)
 
     def _call_and_ladj(self, u):
         return super()._call_and_ladj(self._expand(u))
 
     def _inverse_and_ladj(self, x):
-        return super()._inverse_and_ladj(self._expand(x))
+        return super()._inverse_and_ladj(self._expand(x, "value"))

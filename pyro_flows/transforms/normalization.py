@@ -3,6 +3,8 @@ and Glow's activation normalization (Kingma & Dhariwal, 2018)."""
 
 from __future__ import annotations
 
+import math
+import numbers
 import warnings
 
 import torch
@@ -13,15 +15,24 @@ from .base import FlowTransform, check_event
 __all__ = ["RealNVPBatchNorm", "real_nvp_batch_norm", "ActNorm", "act_norm"]
 
 
+def _check_eps(eps, owner: str, positive: bool) -> None:
+    """``eps`` must be a finite number, ``> 0`` (``positive``) or ``>= 0``."""
+    ok = isinstance(eps, numbers.Real) and not isinstance(eps, bool) and math.isfinite(eps)
+    if not ok or not (eps > 0 if positive else eps >= 0):
+        bound = "> 0 (it keeps a feature without spread finite)" if positive else ">= 0"
+        raise ValueError(f"{owner}: eps must be a finite number {bound}, got {eps!r}")
+
+
 class _PerFeature(FlowTransform):
     """Shared plumbing of layers with one statistic or parameter per feature (vectors,
     ``event_dim=1``) or per channel (images ``(C, H, W)``, ``event_dim=3``)."""
 
     def __init__(self, num_features: int, event_dim: int):
+        name = type(self).__name__
         if event_dim not in (1, 3):
-            raise ValueError(f"event_dim must be 1 (vectors) or 3 (images), got {event_dim}")
-        if num_features < 1:
-            raise ValueError(f"num_features must be positive, got {num_features}")
+            raise ValueError(f"{name}: event_dim must be 1 (vectors) or 3 (images), got {event_dim!r}")
+        if isinstance(num_features, bool) or not isinstance(num_features, int) or num_features < 1:
+            raise ValueError(f"{name}: num_features must be a positive integer, got {num_features!r}")
         super().__init__()
         self.event_dim_ = event_dim
         self.num_features = num_features
@@ -107,7 +118,8 @@ class RealNVPBatchNorm(_PerFeature):
         affine: bool = False,
     ):
         if not 0.0 < momentum <= 1.0:
-            raise ValueError(f"momentum must be in (0, 1], got {momentum}")
+            raise ValueError(f"{type(self).__name__}: momentum must be in (0, 1], got {momentum!r}")
+        _check_eps(eps, type(self).__name__, positive=True)
         super().__init__(num_features, event_dim)
         self.momentum = momentum
         self.eps = eps
@@ -227,6 +239,7 @@ class ActNorm(_PerFeature):
     """
 
     def __init__(self, num_features: int, event_dim: int = 3, eps: float = 1e-6):
+        _check_eps(eps, type(self).__name__, positive=False)
         super().__init__(num_features, event_dim)
         self.eps = eps
         self.loc = nn.Parameter(torch.zeros(num_features))

@@ -364,6 +364,9 @@ class ElementwiseSpline(_SplineParams, FlowTransform):
         min_bin_height: float = DEFAULT_MIN_BIN_HEIGHT,
         min_derivative: float = DEFAULT_MIN_DERIVATIVE,
     ):
+        from ..builders._checks import check_count  # builders import this module
+
+        check_count(dim, "dim", type(self).__name__)
         super().__init__(event_shape=(dim,))
         self._set_spline(num_bins, tail_bound, min_bin_width, min_bin_height, min_derivative)
         self.params = nn.Parameter(torch.zeros(dim, _params_per_coordinate(num_bins)))
@@ -462,7 +465,9 @@ def spline_coupling(
     """
     m = vector_mask(input_dim, mask, parity)
     per = _params_per_coordinate(num_bins, affine)
-    net = _mlp_conditioner(m, per, hidden_dims, activation, dropout=dropout, conditioner=conditioner)
+    net = _mlp_conditioner(
+        m, per, hidden_dims, activation, dropout=dropout, conditioner=conditioner, builder="spline_coupling"
+    )
     return SplineCoupling(m, net, num_bins=num_bins, tail_bound=tail_bound, affine=affine, **spline_options)
 
 
@@ -492,7 +497,16 @@ def conditional_spline_coupling(
     """
     m = vector_mask(input_dim, mask, parity)
     per = _params_per_coordinate(num_bins, affine)
-    net = _mlp_conditioner(m, per, hidden_dims, activation, context_dim, dropout, conditioner)
+    net = _mlp_conditioner(
+        m,
+        per,
+        hidden_dims,
+        activation,
+        context_dim,
+        dropout,
+        conditioner,
+        builder="conditional_spline_coupling",
+    )
     return ConditionalSplineCoupling(
         m, net, context_dim, num_bins=num_bins, tail_bound=tail_bound, affine=affine, **spline_options
     )
