@@ -74,6 +74,13 @@ def base_distribution(
     n = len(shape)
     if isinstance(base, str):
         name = base.lower()
+        allowed = {"beta": {"a", "b"}}.get(name, set())
+        unknown = sorted(set(params) - allowed)
+        if unknown:
+            raise TypeError(
+                f"base {base!r} takes {'keywords ' + ', '.join(sorted(allowed)) if allowed else 'no keywords'}, "
+                f"got {', '.join(unknown)}"
+            )
         if name == "normal":
             d = dist.Normal(torch.zeros(shape), torch.ones(shape))
         elif name == "uniform":
@@ -86,6 +93,10 @@ def base_distribution(
         return BaseDistribution(d.to_event(n) if n else d)
     if not isinstance(base, torch.distributions.Distribution):
         raise TypeError(f"base must be a name or a torch/Pyro distribution, got {type(base).__name__}")
+    if params:
+        raise TypeError(
+            f"keywords {', '.join(sorted(params))} apply to a base given by name, not to a distribution"
+        )
     if base.event_shape == shape:
         return BaseDistribution(base)
     if base.event_shape == () and base.batch_shape == shape:

@@ -90,3 +90,15 @@ def test_the_training_api_refuses_bad_data_and_options_it_would_ignore(data, opt
 
     with pytest.raises(ValueError, match=message):
         fit(data, flow="real_nvp", steps=2, num_layers=2, hidden_dims=(4,), batch_size=8, **options)
+
+
+def test_unknown_base_keywords_are_refused_not_ignored():
+    with pytest.raises(TypeError, match="base 'beta' takes keywords a, b, got alpha"):
+        pyro_flows.transforms.base_cdf("beta", (2,), alpha=2.0)
+    with pytest.raises(TypeError, match="base 'normal' takes no keywords, got a"):
+        pyro_flows.Flow(pyro_flows.real_nvp(2, num_layers=2, hidden_dims=(4,)), base="normal", a=2.0)
+    with pytest.raises(TypeError, match="apply to a base given by name"):
+        pyro_flows.Flow(
+            pyro_flows.real_nvp(2, num_layers=2, hidden_dims=(4,)), base=dist.Normal(0.0, 1.0), b=1.0
+        )
+    assert float(pyro_flows.Flow(pyro_flows.cdf_flow(3, base="beta", a=2.0, b=6.0)).base().mean) == 0.25
