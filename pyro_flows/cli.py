@@ -1,15 +1,17 @@
 """The ``pyro-flows`` command: ``fit``, ``evaluate`` and ``sample``.
 
-``pyro-flows fit`` with no arguments trains ``real_nvp`` on two moons on the CPU in about
-a minute, prints the held-out NLL and writes ``outputs/``. Every ``fit`` option can also
-come from a TOML file (``--config run.toml``; command-line options win), and each run
-writes its full resolved configuration to ``OUT/config.toml``. See ``docs/cli.md``.
+``pyro-flows fit`` with no arguments trains ``spline`` (a neural spline flow) on two moons
+on the CPU in about a minute, prints the held-out NLL and writes ``outputs/``. Every
+``fit`` option can also come from a TOML file (``--config run.toml``; command-line
+options win), and each run writes its full resolved configuration to
+``OUT/config.toml``. See ``docs/cli.md``.
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import signal
 import sys
 from typing import List, Optional
 
@@ -118,19 +120,37 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def resolve_fit_config(args: argparse.Namespace) -> RunConfig:
-    """Defaults, then the TOML file, then the command line."""
-    from .train.fit import with_flow_matching_defaults
-
+def _given_options(args: argparse.Namespace) -> dict:
+    """The options the TOML file and the command line give (the command line wins)."""
     given = {f.name: getattr(args, f.name) for f in dataclasses.fields(RunConfig) if hasattr(args, f.name)}
     values = {}
     if args.config:
         values.update(read_toml(args.config))
         RunConfig.from_dict(values, source=args.config)  # name the file in errors
     values.update(given)
+    return values
+
+
+def resolve_fit_config(args: argparse.Namespace) -> RunConfig:
+    """Defaults, then the TOML file, then the command line."""
+    from .train.fit import with_flow_matching_defaults
+
     # an ffjord trained by flow matching gets the same recipe as from the Python API
-    values = with_flow_matching_defaults(values)
+    values = with_flow_matching_defaults(_given_options(args))
     return RunConfig.from_dict(values, source="options")
+
+
+def _batch_is_a_default(args: argparse.Namespace, config: RunConfig) -> bool:
+    """Whether the batch size of ``config`` is flow matching's default (512), which the
+    run lowers to the training points as :func:`pyro_flows.train.fit` does."""
+    from .train.fit import FLOW_MATCHING_DEFAULTS
+
+    return (
+        "batch_size" not in _given_options(args)
+        and config.flow == "ffjord"
+        and config.objective == "flow-matching"
+        and config.batch_size == FLOW_MATCHING_DEFAULTS["batch_size"]
+    )
 
 
 def main(argv: Optional[List[str]] = None) -> int:
@@ -165,7 +185,7 @@ def main(argv: Optional[List[str]] = None) -> int:
             else:
                 config = resolve_fit_config(args)
                 run_dir = config.out
-                fit_run(config, overwrite=args.overwrite)
+                fit_run(config, overwrite=args.overwrite, fit_batch_to_data=_batch_is_a_default(args, config))
         elif args.command == "evaluate":
             import json
 
@@ -175,11 +195,14 @@ def main(argv: Optional[List[str]] = None) -> int:
                 args.run, split=args.split, data=args.data, device=args.device, quiet=args.json
             )
             if args.json:
-                print(json.dumps(result))
+                from .train.loop import json_safe
+
+                print(json.dumps(json_safe(result), allow_nan=False))  # a missing standard error is null
         elif args.command == "sample":
             from .train.run import sample_run
 
-            sample_run(args.run, args.num_samples, out=args.output, seed=args.seed, device=args.device)
+            with _terminate_as_exit():  # so a killed sample removes its partial file
+                sample_run(args.run, args.num_samples, out=args.output, seed=args.seed, device=args.device)
     except NonFiniteLossError as err:
         _report(f"pyro-flows {args.command}: {err}")
         return 3
@@ -195,17 +218,59 @@ def main(argv: Optional[List[str]] = None) -> int:
             + ("--num-samples" if args.command == "sample" else "--batch-size, --num-samples or model")
         )
         return 1
-    except KeyboardInterrupt:
-        _report(
-            f"pyro-flows {args.command}: interrupted"
-            + (
-                f"; continue from the last checkpoint with `pyro-flows fit --resume {run_dir}`"
-                if run_dir
-                else ""
-            )
-        )
+    except KeyboardInterrupt as err:
+        _report(f"pyro-flows {args.command}: interrupted{_after_interrupt(err, run_dir)}")
         return 130
     return 0
+
+
+def _after_interrupt(err: KeyboardInterrupt, run_dir: Optional[str]) -> str:
+    """What an interrupted ``fit`` left, and what to run next."""
+    import os
+
+    from .train.run import RunInterrupted
+
+    if not run_dir or not isinstance(err, RunInterrupted):
+        return ""
+    if not err.started:
+        return f" before the run began; {run_dir} is as it was"
+    if err.resumable:
+        return f"; continue from the last checkpoint with `pyro-flows fit --resume {run_dir}`"
+    config = os.path.join(run_dir, "config.toml")
+    again = (
+        f"`pyro-flows fit --config {config} --out {run_dir} --overwrite`"
+        if os.path.exists(config)
+        else f"--out {run_dir} --overwrite"
+    )
+    return (
+        " before the run's first checkpoint (one is written at every evaluation, see --eval-every), so there "
+        f"is nothing to resume; start it again with {again}"
+    )
+
+
+class _Terminated(SystemExit):
+    """SIGTERM, raised as an exception so that ``finally`` blocks run."""
+
+
+class _terminate_as_exit:
+    """Within the block (in the main thread), SIGTERM raises :class:`_Terminated` (exit
+    status 143) instead of killing the process on the spot, so partial files are removed."""
+
+    def __enter__(self):
+        self.previous = None
+        try:
+            self.previous = signal.signal(signal.SIGTERM, self._raise)
+        except (ValueError, OSError):  # not the main thread: leave the default
+            pass
+        return self
+
+    @staticmethod
+    def _raise(signum, frame):
+        raise _Terminated(128 + signum)
+
+    def __exit__(self, *exc):
+        if self.previous is not None:
+            signal.signal(signal.SIGTERM, self.previous)
 
 
 def _out_of_memory(err: BaseException) -> bool:

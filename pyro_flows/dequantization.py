@@ -37,8 +37,9 @@ so any training loop that minimises ``-log_prob`` trains both, and
 
 from __future__ import annotations
 
+import contextlib
 import math
-from typing import Optional, Sequence, Tuple
+from typing import Iterator, Optional, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -136,14 +137,17 @@ class VariationalDequantizer(nn.Module):
     def _bounded(raw: torch.Tensor) -> torch.Tensor:
         return 3.0 * torch.tanh(raw / 3.0)
 
-    def forward(self, levels: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+    def forward(
+        self, levels: torch.Tensor, generator: Optional[torch.Generator] = None
+    ) -> Tuple[torch.Tensor, torch.Tensor]:
         r"""Draw :math:`u \sim q(\cdot \mid x)` (reparameterized) for levels :math:`x` of
         shape ``(*batch, C, H, W)``; returns ``u`` (same shape, in :math:`(0, 1)`) and
-        :math:`\log q(u \mid x)`, shape ``batch``."""
+        :math:`\log q(u \mid x)`, shape ``batch``. The base noise :math:`\varepsilon` comes
+        from ``generator`` when given (else torch's global generator)."""
         x = self._check(levels)
         batch = x.shape[:-3]
         x = x.reshape(-1, *self.shape)
-        eps = torch.randn_like(x)
+        eps = torch.randn(x.shape, generator=generator, dtype=x.dtype, device=x.device)
         u, log_q = self.transform(eps, x)
         return u.reshape(*batch, *self.shape), log_q.reshape(batch)
 
@@ -183,7 +187,10 @@ class DequantizedFlow(nn.Module):
     with a fresh :math:`u \sim q(\cdot \mid x)` (the noise already in ``y`` is replaced), so
     a loop that minimises ``-log_prob`` of uniformly dequantized batches trains flow and
     dequantizer jointly, and ``bits_per_dim(log_prob, D, K)`` is the bound in bits/dim.
-    :meth:`bound` and :meth:`log_likelihood` take the levels themselves.
+    :meth:`bound` and :meth:`log_likelihood` take the levels themselves. Inside
+    :meth:`fixed_noise` the noise is drawn from a given generator instead of torch's global
+    one, so held-out data score the same every time (``pyro-flows fit`` and ``evaluate`` do
+    that with the run's seed).
 
     >>> import pyro_flows
     >>> from pyro_flows.transforms import Logit
@@ -205,12 +212,37 @@ class DequantizedFlow(nn.Module):
         self.dequantizer = dequantizer
         self.num_levels = int(num_levels)
         self.event_shape = torch.Size(flow.event_shape)
+        self._generator: Optional[torch.Generator] = None
+
+    @contextlib.contextmanager
+    def fixed_noise(self, generator: torch.Generator) -> Iterator["DequantizedFlow"]:
+        """Within the block, draw the dequantization noise from ``generator`` (on the
+        device of the data): scoring the same points with a generator seeded the same
+        way gives the same numbers, as for fixed uniform noise.
+
+        >>> import pyro_flows
+        >>> flow = pyro_flows.Flow(pyro_flows.glow((1, 4, 4), num_scales=1, steps_per_scale=1, hidden_channels=4))
+        >>> model = DequantizedFlow(flow, 17, VariationalDequantizer((1, 4, 4), 17, hidden_channels=4))
+        >>> y = torch.randint(0, 17, (3, 1, 4, 4)) / 17.0
+        >>> scores = []
+        >>> for _ in range(2):
+        ...     with model.fixed_noise(torch.Generator().manual_seed(5)):
+        ...         scores.append(model.log_prob(y))
+        >>> torch.equal(*scores)
+        True
+        """
+        previous, self._generator = self._generator, generator
+        try:
+            yield self
+        finally:
+            self._generator = previous
 
     def _noise(self, levels: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+        generator = self._generator
         if self.dequantizer is None:
-            u = torch.rand_like(levels)
+            u = torch.rand(levels.shape, generator=generator, dtype=levels.dtype, device=levels.device)
             return u, levels.new_zeros(levels.shape[: levels.dim() - len(self.event_shape)])
-        return self.dequantizer(levels)
+        return self.dequantizer(levels, generator=generator)
 
     def bound(self, levels: torch.Tensor) -> torch.Tensor:
         r"""One-sample estimate of the bound :math:`\log p((x+u)/K) - \log q(u\mid x)`

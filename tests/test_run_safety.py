@@ -18,7 +18,7 @@ from pyro_flows.train.checkpoint import TRAINER_FIELDS, CheckpointError, load_ch
 from pyro_flows.train.config import RunConfig
 from pyro_flows.train.loop import LoopState, MetricsLog, NonFiniteLossError, read_metrics
 from pyro_flows.train.run import fit_run
-from pyro_flows.train.rundir import RunLock, RunLockedError
+from pyro_flows.train.rundir import RunLock, RunLockedError, locked_temporary
 
 from .helpers import Interrupt, interrupt_at, run_cli
 
@@ -202,13 +202,17 @@ def test_resume_recovers_from_a_torn_metrics_line_and_stale_temporaries(tmp_path
     with open(out / "metrics.jsonl", "a") as fh:
         fh.write('{"split": "train", "st')  # the process died mid-line
     (out / ".tmp-abc123.pt").write_bytes(b"half a checkpoint")
-    (out / ".tmp-def456.npy").write_bytes(b"a sample being written")
-    code, _, err = run(capsys, "fit", "--resume", out)
-    assert code == 0, err
+    (out / ".tmp-def456.npy").write_bytes(b"a sample that was killed")
+    held, live = locked_temporary(str(out), ".npy")  # a sample writing now holds its file locked
+    try:
+        code, _, err = run(capsys, "fit", "--resume", out)
+        assert code == 0, err
+        # The killed writes' files are gone; the running sample's stays.
+        assert [name for name in os.listdir(out) if name.startswith(".tmp-")] == [os.path.basename(live)]
+    finally:
+        held.close()
     records = read_metrics(str(out / "metrics.jsonl"))
     assert [r["step"] for r in records if r["split"] == "val"] == [3, 6, 9]
-    # The killed checkpoint write's file is gone; a sample's, possibly still running, stays.
-    assert [name for name in os.listdir(out) if name.startswith(".tmp-")] == [".tmp-def456.npy"]
 
     # A damaged line elsewhere is an error that names the file and the line.
     text = (out / "metrics.jsonl").read_text().splitlines()

@@ -63,7 +63,14 @@ def load_splits(config) -> Splits:
 
         return load_maf(key, _need_dir(config, key))
     if key in IMAGE_DATASETS:
-        return _load_images(key, config)
+        splits = _load_images(key, config)
+        levels = getattr(config, "levels", 0)
+        if levels and levels != splits.levels:
+            raise ValueError(
+                f"--levels {levels} applies to data files of discrete values 0..K-1; {key} comes with its own "
+                f"{splits.levels} levels (drop --levels)"
+            )
+        return splits
     if is_data_file(name):
         from .tabular import load_tabular_splits
 

@@ -89,7 +89,8 @@ def _npz_parts(arrays: Dict[str, np.ndarray], path: str) -> Dict[str, np.ndarray
 def _read_csv(path: str) -> np.ndarray:
     rows = []
     width = None
-    with open(path, newline="") as fh:
+    # utf-8-sig: a byte-order mark (as spreadsheet programs write) is not part of the first cell
+    with open(path, newline="", encoding="utf-8-sig") as fh:
         for line_no, row in enumerate(csv.reader(fh), start=1):
             if not row or all(not c.strip() for c in row):
                 continue

@@ -168,9 +168,10 @@ TRAINER_FIELDS = {
     "total_steps": _is_int,
     "history": lambda v: isinstance(v, list) and all(isinstance(r, dict) for r in v),
     "running_loss": lambda v: v is None or _is_number(v),
+    "seconds": _is_number,
 }
 #: trainer fields that checkpoints written before them lack (the loop's default then applies)
-OPTIONAL_TRAINER_FIELDS = {"running_loss"}
+OPTIONAL_TRAINER_FIELDS = {"running_loss", "seconds"}
 
 
 def check_run_state(state: Dict[str, Any], path: str, resume: bool = False) -> None:

@@ -446,7 +446,9 @@ def read_toml(path) -> Dict[str, Any]:
 
 def config_to_toml(config: RunConfig) -> str:
     """The resolved configuration as TOML, readable by ``pyro-flows fit --config``."""
-    lines = ["# pyro-flows run configuration (pyro-flows fit --config this-file)"]
+    from .rundir import RUN_CONFIG_HEADER  # marks the folder as a run's (see rundir.is_run_folder)
+
+    lines = [f"{RUN_CONFIG_HEADER} (pyro-flows fit --config this-file --out NEW)"]
     for key, value in config.to_dict().items():
         lines.append(f"{key} = {_toml_value(value)}")
     return "\n".join(lines) + "\n"

@@ -284,7 +284,14 @@ class FlowMatching(nn.Module):
         from ..transforms.continuous import FFJORD
 
         transform = getattr(flow, "transform", None)
-        if not isinstance(transform, FFJORD) or getattr(flow, "bridge", None) is not None:
+        bridge = getattr(flow, "bridge", None)
+        if isinstance(transform, FFJORD) and bridge is not None:
+            raise ValueError(
+                "flow matching regresses the field on paths from a standard normal base; this flow's base "
+                f"is not one (it is reached through {type(bridge).__name__}, as for --base uniform or beta): "
+                "use the normal base (--base normal), or maximum likelihood (--objective likelihood)"
+            )
+        if not isinstance(transform, FFJORD):
             raise ValueError(
                 "flow matching trains a Flow whose transform is a single FFJORD (--flow ffjord, "
                 f"continuous data, normal base); got {type(transform).__name__}"

@@ -24,6 +24,7 @@ run at the step whose parameters were evaluated.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
 import math
@@ -59,6 +60,9 @@ __all__ = [
     "lr_factor",
     "learning_rate",
     "MetricsLog",
+    "held_out_noise",
+    "fixed_model_noise",
+    "json_safe",
 ]
 
 
@@ -85,6 +89,9 @@ class LoopState:
     history: List[dict] = field(default_factory=list)
     #: the logged running mean of the training loss (kept so that a resumed run logs the same)
     running_loss: Optional[float] = None
+    #: wall-clock seconds the run has taken up to this state, summed over its processes
+    #: (an interrupted process counts up to its last checkpoint)
+    seconds: float = 0.0
 
 
 class NegativeLogLikelihood(nn.Module):
@@ -215,10 +222,28 @@ class MetricsLog:
             open(path, "w").close()
 
     def write(self, **record) -> None:
+        """Append ``record`` as one JSON line; a NaN or infinite number (the standard
+        error of a single point) is written as ``null``, never as invalid JSON."""
         if self.path is None:
             return
         with open(self.path, "a") as fh:
-            fh.write(json.dumps(record) + "\n")
+            fh.write(json.dumps(json_safe(record), allow_nan=False) + "\n")
+
+
+def json_safe(value):
+    """``value`` with every NaN or infinite float (in dicts and lists) replaced by ``None``,
+    so ``json.dumps(..., allow_nan=False)`` writes valid JSON.
+
+    >>> json_safe({"nll": 1.5, "se": float("nan"), "steps": [1, float("inf")]})
+    {'nll': 1.5, 'se': None, 'steps': [1, None]}
+    """
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_safe(v) for v in value]
+    return value
 
 
 def read_metrics(path: str, drop_torn_line: bool = False) -> List[dict]:
@@ -330,6 +355,7 @@ def train(
     best_model_state: Optional[dict] = None,
     on_step: Optional[Callable[[int], None]] = None,
     data_state: Optional[dict] = None,
+    started: Optional[float] = None,
 ) -> LoopState:
     """Train ``flow`` on ``splits.train`` by maximum likelihood, in place.
 
@@ -345,6 +371,8 @@ def train(
         to continue from.
     :param on_step: called with the step count after each step (and its checkpoint).
     :param data_state: the preprocessing saved in checkpoints (see ``run.py``).
+    :param started: ``time.perf_counter()`` when the process started the run (default:
+        now); the checkpoints' ``seconds`` count from it, on top of the resumed state's.
     :raises NonFiniteLossError: on a NaN or infinite loss or gradient.
 
     >>> from pyro_flows.data import Splits, make_moons
@@ -370,6 +398,7 @@ def train(
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda s: lr_factor(s, total_steps, warmup_steps, config.schedule)
     )
+    clock = started if started is not None else time.perf_counter()
     state = LoopState(total_steps=total_steps)
     # The weights that are evaluated, kept as the best and sampled: the live ones, or their average.
     average = WeightAverage(flow, config.ema) if getattr(config, "ema", 0.0) > 0 else None
@@ -380,6 +409,7 @@ def train(
             best = best_model_state
         else:
             best = average.averaged_state_dict() if average is not None else copy.deepcopy(flow.state_dict())
+    seconds_before = state.seconds
 
     # held as prepare wants them (float64 for standardized data), prepared as ``dtype``
     train_x = splits.train.to(device=device, dtype=splits.input_dtype(dtype))
@@ -420,6 +450,7 @@ def train(
     train_key = "fm_loss" if flow_matching else "nll"
 
     def checkpoint_state(model=None) -> dict:
+        state.seconds = seconds_before + (time.perf_counter() - clock)
         snapshot = {
             "model": model if model is not None else flow.state_dict(),
             "optimizer": optimizer.state_dict(),
@@ -514,11 +545,13 @@ def train(
             if state.step % config.eval_every == 0 or state.step == total_steps:
                 sync_buffers(flow, context)
                 try:
-                    if average is None:
-                        val_nll, val_se = mean_and_standard_error(nll_per_point(flow, val_x) + offset)
-                    else:
-                        with average.applied():
+                    # the same noise of a learned dequantizer at every evaluation, as for the data's
+                    with fixed_model_noise(flow, config.seed, "val", device):
+                        if average is None:
                             val_nll, val_se = mean_and_standard_error(nll_per_point(flow, val_x) + offset)
+                        else:
+                            with average.applied():
+                                val_nll, val_se = mean_and_standard_error(nll_per_point(flow, val_x) + offset)
                     solver_failure = None
                 except AssertionError as err:
                     val_nll, val_se, solver_failure = math.inf, math.nan, _solver_failure(err)
@@ -633,11 +666,33 @@ def _stop(state: LoopState, run_dir: Optional[str], what: str, updated: bool = F
     )
 
 
-def held_out_noise(seed: int, split: str, device: torch.device) -> torch.Generator:
+#: the offset of the seed of the model's own held-out noise (see :func:`held_out_noise`)
+MODEL_NOISE_STREAM = 1 << 32
+
+
+def held_out_noise(seed: int, split: str, device: torch.device, stream: int = 0) -> torch.Generator:
     """A generator for the dequantization noise of held-out data, fixed by the run's
     ``seed`` and the ``split`` (``seed + 3`` for test, ``seed + 2`` otherwise), so their
-    NLLs are comparable from evaluation to evaluation and with ``evaluate``."""
-    return torch.Generator(device=device).manual_seed(seed + (3 if split == "test" else 2))
+    NLLs are comparable from evaluation to evaluation and with ``evaluate``. ``stream`` 1
+    is the generator of the noise the model draws itself (a learned dequantizer's base
+    noise, see :func:`fixed_model_noise`), seeded ``MODEL_NOISE_STREAM`` higher."""
+    offset = (3 if split == "test" else 2) + stream * MODEL_NOISE_STREAM
+    return torch.Generator(device=device).manual_seed(seed + offset)
+
+
+@contextlib.contextmanager
+def fixed_model_noise(flow: nn.Module, seed: int, split: str, device: torch.device):
+    """Within the block, a model that draws noise when it scores points (a
+    :class:`~pyro_flows.DequantizedFlow`: ``--dequantization variational``) draws it from
+    ``held_out_noise(seed, split, device, stream=1)``, so the held-out NLL is the same at
+    every evaluation of the same weights, in ``fit`` and in ``evaluate`` alike; other
+    models score as they are."""
+    fixed = getattr(flow, "fixed_noise", None)
+    if fixed is None:
+        yield
+        return
+    with fixed(held_out_noise(seed, split, device, stream=1)):
+        yield
 
 
 def _batch_geometry(n_train: int, batch_size: int, context: DistContext) -> Tuple[int, int]:

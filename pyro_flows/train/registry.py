@@ -25,6 +25,7 @@ __all__ = [
     "FLOWS",
     "build_model",
     "check_flow_options",
+    "check_objective_options",
     "flow_names",
     "spline_dropout",
     "training_noise",
@@ -129,7 +130,17 @@ def check_flow_options(config, event_shape) -> None:
     ...
     ValueError: --batch-norm does not apply to --flow spline (it reads --num-layers, --hidden-dims, --num-bins, --tail-bound, --dropout)
     >>> check_flow_options(RunConfig(flow="real_nvp", batch_norm=True), (2,))
+
+    The training objective's options are checked the same way: the penalties of an
+    ffjord regularize maximum likelihood's ODE solves, which flow matching does not make,
+    and the flow-matching options mean nothing to maximum likelihood.
+
+    >>> check_flow_options(RunConfig(flow="spline", path="independent"), (2,))
+    Traceback (most recent call last):
+    ...
+    ValueError: --path independent applies to flow matching (--flow ffjord --objective flow-matching); this run trains by maximum likelihood and would ignore it: drop it
     """
+    check_objective_options(config)
     if config.flow not in FLOWS:
         return  # build_model names the problem
     entry = FLOWS[config.flow]
@@ -145,6 +156,55 @@ def check_flow_options(config, event_shape) -> None:
         if getattr(config, f.name) != f.default:
             raise ValueError(
                 f"--{f.name.replace('_', '-')} does not apply to --flow {config.flow} (it reads {used})"
+            )
+
+
+#: options only flow matching reads, and those only maximum likelihood reads (of an ffjord)
+FLOW_MATCHING_OPTIONS = ("path", "fm_sigma", "fm_ot_block", "fm_time_exponent")
+LIKELIHOOD_OPTIONS = ("kinetic_weight", "frobenius_weight")
+
+
+def check_objective_options(config) -> None:
+    """Refuse options of a new run that its training objective would ignore (those left
+    at their defaults pass), and flow matching where it cannot train: on discrete data
+    or with a base other than the standard normal its probability path starts from."""
+    fields = {f.name: f for f in dataclasses.fields(config)}
+
+    def given(name):
+        return getattr(config, name) != fields[name].default
+
+    def flag(name):
+        return f"--{name.replace('_', '-')} {getattr(config, name)}"
+
+    if config.objective == "flow-matching":
+        penalties = [flag(name) for name in LIKELIHOOD_OPTIONS if given(name)]
+        if penalties:
+            raise ValueError(
+                f"{' and '.join(penalties)} regularize{'s' if len(penalties) == 1 else ''} the ODE solves of "
+                "maximum likelihood; flow matching solves no ODE in training and would ignore "
+                f"{'it' if len(penalties) == 1 else 'them'}: drop {'it' if len(penalties) == 1 else 'them'}, "
+                "or train by maximum likelihood with --objective likelihood"
+            )
+        if config.base != "normal":
+            raise ValueError(
+                f"--objective flow-matching regresses the field on paths from a standard normal base, so it "
+                f"cannot train with --base {config.base}: use --base normal, or --objective likelihood"
+            )
+        from ..data.registry import IMAGE_DATASETS
+
+        if config.levels or str(config.data).lower() in IMAGE_DATASETS:
+            what = f"--levels {config.levels}" if config.levels else f"--data {config.data}"
+            raise ValueError(
+                f"--objective flow-matching models continuous data, but {what} makes them discrete "
+                "(dequantized): use --objective likelihood"
+            )
+    else:
+        unused = [flag(name) for name in FLOW_MATCHING_OPTIONS if given(name)]
+        if unused:
+            raise ValueError(
+                f"{', '.join(unused)} appl{'ies' if len(unused) == 1 else 'y'} to flow matching (--flow ffjord "
+                "--objective flow-matching); this run trains by maximum likelihood and would ignore "
+                f"{'it' if len(unused) == 1 else 'them'}: drop {'it' if len(unused) == 1 else 'them'}"
             )
 
 
@@ -222,6 +282,8 @@ class FlowEntry:
     summary: str
     #: optional packages the flow needs at run time, with the hint that installs them
     requires: Tuple[Tuple[str, str], ...] = ()
+    #: the fewest coordinates of a vector it models (couplings split them in two)
+    min_dim: int = 1
 
     def check_requirements(self) -> None:
         """Raise a ``ValueError`` naming the missing package and how to install it."""
@@ -240,6 +302,11 @@ class FlowEntry:
                 f"--flow {self.name} models vectors, but the data has points of shape {shape}; "
                 "use real_nvp_image or glow for images"
             )
+        if self.kind == "vector" and shape[0] < self.min_dim:
+            raise ValueError(
+                f"--flow {self.name} models vectors of at least {self.min_dim} dimensions (its couplings split "
+                f"the coordinates), but the data has {shape[0]}; use --flow cdf for 1-D data"
+            )
         if self.kind == "image" and len(shape) != 3:
             raise ValueError(
                 f"--flow {self.name} models images (C, H, W), but the data has points of shape {shape}"
@@ -255,6 +322,7 @@ FLOWS = {
             "vector",
             lambda c, s: dict(input_dim=s[0], num_layers=c.num_layers, hidden_dims=c.hidden_dims),
             "NICE additive couplings",
+            min_dim=2,
         ),
         FlowEntry(
             "real_nvp",
@@ -267,6 +335,7 @@ FLOWS = {
                 batch_norm=c.batch_norm,
             ),
             "RealNVP affine couplings",
+            min_dim=2,
         ),
         FlowEntry(
             "spline",
@@ -281,6 +350,7 @@ FLOWS = {
                 dropout=spline_dropout(c.dropout, s[0]),
             ),
             "rational-quadratic spline couplings with ActNorm (neural spline flow)",
+            min_dim=2,
         ),
         FlowEntry(
             "real_nvp_image",

@@ -23,29 +23,64 @@ from ..metrics import bits_per_dim as unit_cube_bits_per_dim
 from .checkpoint import CheckpointError, check_run_state, load_checkpoint
 from .config import RunConfig, config_to_toml
 from .distributed import fail_together, process_device, setup, teardown
-from .loop import MetricsLog, held_out_noise, mean_and_standard_error, nll_per_point, read_metrics, train
+from .loop import (
+    MetricsLog,
+    _batch_geometry,
+    fixed_model_noise,
+    held_out_noise,
+    json_safe,
+    mean_and_standard_error,
+    nll_per_point,
+    read_metrics,
+    train,
+)
 from .registry import build_model, check_flow_options, with_resolved_options
 from .rundir import (
     RunLock,
     atomic_write_text,
+    foreign_files,
+    is_run_folder,
+    locked_temporary,
     remove_run_files,
     remove_stale_temporaries,
     run_files,
 )
 
-__all__ = ["fit_run", "evaluate_run", "sample_run", "resolve_device", "bits_per_dim"]
+__all__ = ["fit_run", "evaluate_run", "sample_run", "resolve_device", "bits_per_dim", "RunInterrupted"]
+
+
+class RunInterrupted(KeyboardInterrupt):
+    """``fit_run`` interrupted (Ctrl-C): what is in ``run_dir`` then. ``started``: the run
+    had claimed the folder (for a new run: deleted the run it replaces and begun writing);
+    ``resumable``: the folder holds a checkpoint of it to continue from."""
+
+    def __init__(self, run_dir: str, started: bool, resumable: bool):
+        super().__init__(run_dir)
+        self.run_dir, self.started, self.resumable = run_dir, started, resumable
+
 
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
 
 
 def resolve_device(name: str) -> torch.device:
-    """``auto`` -> CUDA when present, else CPU; anything else as given (checked)."""
+    """``auto`` -> CUDA when present, else CPU; anything else as given (checked): the
+    runs train on the CPU or CUDA GPUs only.
+
+    >>> resolve_device("mps")
+    Traceback (most recent call last):
+    ...
+    ValueError: --device mps: pyro-flows runs on cpu, cuda, cuda:N or auto, not on mps devices
+    """
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:
         device = torch.device(name)
     except RuntimeError:
         raise ValueError(f"--device must be cpu, cuda, cuda:N or auto, got {name!r}") from None
+    if device.type not in ("cpu", "cuda"):
+        raise ValueError(
+            f"--device {name}: pyro-flows runs on cpu, cuda, cuda:N or auto, not on {device.type} devices"
+        )
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ValueError(f"--device {name}: CUDA is not available on this machine (use --device cpu or auto)")
     if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
@@ -88,6 +123,7 @@ def fit_run(
     resume_dir: Optional[str] = None,
     on_step: Optional[Callable[[int], None]] = None,
     overwrite: bool = False,
+    fit_batch_to_data: bool = False,
 ) -> dict:
     """Train the flow ``config`` describes, evaluate it on the test split, write the run
     folder ``config.out`` and return the results (also in ``results.json``).
@@ -95,9 +131,19 @@ def fit_run(
     With ``resume_dir`` the run continues from ``resume_dir/checkpoint.pt`` with the
     configuration saved there (only ``config.quiet`` is taken from ``config``), writing
     to the same folder. A folder that already holds a run is refused unless
-    ``overwrite``, which deletes that run's files first. While the run writes its
-    folder, the folder is locked (an operating-system lock on ``DIR/.lock``, see
-    ``pyro_flows.train.rundir``).
+    ``overwrite``, which deletes that run's files first (never the new run's data file,
+    nor files in a folder that holds no run: a folder with files named as a run's that no
+    run wrote is refused). The data, the options and the model are checked before the
+    folder is touched, so a run refused for them leaves an existing run as it was and no
+    half-made folder. While the run writes its folder, the folder is locked (an
+    operating-system lock on ``DIR/.lock``, see ``pyro_flows.train.rundir``).
+
+    ``fit_batch_to_data``: the batch size was not chosen but taken from the flow-matching
+    defaults (512), so it is lowered to the number of training points when larger, as
+    :func:`~pyro_flows.train.fit` does (``pyro-flows fit`` sets it).
+
+    Interrupted (Ctrl-C), it raises :class:`RunInterrupted`, which says whether there
+    is a checkpoint to resume from.
 
     >>> import tempfile
     >>> out = tempfile.mkdtemp()
@@ -125,22 +171,28 @@ def fit_run(
     started = time.perf_counter()
     run_dir = config.out
     lock = None
+    claimed = False
     try:
         error = resume_state = best_state = None
         created = not os.path.exists(run_dir)
         try:
-            if context.is_main:
-                lock = _claim(run_dir, resume=resume_dir is not None, overwrite=overwrite)
             if resume_dir is not None:
+                if context.is_main:
+                    lock = _claim(run_dir, resume=True, overwrite=False)
+                    claimed = True
                 resume_state, _ = _load_run(resume_dir, "checkpoint.pt", resume=True)
                 best_path = os.path.join(resume_dir, "best.pt")
                 if os.path.exists(best_path):
                     best_state, _ = _load_run(resume_dir, "best.pt")
                     best_state = best_state["model"]
+            # A new run checks everything it can before touching the folder (and the run it
+            # may replace): the data, the options, the model and the batches.
             torch.manual_seed(config.seed)
             splits = load_splits(config)
             splits.check_spread()
             if resume_state is None:  # a resumed run keeps what it saved
+                if fit_batch_to_data:
+                    config = _fit_batch(config, len(splits.train), context.world_size)
                 check_flow_options(config, splits.event_shape)
                 config = with_resolved_options(config, splits)
             source = data_source(config, splits)
@@ -151,6 +203,16 @@ def fit_run(
                 config, splits.event_shape, discrete=splits.levels is not None, levels=splits.levels
             )
             flow = flow.to(device=device, dtype=dtype)
+            _batch_geometry(len(splits.train), config.batch_size, context)
+            if config.objective == "flow-matching":
+                from .flow_matching import FlowMatching, fm_options
+
+                FlowMatching(flow, *fm_options(config))  # refuses a flow it cannot train
+            if best_state is not None:
+                _check_weights_fit(flow, best_state, os.path.join(resume_dir, "best.pt"))
+            if resume_dir is None and context.is_main:
+                lock = _claim(run_dir, resume=False, overwrite=overwrite, keep=_inputs(config))
+                claimed = True
         except Exception as err:  # every process stops, rank 0 reports (see fail_together)
             error = err
         try:
@@ -181,8 +243,15 @@ def fit_run(
             best_model_state=best_state,
             on_step=on_step,
             data_state={**_data_state(splits), "source": source},
+            started=started,
         )
-        score = _score(flow, splits, splits.test, "test", config.seed, device, dtype)
+        try:
+            score = _score(flow, splits, splits.test, "test", config.seed, device, dtype)
+        except ValueError as err:
+            raise ValueError(
+                f"{err}; the trained model is kept in {os.path.join(run_dir, 'best.pt')} (score it on other data "
+                "with `pyro-flows evaluate --data`)"
+            ) from None
         results = {f"test_{key}": value for key, value in score.items()}
         if hasattr(getattr(flow, "transform", None), "nfe"):
             results["test_nfe"] = flow.transform.nfe  # ODE flows: evaluations of the field per solve
@@ -199,18 +268,25 @@ def fit_run(
             parameters=n_params,
             device=str(device),
             processes=context.world_size,
-            seconds=round(time.perf_counter() - started, 2),
+            # over every process of the run: those before a --resume up to their last checkpoint
+            seconds=round(_seconds_before(resume_state) + time.perf_counter() - started, 2),
         )
         if context.is_main:
             MetricsLog(os.path.join(run_dir, "metrics.jsonl"), keep_until_step=state.step).write(
                 split="test", step=state.step, nll=results["test_nll"], se=results["test_nll_se"]
             )
-            atomic_write_text(os.path.join(run_dir, "results.json"), json.dumps(results, indent=2))
+            atomic_write_text(
+                os.path.join(run_dir, "results.json"),
+                json.dumps(json_safe(results), indent=2, allow_nan=False),
+            )
             if config.plots:
                 results["plots"] = write_plots(flow, splits, config, run_dir)
         echo(_summary(results))
         echo(f"wrote {run_dir}: {', '.join(run_files(run_dir))}")
         return results
+    except KeyboardInterrupt:
+        resumable = claimed and os.path.exists(os.path.join(run_dir, "checkpoint.pt"))
+        raise RunInterrupted(run_dir, started=claimed, resumable=resumable) from None
     finally:
         if lock is not None:
             lock.release()
@@ -230,16 +306,66 @@ def _threads(threads: int, resuming: bool) -> int:
     return threads
 
 
-def _claim(run_dir: str, resume: bool, overwrite: bool) -> RunLock:
+def _seconds_before(resume_state: Optional[dict]) -> float:
+    """The seconds a resumed run had taken up to its checkpoint (0 for a new run)."""
+    if resume_state is None:
+        return 0.0
+    return float(resume_state.get("trainer", {}).get("seconds", 0.0))
+
+
+def _fit_batch(config: RunConfig, n_train: int, world_size: int) -> RunConfig:
+    """``config`` with a batch no larger than the ``n_train`` training points (a multiple
+    of the number of processes)."""
+    if config.batch_size <= n_train:
+        return config
+    return config.replace(batch_size=max(world_size, n_train - n_train % world_size))
+
+
+def _inputs(config: RunConfig) -> list:
+    """The files a new run reads that could lie in its folder: ``--overwrite`` keeps them."""
+    from ..data.registry import is_data_file
+
+    return [config.data] if is_data_file(config.data) else []
+
+
+def _check_weights_fit(flow: torch.nn.Module, weights: dict, path: str) -> None:
+    """Raise a :class:`CheckpointError` unless ``weights`` have the names and shapes of
+    ``flow``'s (the best model of a resumed run is loaded into it at the end)."""
+    expected = flow.state_dict()
+    missing = sorted(set(expected) - set(weights))
+    unexpected = sorted(set(weights) - set(expected))
+    shapes = [
+        f"{name} of shape {tuple(weights[name].shape)}, not {tuple(expected[name].shape)}"
+        for name in expected
+        if name in weights and tuple(weights[name].shape) != tuple(expected[name].shape)
+    ]
+    if missing or unexpected or shapes:
+        what = shapes[:1] or [f"no {missing[0]}" if missing else f"an unknown {unexpected[0]}"]
+        raise CheckpointError(
+            f"{path} does not fit the model of the run's checkpoint.pt ({what[0]}): it is not this run's best "
+            "model; put the run's own best.pt back to resume"
+        )
+
+
+def _claim(run_dir: str, resume: bool, overwrite: bool, keep=()) -> RunLock:
     """Create and lock the run folder; refuse a fresh run over an existing one unless
-    ``overwrite`` (which deletes the old run's files, under the lock); remove the
-    temporary files of a killed write."""
+    ``overwrite`` (which deletes the old run's files, under the lock, except those in
+    ``keep``), and over files named as a run's that no run wrote; remove the temporary
+    files of a killed write."""
     _prepare_out(run_dir)
     lock = RunLock(run_dir).acquire()
     try:
         if resume:
             remove_stale_temporaries(run_dir)
             return lock
+        foreign = foreign_files(run_dir)
+        if foreign:
+            they = "it" if len(foreign) == 1 else "them"
+            raise ValueError(
+                f"--out {run_dir} holds {', '.join(foreign)}, which no pyro-flows run wrote there (the folder has "
+                f"no run's config.toml); a run in it would overwrite {they} or take {they} for its own: move "
+                f"{they} elsewhere, or choose another --out"
+            )
         existing = run_files(run_dir)
         if existing and not overwrite and "checkpoint.pt" not in existing:
             raise ValueError(
@@ -252,7 +378,7 @@ def _claim(run_dir: str, resume: bool, overwrite: bool) -> RunLock:
                 f"--out {run_dir} already holds a run ({', '.join(existing)}); continue it with "
                 f"`pyro-flows fit --resume {run_dir}`, replace it with --overwrite, or choose another --out"
             )
-        remove_run_files(run_dir)
+        remove_run_files(run_dir, keep=keep)
     except BaseException:
         lock.release()
         raise
@@ -286,8 +412,17 @@ def _score(flow, splits: Splits, x: torch.Tensor, split: str, seed: int, device,
         generator=held_out_noise(seed, split, device),
         dtype=dtype,
     )
-    with _solver_errors(f"scoring the {split} split"):
-        nll, se = mean_and_standard_error(nll_per_point(flow, x) + splits.nll_offset())
+    with _solver_errors(f"scoring the {split} split"), fixed_model_noise(flow, seed, split, device):
+        per_point = nll_per_point(flow, x) + splits.nll_offset()
+    bad = ~torch.isfinite(per_point)
+    if bool(bad.any()):
+        first = int(bad.nonzero()[0])
+        raise ValueError(
+            f"scoring the {split} split: the NLL of {int(bad.sum())} of its {len(per_point)} points is "
+            f"{float(per_point[first])} (first: point {first}), so there is no mean NLL to report; check those "
+            "points (they may lie outside the model's support)"
+        )
+    nll, se = mean_and_standard_error(per_point)
     out = {"nll": nll, "nll_se": se}
     if splits.levels:
         out["bits_per_dim"] = bits_per_dim(nll, splits.dim, splits.levels)
@@ -310,14 +445,19 @@ def _solver_errors(what: str):
         ) from None
 
 
+def _pm(se: float) -> str:
+    """`` ± 0.0123``, or for a single point (no standard error) a note saying so."""
+    return f" ± {se:.4f}" if math.isfinite(se) else " (one point: no standard error)"
+
+
 def _summary(results: dict) -> str:
     line = (
-        f"test NLL: {results['test_nll']:.4f} ± {results['test_nll_se']:.4f} nats per point "
+        f"test NLL: {results['test_nll']:.4f}{_pm(results['test_nll_se'])} nats per point "
         f"({results['splits']['test']} test points; best validation NLL {results['best_val_nll']:.4f} "
         f"at step {results['best_step']})"
     )
     if "test_bits_per_dim" in results:
-        line += f"\ntest bits/dim: {results['test_bits_per_dim']:.4f} ± {results['test_bits_per_dim_se']:.4f}"
+        line += f"\ntest bits/dim: {results['test_bits_per_dim']:.4f}{_pm(results['test_bits_per_dim_se'])}"
     return line
 
 
@@ -377,11 +517,19 @@ def _unit_range(x: torch.Tensor, levels: Optional[int]) -> torch.Tensor:
 def _load_run(run_dir: str, which: str = "best.pt", resume: bool = False):
     """A run's checkpoint ``which``, validated (with the training state when ``resume``),
     and the run's options."""
+    if os.path.exists(run_dir) and not os.path.isdir(run_dir):
+        raise ValueError(f"{run_dir} is a file, not a run folder (pass the --out folder of a fit run)")
     if not os.path.isdir(run_dir):
         raise ValueError(f"run folder {run_dir} does not exist (pass the --out folder of a fit run)")
     path = os.path.join(run_dir, which)
     if not os.path.exists(path):
-        if "config.toml" in run_files(run_dir):  # started, then stopped before its first checkpoint
+        holder = RunLock.holder(run_dir)
+        if holder is not None:  # a fit is writing it and has not reached its first evaluation
+            raise CheckpointError(
+                f"{run_dir} has no {which} yet: its run is still in progress (pid {holder}) and has not written "
+                "its first checkpoint (one is written at every evaluation, see --eval-every); try again later"
+            )
+        if is_run_folder(run_dir):  # started, then stopped before its first checkpoint
             raise CheckpointError(
                 f"{run_dir} has no {which}: the run stopped before its first checkpoint; start it again "
                 f"with `pyro-flows fit --config {os.path.join(run_dir, 'config.toml')} --out {run_dir} --overwrite`"
@@ -424,7 +572,13 @@ def evaluate_run(
     state, config = _load_run(run_dir)
     saved = state["data"]
     if data is not None:
+        from ..data.registry import is_data_file
+
         config = config.replace(data=data)
+        if saved["levels"] and is_data_file(data):
+            # a file scored by a discrete run is checked for its levels (a run on digits,
+            # mnist or cifar10 saved them with its data, not in its options)
+            config = config.replace(levels=saved["levels"])
     source = saved.get("source") if data is None else None
     if source and source.get("kind") == "file":  # before reading: a changed file may not even load
         check_data_source(source, config, action="evaluate")
@@ -452,9 +606,9 @@ def evaluate_run(
     out = {"run": run_dir, "data": splits.name, "split": split, "points": len(x), **score}
     if not quiet:
         nll, se = score["nll"], score["nll_se"]
-        line = f"{split} NLL: {nll:.4f} ± {se:.4f} nats per point ({len(x)} points of {splits.name})"
+        line = f"{split} NLL: {nll:.4f}{_pm(se)} nats per point ({len(x)} points of {splits.name})"
         if splits.levels:
-            line += f"; bits/dim {out['bits_per_dim']:.4f} ± {out['bits_per_dim_se']:.4f}"
+            line += f"; bits/dim {out['bits_per_dim']:.4f}{_pm(out['bits_per_dim_se'])}"
         print(line)
     return out
 
@@ -489,7 +643,6 @@ def sample_run(
     [5, 2]
     """
     import shutil
-    import tempfile
 
     import numpy as np
 
@@ -503,6 +656,8 @@ def sample_run(
     event_shape = torch.Size(data["event_shape"])
     folder = os.path.dirname(os.path.abspath(out))
     os.makedirs(folder, exist_ok=True)
+    if is_run_folder(folder):  # the .npy temporaries a killed sample left there (not a live one's)
+        remove_stale_temporaries(folder, suffixes=(".npy",))
     needed = num_samples * math.prod(event_shape) * 8 + 4096  # float64 values and the header
     free = shutil.disk_usage(folder).free
     if needed > free:
@@ -524,8 +679,8 @@ def sample_run(
     flow = _restore_flow(state, config, dev, event_shape)
     torch.manual_seed(seed)
     batch = max(1, min(SAMPLE_BATCH, (1 << 20) // max(1, math.prod(event_shape))))
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".npy", dir=folder)
-    os.close(fd)
+    # held locked while it is written, so a later cleanup tells it from a killed sample's
+    held, tmp = locked_temporary(folder, ".npy")
     first = None
     try:
         array = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float64, shape=(num_samples, *event_shape))
@@ -544,6 +699,8 @@ def sample_run(
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
+    finally:
+        held.close()
     result = {"samples": out, "shape": [num_samples, *event_shape]}
     if len(event_shape) == 3:
         from .. import plot
