@@ -266,5 +266,31 @@ class DequantizedFlow(nn.Module):
         return self.bound(levels)
 
     def sample(self, sample_shape=()) -> torch.Tensor:
-        """Samples of the flow in :math:`[0, 1)^D`; ``floor(K y)`` are the levels."""
-        return self.flow.sample(sample_shape)
+        r"""Samples of the flow in :math:`[0, 1)^D`; ``floor(K y)`` are the levels, in
+        :math:`0, \dots, K-1`.
+
+        A flow can put some mass outside :math:`[0, 1)^D`: one ending in
+        :class:`~pyro_flows.transforms.Logit` with ``alpha`` samples
+        :math:`(-\alpha, 1 - \alpha) / (1 - 2\alpha)`, about :math:`(-0.056, 1.056)` for
+        0.05. Such values are moved into the nearest edge cell (below 0 to 0, from 1 on to
+        the largest value below 1 whose level is :math:`K-1`), so every sample is a point
+        of some cell, as the model's :meth:`log_prob` reads it.
+
+        >>> import pyro_flows
+        >>> from pyro_flows.transforms import Logit
+        >>> model = DequantizedFlow(pyro_flows.Flow(Logit((3,), alpha=0.05)), 4)
+        >>> y = model.sample((5000,))
+        >>> bool((y >= 0).all() and (y < 1).all()), torch.floor(4 * y).unique().tolist()
+        (True, [0.0, 1.0, 2.0, 3.0])
+        """
+        y = self.flow.sample(sample_shape)
+        return y.clamp(0.0, _below_one(self.num_levels, y.dtype))
+
+
+def _below_one(num_levels: int, dtype: torch.dtype) -> float:
+    """The largest value below 1 in ``dtype`` whose level ``floor(K y)`` is ``K - 1`` (the
+    product ``K y`` is rounded to ``dtype``, and could round up to ``K``)."""
+    top = torch.nextafter(torch.ones((), dtype=dtype), torch.zeros((), dtype=dtype))
+    while torch.floor(top * num_levels) >= num_levels:
+        top = torch.nextafter(top, torch.zeros((), dtype=dtype))
+    return float(top)

@@ -178,7 +178,7 @@ class RunConfig:
     lr: float = _opt(
         0.0,
         "Adam learning rate; 0 picks the flow's: for spline 2e-2 on data of 3 to 10 dimensions and 3e-3 "
-        "otherwise, after a linear warm-up over min(100, steps/10) steps; 1e-3 for the others (an ffjord trained by flow matching: 3e-3 after a "
+        "otherwise, after a linear warm-up over min(100, steps/10) steps; 5e-2 for cdf; 1e-3 for the others (an ffjord trained by flow matching: 3e-3 after a "
         "warm-up over steps/50, with --hidden-dims 256,256,256 and --batch-size 512 unless given)",
         "training",
     )

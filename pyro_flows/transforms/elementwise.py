@@ -194,9 +194,18 @@ class MixtureCDF(FlowTransform):
     def init_from_data(self, data: torch.Tensor) -> "MixtureCDF":
         """Place the components at the data's quantiles (a good start for training).
 
-        :param data: shape ``(N, *event_shape)``.
+        :param data: shape ``(N, *event_shape)``, in the dtype of the parameters (checked,
+            as for ``log_prob``: convert the data or the mixture first).
+
+        >>> cdf = mixture_cdf(2)
+        >>> cdf.init_from_data(torch.tensor([0.0, 1.0, 9.0, 10.0])).loc.tolist()  # the quartiles
+        [0.75, 9.25]
+        >>> cdf.init_from_data(torch.tensor([0.0, 1.0], dtype=torch.float64))
+        Traceback (most recent call last):
+        ...
+        ValueError: MixtureCDF: the data has dtype torch.float64 but the transform's parameters are torch.float32; convert the data (x.float()) or the flow (flow.double())
         """
-        check_event(type(self).__name__, data, self.event_shape, "data")
+        check_event(type(self).__name__, data, self.event_shape, "data", self.loc.dtype)
         k = self.num_components
         levels = (torch.arange(k, dtype=data.dtype, device=data.device) + 0.5) / k
         centres = torch.quantile(data.reshape(data.shape[0], -1), levels, dim=0)  # (K, numel)
