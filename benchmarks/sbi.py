@@ -255,6 +255,10 @@ def run(task: str, num_simulations: int, seed: int, args) -> list:
     return rows
 
 
+#: default folder of the records: beside the other benchmarks' (ignored), whatever the working directory
+OUT = report.RESULTS.parent / "sbi"
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -268,7 +272,7 @@ def main(argv=None):
     parser.add_argument("--max-seconds", type=float, default=None, help="ours' budget (default: sbi's time)")
     parser.add_argument("--max-epochs", type=int, default=None)
     parser.add_argument("--fit-kwargs", default="{}", help="JSON keyword arguments of fit_posterior")
-    parser.add_argument("--out", type=Path, default=Path("outputs/sbi"))
+    parser.add_argument("--out", type=Path, default=OUT)
     parser.add_argument("--stem", default="sbi")
     parser.add_argument("--smoke", action="store_true", help="tiny sizes, ours only unless --methods")
     args = parser.parse_args(argv)

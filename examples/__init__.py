@@ -9,4 +9,5 @@ and is the only command that writes into ``docs/img/``.
 
 from pathlib import Path
 
-OUTPUT_DIR = Path("outputs") / "examples"
+#: under the repository root whatever the working directory (``/outputs/`` is ignored there)
+OUTPUT_DIR = Path(__file__).resolve().parents[1] / "outputs" / "examples"
