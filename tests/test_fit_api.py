@@ -99,7 +99,7 @@ def test_the_command_starts_a_cdf_flow_at_the_quantiles_of_its_standardized_trai
         quiet=True,
     )
     fit_run(config)
-    state = torch.load(os.path.join(config.out, "best.pt"), weights_only=False)["model"]
+    state = torch.load(os.path.join(config.out, "best.pt"), weights_only=True)["model"]
     loc, log_scale = state["transform.1.loc"], state["transform.1.log_scale"]  # the mixture's
     # quantiles 1/6, 1/2, 5/6 of the standardized bimodal data (not the constructor's -2, 0, 2),
     # and the scale of standardized data over sqrt(3) (not 1)
