@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import Optional, Sequence, Union
 
 import pyro.distributions as dist
@@ -54,6 +55,34 @@ class BaseDistribution(nn.Module):
         return f"{self.cls.__name__}, reinterpreted_batch_ndims={self.reinterpreted}"
 
 
+def _check_base_params(base, params: dict, owner: Optional[str] = None) -> None:
+    """Refuse keywords a base given by name does not take, and Beta parameters that are
+    not positive finite numbers (the Beta distribution would reject them under the name of
+    a Dirichlet); ``owner`` (the transform being built) starts the message."""
+    if not isinstance(base, str):
+        return
+    prefix = f"{owner}: " if owner else ""
+    allowed = {"beta": ("a", "b")}.get(base.lower(), ())
+    unknown = sorted(set(params) - set(allowed))
+    if unknown:
+        raise TypeError(
+            f"{prefix}base {base!r} takes {'keywords ' + ', '.join(allowed) if allowed else 'no keywords'}, "
+            f"got {', '.join(unknown)}"
+        )
+    for key in allowed:
+        if key not in params:
+            continue
+        value = params[key]
+        try:
+            number = None if isinstance(value, bool) else float(value)
+        except (TypeError, ValueError, RuntimeError):
+            number = None
+        if number is None or not (math.isfinite(number) and number > 0):
+            raise ValueError(
+                f"{prefix}the Beta base needs positive, finite parameters a and b, got {key}={value!r}"
+            )
+
+
 def base_distribution(
     base: Union[str, torch.distributions.Distribution], event_shape: Sequence[int], **params
 ) -> BaseDistribution:
@@ -74,13 +103,7 @@ def base_distribution(
     n = len(shape)
     if isinstance(base, str):
         name = base.lower()
-        allowed = {"beta": {"a", "b"}}.get(name, set())
-        unknown = sorted(set(params) - allowed)
-        if unknown:
-            raise TypeError(
-                f"base {base!r} takes {'keywords ' + ', '.join(sorted(allowed)) if allowed else 'no keywords'}, "
-                f"got {', '.join(unknown)}"
-            )
+        _check_base_params(base, params)
         if name == "normal":
             d = dist.Normal(torch.zeros(shape), torch.ones(shape))
         elif name == "uniform":

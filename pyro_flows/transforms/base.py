@@ -123,16 +123,8 @@ def _first_float_dtype(tensors) -> Optional[torch.dtype]:
 
 
 def _module_dtype(module) -> Optional[torch.dtype]:
-    """The dtype of the first floating-point parameter or buffer of ``module`` (searched
-    breadth-first, stopping at the first one), or ``None`` if it has none."""
-    queue = [module]
-    for m in queue:
-        state = m.__dict__
-        for t in (*state["_parameters"].values(), *state["_buffers"].values()):
-            if t is not None and t.is_floating_point():
-                return t.dtype
-        queue += (c for c in state["_modules"].values() if c is not None)
-    return None
+    """The dtype of ``module``'s first floating-point parameter or buffer (``None`` if none)."""
+    return _first_float_dtype(_state_of(module))
 
 
 def check_context(

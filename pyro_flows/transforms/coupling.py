@@ -496,13 +496,15 @@ def _relu_in_place() -> nn.Module:
 CONDITIONERS = ("mlp", "residual")
 
 
-#: the builder a conditioner of ``num_params`` parameters per coordinate is made for
-#: (named in argument errors when the caller does not say)
-_BUILDERS = {1: "additive_coupling", 2: "affine_coupling"}
-
-
 def _mlp_conditioner(
-    mask, num_params, hidden_dims, activation, context_dim=None, dropout=0.0, conditioner="mlp", builder=None
+    mask,
+    num_params,
+    hidden_dims,
+    activation,
+    context_dim=None,
+    dropout=0.0,
+    conditioner="mlp",
+    builder="coupling",
 ):
     """An MLP (``conditioner="mlp"``) or a :class:`~pyro_flows.nn.ResidualMLP`
     (``"residual"``) from :math:`x^A` (and, with ``context_dim``, a context) to
@@ -510,10 +512,6 @@ def _mlp_conditioner(
     ``builder`` (the public function being called) is named in argument errors."""
     from ..builders._checks import check_hidden_dims  # builders import this module
 
-    if builder is None:
-        builder = _BUILDERS.get(num_params, "coupling")
-        if context_dim is not None:
-            builder = f"conditional_{builder}"
     hidden_dims = check_hidden_dims(hidden_dims, builder)
     if conditioner not in CONDITIONERS:
         raise ValueError(f"{builder}: conditioner must be one of {CONDITIONERS}, got {conditioner!r}")
@@ -564,7 +562,7 @@ def additive_coupling(
     torch.Size([6])
     """
     m = vector_mask(input_dim, mask, parity)
-    return AdditiveCoupling(m, _mlp_conditioner(m, 1, hidden_dims, activation))
+    return AdditiveCoupling(m, _mlp_conditioner(m, 1, hidden_dims, activation, builder="additive_coupling"))
 
 
 def affine_coupling(
@@ -585,7 +583,7 @@ def affine_coupling(
     True
     """
     m = vector_mask(input_dim, mask, parity)
-    conditioner = _mlp_conditioner(m, 2, hidden_dims, activation)
+    conditioner = _mlp_conditioner(m, 2, hidden_dims, activation, builder="affine_coupling")
     return AffineCoupling(m, conditioner, scale_bound=scale_bound, shift_bound=shift_bound)
 
 

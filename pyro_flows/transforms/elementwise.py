@@ -87,25 +87,6 @@ def _support_text(support) -> str:
     return str(support)
 
 
-def _check_base_params(owner: str, base, params: dict) -> None:
-    """The parameters of a named ``"beta"`` base: numbers, finite and positive (the
-    Beta distribution would otherwise reject them under the name of a Dirichlet)."""
-    if not (isinstance(base, str) and base.lower() == "beta"):
-        return
-    for key in ("a", "b"):
-        if key not in params:
-            continue
-        value = params[key]
-        try:
-            number = float(value)
-        except (TypeError, ValueError, RuntimeError):
-            number = None
-        if isinstance(value, bool) or number is None or not (math.isfinite(number) and number > 0):
-            raise ValueError(
-                f"{owner}: the Beta base needs positive, finite parameters a and b, got {key}={value!r}"
-            )
-
-
 def _plain_support(support):
     """The support as a parameter-free constraint (real, unit interval), or ``None``
     when it depends on the base's tensors (then it is rebuilt on demand)."""
@@ -312,10 +293,10 @@ class BaseCDF(FlowTransform):
         event_shape: Sequence[int] = (),
         **params,
     ):
-        from ..bases import base_distribution  # bases builds bridges from this module
+        from ..bases import _check_base_params, base_distribution  # bases builds bridges from this module
 
         name = type(self).__name__
-        _check_base_params(name, base, params)
+        _check_base_params(base, params, name)
         super().__init__(event_shape=_check_sizes(event_shape, name))
         self.base = base_distribution(base, self.event_shape, **params)
         check_supported(self._scalar())
@@ -408,8 +389,10 @@ class ChangeOfBase(FlowTransform):
     sign = 1
 
     def __init__(self, source="uniform", target="normal", event_shape: Sequence[int] = (), **source_params):
+        from ..bases import _check_base_params  # bases builds bridges from this module
+
         name = type(self).__name__
-        _check_base_params(name, source, source_params)
+        _check_base_params(source, source_params, name)
         super().__init__(event_shape=_check_sizes(event_shape, name))
         self.source = BaseCDF(source, event_shape, **source_params)
         self.target = BaseCDF(target, event_shape)
