@@ -102,5 +102,7 @@ def test_unknown_base_keywords_are_refused_not_ignored():
             pyro_flows.real_nvp(2, num_layers=2, hidden_dims=(4,)), base=dist.Normal(0.0, 1.0), b=1.0
         )
     assert float(pyro_flows.Flow(pyro_flows.cdf_flow(3, base="beta", a=2.0, b=6.0)).base().mean) == 0.25
-    with pytest.raises(ValueError, match="the Beta base needs positive, finite parameters a and b, got a=-1.0"):
+    with pytest.raises(
+        ValueError, match="the Beta base needs positive, finite parameters a and b, got a=-1.0"
+    ):
         pyro_flows.Flow(pyro_flows.real_nvp(2, num_layers=2, hidden_dims=(4,)), base="beta", a=-1.0)

@@ -8,9 +8,9 @@ import torch
 from pyro.distributions.conditional import ConditionalComposeTransformModule
 from torch import nn
 
+from ..transforms._arguments import check_count, check_hidden_dims
 from ..transforms.base import check_context
 from ..transforms.coupling import conditional_affine_coupling
-from ._checks import check_count, check_hidden_dims
 from .vector import VectorFlow, _check_input_dim
 
 __all__ = ["conditional_real_nvp", "ConditionalVectorFlow"]

@@ -8,8 +8,8 @@ from torch import nn
 
 from ..nn.odefunc import DynamicsNet
 from ..nn.velocity import VelocityNet
+from ..transforms._arguments import check_hidden_dims
 from ..transforms.continuous import FFJORD, ConditionalFFJORD
-from ._checks import check_hidden_dims
 
 __all__ = ["ffjord", "conditional_ffjord", "FIELDS"]
 

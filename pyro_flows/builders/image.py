@@ -23,6 +23,7 @@ import torch
 from pyro.distributions.torch_transform import ComposeTransformModule
 
 from ..nn.resnet import ConditionalResNet
+from ..transforms._arguments import check_count
 from ..transforms.coupling import ConditionalAffineCoupling, image_affine_coupling, image_mask
 from ..transforms.linear import Invertible1x1Conv
 from ..transforms.masks import IndexPartition, make_partition
@@ -30,7 +31,6 @@ from ..transforms.multiscale import ConditionalMultiScale, MultiScale
 from ..transforms.normalization import ActNorm, RealNVPBatchNorm
 from ..transforms.reshape import Squeeze
 from ..transforms.spline import image_spline_coupling
-from ._checks import check_count
 
 __all__ = ["real_nvp_image", "glow"]
 

@@ -8,12 +8,12 @@ import torch
 from pyro.distributions.torch_transform import ComposeTransformModule
 from torch import nn
 
+from ..transforms._arguments import check_count, check_hidden_dims
 from ..transforms.autoregressive import spline_autoregressive
 from ..transforms.coupling import CONDITIONERS, additive_coupling, affine_coupling
 from ..transforms.linear import InvertibleLinear, Scaling
 from ..transforms.normalization import ActNorm, real_nvp_batch_norm
 from ..transforms.spline import ElementwiseSpline, spline_coupling
-from ._checks import check_count, check_hidden_dims
 
 __all__ = ["nice", "real_nvp", "spline_flow", "VectorFlow"]
 

@@ -30,6 +30,7 @@ from torch import nn
 from ..nn.mlp import MLP, ConditionalMLP
 from ..nn.resmlp import ConditionalResidualMLP, ResidualMLP
 from ..nn.resnet import ResNet
+from ._arguments import check_hidden_dims
 from .base import FlowTransform, check_context, check_event, context_batch_shape, sum_event
 from .masks import (
     IndexPartition,
@@ -510,8 +511,6 @@ def _mlp_conditioner(
     (``"residual"``) from :math:`x^A` (and, with ``context_dim``, a context) to
     ``num_params`` parameters per coordinate of :math:`x^B`, with ``dropout``.
     ``builder`` (the public function being called) is named in argument errors."""
-    from ..builders._checks import check_hidden_dims  # builders import this module
-
     hidden_dims = check_hidden_dims(hidden_dims, builder)
     if conditioner not in CONDITIONERS:
         raise ValueError(f"{builder}: conditioner must be one of {CONDITIONERS}, got {conditioner!r}")

@@ -40,9 +40,9 @@ import torch
 from torch import nn
 from torch.distributions import constraints
 
+from ._arguments import check_event_shape
 from .base import FlowTransform, check_event, sum_event, validation_enabled
 from .cdf_functions import check_supported, log_parts, quantile
-from .linear import _check_sizes
 from .monotone_inverse import attach_implicit_gradient, invert_monotone
 
 __all__ = ["MixtureCDF", "BaseCDF", "ChangeOfBase", "mixture_cdf", "base_cdf", "change_of_base"]
@@ -152,7 +152,7 @@ class MixtureCDF(FlowTransform):
             raise ValueError(f"{name}: num_components must be a positive integer, got {num_components!r}")
         if component not in _COMPONENTS:
             raise ValueError(f"{name}: component must be one of {_COMPONENTS}, got {component!r}")
-        super().__init__(event_shape=_check_sizes(event_shape, name))
+        super().__init__(event_shape=check_event_shape(event_shape, name))
         self.num_components = num_components
         self.component = component
         shape = (*self.event_shape, num_components)
@@ -297,7 +297,7 @@ class BaseCDF(FlowTransform):
 
         name = type(self).__name__
         _check_base_params(base, params, name)
-        super().__init__(event_shape=_check_sizes(event_shape, name))
+        super().__init__(event_shape=check_event_shape(event_shape, name))
         self.base = base_distribution(base, self.event_shape, **params)
         check_supported(self._scalar())
         self._support = _plain_support(self._scalar().support)
@@ -393,7 +393,7 @@ class ChangeOfBase(FlowTransform):
 
         name = type(self).__name__
         _check_base_params(source, source_params, name)
-        super().__init__(event_shape=_check_sizes(event_shape, name))
+        super().__init__(event_shape=check_event_shape(event_shape, name))
         self.source = BaseCDF(source, event_shape, **source_params)
         self.target = BaseCDF(target, event_shape)
 

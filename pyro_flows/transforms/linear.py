@@ -9,6 +9,7 @@ from typing import Sequence
 import torch
 from torch import nn
 
+from ._arguments import check_count, check_event_shape
 from .base import FlowTransform, check_event
 
 __all__ = [
@@ -22,27 +23,6 @@ __all__ = [
     "invertible_linear",
     "invertible_1x1_conv",
 ]
-
-
-def _check_count(value, name: str, owner: str) -> int:
-    from ..builders._checks import check_count  # builders import this module
-
-    return check_count(value, name, owner)
-
-
-def _check_sizes(event_shape, owner: str) -> Sequence[int]:
-    """``event_shape`` if it is a sequence of positive ints (``()`` for scalars), else a
-    ``ValueError`` naming ``owner``, the argument and the value."""
-    try:
-        sizes = tuple(event_shape)
-    except TypeError:
-        sizes = None
-    if sizes is None or any(isinstance(n, bool) or not isinstance(n, int) or n < 1 for n in sizes):
-        raise ValueError(
-            f"{owner}: event_shape must be a tuple of positive integers, () for scalar events, (D,) "
-            f"for vectors, (C, H, W) for images; got {event_shape!r}"
-        )
-    return sizes
 
 
 class Scaling(FlowTransform):
@@ -63,7 +43,7 @@ class Scaling(FlowTransform):
     """
 
     def __init__(self, event_shape: Sequence[int]):
-        super().__init__(event_shape=_check_sizes(event_shape, type(self).__name__))
+        super().__init__(event_shape=check_event_shape(event_shape, type(self).__name__))
         self.log_scale = nn.Parameter(torch.zeros(self.event_shape))
 
     def _ladj(self, x):
@@ -156,7 +136,7 @@ class InvertibleLinear(FlowTransform):
     """
 
     def __init__(self, input_dim: int):
-        _check_count(input_dim, "input_dim", type(self).__name__)
+        check_count(input_dim, "input_dim", type(self).__name__)
         super().__init__(event_shape=(input_dim,))
         self.weight = LUWeight(input_dim)
         self.bias = nn.Parameter(torch.zeros(input_dim))
@@ -177,7 +157,7 @@ def scaling(input_dim: int) -> Scaling:
     >>> scaling(4).log_scale.shape
     torch.Size([4])
     """
-    return Scaling((_check_count(input_dim, "input_dim", "scaling"),))
+    return Scaling((check_count(input_dim, "input_dim", "scaling"),))
 
 
 def invertible_linear(input_dim: int) -> InvertibleLinear:
@@ -186,7 +166,7 @@ def invertible_linear(input_dim: int) -> InvertibleLinear:
     >>> invertible_linear(3)(torch.zeros(5, 3)).shape
     torch.Size([5, 3])
     """
-    return InvertibleLinear(_check_count(input_dim, "input_dim", "invertible_linear"))
+    return InvertibleLinear(check_count(input_dim, "input_dim", "invertible_linear"))
 
 
 # ---------------------------------------------------------------------------- images
@@ -308,7 +288,7 @@ class Permutation(FlowTransform):
     """
 
     def __init__(self, dim: int, seed: int = 0):
-        _check_count(dim, "dim", type(self).__name__)
+        check_count(dim, "dim", type(self).__name__)
         super().__init__(event_shape=(dim,))
         perm = torch.randperm(dim, generator=torch.Generator().manual_seed(seed), device="cpu")
         device = torch.empty(0).device  # drawn on the CPU for reproducibility, kept on the default device

@@ -40,6 +40,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from ._arguments import check_count
 from .base import FlowTransform, sum_event
 from .coupling import (
     _ConditionalCoupling,
@@ -364,8 +365,6 @@ class ElementwiseSpline(_SplineParams, FlowTransform):
         min_bin_height: float = DEFAULT_MIN_BIN_HEIGHT,
         min_derivative: float = DEFAULT_MIN_DERIVATIVE,
     ):
-        from ..builders._checks import check_count  # builders import this module
-
         check_count(dim, "dim", type(self).__name__)
         super().__init__(event_shape=(dim,))
         self._set_spline(num_bins, tail_bound, min_bin_width, min_bin_height, min_derivative)

@@ -1,5 +1,6 @@
-"""Argument checks shared by the builders: a builder refuses a size that would build an
-empty or degenerate flow, naming itself, the argument and the value."""
+"""Argument checks shared by the transforms' constructors and the builders: a size that
+would build an empty or degenerate flow is refused, naming the constructor, the argument
+and the value. (Here rather than in ``builders``, which imports the transforms.)"""
 
 from __future__ import annotations
 
@@ -37,3 +38,18 @@ def check_hidden_dims(hidden_dims: Sequence[int], builder: str) -> Tuple[int, ..
             f"got {hidden_dims!r}"
         )
     return dims
+
+
+def check_event_shape(event_shape, owner: str) -> Sequence[int]:
+    """``event_shape`` if it is a sequence of positive ints (``()`` for scalars), else a
+    ``ValueError`` naming ``owner``, the argument and the value."""
+    try:
+        sizes = tuple(event_shape)
+    except TypeError:
+        sizes = None
+    if sizes is None or any(isinstance(n, bool) or not isinstance(n, int) or n < 1 for n in sizes):
+        raise ValueError(
+            f"{owner}: event_shape must be a tuple of positive integers, () for scalar events, (D,) "
+            f"for vectors, (C, H, W) for images; got {event_shape!r}"
+        )
+    return sizes
