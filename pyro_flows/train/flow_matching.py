@@ -63,6 +63,8 @@ from typing import Optional, Tuple
 import torch
 from torch import nn
 
+from ..transforms.base import _module_dtype, check_context, check_event
+
 __all__ = [
     "PATHS",
     "OT_BLOCK",
@@ -217,9 +219,10 @@ def flow_matching_loss(
     :param float sigma: the path's constant noise level :math:`\sigma \ge 0`.
     :param t: ``(N,)`` times (default: drawn by :func:`sample_times` with ``time_exponent``).
     :param noise: ``(N, D)`` path noise :math:`\varepsilon` (default: standard normal).
-    :param context: ``(N, C)`` contexts of a conditional field (independent path only).
-    :param ot_block: rows per exact assignment of the ``"ot"`` path (``None``: the whole
-        batch; see :func:`ot_pairing`).
+    :param context: ``(N, C)`` contexts of a conditional field, or one ``(C,)`` for all
+        (independent path only).
+    :param ot_block: rows per exact assignment of the ``"ot"`` path (``None`` or ``0``: the
+        whole batch; see :func:`ot_pairing`).
     :param float time_exponent: the exponent of the default times (1: uniform).
     :returns: ``(N,)``.
     """
@@ -237,14 +240,52 @@ def flow_matching_loss(
             "flow matching with a context needs path='independent': pairing a batch by optimal "
             "transport would make the base samples depend on the context"
         )
-    if path == "ot":
-        z = z[ot_pairing(x, z, ot_block)]
-    if t is None:
-        t = sample_times(x.shape[0], time_exponent, dtype=x.dtype, device=x.device)
-    x_t, target = conditional_path(x, z, t, sigma, noise)
     field = _field_of(model)
+    # the data and contexts follow the rules of a flow's inputs (shape, the parameters'
+    # dtype, finite values under validation), so that a mistake is named here rather
+    # than as a matrix-product error deep in the field or a NaN loss
+    dtype = _module_dtype(field)
+    check_event("flow matching", x, getattr(model, "event_shape", None), "data", dtype)
+    if z.dtype != x.dtype:
+        raise ValueError(
+            f"flow matching: expected data and base samples of the same dtype, got {x.dtype} and {z.dtype}"
+        )
+    n = x.shape[0]
+    if t is not None and t.numel() != n:
+        raise ValueError(
+            f"flow matching: expected {n} times (one per data point), got shape {tuple(t.shape)}"
+        )
+    if context is not None:
+        context = _check_context(model, field, context, n)
+    if path == "ot":
+        # ot_block=0, like --fm-ot-block 0, pairs the whole batch at once
+        z = z[ot_pairing(x, z, None if _is_zero(ot_block) else ot_block)]
+    if t is None:
+        t = sample_times(n, time_exponent, dtype=x.dtype, device=x.device)
+    x_t, target = conditional_path(x, z, t, sigma, noise)
     velocity = field(t, x_t) if context is None else field(t, x_t, context)
     return (velocity - target).square().mean(-1)
+
+
+def _is_zero(block) -> bool:
+    return not isinstance(block, bool) and isinstance(block, int) and block == 0
+
+
+def _check_context(model, field, context: torch.Tensor, n: int) -> torch.Tensor:
+    """``context`` as ``(n, C)`` rows, or an error that names the problem: one context per
+    data point ``(n, C)`` or one for all ``(C,)``, in the field's dtype, finite."""
+    context_dim = getattr(model, "context_dim", getattr(field, "context_dim", None))
+    if context_dim is None:  # a network of the user's: its own checks apply
+        return context
+    if context_dim == 0:
+        raise ValueError("flow matching: got a context, but the field was built without one (context_dim=0)")
+    check_context("flow matching", context, context_dim, field)
+    if context.shape[:-1] not in ((), (1,), (n,)):
+        raise ValueError(
+            f"flow matching: expected one context per data point, shape ({n}, {context_dim}), or one for "
+            f"all, shape ({context_dim},); got a context of shape {tuple(context.shape)} for {n} data points"
+        )
+    return context.expand(n, context_dim)
 
 
 def fm_options(config) -> Tuple[str, float, Optional[int], float]:

@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import importlib
 import math
-from typing import Callable, Optional, Tuple
+from typing import Callable, Mapping, Optional, Tuple
 
 import torch
 from pyro.distributions.conditional import ConditionalTransformModule
@@ -61,6 +61,46 @@ def _solver_names() -> Tuple[str, ...]:
         return tuple(importlib.import_module("torchdiffeq._impl.odeint").SOLVERS)
     except (ImportError, AttributeError):
         return ()
+
+
+def _check_options(what: str, options) -> None:
+    """Raise if ``options`` (named ``what``) is not a dict or holds a ``step_size`` that is
+    not a positive finite number (torchdiffeq would fail deep in its grid construction,
+    with "unsupported range: 0 -> inf", or loop without end)."""
+    if options is None:
+        return
+    if not isinstance(options, Mapping):
+        raise ValueError(f"FFJORD: {what} must be a dict of solver options, got {type(options).__name__}")
+    step = options.get("step_size")
+    if step is None:
+        return
+    try:
+        value = float(step)
+    except (TypeError, ValueError, RuntimeError):
+        value = math.nan
+    if not (math.isfinite(value) and value > 0):
+        raise ValueError(
+            f"FFJORD: {what}: step_size must be a positive finite number (the fixed step of a solve "
+            f"over t in [0, 1]), got {step!r}"
+        )
+
+
+def _check_solver(method, rtol, atol, options, sample_method, sample_rtol, sample_atol, sample_options):
+    """Raise an error that names the problem if a solver setting of :class:`FFJORD` is
+    invalid (checked when it is built and again at each solve, for settings changed since)."""
+    solvers = _solver_names()
+    for name in (method, sample_method):
+        if solvers and name is not None and name not in solvers:
+            raise ValueError(f"FFJORD: unknown solver {name!r}; expected one of {sorted(solvers)}")
+    if not all(0 < tol < math.inf for tol in (rtol, atol)):
+        raise ValueError(f"FFJORD: tolerances must be positive and finite, got rtol={rtol}, atol={atol}")
+    if not all(tol is None or 0 < tol < math.inf for tol in (sample_rtol, sample_atol)):
+        raise ValueError(
+            "FFJORD: tolerances must be positive and finite, got "
+            f"sample_rtol={sample_rtol}, sample_atol={sample_atol}"
+        )
+    _check_options("options", options)
+    _check_options("sample_options", sample_options)
 
 
 class FFJORD(FlowTransform):
@@ -153,16 +193,7 @@ class FFJORD(FlowTransform):
             raise ValueError(f"FFJORD: expected trace in {_TRACES}, got {trace!r}")
         if noise not in ("rademacher", "gaussian"):
             raise ValueError(f"FFJORD: expected noise 'rademacher' or 'gaussian', got {noise!r}")
-        solvers = _solver_names()
-        for name in (method, sample_method):
-            if solvers and name is not None and name not in solvers:
-                raise ValueError(f"FFJORD: unknown solver {name!r}; expected one of {sorted(solvers)}")
-        if not (rtol > 0 and atol > 0):
-            raise ValueError(f"FFJORD: tolerances must be positive, got rtol={rtol}, atol={atol}")
-        if not all(tol is None or tol > 0 for tol in (sample_rtol, sample_atol)):
-            raise ValueError(
-                f"FFJORD: tolerances must be positive, got sample_rtol={sample_rtol}, sample_atol={sample_atol}"
-            )
+        _check_solver(method, rtol, atol, options, sample_method, sample_rtol, sample_atol, sample_options)
         if kinetic_weight < 0 or frobenius_weight < 0:
             raise ValueError(
                 f"FFJORD: regularisation weights must be >= 0, got {kinetic_weight}, {frobenius_weight}"
@@ -269,6 +300,17 @@ class FFJORD(FlowTransform):
         func = AugmentedDynamics(field, noise, self.regularizes)
         state = (flat, zeros) + ((zeros, zeros) if self.regularizes else ())
         times = torch.tensor([t0, t1], dtype=flat.dtype, device=flat.device)
+        # the settings are plain attributes, which may have been changed since __init__
+        _check_solver(
+            self.method,
+            self.rtol,
+            self.atol,
+            self.options,
+            self.sample_method,
+            self.sample_rtol,
+            self.sample_atol,
+            self.sample_options,
+        )
         floor = 64 * torch.finfo(flat.dtype).eps
         settings = self.solver_settings(sampling=t0 > t1)
         kwargs = dict(
@@ -359,6 +401,19 @@ class _ConditionedFFJORD(FFJORD):
         # A plain attribute, not a buffer: gradients reach whatever produced the context.
         self.context = context
         self._owner = type(parent).__name__
+
+    # The train/eval mode is the parent's, read through the dynamics they share: a module
+    # built here would otherwise start in training mode whatever the parent's, and score
+    # with Hutchinson's estimator after ``parent.eval()`` (trace="auto" above
+    # EXACT_TRACE_MAX_DIM). ``parent.train()``/``eval()`` set the dynamics' mode, also for a
+    # transform conditioned before; ``train()``/``eval()`` here reach the dynamics too.
+    @property
+    def training(self) -> bool:
+        return self.dynamics.training
+
+    @training.setter
+    def training(self, mode: bool) -> None:
+        pass  # nn.Module.train() sets the dynamics' mode next; nn.Module.__init__ sets True
 
     def _check(self, x, what, dtype=None):
         # errors name the class the user built, not this private one
