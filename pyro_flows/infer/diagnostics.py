@@ -8,7 +8,7 @@ ArviZ's :func:`arviz.psislw`. ArviZ is imported lazily, so ``import pyro_flows``
 from __future__ import annotations
 
 import math
-from typing import Dict, Mapping, Optional, Sequence, Union
+from typing import Dict, List, Mapping, Optional, Sequence, Union
 
 import numpy as np
 import pyro
@@ -116,6 +116,18 @@ def guide_to_inference_data(
     return az.from_dict(posterior=posterior)
 
 
+def _divergences_by_chain(mcmc) -> List[List[int]]:
+    """The post-warmup indices of the divergent transitions of each chain of a finished
+    :class:`pyro.infer.MCMC` run (empty lists for a kernel that records none).
+
+    Read from the sampler's per-chain records: :meth:`pyro.infer.MCMC.diagnostics` also
+    computes the split R-hat, which fails on runs shorter than 4 draws."""
+    records = getattr(mcmc, "_diagnostics", None)
+    if not isinstance(records, list) or not all(isinstance(r, Mapping) for r in records):
+        return [list(v) for v in mcmc.diagnostics().get("divergences", {}).values()]
+    return [list(r.get("divergences", ())) for r in records]
+
+
 def mcmc_to_inference_data(mcmc, sites: Optional[Sequence[str]] = None):
     """Samples of a finished :class:`pyro.infer.MCMC` run, grouped by chain, as an
     :class:`arviz.InferenceData` (with the sampler's divergences when recorded)."""
@@ -128,8 +140,8 @@ def mcmc_to_inference_data(mcmc, sites: Optional[Sequence[str]] = None):
     posterior = {k: _to_numpy(v) for k, v in samples.items()}
     num_chains, num_draws = next(iter(posterior.values())).shape[:2]
     diverging = np.zeros((num_chains, num_draws), dtype=bool)
-    for chain, where in enumerate(mcmc.diagnostics().get("divergences", {}).values()):
-        diverging[chain, list(where)] = True
+    for chain, where in enumerate(_divergences_by_chain(mcmc)):
+        diverging[chain, where] = True
     return az.from_dict(posterior=posterior, sample_stats={"diverging": diverging})
 
 

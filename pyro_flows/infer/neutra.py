@@ -30,6 +30,7 @@ from pyro.infer import MCMC, NUTS
 from pyro.infer.autoguide import AutoContinuous
 from pyro.infer.reparam import NeuTraReparam
 
+from .diagnostics import _divergences_by_chain
 from .noncentered import NonCenteredNeuTraReparam
 
 __all__ = ["NeuTraRun", "neutra_mcmc"]
@@ -66,7 +67,7 @@ class NeuTraRun:
     @property
     def divergences(self) -> int:
         """Number of divergent transitions after warmup, over all chains."""
-        return sum(len(v) for v in self.mcmc.diagnostics().get("divergences", {}).values())
+        return sum(len(where) for where in _divergences_by_chain(self.mcmc))
 
     def to_inference_data(self):
         """The model-space samples as an :class:`arviz.InferenceData` grouped by chain,
@@ -79,8 +80,8 @@ class NeuTraRun:
             # the sites' own shapes (_to_model_space removed the padding of plate dimensions)
             posterior[name] = value.detach().cpu().double().numpy().reshape(chains, draws, *value.shape[1:])
         diverging = np.zeros((chains, draws), dtype=bool)
-        for chain, where in enumerate(self.mcmc.diagnostics().get("divergences", {}).values()):
-            diverging[chain, list(where)] = True
+        for chain, where in enumerate(_divergences_by_chain(self.mcmc)):
+            diverging[chain, where] = True
         return az.from_dict(posterior=posterior, sample_stats={"diverging": diverging})
 
 
@@ -215,8 +216,7 @@ def neutra_mcmc(
         reparam=reparam,
         seconds=seconds,
     )
-    if num_samples >= 4:  # Pyro's diagnostics (which count them) need 4 draws per chain
-        _warn_if_divergent(run.divergences, num_samples * num_chains)
+    _warn_if_divergent(run.divergences, num_samples * num_chains)
     return run
 
 

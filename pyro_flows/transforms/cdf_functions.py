@@ -73,7 +73,10 @@ def _beta_log_cdf_sf(z, a, b):
 
 def _beta_log_pdf(z, a, b):
     log_beta = torch.lgamma(a) + torch.lgamma(b) - torch.lgamma(a + b)
-    return (a - 1) * torch.log(z) + (b - 1) * torch.log1p(-z) - log_beta
+    # a factor z^0 or (1-z)^0 is 1 at the ends too (0 * log 0 would be NaN), as in torch's Beta
+    lower = torch.where(a == 1, 0.0, (a - 1) * torch.log(z))
+    upper = torch.where(b == 1, 0.0, (b - 1) * torch.log1p(-z))
+    return lower + upper - log_beta
 
 
 class _BetaLogCDF(torch.autograd.Function):
@@ -89,8 +92,11 @@ class _BetaLogCDF(torch.autograd.Function):
     def backward(ctx, grad_cdf, grad_sf):
         z, a, b, log_cdf, log_sf = ctx.saved_tensors
         log_pdf = _beta_log_pdf(z, a, b)
-        grad = grad_cdf * torch.exp(log_pdf - log_cdf) - grad_sf * torch.exp(log_pdf - log_sf)
-        return grad, None, None
+        # at the ends of the support a slope g/G or g/(1-G) is 0/0 or infinite; an output
+        # that receives no gradient must contribute none (not 0 * inf = NaN)
+        from_cdf = torch.where(grad_cdf == 0, 0.0, grad_cdf * torch.exp(log_pdf - log_cdf))
+        from_sf = torch.where(grad_sf == 0, 0.0, grad_sf * torch.exp(log_pdf - log_sf))
+        return from_cdf - from_sf, None, None
 
 
 def beta_log_cdf(z: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
@@ -134,7 +140,7 @@ def log_parts(d: torch.distributions.Distribution, z: torch.Tensor):
     if isinstance(d, Uniform):
         width = d.high - d.low
         log_pdf = -torch.log(width).expand_as(z)
-        return torch.log((z - d.low) / width), torch.log((d.high - z) / width), log_pdf
+        return _log_positive((z - d.low) / width), _log_positive((d.high - z) / width), log_pdf
     if isinstance(d, Beta):
         a, b = d.concentration1, d.concentration0
         log_cdf, log_sf = beta_log_cdf(z, a, b)
@@ -143,13 +149,26 @@ def log_parts(d: torch.distributions.Distribution, z: torch.Tensor):
     return torch.log(cdf), torch.log1p(-cdf), d.log_prob(z)
 
 
+def _log_positive(t: torch.Tensor) -> torch.Tensor:
+    """``log(t)`` for ``t >= 0`` whose gradient is 0, not NaN, where ``t == 0`` (the edge
+    of a Uniform's support, where the CDF's log is ``-inf``)."""
+    positive = t > 0
+    return torch.where(positive, torch.log(torch.where(positive, t, torch.ones_like(t))), -torch.inf)
+
+
 def quantile(d: torch.distributions.Distribution, u: torch.Tensor) -> torch.Tensor:
-    """:math:`G^{-1}(u)` for ``u`` strictly inside (0, 1)."""
+    """:math:`G^{-1}(u)` for ``u`` strictly inside (0, 1).
+
+    The Beta quantile is kept in :math:`[\\text{tiny}, 1 - \\epsilon/2]`, the open unit
+    interval as the dtype represents it: a root nearer 1 than that rounds to 1, where
+    the Beta density is 0 or infinite.
+    """
     if isinstance(d, Normal):
         return d.loc + d.scale * torch.special.ndtri(u)
     if isinstance(d, Uniform):
         return d.low + u * (d.high - d.low)
     if isinstance(d, Beta):
-        zeros = torch.zeros_like(u)
-        return solve_monotone(lambda z: log_parts(d, z), u, zeros, zeros + 1)
+        info = torch.finfo(u.dtype)
+        lower, upper = torch.full_like(u, info.tiny), torch.full_like(u, 1 - info.eps / 2)
+        return solve_monotone(lambda z: log_parts(d, z), u, lower, upper)
     return d.icdf(u)

@@ -16,7 +16,10 @@ an increasing function with a single root. Targets such as :math:`u = 10^{-12}` 
 **Algorithm.** Newton steps on :math:`r`, safeguarded by a bracket
 :math:`[\ell, h]` with :math:`r(\ell) \le 0 \le r(h)` that every evaluation shrinks: a
 Newton step that leaves the bracket (or is not finite) is replaced by bisection, so the
-iteration always converges, quadratically near the root.
+iteration always converges, quadratically near the root. A positive bracket spanning
+more than a factor 4 is bisected geometrically, :math:`\sqrt{\ell h}`, so that roots
+many orders of magnitude below the bracket's top (a Beta quantile of :math:`10^{-100}`)
+are found within ``max_iter``.
 
 **Tolerance.** Iteration stops when every element's last step is at most
 ``rtol * |x|`` (relative, so tiny roots are resolved too) with ``rtol = 8 * finfo(dtype).eps`` by default (about
@@ -47,6 +50,15 @@ def _residual_and_slope(log_parts: LogParts, x, log_u, log_v, upper_tail):
     # d residual / dx: F'/F in the lower tail, F'/(1-F) in the upper one
     slope = torch.exp(log_pdf - torch.where(upper_tail, log_sf, log_cdf))
     return residual, slope
+
+
+def _midpoint(lower: torch.Tensor, upper: torch.Tensor) -> torch.Tensor:
+    """The bisection point of ``[lower, upper]``: geometric where the bracket is positive
+    and spans more than a factor 4, so that a root such as :math:`10^{-200}` in
+    :math:`[10^{-308}, 1]` is reached in a few dozen halvings of its exponent rather than
+    hundreds of halvings of its value; arithmetic elsewhere."""
+    geometric = (lower > 0) & (upper > 4 * lower)
+    return torch.where(geometric, lower.sqrt() * upper.sqrt(), 0.5 * (lower + upper))
 
 
 @torch.no_grad()
@@ -90,7 +102,7 @@ def invert_monotone(
         step = x - residual / slope
         # NaN/inf steps fail both comparisons and fall back to bisection
         inside = (step > lower) & (step < upper)
-        new = torch.where(inside, step, 0.5 * (lower + upper))
+        new = torch.where(inside, step, _midpoint(lower, upper))
         new = torch.where(residual == 0, x, new)
         converged = (new - x).abs() <= rtol * x.abs() + torch.finfo(x.dtype).tiny
         x = new
