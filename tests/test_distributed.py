@@ -140,11 +140,10 @@ def test_two_gloo_processes_match_one_process(two_process_results, batch_norm):
     diffs = {k: float((ranks[0][k] - single[k]).abs().max()) for k in single if single[k].is_floating_point()}
     if batch_norm:
         # Each process normalizes with its local batch's statistics (documented in
-        # pyro_flows.train.distributed), so the weights are close to, not equal to, the
-        # single-process ones (measured: 0.023 after moving 0.035); the running averages are
-        # rank 0's local ones (measured: 0.16 from the global-batch ones).
-        parameters = {n for n, _ in build_model(_config(True), (2,)).named_parameters()}
-        assert max(d for k, d in diffs.items() if k in parameters) < 0.05
+        # pyro_flows.train.distributed), so the weights and running averages are close to,
+        # not equal to, the single-process ones (measured: 0.021 for both; the running
+        # averages were 0.17 away when initialised from rank 0's half of the first batch).
+        assert max(diffs.values()) < 0.05, diffs
     else:
         assert max(diffs.values()) < 1e-10, diffs
 

@@ -6,7 +6,8 @@ A checkpoint is a ``torch.save`` file holding only tensors and plain containers:
 * ``model``, ``optimizer``, ``scheduler``: their ``state_dict``\\ s;
 * ``step``: optimizer steps taken; ``trainer``: early-stopping state and history;
 * ``rng``: the torch CPU (and CUDA) generator states, so a resumed run draws the same
-  dequantization noise and the same batches as an uninterrupted one;
+  dequantization noise and the same batches as an uninterrupted one; a run of several
+  processes (each with its own stream) adds ``ranks``, every process's states by rank;
 * ``ema`` (runs with ``--ema``): the moving average of the weights (``decay``,
   ``num_updates``, ``shadow``: one tensor per trainable parameter); ``best.pt`` then
   holds the averaged weights as ``model``;
@@ -237,10 +238,20 @@ def check_run_state(state: Dict[str, Any], path: str, resume: bool = False) -> N
         if not all(bool(torch.isfinite(t).all()) for t in shadow):
             fail("ema.shadow holds non-finite averaged weights")
     rng = need("rng", dict)
+    if not _are_generator_states(rng):
+        fail("rng must hold the generator states as byte tensors ('torch', and 'cuda' as a list)")
+    if "ranks" in rng:  # a run of several processes: each one's states, rank by rank
+        ranks = rng["ranks"]
+        if not isinstance(ranks, list) or not ranks or not all(_are_generator_states(r) for r in ranks):
+            fail("rng.ranks must list every process's generator states (as 'rng' holds rank 0's)")
+
+
+def _are_generator_states(rng) -> bool:
+    if not isinstance(rng, dict):
+        return False
     cuda = rng.get("cuda", [])
     generators = [rng.get("torch"), *(cuda if isinstance(cuda, list) else [None])]
-    if not all(isinstance(g, torch.Tensor) and g.dtype == torch.uint8 and g.dim() == 1 for g in generators):
-        fail("rng must hold the generator states as byte tensors ('torch', and 'cuda' as a list)")
+    return all(isinstance(g, torch.Tensor) and g.dtype == torch.uint8 and g.dim() == 1 for g in generators)
 
 
 def capture_rng() -> Dict[str, Any]:

@@ -27,6 +27,15 @@ to, not identical with, a single-process run; without batch norm it matches up t
 floating-point summation order (the tests check both properties). Use local batches of
 at least a few hundred points with batch norm so the local statistics are good estimates.
 
+Randomness. The processes start from the run's seed, and then every process but rank 0
+reseeds (:func:`separate_random_streams`), so each draws its own dequantization noise,
+flow-matching times and base samples, dropout masks and trace estimators for its local
+batch; checkpoints hold every process's generator state, so ``fit --resume`` continues each
+stream exactly. Data-dependent initialisation (ActNorm) runs once, from the global first
+batch, and rank 0's result goes to every process (:func:`initialize_consistently`).
+
+A process group the caller initialised before :func:`setup` is used and left open.
+
 Only rank 0 writes metrics, plots, checkpoints and the progress bar; every process
 evaluates the validation NLL (the same number on each, from identical parameters) so the
 early-stopping decision is the same everywhere without extra communication.
@@ -48,6 +57,9 @@ __all__ = [
     "launched_by_torchrun",
     "all_reduce_mean",
     "initialize_consistently",
+    "waits_for_data",
+    "separate_random_streams",
+    "gather_objects",
     "wrap_model",
     "sync_buffers",
     "fail_together",
@@ -63,6 +75,8 @@ class DistContext:
     rank: int = 0
     world_size: int = 1
     local_rank: int = 0
+    #: whether :func:`setup` created the process group (and :func:`teardown` destroys it)
+    owns_group: bool = False
 
     @property
     def is_main(self) -> bool:
@@ -84,18 +98,43 @@ def launched_by_torchrun() -> bool:
 def setup(device: torch.device) -> DistContext:
     """Join the process group named by the environment (NCCL on CUDA, Gloo on CPU).
 
-    Returns :data:`SINGLE` when not launched by ``torchrun``.
+    Returns :data:`SINGLE` when not launched by ``torchrun``. A process group the caller
+    already initialised is used as it is and left open by :func:`teardown`.
+
+    :raises ValueError: if ``RANK`` or ``LOCAL_RANK`` is missing or not a rank of the run.
     """
     if not launched_by_torchrun():
         return SINGLE
-    rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
-    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-    if not dist.is_initialized():
+    world = int(os.environ["WORLD_SIZE"])
+    rank = _rank_from_environment("RANK", world, required=True)
+    local_rank = _rank_from_environment("LOCAL_RANK", world, required=False)
+    owns_group = not dist.is_initialized()
+    if owns_group:
         backend = "nccl" if device.type == "cuda" else "gloo"
         if device.type == "cuda":
             torch.cuda.set_device(local_rank)
         dist.init_process_group(backend=backend, rank=rank, world_size=world)
-    return DistContext(rank, world, local_rank)
+    return DistContext(rank, world, local_rank, owns_group)
+
+
+def _rank_from_environment(name: str, world: int, required: bool) -> int:
+    value = os.environ.get(name)
+    if value is None:
+        if not required:
+            return 0
+        raise ValueError(
+            f"WORLD_SIZE is {world} but {name} is not set: start the processes with torchrun "
+            "(which sets both), or unset WORLD_SIZE to run in one process"
+        )
+    try:
+        rank = int(value)
+    except ValueError:
+        raise ValueError(f"{name} must be an integer rank, got {value!r}") from None
+    if not 0 <= rank < world:
+        raise ValueError(
+            f"{name} {rank} is not a rank of a run of WORLD_SIZE {world} processes (0 to {world - 1})"
+        )
+    return rank
 
 
 def process_rank() -> int:
@@ -141,7 +180,8 @@ def fail_together(error: Optional[BaseException], context: DistContext) -> None:
 
 
 def teardown(context: DistContext) -> None:
-    if context.distributed and dist.is_initialized():
+    """Leave the process group :func:`setup` created; one the caller made stays open."""
+    if context.distributed and context.owns_group and dist.is_initialized():
         dist.destroy_process_group()
 
 
@@ -173,25 +213,55 @@ def sync_buffers(module: torch.nn.Module, context: DistContext) -> None:
         dist.broadcast(buffer.data, src=0)
 
 
+def waits_for_data(flow: torch.nn.Module) -> bool:
+    """Whether a layer of ``flow`` still waits for its data-dependent initialisation
+    (an ``initialized`` buffer that is false: ActNorm, RealNVP batch norm)."""
+    return any(name.endswith("initialized") and not bool(b.all()) for name, b in flow.named_buffers())
+
+
 def initialize_consistently(flow: torch.nn.Module, first_batch: torch.Tensor, context: DistContext) -> None:
     """Run data-dependent initialisation once and give every process rank 0's result.
 
     Layers such as Glow's ActNorm set their parameters from the first batch they see;
     under DDP each process would see its own local batch and the processes' parameters
     would differ from then on (DDP only copies parameters when it is constructed). So
-    before wrapping, each process scores its first local batch once (no gradients) and
-    rank 0's parameters and buffers are broadcast to all. Nothing happens in a single
-    process or when no layer still waits for its initialisation.
+    before wrapping, each process scores ``first_batch`` once (no gradients) and rank 0's
+    parameters and buffers are broadcast to all. Given the *global* first batch (the
+    union of the processes' first local batches, as the training loop passes), ActNorm
+    starts as in a single-process run. Nothing happens in a single process or when no
+    layer still waits for its initialisation.
     """
-    if not context.distributed:
-        return
-    waiting = [b for name, b in flow.named_buffers() if name.endswith("initialized") and not bool(b.all())]
-    if not waiting:
+    if not context.distributed or not waits_for_data(flow):
         return
     with torch.no_grad():
         flow.log_prob(first_batch)
     for tensor in [*flow.parameters(), *flow.buffers()]:
         dist.broadcast(tensor.data, src=0)
+
+
+def separate_random_streams(context: DistContext) -> None:
+    """Give every process but rank 0 a random stream of its own.
+
+    The processes of a run start from the same seed, so without this they would draw
+    the same dequantization noise, flow-matching times and base samples, dropout masks
+    and trace estimators for their different local batches, and the global batch would
+    see 1/N of the noise a single process draws. Each process ``r > 0`` reseeds torch's
+    generators with a number drawn from the shared stream plus ``r``, so the streams
+    are distinct, and still fixed by the run's seed.
+    """
+    if not context.distributed or context.rank == 0:
+        return
+    seed = int(torch.randint(0, 2**62, ()))
+    torch.manual_seed(seed + context.rank)
+
+
+def gather_objects(value, context: DistContext) -> list:
+    """``[value of rank 0, value of rank 1, ...]`` on every process (``[value]`` in one)."""
+    if not context.distributed:
+        return [value]
+    values = [None] * context.world_size
+    dist.all_gather_object(values, value)
+    return values
 
 
 def all_reduce_mean(value: torch.Tensor, context: DistContext) -> torch.Tensor:

@@ -44,8 +44,11 @@ from .distributed import (
     SINGLE,
     DistContext,
     all_reduce_mean,
+    gather_objects,
     initialize_consistently,
+    separate_random_streams,
     sync_buffers,
+    waits_for_data,
     wrap_model,
 )
 from .rundir import atomic_write_text
@@ -416,7 +419,7 @@ def train(
     average = WeightAverage(flow, config.ema) if getattr(config, "ema", 0.0) > 0 else None
     best = copy.deepcopy(flow.state_dict())
     if resume_state is not None:
-        state = _restore(flow, optimizer, scheduler, resume_state, average)
+        state = _restore(flow, optimizer, scheduler, resume_state, average, context)
         if best_model_state is not None:
             best = best_model_state
         else:
@@ -448,9 +451,15 @@ def train(
     )
 
     if context.distributed and resume_state is None:
-        sampler.set_epoch(0)
-        first = train_x[torch.tensor(list(iter(sampler))[:local_batch], dtype=torch.long, device=device)]
-        initialize_consistently(flow, splits.prepare(first, dtype=dtype), context)
+        if waits_for_data(flow):
+            # The global first batch (the processes' first local batches together), which
+            # a single process would initialise its ActNorm layers from.
+            whole = torch.utils.data.DistributedSampler(
+                range(len(train_x)), num_replicas=1, rank=0, shuffle=True, seed=config.seed, drop_last=True
+            )
+            first = torch.tensor(list(iter(whole))[: config.batch_size], dtype=torch.long, device=device)
+            initialize_consistently(flow, splits.prepare(train_x[first], dtype=dtype), context)
+        separate_random_streams(context)
     flow_matching = getattr(config, "objective", "likelihood") == "flow-matching"
     if flow_matching:
         from .flow_matching import FlowMatching, fm_options
@@ -461,7 +470,7 @@ def train(
     # the training metric: the NLL, or the flow-matching loss (no NLL offset: not a density)
     train_key = "fm_loss" if flow_matching else "nll"
 
-    def checkpoint_state(model=None) -> dict:
+    def checkpoint_state(model=None, rng=None) -> dict:
         state.seconds = seconds_before + (time.perf_counter() - clock)
         snapshot = {
             "model": model if model is not None else flow.state_dict(),
@@ -469,7 +478,7 @@ def train(
             "scheduler": scheduler.state_dict(),
             "step": state.step,
             "trainer": asdict(state),
-            "rng": capture_rng(),
+            "rng": rng if rng is not None else capture_rng(),
             "config": config.to_dict(),
             "data": data_state or {},
         }
@@ -599,11 +608,14 @@ def train(
                     record["nfe"] = flow.transform.nfe  # evaluations of the ODE's field in that solve
                 state.history.append(record)
                 metrics.write(**record)
+                # Every process's generator state, so a resumed run draws what each would have.
+                rngs = gather_objects(capture_rng(), context)
                 if writes:
-                    snapshot = checkpoint_state()
+                    rng = {**rngs[0], "ranks": rngs} if context.distributed else rngs[0]
+                    snapshot = checkpoint_state(rng=rng)
                     if improved:
                         # best.pt holds the evaluated weights (the average), which evaluate and sample use
-                        best_snapshot = snapshot if average is None else checkpoint_state(best)
+                        best_snapshot = snapshot if average is None else checkpoint_state(best, rng)
                         save_checkpoint(os.path.join(run_dir, "best.pt"), best_snapshot)
                     save_checkpoint(os.path.join(run_dir, "checkpoint.pt"), snapshot)
                 lines.evaluated(state)
@@ -617,7 +629,9 @@ def train(
     return state
 
 
-def _restore(flow, optimizer, scheduler, resume_state: dict, average=None) -> LoopState:
+def _restore(
+    flow, optimizer, scheduler, resume_state: dict, average=None, context: DistContext = SINGLE
+) -> LoopState:
     """Load a checkpoint's training state; anything that does not fit the run is a
     :class:`CheckpointError` naming the part."""
     parts = [
@@ -641,7 +655,13 @@ def _restore(flow, optimizer, scheduler, resume_state: dict, average=None) -> Lo
         state = LoopState(**resume_state["trainer"])
     except TypeError as err:
         raise CheckpointError(f"the checkpoint's trainer state is invalid: {err}") from None
-    restore_rng(resume_state["rng"])
+    rng = resume_state["rng"]
+    per_process = rng.get("ranks")
+    if context.distributed and isinstance(per_process, list) and len(per_process) == context.world_size:
+        restore_rng(per_process[context.rank])
+    else:  # one process, or a run resumed on another number of processes
+        restore_rng(rng)
+        separate_random_streams(context)
     return state
 
 
