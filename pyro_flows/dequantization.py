@@ -47,6 +47,7 @@ from torch import nn
 
 from .nn.resnet import ResNet
 from .transforms.masks import checkerboard_mask
+from .transforms.preprocess import _into_cells
 
 __all__ = ["VariationalDequantizer", "DequantizedFlow"]
 
@@ -123,7 +124,9 @@ class VariationalDequantizer(nn.Module):
         masks = torch.stack(
             [checkerboard_mask(shape[1], shape[2], parity % 2) for parity in range(num_couplings)]
         )
-        self.register_buffer("masks", masks.to(torch.get_default_dtype()), persistent=False)
+        # built on the CPU; kept, like the parameters, on the default device and dtype
+        like = {"dtype": torch.get_default_dtype(), "device": torch.empty(0).device}
+        self.register_buffer("masks", masks.to(**like), persistent=False)
 
     def _check(self, levels: torch.Tensor) -> torch.Tensor:
         if levels.dim() < 3 or levels.shape[-3:] != self.shape:
@@ -183,9 +186,10 @@ class DequantizedFlow(nn.Module):
     :param dequantizer: a :class:`VariationalDequantizer`, or ``None`` for uniform noise.
 
     ``log_prob(y)`` of a point :math:`y \in [0, 1)^D` is the single-sample bound
-    :math:`\log p((x+u)/K) - \log q(u \mid x)` for its cell :math:`x = \lfloor K y \rfloor`
-    with a fresh :math:`u \sim q(\cdot \mid x)` (the noise already in ``y`` is replaced), so
-    a loop that minimises ``-log_prob`` of uniformly dequantized batches trains flow and
+    :math:`\log p((x+u)/K) - \log q(u \mid x)` for its cell :math:`x`
+    (:math:`x/K \le y < (x+1)/K`, so ``levels / K`` scores ``levels``) with a fresh
+    :math:`u \sim q(\cdot \mid x)` (the noise already in ``y`` is replaced), so a loop
+    that minimises ``-log_prob`` of uniformly dequantized batches trains flow and
     dequantizer jointly, and ``bits_per_dim(log_prob, D, K)`` is the bound in bits/dim.
     :meth:`bound` and :meth:`log_likelihood` take the levels themselves. Inside
     :meth:`fixed_noise` the noise is drawn from a given generator instead of torch's global
@@ -249,7 +253,7 @@ class DequantizedFlow(nn.Module):
         (density units of :math:`[0,1)^D`; subtract :math:`D\log K` for :math:`\log P(x)`),
         shape ``batch``."""
         u, log_q = self._noise(levels)
-        return self.flow.log_prob((levels + u) / self.num_levels) - log_q
+        return self.flow.log_prob(_into_cells(levels, u, self.num_levels)) - log_q
 
     def log_likelihood(self, levels: torch.Tensor, num_samples: int = 16) -> torch.Tensor:
         r"""Importance-weighted estimate with ``num_samples`` draws of
@@ -262,8 +266,7 @@ class DequantizedFlow(nn.Module):
 
     def log_prob(self, y: torch.Tensor) -> torch.Tensor:
         """The bound of the cell of ``y`` in :math:`[0,1)^D` (see the class docstring)."""
-        levels = torch.floor(y * self.num_levels).clamp(0, self.num_levels - 1).detach()
-        return self.bound(levels)
+        return self.bound(_cells(y.detach(), self.num_levels))
 
     def sample(self, sample_shape=()) -> torch.Tensor:
         r"""Samples of the flow in :math:`[0, 1)^D`; ``floor(K y)`` are the levels, in
@@ -285,6 +288,17 @@ class DequantizedFlow(nn.Module):
         """
         y = self.flow.sample(sample_shape)
         return y.clamp(0.0, _below_one(self.num_levels, y.dtype))
+
+
+def _cells(y: torch.Tensor, num_levels: int) -> torch.Tensor:
+    r"""The level :math:`x` of each value with :math:`x/K \le y < (x+1)/K` (the divisions
+    rounded as when ``y`` was made from ``x``), clamped to :math:`0, \dots, K-1`.
+    ``floor(K y)`` alone is one too low for some points on the grid: in float32,
+    ``floor(13 / 22 * 22)`` is 12."""
+    levels = torch.floor(y * num_levels)
+    levels = levels - (levels / num_levels > y).to(levels.dtype)
+    levels = levels + ((levels + 1) / num_levels <= y).to(levels.dtype)
+    return levels.clamp(0, num_levels - 1)
 
 
 def _below_one(num_levels: int, dtype: torch.dtype) -> float:

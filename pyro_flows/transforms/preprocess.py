@@ -59,7 +59,18 @@ def dequantize(x: torch.Tensor, num_levels: int, generator: Optional[torch.Gener
     u = torch.rand(
         x.shape, generator=generator, dtype=x.dtype, device="cpu" if generator is not None else x.device
     )
-    return (x + u.to(x.device)) / num_levels
+    return _into_cells(x, u.to(x.device), num_levels)
+
+
+def _into_cells(levels: torch.Tensor, u: torch.Tensor, num_levels: int) -> torch.Tensor:
+    r""":math:`(x + u) / K` for noise :math:`u \in [0, 1)`, kept inside the cell
+    :math:`[x/K, (x+1)/K)` of each level: rounded, :math:`x + u` is :math:`x + 1` for
+    :math:`u` within half a unit in the last place of 1 (in float32, about 1 draw in
+    :math:`2^{17}` at level 255), which would put the value in the next cell, or at 1
+    for the top level."""
+    y = (levels + u) / num_levels
+    top = (levels + 1) / num_levels
+    return torch.where(y < top, y, torch.nextafter(top, torch.zeros_like(top)))
 
 
 class Logit(FlowTransform):
@@ -82,9 +93,10 @@ class Logit(FlowTransform):
     :math:`\alpha > 0` keeps :math:`z` finite at :math:`x = 0` and :math:`x = 1`. Put it
     last in the list of transforms (nearest the data): ``log_prob`` is then the density
     of the data in :math:`[0, 1]^D`, the quantity bits/dim are computed from. The
-    codomain is the image of :math:`\mathbb R`, the open interval
+    support is the image of :math:`\mathbb R`, the open interval
     :math:`(-\alpha / (1-2\alpha),\, (1-\alpha)/(1-2\alpha))`, which contains
-    :math:`[0, 1]`.
+    :math:`[0, 1]` when :math:`\alpha > 0`; with :math:`\alpha = 0` it is :math:`(0, 1)`,
+    and data at exactly 0 or 1 are refused under validation.
 
     :param event_shape: shape of one data point, e.g. ``(C, H, W)``.
     :param float alpha: the margin :math:`\alpha \in [0, 1/2)` (RealNVP uses 0.05).
@@ -105,17 +117,30 @@ class Logit(FlowTransform):
 
     @constraints.dependent_property(is_discrete=False)
     def codomain(self):
+        return constraints.independent(constraints.interval(*self._bounds()), self.event_dim_)
+
+    def _bounds(self):
+        """The ends of the image of the real line, which map to -inf and +inf."""
         a = self.alpha
-        low, high = -a / (1 - 2 * a), (1 - a) / (1 - 2 * a)
-        return constraints.independent(constraints.interval(low, high), self.event_dim_)
+        return -a / (1 - 2 * a), (1 - a) / (1 - 2 * a)
 
     def _check(self, x, what, dtype=None):
         super()._check(x, what, dtype)
-        # (torch's independent constraint cannot check an empty batch; it has nothing to check)
-        if what == "value" and x.numel() and validation_enabled() and not bool(self.codomain.check(x).all()):
+        if what != "value" or not x.numel() or not validation_enabled():
+            return
+        # The support is the open interval: its end points map to -inf and +inf. (The
+        # codomain stays torch's closed interval, which biject_to knows; with alpha > 0
+        # both contain [0, 1], with alpha = 0 the ends 0 and 1 are data a user may have.)
+        low, high = self._bounds()
+        if not bool(((x > low) & (x < high)).all()):
+            if self.alpha == 0:
+                expected = (
+                    "data strictly inside (0, 1) (alpha=0 maps 0 and 1 to -inf and +inf; use alpha > 0)"
+                )
+            else:
+                expected = "data in [0, 1] (dequantized and scaled by 1/K)"
             raise ValueError(
-                f"Logit: expected data in [0, 1] (dequantized and scaled by 1/K), got values in "
-                f"[{float(x.min())}, {float(x.max())}]"
+                f"Logit: expected {expected}, got values in [{float(x.min())}, {float(x.max())}]"
             )
 
     def _ladj(self, z):

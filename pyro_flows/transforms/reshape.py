@@ -30,6 +30,10 @@ def space_to_depth(x: torch.Tensor) -> torch.Tensor:
     >>> space_to_depth(x).flatten().tolist()
     [0.0, 1.0, 2.0, 3.0]
     """
+    if x.dim() < 3 or x.shape[-2] % 2 or x.shape[-1] % 2:
+        raise ValueError(
+            f"space_to_depth: expected a tensor (*batch, C, H, W) with H and W even, got shape {tuple(x.shape)}"
+        )
     *batch, c, h, w = x.shape
     x = x.reshape(*batch, c, h // 2, 2, w // 2, 2)
     n = len(batch)
@@ -45,6 +49,11 @@ def depth_to_space(y: torch.Tensor) -> torch.Tensor:
     >>> torch.equal(depth_to_space(space_to_depth(x)), x)
     True
     """
+    if y.dim() < 3 or y.shape[-3] % 4:
+        raise ValueError(
+            "depth_to_space: expected a tensor (*batch, 4C, H, W) with channels a multiple of 4, "
+            f"got shape {tuple(y.shape)}"
+        )
     *batch, c4, h, w = y.shape
     n = len(batch)
     y = y.reshape(*batch, c4 // 4, 2, 2, h, w)
