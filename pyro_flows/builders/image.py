@@ -162,7 +162,6 @@ def real_nvp_image(
         :class:`~pyro_flows.transforms.ConditionalMultiScale` whose conditioners and
         learned priors see a context vector of this size (e.g. a one-hot class label);
         ``flow.condition(context)`` is then the flow for that context.
-        Not available with ``batch_norm=True``.
     :param str coupling: ``"affine"`` (RealNVP) or ``"spline"``: rational-quadratic spline
         couplings (:class:`~pyro_flows.transforms.SplineCoupling`, 8 bins on [-3, 3]) with
         the same masks and conditioners; ``scale_bound`` then does not apply.
