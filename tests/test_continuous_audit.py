@@ -163,3 +163,37 @@ def test_ot_block_zero_pairs_the_whole_batch():
     assert ot_pairing(x, z, None).tolist() != ot_pairing(x, z, 64).tolist()
     objective = FlowMatching(pyro_flows.Flow(flow), path="ot", ot_block=0)
     assert objective(x)[0].shape == (200,)
+
+
+# ------------------------------------------------------------------- the cache
+def test_changed_regularisation_or_trace_noise_solves_again():
+    # the cached solve of a tensor holds the integrals its settings asked for: switching
+    # on a regularisation weight, or changing the trace's noise, must not reuse it
+    torch.manual_seed(0)
+    flow = randomize(pyro_flows.ffjord(2, (8,), trace="hutchinson").double(), 0.4, 0)
+    d = dist.TransformedDistribution(normal_base(2), [flow])
+    x = torch.randn(5, 2, dtype=torch.float64)
+    d.log_prob(x)
+    assert not flow.regularizes and flow.kinetic_energy is None
+    flow.kinetic_weight = 0.1
+    d.log_prob(x)
+    assert flow.kinetic_energy is not None and bool((flow.kinetic_energy > 0).all())
+    flow.noise = "gaussian"
+    torch.manual_seed(1)
+    gaussian = d.log_prob(x)
+    flow.noise = "rademacher"
+    torch.manual_seed(1)
+    rademacher = d.log_prob(x)
+    assert not torch.equal(gaussian, rademacher), "another noise draws other probes"
+
+
+@pytest.mark.parametrize("settings", [{"method": "rk4"}, {"sample_method": "euler"}])
+def test_a_fixed_step_solver_without_its_step_is_refused(settings):
+    # without a step torchdiffeq takes one step over [0, 1]: a crude solve, not an error
+    with pytest.raises(ValueError, match="fixed-step solver .* needs its step"):
+        pyro_flows.ffjord(2, (4,), **settings)
+    flow = pyro_flows.ffjord(2, (4,))
+    for name, value in settings.items():
+        setattr(flow, name, value)  # changed after construction: refused at the solve
+    with pytest.raises(ValueError, match="needs its step"):
+        flow.inv(torch.zeros(3, 2)) if "sample_method" not in settings else flow(torch.zeros(3, 2))

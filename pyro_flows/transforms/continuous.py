@@ -63,6 +63,29 @@ def _solver_names() -> Tuple[str, ...]:
         return ()
 
 
+def _fixed_grid_names() -> Tuple[str, ...]:
+    """torchdiffeq's fixed-grid solvers (``euler``, ``rk4``, ...; empty if its layout changes)."""
+    _torchdiffeq()
+    try:
+        solvers = importlib.import_module("torchdiffeq._impl.odeint").SOLVERS
+        fixed = importlib.import_module("torchdiffeq._impl.solvers").FixedGridODESolver
+    except (ImportError, AttributeError):
+        return ()
+    return tuple(name for name, cls in solvers.items() if isinstance(cls, type) and issubclass(cls, fixed))
+
+
+def _check_grid(what: str, method: str, options) -> None:
+    """A fixed-grid solver steps over the times it is given unless told a step: over
+    ``[0, 1]`` that is one step, a silently crude solve. Ask for the step instead."""
+    if method in _fixed_grid_names() and not any(
+        k in (options or {}) for k in ("step_size", "grid_constructor")
+    ):
+        raise ValueError(
+            f"FFJORD: the fixed-step solver {method!r} needs its step in {what}, e.g. "
+            f"{what}={{'step_size': 0.125}} for 8 steps over t in [0, 1] (without one it takes a single step)"
+        )
+
+
 def _check_options(what: str, options) -> None:
     """Raise if ``options`` (named ``what``) is not a dict or holds a ``step_size`` that is
     not a positive finite number (torchdiffeq would fail deep in its grid construction,
@@ -101,6 +124,9 @@ def _check_solver(method, rtol, atol, options, sample_method, sample_rtol, sampl
         )
     _check_options("options", options)
     _check_options("sample_options", sample_options)
+    _check_grid("options", method, options)
+    if sample_method is not None:  # else sampling uses method and options, checked above
+        _check_grid("sample_options", sample_method, sample_options)
 
 
 class FFJORD(FlowTransform):
@@ -345,9 +371,11 @@ class FFJORD(FlowTransform):
 
     # ------------------------------------------------------------ housekeeping
     # The solver settings are part of the cache key: re-scoring the same tensor after
-    # changing method or tolerances (to compare solvers) must solve again.
+    # changing method or tolerances (to compare solvers), the trace's noise, the adjoint or
+    # the regularisation weights (whose integrals the solve records) must solve again.
     def _solver_key(self) -> str:
-        return repr((self.solver_settings(False), self.solver_settings(True), self.trace))
+        settings = (self.trace, self.noise, self.adjoint, self.kinetic_weight, self.frobenius_weight)
+        return repr((self.solver_settings(False), self.solver_settings(True), settings))
 
     def _store(self, x, y, ladj, state):
         super()._store(x, y, ladj, state)
