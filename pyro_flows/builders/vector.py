@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import Callable, Optional, Sequence, Union
 
 import torch
@@ -239,8 +240,8 @@ def spline_flow(
     hidden_dims = check_hidden_dims(hidden_dims, "spline_flow")
     if tail_bound is None:
         tail_bound = _default_tail_bound(input_dim)
-    if not tail_bound > 0:
-        raise ValueError(f"spline_flow: tail_bound must be positive, got {tail_bound}")
+    if not 0 < tail_bound < math.inf:
+        raise ValueError(f"spline_flow: tail_bound must be positive and finite, got {tail_bound}")
     if isinstance(mask, str) and mask not in ("half", "alternating", "mixed"):
         raise ValueError(
             f"spline_flow: mask must be 'half', 'alternating', 'mixed' or a tensor, got {mask!r}"

@@ -22,7 +22,9 @@ fixed to 1, so :math:`g` is :math:`C^1`). The inverse is in closed form: in bin
 with :math:`\delta = d_{k+1} + d_k - 2 s_k`,
 :math:`a = h_k (s_k - d_k) + (y - y_k)\delta`, :math:`b = h_k d_k - (y - y_k)\delta`,
 :math:`c = -s_k (y - y_k)`, taken as :math:`\xi = 2c / (-b - \sqrt{b^2 - 4ac})`, the form
-that does not cancel when :math:`a \to 0`.
+that does not cancel when :math:`a \to 0`, except where :math:`b < 0` and
+:math:`|4ac| < b^2`: there that denominator cancels, and the value is the equal
+:math:`\xi = (-b + \sqrt{b^2 - 4ac}) / 2a` (then :math:`a = h_k s_k - b > 0`).
 
 Parameterisation: unnormalised widths and heights go through a softmax (with a minimum
 bin size), derivatives through a softplus plus a minimum, shifted so that a zero input
@@ -120,6 +122,18 @@ def rational_quadratic_spline(
     >>> torch.allclose(y, x, atol=1e-6), float(ladj.abs().max()) < 1e-6
     (True, True)
     """
+    num_bins = widths.shape[-1]
+    if heights.shape != widths.shape or widths.shape[:-1] != inputs.shape:
+        raise ValueError(
+            f"rational_quadratic_spline: expected widths and heights of shape inputs.shape + (K,); got "
+            f"inputs of shape {tuple(inputs.shape)}, widths {tuple(widths.shape)}, heights {tuple(heights.shape)}"
+        )
+    if derivatives.shape != widths.shape[:-1] + (num_bins - 1,):
+        raise ValueError(
+            f"rational_quadratic_spline: expected {num_bins - 1} interior derivatives per value (K - 1 for "
+            f"K = {num_bins} bins; those at +-bound are fixed to 1), got {derivatives.shape[-1]}: derivatives "
+            f"of shape {tuple(derivatives.shape)}, widths {tuple(widths.shape)}"
+        )
     x_knots, bin_widths = _knots(widths, bound, min_bin_width)
     y_knots, bin_heights = _knots(heights, bound, min_bin_height)
     ones = derivatives.new_ones(derivatives.shape[:-1] + (1,))
@@ -149,6 +163,20 @@ def rational_quadratic_spline(
         c = -slope * dy
         discriminant = (b * b - 4 * a * c).clamp_min(0)
         xi = (2 * c) / (-b - discriminant.sqrt())
+        # That form of the root adds two negative terms when b >= 0. When b < 0 its
+        # denominator is |b| - sqrt(b^2 + 4|ac|), which cancels as |4ac| / b^2 -> 0 (float32
+        # round trips were then off by up to a tenth of the bin's height); the equal form
+        # (-b + sqrt(disc)) / 2a, with a = h s - b > 0 there, adds positives instead. It
+        # replaces the value where |4ac| < b^2 (beyond, the first form loses a few ulps at
+        # most), as a constant: the graph, and so every gradient elsewhere, stays bit for
+        # bit what it was (trained splines' numbers do not move), and the gradient there is
+        # the first form's.
+        # (detached rather than under no_grad, which a JIT trace does not record)
+        a_, b_, c_, h_, s_ = (t.detach() for t in (a, b, c, h_k, slope))
+        cancels = (b_ < 0) & (4 * (a_ * c_).abs() < b_ * b_)
+        stable = (discriminant.detach().sqrt() - b_) / (2 * (h_ * s_ - b_))
+        correction = torch.where(cancels, stable - xi.detach(), torch.zeros_like(stable))
+        xi = xi + correction
         xi = xi.clamp(0, 1)
         outputs = x_k + xi * w_k
     else:
@@ -171,8 +199,8 @@ class _SplineParams:
     def _set_spline(self, num_bins, tail_bound, min_bin_width, min_bin_height, min_derivative, affine=False):
         if not isinstance(num_bins, int) or num_bins < 2:
             raise ValueError(f"num_bins must be an int >= 2, got {num_bins!r}")
-        if not tail_bound > 0:
-            raise ValueError(f"tail_bound must be positive, got {tail_bound}")
+        if not 0 < tail_bound < math.inf:
+            raise ValueError(f"tail_bound must be positive and finite, got {tail_bound}")
         if not 0 <= min_bin_width * num_bins < 1 or not 0 <= min_bin_height * num_bins < 1:
             raise ValueError(
                 f"min_bin_width and min_bin_height must be in [0, 1/num_bins) = [0, {1 / num_bins:.3g}), "
@@ -306,9 +334,12 @@ class SplineCoupling(_SplineParams, _Coupling):
         expected[dim] *= per
         n = len(expected)
         if list(raw.shape[raw.dim() - n :]) != expected:
+            # a conditioned layer names the conditional class the user built
+            owner = getattr(self, "_owner", type(self).__name__)
+            counted = "3 * num_bins + 1 with affine" if self.affine else "3 * num_bins - 1"
             raise ValueError(
-                f"{type(self).__name__}: conditioner returned shape {tuple(raw.shape)}; expected "
-                f"(*batch, {', '.join(map(str, expected))}): {per} parameters (3 * num_bins - 1) per "
+                f"{owner}: conditioner returned shape {tuple(raw.shape)}; expected "
+                f"(*batch, {', '.join(map(str, expected))}): {per} parameters ({counted}) per "
                 f"coordinate of {tuple(partition.b_shape)} along dim {dim}"
             )
         # (..., |B| * P, ...) -> (..., |B|, P, ...) -> parameters last
