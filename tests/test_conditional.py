@@ -172,3 +172,11 @@ def test_conditional_coupling_scale_bound_default_matches_the_unconditional_one(
     x = torch.randn(3, 2)
     ladj = t.log_abs_det_jacobian(x, t(x))
     assert torch.allclose(ladj, torch.full((3,), 2.0), atol=1e-6)  # one coordinate, at the bound
+
+
+def test_a_wrong_conditioner_output_names_the_conditional_class_built():
+    # the conditioned layer is a private class; the error names the one the user made
+    mask = pyro_flows.transforms.vector_mask(4, "half")
+    layer = ConditionalAffineCoupling(mask, ConditionalMLP(2, 3, 6, (8,)), 3)
+    with pytest.raises(ValueError, match=r"^ConditionalAffineCoupling: conditioner returned shape \(5, 6\)"):
+        layer.condition(torch.zeros(3))(torch.zeros(5, 4))

@@ -105,8 +105,10 @@ class _Coupling(FlowTransform):
         expected = partition.b_shape
         n = len(expected)
         if len(chunks) != num or any(c.shape[c.dim() - n :] != expected for c in chunks):
+            # a conditioned layer names the conditional class the user built
+            owner = getattr(self, "_owner", type(self).__name__)
             raise ValueError(
-                f"{type(self).__name__}: conditioner returned shape {tuple(raw.shape)}; expected "
+                f"{owner}: conditioner returned shape {tuple(raw.shape)}; expected "
                 f"{num} x {tuple(expected)} stacked along dim {partition.param_dim}"
             )
         if partition.masks_params:
