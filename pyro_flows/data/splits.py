@@ -3,12 +3,18 @@
 from __future__ import annotations
 
 import math
+import warnings
 from dataclasses import dataclass
 from typing import Optional, Tuple
 
 import torch
 
 __all__ = ["Splits", "split_fractions", "split_for_run"]
+
+#: :meth:`Splits.check_spread` counts the distinct values of a coordinate over at most this
+#: many training points, and warns about few of them only from this many points on
+FEW_VALUES_SAMPLE = 10_000
+FEW_VALUES_MIN_POINTS = 100
 
 
 @dataclass
@@ -137,8 +143,10 @@ class Splits:
         training point has the same value.
 
         A flow's density on such a coordinate can grow without bound (the best model is
-        a point mass), so its NLL falls forever instead of converging. Discrete data are
-        exempt: dequantization spreads each value over a unit interval.
+        a point mass), so its NLL falls forever instead of converging. Coordinates that
+        take few distinct values (at most half as many as the points, counted over up to
+        ``FEW_VALUES_SAMPLE`` = 10,000 of them) get a ``UserWarning`` for the same reason.
+        Discrete data are exempt: dequantization spreads each value over a unit interval.
 
         >>> x = torch.tensor([[0.0, 3.0], [1.0, 3.0], [2.0, 3.0]])
         >>> Splits("demo", x, x[:1], x[:1]).check_spread()
@@ -151,6 +159,7 @@ class Splits:
         flat = self.train.reshape(len(self.train), -1)
         constant = (flat == flat[:1]).all(dim=0)
         if not bool(constant.any()):
+            self._warn_few_values(flat)
             return
         advice = (
             "a flow's density there grows without bound and its NLL falls forever; remove the constant "
@@ -162,14 +171,7 @@ class Splits:
                 "single point grows without bound and its NLL falls forever; use data that vary"
             )
         where = constant.nonzero().flatten().tolist()
-        if len(self.event_shape) > 1:
-            unravel = torch.unravel_index
-            names = [str(tuple(int(i) for i in unravel(torch.tensor(k), self.event_shape))) for k in where]
-            label = "position" if len(where) == 1 else "positions"
-        else:
-            names = [str(k) for k in where]
-            label = "column" if len(where) == 1 else "columns"
-        shown = ", ".join(names[:10]) + (f" and {len(names) - 10} more" if len(names) > 10 else "")
+        label, shown = self._coordinates(where)
         value = float(flat[0, where[0]])
         raise ValueError(
             f"{self.name}: {label} {shown} (0-based) "
@@ -178,6 +180,47 @@ class Splits:
             + (" in the first" if len(where) > 1 else "")
             + f") in all {len(self.train)} training points; {advice}"
         )
+
+    def _warn_few_values(self, flat: torch.Tensor) -> None:
+        """Warn about coordinates that take few distinct values (integers, counts, coarse
+        rounding): each value repeats, so a flow can put spikes of unbounded density on
+        them, and its NLL, on held-out points of the same values too, keeps falling."""
+        sample = flat
+        if len(flat) > FEW_VALUES_SAMPLE:  # a random subset: fixed splits may be in time order
+            pick = torch.randperm(len(flat), generator=torch.Generator().manual_seed(0))[:FEW_VALUES_SAMPLE]
+            sample = flat[pick.to(flat.device)]
+        n = len(sample)
+        if n < FEW_VALUES_MIN_POINTS:  # ties among a few points say little
+            return
+        values = sample.sort(dim=0).values
+        distinct = 1 + (values[1:] != values[:-1]).sum(dim=0)
+        few = (distinct <= n // 2).nonzero().flatten().tolist()
+        if not few:
+            return
+        label, shown = self._coordinates(few)
+        counts = ", ".join(str(int(distinct[k])) for k in few[:10]) + (" ..." if len(few) > 10 else "")
+        warnings.warn(
+            f"{self.name}: {label} {shown} (0-based) "
+            + ("takes" if len(few) == 1 else "take")
+            + f" only {counts} distinct values in {n} training points: a continuous flow can put spikes "
+            "of unbounded density on repeated values, so its NLL may keep falling (on held-out points of "
+            "the same values too) and is not a density's; for integer data 0..K-1 pass --levels K, "
+            "otherwise add uniform noise as wide as the spacing of the values",
+            UserWarning,
+            stacklevel=3,  # the caller of check_spread
+        )
+
+    def _coordinates(self, where: list) -> Tuple[str, str]:
+        """``("column", "2")``, ``("positions", "(0, 1, 0), (0, 2, 0)")``: the flat
+        coordinates ``where`` of one event, named for messages (the first 10 shown)."""
+        if len(self.event_shape) > 1:
+            unravel = torch.unravel_index
+            names = [str(tuple(int(i) for i in unravel(torch.tensor(k), self.event_shape))) for k in where]
+            label = "position" if len(where) == 1 else "positions"
+        else:
+            names = [str(k) for k in where]
+            label = "column" if len(where) == 1 else "columns"
+        return label, ", ".join(names[:10]) + (f" and {len(names) - 10} more" if len(names) > 10 else "")
 
     def sizes(self) -> dict:
         return {"train": len(self.train), "val": len(self.val), "test": len(self.test)}

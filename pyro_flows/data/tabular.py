@@ -1,7 +1,7 @@
 """User data from tabular files: ``.npy``, ``.npz`` and ``.csv``.
 
 Rows are points, columns are dimensions. Problems are reported with the file, the row
-and what was expected: a missing or empty file, rows with a different number of
+(for a CSV file its line; for a bad value also the column) and what was expected: a missing or empty file, rows with a different number of
 columns, non-numeric cells, and rows holding NaN or infinite values (remove or impute
 them first: a flow's likelihood is undefined there).
 
@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import csv
 import os
-from typing import Dict
+from typing import Dict, Optional
 
 import numpy as np
 import torch
@@ -87,34 +87,48 @@ def _npz_parts(arrays: Dict[str, np.ndarray], path: str) -> Dict[str, np.ndarray
 
 
 def _read_csv(path: str) -> np.ndarray:
-    rows = []
-    width = None
+    return _parse_csv(path)[0]
+
+
+def _parse_csv(path: str, keep_text: bool = False):
+    """The data rows of a CSV file as ``(values, lines, header, texts)``: a float64 array,
+    the line of the file each row starts on, the header's cells (None without one) and,
+    with ``keep_text``, each row's cells as written (else None)."""
+    rows, lines, texts = [], [], [] if keep_text else None
+    header = None
+    width = first_line = None
     # utf-8-sig: a byte-order mark (as spreadsheet programs write) is not part of the first cell
     with open(path, newline="", encoding="utf-8-sig") as fh:
-        for line_no, row in enumerate(csv.reader(fh), start=1):
+        reader = csv.reader(fh)
+        next_start = 1
+        for row in reader:
+            # the line this record starts on (a quoted cell may span several lines)
+            start, next_start = next_start, reader.line_num + 1
             if not row or all(not c.strip() for c in row):
                 continue
             if width is None:
-                width = len(row)
+                width, first_line = len(row), start
                 # a header has a non-numeric cell; a first row with empty cells and
                 # numbers is data with missing values (refused below as NaN, not dropped)
-                if all(not c.strip() or _is_float(c) for c in row):
-                    rows.append([float(c) if c.strip() else float("nan") for c in row])
-                continue
-            if len(row) != width:
+                if not all(not c.strip() or _is_float(c) for c in row):
+                    header = [c.strip() for c in row]
+                    continue
+            elif len(row) != width:
                 raise ValueError(
-                    f"data file {path}: line {line_no} has {len(row)} columns, expected {width} (as in line 1)"
+                    f"data file {path}: line {start} has {len(row)} columns, expected {width} "
+                    f"(as in line {first_line})"
                 )
             try:
                 rows.append([float(c) if c.strip() else float("nan") for c in row])
             except ValueError:
                 bad = next(c for c in row if c.strip() and not _is_float(c))
-                raise ValueError(
-                    f"data file {path}: line {line_no} has a non-numeric value {bad!r}"
-                ) from None
+                raise ValueError(f"data file {path}: line {start} has a non-numeric value {bad!r}") from None
+            lines.append(start)
+            if keep_text:
+                texts.append(row)
     if not rows:
         raise ValueError(f"data file {path} is empty (no data rows)")
-    return np.asarray(rows, dtype=np.float64)
+    return np.asarray(rows, dtype=np.float64), lines, header, texts
 
 
 def _is_float(text: str) -> bool:
@@ -128,22 +142,57 @@ def _is_float(text: str) -> bool:
 def _as_points(x: np.ndarray, where: str) -> np.ndarray:
     if x.dtype.kind not in "biuf":
         raise ValueError(f"data file {where}: expected a numeric array, got dtype {x.dtype}")
-    if x.ndim == 0 or x.shape[0] == 0:
+    if x.ndim == 0 or x.size == 0:  # no rows, or rows without columns
         raise ValueError(f"data file {where} is empty (shape {x.shape})")
     if x.ndim == 1:
         x = x[:, None]
     return x.astype(np.float64)
 
 
-def check_finite_rows(x: np.ndarray, where: str) -> None:
-    """Raise a ``ValueError`` naming how many rows (and the first) hold NaN or inf."""
+def check_finite_rows(x: np.ndarray, where: str, csv_path: Optional[str] = None) -> None:
+    """Raise a ``ValueError`` naming how many rows hold NaN or inf, the first such row
+    (0-based) and its columns; for the CSV file ``csv_path`` also the line and the cells
+    as written there (an empty cell is read as NaN)."""
     bad = ~np.isfinite(x.reshape(len(x), -1)).all(axis=1)
-    if bad.any():
-        first = int(np.flatnonzero(bad)[0])
-        raise ValueError(
-            f"data file {where}: {int(bad.sum())} of {len(x)} rows contain NaN or infinite values "
-            f"(first: row {first}); remove or impute them"
+    if not bad.any():
+        return
+    first = int(np.flatnonzero(bad)[0])
+    columns = np.flatnonzero(~np.isfinite(x[first].reshape(-1))).tolist()
+    if csv_path is not None:
+        place = _csv_cells(csv_path, first, columns)
+    else:
+        values = x[first].reshape(-1)[columns[:10]]
+        if x.ndim > 2:
+            names = [str(tuple(int(i) for i in np.unravel_index(j, x.shape[1:]))) for j in columns[:10]]
+            label = "position" if len(columns) == 1 else "positions"
+        else:
+            names, label = [str(j) for j in columns[:10]], "column" if len(columns) == 1 else "columns"
+        place = (
+            f"{label} {', '.join(names)}{_more(columns)} (0-based) "
+            + ("holds " if len(columns) == 1 else "hold ")
+            + ", ".join(str(v) for v in values)
         )
+    raise ValueError(
+        f"data file {where}: {int(bad.sum())} of {len(x)} rows contain NaN or infinite values "
+        f"(first: row {first}): {place}; remove or impute them"
+    )
+
+
+def _more(items: list) -> str:
+    return f" and {len(items) - 10} more" if len(items) > 10 else ""
+
+
+def _csv_cells(path: str, row: int, columns: list) -> str:
+    """Where data row ``row`` of a CSV file is, and what its cells ``columns`` hold there."""
+    _, lines, header, texts = _parse_csv(path, keep_text=True)
+    cells = [texts[row][j].strip() for j in columns[:10]]
+    names = f"; {', '.join(repr(header[j]) for j in columns[:10])}" if header else ""
+    if len(columns) == 1:
+        label, held = "column", (f"holds {cells[0]!r}" if cells[0] else "is empty")
+    else:
+        label, held = "columns", "hold " + ", ".join(repr(c) for c in cells)
+    shown = ", ".join(str(j) for j in columns[:10]) + _more(columns)
+    return f"line {lines[row]}, {label} {shown} (0-based{names}) {held}"
 
 
 def load_tabular_splits(path: str, config) -> Splits:
@@ -156,7 +205,8 @@ def load_tabular_splits(path: str, config) -> Splits:
     """
     arrays = load_array(path)
     for key, x in arrays.items():
-        check_finite_rows(x, path + (f" [{key}]" if key != "data" else ""))
+        csv_path = path if path.lower().endswith(".csv") else None
+        check_finite_rows(x, path + (f" [{key}]" if key != "data" else ""), csv_path)
     name = os.path.basename(path)
     if "data" in arrays:
         (train, val, test), rule = split_for_run(torch.from_numpy(arrays["data"]), config, name)
