@@ -342,7 +342,8 @@ def _zuko_flow(name, flow):
 
 def _zuko_nsf(dim, num_layers, hidden_dims):
     """zuko's NSF: autoregressive (MADE conditioners) rational-quadratic splines, 8 bins on
-    [-5, 5], randomly permuted orders; sampling is sequential."""
+    [-5, 5], the variable order reversed from one transform to the next (zuko's default,
+    ``randperm=False``); sampling is sequential."""
     import zuko
 
     return _zuko_flow("zuko_nsf", zuko.flows.NSF(dim, transforms=num_layers, hidden_features=hidden_dims))

@@ -2,7 +2,11 @@
 
 Every model (see :func:`benchmarks.contenders.build_fit`) is trained with the same
 optimizer (Adam), learning rate and the very same mini-batches drawn from a fixed
-training set, then scored on a separate test set. Every target has an exact density
+training set, then scored on a separate test set. The data are standardised with the
+training mean and standard deviations for every model (zuko's NSF, whose splines act on
+[-5, 5], asks for it, and ``pyro-flows fit`` does it to tabular files), and the test NLL
+is reported in the data's units (``--no-standardize``: the raw data, as the records made
+before this option). Every target has an exact density
 (:mod:`benchmarks.toy_targets`), so the reported figure is the KL gap
 :math:`\\mathrm{NLL}_{test} - H(p)`, an estimate of :math:`\\mathrm{KL}(p \\,\\|\\, q)` in nats
 (zero for a perfect model, up to test-set noise), averaged over seeds with its standard
@@ -28,7 +32,15 @@ import time
 import torch
 
 from . import report
-from .contenders import FIT_NAMES, OUR_VARIANTS, build_fit, fit_available, set_validation
+from .contenders import (
+    FIT_NAMES,
+    FIT_PACKAGES,
+    OUR_VARIANTS,
+    PACKAGES,
+    build_fit,
+    fit_available,
+    set_validation,
+)
 from .toy_targets import TARGETS
 
 GAUSSIAN = "gaussian"
@@ -114,9 +126,17 @@ def test_nll(contender, test: torch.Tensor) -> float:
     return report.mean_se(nll)[0]
 
 
-def fit_one(name, train, test, seed, args, cpu_budget=0.0):
+def standardization(train: torch.Tensor):
+    """``(shift, scale, log_scale)``: the training mean and standard deviations, and
+    ``sum(log scale)``, the NLL that standardised data lack against the data's units."""
+    shift, scale = train.double().mean(0), train.double().std(0)
+    return shift.to(train.dtype), scale.to(train.dtype), float(scale.log().sum())
+
+
+def fit_one(name, train, test, seed, args, cpu_budget=0.0, nll_offset=0.0):
     """Train ``name`` for ``max(args.steps)`` steps and until ``cpu_budget`` CPU seconds;
-    return its checkpoints ``[(step, cpu_seconds, test_nll), ...]``."""
+    return its checkpoints ``[(step, cpu_seconds, test_nll), ...]``, each test NLL plus
+    ``nll_offset`` (the log-scale of a standardisation, to report it in the data's units)."""
     from pyro_flows.train.averaging import WeightAverage
     from pyro_flows.train.loop import lr_factor
 
@@ -195,11 +215,11 @@ def fit_one(name, train, test, seed, args, cpu_budget=0.0):
                 with _evaluated(average):
                     best_test = test_nll(contender, test)
         if step % args.eval_every == 0 or step in args.steps:
-            if best_test is not None:
-                checkpoints.append((step, cpu, best_test))
-            else:
+            if best_test is None:
                 with _evaluated(average):
-                    checkpoints.append((step, cpu, test_nll(contender, test)))
+                    checkpoints.append((step, cpu, test_nll(contender, test) + nll_offset))
+            else:
+                checkpoints.append((step, cpu, best_test + nll_offset))
     return checkpoints
 
 
@@ -215,13 +235,23 @@ def at_step(checkpoints, step):
 def merge(paths, names, steps):
     """The results of several runs (their ``.json`` files, same settings but different
     contenders, seeds or step counts) as one: checkpoints joined per target, seed and
-    contender (a later file wins on a clash)."""
+    contender (a later file wins on a clash). Runs on other data or models (the settings
+    in ``_SAME_DATA``) are refused."""
     import json
 
-    results = {}
+    results, first = {}, None
     for path in paths:
         with open(path) as fh:
             data = json.load(fh)
+        same = {key: data["settings"].get(key, default) for key, default in _SAME_DATA.items()}
+        if first is None:
+            first = (path, same)
+        for key, value in same.items():
+            if value != first[1][key]:
+                raise ValueError(
+                    f"{path}: --{key.replace('_', '-')} {value} but {first[0]} has {first[1][key]}; "
+                    "merge runs on the same data and models only"
+                )
         for target, res in data["results"].items():
             merged = results.setdefault(
                 target,
@@ -247,6 +277,19 @@ def merge(paths, names, steps):
         res["seeds"] = sorted(res["by_seed"])
         del res["by_seed"], res["gaussians"]
     return results
+
+
+#: the settings that merged runs share (the data, the models, the plain loop), with the
+#: value of records that predate a setting
+_SAME_DATA = {
+    "layers": None,
+    "hidden": None,
+    "batch": None,
+    "lr": None,
+    "train": None,
+    "test": None,
+    "standardize": False,
+}
 
 
 def within(checkpoints, budget):
@@ -319,7 +362,12 @@ def render(results, names, info, cmd, args) -> str:
         report.header(info, cmd),
         f"- settings: Adam lr {args.lr}, batches of {args.batch} (identical for all), "
         f"{args.train} training / {args.test} test points, seeds {args.seeds} (mean ± standard error "
-        "over seeds), each library's own initialisation",
+        "over seeds), each library's own initialisation, "
+        + (
+            "data standardised with the training mean and sd for every model (NLL in the data's units)"
+            if getattr(args, "standardize", False)
+            else "the raw data for every model"
+        ),
     ]
     if any(split_name(n)[1] for n in names):
         recipe, above_2d = recipe_of(args), recipe_of(args, 3)
@@ -462,6 +510,12 @@ def parse_args(argv=None):
         action="store_true",
         help="NAME+recipe contenders of ours: the training noise at its full level throughout (fit fades it with the rate)",
     )
+    p.add_argument(
+        "--standardize",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="standardise the data with the training mean and sd for every model (NLL in the data's units)",
+    )
     p.add_argument("--no-cpu", action="store_true", help="skip the equal-CPU-time comparison")
     p.add_argument("--validate", action="store_true", help="turn distribution validation on for all")
     p.add_argument(
@@ -481,7 +535,9 @@ def main(argv=None) -> dict:
     args = parse_args(argv)
     torch.set_num_threads(1)
     names = fit_available(args.libs)
-    set_validation([], args.validate)
+    # import every library that runs before setting validation: importing changes it
+    packages = {FIT_PACKAGES[split_name(name)[0]] for name in names}
+    set_validation([lib for lib, package in PACKAGES.items() if package in packages], args.validate)
     info, cmd = report.machine("cpu"), report.command()
     if args.merge:
         import json
@@ -492,6 +548,7 @@ def main(argv=None) -> dict:
             k for k in saved if k.startswith(("recipe_", "fit_"))
         ):
             setattr(args, key, saved[key])
+        args.standardize = saved.get("standardize", _SAME_DATA["standardize"])
         results = merge(args.merge, names, args.steps)
         markdown = render(results, names, info, cmd, args)
         data = {"machine": info, "command": cmd, "settings": vars(args), "results": results}
@@ -506,12 +563,16 @@ def main(argv=None) -> dict:
             train = target.sample(args.train, seed=1000 * seed + 2)
             test = target.sample(args.test, seed=1000 * seed + 3)
             gaussians.append(gaussian_nll(train, test))
+            offset = 0.0
+            if args.standardize:
+                shift, scale, offset = standardization(train)
+                train, test = (train - shift) / scale, (test - shift) / scale
             run = {}
             for name in names:
                 budget = 0.0
                 if not args.no_cpu and name != names[0]:
                     budget = next(c for s, c, _ in run[names[0]] if s == max(args.steps))
-                run[name] = fit_one(name, train, test, seed, args, budget)
+                run[name] = fit_one(name, train, test, seed, args, budget, offset)
                 step, cpu, nll = run[name][-1]
                 print(
                     f"{target_name} seed {seed} {name}: gap {nll - entropy:.3f} at step {step}, "
