@@ -408,3 +408,14 @@ def test_resume_with_a_best_model_of_another_shape_is_a_clear_error(finished, tm
     code, _, err = run_cli(capsys, "fit", "--resume", out)
     assert code == 1 and "best.pt does not fit the model of the run's checkpoint.pt" in err
     assert snapshot(out) == before
+
+
+def test_columns_of_few_values_warn_in_one_line_of_the_run(tmp_path, capsys):
+    # integers 0..2 in two columns: a continuous flow's NLL can fall forever on them
+    data = tmp_path / "ints.csv"
+    values = torch.randint(0, 3, (300, 2), generator=torch.Generator().manual_seed(0))
+    np.savetxt(data, values.numpy(), delimiter=",")
+    code, out, err = run_cli(capsys, "fit", "--data", data, "--out", tmp_path / "run", *TINY)
+    assert code == 0, err
+    assert "warning: ints.csv: columns 0, 1 (0-based) take only 3, 3 distinct values" in err
+    assert "UserWarning" not in err and "check_spread" not in err

@@ -12,7 +12,9 @@ import contextlib
 import json
 import math
 import os
+import sys
 import time
+import warnings
 from typing import Callable, Optional
 
 import torch
@@ -189,7 +191,14 @@ def fit_run(
             # may replace): the data, the options, the model and the batches.
             torch.manual_seed(config.seed)
             splits = load_splits(config)
-            splits.check_spread()
+            # the data's warnings (columns of few values) as one line of the run's output,
+            # not a UserWarning with a source line, on every process's stderr
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")
+                splits.check_spread()
+            if context.is_main:
+                for warning in caught:
+                    print(f"warning: {warning.message}", file=sys.stderr)
             if resume_state is None:  # a resumed run keeps what it saved
                 if fit_batch_to_data:
                     config = _fit_batch(config, len(splits.train), context.world_size)
