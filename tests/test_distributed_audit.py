@@ -292,3 +292,39 @@ def test_setup_names_a_misconfigured_launch(monkeypatch, env, message):
     with pytest.raises(ValueError, match=message):
         setup(torch.device("cpu"))
     assert not dist.is_initialized()
+
+
+def _failing_writer(rank: int, world: int, port: int, out: str) -> None:
+    import datetime
+
+    import pyro_flows.train.loop as loop
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world))
+    torch.set_num_threads(1)
+    # a short timeout: without the shared failure the other process would wait for it
+    dist.init_process_group("gloo", rank=rank, world_size=world, timeout=datetime.timedelta(seconds=20))
+    context = setup(torch.device("cpu"))
+    if rank == 0:
+
+        def full_disk(path, state):
+            raise OSError(f"No space left on device: {path}")
+
+        loop.save_checkpoint = full_disk
+    os.makedirs(os.path.join(out, "run"), exist_ok=True)
+    torch.manual_seed(0)
+    flow = _flow(_config(), 0)
+    try:
+        train(flow, _discrete_splits(), _config(), os.path.join(out, "run"), context=context)
+        outcome = "finished"
+    except Exception as err:  # recorded, so the test can say what each process met
+        outcome = f"{type(err).__name__}: {err}"
+    with open(os.path.join(out, f"outcome_rank{rank}.txt"), "w") as fh:
+        fh.write(outcome)
+    dist.destroy_process_group()
+
+
+def test_a_failed_write_on_rank_0_stops_every_process_with_its_message(tmp_path):
+    mp.spawn(_failing_writer, args=(2, _free_port(), str(tmp_path)), nprocs=2, join=True)
+    outcomes = [(tmp_path / f"outcome_rank{rank}.txt").read_text() for rank in (0, 1)]
+    assert outcomes[0].startswith("OSError: No space left on device"), outcomes
+    assert outcomes[1].startswith("FailedElsewhere") and "No space left on device" in outcomes[1], outcomes

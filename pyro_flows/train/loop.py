@@ -44,6 +44,7 @@ from .distributed import (
     SINGLE,
     DistContext,
     all_reduce_mean,
+    fail_together,
     gather_objects,
     initialize_consistently,
     separate_random_streams,
@@ -607,17 +608,24 @@ def train(
                 if hasattr(getattr(flow, "transform", None), "nfe"):
                     record["nfe"] = flow.transform.nfe  # evaluations of the ODE's field in that solve
                 state.history.append(record)
-                metrics.write(**record)
                 # Every process's generator state, so a resumed run draws what each would have.
                 rngs = gather_objects(capture_rng(), context)
-                if writes:
-                    rng = {**rngs[0], "ranks": rngs} if context.distributed else rngs[0]
-                    snapshot = checkpoint_state(rng=rng)
-                    if improved:
-                        # best.pt holds the evaluated weights (the average), which evaluate and sample use
-                        best_snapshot = snapshot if average is None else checkpoint_state(best, rng)
-                        save_checkpoint(os.path.join(run_dir, "best.pt"), best_snapshot)
-                    save_checkpoint(os.path.join(run_dir, "checkpoint.pt"), snapshot)
+                failed = None
+                try:
+                    metrics.write(**record)
+                    if writes:
+                        rng = {**rngs[0], "ranks": rngs} if context.distributed else rngs[0]
+                        snapshot = checkpoint_state(rng=rng)
+                        if improved:
+                            # best.pt holds the evaluated weights (the average), which evaluate and sample use
+                            best_snapshot = snapshot if average is None else checkpoint_state(best, rng)
+                            save_checkpoint(os.path.join(run_dir, "best.pt"), best_snapshot)
+                        save_checkpoint(os.path.join(run_dir, "checkpoint.pt"), snapshot)
+                except Exception as err:
+                    failed = err
+                # a write that failed on rank 0 stops every process now, with its message,
+                # rather than leaving the others waiting in the next step's collectives
+                fail_together(failed, context)
                 lines.evaluated(state)
             lines.step(state, running)
             if on_step is not None:
