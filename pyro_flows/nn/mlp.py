@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from typing import Callable, Sequence
 
 import torch
@@ -56,6 +57,13 @@ class MLP(nn.Sequential):
         if zero_init:
             nn.init.zeros_(self[-1].weight)
             nn.init.zeros_(self[-1].bias)
+
+    def __getitem__(self, idx):
+        # nn.Sequential slices into a new instance of the class, which MLP's constructor
+        # cannot build from a list of layers: a slice is a plain nn.Sequential of them
+        if isinstance(idx, slice):
+            return nn.Sequential(OrderedDict(list(self._modules.items())[idx]))
+        return super().__getitem__(idx)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         # The layers' own computation without nn.Module.__call__ around each: plain

@@ -30,7 +30,9 @@ class _Stage(nn.Module):
         if not self.residual:
             return _linear(self.linear1, _act(self.act1, h))
         u = _linear(self.linear1, _act(self.act1, h))
-        u = _act(self.act2, u, in_place=True)  # u is read by nothing else
+        # in place only on the fresh output of F.linear: a hooked or custom linear1 may have
+        # handed u on (a forward hook's record, a backward hook's view, a saved output)
+        u = _act(self.act2, u, in_place=_plain(self.linear1, nn.Linear))
         if self.drop is not None:
             u = self.drop(u)
         return h + _linear(self.linear2, u)
@@ -122,9 +124,15 @@ class ResidualMLP(nn.Module):
         return _linear(self.output, u)
 
 
+def _plain(layer: nn.Module, kind: type) -> bool:
+    """Whether ``layer`` is exactly a ``kind`` with no hooks, so that its functional form
+    may stand in for the module call."""
+    return type(layer) is kind and not _has_hooks(layer) and not _global_hooks()
+
+
 def _linear(layer: nn.Module, x: torch.Tensor) -> torch.Tensor:
     # a plain nn.Linear without hooks runs as F.linear, without nn.Module.__call__ (as MLP)
-    if type(layer) is nn.Linear and not _has_hooks(layer) and not _global_hooks():
+    if _plain(layer, nn.Linear):
         params = layer._parameters
         return F.linear(x, params["weight"], params["bias"])
     return layer(x)
@@ -132,9 +140,11 @@ def _linear(layer: nn.Module, x: torch.Tensor) -> torch.Tensor:
 
 def _act(layer: nn.Module, x: torch.Tensor, in_place: bool = False) -> torch.Tensor:
     # the input of a pre-activation is still needed by the skip connection: never in place
-    # unless the caller says so
-    if type(layer) is nn.ReLU and not _has_hooks(layer) and not _global_hooks():
+    # unless the caller says so, also for an activation built in place (ReLU(inplace=True))
+    if _plain(layer, nn.ReLU):
         return torch.relu_(x) if in_place else torch.relu(x)
+    if not in_place and getattr(layer, "inplace", False):
+        x = x.clone()
     return layer(x)
 
 

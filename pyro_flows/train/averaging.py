@@ -41,7 +41,8 @@ __all__ = ["WeightAverage"]
 
 
 class WeightAverage:
-    """The EMA of the trainable parameters of ``module``.
+    """The EMA of the trainable parameters of ``module``; it follows the module's moves
+    (``module.to(device, dtype)``) at the next :meth:`update` or :meth:`applied`.
 
     :param module: the model trained in place.
     :param float decay: :math:`d` in :math:`(0, 1)`.
@@ -70,8 +71,16 @@ class WeightAverage:
             self.shadow = [p.detach().clone() for p in self.params]
         else:
             d = self.current_decay()
+            self._follow_moves()
             torch._foreach_lerp_(self.shadow, [p.detach() for p in self.params], 1.0 - d)
         self.num_updates += 1
+
+    def _follow_moves(self) -> None:
+        """Keep the average on the parameters' device and dtype after ``module.to(...)``."""
+        self.shadow = [
+            s if s.dtype == p.dtype and s.device == p.device else s.to(device=p.device, dtype=p.dtype)
+            for s, p in zip(self.shadow, self.params, strict=True)
+        ]
 
     @contextlib.contextmanager
     def applied(self):
@@ -80,6 +89,7 @@ class WeightAverage:
         if not self.shadow:
             yield self.module
             return
+        self._follow_moves()
         live = [p.detach().clone() for p in self.params]
         try:
             with torch.no_grad():

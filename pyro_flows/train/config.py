@@ -348,6 +348,9 @@ SAVED_BEFORE = {
     "noise": 0.0,
     "state_features": 0,
     "objective": "likelihood",
+    # flow matching first trained the concat-squash field and paired whole batches
+    "field": "concat-squash",
+    "fm_ot_block": 0,
 }
 
 
@@ -461,5 +464,16 @@ def _toml_value(value) -> str:
         return repr(value)
     if isinstance(value, list):
         return "[" + ", ".join(_toml_value(v) for v in value) + "]"
-    escaped = str(value).replace("\\", "\\\\").replace('"', '\\"')
-    return f'"{escaped}"'
+    return '"' + "".join(_toml_char(c) for c in str(value)) + '"'
+
+
+def _toml_char(c: str) -> str:
+    # Control characters (a newline in a path) are not allowed raw in a TOML string, and
+    # escaping everything outside ASCII keeps the file readable whatever encoding the
+    # platform writes text files in (TOML files are UTF-8).
+    if c in '"\\':
+        return "\\" + c
+    if " " <= c <= "~":
+        return c
+    code = ord(c)
+    return f"\\u{code:04X}" if code <= 0xFFFF else f"\\U{code:08X}"

@@ -21,6 +21,11 @@ inverse cannot recover (RealNVP's batch normalization *layer*) are rejected; bat
 normalization *inside* a coupling's conditioner is fine (the conditioner sees the same
 :math:`x^A` again), and its running statistics are restored after the rerun, so they are
 updated once per step as without recomputation.
+
+Random layers (dropout in a conditioner, in train mode) draw the same numbers again: the
+random state before each layer is kept from the forward pass and restored before the
+layer is rerun (and before its input is rebuilt, which needs the same dropout masks), and
+the caller's random state is left as the forward pass left it.
 """
 
 from __future__ import annotations
@@ -30,6 +35,7 @@ from typing import List, Sequence, Tuple
 
 import torch
 from pyro.distributions.torch_transform import ComposeTransformModule
+from torch.autograd.function import once_differentiable
 
 from .base import FlowTransform
 from .coupling import (
@@ -97,12 +103,28 @@ def _grad_or_zeros(grad, like):
     return torch.zeros_like(like) if grad is None else grad
 
 
-def _generic_backward(block, y, grad_y, grad_ladj, params):
+def _rng_state(device: torch.device) -> Tuple[torch.Tensor, ...]:
+    """The random state a layer on ``device`` draws from (the CPU's, and the GPU's)."""
+    if device.type == "cuda":
+        return torch.get_rng_state(), torch.cuda.get_rng_state(device)
+    return (torch.get_rng_state(),)
+
+
+def _set_rng_state(device: torch.device, state: Tuple[torch.Tensor, ...]) -> None:
+    torch.set_rng_state(state[0])
+    if device.type == "cuda":
+        torch.cuda.set_rng_state(state[1], device)
+
+
+def _generic_backward(block, y, grad_y, grad_ladj, params, replay):
     """Rebuild the input with the layer's sampling map, rerun the normalizing map under
-    autograd, backpropagate. Returns ``(x, grad_x, grads of params)``."""
+    autograd, backpropagate. ``replay()`` restores the random state the layer saw in the
+    forward pass. Returns ``(x, grad_x, grads of params)``."""
+    replay()
     with torch.no_grad():
         x = block._call_and_ladj(y)[0]
     x = x.detach().requires_grad_()
+    replay()
     with torch.enable_grad():
         y_again, ladj = block._inverse_and_ladj(x)
     outputs, grads = [y_again], [grad_y]
@@ -113,12 +135,13 @@ def _generic_backward(block, y, grad_y, grad_ladj, params):
     return x.detach(), found[0], found[1:]
 
 
-def _coupling_backward(block, y, grad_y, grad_ladj, params):
+def _coupling_backward(block, y, grad_y, grad_ladj, params, replay):
     """The same for a coupling, with one conditioner evaluation: the conditioner's input
     :math:`x^A = y^A` is known before the input is rebuilt."""
     partition = block.partition
     y_a, y_b = partition.split(y)
     condition = y_a.detach().requires_grad_()
+    replay()
     with torch.enable_grad():
         if type(block) in _AFFINE:
             shift, log_scale = block._shift_log_scale(condition)
@@ -158,9 +181,11 @@ class _InvertibleBackprop(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, blocks, event_dim, x, *params):
+        states = []
         with torch.no_grad():
             y, ladj = x, None
             for block in blocks:
+                states.append(_rng_state(x.device))
                 y, block_ladj = block._inverse_and_ladj(y)
                 ladj = block_ladj if ladj is None else ladj + block_ladj
         if ladj is None:
@@ -169,12 +194,14 @@ class _InvertibleBackprop(torch.autograd.Function):
             y = y.clone()  # an output must not be a view of an input
         ctx.blocks = blocks
         ctx.params = params
+        ctx.rng_states = states
         device = x.device.type
         ctx.autocast = (device, torch.is_autocast_enabled(device), torch.get_autocast_dtype(device))
         ctx.save_for_backward(y)
         return y, ladj
 
     @staticmethod
+    @once_differentiable  # the reruns' gradients carry no graph: a second derivative is an error
     def backward(ctx, grad_y, grad_ladj):
         (y,) = ctx.saved_tensors
         y = y.detach()
@@ -184,12 +211,17 @@ class _InvertibleBackprop(torch.autograd.Function):
         position = {id(p): i for i, p in enumerate(ctx.params)}
         param_grads: List[torch.Tensor] = [None] * len(ctx.params)
         device, enabled, dtype = ctx.autocast
-        with torch.autocast(device, dtype=dtype, enabled=enabled):
-            for block in reversed(ctx.blocks):
+        on = y.device
+        # the reruns draw the forward pass's random numbers again, then the caller's state returns
+        forked = torch.random.fork_rng([on] if on.type == "cuda" else [])
+        with forked, torch.autocast(device, dtype=dtype, enabled=enabled):
+            for block, state in zip(reversed(ctx.blocks), reversed(ctx.rng_states), strict=True):
                 params = [p for p in _differentiable(block) if id(p) in position]
                 backward = _coupling_backward if _fusable(block, y) else _generic_backward
                 with _buffers_kept(block):
-                    y, grad_y, grads = backward(block, y, grad_y, grad_ladj, params)
+                    y, grad_y, grads = backward(
+                        block, y, grad_y, grad_ladj, params, lambda s=state: _set_rng_state(on, s)
+                    )
                 for p, g in zip(params, grads, strict=True):
                     if g is not None:
                         i = position[id(p)]
@@ -207,7 +239,9 @@ def normalize_recomputing(
     With gradients enabled, only the output is kept for the backward pass, which rebuilds
     every layer's input from its output (see the module docstring). Caches of the layers
     are bypassed: they would keep every activation alive. Gradients equal those of
-    ordinary backpropagation up to the round-off of the inverse.
+    ordinary backpropagation up to the round-off of the inverse; they cannot be
+    differentiated again (``create_graph=True`` then raises when the second derivative is
+    taken).
     """
     blocks = list(blocks)
     if not torch.is_grad_enabled():
