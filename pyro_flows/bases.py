@@ -9,6 +9,7 @@ import pyro.distributions as dist
 import torch
 from torch import nn
 from torch.distributions import constraints
+from torch.distributions.utils import lazy_property
 
 __all__ = ["BaseDistribution", "base_distribution", "latent_bridge"]
 
@@ -37,9 +38,14 @@ class BaseDistribution(nn.Module):
         self.cls = type(distribution)
         self.names = []
         for name in distribution.arg_constraints:
-            value = getattr(distribution, name, None)
-            if name in ("probs", "logits") and name not in distribution.__dict__:
+            if isinstance(getattr(type(distribution), name, None), lazy_property) and (
+                name not in distribution.__dict__
+            ):
+                # derived from the parameter given (a MultivariateNormal's covariance from
+                # its scale_tril, probs from logits): passing both would over-specify it.
+                # Checked before reading it, which would store it in the instance.
                 continue
+            value = getattr(distribution, name, None)
             if isinstance(value, torch.Tensor):
                 self.register_buffer(name, value.detach().clone())
                 self.names.append(name)

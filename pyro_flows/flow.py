@@ -29,8 +29,9 @@ class Flow(nn.Module):
         \log p(x) = \log p_Z(T^{-1}(x)) - \log\left|\det \frac{\partial T}{\partial z}\right|_{z=T^{-1}(x)},
         \qquad x = T(z),\; z \sim p_Z.
 
-    :param transform: a :class:`~pyro.distributions.TransformModule` or a list of them
-        (applied in order from the base).
+    :param transform: a :class:`~pyro.distributions.TransformModule` (or a plain
+        :class:`torch.distributions.transforms.Transform`) or a list of them (applied in
+        order from the base).
     :param base: ``"normal"``, ``"uniform"``, ``"beta"`` or a distribution; see
         :func:`~pyro_flows.bases.base_distribution`. Default: the transform's
         ``default_base`` if it has one (e.g. :func:`~pyro_flows.cdf_flow`), else ``"normal"``.
@@ -58,6 +59,9 @@ class Flow(nn.Module):
         super().__init__()
         if isinstance(transform, (list, tuple)):
             transform = ComposeTransformModule(list(transform))
+        elif not isinstance(transform, nn.Module):
+            # a plain torch transform (AffineTransform, ...): a module, as a list would be
+            transform = ComposeTransformModule([transform])
         self.transform = transform
         if event_shape is None:
             event_shape = _event_shape_of(transform)
@@ -66,11 +70,14 @@ class Flow(nn.Module):
             base = getattr(transform, "default_base", "normal")
             base_params = {**getattr(transform, "default_base_params", {}), **base_params}
         self.base = base_distribution(base, self.event_shape, **base_params)
-        # Follow a transform that was already moved (e.g. built then .double()'d).
+        # Follow a transform that was already moved (e.g. built then .double()'d): the
+        # base, and the bridge, whose target base is built in the default dtype.
         reference = next(iter(transform.parameters()), None)
         if reference is not None:
             self.base.to(device=reference.device, dtype=reference.dtype)
         self.bridge = latent_bridge(self.base(), transform, self.event_shape)
+        if reference is not None and self.bridge is not None:
+            self.bridge.to(device=reference.device, dtype=reference.dtype)
 
     def _transforms(self) -> list:
         parts = (
@@ -99,19 +106,23 @@ class Flow(nn.Module):
             return x.new_zeros(x.shape[: x.dim() - len(self.event_shape)])
         if Distribution._validate_args:
             return self().log_prob(x)  # the support check, with torch's message
-        event_dim = len(self.event_shape)
+        transforms = self._transforms()
+        event_dims = [(t.domain.event_dim, t.codomain.event_dim) for t in transforms]
+        base = self.base()
+        event_dim = _data_event_dim(event_dims, len(base.event_shape))
         log_prob = 0.0
         y = x
-        for transform in reversed(self._transforms()):
+        for transform, (domain_dim, codomain_dim) in zip(
+            reversed(transforms), reversed(event_dims), strict=True
+        ):
             if isinstance(transform, FlowTransform):
                 x, ladj = transform._inv_and_ladj(y)
             else:
                 x = transform.inv(y)
                 ladj = transform.log_abs_det_jacobian(x, y)
-            event_dim += transform.domain.event_dim - transform.codomain.event_dim
-            log_prob = log_prob - _sum_rightmost(ladj, event_dim - transform.domain.event_dim)
+            event_dim += domain_dim - codomain_dim
+            log_prob = log_prob - _sum_rightmost(ladj, event_dim - domain_dim)
             y = x
-        base = self.base()
         return log_prob + _sum_rightmost(base.log_prob(y), event_dim - len(base.event_shape))
 
     def sample(self, sample_shape=()) -> torch.Tensor:
@@ -119,9 +130,11 @@ class Flow(nn.Module):
         base's draws through every part, as
         :meth:`torch.distributions.TransformedDistribution.sample` does, without building
         the distribution."""
+        transforms = self._transforms()
+        base = _expanded_base(self.base(), transforms)
         with torch.no_grad():
-            x = self.base().sample(sample_shape)
-            for transform in self._transforms():
+            x = base.sample(sample_shape)
+            for transform in transforms:
                 x = transform(x)
             return x
 
@@ -135,6 +148,39 @@ def _sum_rightmost(value, dim: int):
     if dim == 0:
         return value
     return value.reshape(value.shape[:-dim] + (-1,)).sum(-1)
+
+
+def _data_event_dim(event_dims: list, base_event_dim: int) -> int:
+    """``len(TransformedDistribution(base, parts).event_shape)`` from the parts' ``(domain,
+    codomain)`` event dims, as torch works it out: the parts may have more event dims than
+    the base (a coupling over a base with a batch shape) or change them (a reshape)."""
+    if not event_dims:
+        return base_event_dim
+    # the event dims of ComposeTransform(parts).domain and .codomain
+    domain = event_dims[-1][1]
+    for domain_dim, codomain_dim in reversed(event_dims):
+        domain = max(domain + domain_dim - codomain_dim, domain_dim)
+    codomain = event_dims[0][0]
+    for domain_dim, codomain_dim in event_dims:
+        codomain = max(codomain + codomain_dim - domain_dim, codomain_dim)
+    return max(codomain, base_event_dim + codomain - domain)
+
+
+def _expanded_base(base: Distribution, transforms: list) -> Distribution:
+    """``base`` expanded to the batch shape the parts give it, as
+    :class:`~torch.distributions.TransformedDistribution` does: a part with a batch shape of
+    its own (an ``AffineTransform`` with a ``(3, 2)`` shift over ``(2,)`` events) gets
+    independent draws per batch element, not one draw broadcast."""
+    shape = base.batch_shape + base.event_shape
+    data_shape = shape
+    for transform in transforms:
+        data_shape = transform.forward_shape(data_shape)
+    expanded = data_shape
+    for transform in reversed(transforms):
+        expanded = transform.inverse_shape(expanded)
+    if expanded == shape:
+        return base
+    return base.expand(expanded[: len(expanded) - len(base.event_shape)])
 
 
 def _event_shape_of(transform) -> torch.Size:

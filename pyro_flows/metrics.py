@@ -57,7 +57,7 @@ def bits_per_dim(
     """
     if num_dims < 1:
         raise ValueError(f"num_dims must be positive, got {num_dims}")
-    log_k = 0.0 if num_levels is None else math.log(num_levels)
     if num_levels is not None and num_levels < 2:
         raise ValueError(f"num_levels must be at least 2 (or None for continuous data), got {num_levels}")
+    log_k = 0.0 if num_levels is None else math.log(num_levels)
     return (-log_prob / num_dims + log_k) / math.log(2)

@@ -52,7 +52,8 @@ def _nll_figure(records: Sequence[dict], title: str, unit: str, scale: float) ->
     ax.set_xlabel("step")
     ax.set_ylabel(f"NLL ({unit})")
     ax.set_title(title or "negative log-likelihood")
-    ax.legend()
+    if train or val:  # an empty legend warns
+        ax.legend()
     ax.grid(alpha=0.3)
     return fig
 
@@ -67,18 +68,21 @@ def plot_2d(
 ) -> str:
     """Three panels on the same axes: data points, model samples, and the model's
     density :math:`p(x)` evaluated on a ``resolution``-squared grid (with a colour bar);
-    ``title`` goes above the panels' own titles."""
+    ``title`` goes above the panels' own titles. ``log_density`` receives the grid as a
+    tensor of shape ``(resolution**2, 2)`` in the dtype of ``data`` (when a floating-point
+    tensor; else the default dtype), so a flow's ``log_prob`` can be passed as it is."""
     return _save(_figure_2d(data, samples, log_density, title, resolution), path)
 
 
 def _figure_2d(data, samples, log_density, title: str, resolution: int) -> Figure:
+    dtype = _grid_dtype(data)
     data, samples = _numpy(data), _numpy(samples)
     lo = np.percentile(data, 0.5, axis=0)
     hi = np.percentile(data, 99.5, axis=0)
     pad = np.maximum(0.15 * (hi - lo), 1e-3 * np.maximum(1.0, np.abs(hi)))  # a constant coordinate too
     lo, hi = lo - pad, hi + pad
     xs, ys = np.linspace(lo[0], hi[0], resolution), np.linspace(lo[1], hi[1], resolution)
-    grid = torch.tensor(np.stack(np.meshgrid(xs, ys), -1).reshape(-1, 2))
+    grid = torch.tensor(np.stack(np.meshgrid(xs, ys), -1).reshape(-1, 2), dtype=dtype)
     with torch.no_grad():
         density = torch.exp(log_density(grid)).reshape(resolution, resolution).double().numpy()
     # Constrained layout keeps the overall title clear of the panel titles and makes
@@ -109,13 +113,16 @@ def plot_1d(
     title: str = "",
     samples: Optional[torch.Tensor] = None,
 ) -> str:
-    """Histogram of 1-D data (density-normalised) with the model's density on top."""
+    """Histogram of 1-D data (density-normalised) with the model's density on top;
+    ``log_density`` receives 400 points as a tensor of shape ``(400, 1)`` in the dtype of
+    ``data`` (as :func:`plot_2d`'s grid)."""
+    dtype = _grid_dtype(data)
     data = _numpy(data).reshape(-1)
     lo, hi = np.percentile(data, 0.1), np.percentile(data, 99.9)
-    pad = 0.1 * (hi - lo)
+    pad = max(0.1 * (hi - lo), 1e-3 * max(1.0, abs(hi)))  # constant data too
     xs = np.linspace(lo - pad, hi + pad, 400)
     with torch.no_grad():
-        density = torch.exp(log_density(torch.tensor(xs).unsqueeze(-1))).double().numpy()
+        density = torch.exp(log_density(torch.tensor(xs, dtype=dtype).unsqueeze(-1))).double().numpy()
     fig = Figure(figsize=(6, 4))
     ax = fig.add_subplot()
     ax.hist(data, bins=80, density=True, alpha=0.45, label="data")
@@ -133,7 +140,13 @@ def plot_image_grid(images: torch.Tensor, path: str, title: str = "", nrow: Opti
     """Images ``(N, C, H, W)`` with values in [0, 1] tiled into one picture
     (grey for C = 1, RGB for C = 3)."""
     images = _numpy(images).clip(0.0, 1.0)
+    if images.ndim != 4:
+        raise ValueError(f"plot_image_grid: expected images of shape (N, C, H, W), got shape {images.shape}")
     n, c, h, w = images.shape
+    if n == 0:
+        raise ValueError(f"plot_image_grid: expected at least one image, got shape {images.shape}")
+    if c not in (1, 3):
+        raise ValueError(f"plot_image_grid: expected 1 (grey) or 3 (RGB) channels, got {c}")
     nrow = nrow or int(math.ceil(math.sqrt(n)))
     ncol = int(math.ceil(n / nrow))
     canvas = np.ones((ncol * (h + 1) + 1, nrow * (w + 1) + 1, c))
@@ -149,6 +162,14 @@ def plot_image_grid(images: torch.Tensor, path: str, title: str = "", nrow: Opti
     if title:
         ax.set_title(title)
     return _save(fig, path)
+
+
+def _grid_dtype(data) -> torch.dtype:
+    """The dtype of the points given to ``log_density``: the data's, which a model fitted
+    to them accepts."""
+    if isinstance(data, torch.Tensor) and data.is_floating_point():
+        return data.dtype
+    return torch.get_default_dtype()
 
 
 def _numpy(x) -> np.ndarray:

@@ -43,28 +43,61 @@ def _find_mixture(model) -> Optional[MixtureCDF]:
         raise ValueError(
             f"{type(model).__name__} holds {len(found)} MixtureCDF layers; pass the one to sample"
         )
+    name = type(model).__name__
     if isinstance(model, Flow):
         # the model's CDF is the mixture's when what comes before it carries the base to
         # Uniform(0, 1): nothing (a uniform base), or bridges ending in the CDF of the
         # distribution they carry (a BaseCDF), as cdf_flow and Flow's bridges build them
         *carriers, last = _layers(model)
-        if isinstance(last, MixtureCDF) and (
-            (
-                carriers
-                and all(isinstance(p, (BaseCDF, ChangeOfBase)) for p in carriers)
-                and isinstance(carriers[-1], BaseCDF)
-            )
-            or (not carriers and _is_standard_uniform(model.base()))
-        ):
-            return last
+        if isinstance(last, MixtureCDF):
+            if not carriers and _is_standard_uniform(model.base()):
+                return last
+            if carriers and all(isinstance(p, (BaseCDF, ChangeOfBase)) for p in carriers):
+                if _carries_to_uniform(model.base, carriers):
+                    return last
+                raise ValueError(
+                    f"inverse_cdf_sample inverts the CDF of a MixtureCDF, but the {model.base.cls.__name__} "
+                    f"base of this {name} does not carry through its {', '.join(type(p).__name__ for p in carriers)} "
+                    "to Uniform(0, 1) (a CDF applied to draws of another law), which changes the model's CDF; "
+                    "sample it with its own sample() instead"
+                )
     others = [
         type(m).__name__ for m in _layers(model) if not isinstance(m, (MixtureCDF, BaseCDF, ChangeOfBase))
     ]
     raise ValueError(
-        f"inverse_cdf_sample inverts the CDF of a MixtureCDF, but {type(model).__name__} also has "
+        f"inverse_cdf_sample inverts the CDF of a MixtureCDF, but {name} also has "
         f"{', '.join(others) or 'a base other than Uniform(0, 1)'}, which change the model's CDF; "
         "sample it with its own sample() instead"
     )
+
+
+def _carries_to_uniform(base, carriers) -> bool:
+    """Whether draws of ``base`` (a :class:`~pyro_flows.bases.BaseDistribution`) leave
+    ``carriers`` as Uniform(0, 1): each :class:`ChangeOfBase` must receive its source law
+    (it then passes on its target law) and the last :class:`BaseCDF` the law of its own
+    CDF; a CDF applied to draws of another law is not uniform."""
+    law = base
+    for part in carriers:
+        source = part.source.base if isinstance(part, ChangeOfBase) else part.base
+        if not _same_law(law, source):
+            return False
+        law = part.target.base if isinstance(part, ChangeOfBase) else None
+    return law is None  # after a BaseCDF
+
+
+def _same_law(a, b) -> bool:
+    """Whether two :class:`~pyro_flows.bases.BaseDistribution` modules hold the same
+    distribution (class, keywords and parameters, compared after broadcasting)."""
+    if a is None or b is None or a.cls is not b.cls or a.names != b.names or a.kwargs != b.kwargs:
+        return False
+    for n in a.names:
+        x, y = getattr(a, n), getattr(b, n)
+        try:
+            if not bool((x.to(y) == y).all()):
+                return False
+        except RuntimeError:  # shapes that do not broadcast
+            return False
+    return True
 
 
 def _layers(model) -> list:
