@@ -71,3 +71,12 @@ def trained_parameters() -> dict:
     curvature centeredness, which the store holds fixed (never traced, no gradient)."""
     params = dict(pyro.get_param_store().named_parameters())
     return {name: p for name, p in params.items() if ".curvature_centeredness." not in name}
+
+
+def free_port() -> int:
+    """A TCP port on localhost that nothing listens on now (for a Gloo rendezvous)."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]

@@ -2,7 +2,6 @@
 
 import json
 import os
-import socket
 
 import pytest
 import torch
@@ -15,6 +14,8 @@ from pyro_flows.train.distributed import setup, teardown
 from pyro_flows.train.loop import train
 from pyro_flows.train.registry import build_model
 from pyro_flows.train.run import fit_run
+
+from .helpers import free_port
 
 STEPS = 6
 
@@ -113,16 +114,10 @@ def _initial_state(config: RunConfig) -> dict:
     return build_model(config, _splits().event_shape).double().state_dict()
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def two_process_results(tmp_path_factory):
     out = tmp_path_factory.mktemp("ddp")
-    mp.spawn(_worker, args=(2, _free_port(), str(out)), nprocs=2, join=True)
+    mp.spawn(_worker, args=(2, free_port(), str(out)), nprocs=2, join=True)
     return out
 
 

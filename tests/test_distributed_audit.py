@@ -2,7 +2,6 @@
 process group, and clear errors for a misconfigured launch."""
 
 import os
-import socket
 
 import pytest
 import torch
@@ -19,6 +18,8 @@ from pyro_flows.train.loop import train
 from pyro_flows.train.registry import build_model
 from pyro_flows.train.run import fit_run
 from pyro_flows.transforms import act_norm
+
+from .helpers import free_port
 
 STEPS = 6
 INTERRUPT_AT = 3
@@ -183,16 +184,10 @@ def _worker(rank: int, world: int, port: int, out: str) -> None:
     torch.save({"alive": alive, "total": float(total)}, os.path.join(out, f"group_rank{rank}.pt"))
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def results(tmp_path_factory):
     out = tmp_path_factory.mktemp("ddp_audit")
-    mp.spawn(_worker, args=(2, _free_port(), str(out)), nprocs=2, join=True)
+    mp.spawn(_worker, args=(2, free_port(), str(out)), nprocs=2, join=True)
     return out
 
 
@@ -324,7 +319,7 @@ def _failing_writer(rank: int, world: int, port: int, out: str) -> None:
 
 
 def test_a_failed_write_on_rank_0_stops_every_process_with_its_message(tmp_path):
-    mp.spawn(_failing_writer, args=(2, _free_port(), str(tmp_path)), nprocs=2, join=True)
+    mp.spawn(_failing_writer, args=(2, free_port(), str(tmp_path)), nprocs=2, join=True)
     outcomes = [(tmp_path / f"outcome_rank{rank}.txt").read_text() for rank in (0, 1)]
     assert outcomes[0].startswith("OSError: No space left on device"), outcomes
     assert outcomes[1].startswith("FailedElsewhere") and "No space left on device" in outcomes[1], outcomes
