@@ -234,7 +234,8 @@ def run_one(
 
 
 def _key(row: dict) -> tuple:
-    return (row["model"], row["label"], row["lr"], row["seed"], row["steps"])
+    # the guide too: two guides run under one label are two runs, not one run done twice
+    return (row["model"], row.get("guide"), row["label"], row["lr"], row["seed"], row["steps"])
 
 
 def read_runs(path: Path) -> list:
@@ -270,11 +271,13 @@ def _with_averages(rows: list) -> list:
 def table(rows: list, targets: dict) -> str:
     groups: dict = {}
     for row in _with_averages(rows):
-        groups.setdefault((row["model"], row["label"], row["lr"], row["steps"]), []).append(row)
+        # one row per guide: the seeds of two guides under one label are not one sample
+        key = (row["model"], row["label"], row["lr"], row["steps"], row.get("guide", ""))
+        groups.setdefault(key, []).append(row)
     order = {name: i for i, name in enumerate(targets)}
     lines = []
-    for (model, label, lr, steps), runs in sorted(
-        groups.items(), key=lambda kv: (order.get(kv[0][0], 9), kv[0][1], -kv[0][2])
+    for (model, label, lr, steps, _), runs in sorted(
+        groups.items(), key=lambda kv: (order.get(kv[0][0], 9), kv[0][1], -kv[0][2], kv[0][4])
     ):
         runs = sorted(runs, key=lambda r: r["seed"])
         lines.append(
@@ -316,7 +319,10 @@ def main(argv=None) -> list:
     p.add_argument("--guides", nargs="+", default=list(GUIDES), choices=list(GUIDES))
     p.add_argument("--kwargs", default="{}", help="JSON keyword arguments of the guide (flow guides only)")
     p.add_argument(
-        "--label", default=None, help="name of the guide setting in the table (default: the guide)"
+        "--label",
+        default=None,
+        help="name of the guide setting in the table (default: the guide); beside a flow guide, "
+        "AutoIAFNormal, which takes no --kwargs, keeps its own name",
     )
     p.add_argument("--lrs", nargs="+", type=float, default=[1e-2, 3e-3])
     p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
@@ -364,12 +370,17 @@ def main(argv=None) -> list:
                 guide_kwargs = {} if guide_name == "AutoIAFNormal" and not args.smoke else kwargs
                 if guide_name == "AutoIAFNormal" and args.smoke:
                     guide_kwargs = {"hidden_dim": [20]}
-                label = args.label or (
+                label = (
                     guide_name if args.clip_norm is None else f"{guide_name}, ClippedAdam {args.clip_norm:g}"
                 )
+                # --label names the setting of --kwargs, which AutoIAFNormal never takes: beside
+                # a flow guide it keeps its own name (its runs would otherwise be read, and
+                # resumed, as the flow guide's)
+                if args.label and (guide_name != "AutoIAFNormal" or args.guides == ["AutoIAFNormal"]):
+                    label = args.label
                 for lr in args.lrs:
                     for seed in args.seeds:
-                        key = (model, label, lr, seed, args.steps)
+                        key = (model, guide_name, label, lr, seed, args.steps)
                         if key in done:
                             continue
                         result = run_one(

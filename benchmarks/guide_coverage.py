@@ -78,6 +78,10 @@ def table(rows: list) -> str:
     lines = []
     for r in rows:
         coordinate = COORDINATES[r["model"]][0]
+        if "q10" not in r:  # a run that went non-finite: no tails to show, but counted
+            where = "" if r.get("stopped_at") is None else f" at step {r['stopped_at']}"
+            lines.append([r["model"], r["guide"], f"{r['lr']:g}", r["seed"], f"non-finite{where}", *[""] * 7])
+            continue
         lines.append(
             [
                 r["model"],
@@ -123,7 +127,10 @@ def main(argv=None) -> list:
     p.add_argument("--draws", type=int, default=20000, help="guide draws for the tail masses")
     p.add_argument("--kwargs", default="{}", help="JSON keyword arguments of the flow guides")
     p.add_argument(
-        "--label", default=None, help="name of the guide setting in the table (default: the guide)"
+        "--label",
+        default=None,
+        help="name of the guide setting in the table (default: the guide); beside a flow guide, "
+        "AutoIAFNormal, which takes no --kwargs, keeps its own name",
     )
     p.add_argument("--smoke", action="store_true", help="a few steps of small guides, for tests")
     p.add_argument("--out", default=str(report.RESULTS))
@@ -153,7 +160,10 @@ def main(argv=None) -> list:
                 )
                 row = {
                     "model": model,
-                    "guide": args.label or guide_name,
+                    # --label names the setting of --kwargs, which AutoIAFNormal never takes
+                    "guide": guide_name
+                    if not args.label or (guide_name == "AutoIAFNormal" and args.guides != ["AutoIAFNormal"])
+                    else args.label,
                     "kwargs": kwargs,
                     "lr": args.lr,
                     "seed": seed,
@@ -162,7 +172,6 @@ def main(argv=None) -> list:
                 }
                 rows.append(row)
                 print(json.dumps({k: v for k, v in row.items() if k != "error"}), flush=True)
-    rows = [r for r in rows if "q10" in r]  # a run that went non-finite has no tails to show
     info = report.machine()
     cmd = report.command()
     markdown = (
