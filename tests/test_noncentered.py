@@ -8,7 +8,7 @@ import pytest
 import torch
 from pyro import poutine
 from pyro.infer import SVI, JitTrace_ELBO, JitTraceGraph_ELBO, Trace_ELBO, TraceGraph_ELBO
-from pyro.infer.reparam import LocScaleReparam, NeuTraReparam
+from pyro.infer.reparam import AutoReparam, LocScaleReparam, NeuTraReparam
 
 from examples.banana import banana
 from examples.eight_schools import SIGMA, eight_schools
@@ -307,3 +307,21 @@ def test_auto_centeredness_is_pyros_fixed_reparam(float64, name):
     with torch.no_grad():
         moved = float((ours.transform.parts[-1].loc - ours._init_loc()).abs().max())
     assert moved > 2e-2, moved
+
+
+@pytest.mark.parametrize("model", [funnel, eight_schools], ids=["funnel", "eight_schools"])
+def test_default_guide_trains_on_a_model_under_pyros_auto_reparam(model):
+    # AutoReparam learns each location-scale site's centeredness as a parameter: the rest
+    # of the model then needs grad through it without depending on the site itself
+    pyro.clear_param_store()
+    pyro.set_rng_seed(0)
+    reparam_model = poutine.reparam(model, config=AutoReparam())
+    guide = AutoRealNVP(reparam_model, num_layers=2, hidden_dims=(8,))
+    svi = SVI(
+        reparam_model,
+        guide,
+        pyro.optim.Adam({"lr": 1e-2}),
+        Trace_ELBO(num_particles=4, vectorize_particles=True),
+    )
+    losses = [svi.step() for _ in range(3)]
+    assert all(torch.isfinite(torch.tensor(losses)))

@@ -178,8 +178,10 @@ def _rest_curvature(model, trace, name: str, args, kwargs, exact_max: int, probe
     log_rest = rest.log_prob_sum(site_filter=lambda n, site: n != name)
     if not torch.is_tensor(log_rest) or not log_rest.requires_grad:
         return torch.zeros_like(x.detach())
-    (grad,) = torch.autograd.grad(log_rest, x, create_graph=True)
-    if not grad.requires_grad:  # linear in x: no curvature
+    # log_rest may need grad through other tensors only (learnt parameters of the model's
+    # own reparametrizers, say) and not depend on x at all
+    (grad,) = torch.autograd.grad(log_rest, x, create_graph=True, allow_unused=True)
+    if grad is None or not grad.requires_grad:  # constant or linear in x: no curvature
         return torch.zeros_like(x.detach())
     flat = grad.reshape(-1)
     n = flat.numel()
