@@ -1,5 +1,7 @@
 """Data loading: where bad values are, and data a continuous flow cannot fit."""
 
+import warnings
+
 import numpy as np
 import pytest
 import torch
@@ -147,3 +149,20 @@ def test_few_values_are_counted_over_a_random_subset_of_a_large_split():
     )
     with pytest.warns(UserWarning, match=r"big: column 0 \(0-based\) takes only 20 distinct values in 10000"):
         Splits("big", x, x[:5], x[:5]).check_spread()
+
+
+def test_a_first_row_read_as_a_header_that_holds_numbers_warns(tmp_path):
+    # "NA" in a headerless file's first row makes it a header: that row of data would be
+    # lost without a word
+    path = tmp_path / "na.csv"
+    path.write_text("NA,1.5\n" + "".join(f"{i}.25,{i}.5\n" for i in range(5)))
+    with pytest.warns(
+        UserWarning, match=r"line 1 was read as a header \(its cell 'NA'.*columns 1 \(0-based\)"
+    ):
+        x = load_array(str(path))["data"]
+    assert x.shape == (5, 2)
+    named = tmp_path / "named.csv"
+    named.write_text("x,y\n1.0,2.0\n3.0,4.0\n")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert load_array(str(named))["data"].shape == (2, 2)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import csv
 import os
+import warnings
 from typing import Dict, Optional
 
 import numpy as np
@@ -112,6 +113,16 @@ def _parse_csv(path: str, keep_text: bool = False):
                 # numbers is data with missing values (refused below as NaN, not dropped)
                 if not all(not c.strip() or _is_float(c) for c in row):
                     header = [c.strip() for c in row]
+                    numbers = [i for i, c in enumerate(header) if _is_float(c)]
+                    if numbers:  # a row of data with a missing value ("NA") or a typo?
+                        word = next(c for c in header if c and not _is_float(c))
+                        warnings.warn(
+                            f"data file {path}: line {start} was read as a header (its cell {word!r} is not a "
+                            f"number), but its columns {', '.join(map(str, numbers))} (0-based) hold numbers; "
+                            "if it is a row of data, fix that cell (an empty cell is a missing value)",
+                            UserWarning,
+                            stacklevel=2,
+                        )
                     continue
             elif len(row) != width:
                 raise ValueError(

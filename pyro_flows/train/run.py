@@ -190,11 +190,12 @@ def fit_run(
             # A new run checks everything it can before touching the folder (and the run it
             # may replace): the data, the options, the model and the batches.
             torch.manual_seed(config.seed)
-            splits = load_splits(config)
-            # the data's warnings (columns of few values) as one line of the run's output,
-            # not a UserWarning with a source line, on every process's stderr
+            # the data's warnings (a header row that holds numbers, columns of few values)
+            # as one line of the run's output, not a UserWarning with a source line, on
+            # every process's stderr
             with warnings.catch_warnings(record=True) as caught:
                 warnings.simplefilter("always")
+                splits = load_splits(config)
                 splits.check_spread()
             if context.is_main:
                 for warning in caught:
