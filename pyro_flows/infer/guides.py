@@ -451,6 +451,15 @@ class AutoRealNVP(AutoContinuous):
                 self._stored_centeredness[name] = value
         return buffers
 
+    def __getstate__(self):
+        state = super().__getstate__()
+        # the store's tensors last synced into the centeredness buffers: they carry the
+        # store's weak reference to their unconstrained values, which cannot be pickled;
+        # without them the copy syncs from its own store on first use
+        if "_stored_centeredness" in state:
+            state["_stored_centeredness"] = {}
+        return state
+
     def _setup_prototype(self, *args, **kwargs):
         self._setup_sites(*args, **kwargs)
         couplings = guide_real_nvp(
