@@ -126,8 +126,12 @@ def _given_options(args: argparse.Namespace) -> dict:
     values = {}
     if args.config:
         values.update(read_toml(args.config))
-        RunConfig.from_dict(values, source=args.config)  # name the file in errors
     values.update(given)
+    if args.config:
+        # name the file in errors of its keys and values (the command line's are typed and
+        # known); checked with the options that override it, so a file that needs them
+        # (--flow ffjord for its objective) is not refused on its own
+        RunConfig.from_dict(values, source=args.config)
     return values
 
 

@@ -109,7 +109,7 @@ def test_toml_config_and_command_line_precedence(tmp_path, capsys):
     assert code == 1 and "unknown option(s) stepz" in err
     config.write_text('steps = "many"\n')
     code, _, err = run(capsys, "fit", "--config", str(config))
-    assert code == 1 and "option steps expects a int" in err
+    assert code == 1 and "option steps expects an integer" in err
     code, _, err = run(capsys, "fit", "--config", str(tmp_path / "none.toml"))
     assert code == 1 and "does not exist" in err
 

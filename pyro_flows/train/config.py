@@ -419,7 +419,9 @@ def _coerce(f: dataclasses.Field, value, source: str):
     elif kind is str:
         if isinstance(value, str):
             return value
-    raise ValueError(f"{source}: option {f.name} expects a {kind.__name__}, got {value!r}")
+    names = {int: "an integer", float: "a number", bool: "true or false", str: "a string", tuple: "integers"}
+    expected = names.get(kind, f"a {kind.__name__}")
+    raise ValueError(f"{source}: option {f.name} expects {expected}, got {value!r}")
 
 
 def read_toml(path) -> Dict[str, Any]:

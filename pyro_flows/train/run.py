@@ -120,6 +120,19 @@ def _echo(enabled: bool) -> Callable[[str], None]:
     return print if enabled else (lambda *_: None)
 
 
+@contextlib.contextmanager
+def _warnings_as_lines(show: bool):
+    """The data's warnings (a header row that holds numbers, columns of few values) as
+    ``warning:`` lines of the command's output on stderr (when ``show``: rank 0 of a run),
+    not as a UserWarning with its source line from every process."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        yield
+    if show:
+        for warning in caught:
+            print(f"warning: {warning.message}", file=sys.stderr)
+
+
 def fit_run(
     config: RunConfig,
     resume_dir: Optional[str] = None,
@@ -190,16 +203,9 @@ def fit_run(
             # A new run checks everything it can before touching the folder (and the run it
             # may replace): the data, the options, the model and the batches.
             torch.manual_seed(config.seed)
-            # the data's warnings (a header row that holds numbers, columns of few values)
-            # as one line of the run's output, not a UserWarning with a source line, on
-            # every process's stderr
-            with warnings.catch_warnings(record=True) as caught:
-                warnings.simplefilter("always")
+            with _warnings_as_lines(context.is_main):
                 splits = load_splits(config)
                 splits.check_spread()
-            if context.is_main:
-                for warning in caught:
-                    print(f"warning: {warning.message}", file=sys.stderr)
             if resume_state is None:  # a resumed run keeps what it saved
                 if fit_batch_to_data:
                     config = _fit_batch(config, len(splits.train), context.world_size)
@@ -579,21 +585,26 @@ def evaluate_run(
     >>> result["split"], result["points"]
     ('val', 30)
     """
+    from ..data.registry import is_data_file
+
     state, config = _load_run(run_dir)
     saved = state["data"]
     if data is not None:
-        from ..data.registry import is_data_file
-
-        config = config.replace(data=data)
-        if saved["levels"] and is_data_file(data):
-            # a file scored by a discrete run is checked for its levels (a run on digits,
-            # mnist or cifar10 saved them with its data, not in its options)
-            config = config.replace(levels=saved["levels"])
+        # a file scored by a discrete run is checked for its levels (a run on digits,
+        # mnist or cifar10 saved them with its data, not in its options); a built-in set
+        # comes with its own, compared with the run's below
+        config = config.replace(data=data, levels=saved["levels"] if is_data_file(data) else 0)
     source = saved.get("source") if data is None else None
     if source and source.get("kind") == "file":  # before reading: a changed file may not even load
         check_data_source(source, config, action="evaluate")
     torch.manual_seed(config.seed)
-    splits = load_splits(config)
+    every_point = None
+    with _warnings_as_lines(True):
+        if data is not None and split == "all" and is_data_file(data):
+            # nothing to split, so a file of a few points is scored too
+            splits, every_point = _every_point(config.data, config.levels)
+        else:
+            splits = load_splits(config)
     if source and source.get("kind") == "folder":
         check_data_source(source, config, splits, action="evaluate")
     if list(splits.event_shape) != list(saved["event_shape"]):
@@ -601,12 +612,18 @@ def evaluate_run(
             f"{splits.name} has points of shape {tuple(splits.event_shape)}, but the run was trained on points "
             f"of shape {tuple(saved['event_shape'])}"
         )
+    if (splits.levels or 0) != (saved["levels"] or 0):
+        trained = f"data of {saved['levels']} levels" if saved["levels"] else "continuous data"
+        held = f"discrete data of {splits.levels} levels" if splits.levels else "continuous data"
+        raise ValueError(f"{splits.name} holds {held}, but the run was trained on {trained}")
     # Score in the units the model was trained in: the run's own preprocessing.
     splits.shift, splits.scale, splits.levels = saved["shift"], saved["scale"], saved["levels"] or None
     dev = resolve_device(device)
     flow = _restore_flow(state, config, dev, splits.event_shape)
     dtype = DTYPES[config.dtype]
-    if split == "all":
+    if every_point is not None:
+        x = every_point
+    elif split == "all":
         x = torch.cat([splits.train, splits.val, splits.test])
     elif split in ("train", "val", "test"):
         x = getattr(splits, split)
@@ -623,6 +640,30 @@ def evaluate_run(
     return out
 
 
+def _every_point(path: str, levels: int):
+    """The points of the data file ``path`` in the file's order, unsplit (``evaluate
+    --split all``), checked as a run's data are (finite rows; with ``levels``, integers
+    ``0..levels-1``), and :class:`Splits` of them that carry their name, shape and levels."""
+    import numpy as np
+
+    from ..data.tabular import check_discrete, check_finite_rows, load_array
+
+    arrays = load_array(path)
+    for key, x in arrays.items():
+        where = path if key == "data" else f"{path} [{key}]"
+        check_finite_rows(x, where, path if path.lower().endswith(".csv") else None)
+        if x.shape[1:] != arrays.get("train", x).shape[1:]:
+            raise ValueError(
+                f"data file {path}: {key} rows have {tuple(x.shape[1:])} columns, train rows "
+                f"{tuple(arrays['train'].shape[1:])}"
+            )
+    x = torch.from_numpy(np.concatenate(list(arrays.values())))
+    if levels:
+        check_discrete(x, levels, path)
+    name = os.path.basename(path)
+    return Splits(name, x, x[:1], x[:1], levels=levels or None, split_rule="every point"), x
+
+
 #: the most points drawn at once by ``sample`` (and at most ~1M values per batch), so
 #: memory stays bounded however many samples are asked for
 SAMPLE_BATCH = 65536
@@ -636,9 +677,10 @@ def sample_run(
     device: str = "auto",
     quiet: bool = False,
 ) -> dict:
-    """Draw ``num_samples`` points (data units) from a run's best model into a ``.npy``
-    file, plus a PNG grid of the first 64 for images (``<output>_grid.png``, so the
-    ``samples.png`` that ``fit`` wrote stays).
+    """Draw ``num_samples`` points (data units; discrete data on their integer scale in
+    the cells [0, K) of their K levels, see :func:`_in_cells`) from a run's best model
+    into a ``.npy`` file, plus a PNG grid of the first 64 for images
+    (``<output>_grid.png``, so the ``samples.png`` that ``fit`` wrote stays).
 
     Points are drawn in batches and written straight into the file (a memory-mapped
     ``.npy`` written beside it and renamed into place when complete), so memory does not
@@ -698,7 +740,7 @@ def sample_run(
             for start in range(0, num_samples, batch):
                 n = min(batch, num_samples - start)
                 with _solver_errors("sampling"):
-                    part = splits.to_data_units(flow.sample((n,))).cpu()
+                    part = _in_cells(splits.to_data_units(flow.sample((n,))), splits.levels).cpu()
                 array[start : start + n] = part.double().numpy()
                 if first is None:
                     first = part[:64]
@@ -723,6 +765,19 @@ def sample_run(
             + (f" and a grid to {result['grid']}" if "grid" in result else "")
         )
     return result
+
+
+def _in_cells(x: torch.Tensor, levels: Optional[int]) -> torch.Tensor:
+    """Samples of discrete data (``levels`` values) moved into [0, K), the cells of the
+    levels, as :meth:`~pyro_flows.DequantizedFlow.sample` does for a learned dequantizer:
+    a flow ending in the logit preprocessing samples about (-0.056 K, 1.056 K) for alpha
+    0.05, and a value outside would be no point of a cell (``floor`` would give level -1
+    or K). Below 0 goes to 0, from K on to the largest value below K in ``x``'s dtype
+    (whose level is K - 1); continuous data pass unchanged."""
+    if not levels:
+        return x
+    top = torch.nextafter(torch.tensor(float(levels), dtype=x.dtype), torch.zeros((), dtype=x.dtype))
+    return x.clamp(0.0, float(top))
 
 
 def _size(num_bytes: float) -> str:
