@@ -80,3 +80,20 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def join_gloo_environment(rank: int, world: int, port: int) -> None:
+    """Set the variables ``torchrun`` would set for process ``rank`` of ``world`` on this
+    machine, and one torch thread (two processes share the cores)."""
+    import os
+
+    import torch
+
+    os.environ.update(
+        MASTER_ADDR="127.0.0.1",
+        MASTER_PORT=str(port),
+        RANK=str(rank),
+        WORLD_SIZE=str(world),
+        LOCAL_RANK=str(rank),
+    )
+    torch.set_num_threads(1)

@@ -15,7 +15,7 @@ from pyro_flows.train.loop import train
 from pyro_flows.train.registry import build_model
 from pyro_flows.train.run import fit_run
 
-from .helpers import free_port
+from .helpers import free_port, join_gloo_environment
 
 STEPS = 6
 
@@ -52,14 +52,7 @@ def _trained(config: RunConfig, context=None) -> dict:
 
 
 def _worker(rank: int, world: int, port: int, out: str) -> None:
-    os.environ.update(
-        MASTER_ADDR="127.0.0.1",
-        MASTER_PORT=str(port),
-        RANK=str(rank),
-        WORLD_SIZE=str(world),
-        LOCAL_RANK=str(rank),
-    )
-    torch.set_num_threads(1)
+    join_gloo_environment(rank, world, port)
     context = setup(torch.device("cpu"))
     try:
         for batch_norm in (False, True):

@@ -19,7 +19,7 @@ from pyro_flows.train.registry import build_model
 from pyro_flows.train.run import fit_run
 from pyro_flows.transforms import act_norm
 
-from .helpers import free_port
+from .helpers import free_port, join_gloo_environment
 
 STEPS = 6
 INTERRUPT_AT = 3
@@ -98,14 +98,7 @@ def _actnorm_trained(context=None) -> dict:
 
 
 def _worker(rank: int, world: int, port: int, out: str) -> None:
-    os.environ.update(
-        MASTER_ADDR="127.0.0.1",
-        MASTER_PORT=str(port),
-        RANK=str(rank),
-        WORLD_SIZE=str(world),
-        LOCAL_RANK=str(rank),
-    )
-    torch.set_num_threads(1)
+    join_gloo_environment(rank, world, port)
     # The caller owns the process group: pyro-flows joins it and must leave it open.
     dist.init_process_group("gloo", rank=rank, world_size=world)
     context = setup(torch.device("cpu"))
@@ -294,8 +287,7 @@ def _failing_writer(rank: int, world: int, port: int, out: str) -> None:
 
     import pyro_flows.train.loop as loop
 
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world))
-    torch.set_num_threads(1)
+    join_gloo_environment(rank, world, port)
     # a short timeout: without the shared failure the other process would wait for it
     dist.init_process_group("gloo", rank=rank, world_size=world, timeout=datetime.timedelta(seconds=20))
     context = setup(torch.device("cpu"))
