@@ -45,7 +45,8 @@ def with_flow_matching_defaults(options: dict, n_train: Optional[int] = None) ->
     :data:`FLOW_MATCHING_DEFAULTS` where they train an ffjord by flow matching and leave
     a field out; other options are returned unchanged. The warm-up is 2% of ``steps``
     (of the default 2000 when not given; none when ``epochs`` sets the length), and
-    the batch is at most ``n_train`` points when that is known.
+    the batch is at most ``n_train`` points when that is known. An ``lr`` of 0 (the
+    run's "pick the flow's rate") counts as not given.
 
     >>> with_flow_matching_defaults({"flow": "ffjord", "objective": "flow-matching", "steps": 500})["warmup_steps"]
     10
@@ -62,6 +63,8 @@ def with_flow_matching_defaults(options: dict, n_train: Optional[int] = None) ->
                 options.setdefault("warmup_steps", int(value * steps))
         elif key == "batch_size" and n_train is not None:
             options.setdefault(key, max(1, min(value, n_train)))
+        elif key == "lr" and not options.get("lr"):  # lr 0, like none given, picks the flow's rate
+            options["lr"] = value
         else:
             options.setdefault(key, value)
     return options
