@@ -21,6 +21,7 @@ conditioner with the conditional module: no copies, nothing rebuilt.
 
 from __future__ import annotations
 
+import math
 from typing import Callable, Optional, Sequence, Tuple, Union
 
 import torch
@@ -73,8 +74,12 @@ def _partition_of(
 
 
 def _check_bound(name: str, bound: Optional[float]) -> Optional[float]:
+    """``bound`` if positive, ``None`` (no bound) for ``None`` or infinity."""
     if bound is not None and not bound > 0:
         raise ValueError(f"{name} must be positive or None, got {bound}")
+    if bound == math.inf:
+        # b tanh(s / b) tends to s as b grows, but its sigmoid form gives inf - inf = NaN
+        return None
     return bound
 
 
@@ -176,7 +181,8 @@ class AffineCoupling(_Coupling):
 
     The log-scale is soft-bounded, :math:`s = b \tanh(\tilde s / b)` with
     ``scale_bound`` :math:`b`, so that each layer scales by at most :math:`e^{\pm b}`:
-    small log-scales pass through almost unchanged. ``scale_bound=None`` disables the bound.
+    small log-scales pass through almost unchanged. ``scale_bound=None`` (or ``math.inf``)
+    disables the bound.
 
     The shift is clamped to :math:`[-c, c]` with ``shift_bound`` :math:`c` (default 8, in
     the units of standardized data; exactly the conditioner's shift where it does not
@@ -185,7 +191,8 @@ class AffineCoupling(_Coupling):
     with :math:`|x^A|`, so far from the data :math:`|z|` grows geometrically with depth
     (a 60-layer ``real_nvp`` with perturbed weights reached :math:`|z| \approx 10^{24}` on
     inputs of size 50, and :math:`z^2` overflowed float32). With both bounds each layer
-    maps :math:`|x|` to at most :math:`e^{b}(|x| + c)`. ``shift_bound=None`` disables it.
+    maps :math:`|x|` to at most :math:`e^{b}(|x| + c)`. ``shift_bound=None`` (or ``math.inf``)
+    disables it.
 
     :param mask: boolean tensor, ``True`` on the conditioning part A (see
         :class:`AdditiveCoupling`).

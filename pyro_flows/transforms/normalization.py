@@ -87,7 +87,10 @@ class RealNVPBatchNorm(_PerFeature):
     batch's :math:`\hat\mu_k, \hat\sigma^2_k`; the old averages are constants. The first
     training batch initialises the averages to its own statistics (no bias towards the
     initial 0/1). The log-determinant treats the statistics as constants, as the paper
-    does, so it is exact for the map with the batch's statistics frozen.
+    does, so it is exact for the map with the batch's statistics frozen. A batch with a
+    single value per feature (one vector) has no variance to learn from: it is
+    normalised with the running averages, as in eval mode, leaves them unchanged and
+    raises a ``RuntimeWarning``.
 
     **Eval mode.** The running averages are fixed and the layer is an exact bijection:
     ``_call`` (sampling) and ``_inverse`` (scoring) invert each other. Sampling
@@ -147,7 +150,8 @@ class RealNVPBatchNorm(_PerFeature):
         return y, self._ladj(x, var)
 
     def _inverse_and_ladj(self, y):
-        if self.training and y.numel():  # an empty batch has no statistics to learn from
+        # an empty batch, or one value per feature (variance 0), has no statistics to learn from
+        if self.training and y.numel() and self._has_spread(y):
             mean, var = self._training_statistics(y)
         else:
             mean, var = self.running_mean, self.running_var
@@ -156,17 +160,25 @@ class RealNVPBatchNorm(_PerFeature):
             x = x * self._view(torch.exp(self.log_gamma)) + self._view(self.beta)
         return x, self._ladj(y, var)
 
+    def _has_spread(self, y) -> bool:
+        """Whether ``y`` holds at least two values per feature. A single one has variance
+        0: normalising by it would send the point to 0 with a log-det of
+        :math:`-\\frac12\\log\\varepsilon` per feature, and, as the first batch, would set
+        the running variance to 0 (eval mode would then scale by :math:`1/\\sqrt\\varepsilon`)."""
+        if y.numel() // self.num_features >= 2:
+            return True
+        warnings.warn(
+            "RealNVPBatchNorm in train mode got a single value per feature, whose batch "
+            "variance is 0: it is normalised with the running averages, which it leaves "
+            "unchanged. Use a larger batch to train, or .eval() to score single points.",
+            RuntimeWarning,
+            stacklevel=4,
+        )
+        return False
+
     def _training_statistics(self, y):
         event_dims = [y.dim() - self.event_dim_ + 1 + i for i in range(self.event_dim_ - 1)]
         reduce = list(range(y.dim() - self.event_dim_)) + event_dims
-        count = y.numel() // self.num_features
-        if count < 2:
-            warnings.warn(
-                "RealNVPBatchNorm in train mode got a single value per feature; its batch "
-                "variance is 0. Use a larger batch, or .eval() to score single points.",
-                RuntimeWarning,
-                stacklevel=4,
-            )
         batch_mean = y.mean(reduce)
         batch_var = y.var(reduce, unbiased=False)
         if not bool(self.initialized):
