@@ -21,6 +21,14 @@ from pyro_flows.metrics import bits_per_dim
 from .helpers import midpoint_density, randomize
 
 
+@pytest.fixture(autouse=True)
+def _restore_validation():
+    """Tests here switch distribution validation; every other test expects it as it was."""
+    before = Distribution._validate_args
+    yield
+    Distribution.set_default_validate_args(before)
+
+
 @pytest.fixture(params=[False, True], ids=["fast-path", "validated"])
 def validation(request):
     """Distribution validation off (Flow's own loop) and on (torch's log_prob)."""

@@ -678,7 +678,7 @@ def sample_run(
     quiet: bool = False,
 ) -> dict:
     """Draw ``num_samples`` points (data units; discrete data on their integer scale in
-    the cells [0, K) of their K levels, see :func:`_in_cells`) from a run's best model
+    the cells [0, K) of their K levels, see ``_in_cells``) from a run's best model
     into a ``.npy`` file, plus a PNG grid of the first 64 for images
     (``<output>_grid.png``, so the ``samples.png`` that ``fit`` wrote stays).
 
