@@ -14,11 +14,12 @@ def _seed_and_clean():
     torch.manual_seed(0)
     pyro.set_rng_seed(0)
     pyro.clear_param_store()
-    # torch.compile switches distribution validation off process-wide; restore it so
-    # that the checks of non-finite input stay on for every test.
-    validate = Distribution._validate_args
+    # torch.compile, `import zuko` and some benchmarks switch distribution validation off
+    # process-wide, also from module-scoped fixtures that run before this one: every test
+    # starts with it on (as `import pyro` leaves it), so the checks of bad input stay on.
+    Distribution.set_default_validate_args(True)
     yield
-    Distribution.set_default_validate_args(validate)
+    Distribution.set_default_validate_args(True)
     pyro.clear_param_store()
 
 
