@@ -307,7 +307,9 @@ def _failing_writer(rank: int, world: int, port: int, out: str) -> None:
         outcome = f"{type(err).__name__}: {err}"
     with open(os.path.join(out, f"outcome_rank{rank}.txt"), "w") as fh:
         fh.write(outcome)
-    dist.destroy_process_group()
+    # leave without tearing the failed group down: Gloo's threads may abort the process
+    # at teardown after a failure, which is not what this test is about
+    os._exit(0)
 
 
 def test_a_failed_write_on_rank_0_stops_every_process_with_its_message(tmp_path):
