@@ -145,6 +145,78 @@ def test_a_sample_is_scored_from_the_cache_until_a_parameter_changes():
     assert torch.allclose(layer(x2), y, atol=1e-5)
 
 
+def test_data_scored_at_every_step_under_clipped_adam():
+    """The usual Pyro density fit: the same data tensor observed at every SVI step, and
+    Pyro's ClippedAdam, which writes the parameters through ``.data`` (no version
+    counter moves). A cache hit on the repeated input returned the last step's values
+    with their freed graph: the second step raised "backward through the graph a second
+    time"."""
+    import pyro
+    import pyro.distributions as dist
+    from pyro.infer import SVI, Trace_ELBO
+
+    pyro.clear_param_store()
+    torch.manual_seed(0)
+    data = torch.randn(64, 2) * torch.tensor([1.0, 0.3]) + 1
+    flow = _randomized(2)
+    base = dist.Normal(torch.zeros(2), torch.ones(2)).to_event(1)
+
+    def model():
+        pyro.module("flow", flow)
+        with pyro.plate("data", len(data)):
+            pyro.sample("obs", dist.TransformedDistribution(base, [flow]), obs=data)
+
+    svi = SVI(model, lambda: None, pyro.optim.ClippedAdam({"lr": 1e-2}), Trace_ELBO())
+    losses = []
+    for _ in range(3):
+        with torch.no_grad():  # the loss at the current parameters, bypassing the cache
+            x, ladj = flow._inverse_and_ladj(data)
+            fresh = -(base.log_prob(x) - ladj).sum().item()
+        losses.append(svi.step())
+        assert abs(losses[-1] - fresh) < 1e-4 * abs(fresh)
+    assert losses[2] < losses[0]
+    pyro.clear_param_store()
+
+
+def test_an_input_given_again_is_recomputed_after_a_backward_pass_and_a_data_write():
+    """Scoring the same tensor again after a backward pass and a ``.data`` write (an
+    optimizer step that moves no version counter) gives the new values; within one
+    computation (no backward pass between) the input given again is answered from the
+    cache, as torch's ComposeTransform.log_abs_det_jacobian expects."""
+    from torch.distributions import ComposeTransform
+
+    layer = _randomized()
+    y = torch.randn(5, 4)
+    before = layer.inv(y)
+    before.sum().backward()
+    layer.conditioner[-1].bias.data.add_(0.5)
+    after = layer.inv(y)
+    assert not torch.allclose(before, after)
+    assert torch.allclose(after, layer._inverse_and_ladj(y)[0])
+    # the forward direction, gradients zeroed as Pyro's SVI does (new tensors)
+    x = torch.randn(5, 4)
+    first = layer(x)
+    first.sum().backward()
+    layer.conditioner[-1].bias.data.add_(0.5)
+    for q in layer.parameters():
+        q.grad = torch.zeros_like(q.grad)
+    assert torch.allclose(layer(x), layer._call_and_ladj(x)[0])
+    assert not torch.allclose(layer(x), first)
+    # one computation: the composed log-det calls each part on its input again
+    parts = [_randomized(), _randomized()]
+    compose = ComposeTransform(parts)
+    calls = []
+    for part in parts:
+        part.conditioner.register_forward_hook(lambda *args: calls.append(1))
+    z = torch.randn(5, 4)
+    out = compose(z)
+    ladj = compose.log_abs_det_jacobian(z, out)
+    assert len(calls) == 2
+    assert torch.allclose(
+        ladj, sum(p._call_and_ladj(v)[1] for p, v in zip(parts, (z, parts[0](z)), strict=True))
+    )
+
+
 def test_an_input_written_in_place_is_recomputed():
     # a reused input buffer: the same tensor object, new values
     flow = pyro_flows.Flow(pyro_flows.real_nvp(2, 2, (8,)))

@@ -6,18 +6,27 @@ It adds three things to :class:`pyro.distributions.TransformModule`:
   and :meth:`FlowTransform._inverse_and_ladj`, which return the value *and* the
   log-determinant together, so a coupling's conditioner runs once per direction;
 * **a cache of the last call only, keyed so that it does not go stale**: the entry
-  ``(x, y, log|det J|)`` of the most recent call is reused only for the very same input
-  tensor (Pyro's identity rule), not written in place since and with the same
-  ``requires_grad``, *and* the same grad mode, the same train/eval mode and the same
+  ``(x, y, log|det J|)`` of the most recent call maps a value the transform *produced*
+  back (Pyro's identity rule: ``inv(T(x))`` returns ``x``, ``T(inv(y))`` returns
+  ``y``), and only while that tensor is not written in place and has the same
+  ``requires_grad``, in the same grad mode and train/eval mode, with the same
   parameters and buffers (the same tensor objects, at the same version counters:
   optimizer steps, ``load_state_dict`` and running-statistics updates bump them). So
-  scoring a reused input buffer, scoring a tensor again after an optimizer step, after
-  swapping a parameter, or with gradients after scoring it under ``no_grad`` recomputes
-  instead of returning stale values or a value without a graph. Nothing is registered
-  with torch: a changed key simply misses. The one write it cannot see is one through
-  ``.data`` (``p.data.add_(...)``, ``vector_to_parameters``), which bypasses the
-  version counters by design: write parameters in place under ``torch.no_grad()``
-  instead (``p.add_(...)``, ``p.copy_(...)``), which bumps them;
+  scoring a sample after an optimizer step, after swapping a parameter, or with
+  gradients after drawing it under ``no_grad`` recomputes instead of returning stale
+  values or a value without a graph. An *input* given again (torch's
+  ``ComposeTransform.log_abs_det_jacobian`` calls each part on its input once more)
+  hits only while no parameter's gradient changed since: an optimizer that writes
+  through ``.data`` (Pyro's ``ClippedAdam``) moves no version counter, and a hit after
+  its step would hand back the last step's values and their freed graph (the same data
+  observed at every step of Pyro's SVI, which zeroes gradients as new tensors).
+  Nothing is registered with torch: a changed key simply misses. What it cannot see is
+  a ``.data`` write that no gradient change marks: one with no backward pass before it
+  (``vector_to_parameters``, hand-made updates), or a ``.data``-writing optimizer in a
+  loop that sets the gradients to ``None`` before each call (``zero_grad()``'s
+  default) and scores the very same tensor every time. Write parameters in place under
+  ``torch.no_grad()`` (``p.add_(...)``, ``p.copy_(...)``, as torch's optimizers do),
+  which bumps the counters;
 * **input checks that name the problem**: event shape and dtype (also against the
   dtype of the transform's parameters) are always checked (cheap, no device sync);
   finiteness is checked while distribution validation is on
@@ -32,6 +41,7 @@ generative direction, and ``_inverse`` maps data to the base, the normalizing di
 
 from __future__ import annotations
 
+import weakref
 from typing import Optional, Sequence, Tuple
 
 import torch
@@ -260,15 +270,19 @@ class FlowTransform(TransformModule):
         return _state_of(self)
 
     # ------------------------------------------------------------------- the cache
-    # One entry, (x, y, ladj, grad mode, training, state, versions, pair key): the last
-    # call's pair and log-det, and the key under which they may be reused. It is reused
-    # only for the same input tensor object, unchanged since (version counter and
-    # requires_grad of both x and y), in the same grad mode and train/eval mode, with
-    # the same state tensors at the same version counters. A hit on one input
-    # (``__call__``/``inv``: a sample being scored, or the same data scored again after
-    # an optimizer step) also walks the module tree to check that no tensor was
-    # replaced; the pair lookup of ``log_abs_det_jacobian``, made right after the call
-    # that produced the pair, compares version counters only.
+    # One entry, (x, y, ladj, grad mode, training, state, versions, pair key, side,
+    # gradients): the last call's pair and log-det, the key under which they may be
+    # reused, the side the call computed ("y" for a call, "x" for an inverse) and the
+    # state tensors' gradients (weak references and version counters). It is reused only
+    # for the same tensor object, unchanged since (version counter and requires_grad of
+    # both x and y), in the same grad mode and train/eval mode, with the same state
+    # tensors at the same version counters. A lookup on one tensor (``__call__``/``inv``)
+    # also walks the module tree to check that no tensor was replaced, and, for the
+    # input of the cached call given again rather than its output (a sample being
+    # scored), that no gradient changed: a backward pass and an optimizer step writing
+    # through ``.data`` (ClippedAdam) came between otherwise. The pair lookup of
+    # ``log_abs_det_jacobian``, made right after the call that produced the pair,
+    # compares version counters only.
     #
     # The state list is kept between calls: walking the module tree costs as much as
     # the rest of a small coupling's cache bookkeeping (~8 us against ~3 us; at
@@ -288,6 +302,8 @@ class FlowTransform(TransformModule):
         entry = self._cache
         if entry is None or (x is not None and x is not entry[0]) or (y is not None and y is not entry[1]):
             return None
+        if walk and entry[8] != ("x" if y is None else "y") and not _same_gradients(entry[5], entry[9]):
+            return None  # an input given again after a backward pass
         if entry[3] != torch.is_grad_enabled() or entry[4] != self.training or entry[7] != _pair_key(entry):
             return None
         state = entry[5]
@@ -300,14 +316,28 @@ class FlowTransform(TransformModule):
             return None
         return entry
 
-    def _store(self, x, y, ladj, state):
+    def _store(self, x, y, ladj, state, computed: str = "y"):
         # versions read after the call: a call may update buffers (running statistics);
         # written to __dict__ directly: 0.06 us against 3.6 us through nn.Module.__setattr__
         # (which looks for parameters, buffers and submodules first), timeit, once per
         # layer and call
+        if x.is_inference() or y.is_inference():
+            return  # no version counters to key them by (torch.inference_mode)
         grad = torch.is_grad_enabled()
         versions = [t._version for t in state]
-        self.__dict__["_cache"] = x, y, ladj, grad, self.training, state, versions, _pair_key((x, y))
+        key = _pair_key((x, y))
+        self.__dict__["_cache"] = (
+            x,
+            y,
+            ladj,
+            grad,
+            self.training,
+            state,
+            versions,
+            key,
+            computed,
+            _gradients(state),
+        )
 
     def _clear_cache(self):
         self.__dict__["_cache"] = None
@@ -338,7 +368,7 @@ class FlowTransform(TransformModule):
             if what == "input":
                 self._store(value, out, ladj, state)
             else:
-                self._store(out, value, ladj, state)
+                self._store(out, value, ladj, state, "x")
         return out, ladj
 
     def _store_eagerly(self, value, out, ladj, what):
@@ -346,7 +376,7 @@ class FlowTransform(TransformModule):
         if what == "input":
             self._store(value, out, ladj, state)
         else:
-            self._store(out, value, ladj, state)
+            self._store(out, value, ladj, state, "x")
 
     def __call__(self, x):
         entry = self._cached(x, None, True)
@@ -421,6 +451,34 @@ def sum_event(t: torch.Tensor, event_dim: int) -> torch.Tensor:
     if event_dim == 1:
         return t.sum(-1)
     return t.flatten(t.dim() - event_dim).sum(-1)
+
+
+def _gradients(state) -> Optional[list]:
+    """With gradients enabled, the state tensors' gradients as they are now: a weak
+    reference and the version counter of each (``None`` for none), so that holding them
+    keeps no gradient alive; ``None`` under ``no_grad`` (no backward pass can consume
+    what such a call cached)."""
+    if not torch.is_grad_enabled():
+        return None
+    key = []
+    for t in state:
+        g = t.grad if t.requires_grad and t.is_leaf else None  # a context: no .grad
+        key.append(None if g is None else (weakref.ref(g), g._version))
+    return key
+
+
+def _same_gradients(state, key) -> bool:
+    """Whether every state tensor still has the gradient recorded in ``key``, unchanged."""
+    if key is None:
+        return True
+    for t, k in zip(state, key, strict=True):
+        g = t.grad if t.requires_grad and t.is_leaf else None
+        if g is None or k is None:
+            if g is not k:
+                return False
+        elif k[0]() is not g or g._version != k[1]:
+            return False
+    return True
 
 
 def _pair_key(entry) -> tuple:

@@ -313,6 +313,11 @@ class FFJORD(FlowTransform):
         :math:`\\int_{t_0}^{t_1} \\operatorname{tr}(\\partial h/\\partial z)\\,dt`, which is
         the log|det| of the map ``z(t0) -> z(t1)``. Sampling (``t0 > t1``) uses the
         ``sample_*`` solver settings."""
+        if torch.is_inference_mode_enabled() or z.is_inference():
+            # the trace is taken by autograd, which inference mode switches off: solve
+            # outside it, without gradients, from a normal copy of the input
+            with torch.inference_mode(False), torch.no_grad():
+                return self._solve(z.clone(), t0, t1)
         torchdiffeq = _torchdiffeq()
         z, field, extra_inputs = self._field(z)
         batch_shape = z.shape[:-1]
@@ -370,15 +375,15 @@ class FFJORD(FlowTransform):
         return z, -log_det
 
     # ------------------------------------------------------------ housekeeping
-    # The solver settings are part of the cache key: re-scoring the same tensor after
-    # changing method or tolerances (to compare solvers), the trace's noise, the adjoint or
-    # the regularisation weights (whose integrals the solve records) must solve again.
+    # The solver settings are part of the cache key: scoring a sample after changing
+    # method or tolerances (to compare solvers), the trace's noise, the adjoint or the
+    # regularisation weights (whose integrals the solve records) must solve again.
     def _solver_key(self) -> str:
         settings = (self.trace, self.noise, self.adjoint, self.kinetic_weight, self.frobenius_weight)
         return repr((self.solver_settings(False), self.solver_settings(True), settings))
 
-    def _store(self, x, y, ladj, state):
-        super()._store(x, y, ladj, state)
+    def _store(self, x, y, ladj, state, computed: str = "y"):
+        super()._store(x, y, ladj, state, computed)
         self.__dict__["_cached_solver_key"] = self._solver_key()
 
     def _lookup(self, x, y, walk: bool):

@@ -293,6 +293,25 @@ def test_empty_batch(entry, mode):
         assert torch.equal(module.state_dict()[k], v), f"{k} changed on an empty batch"
 
 
+def test_inference_mode(entry):
+    """Under ``torch.inference_mode()`` (whose tensors have no version counters for the
+    cache to key on) a transform scores and samples as under ``no_grad``."""
+    module, t, x = build(entry)
+    module.eval()
+    data = as_data(entry, x)
+    with torch.no_grad():
+        z = t.inv(data.clone())
+        expected = (z, t.log_abs_det_jacobian(z, data), t(x.clone()))
+    with torch.inference_mode():
+        data_i, x_i = data.clone(), x.clone()
+        z_i = t.inv(data_i)
+        got = (z_i, t.log_abs_det_jacobian(z_i, data_i), t(x_i))
+        y_i = t(z_i)  # a round trip through the same call
+    for a, b in zip(got, expected, strict=True):
+        assert torch.allclose(a, b, atol=1e-10)
+    assert torch.allclose(y_i, data, atol=1e-6)
+
+
 @entries_where(_has_float_state)
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float16])
 def test_wrong_dtype_names_both_dtypes_and_the_fix(entry, dtype):
