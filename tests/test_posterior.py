@@ -373,7 +373,10 @@ def test_fit_posterior_leaves_the_global_rng_alone_and_is_reproducible_from_seed
         after.append(torch.rand(1))
     assert not torch.equal(after[0], after[1])
     for key, value in fits[0].state_dict().items():
-        assert torch.equal(value, fits[1].state_dict()[key]), key
+        if key.endswith("_extra_state"):  # the support and reject, not weights
+            assert repr(value) == repr(fits[1].state_dict()[key])
+        else:
+            assert torch.equal(value, fits[1].state_dict()[key]), key
     assert fits[0].history["train"] == fits[1].history["train"]
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numbers
 from typing import Callable, Optional, Sequence, Union
 
 import torch
@@ -84,8 +85,10 @@ def conditional_real_nvp(
     torch.Size([4, 5, 3])
     """
     _check_input_dim(input_dim, "conditional_real_nvp")
-    if not isinstance(context_dim, int) or context_dim < 1:
+    # a bool is no size (True passed as 1 and named the context's size "True" in errors)
+    if isinstance(context_dim, bool) or not isinstance(context_dim, numbers.Integral) or context_dim < 1:
         raise ValueError(f"conditional_real_nvp needs a positive int context_dim, got {context_dim!r}")
+    context_dim = int(context_dim)
     check_count(num_layers, "num_layers", "conditional_real_nvp")
     hidden_dims = check_hidden_dims(hidden_dims, "conditional_real_nvp")
     parts = [

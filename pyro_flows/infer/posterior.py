@@ -65,6 +65,66 @@ def _base(support: constraints.Constraint) -> constraints.Constraint:
     return support
 
 
+def _constraint_like(support: constraints.Constraint, like: torch.Tensor) -> constraints.Constraint:
+    """``support`` with its tensors (an interval's bounds, ...) on ``like``'s device (their
+    dtype stays: comparisons promote): a copy, or ``support`` itself if none moves."""
+    if isinstance(support, constraints.independent):
+        base = _constraint_like(support.base_constraint, like)
+        if base is support.base_constraint:
+            return support
+        return constraints.independent(base, support.reinterpreted_batch_ndims)
+    moved = {}
+    for name, value in vars(support).items():
+        if isinstance(value, torch.Tensor) and value.device != like.device:
+            moved[name] = value.to(like.device)
+    if not moved:
+        return support
+    support = copy.copy(support)
+    for name, value in moved.items():
+        setattr(support, name, value)
+    return support
+
+
+def _support_state(support: constraints.Constraint) -> dict:
+    """A support as a ``state_dict`` entry: its kind, event dims and numbers (an interval's
+    bounds), tensors on the CPU (plain data: ``torch.load(..., weights_only=True)`` reads it)."""
+    event_dims = 0
+    while isinstance(support, constraints.independent):
+        event_dims += support.reinterpreted_batch_ndims
+        support = support.base_constraint
+    numbers = {}
+    for name, value in sorted(vars(support).items()):
+        if isinstance(value, torch.Tensor):
+            numbers[name] = value.detach().to("cpu", torch.float64)
+        elif isinstance(value, (bool, int, float)):
+            numbers[name] = value
+    return {"support": type(support).__name__, "support_event_dims": event_dims, "support_numbers": numbers}
+
+
+def _same_extra_state(a: dict, b: dict) -> bool:
+    if set(a) != set(b) or any(a[k] != b[k] for k in ("reject", "support", "support_event_dims")):
+        return False
+    x, y = a["support_numbers"], b["support_numbers"]
+    if not isinstance(x, dict) or set(x) != set(y):
+        return False
+    for name, value in x.items():
+        value = torch.as_tensor(value, dtype=torch.float64)
+        other = torch.as_tensor(y[name], dtype=torch.float64)
+        if value.shape != other.shape or not torch.equal(value, other):
+            return False
+    return True
+
+
+def _describe_extra_state(state) -> str:
+    if not isinstance(state, dict) or "support" not in state:
+        return f"an unknown support ({state!r})"
+    numbers = ", ".join(
+        f"{k}={v.tolist() if isinstance(v, torch.Tensor) else v}"
+        for k, v in state.get("support_numbers", {}).items()
+    )
+    return f"support {state['support']}({numbers}) and reject={state.get('reject')}"
+
+
 def _is_simplex(support: constraints.Constraint) -> bool:
     return isinstance(_base(support), type(constraints.simplex))
 
@@ -104,7 +164,10 @@ class ConditionalPosterior(nn.Module):
     ``num_normalizing_draws`` draws per call of :meth:`log_prob`; or (``reject=False``)
     ``b`` is :func:`torch.distributions.biject_to` of the support and :math:`Z = 1`.
     The standardization statistics are buffers: they follow ``.to(device)`` and
-    ``state_dict()``.
+    ``state_dict()``. The support's tensors (a box's bounds) follow ``.to(device)`` too.
+    The ``state_dict`` also records the support and ``reject`` (as ``_extra_state``), and
+    loading it into a posterior built with others is an error: the same weights would
+    give another density.
 
     :param flow: a :class:`~pyro_flows.builders.ConditionalVectorFlow` or a
         :class:`~pyro_flows.transforms.ConditionalFFJORD` on ``theta_dim`` with context
@@ -139,9 +202,39 @@ class ConditionalPosterior(nn.Module):
         self.register_buffer("theta_scale", theta_scale)
         self.register_buffer("x_loc", x_loc)
         self.register_buffer("x_scale", x_scale)
-        self.support = support
+        self.support = _constraint_like(support, theta_loc)
         self.reject = bool(reject) and not _is_real(support)
         self.history: dict = {}
+
+    def _apply(self, fn, *args, **kwargs):
+        # ``.to(device)``, ``.double()``, ...: the support's tensors (an interval's bounds)
+        # are no buffers, but must follow the parameters to their device (a box's bounds on
+        # the CPU cannot be compared with draws on a GPU); an estimate of Z(x) on the old
+        # device or in the old dtype is dropped
+        module = super()._apply(fn, *args, **kwargs)
+        self.support = _constraint_like(self.support, self.theta_loc)
+        self._z_cache = None
+        return module
+
+    def get_extra_state(self) -> dict:
+        """What the weights mean besides the buffers: ``reject`` and the support (its kind
+        and its numbers, e.g. a box's bounds), saved with the ``state_dict``."""
+        return {"reject": self.reject, **_support_state(self.support)}
+
+    def set_extra_state(self, state: dict) -> None:
+        own = self.get_extra_state()
+        if not isinstance(state, dict) or not _same_extra_state(state, own):
+            raise ValueError(
+                f"posterior: the saved state was made with {_describe_extra_state(state)}, but this "
+                f"posterior has {_describe_extra_state(own)}; the same weights would give another "
+                "density. Build it with the support and reject of the saved one (fit_posterior: "
+                "the prior's support, reject for bounded='reject')"
+            )
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        # a state saved before the support and reject were recorded loads as it did
+        state_dict.setdefault(prefix + "_extra_state", self.get_extra_state())
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     @property
     def theta_dim(self) -> int:
@@ -181,6 +274,8 @@ class ConditionalPosterior(nn.Module):
         return TransformedDistribution(inner, parts, validate_args=False)
 
     def _inside(self, theta: torch.Tensor) -> torch.Tensor:
+        if theta.numel() == 0:  # torch's independent(...).check cannot reshape an empty batch
+            return torch.ones(theta.shape[:-1], dtype=torch.bool, device=theta.device)
         inside = self.support.check(theta)
         return inside.all(-1) if inside.dim() == theta.dim() else inside  # elementwise or not
 
@@ -199,6 +294,11 @@ class ConditionalPosterior(nn.Module):
         (torch.Size([5, 2]), torch.Size([5, 4, 2]))
         """
         sample_shape = _sample_shape(num_samples)
+        x = self._check_x(x)
+        if sample_shape.numel() == 0 or x.shape[:-1].numel() == 0:
+            # no draws (num_samples=0 or an empty batch of x): torch's support checks cannot
+            # reshape an empty batch, so answer without drawing
+            return self.theta_loc.new_zeros(*sample_shape, *x.shape[:-1], self.theta_dim)
         q = self.distribution(x)
         draws = q.sample(sample_shape)
         if not self.reject:
@@ -225,9 +325,20 @@ class ConditionalPosterior(nn.Module):
         in the support, estimated from ``num_normalizing_draws`` draws (at least one is
         counted inside, so it stays finite); 0 without ``reject``. Shape ``x.shape[:-1]``."""
         x = self._check_x(x)
-        if not self.reject:
+        if not self.reject or x.shape[:-1].numel() == 0:
             return x.new_zeros(x.shape[:-1])
         n = self.num_normalizing_draws
+        try:
+            n = None if isinstance(n, bool) else operator.index(n)
+        except TypeError:
+            n = None
+        if n is None or n < 1:
+            # 0 draws gave Z = inf and so log_prob = -inf everywhere; a float (1e6) a TypeError
+            # from deep inside torch.Size
+            raise ValueError(
+                "posterior: num_normalizing_draws must be an int >= 1 (the flow draws per "
+                f"observation that estimate Z(x)), got {self.num_normalizing_draws!r}"
+            )
         q = self.distribution(x)
         # in rounds of at most about a million draws over all observations
         per_round = max(1, 1_000_000 // max(1, x.shape[:-1].numel()))
@@ -240,8 +351,13 @@ class ConditionalPosterior(nn.Module):
 
     def _log_normalizer_cached(self, x: torch.Tensor) -> torch.Tensor:
         # Scoring many batches of theta against the same x must not redraw Z each time:
-        # keep the last estimate while x and the weights (their version counters) are unchanged.
-        key = tuple(p._version for p in self.parameters())
+        # keep the last estimate while x, the weights and buffers (their version counters)
+        # and the number of draws it is made of are unchanged.
+        key = (
+            tuple(p._version for p in self.parameters()),
+            tuple(b._version for b in self.buffers()),
+            self.num_normalizing_draws,
+        )
         cached = getattr(self, "_z_cache", None)
         if (
             cached is not None
@@ -272,7 +388,17 @@ class ConditionalPosterior(nn.Module):
             )
         x = self._check_x(x)
         theta = theta.to(self.theta_loc.dtype)
-        batch = torch.broadcast_shapes(theta.shape[:-1], x.shape[:-1])
+        try:
+            batch = torch.broadcast_shapes(theta.shape[:-1], x.shape[:-1])
+        except RuntimeError:
+            raise ValueError(
+                f"posterior: theta of shape {tuple(theta.shape)} and x of shape {tuple(x.shape)} have "
+                f"batch shapes {tuple(theta.shape[:-1])} and {tuple(x.shape[:-1])}, which do not "
+                "broadcast (for every theta against every x, give theta a batch dim of size 1 "
+                "after the sample dim, e.g. theta.unsqueeze(-2))"
+            ) from None
+        if batch.numel() == 0:  # nothing to score (torch's support checks fail on it)
+            return theta.new_zeros(batch)
         theta = theta.expand(*batch, self.theta_dim)
         inside = self._inside(theta) & torch.isfinite(theta).all(-1)
         if not inside.all():
@@ -438,8 +564,13 @@ def _seeded(seed: Optional[int]):
 def _loc_scale(values: torch.Tensor) -> Pairs:
     loc = values.mean(0)
     scale = values.std(0)
-    # a constant coordinate carries no information; leave it unscaled rather than divide by 0
-    scale = torch.where(scale > 1e-12 * (1 + loc.abs()), scale, torch.ones_like(scale))
+    # A constant coordinate carries no information; leave it unscaled (and centred on its
+    # value) rather than divide by 0. Recognised by equality: the mean of a constant column
+    # is rounded, so its standard deviation in float32 is often 1e-8 to 1e-5 instead of 0,
+    # and dividing by that made a tiny change of such a coordinate a huge input.
+    constant = (values == values[:1]).all(0) | ~(scale > 1e-12 * (1 + loc.abs()))
+    loc = torch.where(constant, values[0], loc)
+    scale = torch.where(constant, torch.ones_like(scale), scale)
     return loc, scale
 
 
