@@ -27,9 +27,9 @@ from ..transforms._arguments import check_count
 from ..transforms.coupling import ConditionalAffineCoupling, image_affine_coupling, image_mask
 from ..transforms.linear import Invertible1x1Conv
 from ..transforms.masks import IndexPartition, make_partition
-from ..transforms.multiscale import ConditionalMultiScale, MultiScale
+from ..transforms.multiscale import SPLIT_PRIORS, ConditionalMultiScale, MultiScale
 from ..transforms.normalization import ActNorm, RealNVPBatchNorm
-from ..transforms.reshape import Squeeze
+from ..transforms.reshape import Squeeze, _image_shape
 from ..transforms.spline import image_spline_coupling
 
 __all__ = ["real_nvp_image", "glow"]
@@ -38,13 +38,8 @@ COUPLINGS = ("affine", "spline")
 
 
 def _check_image_shape(shape: Sequence[int], num_scales: int, name: str) -> tuple:
-    try:
-        shape = tuple(int(s) for s in shape)
-    except TypeError:
-        raise ValueError(f"{name}: expected an image shape (C, H, W), got {shape!r}") from None
-    if len(shape) != 3 or min(shape) < 1:
-        raise ValueError(f"{name}: expected an image shape (C, H, W) of positive sizes, got {shape}")
-    if not isinstance(num_scales, int) or num_scales < 1:
+    shape = _image_shape(shape, name)
+    if isinstance(num_scales, bool) or not isinstance(num_scales, int) or num_scales < 1:
         raise ValueError(f"{name}: num_scales must be a positive integer, got {num_scales!r}")
     factor = 2**num_scales
     if shape[1] % factor or shape[2] % factor:
@@ -53,6 +48,21 @@ def _check_image_shape(shape: Sequence[int], num_scales: int, name: str) -> tupl
             f"got shape {shape}; pad or crop the images, or use fewer scales"
         )
     return shape
+
+
+def _check_options(name: str, split_prior: str, context_dim: Optional[int], coupling: str) -> None:
+    """The options every image builder shares, checked before any layer is built (so a
+    bad ``context_dim`` is named, not reported by a conditioner's constructor)."""
+    if coupling not in COUPLINGS:
+        raise ValueError(f"{name}: unknown coupling {coupling!r}; expected one of {COUPLINGS}")
+    if split_prior not in SPLIT_PRIORS:
+        raise ValueError(f"{name}: split_prior must be one of {SPLIT_PRIORS}, got {split_prior!r}")
+    if context_dim is not None:
+        check_count(context_dim, "context_dim", name)
+        if coupling == "spline":
+            raise ValueError(
+                f"{name}: spline couplings are not available for conditional image flows (context_dim)"
+            )
 
 
 def _multi_scale(
@@ -180,8 +190,7 @@ def real_nvp_image(
     check_count(hidden_channels, "hidden_channels", "real_nvp_image")
     check_count(num_blocks, "num_blocks", "real_nvp_image", minimum=0)
     check_count(num_final_layers, "num_final_layers", "real_nvp_image", minimum=0)
-    if coupling not in COUPLINGS:
-        raise ValueError(f"real_nvp_image: unknown coupling {coupling!r}; expected one of {COUPLINGS}")
+    _check_options("real_nvp_image", split_prior, context_dim, coupling)
     final = (shape[1] >> num_scales, shape[2] >> num_scales)
     if num_final_layers and min(final) < 2:
         raise ValueError(
@@ -277,8 +286,7 @@ def glow(
     check_count(steps_per_scale, "steps_per_scale", "glow")
     check_count(hidden_channels, "hidden_channels", "glow")
     check_count(num_blocks, "num_blocks", "glow", minimum=0)
-    if coupling not in COUPLINGS:
-        raise ValueError(f"glow: unknown coupling {coupling!r}; expected one of {COUPLINGS}")
+    _check_options("glow", split_prior, context_dim, coupling)
 
     def scale_layers(s, squeezed, last):
         layers = [Squeeze(s)]

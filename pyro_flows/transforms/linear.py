@@ -194,8 +194,7 @@ class Invertible1x1Conv(FlowTransform):
     """
 
     def __init__(self, num_channels: int):
-        if num_channels < 1:
-            raise ValueError(f"num_channels must be positive, got {num_channels}")
+        check_count(num_channels, "num_channels", type(self).__name__)
         super().__init__()
         self.event_dim_ = 3
         self.num_channels = num_channels
@@ -255,8 +254,10 @@ class LocScale(Scaling):
 
     def __init__(self, loc: torch.Tensor, init_scale: float = 1.0):
         loc = torch.as_tensor(loc, dtype=torch.get_default_dtype())
-        if not init_scale > 0:
-            raise ValueError(f"init_scale must be positive, got {init_scale}")
+        if not (init_scale > 0 and math.isfinite(init_scale)):  # inf: log-scale inf, NaN outputs
+            raise ValueError(
+                f"{type(self).__name__}: init_scale must be positive and finite, got {init_scale}"
+            )
         super().__init__(loc.shape)
         self.loc = nn.Parameter(loc.detach().clone())
         with torch.no_grad():

@@ -51,6 +51,35 @@ class _PerFeature(FlowTransform):
         """Per-feature vector -> broadcastable over the event."""
         return t.view(-1, 1, 1) if self.event_dim_ == 3 else t
 
+    def _is_initialized(self) -> bool:
+        """``bool(self.initialized)`` without reading the device on every call.
+
+        Reading a CUDA buffer into Python waits for the device (and breaks a
+        ``torch.compile`` graph): once per layer and training step in a Glow. The flag
+        only ever turns true during training, so a true value is remembered with the
+        buffer's identity and version counter, and read again when either changed
+        (``load_state_dict``, ``initialized.fill_(False)``, a replaced buffer). Like the
+        transforms' cache it cannot see a write through ``.data``."""
+        buffer = self.initialized
+        seen = self.__dict__.get("_initialized_seen")
+        if seen is not None and seen[0] is buffer:
+            # compiled code trusts the remembered value (dynamo cannot read _version)
+            if torch.compiler.is_compiling() or seen[1] == buffer._version:
+                return True
+        if not bool(buffer):
+            return False
+        self._remember_initialized()
+        return True
+
+    def _remember_initialized(self) -> None:
+        """Record that ``initialized`` now holds true (after ``fill_(True)``)."""
+        self.__dict__["_initialized_seen"] = (self.initialized, self.initialized._version)
+
+    def __getstate__(self):
+        state = super().__getstate__()
+        state.pop("_initialized_seen", None)  # a copy has a buffer of its own
+        return state
+
     def _per_event(self, per_feature: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         """A per-feature log-det summed over the event (every pixel counts for images),
         expanded to ``x``'s batch shape."""
@@ -181,9 +210,10 @@ class RealNVPBatchNorm(_PerFeature):
         reduce = list(range(y.dim() - self.event_dim_)) + event_dims
         batch_mean = y.mean(reduce)
         batch_var = y.var(reduce, unbiased=False)
-        if not bool(self.initialized):
+        if not self._is_initialized():
             mean, var = batch_mean, batch_var
             self.initialized.fill_(True)
+            self._remember_initialized()
         else:
             # The old averages are constants: gradients flow only through this batch.
             mean = (1 - self.momentum) * self.running_mean + self.momentum * batch_mean
@@ -231,9 +261,11 @@ class ActNorm(_PerFeature):
     (``log_prob``), in train mode, sets :math:`b` to the per-channel mean and
     :math:`e^{s}` to the per-channel standard deviation of that batch (over the batch
     and the pixels), so the layer's output on it has zero mean and unit variance per
-    channel (a channel without spread in that batch keeps :math:`s = 0`). Afterwards
-    :math:`s, b` are ordinary parameters. The ``initialized`` flag
-    is a buffer, so it is saved in ``state_dict`` and a reloaded model is not
+    channel (a channel without spread in that batch keeps :math:`s = 0`). A batch with
+    a single value per channel (one vector, or one image of one pixel) has no spread to
+    learn a scale from: it is scored by the identity, leaves the layer uninitialised and
+    raises a ``RuntimeWarning``. Afterwards :math:`s, b` are ordinary parameters. The
+    ``initialized`` flag is a buffer, so it is saved in ``state_dict`` and a reloaded model is not
     re-initialised on its first batch. Sampling before initialisation uses the
     identity. A layer trained through sampling alone (a variational guide, whose
     ``rsample`` runs the sampling direction) is never overwritten: the data set
@@ -263,7 +295,11 @@ class ActNorm(_PerFeature):
 
     @torch.no_grad()
     def initialize(self, y: torch.Tensor) -> None:
-        """Set :math:`b, s` from the per-channel statistics of the data batch ``y``."""
+        """Set :math:`b, s` from the per-channel statistics of the data batch ``y``
+        (shape ``(*batch, C, H, W)`` or ``(*batch, D)``, not empty)."""
+        self._check(y, "value")
+        if not y.numel():
+            raise ValueError(f"{type(self).__name__}: cannot initialise from an empty batch")
         channel_dim = y.dim() - self.event_dim_
         per_channel = y.detach().movedim(channel_dim, 0).reshape(self.num_features, -1)
         self.loc.copy_(per_channel.mean(1))
@@ -273,17 +309,37 @@ class ActNorm(_PerFeature):
         # would blow every other point of that channel up by 1/eps.
         self.log_scale.copy_(torch.where(std > 0, torch.log(std + self.eps), torch.zeros_like(std)))
         self.initialized.fill_(True)
+        self._remember_initialized()
 
     def _call_and_ladj(self, x):
         return x * self._view(self.log_scale.exp()) + self._view(self.loc), self._ladj(x)
 
     def _inverse_and_ladj(self, y):
-        if self.training and not bool(self.initialized) and y.numel():  # not from an empty batch
+        # not from an empty batch; the flag is read without a device sync once it is set
+        if self.training and y.numel() and not self._is_initialized():
             if self.loc.any() or self.log_scale.any():
                 self.initialized.fill_(True)  # already trained (by sampling): keep what it learned
-            else:
+                self._remember_initialized()
+            elif self._has_spread(y):
                 self.initialize(y)
         return (y - self._view(self.loc)) * self._view(torch.exp(-self.log_scale)), self._ladj(y)
+
+    def _has_spread(self, y) -> bool:
+        """Whether ``y`` holds at least two values per feature. One point (one vector, or
+        an image batch of one at one pixel) has no spread in any channel: initialised
+        from it the layer would only shift by that point and keep :math:`s = 0` for good,
+        the scale it exists to set (a spline flow's data would stay outside the splines'
+        interval). It then stays uninitialised, the identity, until a larger batch."""
+        if y.numel() // self.num_features >= 2:
+            return True
+        warnings.warn(
+            "ActNorm in train mode got a single value per feature, which has no spread to "
+            "initialise its scale from: it stays uninitialised (the identity) and initialises "
+            "on the first batch with at least two values per feature.",
+            RuntimeWarning,
+            stacklevel=4,
+        )
+        return False
 
     def extra_repr(self):
         return f"num_features={self.num_features}, event_dim={self.event_dim_}"

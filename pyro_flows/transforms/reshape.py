@@ -23,6 +23,27 @@ from .base import FlowTransform, check_event
 __all__ = ["Squeeze", "squeeze", "space_to_depth", "depth_to_space"]
 
 
+def _image_shape(shape, owner: str) -> tuple:
+    """``shape`` as a tuple of three positive ints ``(C, H, W)``, else a ``ValueError``
+    naming ``owner``. Integral floats (``28 / 2``) are accepted; ``8.5`` is refused, not
+    truncated to 8, and so are bools and strings.
+
+    >>> _image_shape((1, 14.0, 14), "Squeeze")
+    (1, 14, 14)
+    """
+    try:
+        sizes = tuple(shape)
+        ints = tuple(int(s) for s in sizes)
+        integral = all(
+            not isinstance(s, (bool, str, bytes)) and bool(i == s) for i, s in zip(ints, sizes, strict=True)
+        )
+    except (TypeError, ValueError, RuntimeError):
+        integral = False
+    if not integral or len(ints) != 3 or min(ints) < 1:
+        raise ValueError(f"{owner}: expected an image shape (C, H, W) of positive integers, got {shape!r}")
+    return ints
+
+
 def space_to_depth(x: torch.Tensor) -> torch.Tensor:
     """Squeeze ``(*batch, C, H, W)`` to ``(*batch, 4C, H/2, W/2)`` (H and W even).
 
@@ -92,9 +113,7 @@ class Squeeze(FlowTransform):
     """
 
     def __init__(self, data_shape: Sequence[int]):
-        data_shape = tuple(int(s) for s in data_shape)
-        if len(data_shape) != 3 or min(data_shape) < 1:
-            raise ValueError(f"Squeeze: expected an image shape (C, H, W), got {data_shape}")
+        data_shape = _image_shape(data_shape, "Squeeze")
         c, h, w = data_shape
         if h % 2 or w % 2:
             raise ValueError(f"Squeeze: H and W must be even to squeeze 2x2 blocks, got shape {data_shape}")
