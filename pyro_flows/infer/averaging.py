@@ -17,7 +17,7 @@ Adam); only the parameters one *uses* after training change.
 from __future__ import annotations
 
 from contextlib import contextmanager
-from typing import Dict, Optional
+from typing import Dict, List, Tuple
 
 import pyro
 import torch
@@ -26,12 +26,22 @@ __all__ = ["ParameterAverage"]
 
 
 class ParameterAverage:
-    r"""The running mean of every parameter in Pyro's parameter store (unconstrained
-    values), updated by :meth:`update` after each optimiser step that should count.
+    r"""The running mean of every parameter in Pyro's parameter store, updated by
+    :meth:`update` after each optimiser step that should count.
+
+    The store holds a constrained parameter by its unconstrained value, and that is what
+    is averaged: a ``constraints.positive`` parameter gets the geometric mean of its
+    iterates (the exponential of the mean of their logarithms), a simplex the softmax of
+    the mean of its unconstrained coordinates. A parameter whose shape changed since the
+    last :meth:`update` starts its mean afresh there; one whose dtype or device changed
+    keeps its mean, moved along (so a store moved to ``float64`` is averaged in
+    ``float64``).
 
     :meth:`applied` swaps the means in for the duration of a ``with`` block (in place, so
     a guide that reads its parameters from the store sees them) and puts the last iterates
-    back afterwards; :meth:`apply` swaps them in for good.
+    back afterwards, also when the block raises; :meth:`apply` swaps them in for good.
+    Parameters without a mean (new since the last :meth:`update`) keep their values; a
+    parameter of another shape than its mean is refused before anything is written.
 
     >>> import pyro
     >>> pyro.clear_param_store()
@@ -52,36 +62,64 @@ class ParameterAverage:
         self.means: Dict[str, torch.Tensor] = {}
 
     def update(self) -> None:
-        """Add the store's current values to the mean (parameters new since the last call
-        start their mean here)."""
+        """Add the store's current values to the mean (parameters new since the last call,
+        or of a new shape, start their mean here)."""
         with torch.no_grad():
             for name, value in pyro.get_param_store().named_parameters():
+                value = value.detach()
                 mean = self.means.get(name)
                 if mean is None or mean.shape != value.shape:
-                    self.means[name] = value.detach().clone()
+                    self.means[name] = value.clone()
                     self.counts[name] = 1
-                else:
-                    self.counts[name] += 1
-                    mean.add_(value.detach() - mean, alpha=1.0 / self.counts[name])
+                    continue
+                if mean.dtype != value.dtype or mean.device != value.device:
+                    # follow the store's moves: averaging a float64 store in float32 would
+                    # round every later iterate to float32
+                    mean = self.means[name] = mean.to(device=value.device, dtype=value.dtype)
+                self.counts[name] += 1
+                mean.add_(value - mean, alpha=1.0 / self.counts[name])
 
-    def _swap(self, saved: Optional[dict]) -> dict:
-        previous = {}
+    def _averaged(self) -> List[Tuple[torch.Tensor, torch.Tensor]]:
+        """The store's tensors that have a mean, with it; checked before anything is
+        written, so that a refusal leaves the store as it was."""
+        pairs = []
+        for name, value in pyro.get_param_store().named_parameters():
+            mean = self.means.get(name)
+            if mean is None:
+                continue
+            if mean.shape != value.shape:
+                raise ValueError(
+                    f"ParameterAverage: Pyro's parameter store holds {name!r} of shape "
+                    f"{tuple(value.shape)}, but its mean has shape {tuple(mean.shape)}: the "
+                    "parameter was replaced since the last update(). Call update() before "
+                    "applying the means, or start a new ParameterAverage."
+                )
+            pairs.append((value, mean))
+        return pairs
+
+    def _swap_in(self) -> List[Tuple[torch.Tensor, torch.Tensor]]:
+        """Write the means into the store's tensors; returns each tensor written with its
+        previous value."""
+        pairs = self._averaged()
         with torch.no_grad():
-            for name, value in pyro.get_param_store().named_parameters():
-                if name in self.means:
-                    previous[name] = value.detach().clone()
-                    value.copy_(self.means[name] if saved is None else saved[name])
+            previous = [(value, value.detach().clone()) for value, _ in pairs]
+            for value, mean in pairs:
+                value.copy_(mean)
         return previous
 
     def apply(self) -> None:
         """Replace the store's values by their means."""
-        self._swap(None)
+        self._swap_in()
 
     @contextmanager
     def applied(self):
-        """The means in the parameter store inside the block, the iterates after it."""
-        saved = self._swap(None)
+        """The means in the parameter store inside the block, the iterates after it (put
+        back into the tensors the means were written to, whatever the block did to the
+        store)."""
+        previous = self._swap_in()
         try:
             yield self
         finally:
-            self._swap(saved)
+            with torch.no_grad():
+                for value, last in previous:
+                    value.copy_(last)

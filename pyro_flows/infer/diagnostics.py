@@ -172,6 +172,17 @@ def importance_log_weights(
     return log_weights.detach()
 
 
+#: the fewest log-weights whose right tail ArviZ fits (it takes the largest
+#: ``ceil(min(n / 5, 3 sqrt(n)))``, and needs at least 5 of them)
+_PSIS_MIN_DRAWS = 21
+
+
+def _psis_tail_length(n: int) -> int:
+    """The number of largest log-weights ArviZ's ``psislw`` (``reff=1``) fits the
+    generalized Pareto distribution to."""
+    return int(math.ceil(min(n / 5.0, 3 * math.sqrt(n))))
+
+
 def psis_khat(
     model, guide, *args, num_particles: int = 1000, max_plate_nesting: int = 1, log_weights=None, **kwargs
 ) -> float:
@@ -182,6 +193,15 @@ def psis_khat(
     the guide misses mass the posterior has (typically the tails).
 
     Pass precomputed ``log_weights`` (from :func:`importance_log_weights`) to reuse them.
+
+    The edge cases: a log-weight of :math:`-\infty` (a draw the model gives no density) is
+    a weight of 0, as for ArviZ; NaN or :math:`+\infty` log-weights, all of them
+    :math:`-\infty`, or fewer than 21 of them (ArviZ fits the largest fifth, and needs 5)
+    raise a ``ValueError`` (ArviZ answers :math:`\infty` or NaN there, whatever the guide).
+    When the weights have no right tail to fit, more of them tied at their maximum than
+    the tail ArviZ fits (a guide proportional to the posterior on every draw gives equal
+    weights), the weights are bounded and :math:`\hat k` is :math:`-\infty` (ArviZ:
+    :math:`\infty`).
     """
     import arviz as az
 
@@ -190,8 +210,25 @@ def psis_khat(
             model, guide, *args, num_particles=num_particles, max_plate_nesting=max_plate_nesting, **kwargs
         )
     lw = _to_numpy(log_weights).reshape(-1)
-    if not np.isfinite(lw).all():
-        raise ValueError(f"psis_khat: {int((~np.isfinite(lw)).sum())} non-finite log-weights")
+    nan, pos_inf = int(np.isnan(lw).sum()), int((lw == np.inf).sum())
+    if nan or pos_inf:
+        raise ValueError(
+            f"psis_khat: {nan + pos_inf} non-finite log-weights ({nan} NaN, {pos_inf} +inf) of "
+            f"{lw.size}: the model's or the guide's log-density failed on those draws"
+        )
+    if lw.size < _PSIS_MIN_DRAWS:
+        raise ValueError(
+            f"psis_khat needs at least {_PSIS_MIN_DRAWS} log-weights (ArviZ fits the Pareto tail "
+            f"to the largest fifth of them, at least 5), got {lw.size}: draw more particles"
+        )
+    top = lw.max()
+    if top == -np.inf:
+        raise ValueError(
+            f"psis_khat: all {lw.size} log-weights are -inf: the model gives no density to any "
+            "draw of the guide"
+        )
+    if int((lw == top).sum()) > _psis_tail_length(lw.size):
+        return -math.inf  # the tail ArviZ would fit is flat: bounded weights
     _, khat = az.psislw(lw)
     return float(khat)
 

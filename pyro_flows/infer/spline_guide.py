@@ -10,8 +10,8 @@ from pyro.infer.autoguide.initialization import init_to_median
 from torch import nn
 
 from ..transforms.coupling import affine_coupling
-from ..transforms.linear import InvertibleLinear, LocScale, Permutation
-from ..transforms.spline import SplineCoupling, spline_coupling
+from ..transforms.linear import InvertibleLinear, LocScale, LUWeight, Permutation
+from ..transforms.spline import ElementwiseSpline, SplineCoupling, spline_coupling
 from .guides import AutoRealNVP, _default_hidden_dims, _stack_conditioners
 
 __all__ = ["AutoSplineFlow", "guide_spline_flow"]
@@ -44,6 +44,17 @@ def _layer_kinds(layers, num_layers: int) -> list:
     return kinds
 
 
+def _seeded_linear(latent_dim: int, seed: int) -> InvertibleLinear:
+    """An :class:`InvertibleLinear` map whose fixed permutation and signs (buffers, not in
+    Pyro's parameter store) come from ``seed``, as :class:`Permutation`'s do: a guide
+    rebuilt and loaded from a saved store has the same map. The global random stream is
+    left as it was."""
+    with torch.random.fork_rng(devices=[]):  # InvertibleLinear draws its own rotation on the CPU
+        layer = InvertibleLinear(latent_dim)
+    layer.weight = LUWeight(latent_dim, generator=torch.Generator().manual_seed(seed))
+    return layer
+
+
 def guide_spline_flow(
     latent_dim: int,
     num_layers: int = 8,
@@ -65,17 +76,27 @@ def guide_spline_flow(
     rational-quadratic :class:`~pyro_flows.transforms.SplineCoupling` (``"spline"``) or an
     :class:`~pyro_flows.transforms.AffineCoupling` (``"affine"``) as ``layers`` says, with a
     fixed :class:`~pyro_flows.transforms.Permutation` before each pair when ``permute``.
-    Every coupling starts as the identity.
+    Every coupling starts as the identity. The linear map's fixed factors are drawn from
+    ``seed``, so that the parameter store alone restores the guide.
+
+    With one latent dimension there is nothing to couple: each ``"spline"`` layer is an
+    unconditional :class:`~pyro_flows.transforms.ElementwiseSpline` (also the identity at
+    the start) and the ``"affine"`` layers and the linear map, affine maps of one
+    coordinate that the guide's location and scale already are, are left out.
 
     >>> flow = guide_spline_flow(4, num_layers=2, hidden_dims=(8,), layers="mix")
     >>> [type(p).__name__ for p in flow.parts]
     ['AffineCoupling', 'SplineCoupling']
     """
+    kinds = _layer_kinds(layers, num_layers)
     if latent_dim < 2:
-        return ComposeTransformModule([])
+        # one coordinate: the splines without a conditioner
+        return ComposeTransformModule(
+            [ElementwiseSpline(latent_dim, num_bins, tail_bound) for kind in kinds if kind == "spline"]
+        )
     hidden_dims = _default_hidden_dims(latent_dim) if hidden_dims is None else tuple(hidden_dims)
-    parts = [InvertibleLinear(latent_dim)] if linear else []
-    for i, kind in enumerate(_layer_kinds(layers, num_layers)):
+    parts = [_seeded_linear(latent_dim, seed)] if linear else []
+    for i, kind in enumerate(kinds):
         if permute and i % 2 == 0 and i > 0:
             parts.append(Permutation(latent_dim, seed=seed + i))
         if kind == "spline":
@@ -119,7 +140,9 @@ class AutoSplineFlow(AutoRealNVP):
 
     A spline is the identity outside :math:`[-B, B]` (``tail_bound``); the splines act on
     the standardized scale (before :math:`\mu + \sigma \cdot`), where :math:`B = 4` holds
-    all but :math:`6 \cdot 10^{-5}` of the base's mass per coordinate.
+    all but :math:`6 \cdot 10^{-5}` of the base's mass per coordinate. A model with one
+    latent dimension gets unconditional splines (see :func:`guide_spline_flow`), not a
+    plain normal.
 
     :param callable model: a Pyro model.
     :param int num_layers: number of couplings.

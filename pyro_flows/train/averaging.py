@@ -111,6 +111,14 @@ class WeightAverage:
         return {"decay": self.decay, "num_updates": self.num_updates, "shadow": list(self.shadow)}
 
     def load_state_dict(self, state: dict) -> None:
+        """Continue the average of :meth:`state_dict`. A checkpoint of another ``decay``
+        is refused: continued with this one's, the average would be neither run's."""
+        decay = state.get("decay")
+        if decay is not None and float(decay) != self.decay:
+            raise ValueError(
+                f"the averaged weights were taken with decay {float(decay)}, this average's is "
+                f"{self.decay}: build the WeightAverage with the checkpoint's decay"
+            )
         shadow = state["shadow"]
         if len(shadow) not in (0, len(self.params)) or any(
             s.shape != p.shape for s, p in zip(shadow, self.params, strict=False)
