@@ -28,6 +28,7 @@ from torch import nn
 
 import pyro_flows
 from examples import OUTPUT_DIR
+from examples.guide_comparison import command_line
 from pyro_flows.infer import moments_table
 
 
@@ -143,8 +144,7 @@ def main(argv=None):
     header = (
         f"VAE on sklearn digits (64-D, {len(x_train)} train / {len(x_test)} test), z_dim {args.z_dim}, "
         f"{args.epochs} epochs, Adam 2e-3, batch 100; ELBO in nats per digit (ContinuousBernoulli likelihood, "
-        f"higher is better), test ELBO with 32 particles. Command: `python -m examples.vae_digits"
-        f"{' --smoke' if args.smoke else ''}`"
+        f"higher is better), test ELBO with 32 particles. Command: `{command_line('examples.vae_digits', argv)}`"
     )
     text = f"{header}\n\n{moments_table(rows, digits=2)}\n"
     args.out.mkdir(parents=True, exist_ok=True)
