@@ -257,3 +257,15 @@ def test_a_state_dict_loads_only_into_a_posterior_of_the_same_support_and_reject
         rebuilt(reject=False).load_state_dict(state)
     older = {k: v for k, v in state.items() if not k.endswith("_extra_state")}
     rebuilt().load_state_dict(older)
+
+
+def test_num_simulations_with_pairs_must_match_them():
+    """With pairs, ``num_simulations`` was ignored silently (a user asking for the first
+    100 of 300 simulations trained on all 300)."""
+    torch.manual_seed(0)
+    theta = torch.randn(300, 2)
+    x = theta + 0.1 * torch.randn(300, 2)
+    with pytest.raises(ValueError, match="num_simulations=100 is for a simulator; the pairs given hold 300"):
+        fit_posterior((theta, x), num_simulations=100, max_epochs=1)
+    posterior = fit_posterior((theta, x), num_simulations=300, max_epochs=1, seed=0)
+    assert torch.isfinite(posterior.log_prob(theta[:5], x[:5])).all()

@@ -376,7 +376,9 @@ class ConditionalPosterior(nn.Module):
         many ``theta`` against one ``x``. Outside the prior's support, and at an infinite
         ``theta``, it is :math:`-\infty`; a ``theta`` with NaN entries is a ``ValueError``.
         With ``reject``, it is renormalized by :meth:`log_normalizer` unless
-        ``normalize=False``; the estimate is kept while ``x`` and the weights stay the same."""
+        ``normalize=False``; the estimate is kept while ``x`` and the weights stay the same.
+        It is a Monte Carlo estimate made without gradients: the gradient of ``log_prob``
+        with respect to ``x`` or the weights leaves out that of :math:`\log Z(x)`."""
         if not isinstance(theta, torch.Tensor) or theta.dim() < 1 or theta.shape[-1] != self.theta_dim:
             shape = tuple(theta.shape) if isinstance(theta, torch.Tensor) else type(theta).__name__
             raise ValueError(f"posterior: expected theta of shape (*batch, {self.theta_dim}), got {shape}")
@@ -462,6 +464,15 @@ def _as_pairs(simulator_or_pairs, prior, num_simulations) -> Pairs:
         raise TypeError(
             "fit_posterior: expected a simulator (a callable theta -> x) or a pair of tensors "
             f"(theta, x), got {type(simulator_or_pairs).__name__}"
+        )
+    theta = simulator_or_pairs[0]
+    held = theta.shape[0] if isinstance(theta, torch.Tensor) and theta.dim() else None
+    if num_simulations is not None and held is not None and held != num_simulations:
+        # it only sizes a simulator's run: given with pairs, it would have been ignored
+        raise ValueError(
+            f"fit_posterior: num_simulations={num_simulations!r} is for a simulator; the pairs "
+            f"given hold {held} simulations: slice them (theta[:n], x[:n]) or leave "
+            "num_simulations out"
         )
     return tuple(simulator_or_pairs)
 
@@ -692,7 +703,8 @@ def fit_posterior(
         ``Normal(...).to_event(1)``) is unbounded; a discrete support, or a
         lower-dimensional one (the simplex of a ``Dirichlet``), on which ``theta`` has no
         density in :math:`\mathbb R^d`, is refused.
-    :param int num_simulations: simulations to run (simulator only); at least 3, as for
+    :param int num_simulations: simulations to run (simulator only: with pairs, it must
+        be left out or equal their number); at least 3, as for
         pairs: two to train on and one held out.
     :param str flow: ``"real_nvp"`` (conditional RealNVP by maximum likelihood) or
         ``"ffjord"`` (conditional FFJORD by flow matching).
