@@ -271,9 +271,9 @@ class FlowTransform(TransformModule):
 
     # ------------------------------------------------------------------- the cache
     # One entry, (x, y, ladj, grad mode, training, state, versions, pair key, side,
-    # gradients): the last call's pair and log-det, the key under which they may be
+    # gradient): the last call's pair and log-det, the key under which they may be
     # reused, the side the call computed ("y" for a call, "x" for an inverse) and the
-    # state tensors' gradients (weak references and version counters). It is reused only
+    # gradient of the first trainable state tensor (see ``_gradients``). It is reused only
     # for the same tensor object, unchanged since (version counter and requires_grad of
     # both x and y), in the same grad mode and train/eval mode, with the same state
     # tensors at the same version counters. A lookup on one tensor (``__call__``/``inv``)
@@ -302,7 +302,7 @@ class FlowTransform(TransformModule):
         entry = self._cache
         if entry is None or (x is not None and x is not entry[0]) or (y is not None and y is not entry[1]):
             return None
-        if walk and entry[8] != ("x" if y is None else "y") and not _same_gradients(entry[5], entry[9]):
+        if walk and entry[8] != ("x" if y is None else "y") and not _same_gradients(entry[9]):
             return None  # an input given again after a backward pass
         if entry[3] != torch.is_grad_enabled() or entry[4] != self.training or entry[7] != _pair_key(entry):
             return None
@@ -453,32 +453,32 @@ def sum_event(t: torch.Tensor, event_dim: int) -> torch.Tensor:
     return t.flatten(t.dim() - event_dim).sum(-1)
 
 
-def _gradients(state) -> Optional[list]:
-    """With gradients enabled, the state tensors' gradients as they are now: a weak
-    reference and the version counter of each (``None`` for none), so that holding them
-    keeps no gradient alive; ``None`` under ``no_grad`` (no backward pass can consume
-    what such a call cached)."""
+def _gradients(state) -> Optional[tuple]:
+    """With gradients enabled, the gradient of the first trainable state tensor as it is
+    now: the tensor, a weak reference to its gradient (``None`` for none; weak, so that
+    holding it keeps no gradient alive) and the gradient's version counter. A backward
+    pass through the transform changes the gradient of every parameter it used, the
+    first one included, so one stands for all (one lookup per call instead of one per
+    tensor). ``None`` under ``no_grad`` (no backward pass can consume what such a call
+    cached) or without trainable tensors."""
     if not torch.is_grad_enabled():
         return None
-    key = []
     for t in state:
-        g = t.grad if t.requires_grad and t.is_leaf else None  # a context: no .grad
-        key.append(None if g is None else (weakref.ref(g), g._version))
-    return key
+        if t.requires_grad and t.is_leaf:  # a context held as state has no .grad
+            g = t.grad
+            return t, None if g is None else weakref.ref(g), None if g is None else g._version
+    return None
 
 
-def _same_gradients(state, key) -> bool:
-    """Whether every state tensor still has the gradient recorded in ``key``, unchanged."""
+def _same_gradients(key) -> bool:
+    """Whether the tensor recorded in ``key`` still has the same gradient, unchanged."""
     if key is None:
         return True
-    for t, k in zip(state, key, strict=True):
-        g = t.grad if t.requires_grad and t.is_leaf else None
-        if g is None or k is None:
-            if g is not k:
-                return False
-        elif k[0]() is not g or g._version != k[1]:
-            return False
-    return True
+    t, ref, version = key
+    g = t.grad
+    if g is None or ref is None:
+        return g is None and ref is None
+    return ref() is g and g._version == version
 
 
 def _pair_key(entry) -> tuple:
