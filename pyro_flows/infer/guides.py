@@ -30,7 +30,13 @@ from ..nn import MLP
 from ..transforms.coupling import _check_bound, _soft_bound, affine_coupling
 from ..transforms.linear import LocScale, Permutation
 from .fused import _fuse
-from .noncentered import curvature_centeredness, loc_scale_sites, noncentered_init, site_values
+from .noncentered import (
+    curvature_centeredness,
+    dependent_support_sites,
+    loc_scale_sites,
+    noncentered_init,
+    site_values,
+)
 from .path_gradient import PathGradientTransformedDistribution, _InversePathGradient
 
 __all__ = ["AutoRealNVP", "guide_real_nvp"]
@@ -366,6 +372,8 @@ class AutoRealNVP(AutoContinuous):
             raise ValueError(f"noncentered must be False, True, 'auto' or 'learn', got {noncentered!r}")
         self.noncentered = noncentered
         self.noncentered_sites = frozenset()
+        # latent sites whose support depends on other latent values (set up with the prototype)
+        self.dependent_support_sites = frozenset()
         self.num_layers = num_layers
         self.hidden_dims = hidden_dims
         self.scale_bound = scale_bound
@@ -387,6 +395,12 @@ class AutoRealNVP(AutoContinuous):
         AutoContinuous._setup_prototype(self, *args, **kwargs)
         _detach_prototype(self)
         _refuse_subsampled_latents(self)
+        # a support that depends on other latents (Uniform(0, t), t latent) must be mapped
+        # with the draw's own bounds, not those at the initial point (which AutoContinuous
+        # uses): such models take the path that runs the model, whatever ``noncentered``
+        self.dependent_support_sites = dependent_support_sites(
+            self.model_as_written, self.prototype_trace, args, kwargs
+        )
         if self.noncentered:
             self.noncentered_sites = loc_scale_sites(self.prototype_trace)
         if self.noncentered == "auto":
@@ -495,16 +509,25 @@ class AutoRealNVP(AutoContinuous):
                 parts.append(biject_to(site["fn"].support).inv(site["value"].detach()).reshape(-1))
         return torch.cat(parts)
 
+    def _site_shapes(self) -> dict:
+        """The latent sites' shapes when the guide was built."""
+        return {name: site["value"].shape for name, site in self.prototype_trace.iter_stochastic_nodes()}
+
     def forward(self, *args, **kwargs):
-        if not self.noncentered:
-            return super().forward(*args, **kwargs)
         if self.prototype_trace is None:
             self._setup_prototype(*args, **kwargs)
+        if not self.noncentered and not self.dependent_support_sites:
+            return super().forward(*args, **kwargs)
         latent = self.sample_latent(*args, **kwargs)
         plates = self._create_plates(*args, **kwargs)
         unconstrained = {site["name"]: u for site, u in self._unpack_latent(latent)}
         values, log_densities = site_values(
-            self.model_as_written, unconstrained, self.site_centeredness(), args, kwargs
+            self.model_as_written,
+            unconstrained,
+            self.site_centeredness(),
+            args,
+            kwargs,
+            shapes=self._site_shapes(),
         )
         result = {}
         for name, site in self.prototype_trace.iter_stochastic_nodes():

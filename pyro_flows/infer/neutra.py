@@ -192,7 +192,9 @@ def neutra_mcmc(
 
         pyro.set_rng_seed(seed)
     with _frozen(guide):
-        if getattr(guide, "noncentered_sites", None):
+        # Pyro's NeuTraReparam maps its draws back with the supports at the guide's initial
+        # point: a support that depends on other latents needs the model run as well
+        if getattr(guide, "noncentered_sites", None) or getattr(guide, "dependent_support_sites", None):
             reparam = NonCenteredNeuTraReparam(guide, model_args, model_kwargs)
         else:
             reparam = NeuTraReparam(guide)

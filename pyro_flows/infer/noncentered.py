@@ -50,7 +50,7 @@ from torch.distributions import (
     constraints,
 )
 
-__all__ = ["curvature_centeredness", "loc_scale_sites", "site_transform"]
+__all__ = ["curvature_centeredness", "dependent_support_sites", "loc_scale_sites", "site_transform"]
 
 #: the families whose ``loc`` and ``scale`` are a location and a scale on the real line
 _LOC_SCALE = (Normal, StudentT, Cauchy, Laplace, Gumbel)
@@ -80,6 +80,53 @@ def loc_scale_sites(trace) -> frozenset:
     return frozenset(
         name for name, site in trace.iter_stochastic_nodes() if _loc_scale(site["fn"]) is not None
     )
+
+
+def _support_bounds(support) -> list:
+    """The tensors a support is parametrized by (an interval's bounds, say; none for the
+    fixed supports such as ``positive`` or ``simplex``)."""
+    while isinstance(support, constraints.independent):
+        support = support.base_constraint
+    return [value for value in vars(support).values() if torch.is_tensor(value)]
+
+
+def dependent_support_sites(model, trace, args=(), kwargs=None) -> frozenset:
+    """The latent sites of a model trace whose support depends on the values of other
+    latent sites (``Uniform(0, t)`` with ``t`` latent): their bounds differ in a second
+    run of the model from the prior. A guide must map such a site's coordinates with the
+    support of the draw's own parents, not with the support at its initial point.
+
+    >>> def model():
+    ...     t = pyro.sample("t", dist.LogNormal(0.0, 1.0))
+    ...     pyro.sample("u", dist.Uniform(0.0, t))
+    ...     pyro.sample("v", dist.Uniform(0.0, 2.0))
+    >>> sorted(dependent_support_sites(model, poutine.trace(model).get_trace()))
+    ['u']
+    """
+    candidates = [name for name, site in trace.iter_stochastic_nodes() if _support_bounds(site["fn"].support)]
+    if not candidates:
+        return frozenset()
+    values = [v for v in _values(trace) if torch.is_tensor(v)]
+    devices = sorted({v.device.index or 0 for v in values if v.device.type == "cuda"})
+    try:
+        # the caller's random stream is left as it was
+        with torch.random.fork_rng(devices=devices), poutine.block():
+            other = poutine.trace(model).get_trace(*args, **dict(kwargs or {}))
+    except Exception:  # a prior draw the model cannot take: assume every candidate depends
+        return frozenset(candidates)
+    out = set()
+    for name in candidates:
+        if name not in other.nodes:
+            out.add(name)
+            continue
+        mine = _support_bounds(trace.nodes[name]["fn"].support)
+        theirs = _support_bounds(other.nodes[name]["fn"].support)
+        if len(mine) != len(theirs) or any(
+            a.shape != b.shape or not torch.equal(a.detach(), b.detach())
+            for a, b in zip(mine, theirs, strict=True)
+        ):
+            out.add(name)
+    return frozenset(out)
 
 
 def site_transform(fn, noncentered: bool, centered: Optional[torch.Tensor] = None):
@@ -114,9 +161,16 @@ class _SiteValues(Messenger):
     """Sets each latent site of the model it wraps from its latent coordinates, in the
     model's order, so a site's location and scale are those of its parents' values."""
 
-    def __init__(self, unconstrained: Dict[str, torch.Tensor], noncentered: dict, densities: bool):
+    def __init__(
+        self,
+        unconstrained: Dict[str, torch.Tensor],
+        noncentered: dict,
+        densities: bool,
+        shapes: Optional[Dict[str, torch.Size]] = None,
+    ):
         super().__init__()
         self.unconstrained = unconstrained
+        self.shapes = shapes or {}
         self.noncentered = noncentered
         self.densities = densities
         self.values: Dict[str, torch.Tensor] = {}
@@ -127,6 +181,17 @@ class _SiteValues(Messenger):
         if msg["is_observed"] or name not in self.unconstrained:
             return
         u = self.unconstrained[name]
+        expected = self.shapes.get(name)
+        if expected is not None:
+            shape = msg["fn"].shape()
+            if tuple(shape[len(shape) - len(expected) :]) != tuple(expected):
+                raise ValueError(
+                    f"flow guide: site {name!r} has shape {tuple(shape)} in this run of the "
+                    f"model, but {tuple(expected)} when the guide was built; a flow guide "
+                    "models one latent vector of fixed size, so the model's latent shapes "
+                    "(plate sizes, data-dependent sizes) must not change between calls. Build "
+                    "a new guide for the new shapes (after pyro.clear_param_store())."
+                )
         noncentered = name in self.noncentered
         transform = site_transform(msg["fn"], noncentered, self.noncentered.get(name))
         value = transform(u)
@@ -144,13 +209,22 @@ class _SiteValues(Messenger):
 
 
 def site_values(
-    model, unconstrained: Dict[str, torch.Tensor], noncentered: dict, args, kwargs, densities=True
+    model,
+    unconstrained: Dict[str, torch.Tensor],
+    noncentered: dict,
+    args,
+    kwargs,
+    densities=True,
+    shapes: Optional[Dict[str, torch.Size]] = None,
 ):
     """Run ``model`` hidden from every other handler, with each latent site set from its
     latent coordinates; return the values and (with ``densities``) the Delta
     log-densities of the sites, ``-log|det|`` of each site's map. ``noncentered`` maps
-    the non-centered sites to their centeredness (``None``: 0)."""
-    messenger = _SiteValues(unconstrained, noncentered, densities)
+    the non-centered sites to their centeredness (``None``: 0). The other sites take the
+    bijection of their support in this run (which may depend on their parents' values).
+    With ``shapes`` (the sites' shapes when the guide was built), a site of another
+    shape is refused with an error that says why."""
+    messenger = _SiteValues(unconstrained, noncentered, densities, shapes)
     with poutine.block(), messenger:
         model(*args, **kwargs)
     missing = set(unconstrained) - set(messenger.values)
@@ -317,5 +391,6 @@ class NonCenteredNeuTraReparam(NeuTraReparam):
             self.model_args,
             self.model_kwargs,
             densities=False,
+            shapes=self.guide._site_shapes(),
         )
         return values

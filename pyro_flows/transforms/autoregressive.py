@@ -96,6 +96,8 @@ class SplineAutoregressive(_SplineParams, FlowTransform):
 
     def _spline_params(self, y: torch.Tensor):
         raw = self.conditioner(y)
+        if raw.dtype != y.dtype:  # under autocast (bfloat16 knots give NaN): the spline in the data's dtype
+            raw = raw.to(y.dtype)
         per = _params_per_coordinate(self.num_bins, self.affine)
         if raw.shape[-1:] != (self.input_dim * per,):
             raise ValueError(

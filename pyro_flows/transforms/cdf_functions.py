@@ -38,6 +38,8 @@ def _incomplete_beta_cf(x, a, b):
         return torch.where(t.abs() < tiny, torch.full_like(t, tiny), t)
 
     c = torch.ones_like(x)
+    # under torch.func.vmap no value can decide a branch: every iteration runs
+    batched = torch._C._functorch.is_batchedtensor(x)
     d = 1.0 / nonzero(1 - (a + b) * x / (a + 1))
     h = d
     for m in range(1, _CF_MAX_ITER + 1):
@@ -52,7 +54,7 @@ def _incomplete_beta_cf(x, a, b):
         c = nonzero(1 + coef / c)
         delta = d * c
         h = h * delta
-        if bool(((delta - 1).abs() <= 4 * eps).all()):
+        if not batched and bool(((delta - 1).abs() <= 4 * eps).all()):
             break
     return h
 
@@ -82,11 +84,15 @@ def _beta_log_pdf(z, a, b):
 class _BetaLogCDF(torch.autograd.Function):
     """``(log I_z(a,b), log(1 - I_z(a,b)))`` differentiable in ``z`` (a, b are fixed)."""
 
+    generate_vmap_rule = True  # elementwise: torch.func.vmap runs forward and backward batched
+
     @staticmethod
-    def forward(ctx, z, a, b):
-        log_cdf, log_sf = _beta_log_cdf_sf(z, a, b)
-        ctx.save_for_backward(z, a, b, log_cdf, log_sf)
-        return log_cdf, log_sf
+    def forward(z, a, b):
+        return _beta_log_cdf_sf(z, a, b)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        ctx.save_for_backward(*inputs, *output)
 
     @staticmethod
     def backward(ctx, grad_cdf, grad_sf):

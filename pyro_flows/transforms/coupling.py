@@ -105,6 +105,8 @@ class _Coupling(FlowTransform):
         """Run the conditioner once and return its outputs for :math:`x^B`."""
         partition = self.partition  # one nn.Module attribute lookup, not four
         raw = self.conditioner(x_a)
+        if raw.dtype != x_a.dtype:  # under autocast: the coupling itself in the data's dtype
+            raw = raw.to(x_a.dtype)
         num = self.num_params
         chunks = raw.chunk(num, dim=partition.param_dim) if num > 1 else (raw,)
         expected = partition.b_shape

@@ -3,6 +3,7 @@ LU-parameterized invertible linear map (Kingma & Dhariwal, 2018)."""
 
 from __future__ import annotations
 
+import contextlib
 import math
 from typing import Sequence
 
@@ -113,6 +114,16 @@ class LUWeight(nn.Module):
         return self.log_diag.sum()
 
 
+def _full_precision(x: torch.Tensor):
+    """Autocast off, for an invertible matrix product: under ``torch.autocast`` a
+    bfloat16 product would hand the next layer a tensor of another dtype than its
+    parameters (which it refuses) and lose the exact inverse."""
+    device = x.device.type
+    if torch.is_autocast_enabled(device):
+        return torch.autocast(device, enabled=False)
+    return contextlib.nullcontext()
+
+
 class InvertibleLinear(FlowTransform):
     r"""A learnable affine flow with an LU-parameterized matrix (Kingma & Dhariwal, 2018).
 
@@ -145,10 +156,12 @@ class InvertibleLinear(FlowTransform):
         return self.weight.log_abs_det().expand(x.shape[:-1])
 
     def _call_and_ladj(self, x):
-        return nn.functional.linear(x, self.weight.weight(), self.bias), self._ladj(x)
+        with _full_precision(x):
+            return nn.functional.linear(x, self.weight.weight(), self.bias), self._ladj(x)
 
     def _inverse_and_ladj(self, y):
-        return nn.functional.linear(y - self.bias, self.weight.inverse_weight()), self._ladj(y)
+        with _full_precision(y):
+            return nn.functional.linear(y - self.bias, self.weight.inverse_weight()), self._ladj(y)
 
 
 def scaling(input_dim: int) -> Scaling:
@@ -218,10 +231,12 @@ class Invertible1x1Conv(FlowTransform):
         return (matrix @ x.flatten(-2)).unflatten(-1, x.shape[-2:])
 
     def _call_and_ladj(self, x):
-        return self._mix(self.weight.weight(), x), self._ladj(x)
+        with _full_precision(x):
+            return self._mix(self.weight.weight(), x), self._ladj(x)
 
     def _inverse_and_ladj(self, y):
-        return self._mix(self.weight.inverse_weight(), y), self._ladj(y)
+        with _full_precision(y):
+            return self._mix(self.weight.inverse_weight(), y), self._ladj(y)
 
     def extra_repr(self):
         return f"num_channels={self.num_channels}"

@@ -94,6 +94,8 @@ def invert_monotone(
     log_u, log_v = torch.log(u), torch.log1p(-u)
     upper_tail = u > 0.5
     x = 0.5 * (lower + upper)
+    # under torch.func.vmap no value can decide a branch: every iteration runs
+    batched = torch._C._functorch.is_batchedtensor(x)
     for _ in range(max_iter):
         residual, slope = _residual_and_slope(log_parts, x, log_u, log_v, upper_tail)
         too_far = residual > 0
@@ -106,7 +108,7 @@ def invert_monotone(
         new = torch.where(residual == 0, x, new)
         converged = (new - x).abs() <= rtol * x.abs() + torch.finfo(x.dtype).tiny
         x = new
-        if bool(converged.all()):
+        if not batched and bool(converged.all()):
             break
     return x
 

@@ -35,7 +35,6 @@ from typing import List, Sequence, Tuple
 
 import torch
 from pyro.distributions.torch_transform import ComposeTransformModule
-from torch.autograd.function import once_differentiable
 
 from .base import FlowTransform
 from .coupling import (
@@ -97,6 +96,38 @@ def _fusable(block: torch.nn.Module, y: torch.Tensor) -> bool:
         return False
     expand = getattr(block, "_expand", None)  # a conditioned coupling: y already broadcast?
     return expand is None or expand(y).shape == y.shape
+
+
+def _bindings(blocks) -> list:
+    """Where every parameter and buffer of ``blocks`` is held now: ``(module, dict, name,
+    tensor)``. The backward pass reruns the layers after the forward pass has returned,
+    when ``torch.func.functional_call`` (or any swap of tensors) has already put the
+    module's own tensors back; it reruns them with these, the tensors of the forward pass,
+    so that gradients reach them (not the module's own) and are computed at their values."""
+    bound, stack = [], list(blocks)
+    while stack:
+        module = stack.pop()
+        state = module.__dict__
+        for kind in ("_parameters", "_buffers"):
+            bound += [(module, kind, name, t) for name, t in state[kind].items() if t is not None]
+        stack += (m for m in state["_modules"].values() if m is not None)
+    return bound
+
+
+@contextmanager
+def _bound(bindings: list):
+    """Put the tensors of ``bindings`` back where they were, for the duration."""
+    swapped = []
+    try:
+        for module, kind, name, tensor in bindings:
+            held = module.__dict__[kind]
+            if held.get(name) is not tensor:
+                swapped.append((held, name, held.get(name)))
+                held[name] = tensor
+        yield
+    finally:
+        for held, name, tensor in reversed(swapped):
+            held[name] = tensor
 
 
 def _grad_or_zeros(grad, like):
@@ -175,9 +206,45 @@ def _coupling_backward(block, y, grad_y, grad_ladj, params, replay):
     return x.detach(), grad_x, found[2:]
 
 
+_TWICE = (
+    "MemorySaving: cannot differentiate twice (create_graph=True, e.g. a gradient penalty or "
+    "score matching): its backward pass recomputes the layers without a graph; build the flow "
+    "without memory_saving=True for second derivatives"
+)
+
+
+class _Refused(torch.autograd.Function):
+    """The identity on ``gradients`` whose backward pass raises: the first-order
+    gradients of a ``create_graph=True`` backward pass, tied to the input and parameters
+    of the stack (``anchors``) so that any second derivative that reaches them raises
+    instead of coming out as ``None`` (the graph-less gradients have no path to them,
+    and ``torch.autograd.grad(..., inputs)`` skips what leads to no input)."""
+
+    @staticmethod
+    def forward(ctx, count, *tensors):
+        return tuple(g.clone() for g in tensors[:count])
+
+    @staticmethod
+    def backward(ctx, *grads):
+        raise RuntimeError(_TWICE)
+
+
+def _refusing_second_derivatives(gradients, anchors):
+    present = [i for i, g in enumerate(gradients) if g is not None]
+    anchors = [t for t in anchors if t.requires_grad]
+    if not present or not anchors:
+        return gradients
+    tied = _Refused.apply(len(present), *[gradients[i] for i in present], *anchors)
+    out = list(gradients)
+    for i, g in zip(present, tied, strict=True):
+        out[i] = g
+    return tuple(out)
+
+
 class _InvertibleBackprop(torch.autograd.Function):
     """``(x, *params) -> (y, ladj)`` through ``blocks`` in the normalizing direction,
-    saving only ``y``."""
+    saving only ``y`` (and a reference to the input ``x``, which its caller holds anyway,
+    to refuse second derivatives that reach it)."""
 
     @staticmethod
     def forward(ctx, blocks, event_dim, x, *params):
@@ -194,17 +261,25 @@ class _InvertibleBackprop(torch.autograd.Function):
             y = y.clone()  # an output must not be a view of an input
         ctx.blocks = blocks
         ctx.params = params
+        ctx.bindings = _bindings(blocks)
         ctx.rng_states = states
         device = x.device.type
         ctx.autocast = (device, torch.is_autocast_enabled(device), torch.get_autocast_dtype(device))
-        ctx.save_for_backward(y)
+        ctx.save_for_backward(x, y)
         return y, ladj
 
     @staticmethod
-    @once_differentiable  # the reruns' gradients carry no graph: a second derivative is an error
     def backward(ctx, grad_y, grad_ladj):
-        (y,) = ctx.saved_tensors
-        y = y.detach()
+        x, y = ctx.saved_tensors
+        twice = torch.is_grad_enabled()  # create_graph=True: a second derivative may follow
+        with _bound(ctx.bindings), torch.no_grad():
+            grads = _InvertibleBackprop._recompute(ctx, y.detach(), grad_y, grad_ladj)
+        if twice:
+            grads = _refusing_second_derivatives(grads, [x, *ctx.params])
+        return (None, None, *grads)
+
+    @staticmethod
+    def _recompute(ctx, y, grad_y, grad_ladj):
         grad_y = _grad_or_zeros(grad_y, y)
         if grad_ladj is None:
             grad_ladj = y.new_zeros(y.shape[: y.dim() - ctx.blocks[0].event_dim_] if ctx.blocks else ())
@@ -226,7 +301,7 @@ class _InvertibleBackprop(torch.autograd.Function):
                     if g is not None:
                         i = position[id(p)]
                         param_grads[i] = g if param_grads[i] is None else param_grads[i] + g
-        return (None, None, grad_y, *param_grads)
+        return (grad_y, *param_grads)
 
 
 def normalize_recomputing(

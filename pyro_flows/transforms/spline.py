@@ -328,6 +328,8 @@ class SplineCoupling(_SplineParams, _Coupling):
     def _spline_params(self, x_a: torch.Tensor):
         partition = self.partition
         raw = self.conditioner(x_a)
+        if raw.dtype != x_a.dtype:  # under autocast (bfloat16 knots give NaN): the spline in the data's dtype
+            raw = raw.to(x_a.dtype)
         per = _params_per_coordinate(self.num_bins, self.affine)
         dim = partition.param_dim
         expected = list(partition.b_shape)
