@@ -50,6 +50,8 @@ from torch.distributions import (
     constraints,
 )
 
+from .supports import _support_numbers
+
 __all__ = ["curvature_centeredness", "dependent_support_sites", "loc_scale_sites", "site_transform"]
 
 #: the families whose ``loc`` and ``scale`` are a location and a scale on the real line
@@ -85,9 +87,7 @@ def loc_scale_sites(trace) -> frozenset:
 def _support_bounds(support) -> list:
     """The tensors a support is parametrized by (an interval's bounds, say; none for the
     fixed supports such as ``positive`` or ``simplex``)."""
-    while isinstance(support, constraints.independent):
-        support = support.base_constraint
-    return [value for value in vars(support).values() if torch.is_tensor(value)]
+    return [value for value in _support_numbers(support).values() if torch.is_tensor(value)]
 
 
 def dependent_support_sites(model, trace, args=(), kwargs=None) -> frozenset:

@@ -46,6 +46,7 @@ from torch.distributions import (
 )
 
 from ..builders.conditional import conditional_real_nvp
+from .supports import _support_numbers, _unwrapped
 
 __all__ = ["ConditionalPosterior", "fit_posterior"]
 
@@ -60,9 +61,7 @@ def _is_real(support: constraints.Constraint) -> bool:
 
 
 def _base(support: constraints.Constraint) -> constraints.Constraint:
-    while isinstance(support, constraints.independent):
-        support = support.base_constraint
-    return support
+    return _unwrapped(support)[0]
 
 
 def _constraint_like(support: constraints.Constraint, like: torch.Tensor) -> constraints.Constraint:
@@ -88,17 +87,12 @@ def _constraint_like(support: constraints.Constraint, like: torch.Tensor) -> con
 def _support_state(support: constraints.Constraint) -> dict:
     """A support as a ``state_dict`` entry: its kind, event dims and numbers (an interval's
     bounds), tensors on the CPU (plain data: ``torch.load(..., weights_only=True)`` reads it)."""
-    event_dims = 0
-    while isinstance(support, constraints.independent):
-        event_dims += support.reinterpreted_batch_ndims
-        support = support.base_constraint
-    numbers = {}
-    for name, value in sorted(vars(support).items()):
-        if isinstance(value, torch.Tensor):
-            numbers[name] = value.detach().to("cpu", torch.float64)
-        elif isinstance(value, (bool, int, float)):
-            numbers[name] = value
-    return {"support": type(support).__name__, "support_event_dims": event_dims, "support_numbers": numbers}
+    base, event_dims = _unwrapped(support)
+    numbers = {
+        name: value.detach().to("cpu", torch.float64) if isinstance(value, torch.Tensor) else value
+        for name, value in _support_numbers(support).items()
+    }
+    return {"support": type(base).__name__, "support_event_dims": event_dims, "support_numbers": numbers}
 
 
 def _same_extra_state(a: dict, b: dict) -> bool:
@@ -327,11 +321,7 @@ class ConditionalPosterior(nn.Module):
         x = self._check_x(x)
         if not self.reject or x.shape[:-1].numel() == 0:
             return x.new_zeros(x.shape[:-1])
-        n = self.num_normalizing_draws
-        try:
-            n = None if isinstance(n, bool) else operator.index(n)
-        except TypeError:
-            n = None
+        n = _as_int(self.num_normalizing_draws)
         if n is None or n < 1:
             # 0 draws gave Z = inf and so log_prob = -inf everywhere; a float (1e6) a TypeError
             # from deep inside torch.Size
@@ -421,15 +411,23 @@ class ConditionalPosterior(nn.Module):
         return f"theta_dim={self.theta_dim}, x_dim={self.x_dim}, support={self.support}{reject}"
 
 
+def _as_int(n) -> Optional[int]:
+    """``n`` as an int if it is an integer (a Python or numpy int, an integer tensor of one
+    element), ``None`` otherwise (a bool, a float, anything else)."""
+    if isinstance(n, bool):
+        return None
+    try:
+        return operator.index(n)
+    except TypeError:
+        return None
+
+
 def _sample_shape(num_samples) -> torch.Size:
     """``num_samples`` (an int >= 0, or a tuple of them) as a sample shape."""
     items = num_samples if isinstance(num_samples, (tuple, list, torch.Size)) else (num_samples,)
     shape = []
     for n in items:
-        try:
-            n = None if isinstance(n, bool) else operator.index(n)
-        except TypeError:
-            n = None
+        n = _as_int(n)
         if n is None or n < 0:
             raise TypeError(
                 "posterior: num_samples must be an int >= 0 or a sample shape (a tuple of such "

@@ -51,6 +51,18 @@ class _PerFeature(FlowTransform):
         """Per-feature vector -> broadcastable over the event."""
         return t.view(-1, 1, 1) if self.event_dim_ == 3 else t
 
+    def _spread_or_warn(self, y, consequence: str) -> bool:
+        """Whether ``y`` holds at least two values per feature (a batch statistic needs
+        them); if not, a ``RuntimeWarning`` that says what the layer does instead."""
+        if y.numel() // self.num_features >= 2:
+            return True
+        warnings.warn(
+            f"{type(self).__name__} in train mode got a single value per feature, {consequence}",
+            RuntimeWarning,
+            stacklevel=5,
+        )
+        return False
+
     def _is_initialized(self) -> bool:
         """``bool(self.initialized)`` without reading the device on every call.
 
@@ -190,20 +202,14 @@ class RealNVPBatchNorm(_PerFeature):
         return x, self._ladj(y, var)
 
     def _has_spread(self, y) -> bool:
-        """Whether ``y`` holds at least two values per feature. A single one has variance
-        0: normalising by it would send the point to 0 with a log-det of
-        :math:`-\\frac12\\log\\varepsilon` per feature, and, as the first batch, would set
-        the running variance to 0 (eval mode would then scale by :math:`1/\\sqrt\\varepsilon`)."""
-        if y.numel() // self.num_features >= 2:
-            return True
-        warnings.warn(
-            "RealNVPBatchNorm in train mode got a single value per feature, whose batch "
-            "variance is 0: it is normalised with the running averages, which it leaves "
-            "unchanged. Use a larger batch to train, or .eval() to score single points.",
-            RuntimeWarning,
-            stacklevel=4,
+        # A single value per feature has variance 0: normalising by it would send the
+        # point to 0 with a log-det of -1/2 log eps per feature, and, as the first batch,
+        # would set the running variance to 0 (eval mode would then scale by 1/sqrt(eps)).
+        return self._spread_or_warn(
+            y,
+            "whose batch variance is 0: it is normalised with the running averages, which it "
+            "leaves unchanged. Use a larger batch to train, or .eval() to score single points.",
         )
-        return False
 
     def _training_statistics(self, y):
         event_dims = [y.dim() - self.event_dim_ + 1 + i for i in range(self.event_dim_ - 1)]
@@ -325,21 +331,15 @@ class ActNorm(_PerFeature):
         return (y - self._view(self.loc)) * self._view(torch.exp(-self.log_scale)), self._ladj(y)
 
     def _has_spread(self, y) -> bool:
-        """Whether ``y`` holds at least two values per feature. One point (one vector, or
-        an image batch of one at one pixel) has no spread in any channel: initialised
-        from it the layer would only shift by that point and keep :math:`s = 0` for good,
-        the scale it exists to set (a spline flow's data would stay outside the splines'
-        interval). It then stays uninitialised, the identity, until a larger batch."""
-        if y.numel() // self.num_features >= 2:
-            return True
-        warnings.warn(
-            "ActNorm in train mode got a single value per feature, which has no spread to "
-            "initialise its scale from: it stays uninitialised (the identity) and initialises "
-            "on the first batch with at least two values per feature.",
-            RuntimeWarning,
-            stacklevel=4,
+        # One point (one vector, or an image batch of one at one pixel) has no spread in
+        # any channel: initialised from it the layer would only shift by that point and
+        # keep s = 0 for good, the scale it exists to set (a spline flow's data would stay
+        # outside the splines' interval). It stays uninitialised, the identity, instead.
+        return self._spread_or_warn(
+            y,
+            "which has no spread to initialise its scale from: it stays uninitialised (the "
+            "identity) and initialises on the first batch with at least two values per feature.",
         )
-        return False
 
     def extra_repr(self):
         return f"num_features={self.num_features}, event_dim={self.event_dim_}"
