@@ -12,9 +12,10 @@ It adds three things to :class:`pyro.distributions.TransformModule`:
   ``requires_grad``, in the same grad mode and train/eval mode, with the same
   parameters and buffers (the same tensor objects, at the same version counters:
   optimizer steps, ``load_state_dict`` and running-statistics updates bump them). So
-  scoring a sample after an optimizer step, after swapping a parameter, or with
-  gradients after drawing it under ``no_grad`` recomputes instead of returning stale
-  values or a value without a graph. An *input* given again (torch's
+  scoring a sample after an optimizer step, after swapping a parameter (also for
+  the length of a ``torch.func.functional_call``), or with gradients after drawing it
+  under ``no_grad`` recomputes instead of returning stale values or a value without a
+  graph. An *input* given again (torch's
   ``ComposeTransform.log_abs_det_jacobian`` calls each part on its input once more)
   hits only while no parameter's gradient changed since: an optimizer that writes
   through ``.data`` (Pyro's ``ClippedAdam``) moves no version counter, and a hit after
@@ -31,7 +32,7 @@ It adds three things to :class:`pyro.distributions.TransformModule`:
   dtype of the transform's parameters) are always checked (cheap, no device sync);
   finiteness is checked while distribution validation is on
   (``pyro.enable_validation``/``torch.distributions.Distribution.set_default_validate_args``,
-  on by default), following Pyro's convention.
+  on by default), following Pyro's convention, and under ``torch.func.vmap`` too.
 
 Direction convention (Pyro's): ``_call`` maps the base side to the data side, the
 generative direction, and ``_inverse`` maps data to the base, the normalizing direction
@@ -41,6 +42,7 @@ generative direction, and ``_inverse`` maps data to the base, the normalizing di
 
 from __future__ import annotations
 
+import operator
 import weakref
 from typing import Optional, Sequence, Tuple
 
@@ -106,9 +108,31 @@ def check_event(
                 f"{name}: expected {what} of shape (*batch_shape, {', '.join(map(str, event_shape))})"
                 f" i.e. event shape {event_shape}, got shape {tuple(x.shape)}"
             )
-    if validation_enabled() and not bool(torch.isfinite(x).all()):
-        bad = int((~torch.isfinite(x)).sum())
-        raise ValueError(f"{name}: {what} contains {bad} non-finite value(s) (NaN or inf)")
+    if validation_enabled():
+        _check_finite(name, x, f"{what} contains")
+
+
+def all_true(mask: torch.Tensor) -> bool:
+    """Whether every element of the boolean ``mask`` is true, as a Python bool to branch
+    on. ``torch._is_all_true`` is the reduction torch's own distributions validate with:
+    unlike ``bool(mask.all())`` it may be branched on under ``torch.func.vmap``."""
+    return bool(torch._is_all_true(mask))
+
+
+def count_false(mask: torch.Tensor) -> str:
+    """``"N "``, the number of false elements of ``mask`` for an error message, or ``""``
+    under ``torch.func.vmap``, where a batched tensor has no single value to read."""
+    try:
+        return f"{int((~mask).sum())} "
+    except RuntimeError:
+        return ""
+
+
+def _check_finite(name: str, x: torch.Tensor, what: str) -> None:
+    """Raise a ``ValueError`` if ``x`` has a NaN or an infinity."""
+    finite = torch.isfinite(x)
+    if not all_true(finite):
+        raise ValueError(f"{name}: {what} {count_false(finite)}non-finite value(s) (NaN or inf)")
 
 
 def _state_of(module: torch.nn.Module) -> list:
@@ -123,6 +147,31 @@ def _state_of(module: torch.nn.Module) -> list:
         tensors += state["_buffers"].values()
         stack += (m for m in state["_modules"].values() if m is not None)
     return [t for t in tensors if t is not None]
+
+
+def _slots_of(module: torch.nn.Module) -> tuple:
+    """Where each parameter and buffer of ``module``'s tree is held: ``(dicts, names,
+    tensors)``, so that ``dicts[i][names[i]] is tensors[i]`` while nothing was swapped.
+    ``torch.func.functional_call`` swaps tensors by writing these dicts and puts the
+    module's own back afterwards; checking the slots (about 1 us for a coupling) tells a
+    call made with the given tensors from one made with the module's own."""
+    dicts, names, tensors = [], [], []
+    stack = [module]
+    while stack:
+        state = stack.pop().__dict__
+        for held in (state["_parameters"], state["_buffers"]):
+            for name, t in held.items():
+                if t is not None:
+                    dicts.append(held)
+                    names.append(name)
+                    tensors.append(t)
+        stack += (m for m in state["_modules"].values() if m is not None)
+    return dicts, names, tensors
+
+
+def _slots_unchanged(slots) -> bool:
+    dicts, names, tensors = slots
+    return all(map(operator.is_, map(dict.get, dicts, names), tensors))
 
 
 def _first_float_dtype(tensors) -> Optional[torch.dtype]:
@@ -168,9 +217,8 @@ def check_context(
             f"{name}: the context has dtype {context.dtype} but the flow's parameters are {dtype}; "
             f"convert the context (context{_conversion(dtype)}) or the flow (flow{_conversion(context.dtype)})"
         )
-    if validation_enabled() and not bool(torch.isfinite(context).all()):
-        bad = int((~torch.isfinite(context)).sum())
-        raise ValueError(f"{name}: the context contains {bad} non-finite value(s) (NaN or inf)")
+    if validation_enabled():
+        _check_finite(name, context, "the context contains")
     return context
 
 
@@ -291,11 +339,13 @@ class FlowTransform(TransformModule):
     # walk compares against the tree and rebuilds it); .to()/.double() drop it.
 
     def _state(self):
-        """``(state tensors, dtype of the first floating one)``, kept between calls."""
+        """``(state tensors, dtype of the first floating one, slots)``, kept between calls
+        while the slots hold the same tensors (see :func:`_slots_of`): a call inside
+        ``torch.func.functional_call`` is cached under the tensors it was given."""
         state = self.__dict__.get("_state_list")
-        if state is None:
+        if state is None or not _slots_unchanged(state[2]):
             tensors = self._state_tensors()
-            state = self.__dict__["_state_list"] = tensors, _first_float_dtype(tensors)
+            state = self.__dict__["_state_list"] = tensors, _first_float_dtype(tensors), _slots_of(self)
         return state
 
     def _lookup(self, x, y, walk: bool):
@@ -361,7 +411,7 @@ class FlowTransform(TransformModule):
             if self._cache_size:
                 _eager(FlowTransform._store_eagerly)(self, value, out, ladj, what)
             return out, ladj
-        state, dtype = self._state()
+        state, dtype, _ = self._state()
         self._check(value, what, dtype)
         out, ladj = fn(value)
         if self._cache_size:

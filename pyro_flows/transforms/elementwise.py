@@ -41,7 +41,7 @@ from torch import nn
 from torch.distributions import constraints
 
 from ._arguments import check_event_shape
-from .base import FlowTransform, check_event, sum_event, validation_enabled
+from .base import FlowTransform, all_true, check_event, count_false, sum_event, validation_enabled
 from .cdf_functions import check_supported, log_parts, quantile
 from .monotone_inverse import attach_implicit_gradient, invert_monotone
 
@@ -68,10 +68,12 @@ def _cdf_from_log_parts(log_cdf: torch.Tensor, log_sf: torch.Tensor) -> torch.Te
 def _check_unit(name: str, u: torch.Tensor, what: str = "input") -> None:
     """Under validation, ``u`` must lie in the unit interval (the transform's domain for
     an ``"input"``, its codomain for a ``"value"``)."""
-    if validation_enabled() and not bool(((u >= 0) & (u <= 1)).all()):
-        bad = int((~((u >= 0) & (u <= 1))).sum())
+    if not validation_enabled():
+        return
+    inside = (u >= 0) & (u <= 1)
+    if not all_true(inside):
         raise ValueError(
-            f"{name}: expected {what}s in the unit interval [0, 1], got {bad} value(s) outside it"
+            f"{name}: expected {what}s in the unit interval [0, 1], got {count_false(inside)}value(s) outside it"
         )
 
 
@@ -329,11 +331,10 @@ class BaseCDF(FlowTransform):
         if isinstance(support, constraints._Real):
             return
         inside = support.check(z)
-        if not bool(inside.all()):
-            bad = int((~inside).sum())
+        if not all_true(inside):
             raise ValueError(
                 f"{owner}: expected {what}s in the support of the {self.base.cls.__name__} base, "
-                f"{_support_text(support)}; got {bad} value(s) outside it"
+                f"{_support_text(support)}; got {count_false(inside)}value(s) outside it"
             )
 
     def _cdf(self, z):

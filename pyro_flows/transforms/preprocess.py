@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch.distributions import constraints
 
-from .base import FlowTransform, sum_event, validation_enabled
+from .base import FlowTransform, all_true, sum_event, validation_enabled
 
 __all__ = ["Logit", "logit", "dequantize"]
 
@@ -132,16 +132,18 @@ class Logit(FlowTransform):
         # codomain stays torch's closed interval, which biject_to knows; with alpha > 0
         # both contain [0, 1], with alpha = 0 the ends 0 and 1 are data a user may have.)
         low, high = self._bounds()
-        if not bool(((x > low) & (x < high)).all()):
+        if not all_true((x > low) & (x < high)):
             if self.alpha == 0:
                 expected = (
                     "data strictly inside (0, 1) (alpha=0 maps 0 and 1 to -inf and +inf; use alpha > 0)"
                 )
             else:
                 expected = "data in [0, 1] (dequantized and scaled by 1/K)"
-            raise ValueError(
-                f"Logit: expected {expected}, got values in [{float(x.min())}, {float(x.max())}]"
-            )
+            try:
+                got = f", got values in [{float(x.min())}, {float(x.max())}]"
+            except RuntimeError:  # under vmap a batched tensor has no single value
+                got = ""
+            raise ValueError(f"Logit: expected {expected}{got}")
 
     def _ladj(self, z):
         # log sigma'(z) = log sigma(z) + log(1 - sigma(z)) = -softplus(-z) - softplus(z)

@@ -98,27 +98,21 @@ def test_functional_call_scores_and_differentiates_the_given_parameters(entry):
     assert torch.allclose(scorer(data.clone()), own, atol=1e-10)
 
 
-_STALE = pytest.mark.xfail(
-    strict=True,
-    reason="base.py (FlowTransform._state): a call inside functional_call is cached under the "
-    "kept state list, i.e. the module's own tensors, so the same tensor scored after the call "
-    "hits the entry computed with the given ones",
-)
-
-
-@_STALE
-def test_functional_call_leaves_no_stale_cache_entry():
-    entry = next(e for e in ENTRIES if e.name == "affine_half")
-    module, t, x = build(entry)
+@entries_where(_has_parameters)
+def test_functional_call_leaves_no_stale_cache_entry(entry):
+    """A call inside ``functional_call`` is cached under the tensors it was given, so the
+    same tensor scored afterwards uses the module's own parameters again."""
+    module, _, x = build(entry)
     module.eval()
+    data = as_data(entry, x)
     scorer = _LogProb(module, entry)
-    own = scorer(x.clone()).detach()  # a plain call first (the state list is kept)
+    own = scorer(data.clone()).detach()  # a plain call first (the state list is kept)
     given = {name: p.detach() + 0.1 for name, p in scorer.named_parameters()}
-    torch.func.functional_call(scorer, given, (x,))
-    assert torch.allclose(scorer(x), own, atol=1e-10)
+    moved = torch.func.functional_call(scorer, given, (data,))
+    assert not torch.allclose(moved, own)  # the given parameters do change the density
+    assert torch.allclose(scorer(data), own, atol=1e-10)
 
 
-@_STALE
 def test_functional_call_leaves_no_stale_cache_entry_for_its_samples():
     entry = next(e for e in ENTRIES if e.name == "scaling")
     module, t, x = build(entry)
@@ -142,6 +136,28 @@ def test_vmap_log_prob_and_forward(entry, no_validation):
     got = torch.func.vmap(lambda v: flow_dist(t, entry).log_prob(v))(data.clone())
     assert torch.allclose(got, expected, atol=1e-9)
     assert torch.allclose(torch.func.vmap(t)(x.clone()), t(x.clone()), atol=1e-9)
+
+
+@entries_where(_vmappable)
+def test_vmap_with_validation_on(entry):
+    """The finiteness check of the inputs branches the way torch's own support checks
+    do, so vmap works with distribution validation on (Pyro's default) and still refuses
+    a NaN with the library's message."""
+    previous = Distribution._validate_args
+    Distribution.set_default_validate_args(True)
+    try:
+        module, t, x = build(entry)
+        module.eval()
+        data = as_data(entry, x)
+        expected = flow_dist(t, entry).log_prob(data.clone())
+        got = torch.func.vmap(lambda v: flow_dist(t, entry).log_prob(v))(data.clone())
+        assert torch.allclose(got, expected, atol=1e-9)
+        bad = x.clone()
+        bad.view(-1)[-1] = float("nan")
+        with pytest.raises(ValueError, match=r"input contains non-finite value\(s\)"):
+            torch.func.vmap(t)(bad)
+    finally:
+        Distribution.set_default_validate_args(previous)
 
 
 @entries_where(lambda e: not _vmappable(e))
