@@ -317,3 +317,36 @@ def test_change_of_base_and_base_cdf_are_increasing():
         u = torch.linspace(0.05, 0.95, 7)
         out = t(u) if not isinstance(t, BaseCDF) else t.inv(u)
         assert (out.diff() > 0).all()
+
+
+def test_numerical_quantile_has_exact_second_derivatives():
+    """The root of Phi((x - m) / s) = u, found numerically, has the closed form
+    x = m + s * z with z = ndtri(u): its second derivatives in (u, s) are
+    d2x/du2 = s * z / phi(z)^2, d2x/(du ds) = 1 / phi(z) and d2x/ds2 = 0."""
+    from pyro_flows.transforms.monotone_inverse import solve_monotone
+
+    u = torch.tensor([1e-6, 0.2, 0.5, 0.9, 1 - 1e-6], dtype=torch.float64, requires_grad=True)
+    m = torch.tensor(0.7, dtype=torch.float64, requires_grad=True)
+    s = torch.tensor(1.9, dtype=torch.float64, requires_grad=True)
+
+    def log_parts(x):
+        z = (x - m) / s
+        return (
+            torch.special.log_ndtr(z),
+            torch.special.log_ndtr(-z),
+            -0.5 * z**2 - 0.5 * math.log(2 * math.pi) - torch.log(s),
+        )
+
+    x = solve_monotone(log_parts, u, torch.full_like(u, -60.0), torch.full_like(u, 60.0))
+    z = torch.special.ndtri(u.detach())
+    phi = torch.exp(-0.5 * z**2) / math.sqrt(2 * math.pi)
+    assert torch.allclose(x, m.detach() + s.detach() * z, rtol=1e-12)
+    du, ds = torch.autograd.grad(x.sum(), (u, s), create_graph=True)
+    assert torch.allclose(du, s.detach() / phi, rtol=1e-9)
+    assert torch.allclose(ds, z.sum(), rtol=1e-9)
+    # each element's x depends on its own u only: the row sums of the Hessian block
+    duu, dus = torch.autograd.grad(du.sum(), (u, s), retain_graph=True)
+    assert torch.allclose(duu, s.detach() * z / phi**2, rtol=1e-7)
+    assert torch.allclose(dus, (1 / phi).sum(), rtol=1e-9)
+    (dss,) = torch.autograd.grad(ds, s)
+    assert abs(float(dss)) < 1e-9

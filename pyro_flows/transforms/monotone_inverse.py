@@ -29,7 +29,9 @@ steps.
 **Gradients.** The iteration runs without autograd; :func:`attach_implicit_gradient`
 then adds the graph of one Newton step whose *value* is zero, which by the implicit
 function theorem gives :math:`\partial x/\partial\theta = -(\partial F/\partial\theta) /
-(\partial F/\partial x)` and :math:`\partial x/\partial u = 1/F'(x)` (first order).
+(\partial F/\partial x)` and :math:`\partial x/\partial u = 1/F'(x)`, and a second one
+with the slope's graph, which makes the second derivatives exact too (the Newton map's
+derivative in :math:`x` vanishes at the root, so each step adds one exact order).
 """
 
 from __future__ import annotations
@@ -115,15 +117,22 @@ def invert_monotone(
 
 def attach_implicit_gradient(log_parts: LogParts, x: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
     """Return ``x`` (a root of :math:`F(x) = u` found without autograd) with the
-    implicit-function gradient attached: same values, correct first derivatives with
-    respect to ``u`` and to whatever ``log_parts`` depends on."""
+    implicit-function gradient attached: same values, correct first and second
+    derivatives with respect to ``u`` and to whatever ``log_parts`` depends on (for
+    gradient penalties and Hessians through a numerical quantile)."""
     if not torch.is_grad_enabled():
         return x
     x = x.detach()
     upper_tail = u.detach() > 0.5
-    residual, slope = _residual_and_slope(log_parts, x, torch.log(u), torch.log1p(-u), upper_tail)
-    # one Newton step whose value is exactly zero but whose derivative is -dr/(dr/dx)
-    return x - (residual - residual.detach()) / slope.detach()
+    log_u, log_v = torch.log(u), torch.log1p(-u)
+    residual, slope = _residual_and_slope(log_parts, x, log_u, log_v, upper_tail)
+    # a Newton step whose value is exactly zero but whose derivative is -dr/(dr/dx)
+    x = x - (residual - residual.detach()) / slope.detach()
+    # A second such step from there, with the slope's graph: the Newton map N has
+    # dN/dx = 0 at the root, so the step's derivatives of order k need those of its
+    # starting point to order k - 1 only; this makes the second derivatives exact.
+    residual, slope = _residual_and_slope(log_parts, x, log_u, log_v, upper_tail)
+    return x - (residual - residual.detach()) / slope
 
 
 def solve_monotone(log_parts: LogParts, u: torch.Tensor, lower, upper, **kwargs) -> torch.Tensor:

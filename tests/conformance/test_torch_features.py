@@ -212,11 +212,6 @@ def test_gradient_penalty_matches_finite_differences(entry):
     assert torch.allclose((grads[0] * direction).sum(), fd, rtol=1e-5, atol=1e-6)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="monotone_inverse.attach_implicit_gradient: the implicit gradient of the Beta "
-    "quantile (Newton root) is exact to first order only; its second derivative is wrong",
-)
 def test_gradient_penalty_through_a_numerical_quantile():
     test_gradient_penalty_matches_finite_differences(next(e for e in ENTRIES if e.name == "base_cdf_beta"))
 
