@@ -75,7 +75,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--resume",
         metavar="DIR",
         default=None,
-        help="continue the run in DIR from its checkpoint.pt with its saved options (default: start a new run)",
+        help="continue the run in DIR from its checkpoint.pt with its saved options; only --quiet, --device, "
+        "and --data or --data-dir giving the new place of the run's data, may be added (default: start a new run)",
     )
     fit.add_argument(
         "--overwrite",
@@ -118,6 +119,11 @@ def build_parser() -> argparse.ArgumentParser:
     sa.add_argument("--seed", type=int, default=0, help="seed of the sampler (default: 0)")
     sa.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default: auto)")
     return parser
+
+
+#: the options ``fit --resume`` accepts besides ``--quiet``: the device (the run may go on on
+#: another machine) and the new place of its data, which must be the data it was trained on
+RESUME_OPTIONS = ("device", "data", "data_dir")
 
 
 def _given_options(args: argparse.Namespace) -> dict:
@@ -174,7 +180,7 @@ def main(argv: Optional[List[str]] = None) -> int:
 
             if args.resume:
                 extra = [f.name for f in dataclasses.fields(RunConfig) if hasattr(args, f.name)]
-                extra = [name for name in extra if name != "quiet"]
+                extra = [name for name in extra if name != "quiet" and name not in RESUME_OPTIONS]
                 if args.overwrite:
                     raise ValueError("fit --resume continues the run in its folder; drop --overwrite")
                 if args.config or extra:
@@ -183,9 +189,11 @@ def main(argv: Optional[List[str]] = None) -> int:
                         + ", ".join(
                             ["--config"] * bool(args.config) + ["--" + e.replace("_", "-") for e in extra]
                         )
+                        + " (only --quiet, --device, and --data or --data-dir for data that moved, may be given)"
                     )
                 run_dir = args.resume
-                fit_run(_resume_config(args), resume_dir=args.resume)
+                changes = {name: getattr(args, name) for name in RESUME_OPTIONS if hasattr(args, name)}
+                fit_run(_resume_config(args), resume_dir=args.resume, resume_changes=changes)
             else:
                 config = resolve_fit_config(args)
                 run_dir = config.out

@@ -162,19 +162,40 @@ def check_data_source(
 ) -> None:
     """Raise a ``ValueError`` when the data ``config`` names now differ from ``saved``
     (:func:`data_source` of the run). Runs that recorded nothing are not checked; a
-    folder set is compared only when ``splits`` are given."""
+    folder set is compared only when ``splits`` are given. A data file is read where
+    ``config.data`` says (the run's own path, or the new place of a file that moved,
+    which ``fit --resume --data`` gives) and must hold the same bytes as when the run
+    was trained."""
     if not saved or saved.get("kind") not in ("file", "folder"):
         return
-    advice = (
-        f"{action} refuses to use data that differ from the run's; to score other data on purpose, "
-        "pass it with `pyro-flows evaluate --data`"
-    )
+    if action.startswith("fit"):
+        advice = (
+            f"{action} refuses to use data that differ from the run's; if the data moved, give their new "
+            "place with --data (a file) or --data-dir (a folder)"
+        )
+    else:
+        advice = (
+            f"{action} refuses to use data that differ from the run's; to score other data on purpose, "
+            "pass it with `pyro-flows evaluate --data`"
+        )
     if saved["kind"] == "file":
-        path = saved.get("path", "")
+        trained = saved.get("path", "")
+        path = os.path.abspath(config.data) if is_data_file(config.data) else trained
         if not os.path.isfile(path):
+            if path != trained:
+                raise ValueError(f"data file {path} does not exist")
             raise ValueError(f"the run was trained on {path}, which no longer exists; {advice}")
         size = os.path.getsize(path)
         if size != saved.get("size") or _file_digest(path) != saved.get("sha256"):
+            if path != trained:
+                differs = (
+                    f"it has {size} bytes, that file had {saved.get('size')}"
+                    if size != saved.get("size")
+                    else "their SHA-256 differ"
+                )
+                raise ValueError(
+                    f"{path} is not the file the run was trained on, {trained} ({differs}); {advice}"
+                )
             raise ValueError(
                 f"{path} has changed since the run was trained on it (now {size} bytes, then "
                 f"{saved.get('size')}; the SHA-256 differs): it is not the run's data; {advice}"

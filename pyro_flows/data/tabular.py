@@ -153,7 +153,12 @@ def _is_float(text: str) -> bool:
 def _as_points(x: np.ndarray, where: str) -> np.ndarray:
     if x.dtype.kind not in "biuf":
         raise ValueError(f"data file {where}: expected a numeric array, got dtype {x.dtype}")
-    if x.ndim == 0 or x.size == 0:  # no rows, or rows without columns
+    if x.ndim == 0:
+        raise ValueError(
+            f"data file {where} holds a single number (an array of shape ()), not points; save the data "
+            "as an array of rows, one point per row"
+        )
+    if x.size == 0:  # no rows, or rows without columns
         raise ValueError(f"data file {where} is empty (shape {x.shape})")
     if x.ndim == 1:
         x = x[:, None]

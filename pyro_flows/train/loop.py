@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import errno
 import json
 import math
 import os
@@ -498,6 +499,10 @@ def train(
     postfix = {}
     running, started, started_step = state.running_loss, time.perf_counter(), state.step
     epoch_indices, epoch_of_indices = None, -1
+    # the step of the last checkpoint.pt written completely, and a failed write of metrics
+    # waiting for the next evaluation to stop every process (see below)
+    saved_step = state.step if resume_state is not None else None
+    write_failure = None
     flow.train()
     try:
         while state.step < total_steps and not state.stopped_early:
@@ -548,17 +553,24 @@ def train(
             value = float(global_nll) + (0.0 if flow_matching else offset)
             running = value if running is None else 0.95 * running + 0.05 * value
             state.running_loss = running
-            if state.step % 10 == 0 or state.step == total_steps:
+            if (state.step % 10 == 0 or state.step == total_steps) and write_failure is None:
                 rate = (state.step - started_step) / max(1e-9, time.perf_counter() - started)
-                metrics.write(
-                    split="train",
-                    step=state.step,
-                    **{train_key: value, f"running_{train_key}": running},
-                    penalty=float(global_penalty),
-                    lr=lr,
-                    grad_norm=float(grad_norm),
-                    steps_per_s=rate,
-                )
+                try:
+                    metrics.write(
+                        split="train",
+                        step=state.step,
+                        **{train_key: value, f"running_{train_key}": running},
+                        penalty=float(global_penalty),
+                        lr=lr,
+                        grad_norm=float(grad_norm),
+                        steps_per_s=rate,
+                    )
+                except OSError as err:
+                    write_failure = _write_failure(err, metrics.path, state, run_dir, saved_step)
+                    if not context.distributed:
+                        raise write_failure from None
+                    # under torchrun the others learn of it at the next evaluation (fail_together
+                    # below): raised here, it would leave them waiting in this step's collectives
             if show:
                 postfix["fm" if flow_matching else "nll"] = f"{running:.3f}"
                 bar.set_postfix(postfix, refresh=False)
@@ -610,17 +622,23 @@ def train(
                 state.history.append(record)
                 # Every process's generator state, so a resumed run draws what each would have.
                 rngs = gather_objects(capture_rng(), context)
-                failed = None
+                failed, writing = write_failure, metrics.path
                 try:
-                    metrics.write(**record)
-                    if writes:
+                    if failed is None:
+                        metrics.write(**record)
+                    if writes and failed is None:
                         rng = {**rngs[0], "ranks": rngs} if context.distributed else rngs[0]
                         snapshot = checkpoint_state(rng=rng)
                         if improved:
                             # best.pt holds the evaluated weights (the average), which evaluate and sample use
                             best_snapshot = snapshot if average is None else checkpoint_state(best, rng)
-                            save_checkpoint(os.path.join(run_dir, "best.pt"), best_snapshot)
-                        save_checkpoint(os.path.join(run_dir, "checkpoint.pt"), snapshot)
+                            writing = os.path.join(run_dir, "best.pt")
+                            save_checkpoint(writing, best_snapshot)
+                        writing = os.path.join(run_dir, "checkpoint.pt")
+                        save_checkpoint(writing, snapshot)
+                        saved_step = state.step
+                except OSError as err:  # a full disk, a lost mount: say what is kept and how to go on
+                    failed = _write_failure(err, writing, state, run_dir, saved_step)
                 except Exception as err:
                     failed = err
                 # a write that failed on rank 0 stops every process now, with its message,
@@ -683,6 +701,32 @@ def _solver_failure(err: AssertionError) -> str:
         "the ODE solver failed (its step size underflowed: the learned dynamics became too stiff, which "
         "data with very large values cause; keep --standardize on)"
     )
+
+
+def _write_failure(
+    err: OSError, path: Optional[str], state: LoopState, run_dir: Optional[str], saved_step: Optional[int]
+) -> OSError:
+    """A failed write of the run's files (a full disk, a lost mount) as an ``OSError``
+    that says which file and step, what the folder still holds and how to go on. The
+    files are written atomically, so the one that failed is still the previous one."""
+    reason = err.strerror or str(err) or type(err).__name__
+    what = f"{reason} (writing {path or 'the run folder'} at step {state.step})"
+    full = err.errno in (errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC))
+    fix = "once there is space on the disk again" if full else "once the problem is fixed"
+    if saved_step is not None:
+        where = (
+            f"the checkpoint of step {saved_step} in {os.path.join(run_dir, 'checkpoint.pt')} is complete and kept, "
+            f"with the best model in {os.path.join(run_dir, 'best.pt')}; {fix}, continue the run with "
+            f"`pyro-flows fit --resume {run_dir}`"
+        )
+    else:
+        where = (
+            "no checkpoint had been written yet (one is written at each evaluation, see --eval-every); "
+            f"{fix}, start the run again with --out {run_dir} --overwrite"
+        )
+    failure = OSError(f"{what}; {where}")
+    failure.errno = err.errno
+    return failure
 
 
 def _stop(state: LoopState, run_dir: Optional[str], what: str, updated: bool = False) -> None:

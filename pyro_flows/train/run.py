@@ -139,16 +139,20 @@ def fit_run(
     on_step: Optional[Callable[[int], None]] = None,
     overwrite: bool = False,
     fit_batch_to_data: bool = False,
+    resume_changes: Optional[dict] = None,
 ) -> dict:
     """Train the flow ``config`` describes, evaluate it on the test split, write the run
     folder ``config.out`` and return the results (also in ``results.json``).
 
     With ``resume_dir`` the run continues from ``resume_dir/checkpoint.pt`` with the
     configuration saved there (only ``config.quiet`` is taken from ``config``), writing
-    to the same folder. A folder that already holds a run is refused unless
-    ``overwrite``, which deletes that run's files first (never the new run's data file,
-    nor files in a folder that holds no run: a folder with files named as a run's that no
-    run wrote is refused). The data, the options and the model are checked before the
+    to the same folder; ``resume_changes`` may set its ``device`` (a run can go on on
+    another machine) and the new place of data that moved (``data``: a data file;
+    ``data_dir``: the folder of a set read from one), which must hold the data the run
+    was trained on (their SHA-256 is compared with the one the run saved). A folder
+    that already holds a run is refused unless ``overwrite``, which deletes that run's
+    files first (never the new run's data file, nor files in a folder that holds no run:
+    a folder with files named as a run's that no run wrote is refused). The data, the options and the model are checked before the
     folder is touched, so a run refused for them leaves an existing run as it was and no
     half-made folder. While the run writes its folder, the folder is locked (an
     operating-system lock on ``DIR/.lock``, see ``pyro_flows.train.rundir``).
@@ -173,7 +177,7 @@ def fit_run(
         # The saved options (device, dtype, threads) are needed before joining the
         # process group; the state itself is read again once the folder is locked.
         _, config = _load_run(resume_dir, "checkpoint.pt")
-        config = config.replace(out=resume_dir, quiet=quiet)
+        config = _resume_options(config.replace(out=resume_dir, quiet=quiet), resume_changes or {})
     else:
         config = resolve_data_paths(config)
     threads = _threads(config.threads, resuming=resume_dir is not None)
@@ -188,7 +192,7 @@ def fit_run(
     lock = None
     claimed = False
     try:
-        error = resume_state = best_state = None
+        error = resume_state = best_state = saved_source = None
         created = not os.path.exists(run_dir)
         try:
             if resume_dir is not None:
@@ -196,10 +200,10 @@ def fit_run(
                     lock = _claim(run_dir, resume=True, overwrite=False)
                     claimed = True
                 resume_state, _ = _load_run(resume_dir, "checkpoint.pt", resume=True)
-                best_path = os.path.join(resume_dir, "best.pt")
-                if os.path.exists(best_path):
-                    best_state, _ = _load_run(resume_dir, "best.pt")
-                    best_state = best_state["model"]
+                best_state = _best_to_resume(resume_state, resume_dir)
+                saved_source = resume_state["data"].get("source")
+                if saved_source and saved_source.get("kind") == "file":  # before reading it
+                    check_data_source(saved_source, config, action="fit --resume")
             # A new run checks everything it can before touching the folder (and the run it
             # may replace): the data, the options, the model and the batches.
             torch.manual_seed(config.seed)
@@ -212,8 +216,8 @@ def fit_run(
                 check_flow_options(config, splits.event_shape)
                 config = with_resolved_options(config, splits)
             source = data_source(config, splits)
-            if resume_state is not None:
-                check_data_source(resume_state["data"].get("source"), config, splits, "fit --resume")
+            if saved_source and saved_source.get("kind") == "folder":
+                check_data_source(saved_source, config, splits, "fit --resume")
             dtype = DTYPES[config.dtype]
             flow = build_model(
                 config, splits.event_shape, discrete=splits.levels is not None, levels=splits.levels
@@ -225,7 +229,9 @@ def fit_run(
 
                 FlowMatching(flow, *fm_options(config))  # refuses a flow it cannot train
             if best_state is not None:
-                _check_weights_fit(flow, best_state, os.path.join(resume_dir, "best.pt"))
+                _check_weights_fit(flow, best_state["model"], os.path.join(resume_dir, "best.pt"))
+                _check_best_step(best_state, resume_state, os.path.join(resume_dir, "best.pt"))
+                best_state = best_state["model"]
             if resume_dir is None and context.is_main:
                 lock = _claim(run_dir, resume=False, overwrite=overwrite, keep=_inputs(config))
                 claimed = True
@@ -342,6 +348,75 @@ def _inputs(config: RunConfig) -> list:
     from ..data.registry import is_data_file
 
     return [config.data] if is_data_file(config.data) else []
+
+
+def _resume_options(config: RunConfig, changes: dict) -> RunConfig:
+    """The saved ``config`` of a resumed run with the options ``fit --resume`` accepts:
+    ``device``, and the new place of data that moved (``data`` for a data file,
+    ``data_dir`` for a set read from a folder); the data themselves are compared with
+    the run's record of them before training goes on."""
+    from ..data.registry import IMAGE_DATASETS, MAF_DATASETS, is_data_file
+
+    if changes.get("device") is not None:
+        config = config.replace(device=changes["device"])
+    data, data_dir = changes.get("data"), changes.get("data_dir")
+    if data is not None:
+        if not is_data_file(config.data):
+            if data.lower() != config.data.lower():
+                raise ValueError(
+                    f"--data {data}: the run was trained on the data set {config.data}, and fit --resume goes on "
+                    "with the run's own data (--data gives the new place of a data file that moved)"
+                )
+        elif not is_data_file(data):
+            raise ValueError(
+                f"--data {data}: the run was trained on the data file {config.data}; with fit --resume, "
+                "--data gives the new place of that file (with the same contents)"
+            )
+        else:
+            config = config.replace(data=data)
+    if data_dir is not None:
+        if config.data.lower() not in MAF_DATASETS + IMAGE_DATASETS[1:]:
+            raise ValueError(
+                f"--data-dir {data_dir}: the run's data ({config.data}) are not read from a folder; with "
+                "fit --resume, --data-dir gives the new place of the folder of such a set"
+            )
+        config = config.replace(data_dir=data_dir)
+    return resolve_data_paths(config)
+
+
+def _best_to_resume(resume_state: dict, run_dir: str) -> Optional[dict]:
+    """The ``best.pt`` a resumed run carries on with (``None``: the checkpoint's own
+    weights, or their average, are the best so far and the loop takes them from it).
+
+    ``best.pt`` must hold the model of the step the checkpoint names as the best, else
+    the run would report that step's validation NLL for other weights: one missing
+    (while the best step is an earlier one) or of another step is refused. One written
+    by an evaluation after the checkpoint (the run stopped between the two writes) is
+    taken: the resumed run repeats that evaluation. Its weights are checked against the
+    model by :func:`_check_weights_fit`, then its step by :func:`_check_best_step`."""
+    step, best_step = resume_state["step"], resume_state["trainer"]["best_step"]
+    path = os.path.join(run_dir, "best.pt")
+    if not os.path.exists(path):
+        if best_step == step:
+            return None
+        raise CheckpointError(
+            f"{path} is missing: the run's best model (step {best_step}) is kept only there, and checkpoint.pt "
+            f"holds the weights of step {step}; put the run's best.pt back to resume it"
+        )
+    best, _ = _load_run(run_dir, "best.pt")
+    return best
+
+
+def _check_best_step(best: dict, resume_state: dict, path: str) -> None:
+    """Refuse a ``best.pt`` that is not the best model of the checkpoint ``resume_state``
+    (see :func:`_best_to_resume`)."""
+    step, best_step = resume_state["step"], resume_state["trainer"]["best_step"]
+    if best["step"] != best_step and best["step"] <= step:
+        raise CheckpointError(
+            f"{path} holds the model of step {best['step']}, but the run's checkpoint.pt (step {step}) names "
+            f"step {best_step} as the best: it is not this run's best model; put the run's own best.pt back to "
+            "resume it"
+        )
 
 
 def _check_weights_fit(flow: torch.nn.Module, weights: dict, path: str) -> None:
