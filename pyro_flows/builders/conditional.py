@@ -12,7 +12,7 @@ from torch import nn
 from ..transforms._arguments import check_count, check_hidden_dims
 from ..transforms.base import check_context
 from ..transforms.coupling import conditional_affine_coupling
-from .vector import VectorFlow, _check_input_dim
+from .vector import VectorFlow, _check_bound, _check_input_dim, _warn_single_coupling
 
 __all__ = ["conditional_real_nvp", "ConditionalVectorFlow"]
 
@@ -84,13 +84,16 @@ def conditional_real_nvp(
     >>> d.condition(context).sample((4, 1)).shape
     torch.Size([4, 5, 3])
     """
-    _check_input_dim(input_dim, "conditional_real_nvp")
+    input_dim = _check_input_dim(input_dim, "conditional_real_nvp")
     # a bool is no size (True passed as 1 and named the context's size "True" in errors)
     if isinstance(context_dim, bool) or not isinstance(context_dim, numbers.Integral) or context_dim < 1:
         raise ValueError(f"conditional_real_nvp needs a positive int context_dim, got {context_dim!r}")
     context_dim = int(context_dim)
     check_count(num_layers, "num_layers", "conditional_real_nvp")
     hidden_dims = check_hidden_dims(hidden_dims, "conditional_real_nvp")
+    _check_bound(scale_bound, "scale_bound", "conditional_real_nvp")
+    _check_bound(shift_bound, "shift_bound", "conditional_real_nvp")
+    _warn_single_coupling("conditional_real_nvp", num_layers)
     parts = [
         conditional_affine_coupling(
             input_dim, context_dim, hidden_dims, mask, i % 2, activation, scale_bound, shift_bound

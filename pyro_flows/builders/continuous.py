@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import numbers
 from typing import Callable, Optional, Sequence, Union
 
 from torch import nn
 
 from ..nn.odefunc import DynamicsNet
 from ..nn.velocity import VelocityNet
-from ..transforms._arguments import check_hidden_dims
+from ..transforms._arguments import check_flag, check_hidden_dims
 from ..transforms.continuous import FFJORD, ConditionalFFJORD
 
 __all__ = ["ffjord", "conditional_ffjord", "FIELDS"]
@@ -20,6 +21,14 @@ FIELDS = {
     "concat-squash": ((64, 64), "softplus"),
     "velocity": ((256, 256, 256), "silu"),
 }
+
+
+def _check_size(value, name: str, caller: str) -> int:
+    """``value`` as a positive int (an integral type such as ``numpy.int64`` is accepted;
+    a bool, which would pass as 1, or a float is not)."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
+        raise ValueError(f"{caller}: expected a positive integer {name}, got {value!r}")
+    return int(value)
 
 
 def _field_network(
@@ -107,8 +116,8 @@ def ffjord(
     >>> d.log_prob(torch.zeros(3, 2)).shape
     torch.Size([3])
     """
-    if not isinstance(input_dim, int) or input_dim < 1:
-        raise ValueError(f"ffjord: expected a positive integer input_dim, got {input_dim!r}")
+    input_dim = _check_size(input_dim, "input_dim", "ffjord")
+    check_flag(adjoint, "adjoint", "ffjord")
     dynamics = _field_network(
         field, input_dim, hidden_dims, activation, 0, "ffjord", state_features, state_frequency
     )
@@ -165,8 +174,9 @@ def conditional_ffjord(
     >>> d.log_prob(torch.zeros(3, 2)).shape
     torch.Size([3])
     """
-    if not isinstance(input_dim, int) or input_dim < 1:
-        raise ValueError(f"conditional_ffjord: expected a positive integer input_dim, got {input_dim!r}")
+    input_dim = _check_size(input_dim, "input_dim", "conditional_ffjord")
+    context_dim = _check_size(context_dim, "context_dim", "conditional_ffjord")
+    check_flag(settings.get("adjoint", False), "adjoint", "conditional_ffjord")
     dynamics = _field_network(
         field,
         input_dim,

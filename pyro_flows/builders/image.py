@@ -23,7 +23,7 @@ import torch
 from pyro.distributions.torch_transform import ComposeTransformModule
 
 from ..nn.resnet import ConditionalResNet
-from ..transforms._arguments import check_count
+from ..transforms._arguments import check_count, check_flag
 from ..transforms.coupling import ConditionalAffineCoupling, image_affine_coupling, image_mask
 from ..transforms.linear import Invertible1x1Conv
 from ..transforms.masks import IndexPartition, make_partition
@@ -31,6 +31,7 @@ from ..transforms.multiscale import SPLIT_PRIORS, ConditionalMultiScale, MultiSc
 from ..transforms.normalization import ActNorm, RealNVPBatchNorm
 from ..transforms.reshape import Squeeze, _image_shape
 from ..transforms.spline import image_spline_coupling
+from .vector import _check_bound
 
 __all__ = ["real_nvp_image", "glow"]
 
@@ -50,9 +51,15 @@ def _check_image_shape(shape: Sequence[int], num_scales: int, name: str) -> tupl
     return shape
 
 
-def _check_options(name: str, split_prior: str, context_dim: Optional[int], coupling: str) -> None:
+def _check_options(
+    name: str, split_prior: str, context_dim: Optional[int], coupling: str, scale_bound, **flags
+) -> None:
     """The options every image builder shares, checked before any layer is built (so a
-    bad ``context_dim`` is named, not reported by a conditioner's constructor)."""
+    bad ``context_dim`` is named, not reported by a conditioner's constructor); ``flags``
+    must be bools (a truthy string such as ``"no"`` would switch them on)."""
+    for flag, value in flags.items():
+        check_flag(value, flag, name)
+    _check_bound(scale_bound, "scale_bound", name)
     if coupling not in COUPLINGS:
         raise ValueError(f"{name}: unknown coupling {coupling!r}; expected one of {COUPLINGS}")
     if split_prior not in SPLIT_PRIORS:
@@ -190,7 +197,16 @@ def real_nvp_image(
     check_count(hidden_channels, "hidden_channels", "real_nvp_image")
     check_count(num_blocks, "num_blocks", "real_nvp_image", minimum=0)
     check_count(num_final_layers, "num_final_layers", "real_nvp_image", minimum=0)
-    _check_options("real_nvp_image", split_prior, context_dim, coupling)
+    _check_options(
+        "real_nvp_image",
+        split_prior,
+        context_dim,
+        coupling,
+        scale_bound,
+        batch_norm=batch_norm,
+        conditioner_batch_norm=conditioner_batch_norm,
+        memory_saving=memory_saving,
+    )
     final = (shape[1] >> num_scales, shape[2] >> num_scales)
     if num_final_layers and min(final) < 2:
         raise ValueError(
@@ -286,7 +302,15 @@ def glow(
     check_count(steps_per_scale, "steps_per_scale", "glow")
     check_count(hidden_channels, "hidden_channels", "glow")
     check_count(num_blocks, "num_blocks", "glow", minimum=0)
-    _check_options("glow", split_prior, context_dim, coupling)
+    _check_options(
+        "glow",
+        split_prior,
+        context_dim,
+        coupling,
+        scale_bound,
+        conditioner_batch_norm=conditioner_batch_norm,
+        memory_saving=memory_saving,
+    )
 
     def scale_layers(s, squeezed, last):
         layers = [Squeeze(s)]

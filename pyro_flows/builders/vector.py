@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import math
+import numbers
+import warnings
 from typing import Callable, Optional, Sequence, Union
 
 import torch
 from pyro.distributions.torch_transform import ComposeTransformModule
 from torch import nn
 
-from ..transforms._arguments import check_count, check_hidden_dims
+from ..transforms._arguments import check_count, check_flag, check_hidden_dims
 from ..transforms.autoregressive import spline_autoregressive
 from ..transforms.coupling import CONDITIONERS, additive_coupling, affine_coupling
 from ..transforms.linear import InvertibleLinear, Scaling
@@ -39,12 +41,41 @@ class VectorFlow(ComposeTransformModule):
         self.event_shape = torch.Size(event_shape)
 
 
-def _check_input_dim(input_dim: int, name: str) -> None:
-    if not isinstance(input_dim, int) or input_dim < 2:
+def _check_input_dim(input_dim: int, name: str) -> int:
+    """``input_dim`` as an int (an integral type such as ``numpy.int64`` is accepted, a bool
+    or a float is not) of at least 2, else a ``ValueError`` naming ``name``."""
+    if isinstance(input_dim, bool) or not isinstance(input_dim, numbers.Integral):
+        raise ValueError(f"{name}: input_dim must be an integer >= 2, got {input_dim!r}")
+    if input_dim < 2:
         raise ValueError(
             f"{name} needs input_dim >= 2 to split coordinates between coupling layers, got "
             f"{input_dim!r}; for scalars use the 1-D flows (pyro_flows.transforms.MixtureCDF)"
         )
+    return int(input_dim)
+
+
+def _warn_single_coupling(name: str, num_layers: int, remedy: str = "") -> None:
+    """One coupling passes the half it conditions on through unchanged, so the flow cannot
+    bend the marginal of those coordinates: worth a warning from a whole-flow builder (a
+    single layer stays available, e.g. to compose by hand)."""
+    if num_layers == 1:
+        warnings.warn(
+            f"{name}: with num_layers=1 the single coupling does not transform the coordinates it "
+            f"conditions on, so the flow cannot bend their marginal; use num_layers >= 2 (the "
+            f"partitions alternate, so every coordinate is transformed){remedy}",
+            UserWarning,
+            stacklevel=3,
+        )
+
+
+def _check_bound(value, name: str, builder: str) -> Optional[float]:
+    """A coupling's bound: ``None`` or a positive number (``math.inf``: no bound), else a
+    ``ValueError`` naming ``builder``, the argument and the value."""
+    if value is not None and (
+        isinstance(value, bool) or not isinstance(value, numbers.Real) or not value > 0
+    ):
+        raise ValueError(f"{builder}: {name} must be positive or None, got {value!r}")
+    return value
 
 
 def nice(
@@ -68,9 +99,10 @@ def nice(
     >>> d.log_prob(torch.zeros(3, 4)).shape
     torch.Size([3])
     """
-    _check_input_dim(input_dim, "nice")
+    input_dim = _check_input_dim(input_dim, "nice")
     check_count(num_layers, "num_layers", "nice")
     hidden_dims = check_hidden_dims(hidden_dims, "nice")
+    _warn_single_coupling("nice", num_layers)
     parts = [Scaling((input_dim,))]
     parts += [additive_coupling(input_dim, hidden_dims, mask, i % 2, activation) for i in range(num_layers)]
     return VectorFlow(parts, (input_dim,))
@@ -85,6 +117,7 @@ def real_nvp(
     activation: Callable[[], nn.Module] = nn.ReLU,
     scale_bound: Optional[float] = 2.0,
     momentum: float = 0.1,
+    shift_bound: Optional[float] = 8.0,
 ) -> VectorFlow:
     r"""RealNVP for vectors (Dinh et al., 2017): ``num_layers`` affine
     couplings whose partitions alternate (``mask="half"`` or ``"alternating"``), with a
@@ -109,6 +142,13 @@ def real_nvp(
     :param scale_bound: soft bound on each log-scale (see
         :class:`~pyro_flows.transforms.AffineCoupling`).
     :param float momentum: batch-norm momentum (weight of the new batch).
+    :param shift_bound: bound on each shift (default 8, in the units of standardized data,
+        as for :func:`~pyro_flows.transforms.affine_coupling` and
+        :func:`~pyro_flows.conditional_real_nvp`; ``None`` for none, e.g. for data far from
+        the origin that is not standardized).
+
+    With ``num_layers=1`` the single coupling leaves half of the coordinates as they are
+    (a ``UserWarning`` says so).
 
     >>> import pyro.distributions as dist
     >>> flow = real_nvp(2, num_layers=4, hidden_dims=(32, 32), batch_norm=True)
@@ -116,14 +156,20 @@ def real_nvp(
     >>> d.sample((7,)).shape
     torch.Size([7, 2])
     """
-    _check_input_dim(input_dim, "real_nvp")
+    input_dim = _check_input_dim(input_dim, "real_nvp")
     check_count(num_layers, "num_layers", "real_nvp")
     hidden_dims = check_hidden_dims(hidden_dims, "real_nvp")
+    check_flag(batch_norm, "batch_norm", "real_nvp")
+    _check_bound(scale_bound, "scale_bound", "real_nvp")
+    _check_bound(shift_bound, "shift_bound", "real_nvp")
+    _warn_single_coupling("real_nvp", num_layers)
     parts = []
     for i in range(num_layers):
         if batch_norm and i > 0:
             parts.append(real_nvp_batch_norm(input_dim, momentum=momentum))
-        parts.append(affine_coupling(input_dim, hidden_dims, mask, i % 2, activation, scale_bound))
+        parts.append(
+            affine_coupling(input_dim, hidden_dims, mask, i % 2, activation, scale_bound, shift_bound)
+        )
     return VectorFlow(parts, (input_dim,))
 
 
@@ -178,7 +224,10 @@ def spline_flow(
     :class:`~pyro.distributions.TransformModule`.
 
     :param int input_dim: dimension :math:`D \ge 2`.
-    :param int num_layers: number of spline couplings.
+    :param int num_layers: number of spline couplings. One coupling does not bend the half
+        of the coordinates it conditions on (the ActNorm only shifts and scales them): a
+        ``UserWarning`` says so, unless ``elementwise`` or ``autoregressive`` layers
+        transform every coordinate.
     :param hidden_dims: hidden sizes of each conditioner MLP.
     :param int num_bins: bins :math:`K` per spline; by default 16 for :math:`D = 2`, where
         every coupling bends one coordinate and thin structure needs fine knots, and 8
@@ -232,16 +281,23 @@ def spline_flow(
     >>> flow.log_prob(x).shape  # the first call in train mode initialises the ActNorms
     torch.Size([5])
     """
-    _check_input_dim(input_dim, "spline_flow")
+    input_dim = _check_input_dim(input_dim, "spline_flow")
     check_count(num_layers, "num_layers", "spline_flow")
     if num_bins is None:
         num_bins = _default_spline_bins(input_dim)
     check_count(num_bins, "num_bins", "spline_flow")
     hidden_dims = check_hidden_dims(hidden_dims, "spline_flow")
+    flags = dict(act_norm=act_norm, linear=linear, affine=affine, elementwise=elementwise)
+    for flag, value in dict(flags, autoregressive=autoregressive).items():
+        check_flag(value, flag, "spline_flow")
     if tail_bound is None:
         tail_bound = _default_tail_bound(input_dim)
-    if not 0 < tail_bound < math.inf:
-        raise ValueError(f"spline_flow: tail_bound must be positive and finite, got {tail_bound}")
+    if (
+        isinstance(tail_bound, bool)
+        or not isinstance(tail_bound, numbers.Real)
+        or not 0 < tail_bound < math.inf
+    ):
+        raise ValueError(f"spline_flow: tail_bound must be positive and finite, got {tail_bound!r}")
     if isinstance(mask, str) and mask not in ("half", "alternating", "mixed"):
         raise ValueError(
             f"spline_flow: mask must be 'half', 'alternating', 'mixed' or a tensor, got {mask!r}"
@@ -252,6 +308,8 @@ def spline_flow(
         raise ValueError(
             "spline_flow: the autoregressive layers have MADE conditioners; leave conditioner='mlp'"
         )
+    if not (autoregressive or elementwise):
+        _warn_single_coupling("spline_flow", num_layers, ", or elementwise=True or autoregressive=True")
     parts = []
     for i in range(num_layers):
         if linear and i > 0:

@@ -4,20 +4,28 @@ and the value. (Here rather than in ``builders``, which imports the transforms.)
 
 from __future__ import annotations
 
+import numbers
 from typing import Sequence, Tuple
 
 
+def _is_int(value) -> bool:
+    """An integral number (``int``, ``numpy.int64``, ...) that is not a bool, which would
+    pass as 0 or 1."""
+    return not isinstance(value, bool) and isinstance(value, numbers.Integral)
+
+
 def check_count(value, name: str, builder: str, minimum: int = 1) -> int:
-    """``value`` as an int ``>= minimum`` (bools and floats are refused).
+    """``value`` as an int ``>= minimum`` (an integral type such as ``numpy.int64`` is
+    taken; bools and floats are refused).
 
     >>> check_count(0, "num_layers", "real_nvp")
     Traceback (most recent call last):
     ...
     ValueError: real_nvp: num_layers must be an integer >= 1, got 0
     """
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+    if not _is_int(value) or value < minimum:
         raise ValueError(f"{builder}: {name} must be an integer >= {minimum}, got {value!r}")
-    return value
+    return int(value)
 
 
 def check_hidden_dims(hidden_dims: Sequence[int], builder: str) -> Tuple[int, ...]:
@@ -32,12 +40,12 @@ def check_hidden_dims(hidden_dims: Sequence[int], builder: str) -> Tuple[int, ..
         dims = tuple(hidden_dims)
     except TypeError:
         dims = None
-    if not dims or any(isinstance(h, bool) or not isinstance(h, int) or h < 1 for h in dims):
+    if not dims or any(not _is_int(h) or h < 1 for h in dims):
         raise ValueError(
             f"{builder}: hidden_dims must be one or more positive integers (sizes of the hidden layers), "
             f"got {hidden_dims!r}"
         )
-    return dims
+    return tuple(int(h) for h in dims)
 
 
 def check_event_shape(event_shape, owner: str) -> Sequence[int]:
@@ -53,3 +61,17 @@ def check_event_shape(event_shape, owner: str) -> Sequence[int]:
             f"for vectors, (C, H, W) for images; got {event_shape!r}"
         )
     return sizes
+
+
+def check_flag(value, name: str, owner: str) -> bool:
+    """``value`` if it is a bool, else a ``TypeError`` naming ``owner``, the argument and
+    the value: a string such as ``"no"`` is truthy and would switch the option on.
+
+    >>> check_flag("no", "memory_saving", "MultiScale")
+    Traceback (most recent call last):
+    ...
+    TypeError: MultiScale: memory_saving must be True or False, got 'no'
+    """
+    if not isinstance(value, bool):
+        raise TypeError(f"{owner}: {name} must be True or False, got {value!r}")
+    return value

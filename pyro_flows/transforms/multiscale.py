@@ -24,7 +24,16 @@ from pyro.distributions.conditional import ConditionalTransformModule
 from pyro.distributions.torch_transform import ComposeTransformModule, TransformModule
 from torch import nn
 
-from .base import FlowTransform, _module_dtype, check_context, check_event, context_batch_shape, sum_event
+from ._arguments import check_flag
+from .base import (
+    FlowTransform,
+    _module_dtype,
+    _state_of,
+    check_context,
+    check_event,
+    context_batch_shape,
+    sum_event,
+)
 from .recompute import _check_blocks, normalize_recomputing, normalizing_blocks
 
 __all__ = ["MultiScale", "ConditionalMultiScale"]
@@ -32,6 +41,55 @@ __all__ = ["MultiScale", "ConditionalMultiScale"]
 _LOG_SCALE_BOUND = 3.0
 
 SPLIT_PRIORS = ("fixed", "learned")
+
+
+def _prior_arguments(owner: str, scale, h, batch_shape, context=None):
+    """The checked ``(h, batch_shape)`` of a call of ``prior``: ``h`` (the kept half, only
+    for a scale with an inner flow, required by a learned prior) of shape
+    ``(*batch, *kept_shape)``; ``batch_shape`` by default the batch shape of ``h`` (and of
+    ``context``), ``()`` without them; ``h`` is returned expanded to ``batch_shape``."""
+    name = f"{owner}.prior"
+    batches = []
+    if scale.inner is None:
+        if h is not None:
+            raise ValueError(
+                f"{name}: the last scale's latent does not depend on a kept half h; call prior() "
+                "without h (batch_shape=... for a batch)"
+            )
+    elif h is None:
+        if scale.split_prior == "learned":
+            raise ValueError(
+                f"{name}: the learned prior of this scale's latent is predicted from the kept half; "
+                f"pass h of shape (*batch, {', '.join(map(str, scale.kept_shape))})"
+            )
+    else:
+        check_event(name, h, scale.kept_shape, "h")
+        batches.append(h.shape[: h.dim() - 3])
+    if context is not None:
+        batches.append(context.shape[:-1])
+    try:
+        inferred = torch.broadcast_shapes(*batches)
+    except RuntimeError:
+        raise ValueError(
+            f"{name}: the batch shape {tuple(batches[0])} of h does not broadcast with the context's "
+            f"{tuple(batches[1])}"
+        ) from None
+    if batch_shape is None:
+        batch_shape = inferred
+    else:
+        batch_shape = torch.Size(batch_shape)
+        try:
+            holds = torch.broadcast_shapes(inferred, batch_shape) == batch_shape
+        except RuntimeError:
+            holds = False
+        if not holds:
+            raise ValueError(
+                f"{name}: batch_shape {tuple(batch_shape)} does not hold the batch shape "
+                f"{tuple(inferred)} of h" + (" and the context" if context is not None else "")
+            )
+    if h is not None:
+        h = h.expand(*batch_shape, *scale.kept_shape)
+    return h, batch_shape
 
 
 class MultiScale(FlowTransform):
@@ -89,7 +147,8 @@ class MultiScale(FlowTransform):
     :param bool memory_saving: run ``transform`` in the normalizing direction with
         :func:`~pyro_flows.transforms.recompute.normalize_recomputing`: the backward pass
         rebuilds activations from outputs, so training memory does not grow with the
-        number of layers. Setting the attribute later also sets it for ``inner``.
+        number of layers. Setting the attribute later also sets it for ``inner``. A flag
+        that is not a bool (e.g. the truthy string ``"no"``) raises a ``TypeError``.
 
     With ``split_prior="learned"`` the base-side tensor holds the standardised latents
     :math:`\varepsilon_i = (Z_i - \mu_i) / \sigma_i`; :meth:`latents` splits it as before.
@@ -169,6 +228,7 @@ class MultiScale(FlowTransform):
 
     @memory_saving.setter
     def memory_saving(self, value: bool) -> None:
+        check_flag(value, "memory_saving", "MultiScale")
         if value:
             _check_blocks(normalizing_blocks(self.transform), "MultiScale")
         self.__dict__["_memory_saving"] = bool(value)
@@ -176,14 +236,36 @@ class MultiScale(FlowTransform):
         if isinstance(self.inner, MultiScale):
             self.inner.memory_saving = value
 
-    def prior(self, h: Optional[torch.Tensor] = None, batch_shape=()) -> Tuple[torch.Tensor, torch.Tensor]:
+    def prior(
+        self, h: Optional[torch.Tensor] = None, batch_shape: Optional[Sequence[int]] = None
+    ) -> Tuple[torch.Tensor, torch.Tensor]:
         r"""Mean and log-scale of this scale's latent (:math:`Z_i` given the kept half
         ``h``, or the last latent when ``inner`` is ``None``), each of shape
-        ``(*batch_shape, *factored_shape)``. Zeros for the fixed prior."""
+        ``(*batch_shape, *factored_shape)``. Zeros for the fixed prior, in the dtype and on
+        the device of ``h`` or else of the flow's parameters.
+
+        :param h: the kept half, shape ``(*batch, *kept_shape)``: required by the learned
+            prior of a scale with ``inner``, optional for the fixed one, not taken by the
+            last scale (whose prior does not depend on it).
+        :param batch_shape: the batch shape of the result; by default that of ``h``
+            (``()`` without ``h``). It must hold ``h``'s, which is broadcast to it.
+
+        >>> from pyro_flows.transforms import squeeze
+        >>> flow = MultiScale(squeeze((1, 4, 4)), (1, 4, 4), split_prior="learned")
+        >>> [tuple(t.shape) for t in flow.prior(batch_shape=(3,))]
+        [(3, 4, 2, 2), (3, 4, 2, 2)]
+        """
+        h, batch_shape = _prior_arguments("MultiScale", self, h, batch_shape)
+        return self._prior(h, batch_shape)
+
+    def _prior(self, h: Optional[torch.Tensor], batch_shape) -> Tuple[torch.Tensor, torch.Tensor]:
+        """:meth:`prior` without the checks: ``h`` of batch shape ``batch_shape`` or ``None``."""
         if self.split_prior == "fixed":
-            reference = h if h is not None else next(iter(self.transform.parameters()), torch.zeros(()))
-            zeros = reference.new_zeros((*batch_shape, *self.factored_shape))
-            return zeros, zeros
+            if h is None:
+                # the dtype and device of the flow (of a layer or of an inner scale)
+                h = next((t for t in _state_of(self) if t.is_floating_point()), torch.zeros(()))
+            shape = (*batch_shape, *self.factored_shape)
+            return h.new_zeros(shape), h.new_zeros(shape)
         if self.inner is None:
             loc, raw = self.prior_loc, self.prior_log_scale
             loc, raw = loc.expand(*batch_shape, *loc.shape), raw.expand(*batch_shape, *raw.shape)
@@ -246,14 +328,18 @@ class MultiScale(FlowTransform):
     def _from_standard(self, eps, h, batch):
         if self.split_prior == "fixed":
             return eps, 0.0
-        loc, log_scale = self.prior(h, batch)
+        loc, log_scale = self._prior(h, batch)
         return loc + log_scale.exp() * eps, sum_event(log_scale, 3)
 
     def _to_standard(self, z, h, batch):
         if self.split_prior == "fixed":
             return z, 0.0
-        loc, log_scale = self.prior(h, batch)
+        loc, log_scale = self._prior(h, batch)
         return (z - loc) * torch.exp(-log_scale), sum_event(log_scale, 3)
+
+    # torch's Transform.__repr__ comes first in the method order and prints only the class
+    # name; nn.Module's prints the shapes, the prior, and the layers of every scale
+    __repr__ = nn.Module.__repr__
 
     def extra_repr(self):
         return (
@@ -314,7 +400,7 @@ class ConditionalMultiScale(ConditionalTransformModule):
             raise ValueError(
                 f"ConditionalMultiScale: split_prior must be one of {SPLIT_PRIORS}, got {split_prior!r}"
             )
-        if not isinstance(context_dim, int) or context_dim < 1:
+        if isinstance(context_dim, bool) or not isinstance(context_dim, int) or context_dim < 1:
             raise ValueError(
                 f"ConditionalMultiScale: context_dim must be a positive int, got {context_dim!r}"
             )
@@ -356,6 +442,7 @@ class ConditionalMultiScale(ConditionalTransformModule):
 
     @memory_saving.setter
     def memory_saving(self, value: bool) -> None:
+        check_flag(value, "memory_saving", "ConditionalMultiScale")
         if value:
             _check_blocks(self.__dict__["_probe_blocks"], "ConditionalMultiScale")
         self.__dict__["_memory_saving"] = bool(value)
@@ -370,12 +457,27 @@ class ConditionalMultiScale(ConditionalTransformModule):
         check_context(type(self).__name__, context, self.context_dim, self)
         return _ConditionedMultiScale(self, context)
 
-    def prior(self, h: Optional[torch.Tensor], batch_shape, context: torch.Tensor):
+    def prior(
+        self,
+        h: Optional[torch.Tensor] = None,
+        batch_shape: Optional[Sequence[int]] = None,
+        context: Optional[torch.Tensor] = None,
+    ) -> Tuple[torch.Tensor, torch.Tensor]:
         """Mean and log-scale of this scale's latent given the kept half ``h`` and the
-        context, each of shape ``(*batch_shape, *factored_shape)``."""
+        context, each of shape ``(*batch_shape, *factored_shape)``; ``h`` and
+        ``batch_shape`` as in ``MultiScale.prior`` (``batch_shape`` by default the
+        broadcast batch shape of ``h`` and the context)."""
+        if context is None:
+            raise ValueError("ConditionalMultiScale.prior: the prior of a conditional flow needs the context")
+        check_context(type(self).__name__, context, self.context_dim, self)
+        h, batch_shape = _prior_arguments(type(self).__name__, self, h, batch_shape, context)
+        return self._prior(h, batch_shape, context)
+
+    def _prior(self, h: Optional[torch.Tensor], batch_shape, context: torch.Tensor):
+        """:meth:`prior` without the checks: ``h`` of batch shape ``batch_shape`` or ``None``."""
         if self.split_prior == "fixed":
-            zeros = context.new_zeros((*batch_shape, *self.factored_shape))
-            return zeros, zeros
+            shape = (*batch_shape, *self.factored_shape)
+            return context.new_zeros(shape), context.new_zeros(shape)
         context = context.expand(*batch_shape, self.context_dim)
         if self.inner is None:
             extra = self.prior_context(context).reshape(
@@ -415,8 +517,12 @@ class _ConditionedMultiScale(MultiScale):
         self.context = context
         self.__dict__["_memory_saving"] = parent.memory_saving
 
-    def prior(self, h=None, batch_shape=()):
-        return self.parent.prior(h, batch_shape, self.context)
+    def prior(self, h=None, batch_shape=None):
+        h, batch_shape = _prior_arguments(type(self.parent).__name__, self, h, batch_shape, self.context)
+        return self._prior(h, batch_shape)
+
+    def _prior(self, h, batch_shape):
+        return self.parent._prior(h, batch_shape, self.context)
 
     def _state_tensors(self):
         # A context changed in place must invalidate the cache like a parameter would.
