@@ -253,7 +253,7 @@ def _reference_dict(reference) -> dict:
 
 
 def compare_moments(samples, reference, sites: Optional[Sequence[str]] = None) -> list:
-    """Compare posterior means and standard deviations coordinate by coordinate.
+    r"""Compare posterior means and standard deviations coordinate by coordinate.
 
     :param samples: dict ``site -> samples`` (first dimension the draws) or an
         ``InferenceData``, e.g. from :func:`guide_samples`.
@@ -261,7 +261,10 @@ def compare_moments(samples, reference, sites: Optional[Sequence[str]] = None) -
         dict ``site -> {"mean": ..., "sd": ...}``.
     :returns: one dict per site and coordinate with ``site``, ``index``, ``mean``,
         ``ref_mean``, ``sd``, ``ref_sd``, ``mean_error`` (absolute) and ``sd_rel_error``
-        (``sd / ref_sd - 1``).
+        (``sd / ref_sd - 1``). Where the reference sd is 0 (a constant site, or a
+        coordinate a chain never moved) ``sd_rel_error`` is 0 when ``sd`` is 0 too and
+        :math:`+\infty` when it is not: no finite relative error describes a spread
+        where the reference has none.
 
     >>> rows = compare_moments({"v": torch.randn(4000) * 3}, {"v": {"mean": 0.0, "sd": 3.0}})
     >>> abs(rows[0]["sd_rel_error"]) < 0.05
@@ -286,10 +289,18 @@ def compare_moments(samples, reference, sites: Optional[Sequence[str]] = None) -
                     "sd": float(sd[i]),
                     "ref_sd": float(ref_sd[i]),
                     "mean_error": float(abs(mean[i] - ref_mean[i])),
-                    "sd_rel_error": float(sd[i] / ref_sd[i] - 1) if ref_sd[i] > 0 else math.nan,
+                    "sd_rel_error": _sd_rel_error(float(sd[i]), float(ref_sd[i])),
                 }
             )
     return rows
+
+
+def _sd_rel_error(sd: float, ref_sd: float) -> float:
+    r"""``sd / ref_sd - 1``; for a reference sd of 0, 0 when ``sd`` is 0 as well and
+    :math:`+\infty` when it is positive (NaN stays NaN)."""
+    if ref_sd == 0 and sd >= 0:
+        return 0.0 if sd == 0 else math.inf
+    return sd / ref_sd - 1
 
 
 def moments_table(rows: Sequence[Mapping], columns: Optional[Sequence[str]] = None, digits: int = 3) -> str:

@@ -35,6 +35,10 @@ from .noncentered import (
     dependent_support_sites,
     loc_scale_sites,
     noncentered_init,
+    own_plate_dims,
+    plate_dims_taken,
+    plate_nesting,
+    shape_change_error,
     site_values,
 )
 from .path_gradient import PathGradientTransformedDistribution, _InversePathGradient
@@ -237,6 +241,41 @@ def _refuse_subsampled_latents(guide) -> None:
 #: the settings of ``noncentered``
 _NONCENTERED = (False, True, "auto", "learn")
 
+#: how many argument signatures a guide remembers as checked (see ``_arguments_key``)
+_CHECKED_KEYS = 64
+
+
+def _arguments_key(args, kwargs):
+    """What of a model's arguments can change its latent shapes, as a hashable key: the
+    shapes of tensors (and of anything with a ``shape``), plain values that can be sizes
+    (a size passed as an ``int``, a mode as a ``str``), and the same inside tuples,
+    lists and dicts; floats (an annealing factor that changes every step) and other
+    objects by type only."""
+
+    def key(value):
+        if isinstance(value, (bool, int, str, type(None))):
+            return (type(value).__name__, value)
+        shape = getattr(value, "shape", None)
+        if shape is not None:
+            try:
+                return (type(value).__name__, tuple(shape))
+            except TypeError:
+                pass
+        if isinstance(value, (tuple, list)):
+            return (type(value).__name__, tuple(key(v) for v in value))
+        if isinstance(value, dict):
+            return (
+                "dict",
+                tuple(sorted(((repr(k), key(v)) for k, v in value.items()), key=lambda kv: kv[0])),
+            )
+        return ("object", type(value).__name__)
+
+    return key(tuple(args)), key(dict(kwargs))
+
+
+def _cuda_devices(values) -> list:
+    return sorted({v.device.index or 0 for v in values if torch.is_tensor(v) and v.device.type == "cuda"})
+
 
 class _SiteBuffers(nn.Module):
     """Per-site tensors held as buffers (site names may hold dots, buffer names may not)."""
@@ -275,7 +314,9 @@ class AutoRealNVP(AutoContinuous):
     :class:`~pyro.infer.reparam.NeuTraReparam` only with ``noncentered=False``, see
     :meth:`get_posterior`). Its parameters live in Pyro's parameter store
     (``pyro.get_param_store().save/load``). Latent sites in subsampled plates are refused
-    (one joint flow cannot follow a subsample); ``median`` and ``quantiles`` have no
+    (one joint flow cannot follow a subsample), and so are arguments under which a latent
+    site has another shape than when the guide was built (the error names the site and
+    both shapes; observed sites may change size); ``median`` and ``quantiles`` have no
     closed form: estimate them from draws.
 
     Batch norm is deliberately not used: in a guide the flow only runs in the sampling
@@ -401,6 +442,9 @@ class AutoRealNVP(AutoContinuous):
         self.dependent_support_sites = dependent_support_sites(
             self.model_as_written, self.prototype_trace, args, kwargs
         )
+        self._model_plate_nesting = self._plate_nesting(args, kwargs)
+        # the arguments whose latent shapes are known to be those of the prototype
+        self.__dict__["_checked_arguments"] = {_arguments_key(args, kwargs)}
         if self.noncentered:
             self.noncentered_sites = loc_scale_sites(self.prototype_trace)
         if self.noncentered == "auto":
@@ -513,22 +557,103 @@ class AutoRealNVP(AutoContinuous):
         """The latent sites' shapes when the guide was built."""
         return {name: site["value"].shape for name, site in self.prototype_trace.iter_stochastic_nodes()}
 
+    def _plate_nesting(self, args, kwargs) -> int:
+        """How many plate dimensions the model uses, those of its observed sites included
+        (the prototype trace holds the latent sites only), from a run at the prototype's
+        values on the plates' own dimensions."""
+        values = {name: site["value"] for name, site in self.prototype_trace.iter_stochastic_nodes()}
+        try:
+            with torch.random.fork_rng(devices=_cuda_devices(values.values())), own_plate_dims():
+                with poutine.block():
+                    trace = poutine.trace(poutine.condition(self.model_as_written, data=values)).get_trace(
+                        *args, **kwargs
+                    )
+        except Exception:  # a model that cannot run so: the latent sites' plates at least
+            trace = self.prototype_trace
+        return plate_nesting(trace)
+
+    def _check_latent_shapes(self, args, kwargs) -> None:
+        """Refuse, naming the site and its shapes, arguments under which a latent site of
+        the model has another shape than the guide was built with (a plate of another
+        size, say). The plain path does not run the model, which would otherwise fail
+        later with an error about broadcasting or Pyro's replay; so the model runs once (a
+        prior draw, the random stream left as it was) for each new signature of the
+        arguments (their shapes and plain values, see ``_arguments_key``)."""
+        checked = self.__dict__.setdefault("_checked_arguments", set())
+        key = _arguments_key(args, kwargs)
+        try:
+            if key in checked:
+                return
+        except TypeError:  # an argument that cannot be hashed: not followed
+            return
+        expected = self._site_shapes()
+        try:
+            with torch.random.fork_rng(devices=_cuda_devices(args)), own_plate_dims(), poutine.block():
+                trace = poutine.trace(self.model_as_written).get_trace(*args, **kwargs)
+        except Exception:  # a prior draw the model cannot take: nothing to compare
+            return
+        for name, site in trace.iter_stochastic_nodes():
+            if name in expected and site["value"].shape != expected[name]:
+                raise shape_change_error(name, site["value"].shape, expected[name])
+        if len(checked) >= _CHECKED_KEYS:
+            checked.clear()
+        checked.add(key)
+
+    def _model_site_values(self, latent: torch.Tensor, args, kwargs):
+        """The latent sites' values and Delta log-densities for a draw of the latent
+        vector, from a run of the model (:func:`~pyro_flows.infer.noncentered.site_values`).
+
+        The draw's batch dimensions come from the plates enclosing the guide, which may
+        hold dimensions of the model's own plates: :class:`~pyro.infer.Predictive` places
+        its draws left of the guide's plates only, at -1 for a guide of global latents
+        whatever plates the model's observed sites use. The model then runs with the
+        draws left of all its plates and its plates on their own dimensions, and the
+        values are given back the shapes of the enclosing plates."""
+        centeredness = self.site_centeredness()
+        shapes = self._site_shapes()
+        nesting = getattr(self, "_model_plate_nesting", 0)
+        if not plate_dims_taken(nesting):
+            unconstrained = {site["name"]: u for site, u in self._unpack_latent(latent)}
+            return site_values(
+                self.model_as_written, unconstrained, centeredness, args, kwargs, shapes=shapes
+            )
+        batch = latent.shape[:-1]
+        moved = latent.reshape(-1, *(1,) * nesting, latent.shape[-1])
+        unconstrained = {site["name"]: u for site, u in self._unpack_latent(moved)}
+        with own_plate_dims():
+            values, log_densities = site_values(
+                self.model_as_written, unconstrained, centeredness, args, kwargs, shapes=shapes
+            )
+        for name, site in self.prototype_trace.iter_stochastic_nodes():
+            event_dim = site["fn"].event_dim
+            value = values[name]
+            try:
+                shape = torch.broadcast_shapes(batch + (1,) * event_dim, site["value"].shape)
+            except RuntimeError:
+                shape = None
+            if shape is None or shape.numel() != value.numel():
+                raise ValueError(
+                    f"{type(self).__name__}: the plates enclosing the guide (batch shape "
+                    f"{tuple(batch)}) overlap the plates of site {name!r} (shape "
+                    f"{tuple(site['value'].shape)}); place them left of the model's plates "
+                    "(e.g. max_plate_nesting of the ELBO or of Predictive)"
+                )
+            run_batch = value.shape[: value.dim() - event_dim]
+            values[name] = value.reshape(shape)
+            if name in log_densities:
+                log_density = log_densities[name].expand(run_batch)
+                log_densities[name] = log_density.reshape(shape[: len(shape) - event_dim])
+        return values, log_densities
+
     def forward(self, *args, **kwargs):
         if self.prototype_trace is None:
             self._setup_prototype(*args, **kwargs)
         if not self.noncentered and not self.dependent_support_sites:
+            self._check_latent_shapes(args, kwargs)
             return super().forward(*args, **kwargs)
         latent = self.sample_latent(*args, **kwargs)
         plates = self._create_plates(*args, **kwargs)
-        unconstrained = {site["name"]: u for site, u in self._unpack_latent(latent)}
-        values, log_densities = site_values(
-            self.model_as_written,
-            unconstrained,
-            self.site_centeredness(),
-            args,
-            kwargs,
-            shapes=self._site_shapes(),
-        )
+        values, log_densities = self._model_site_values(latent, args, kwargs)
         result = {}
         for name, site in self.prototype_trace.iter_stochastic_nodes():
             log_density = log_densities[name] if poutine.get_mask() is not False else 0.0

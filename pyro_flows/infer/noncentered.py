@@ -26,7 +26,7 @@ and Hoffman, 2020) would give, with the ELBO and its gradients unchanged.
 
 from __future__ import annotations
 
-from contextlib import ExitStack
+from contextlib import ExitStack, contextmanager
 from typing import Dict, Optional, Tuple
 
 import pyro
@@ -38,6 +38,7 @@ from pyro.distributions.util import sum_rightmost
 from pyro.infer.reparam import NeuTraReparam
 from pyro.poutine.messenger import Messenger
 from pyro.poutine.plate_messenger import block_plate
+from pyro.poutine.runtime import _DIM_ALLOCATOR
 from torch.distributions import (
     AffineTransform,
     Cauchy,
@@ -185,13 +186,7 @@ class _SiteValues(Messenger):
         if expected is not None:
             shape = msg["fn"].shape()
             if tuple(shape[len(shape) - len(expected) :]) != tuple(expected):
-                raise ValueError(
-                    f"flow guide: site {name!r} has shape {tuple(shape)} in this run of the "
-                    f"model, but {tuple(expected)} when the guide was built; a flow guide "
-                    "models one latent vector of fixed size, so the model's latent shapes "
-                    "(plate sizes, data-dependent sizes) must not change between calls. Build "
-                    "a new guide for the new shapes (after pyro.clear_param_store())."
-                )
+                raise shape_change_error(name, shape, expected)
         noncentered = name in self.noncentered
         transform = site_transform(msg["fn"], noncentered, self.noncentered.get(name))
         value = transform(u)
@@ -206,6 +201,51 @@ class _SiteValues(Messenger):
         self.values[name] = value
         if self.densities:
             self.log_densities[name] = _log_density(transform, u, value, msg["fn"].event_dim)
+
+
+def shape_change_error(name: str, shape, expected) -> ValueError:
+    """The error for a latent site whose shape differs from the one a flow guide was built
+    with (a flow guide models one latent vector of fixed size)."""
+    return ValueError(
+        f"flow guide: site {name!r} has shape {tuple(shape)} in this run of the "
+        f"model, but {tuple(expected)} when the guide was built; a flow guide "
+        "models one latent vector of fixed size, so the model's latent shapes "
+        "(plate sizes, data-dependent sizes) must not change between calls. Build "
+        "a new guide for the new shapes (after pyro.clear_param_store())."
+    )
+
+
+def plate_nesting(trace) -> int:
+    """How many plate dimensions a model trace uses, those of its observed sites included."""
+    dims = [
+        -frame.dim
+        for site in trace.nodes.values()
+        if site["type"] == "sample"
+        for frame in site["cond_indep_stack"]
+        if frame.vectorized and frame.dim is not None
+    ]
+    return max(dims, default=0)
+
+
+def plate_dims_taken(nesting: int) -> bool:
+    """Whether an enclosing plate (vectorized particles, say) holds one of the rightmost
+    ``nesting`` dimensions: a model run there, hidden from it by ``poutine.block``, would
+    have its own plates placed further left."""
+    return any(name is not None for name in _DIM_ALLOCATOR._stack[:nesting])
+
+
+@contextmanager
+def own_plate_dims():
+    """Run a model's plates on dimensions of their own: the enclosing plates' dimensions,
+    which Pyro allocates globally whether or not a ``poutine.block`` hides those plates,
+    are set aside while the block runs and restored after. Inside, a plate takes the
+    dimension it takes in a run of its own (automatic ones from -1 leftwards)."""
+    held = _DIM_ALLOCATOR._stack
+    _DIM_ALLOCATOR._stack = []
+    try:
+        yield
+    finally:
+        _DIM_ALLOCATOR._stack = held
 
 
 def site_values(

@@ -260,23 +260,31 @@ class LocScale(Scaling):
     sets the initial spread, so the couplings only have to learn the shape.
 
     :param loc: initial :math:`\mu`; its shape is the event shape (``(D,)`` for vectors).
+        A floating-point tensor keeps its dtype and device (the parameters are made
+        like it); anything else (a list, an integer tensor) is read in the default dtype.
     :param float init_scale: initial :math:`e^{\rho}` (all coordinates).
 
     >>> layer = LocScale(torch.tensor([1.0, -1.0]), init_scale=0.5)
     >>> layer(torch.ones(2)).tolist()
     [1.5, -0.5]
+    >>> LocScale(torch.tensor([1.0], dtype=torch.float64)).loc.dtype
+    torch.float64
     """
 
     def __init__(self, loc: torch.Tensor, init_scale: float = 1.0):
-        loc = torch.as_tensor(loc, dtype=torch.get_default_dtype())
+        if isinstance(loc, torch.Tensor) and loc.is_floating_point():
+            loc = loc.detach()
+        else:
+            loc = torch.as_tensor(loc, dtype=torch.get_default_dtype())
         if not (init_scale > 0 and math.isfinite(init_scale)):  # inf: log-scale inf, NaN outputs
             raise ValueError(
                 f"{type(self).__name__}: init_scale must be positive and finite, got {init_scale}"
             )
         super().__init__(loc.shape)
-        self.loc = nn.Parameter(loc.detach().clone())
-        with torch.no_grad():
-            self.log_scale.fill_(math.log(init_scale))
+        # the location as given, not rounded to the default dtype nor moved to the
+        # default device; the log-scale made like it
+        self.loc = nn.Parameter(loc.clone())
+        self.log_scale = nn.Parameter(torch.full_like(loc, math.log(init_scale)))
 
     def _call_and_ladj(self, x):
         y, ladj = super()._call_and_ladj(x)
