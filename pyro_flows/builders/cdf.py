@@ -33,6 +33,9 @@ class CDFFlow(ComposeTransformModule):
         self.default_base = default_base
         self.default_base_params = dict(default_base_params or {})
 
+    # the parts as nn.Module prints them (numbered and indented), not torch's one-line join
+    __repr__ = torch.nn.Module.__repr__
+
     @property
     def base_cdf(self) -> BaseCDF:
         return self.parts[0]

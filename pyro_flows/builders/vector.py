@@ -40,6 +40,9 @@ class VectorFlow(ComposeTransformModule):
         super().__init__(parts, cache_size=cache_size)
         self.event_shape = torch.Size(event_shape)
 
+    # the parts as nn.Module prints them (numbered and indented), not torch's one-line join
+    __repr__ = nn.Module.__repr__
+
 
 def _check_input_dim(input_dim: int, name: str) -> int:
     """``input_dim`` as an int (an integral type such as ``numpy.int64`` is accepted, a bool

@@ -477,6 +477,11 @@ class FlowTransform(TransformModule):
         state.pop("_state_list", None)  # a copy has tensors of its own
         return state
 
+    # torch's Transform.__repr__ comes first in the method order and prints only the
+    # class name; nn.Module's prints the settings (extra_repr) and the submodules, as
+    # print(model) does for any PyTorch module
+    __repr__ = torch.nn.Module.__repr__
+
     def extra_repr(self) -> str:
         return "" if self.event_shape is None else f"event_shape={tuple(self.event_shape)}"
 

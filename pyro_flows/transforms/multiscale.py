@@ -337,10 +337,6 @@ class MultiScale(FlowTransform):
         loc, log_scale = self._prior(h, batch)
         return (z - loc) * torch.exp(-log_scale), sum_event(log_scale, 3)
 
-    # torch's Transform.__repr__ comes first in the method order and prints only the class
-    # name; nn.Module's prints the shapes, the prior, and the layers of every scale
-    __repr__ = nn.Module.__repr__
-
     def extra_repr(self):
         return (
             f"event_shape={tuple(self.event_shape)}, latent_shapes={[tuple(s) for s in self.latent_shapes]}, "

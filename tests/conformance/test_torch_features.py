@@ -334,3 +334,22 @@ def test_deterministic_algorithms(entry):
         torch.use_deterministic_algorithms(previous)
     assert torch.allclose(got, expected, atol=1e-10)
     assert sample.shape == (2, *entry.event_shape)
+
+
+# -------------------------------------------------------------------------- print
+def _ours(entry):
+    return type(entry.factory()).__module__.startswith("pyro_flows")
+
+
+@entries_where(_ours)
+def test_print_shows_the_settings_and_the_layers(entry):
+    """``print(flow)`` shows what ``print(model)`` shows for any PyTorch module: each
+    submodule under its name, and the transform's own settings (Pyro's own composition
+    keeps torch's one-line form)."""
+    module, _, _ = build(entry)
+    text = repr(module)
+    assert text.startswith(type(module).__name__ + "(")
+    for name, _child in module.named_children():
+        assert f"({name}): " in text, name
+    settings = module.extra_repr() if isinstance(module, torch.nn.Module) else ""
+    assert settings.split("\n")[0] in text
