@@ -14,8 +14,9 @@ The score term has expectation zero under :math:`q_\\phi`, but not zero variance
 it (Roeder, Wu and Duvenaud, 2017, "Sticking the landing") keeps the gradient unbiased for
 ``Trace_ELBO``/``TraceMeanField_ELBO`` and makes its variance vanish as :math:`q_\\phi`
 approaches the posterior. :class:`PathGradientTransformedDistribution` does this by
-evaluating :math:`\\log q` through the inverse flow with the parameters *detached*, while
-the value keeps its graph. Its values equal the usual ones; only gradients change.
+evaluating :math:`\\log q` through the inverse flow with the parameters *detached* (the
+flow's and, if it has any, the base distribution's), while the value keeps its graph. Its
+values equal the usual ones; only gradients change.
 
 It is **not** unbiased for importance-weighted objectives (``RenyiELBO`` with
 ``alpha != 1``, IWAE): there, use the ordinary log-density.
@@ -23,7 +24,7 @@ It is **not** unbiased for importance-weighted objectives (``RenyiELBO`` with
 
 from __future__ import annotations
 
-import weakref
+import copy
 from contextlib import contextmanager
 
 import pyro.distributions as dist
@@ -43,60 +44,67 @@ def _parts(transform: nn.Module) -> list:
     return list(transform.parts) if isinstance(transform, ComposeTransformModule) else [transform]
 
 
-class _InverseLogDet(nn.Module):
-    """``y -> (x, sum of log|det dy/dx|)`` through the parts of a flow, bypassing caches
-    (a cache hit would hand back the sample with its parameter graph)."""
+def _inverse_log_det(transform: nn.Module, y: torch.Tensor):
+    """``(x, sum of log|det dy/dx|)`` of ``y`` through the parts of a flow, bypassing
+    caches (a cache hit would hand back the sample with its parameter graph).
 
-    def __init__(self, transform: nn.Module):
-        super().__init__()
-        parts = _parts(transform)
-        for part in parts:
-            if not isinstance(part, FlowTransform):
-                raise TypeError(
-                    "PathGradientTransformedDistribution needs pyro-flows transforms "
-                    f"(FlowTransform); got {type(part).__name__}"
-                )
-        self.parts = nn.ModuleList(parts)
-
-    def forward(self, y: torch.Tensor):
-        ladj = torch.zeros((), dtype=y.dtype, device=y.device)
-        # shape, dtype and (under validation) NaN of the value, by name; what the parts
-        # produce from it needs no second check
-        if len(self.parts):
-            self.parts[-1]._check(y, "value")
-        for part in reversed(self.parts):
-            y, part_ladj = part._inverse_and_ladj(y)
-            ladj = ladj + part_ladj
-        return y, ladj
-
-
-# One inverse module per flow, built on first use: building it each call would re-register
-# the parts and invalidate every transform's cached list of its state tensors.
-_INVERSES: "weakref.WeakKeyDictionary[nn.Module, _InverseLogDet]" = weakref.WeakKeyDictionary()
-
-
-def _inverse_of(transform: nn.Module) -> _InverseLogDet:
-    inverse = _INVERSES.get(transform)
+    Nothing is kept between calls: a table of inverses keyed by the flow would keep a
+    flow of one part alive for good (the entry refers to its key), with its cache and
+    the graph of its last sample."""
     parts = _parts(transform)
-    # rebuilt if the flow's parts were replaced since (a stale list would skip or add layers)
-    if (
-        inverse is None
-        or len(inverse.parts) != len(parts)
-        or any(a is not b for a, b in zip(inverse.parts, parts, strict=True))
-    ):
-        inverse = _INVERSES[transform] = _InverseLogDet(transform)
-    return inverse
+    for part in parts:
+        if not isinstance(part, FlowTransform):
+            raise TypeError(
+                "PathGradientTransformedDistribution needs pyro-flows transforms "
+                f"(FlowTransform); got {type(part).__name__}"
+            )
+    ladj = torch.zeros((), dtype=y.dtype, device=y.device)
+    # shape, dtype and (under validation) NaN of the value, by name; what the parts
+    # produce from it needs no second check
+    if parts:
+        parts[-1]._check(y, "value")
+    for part in reversed(parts):
+        y, part_ladj = part._inverse_and_ladj(y)
+        ladj = ladj + part_ladj
+    return y, ladj
+
+
+def _has_graph(d) -> bool:
+    """Whether a tensor of distribution ``d`` (or of one it wraps) requires a gradient."""
+    return any(
+        (isinstance(v, torch.Tensor) and v.requires_grad)
+        or (isinstance(v, torch.distributions.Distribution) and _has_graph(v))
+        for v in vars(d).values()
+    )
+
+
+def _detached_distribution(d):
+    """``d`` with its tensors detached (those of the distributions it wraps too, as in
+    ``Independent``): the base's parameters are variational parameters as much as the
+    flow's, and their score term is dropped as well. ``d`` itself when none of its
+    tensors requires a gradient (the fixed standard normal of the library's guides)."""
+    if not _has_graph(d):
+        return d
+    new = copy.copy(d)
+    for name, v in vars(d).items():
+        if isinstance(v, torch.Tensor):
+            new.__dict__[name] = v.detach()
+        elif isinstance(v, torch.distributions.Distribution):
+            new.__dict__[name] = _detached_distribution(v)
+    return new
 
 
 class PathGradientTransformedDistribution(TransformedDistribution):
     r"""A :class:`~pyro.distributions.TransformedDistribution` of one pyro-flows transform
-    whose :meth:`log_prob` carries only the path gradient: the flow's parameters are
-    detached, the value is not (see the module docstring for the math).
+    whose :meth:`log_prob` carries only the path gradient: the parameters of the flow and
+    of the base distribution are detached, the value is not (see the module docstring for
+    the math).
 
     ``rsample`` is the usual one, so an ELBO built from ``rsample`` and ``log_prob``
     gets the "sticking the landing" gradient estimator.
 
-    :param base_distribution: the base, with event dimension equal to the flow's.
+    :param base_distribution: the base, with event dimension equal to the flow's; its
+        tensors may be learnt too (their score term is dropped like the flow's).
     :param transform: a pyro-flows transform or a
         :class:`~pyro.distributions.torch_transform.ComposeTransformModule` of them
         (a one-element list is accepted too).
@@ -163,8 +171,8 @@ class PathGradientTransformedDistribution(TransformedDistribution):
                 f"dimensions ({len(self.base_dist.event_shape)})"
             )
         with _detached_parameters(transform):
-            z, ladj = _inverse_of(transform)(value)
-        return self.base_dist.log_prob(z) - ladj
+            z, ladj = _inverse_log_det(transform, value)
+        return _detached_distribution(self.base_dist).log_prob(z) - ladj
 
 
 class _InversePathGradient(PathGradientTransformedDistribution):

@@ -176,13 +176,20 @@ def conditional_path(
     :math:`u_t = z - x`.
 
     :param t: ``(N,)`` times in [0, 1].
-    :param noise: ``(N, D)`` :math:`\varepsilon` (drawn when ``None`` and ``sigma > 0``).
+    :param noise: ``(N, D)`` :math:`\varepsilon`, one draw per point (drawn when ``None``
+        and ``sigma > 0``).
     :returns: ``(x_t, u_t)``, each ``(N, D)``.
 
     >>> x_t, u = conditional_path(torch.zeros(1, 2), torch.ones(1, 2), torch.tensor([0.25]))
     >>> x_t.tolist(), u.tolist()
     ([[0.25, 0.25]], [[1.0, 1.0]])
     """
+    if noise is not None and noise.shape != x.shape:
+        # a noise of fewer dimensions would broadcast: every point would get the same draw
+        raise ValueError(
+            f"flow matching: expected path noise of the data's shape {tuple(x.shape)} (one draw per "
+            f"point), got shape {tuple(noise.shape)}"
+        )
     t = t.reshape(-1, *([1] * (x.dim() - 1))).to(x)
     x_t = (1 - t) * x + t * z
     if sigma > 0:

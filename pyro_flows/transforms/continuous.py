@@ -125,8 +125,11 @@ def _check_solver(method, rtol, atol, options, sample_method, sample_rtol, sampl
     _check_options("options", options)
     _check_options("sample_options", sample_options)
     _check_grid("options", method, options)
-    if sample_method is not None:  # else sampling uses method and options, checked above
-        _check_grid("sample_options", sample_method, sample_options)
+    if sample_method is not None or sample_options is not None:
+        # the sampling solver as FFJORD.solver_settings(sampling=True) makes it: given
+        # sample_options replace options also when the method is the scoring one, so a
+        # fixed-step method needs its step there too (else: options, checked above)
+        _check_grid("sample_options", sample_method or method, sample_options)
 
 
 class FFJORD(FlowTransform):
