@@ -97,3 +97,14 @@ def join_gloo_environment(rank: int, world: int, port: int) -> None:
         LOCAL_RANK=str(rank),
     )
     torch.set_num_threads(1)
+
+
+def plated_model(n: int) -> None:
+    """A global latent ``a`` and ``n`` local latents ``b`` in a plate of size ``n`` (a
+    model whose latent shapes follow its argument)."""
+    import pyro.distributions as dist
+
+    a = pyro.sample("a", dist.Normal(0.0, 1.0))
+    with pyro.plate("n", n):
+        b = pyro.sample("b", dist.Normal(a, 1.0))
+        pyro.sample("y", dist.Normal(b, 1.0), obs=torch.zeros(n))

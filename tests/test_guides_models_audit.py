@@ -11,6 +11,8 @@ from pyro.infer import SVI, Predictive, Trace_ELBO
 from pyro_flows.infer import AutoRealNVP, AutoSplineFlow, neutra_mcmc
 from pyro_flows.infer.noncentered import dependent_support_sites
 
+from .helpers import plated_model
+
 
 def _bounded_by_a_latent():
     # the support of u, (0, t), depends on the latent t
@@ -88,20 +90,13 @@ def test_neutra_maps_a_dependent_support_with_the_draws_own_bounds(noncentered):
     assert bool(((u > 0) & (u < t)).all())
 
 
-def _plated(n):
-    a = pyro.sample("a", dist.Normal(0.0, 1.0))
-    with pyro.plate("n", n):
-        b = pyro.sample("b", dist.Normal(a, 1.0))
-        pyro.sample("y", dist.Normal(b, 1.0), obs=torch.zeros(n))
-
-
 def _sized(n):
     a = pyro.sample("a", dist.Normal(0.0, 1.0))
     pyro.sample("b", dist.Normal(a, 1.0).expand([n]).to_event(1))
 
 
 @pytest.mark.parametrize("guide_cls", [AutoRealNVP, AutoSplineFlow])
-@pytest.mark.parametrize("model", [_plated, _sized])
+@pytest.mark.parametrize("model", [plated_model, _sized])
 def test_a_model_whose_latent_shapes_change_is_refused_clearly(guide_cls, model):
     # it failed with "The size of tensor a (5) must match the size of tensor b (3)"
     guide = _guide(guide_cls, model)

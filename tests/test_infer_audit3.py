@@ -24,6 +24,8 @@ from pyro_flows.infer import (
     psis_khat,
 )
 
+from .helpers import plated_model
+
 
 def _guide(guide_cls, model, **kwargs):
     pyro.clear_param_store()
@@ -137,20 +139,13 @@ def test_importance_weights_of_a_support_that_depends_on_a_latent(noncentered):
 
 
 # --------------------------------------- latent shapes that change, on the plain path
-def _plated(n):
-    a = pyro.sample("a", dist.Normal(0.0, 1.0))
-    with pyro.plate("n", n):
-        b = pyro.sample("b", dist.Normal(a, 1.0))
-        pyro.sample("y", dist.Normal(b, 1.0), obs=torch.zeros(n))
-
-
 def _sized(n):
     a = pyro.sample("a", dist.LogNormal(0.0, 1.0))
     pyro.sample("b", dist.LogNormal(a, 1.0).expand([n]).to_event(1))
 
 
 @pytest.mark.parametrize("guide_cls", [AutoRealNVP, AutoSplineFlow])
-@pytest.mark.parametrize("model", [_plated, _sized])
+@pytest.mark.parametrize("model", [plated_model, _sized])
 def test_the_plain_path_refuses_latent_shapes_that_changed_naming_the_site(guide_cls, model):
     # with noncentered=False the guide returned b of shape (3,) for n=5, and SVI or
     # Predictive failed later inside Pyro ("shape '[2, 5]' is invalid for input of size
