@@ -70,17 +70,27 @@ class MLP(nn.Sequential):
         # nn.Linear and nn.ReLU layers with no hooks run as F.linear and relu (in place
         # when the layer says so); anything else is called as a module. In a small
         # coupling flow the five module calls per conditioner were a fifth of log_prob.
-        if _global_hooks():
-            return super().forward(x)
+        # An in-place activation (the coupling builders make their ReLUs in place) writes
+        # only over the fresh output of F.linear: the output of a hooked or custom layer may
+        # have been handed on (a forward hook's record, a full backward hook's view, which
+        # autograd refuses to see modified), so the activation then gets a copy.
+        hooked = _global_hooks()
+        fresh = False
         for layer in self._modules.values():
             kind = type(layer)
-            if kind is nn.Linear and not _has_hooks(layer):
+            plain = not hooked and not _has_hooks(layer)
+            if kind is nn.Linear and plain:
                 params = layer._parameters
                 x = F.linear(x, params["weight"], params["bias"])
-            elif kind is nn.ReLU and not _has_hooks(layer):
-                x = torch.relu_(x) if layer.inplace else torch.relu(x)
+                fresh = True
+                continue
+            if kind is nn.ReLU and plain:
+                x = torch.relu_(x) if layer.inplace and fresh else torch.relu(x)
             else:
+                if not fresh and getattr(layer, "inplace", False):
+                    x = x.clone()
                 x = layer(x)
+            fresh = False
         return x
 
 

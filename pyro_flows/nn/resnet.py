@@ -105,14 +105,18 @@ class ConditionalResNet(nn.Module):
     r"""A :class:`ResNet` that also sees a context vector :math:`c`: a linear embedding
     :math:`E c \in \mathbb R^k` is broadcast over the pixels and stacked onto the input
     channels, ``net([x, E c])``. Called as ``net(x, context)`` with ``x`` of shape
-    ``(*batch, in_channels, H, W)`` and ``context`` of shape ``(*batch, context_dim)``
-    (or broadcastable to it); output layer zero as in :class:`ResNet`.
+    ``(*batch, in_channels, H, W)`` and ``context`` of shape ``(*batch, context_dim)``,
+    whose leading batch shapes are broadcast against each other (one context for a batch
+    of images, a batch of contexts for one image, as in
+    :class:`~pyro_flows.nn.ConditionalMLP`); output layer zero as in :class:`ResNet`.
 
     :param int context_channels: :math:`k`, channels of the embedded context.
 
     >>> net = ConditionalResNet(2, 4, context_dim=3, hidden_channels=8, num_blocks=1)
     >>> net(torch.randn(5, 2, 6, 6), torch.randn(3)).shape
     torch.Size([5, 4, 6, 6])
+    >>> net(torch.randn(2, 6, 6), torch.randn(7, 3)).shape
+    torch.Size([7, 4, 6, 6])
     """
 
     def __init__(
@@ -133,7 +137,15 @@ class ConditionalResNet(nn.Module):
         )
 
     def forward(self, x: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
-        batch, (h, w) = x.shape[:-3], x.shape[-2:]
-        embedded = self.embed(context).expand(*batch, -1)
+        if x.dim() < 3 or context.shape[-1:] != (self.context_dim,):
+            raise ValueError(
+                f"ConditionalResNet: expected x of shape (*batch, C, H, W) and a context of shape "
+                f"(*batch, {self.context_dim}), got {tuple(x.shape)} and {tuple(context.shape)}"
+            )
+        # the leading batch shapes broadcast against each other, as in ConditionalMLP: one
+        # context for a batch of images, or a batch of contexts for one image
+        batch = torch.broadcast_shapes(x.shape[:-3], context.shape[:-1])
+        (c, h, w) = x.shape[-3:]
+        embedded = self.embed(context.to(x.dtype)).expand(*batch, -1)
         maps = embedded[..., None, None].expand(*embedded.shape, h, w)
-        return self.net(torch.cat([x, maps], dim=-3))
+        return self.net(torch.cat([x.expand(*batch, c, h, w), maps], dim=-3))

@@ -28,6 +28,7 @@ from torch import nn
 
 from ..nn.made import MADE
 from .base import FlowTransform
+from .coupling import _conditioner_output
 from .spline import (
     DEFAULT_MIN_BIN_HEIGHT,
     DEFAULT_MIN_BIN_WIDTH,
@@ -95,9 +96,7 @@ class SplineAutoregressive(_SplineParams, FlowTransform):
         self.input_dim = input_dim
 
     def _spline_params(self, y: torch.Tensor):
-        raw = self.conditioner(y)
-        if raw.dtype != y.dtype:  # under autocast (bfloat16 knots give NaN): the spline in the data's dtype
-            raw = raw.to(y.dtype)
+        raw = _conditioner_output(self.conditioner, y)
         per = _params_per_coordinate(self.num_bins, self.affine)
         if raw.shape[-1:] != (self.input_dim * per,):
             raise ValueError(

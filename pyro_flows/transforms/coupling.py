@@ -31,17 +31,19 @@ from torch import nn
 from ..nn.mlp import MLP, ConditionalMLP
 from ..nn.resmlp import ConditionalResidualMLP, ResidualMLP
 from ..nn.resnet import ResNet
-from ._arguments import check_hidden_dims
+from ._arguments import check_count, check_hidden_dims
 from .base import FlowTransform, check_context, check_event, context_batch_shape, sum_event
 from .masks import (
     IndexPartition,
     MaskPartition,
     alternating_mask,
+    bool_mask,
     channel_mask,
     checkerboard_mask,
     half_mask,
     make_partition,
 )
+from .reshape import _image_shape
 
 __all__ = [
     "AdditiveCoupling",
@@ -60,17 +62,33 @@ __all__ = [
 
 
 def _partition_of(
-    mask: Union[torch.Tensor, IndexPartition, MaskPartition], event_shape: Optional[Sequence[int]]
+    mask: Union[torch.Tensor, IndexPartition, MaskPartition],
+    event_shape: Optional[Sequence[int]],
+    owner: str,
 ):
     """The event shape (``mask.shape`` unless given) and the partition ``mask`` makes of it;
-    a partition already built (a conditioned coupling shares its parent's) is kept."""
+    a partition already built (a conditioned coupling shares its parent's) is kept.
+    ``owner`` (the class being built) is named in errors."""
     if isinstance(mask, (IndexPartition, MaskPartition)):
         if event_shape is None:
-            raise ValueError("a coupling built from a partition needs its event_shape")
+            raise ValueError(f"{owner}: a coupling built from a partition needs its event_shape")
         return torch.Size(event_shape), mask
-    mask = torch.as_tensor(mask, dtype=torch.bool, device="cpu")
+    mask = bool_mask(mask, owner)
     event_shape = torch.Size(mask.shape if event_shape is None else event_shape)
-    return event_shape, make_partition(mask, event_shape)
+    return event_shape, make_partition(mask, event_shape, owner)
+
+
+def _conditioner_output(conditioner: Callable, x: torch.Tensor) -> torch.Tensor:
+    """``conditioner(x)`` in the dtype of ``x``.
+
+    Under ``torch.autocast`` the conditioner's layers return the autocast dtype (e.g.
+    bfloat16); the coupling itself (scales, shifts, spline knots) then runs in the data's
+    dtype, since bfloat16 knots give NaN and a bfloat16 log-scale loses the log-density's
+    precision. Outside autocast this is the conditioner's output itself."""
+    raw = conditioner(x)
+    if raw.dtype != x.dtype:
+        raw = raw.to(x.dtype)
+    return raw
 
 
 def _check_bound(name: str, bound: Optional[float]) -> Optional[float]:
@@ -96,7 +114,7 @@ class _Coupling(FlowTransform):
         event_shape: Optional[Sequence[int]] = None,
     ):
         # (``mask`` may also be a partition already built: a conditioned coupling's parent's)
-        event_shape, partition = _partition_of(mask, event_shape)
+        event_shape, partition = _partition_of(mask, event_shape, type(self).__name__)
         super().__init__(event_shape=event_shape)
         self.partition = partition
         self.conditioner = conditioner
@@ -104,9 +122,7 @@ class _Coupling(FlowTransform):
     def _params(self, x_a: torch.Tensor) -> Tuple[torch.Tensor, ...]:
         """Run the conditioner once and return its outputs for :math:`x^B`."""
         partition = self.partition  # one nn.Module attribute lookup, not four
-        raw = self.conditioner(x_a)
-        if raw.dtype != x_a.dtype:  # under autocast: the coupling itself in the data's dtype
-            raw = raw.to(x_a.dtype)
+        raw = _conditioner_output(self.conditioner, x_a)
         num = self.num_params
         chunks = raw.chunk(num, dim=partition.param_dim) if num > 1 else (raw,)
         expected = partition.b_shape
@@ -338,9 +354,11 @@ class _ConditionalCoupling(ConditionalTransformModule):
     ):
         super().__init__()
         if not isinstance(context_dim, int) or context_dim < 1:
-            raise ValueError(f"context_dim must be a positive int, got {context_dim!r}")
+            raise ValueError(
+                f"{type(self).__name__}: context_dim must be a positive int, got {context_dim!r}"
+            )
         self.context_dim = context_dim
-        self.event_shape, self.partition = _partition_of(mask, event_shape)
+        self.event_shape, self.partition = _partition_of(mask, event_shape, type(self).__name__)
         self.conditioner = conditioner
 
     def _check_context(self, context: torch.Tensor) -> torch.Tensor:
@@ -398,6 +416,8 @@ class ConditionalAffineCoupling(_ConditionalCoupling):
     :param event_shape: the event shape; defaults to ``mask.shape``.
     :param float scale_bound: the soft bound on :math:`|s|` (default 2 as for
         :class:`AffineCoupling`, ``None`` for none).
+    :param float shift_bound: the bound on :math:`|t|` (default 8 as for
+        :class:`AffineCoupling`, ``None`` for none).
 
     >>> import pyro.distributions as dist
     >>> layer = conditional_affine_coupling(3, context_dim=2, hidden_dims=(8,))
@@ -439,30 +459,42 @@ def vector_mask(input_dim: int, mask: Union[str, torch.Tensor] = "half", parity:
     >>> vector_mask(3, torch.tensor([True, True, False]), parity=1).tolist()
     [False, False, True]
     """
+    return _vector_mask(input_dim, mask, parity, "vector_mask")
+
+
+def _vector_mask(input_dim, mask, parity, owner: str) -> torch.Tensor:
+    """:func:`vector_mask`, with ``owner`` (the function the user called) named in errors."""
+    input_dim = check_count(input_dim, "input_dim", owner, minimum=2)
     if isinstance(mask, str):
         makers = {"half": half_mask, "alternating": alternating_mask}
         if mask not in makers:
-            raise ValueError(f"unknown mask {mask!r}; expected one of {sorted(makers)} or a bool tensor")
+            raise ValueError(
+                f"{owner}: unknown mask {mask!r}; expected one of {sorted(makers)} or a bool tensor"
+            )
         return makers[mask](input_dim, parity)
-    m = _tensor_mask(mask, parity)
+    m = _tensor_mask(mask, parity, owner)
     if m.shape != (input_dim,):
         raise ValueError(
-            f"a vector mask must have shape ({input_dim},) for input_dim={input_dim}, got {tuple(m.shape)}"
+            f"{owner}: a vector mask must have shape ({input_dim},) for input_dim={input_dim}, "
+            f"got {tuple(m.shape)}"
         )
     return m
 
 
-def _tensor_mask(mask, parity: int) -> torch.Tensor:
+def _tensor_mask(mask, parity: int, owner: str) -> torch.Tensor:
     """A user's mask as a boolean tensor (complemented for ``parity`` 1), which must both
     condition on something and transform something."""
-    m = torch.as_tensor(mask, device="cpu")
-    if m.dtype != torch.bool and not ((m == 0) | (m == 1)).all():
-        raise ValueError("a mask tensor must be boolean or hold only 0 and 1")
-    m = m.to(torch.bool)
+    m = bool_mask(mask, owner)
     if parity % 2:
         m = ~m
     if m.all() or not m.any():
-        raise ValueError("a mask must have both True (conditioning) and False (transformed) entries")
+        kind = (
+            "conditions on every coordinate and transforms none" if m.all() else "transforms every coordinate"
+        )
+        raise ValueError(
+            f"{owner}: a mask must have both True (conditioning) and False (transformed) entries; "
+            f"this one (parity={parity}) {kind}"
+        )
     return m
 
 
@@ -479,23 +511,32 @@ def image_mask(
     >>> image_mask((4, 2, 2), "channel").flatten().tolist()
     [True, True, False, False]
     """
-    shape = tuple(int(s) for s in shape)
-    if len(shape) != 3 or min(shape) < 1:
-        raise ValueError(f"expected an image shape (C, H, W), got {shape}")
+    return _image_mask(shape, mask, parity, "image_mask")
+
+
+def _image_mask(shape, mask, parity, owner: str) -> torch.Tensor:
+    """:func:`image_mask`, with ``owner`` (the function the user called) named in errors."""
+    shape = _image_shape(shape, owner)
     if isinstance(mask, str):
         if mask == "checkerboard":
             if shape[1] < 2 or shape[2] < 2:
-                raise ValueError(f"a checkerboard mask needs H >= 2 and W >= 2, got image shape {shape}")
+                raise ValueError(
+                    f"{owner}: a checkerboard mask needs H >= 2 and W >= 2, got image shape {shape}"
+                )
             return checkerboard_mask(shape[1], shape[2], parity)
         if mask == "channel":
             if shape[0] < 2:
-                raise ValueError(f"a channel mask needs at least 2 channels, got image shape {shape}")
+                raise ValueError(
+                    f"{owner}: a channel mask needs at least 2 channels, got image shape {shape}"
+                )
             return channel_mask(shape[0], parity)
-        raise ValueError(f"unknown image mask {mask!r}; expected 'checkerboard', 'channel' or a bool tensor")
-    m = _tensor_mask(mask, parity)
+        raise ValueError(
+            f"{owner}: unknown image mask {mask!r}; expected 'checkerboard', 'channel' or a bool tensor"
+        )
+    m = _tensor_mask(mask, parity, owner)
     if m.dim() != 3 or any(a not in (1, b) for a, b in zip(m.shape, shape, strict=True)):
         raise ValueError(
-            f"an image mask must broadcast to the image shape {shape}, got shape {tuple(m.shape)}"
+            f"{owner}: an image mask must broadcast to the image shape {shape}, got shape {tuple(m.shape)}"
         )
     return m
 
@@ -542,8 +583,10 @@ def _mlp_conditioner(
     return ConditionalMLP(n_a, context_dim, n_out, hidden_dims, activation, dropout=dropout)
 
 
-def _resnet_conditioner(shape, mask, num_params, hidden_channels, num_blocks, batch_norm):
-    partition = make_partition(mask, shape)
+def _resnet_conditioner(shape, mask, num_params, hidden_channels, num_blocks, batch_norm, builder="coupling"):
+    """A :class:`~pyro_flows.nn.ResNet` from :math:`x^A` to ``num_params`` parameters per
+    channel of :math:`x^B`; ``builder`` (the public function being called) is named in errors."""
+    partition = make_partition(mask, shape, builder)
     if isinstance(partition, IndexPartition) and partition.dim == -3:
         # channel mask: the network sees the C_A conditioning channels only
         c_in, c_out = partition.sizes
@@ -552,7 +595,8 @@ def _resnet_conditioner(shape, mask, num_params, hidden_channels, num_blocks, ba
         c_in = c_out = shape[0]
     else:
         raise ValueError(
-            f"image couplings take a mask over channels (C, 1, 1) or over pixels (1, H, W) with H, W >= 2; "
+            f"{builder}: image couplings take a mask over channels (C, 1, 1) or over pixels (1, H, W) "
+            "with H, W >= 2; "
             f"got a mask of shape {tuple(mask.shape)} for images of shape {tuple(shape)}"
         )
     return ResNet(c_in, num_params * c_out, hidden_channels, num_blocks, batch_norm)
@@ -571,7 +615,7 @@ def additive_coupling(
     >>> additive_coupling(6, hidden_dims=(32,), mask="alternating", parity=1).event_shape
     torch.Size([6])
     """
-    m = vector_mask(input_dim, mask, parity)
+    m = _vector_mask(input_dim, mask, parity, "additive_coupling")
     return AdditiveCoupling(m, _mlp_conditioner(m, 1, hidden_dims, activation, builder="additive_coupling"))
 
 
@@ -592,7 +636,7 @@ def affine_coupling(
     >>> torch.equal(layer(x), x)  # a new layer is the identity
     True
     """
-    m = vector_mask(input_dim, mask, parity)
+    m = _vector_mask(input_dim, mask, parity, "affine_coupling")
     conditioner = _mlp_conditioner(m, 2, hidden_dims, activation, builder="affine_coupling")
     return AffineCoupling(m, conditioner, scale_bound=scale_bound, shift_bound=shift_bound)
 
@@ -611,7 +655,7 @@ def conditional_additive_coupling(
     >>> conditional_additive_coupling(4, 3, hidden_dims=(8,)).context_dim
     3
     """
-    m = vector_mask(input_dim, mask, parity)
+    m = _vector_mask(input_dim, mask, parity, "conditional_additive_coupling")
     net = _mlp_conditioner(
         m, 1, hidden_dims, activation, context_dim, builder="conditional_additive_coupling"
     )
@@ -638,7 +682,7 @@ def conditional_affine_coupling(
     >>> torch.equal(layer.condition(torch.ones(1))(x), x)
     True
     """
-    m = vector_mask(input_dim, mask, parity)
+    m = _vector_mask(input_dim, mask, parity, "conditional_affine_coupling")
     net = _mlp_conditioner(m, 2, hidden_dims, activation, context_dim, builder="conditional_affine_coupling")
     return ConditionalAffineCoupling(m, net, context_dim, scale_bound=scale_bound, shift_bound=shift_bound)
 
@@ -651,6 +695,7 @@ def image_affine_coupling(
     num_blocks: int = 4,
     batch_norm: bool = True,
     scale_bound: Optional[float] = 2.0,
+    shift_bound: Optional[float] = 8.0,
 ) -> AffineCoupling:
     r"""One :class:`AffineCoupling` on images of shape ``(C, H, W)`` with a
     :class:`~pyro_flows.nn.ResNet` conditioner (output layer zero: starts as the identity).
@@ -658,15 +703,19 @@ def image_affine_coupling(
     ``mask="checkerboard"`` conditions on the pixels where :math:`(i + j) \bmod 2 =`
     ``parity`` and transforms the others; ``mask="channel"`` conditions on the first
     (``parity=0``) or second half of the channels (Dinh et al., 2017, Sec. 3.4).
+    ``scale_bound`` and ``shift_bound`` are those of :class:`AffineCoupling` (default 2
+    and 8; ``None`` for no bound).
 
     >>> layer = image_affine_coupling((2, 4, 4), "channel", hidden_channels=8, num_blocks=1)
     >>> x = torch.randn(3, 2, 4, 4)
     >>> torch.equal(layer(x), x)  # a new layer is the identity
     True
     """
-    m = image_mask(shape, mask, parity)
-    conditioner = _resnet_conditioner(shape, m, 2, hidden_channels, num_blocks, batch_norm)
-    return AffineCoupling(m, conditioner, event_shape=shape, scale_bound=scale_bound)
+    builder = "image_affine_coupling"
+    shape = _image_shape(shape, builder)
+    m = _image_mask(shape, mask, parity, builder)
+    conditioner = _resnet_conditioner(shape, m, 2, hidden_channels, num_blocks, batch_norm, builder)
+    return AffineCoupling(m, conditioner, event_shape=shape, scale_bound=scale_bound, shift_bound=shift_bound)
 
 
 def image_additive_coupling(
@@ -683,6 +732,8 @@ def image_additive_coupling(
     >>> image_additive_coupling((1, 4, 4), hidden_channels=8, num_blocks=1).event_shape
     torch.Size([1, 4, 4])
     """
-    m = image_mask(shape, mask, parity)
-    conditioner = _resnet_conditioner(shape, m, 1, hidden_channels, num_blocks, batch_norm)
+    builder = "image_additive_coupling"
+    shape = _image_shape(shape, builder)
+    m = _image_mask(shape, mask, parity, builder)
+    conditioner = _resnet_conditioner(shape, m, 1, hidden_channels, num_blocks, batch_norm, builder)
     return AdditiveCoupling(m, conditioner, event_shape=shape)

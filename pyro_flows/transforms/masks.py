@@ -28,6 +28,7 @@ __all__ = [
     "checkerboard_mask",
     "channel_mask",
     "make_partition",
+    "bool_mask",
     "IndexPartition",
     "MaskPartition",
 ]
@@ -83,20 +84,59 @@ def _check_dim(dim: int) -> None:
         raise ValueError(f"a coupling needs at least 2 coordinates to partition, got dim={dim}")
 
 
-def make_partition(mask: torch.Tensor, event_shape: Sequence[int]) -> nn.Module:
-    """Build the partition that applies ``mask`` (broadcastable to ``event_shape``)."""
+def bool_mask(mask, owner: str = "make_partition") -> torch.Tensor:
+    """``mask`` (a tensor or nested sequence of bools, or of the numbers 0 and 1) as a
+    boolean tensor on the CPU; any other value is refused, naming ``owner``, rather than
+    read as ``True``.
+
+    >>> bool_mask(torch.tensor([1, 0, 1])).tolist()
+    [True, False, True]
+    >>> bool_mask([0.5, 1.0], "AffineCoupling")
+    Traceback (most recent call last):
+    ...
+    ValueError: AffineCoupling: a mask must be boolean or hold only 0 and 1, got values [0.5, 1.0]
+    """
+    # Masks are structure, not data: they are analysed on the CPU.
+    m = torch.as_tensor(mask, device="cpu")
+    if m.dtype != torch.bool:
+        if m.is_complex() or not ((m == 0) | (m == 1)).all():
+            raise ValueError(
+                f"{owner}: a mask must be boolean or hold only 0 and 1, got values {m.unique().tolist()}"
+            )
+        m = m.to(torch.bool)
+    return m
+
+
+def make_partition(
+    mask: torch.Tensor, event_shape: Sequence[int], owner: str = "make_partition"
+) -> nn.Module:
+    """Build the partition that applies ``mask`` (broadcastable to ``event_shape``);
+    ``owner``, the layer being built, is named in errors."""
     event_shape = torch.Size(event_shape)
-    # Masks are structure, not data: they are analysed on the CPU and the partition's
-    # buffers are then created on the default device.
-    mask = torch.as_tensor(mask, dtype=torch.bool, device="cpu")
+    # The partition's buffers are created on the default device from the CPU mask.
+    mask = bool_mask(mask, owner)
     if mask.dim() != len(event_shape):
         raise ValueError(
-            f"mask of shape {tuple(mask.shape)} must have one dimension per event dimension "
+            f"{owner}: mask of shape {tuple(mask.shape)} must have one dimension per event dimension "
             f"of {tuple(event_shape)}"
         )
-    full = mask.expand(event_shape)
+    try:
+        full = mask.expand(event_shape)
+    except RuntimeError:
+        raise ValueError(
+            f"{owner}: mask of shape {tuple(mask.shape)} does not broadcast to the event shape "
+            f"{tuple(event_shape)}"
+        ) from None
     if full.all() or not full.any():
-        raise ValueError("mask must select a non-empty, proper subset of the event")
+        kind = (
+            "conditions on every coordinate and transforms none"
+            if full.all()
+            else "transforms every coordinate"
+        )
+        raise ValueError(
+            f"{owner}: the mask must select a non-empty, proper subset of the event "
+            f"(True: conditioning, False: transformed); this one {kind}"
+        )
     varying = [d for d in range(mask.dim()) if mask.shape[d] != 1]
     if len(varying) == 1 and mask.shape[varying[0]] == event_shape[varying[0]]:
         return IndexPartition(mask.flatten(), varying[0] - len(event_shape), event_shape)

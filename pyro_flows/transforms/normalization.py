@@ -139,7 +139,10 @@ class RealNVPBatchNorm(_PerFeature):
 
     :param int num_features: features (vectors) or channels (images).
     :param int event_dim: 1 for vectors ``(D,)``, 3 for images ``(C, H, W)``.
-    :param float momentum: weight of the new batch in the running averages, :math:`1-\rho`.
+    :param float momentum: weight of the new batch in the running averages, :math:`1-\rho`;
+        ``None`` for the cumulative average, as in ``torch.nn.BatchNorm``: the :math:`k`-th
+        training batch gets weight :math:`1/k`, so the averages are the plain means of the
+        statistics of all batches so far (counted in the buffer ``num_batches_tracked``).
     :param float eps: :math:`\varepsilon`, keeps zero-variance features finite.
     :param bool affine: learn :math:`\gamma` (log-scale) and :math:`\beta` as well.
 
@@ -161,8 +164,13 @@ class RealNVPBatchNorm(_PerFeature):
         eps: float = 1e-5,
         affine: bool = False,
     ):
-        if not 0.0 < momentum <= 1.0:
-            raise ValueError(f"{type(self).__name__}: momentum must be in (0, 1], got {momentum!r}")
+        if momentum is not None and not (
+            isinstance(momentum, numbers.Real) and not isinstance(momentum, bool) and 0.0 < momentum <= 1.0
+        ):
+            raise ValueError(
+                f"{type(self).__name__}: momentum must be a number in (0, 1], or None for the cumulative "
+                f"average of all batches, got {momentum!r}"
+            )
         _check_eps(eps, type(self).__name__, positive=True)
         super().__init__(num_features, event_dim)
         self.momentum = momentum
@@ -171,6 +179,9 @@ class RealNVPBatchNorm(_PerFeature):
         self.register_buffer("running_mean", torch.zeros(num_features))
         self.register_buffer("running_var", torch.ones(num_features))
         self.register_buffer("initialized", torch.tensor(False))
+        if momentum is None:
+            # the number of batches averaged so far (only kept for the cumulative average)
+            self.register_buffer("num_batches_tracked", torch.tensor(0, dtype=torch.long))
         if affine:
             self.log_gamma = nn.Parameter(torch.zeros(num_features))
             self.beta = nn.Parameter(torch.zeros(num_features))
@@ -216,14 +227,25 @@ class RealNVPBatchNorm(_PerFeature):
         reduce = list(range(y.dim() - self.event_dim_)) + event_dims
         batch_mean = y.mean(reduce)
         batch_var = y.var(reduce, unbiased=False)
+        cumulative = self.momentum is None
         if not self._is_initialized():
             mean, var = batch_mean, batch_var
             self.initialized.fill_(True)
             self._remember_initialized()
+            if cumulative:
+                self.num_batches_tracked.fill_(1)
         else:
+            if cumulative:
+                # the k-th batch has weight 1/k: the running averages are the plain means of
+                # the batch statistics so far (torch.nn.BatchNorm's momentum=None), read
+                # without a device sync
+                self.num_batches_tracked.add_(1)
+                weight = self.num_batches_tracked.reciprocal().to(batch_mean.dtype)
+            else:
+                weight = self.momentum
             # The old averages are constants: gradients flow only through this batch.
-            mean = (1 - self.momentum) * self.running_mean + self.momentum * batch_mean
-            var = (1 - self.momentum) * self.running_var + self.momentum * batch_var
+            mean = (1 - weight) * self.running_mean + weight * batch_mean
+            var = (1 - weight) * self.running_var + weight * batch_var
         with torch.no_grad():
             self.running_mean.copy_(mean)
             self.running_var.copy_(var)

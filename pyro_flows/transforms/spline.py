@@ -46,13 +46,15 @@ from ._arguments import check_count
 from .base import FlowTransform, sum_event
 from .coupling import (
     _ConditionalCoupling,
+    _conditioner_output,
     _ContextBroadcast,
     _Coupling,
+    _image_mask,
     _mlp_conditioner,
     _resnet_conditioner,
-    image_mask,
-    vector_mask,
+    _vector_mask,
 )
+from .reshape import _image_shape
 
 __all__ = [
     "rational_quadratic_spline",
@@ -197,17 +199,24 @@ class _SplineParams:
     map from conditioner output to the spline's three parameter tensors."""
 
     def _set_spline(self, num_bins, tail_bound, min_bin_width, min_bin_height, min_derivative, affine=False):
-        if not isinstance(num_bins, int) or num_bins < 2:
-            raise ValueError(f"num_bins must be an int >= 2, got {num_bins!r}")
+        owner = type(self).__name__
+        if not isinstance(num_bins, int) or isinstance(num_bins, bool) or num_bins < 2:
+            raise ValueError(f"{owner}: num_bins must be an int >= 2, got {num_bins!r}")
         if not 0 < tail_bound < math.inf:
-            raise ValueError(f"tail_bound must be positive and finite, got {tail_bound}")
-        if not 0 <= min_bin_width * num_bins < 1 or not 0 <= min_bin_height * num_bins < 1:
+            raise ValueError(f"{owner}: tail_bound must be positive and finite, got {tail_bound}")
+        # Zero minimums are refused: a bin of width or height 0, or a knot derivative of 0,
+        # which a softmax or softplus reaches in floating point for large enough parameters,
+        # divides by zero (NaN values and log-determinants, not invertible).
+        if not 0 < min_bin_width * num_bins < 1 or not 0 < min_bin_height * num_bins < 1:
             raise ValueError(
-                f"min_bin_width and min_bin_height must be in [0, 1/num_bins) = [0, {1 / num_bins:.3g}), "
-                f"got {min_bin_width} and {min_bin_height}"
+                f"{owner}: min_bin_width and min_bin_height must be in (0, 1/num_bins) = (0, {1 / num_bins:.3g}), "
+                f"got {min_bin_width} and {min_bin_height} (a bin of size 0 makes the spline non-invertible)"
             )
-        if not 0 <= min_derivative < 1:
-            raise ValueError(f"min_derivative must be in [0, 1), got {min_derivative}")
+        if not 0 < min_derivative < 1:
+            raise ValueError(
+                f"{owner}: min_derivative must be in (0, 1), got {min_derivative} (a derivative of 0 makes the "
+                "spline non-invertible)"
+            )
         self.num_bins = num_bins
         self.tail_bound = float(tail_bound)
         self.min_bin_width = min_bin_width
@@ -327,9 +336,7 @@ class SplineCoupling(_SplineParams, _Coupling):
 
     def _spline_params(self, x_a: torch.Tensor):
         partition = self.partition
-        raw = self.conditioner(x_a)
-        if raw.dtype != x_a.dtype:  # under autocast (bfloat16 knots give NaN): the spline in the data's dtype
-            raw = raw.to(x_a.dtype)
+        raw = _conditioner_output(self.conditioner, x_a)
         per = _params_per_coordinate(self.num_bins, self.affine)
         dim = partition.param_dim
         expected = list(partition.b_shape)
@@ -495,7 +502,7 @@ def spline_coupling(
     >>> layer.conditioner[-1].out_features  # (3 * 8 - 1) parameters for the one coordinate of B
     23
     """
-    m = vector_mask(input_dim, mask, parity)
+    m = _vector_mask(input_dim, mask, parity, "spline_coupling")
     per = _params_per_coordinate(num_bins, affine)
     net = _mlp_conditioner(
         m, per, hidden_dims, activation, dropout=dropout, conditioner=conditioner, builder="spline_coupling"
@@ -527,7 +534,7 @@ def conditional_spline_coupling(
     >>> torch.allclose(layer.condition(torch.ones(1))(x), x, atol=1e-6)
     True
     """
-    m = vector_mask(input_dim, mask, parity)
+    m = _vector_mask(input_dim, mask, parity, "conditional_spline_coupling")
     per = _params_per_coordinate(num_bins, affine)
     net = _mlp_conditioner(
         m,
@@ -565,9 +572,11 @@ def image_spline_coupling(
     >>> torch.allclose(layer(x), x, atol=1e-6)
     True
     """
-    m = image_mask(shape, mask, parity)
+    builder = "image_spline_coupling"
+    shape = _image_shape(shape, builder)
+    m = _image_mask(shape, mask, parity, builder)
     per = _params_per_coordinate(num_bins, affine)
-    conditioner = _resnet_conditioner(shape, m, per, hidden_channels, num_blocks, batch_norm)
+    conditioner = _resnet_conditioner(shape, m, per, hidden_channels, num_blocks, batch_norm, builder)
     return SplineCoupling(
         m,
         conditioner,
