@@ -172,6 +172,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         return 2
     from .train.checkpoint import CheckpointError
     from .train.loop import NonFiniteLossError
+    from .train.stopping import RunTerminated
 
     run_dir = None
     try:
@@ -215,6 +216,10 @@ def main(argv: Optional[List[str]] = None) -> int:
 
             with _terminate_as_exit():  # so a killed sample removes its partial file
                 sample_run(args.run, args.num_samples, out=args.output, seed=args.seed, device=args.device)
+    except RunTerminated as err:
+        # SIGTERM or SIGUSR1: fit_run saved the step, said so and how to go on (it prints
+        # that for Python callers too); the status is 128 + the signal's number
+        return err.code
     except NonFiniteLossError as err:
         _report(f"pyro-flows {args.command}: {err}")
         return 3

@@ -54,6 +54,7 @@ from .distributed import (
     wrap_model,
 )
 from .rundir import atomic_write_text
+from .stopping import STOP_SIGNALS, RunTerminated
 
 __all__ = [
     "NonFiniteLossError",
@@ -370,6 +371,7 @@ def train(
     on_step: Optional[Callable[[int], None]] = None,
     data_state: Optional[dict] = None,
     started: Optional[float] = None,
+    stop=None,
 ) -> LoopState:
     """Train ``flow`` on ``splits.train`` by maximum likelihood, in place.
 
@@ -387,7 +389,11 @@ def train(
     :param data_state: the preprocessing saved in checkpoints (see ``run.py``).
     :param started: ``time.perf_counter()`` when the process started the run (default:
         now); the checkpoints' ``seconds`` count from it, on top of the resumed state's.
+    :param stop: a ``pyro_flows.train.stopping.StopSignals`` whose signals, while
+        the loop runs, stop it at the end of a step with a checkpoint of that step (under
+        ``torchrun`` every process at the same step, see below).
     :raises NonFiniteLossError: on a NaN or infinite loss or gradient.
+    :raises ~pyro_flows.train.run.RunTerminated: when ``stop`` received a signal.
 
     >>> from pyro_flows.data import Splits, make_moons
     >>> from pyro_flows.train import RunConfig
@@ -504,7 +510,9 @@ def train(
     saved_step = state.step if resume_state is not None else None
     write_failure = None
     flow.train()
-    try:
+    # While the loop runs, a stopping signal is only recorded; the loop acts on it at the end of a step.
+    deferring = stop.deferred() if stop is not None else contextlib.nullcontext()
+    with deferring, contextlib.closing(bar):
         while state.step < total_steps and not state.stopped_early:
             epoch, within = divmod(state.step, steps_per_epoch)
             if epoch != epoch_of_indices:
@@ -530,8 +538,13 @@ def train(
                 # so all of them stop at this step.
                 nll = torch.full((1,), math.inf, dtype=dtype, device=device)
                 penalty = torch.zeros((), dtype=dtype, device=device)
-            # Mean NLL and penalty over all processes, for the guard and the log.
-            global_nll, global_penalty = all_reduce_mean(torch.stack([nll.mean(), penalty]).detach(), context)
+            # Mean NLL and penalty over all processes, for the guard and the log, and
+            # whether any process was asked to stop: all learn it from the same reduction
+            # and stop at the end of this step (see ``stop`` below).
+            asked = nll.new_tensor(float(stop is not None and stop.requested))
+            global_nll, global_penalty, global_asked = all_reduce_mean(
+                torch.stack([nll.mean(), penalty, asked]).detach(), context
+            )
             global_loss = global_nll + global_penalty
             if not bool(torch.isfinite(global_loss)):
                 _stop(state, run_dir, solver_failure or f"the training loss is {float(global_loss)}")
@@ -648,8 +661,33 @@ def train(
             lines.step(state, running)
             if on_step is not None:
                 on_step(state.step)
-    finally:
-        bar.close()
+            # A stopping signal (SIGTERM, SIGUSR1): one process learns of it at once, several
+            # from this step's reduction (so all stop here, even those that got none).
+            if stop is not None and (float(global_asked) > 0 or (stop.requested and not context.distributed)):
+                if not (state.step % config.eval_every == 0 or state.step == total_steps):
+                    # not checkpointed by an evaluation at this step: write its state now
+                    rngs = gather_objects(capture_rng(), context)
+                    failed, writing = write_failure, os.path.join(run_dir or "", "checkpoint.pt")
+                    try:
+                        if writes and failed is None:
+                            rng = {**rngs[0], "ranks": rngs} if context.distributed else rngs[0]
+                            save_checkpoint(writing, checkpoint_state(rng=rng))
+                    except OSError as err:
+                        failed = _write_failure(err, writing, state, run_dir, saved_step)
+                    except Exception as err:
+                        failed = err
+                    fail_together(failed, context)
+                raise RunTerminated(
+                    stop.received or STOP_SIGNALS[0],
+                    run_dir,
+                    state.step,
+                    total_steps,
+                    elsewhere=stop.received is None,
+                )
+        if stop is not None and stop.requested:
+            # after the last reduction, while the last step ran (several processes): that step
+            # ended the run and evaluated, and its checkpoint is written
+            raise RunTerminated(stop.received, run_dir, state.step, total_steps)
     flow.load_state_dict(best)
     flow.eval()
     return state

@@ -24,7 +24,7 @@ from ..data.splits import Splits
 from ..metrics import bits_per_dim as unit_cube_bits_per_dim
 from .checkpoint import CheckpointError, check_run_state, load_checkpoint
 from .config import RunConfig, config_to_toml
-from .distributed import fail_together, process_device, setup, teardown
+from .distributed import fail_together, process_device, process_rank, setup, teardown
 from .loop import (
     MetricsLog,
     _batch_geometry,
@@ -47,8 +47,17 @@ from .rundir import (
     remove_stale_temporaries,
     run_files,
 )
+from .stopping import RunTerminated, StopSignals
 
-__all__ = ["fit_run", "evaluate_run", "sample_run", "resolve_device", "bits_per_dim", "RunInterrupted"]
+__all__ = [
+    "fit_run",
+    "evaluate_run",
+    "sample_run",
+    "resolve_device",
+    "bits_per_dim",
+    "RunInterrupted",
+    "RunTerminated",
+]
 
 
 class RunInterrupted(KeyboardInterrupt):
@@ -162,7 +171,12 @@ def fit_run(
     :func:`~pyro_flows.train.fit` does (``pyro-flows fit`` sets it).
 
     Interrupted (Ctrl-C), it raises :class:`RunInterrupted`, which says whether there
-    is a checkpoint to resume from.
+    is a checkpoint to resume from. Sent SIGTERM or SIGUSR1 (a scheduler ending the
+    job), it finishes the step it is in, writes ``checkpoint.pt`` at that step, prints
+    the step and the command that continues the run (on stderr, from rank 0), and raises
+    :class:`RunTerminated`, a ``SystemExit`` of status 143
+    (SIGTERM) or 138 (SIGUSR1); see the module ``pyro_flows.train.stopping``. Its handlers are
+    installed while it runs only (from the main thread) and the previous ones restored.
 
     >>> import tempfile
     >>> out = tempfile.mkdtemp()
@@ -172,6 +186,25 @@ def fit_run(
     >>> results["steps"], sorted(results["splits"].items())
     (4, [('test', 30), ('train', 240), ('val', 30)])
     """
+    with StopSignals() as stop:
+        try:
+            return _fit_run(config, resume_dir, on_step, overwrite, fit_batch_to_data, resume_changes, stop)
+        except RunTerminated as err:
+            if process_rank() == 0:  # every process stops; one says so
+                print(f"pyro-flows fit: {err}", file=sys.stderr, flush=True)
+            raise
+
+
+def _fit_run(
+    config: RunConfig,
+    resume_dir: Optional[str],
+    on_step: Optional[Callable[[int], None]],
+    overwrite: bool,
+    fit_batch_to_data: bool,
+    resume_changes: Optional[dict],
+    stop: StopSignals,
+) -> dict:
+    """:func:`fit_run` with its stopping signals handled by ``stop``."""
     quiet = config.quiet
     if resume_dir is not None:
         # The saved options (device, dtype, threads) are needed before joining the
@@ -266,6 +299,7 @@ def fit_run(
             on_step=on_step,
             data_state={**_data_state(splits), "source": source},
             started=started,
+            stop=stop,
         )
         try:
             score = _score(flow, splits, splits.test, "test", config.seed, device, dtype)
@@ -309,6 +343,9 @@ def fit_run(
     except KeyboardInterrupt:
         resumable = claimed and os.path.exists(os.path.join(run_dir, "checkpoint.pt"))
         raise RunInterrupted(run_dir, started=claimed, resumable=resumable) from None
+    except RunTerminated as err:  # from the loop with its step, or from a signal outside it
+        resumable = claimed and os.path.exists(os.path.join(run_dir, "checkpoint.pt"))
+        raise err.where(run_dir, started=claimed, resumable=resumable) from None
     finally:
         if lock is not None:
             lock.release()
@@ -393,11 +430,14 @@ def _best_to_resume(resume_state: dict, run_dir: str) -> Optional[dict]:
     (while the best step is an earlier one) or of another step is refused. One written
     by an evaluation after the checkpoint (the run stopped between the two writes) is
     taken: the resumed run repeats that evaluation. Its weights are checked against the
-    model by :func:`_check_weights_fit`, then its step by :func:`_check_best_step`."""
+    model by :func:`_check_weights_fit`, then its step by :func:`_check_best_step`. A
+    checkpoint written before the first evaluation (the run was stopped by a signal,
+    see ``pyro_flows.train.stopping``) has no best model yet (best step -1): the
+    first evaluation of the resumed run sets it."""
     step, best_step = resume_state["step"], resume_state["trainer"]["best_step"]
     path = os.path.join(run_dir, "best.pt")
     if not os.path.exists(path):
-        if best_step == step:
+        if best_step == step or best_step < 0:
             return None
         raise CheckpointError(
             f"{path} is missing: the run's best model (step {best_step}) is kept only there, and checkpoint.pt "
@@ -619,6 +659,12 @@ def _load_run(run_dir: str, which: str = "best.pt", resume: bool = False):
             raise CheckpointError(
                 f"{run_dir} has no {which} yet: its run is still in progress (pid {holder}) and has not written "
                 "its first checkpoint (one is written at every evaluation, see --eval-every); try again later"
+            )
+        if which == "best.pt" and os.path.exists(os.path.join(run_dir, "checkpoint.pt")):
+            # stopped by a signal before its first evaluation, with a checkpoint of that step
+            raise CheckpointError(
+                f"{run_dir} has no {which} yet: the run was stopped before its first evaluation (see --eval-every); "
+                f"continue it with `pyro-flows fit --resume {run_dir}`"
             )
         if is_run_folder(run_dir):  # started, then stopped before its first checkpoint
             raise CheckpointError(
