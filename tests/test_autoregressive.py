@@ -162,3 +162,25 @@ def test_autoregressive_spline_flow_beats_a_gaussian_on_a_bimodal_conditional():
         samples = model.sample((4000,))
     residual = samples[:, 1] - 0.5 * samples[:, 0]
     assert abs(float((residual.abs() - 1.5).abs().median())) < 0.3
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        dict(input_dim=True),
+        dict(input_dim=2.5),
+        dict(input_dim=3, hidden_dims=(8.5,)),
+        dict(input_dim=3, hidden_dims=(True,)),
+    ],
+)
+def test_made_refuses_sizes_that_are_not_integers(args):
+    """A bool would build a MADE of size 1 and a float size would be truncated."""
+    with pytest.raises(ValueError, match=r"MADE: \w+( sizes)? must be (a )?positive ints?"):
+        spline_autoregressive(**{"hidden_dims": (8,), **args})
+
+
+def test_made_takes_numpy_integer_sizes():
+    import numpy as np
+
+    layer = spline_autoregressive(np.int64(3), hidden_dims=(np.int64(8),), num_bins=4)
+    assert layer(torch.zeros(2, 3)).shape == (2, 3)

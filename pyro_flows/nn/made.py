@@ -12,6 +12,7 @@ conditional :math:`p(x_j \mid x_{<j})` at once.
 
 from __future__ import annotations
 
+import numbers
 from typing import Callable, Optional, Sequence
 
 import torch
@@ -19,6 +20,12 @@ from torch import nn
 from torch.nn import functional as F
 
 from .mlp import _global_hooks, _has_hooks
+
+
+def _positive_int(value) -> bool:
+    """An integral number (``numpy.int64`` too) of at least 1 that is not a bool."""
+    return not isinstance(value, bool) and isinstance(value, numbers.Integral) and value >= 1
+
 
 __all__ = ["MADE", "MaskedLinear"]
 
@@ -102,13 +109,15 @@ class MADE(nn.Module):
         super().__init__()
         if not 0 <= dropout < 1:
             raise ValueError(f"MADE: dropout must be in [0, 1), got {dropout}")
-        if not isinstance(input_dim, int) or input_dim < 1:
+        if not _positive_int(input_dim):
             raise ValueError(f"MADE: input_dim must be a positive int, got {input_dim!r}")
-        if not isinstance(outputs_per_input, int) or outputs_per_input < 1:
+        if not _positive_int(outputs_per_input):
             raise ValueError(f"MADE: outputs_per_input must be a positive int, got {outputs_per_input!r}")
+        if not all(_positive_int(h) for h in hidden_dims):
+            # a float size would be truncated, a bool taken as 1
+            raise ValueError(f"MADE: hidden sizes must be positive ints, got {tuple(hidden_dims)}")
+        input_dim, outputs_per_input = int(input_dim), int(outputs_per_input)
         hidden_dims = tuple(int(h) for h in hidden_dims)
-        if any(h < 1 for h in hidden_dims):
-            raise ValueError(f"MADE: hidden sizes must be positive, got {hidden_dims}")
         degrees = torch.tensor(_degrees(range(input_dim) if order is None else order, input_dim))
         self.register_buffer("degrees", degrees)
         self.input_dim = input_dim

@@ -27,6 +27,7 @@ import torch
 from torch import nn
 
 from ..nn.made import MADE
+from ._arguments import check_count
 from .base import FlowTransform
 from .coupling import _conditioner_output
 from .spline import (
@@ -88,8 +89,7 @@ class SplineAutoregressive(_SplineParams, FlowTransform):
         min_derivative: float = DEFAULT_MIN_DERIVATIVE,
         affine: bool = False,
     ):
-        if not isinstance(input_dim, int) or input_dim < 1:
-            raise ValueError(f"SplineAutoregressive: input_dim must be a positive int, got {input_dim!r}")
+        input_dim = check_count(input_dim, "input_dim", "SplineAutoregressive")
         super().__init__(event_shape=(input_dim,))
         self._set_spline(num_bins, tail_bound, min_bin_width, min_bin_height, min_derivative, affine)
         self.conditioner = conditioner
