@@ -46,6 +46,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .nn.resnet import ResNet
+from .transforms.base import all_true, validation_enabled
 from .transforms.masks import checkerboard_mask
 from .transforms.preprocess import _into_cells
 
@@ -251,7 +252,13 @@ class DequantizedFlow(nn.Module):
     def bound(self, levels: torch.Tensor) -> torch.Tensor:
         r"""One-sample estimate of the bound :math:`\log p((x+u)/K) - \log q(u\mid x)`
         (density units of :math:`[0,1)^D`; subtract :math:`D\log K` for :math:`\log P(x)`),
-        shape ``batch``."""
+        shape ``batch``.
+
+        ``levels`` are the integers :math:`0, \dots, K-1` themselves (in a float dtype);
+        under distribution validation anything else (data already scaled to
+        :math:`[0, 1)`, which would be scored as the cells of its first few levels) is a
+        ``ValueError``."""
+        _check_levels(levels, self.num_levels, "bound")
         u, log_q = self._noise(levels)
         return self.flow.log_prob(_into_cells(levels, u, self.num_levels)) - log_q
 
@@ -261,11 +268,24 @@ class DequantizedFlow(nn.Module):
         :meth:`bound` (subtract :math:`D\log K` for :math:`\log P(x)`); shape ``batch``."""
         if num_samples < 1:
             raise ValueError(f"num_samples must be at least 1, got {num_samples}")
+        _check_levels(levels, self.num_levels, "log_likelihood")
         draws = torch.stack([self.bound(levels) for _ in range(num_samples)])
         return torch.logsumexp(draws, 0) - math.log(num_samples)
 
     def log_prob(self, y: torch.Tensor) -> torch.Tensor:
-        """The bound of the cell of ``y`` in :math:`[0,1)^D` (see the class docstring)."""
+        """The bound of the cell of ``y`` in :math:`[0,1)^D` (see the class docstring).
+
+        Under distribution validation ``y`` must lie in :math:`[0, 1]` (1 is read as the
+        top cell, as data scaled by :math:`1/(K-1)` have it): raw levels or data on
+        another scale would all be scored as an edge cell."""
+        if validation_enabled() and isinstance(y, torch.Tensor) and y.numel():
+            inside = (y >= 0) & (y <= 1)
+            if not all_true(inside):
+                raise ValueError(
+                    f"DequantizedFlow.log_prob: expected points in [0, 1] (levels scaled by 1/K, e.g. "
+                    f"dequantize(levels, {self.num_levels})), got {_range_text(y)}; pass the levels "
+                    "themselves to bound() or log_likelihood()"
+                )
         return self.bound(_cells(y.detach(), self.num_levels))
 
     def sample(self, sample_shape=()) -> torch.Tensor:
@@ -288,6 +308,31 @@ class DequantizedFlow(nn.Module):
         """
         y = self.flow.sample(sample_shape)
         return y.clamp(0.0, _below_one(self.num_levels, y.dtype))
+
+
+def _range_text(x: torch.Tensor) -> str:
+    """``"values in [min, max]"`` for an error message (``"other values"`` under
+    ``torch.func.vmap``, where a batched tensor has no single value to read)."""
+    try:
+        return f"values in [{float(x.min())}, {float(x.max())}]"
+    except RuntimeError:
+        return "other values"
+
+
+def _check_levels(levels: torch.Tensor, num_levels: int, method: str) -> None:
+    r"""Under distribution validation, ``levels`` must be integers in
+    :math:`0, \dots, K-1`: scaled data passed instead would be read as levels and
+    scored, silently, as the wrong cells."""
+    if not (validation_enabled() and isinstance(levels, torch.Tensor) and levels.numel()):
+        return
+    whole = levels == levels.round()
+    if not all_true(whole & (levels >= 0) & (levels <= num_levels - 1)):
+        fractions = "" if all_true(whole) else ", not all whole numbers"
+        raise ValueError(
+            f"DequantizedFlow.{method}: expected integer levels in [0, {num_levels - 1}], got "
+            f"{_range_text(levels)}{fractions}; pass the levels, not data already scaled to [0, 1) "
+            "(log_prob takes those)"
+        )
 
 
 def _cells(y: torch.Tensor, num_levels: int) -> torch.Tensor:

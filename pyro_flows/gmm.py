@@ -17,7 +17,6 @@ Gaussian noise", so it is realistic only if the centres already are realistic da
 
 from __future__ import annotations
 
-import math
 from typing import List, Optional
 
 import pyro.distributions as dist
@@ -73,7 +72,9 @@ class GaussianMixture(nn.Module):
         else:
             # strictly lower part as is, diagonal as log
             self.scale_tril_raw = nn.Parameter(torch.zeros(num_components, d, d))
-        #: log-likelihood per data point after each EM iteration (or SGD step)
+        #: mean log-likelihood per data point of the parameters after each EM iteration
+        #: (the last value is the fitted model's); for SGD, of each step's minibatch before
+        #: that step
         self.history: List[float] = []
 
     # --------------------------------------------------------------- distribution
@@ -153,9 +154,10 @@ class GaussianMixture(nn.Module):
         M-step: :math:`N_k = \sum_n r_{nk}`, :math:`\pi_k = N_k/N`,
         :math:`\mu_k = \sum_n r_{nk} x_n / N_k`,
         :math:`\Sigma_k = \sum_n r_{nk}(x_n-\mu_k)(x_n-\mu_k)^\top / N_k + \lambda I`
-        (diagonal part only for ``"diag"``). Stops when the mean log-likelihood improves
-        by less than ``tol``. The likelihood is non-convex: the result
-        depends on the k-means++ seeding (``seed``).
+        (diagonal part only for ``"diag"``). Stops when an iteration changes the mean
+        log-likelihood by less than ``tol``; ``history`` holds it after every iteration,
+        so ``history[-1]`` is the fitted parameters' own. The likelihood is non-convex:
+        the result depends on the k-means++ seeding (``seed``).
 
         :param data: shape ``(N, *event_shape)``.
         :param float reg_covar: :math:`\lambda`, keeps covariances invertible.
@@ -167,14 +169,14 @@ class GaussianMixture(nn.Module):
         if init:
             self._initialize(x, torch.Generator().manual_seed(seed))
         self.history = []
-        previous = -math.inf
         n, d = x.shape
         eye = torch.eye(d, dtype=x.dtype, device=x.device)
+        # the E-step of each iteration also scores the parameters the last one left, so
+        # ``history`` holds the log-likelihood after every M-step, the last one included
+        joint = self._component_log_prob(x) + torch.log_softmax(self.logits, -1)
+        log_lik = torch.logsumexp(joint, -1)
+        previous = float(log_lik.mean())
         for _ in range(max_iter):
-            joint = self._component_log_prob(x) + torch.log_softmax(self.logits, -1)
-            log_lik = torch.logsumexp(joint, -1)
-            mean_ll = float(log_lik.mean())
-            self.history.append(mean_ll)
             resp = torch.exp(joint - log_lik.unsqueeze(-1))  # (N, K)
             # a floor, not an offset, so that a component's mean is its points' mean exactly
             counts = resp.sum(0).clamp_min(10 * torch.finfo(x.dtype).eps)
@@ -192,6 +194,10 @@ class GaussianMixture(nn.Module):
                 chol = torch.linalg.cholesky(cov + reg_covar * eye)
                 raw = chol.tril(-1) + torch.diag_embed(chol.diagonal(dim1=-2, dim2=-1).log())
                 self.scale_tril_raw.copy_(raw)
+            joint = self._component_log_prob(x) + torch.log_softmax(self.logits, -1)
+            log_lik = torch.logsumexp(joint, -1)
+            mean_ll = float(log_lik.mean())
+            self.history.append(mean_ll)
             if abs(mean_ll - previous) < tol:
                 break
             previous = mean_ll

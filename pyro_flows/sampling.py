@@ -10,6 +10,7 @@ increasing CDF given as a Python function.
 from __future__ import annotations
 
 import math
+import warnings
 from typing import Callable, Optional, Sequence, Tuple, Union
 
 import torch
@@ -141,7 +142,8 @@ def inverse_cdf_sample(
     :param int n: number of samples.
     :param generator: optional :class:`torch.Generator` for the uniforms (on CPU).
     :param bracket: ``(lo, hi)`` with :math:`F(lo) < u < F(hi)` for the targets drawn;
-        required for a Python function (values outside are clipped to it).
+        required for a Python function (samples whose targets lie outside are clipped to
+        it, with a warning).
     :param dtype: dtype of a Python function's samples (default: the default dtype).
     :param event_shape: event shape of a Python function's samples (default scalar).
     :returns: samples of shape ``(n, *event_shape)``, without gradients.
@@ -179,4 +181,27 @@ def inverse_cdf_sample(
         return torch.log(f), torch.log1p(-f), torch.full_like(t, math.nan)
 
     lo, hi = (torch.full_like(u, float(b)) for b in bracket)
+    _warn_outside_bracket(cdf, u, lo, hi)
     return invert_monotone(log_parts, u, lo, hi)
+
+
+def _warn_outside_bracket(cdf, u: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor) -> None:
+    """Warn when targets lie outside :math:`[F(lo), F(hi)]`: their quantiles are beyond
+    the bracket, and the samples would be the bracket's ends (a law without its tails).
+    Targets at the ends of the open unit interval (a uniform draw of exactly 0) are left
+    out: their quantile is infinite, and the bracket's end is the best there is."""
+    with torch.no_grad():
+        f_lo, f_hi = cdf(lo), cdf(hi)
+    info = torch.finfo(u.dtype)
+    interior = (u > info.tiny) & (u < 1 - info.eps / 2)
+    below, above = interior & (u < f_lo), interior & (u > f_hi)
+    count_below, count_above = int(below.sum()), int(above.sum())
+    if count_below or count_above:
+        low, high = float(lo.flatten()[0]), float(hi.flatten()[0])
+        warnings.warn(
+            f"inverse_cdf_sample: {count_below} of {u.numel()} uniform targets lie below "
+            f"F({low:g}) = {float(f_lo.max()):.3g} and {count_above} above F({high:g}) = "
+            f"{float(f_hi.min()):.3g}, so their samples were clipped to bracket=({low:g}, {high:g}) "
+            "and the tails are missing; widen the bracket",
+            stacklevel=3,
+        )
