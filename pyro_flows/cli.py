@@ -174,7 +174,6 @@ def main(argv: Optional[List[str]] = None) -> int:
     from .train.loop import NonFiniteLossError
     from .train.stopping import RunTerminated
 
-    run_dir = None
     try:
         if args.command == "fit":
             from .train.run import fit_run
@@ -192,12 +191,10 @@ def main(argv: Optional[List[str]] = None) -> int:
                         )
                         + " (only --quiet, --device, and --data or --data-dir for data that moved, may be given)"
                     )
-                run_dir = args.resume
                 changes = {name: getattr(args, name) for name in RESUME_OPTIONS if hasattr(args, name)}
                 fit_run(_resume_config(args), resume_dir=args.resume, resume_changes=changes)
             else:
                 config = resolve_fit_config(args)
-                run_dir = config.out
                 fit_run(config, overwrite=args.overwrite, fit_batch_to_data=_batch_is_a_default(args, config))
         elif args.command == "evaluate":
             import json
@@ -236,33 +233,15 @@ def main(argv: Optional[List[str]] = None) -> int:
         )
         return 1
     except KeyboardInterrupt as err:
-        _report(f"pyro-flows {args.command}: interrupted{_after_interrupt(err, run_dir)}")
+        from .train.stopping import RunInterrupted
+
+        if not isinstance(err, RunInterrupted):
+            _report(f"pyro-flows {args.command}: interrupted")
+        elif err.step is None:  # stopped at once: what the folder holds, what to run next
+            _report(f"pyro-flows {args.command}: {err}")
+        # else the first Ctrl-C in the loop: fit_run saved the step and said so
         return 130
     return 0
-
-
-def _after_interrupt(err: KeyboardInterrupt, run_dir: Optional[str]) -> str:
-    """What an interrupted ``fit`` left, and what to run next."""
-    import os
-
-    from .train.run import RunInterrupted
-
-    if not run_dir or not isinstance(err, RunInterrupted):
-        return ""
-    if not err.started:
-        return f" before the run began; {run_dir} is as it was"
-    if err.resumable:
-        return f"; continue from the last checkpoint with `pyro-flows fit --resume {run_dir}`"
-    config = os.path.join(run_dir, "config.toml")
-    again = (
-        f"`pyro-flows fit --config {config} --out {run_dir} --overwrite`"
-        if os.path.exists(config)
-        else f"--out {run_dir} --overwrite"
-    )
-    return (
-        " before the run's first checkpoint (one is written at every evaluation, see --eval-every), so there "
-        f"is nothing to resume; start it again with {again}"
-    )
 
 
 class _Terminated(SystemExit):

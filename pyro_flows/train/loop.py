@@ -54,7 +54,6 @@ from .distributed import (
     wrap_model,
 )
 from .rundir import atomic_write_text
-from .stopping import STOP_SIGNALS, RunTerminated
 
 __all__ = [
     "NonFiniteLossError",
@@ -389,11 +388,13 @@ def train(
     :param data_state: the preprocessing saved in checkpoints (see ``run.py``).
     :param started: ``time.perf_counter()`` when the process started the run (default:
         now); the checkpoints' ``seconds`` count from it, on top of the resumed state's.
-    :param stop: a ``pyro_flows.train.stopping.StopSignals`` whose signals, while
-        the loop runs, stop it at the end of a step with a checkpoint of that step (under
-        ``torchrun`` every process at the same step, see below).
+    :param stop: a ``pyro_flows.train.stopping.StopSignals`` whose signals (SIGTERM,
+        SIGUSR1, a first Ctrl-C), while the loop runs, stop it at the end of a step with a
+        checkpoint of that step (under ``torchrun`` every process at the same step, see
+        below).
     :raises NonFiniteLossError: on a NaN or infinite loss or gradient.
-    :raises ~pyro_flows.train.run.RunTerminated: when ``stop`` received a signal.
+    :raises ~pyro_flows.train.run.RunTerminated: when ``stop`` received SIGTERM or SIGUSR1.
+    :raises ~pyro_flows.train.run.RunInterrupted: when ``stop`` received Ctrl-C.
 
     >>> from pyro_flows.data import Splits, make_moons
     >>> from pyro_flows.train import RunConfig
@@ -512,6 +513,8 @@ def train(
     flow.train()
     # While the loop runs, a stopping signal is only recorded; the loop acts on it at the end of a step.
     deferring = stop.deferred() if stop is not None else contextlib.nullcontext()
+    if stop is not None:
+        stop.step = state.step + 1  # the step a signal now would stop the run after
     with deferring, contextlib.closing(bar):
         while state.step < total_steps and not state.stopped_early:
             epoch, within = divmod(state.step, steps_per_epoch)
@@ -545,6 +548,9 @@ def train(
             global_nll, global_penalty, global_asked = all_reduce_mean(
                 torch.stack([nll.mean(), penalty, asked]).detach(), context
             )
+            if stop is not None and context.distributed:
+                # a signal from now on reaches the other processes with the next step's reduction
+                stop.step = min(state.step + 2, total_steps)
             global_loss = global_nll + global_penalty
             if not bool(torch.isfinite(global_loss)):
                 _stop(state, run_dir, solver_failure or f"the training loss is {float(global_loss)}")
@@ -661,8 +667,8 @@ def train(
             lines.step(state, running)
             if on_step is not None:
                 on_step(state.step)
-            # A stopping signal (SIGTERM, SIGUSR1): one process learns of it at once, several
-            # from this step's reduction (so all stop here, even those that got none).
+            # A stopping signal (SIGTERM, SIGUSR1, a first Ctrl-C): one process learns of it at
+            # once, several from this step's reduction (so all stop here, even those that got none).
             if stop is not None and (float(global_asked) > 0 or (stop.requested and not context.distributed)):
                 if not (state.step % config.eval_every == 0 or state.step == total_steps):
                     # not checkpointed by an evaluation at this step: write its state now
@@ -677,17 +683,13 @@ def train(
                     except Exception as err:
                         failed = err
                     fail_together(failed, context)
-                raise RunTerminated(
-                    stop.received or STOP_SIGNALS[0],
-                    run_dir,
-                    state.step,
-                    total_steps,
-                    elsewhere=stop.received is None,
-                )
+                raise stop.stopped(run_dir, state.step, total_steps)
+            if stop is not None:
+                stop.step = state.step + 1
         if stop is not None and stop.requested:
             # after the last reduction, while the last step ran (several processes): that step
             # ended the run and evaluated, and its checkpoint is written
-            raise RunTerminated(stop.received, run_dir, state.step, total_steps)
+            raise stop.stopped(run_dir, state.step, total_steps)
     flow.load_state_dict(best)
     flow.eval()
     return state

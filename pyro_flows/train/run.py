@@ -47,7 +47,7 @@ from .rundir import (
     remove_stale_temporaries,
     run_files,
 )
-from .stopping import RunTerminated, StopSignals
+from .stopping import RunInterrupted, RunTerminated, StopSignals
 
 __all__ = [
     "fit_run",
@@ -58,16 +58,6 @@ __all__ = [
     "RunInterrupted",
     "RunTerminated",
 ]
-
-
-class RunInterrupted(KeyboardInterrupt):
-    """``fit_run`` interrupted (Ctrl-C): what is in ``run_dir`` then. ``started``: the run
-    had claimed the folder (for a new run: deleted the run it replaces and begun writing);
-    ``resumable``: the folder holds a checkpoint of it to continue from."""
-
-    def __init__(self, run_dir: str, started: bool, resumable: bool):
-        super().__init__(run_dir)
-        self.run_dir, self.started, self.resumable = run_dir, started, resumable
 
 
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
@@ -170,13 +160,16 @@ def fit_run(
     defaults (512), so it is lowered to the number of training points when larger, as
     :func:`~pyro_flows.train.fit` does (``pyro-flows fit`` sets it).
 
-    Interrupted (Ctrl-C), it raises :class:`RunInterrupted`, which says whether there
-    is a checkpoint to resume from. Sent SIGTERM or SIGUSR1 (a scheduler ending the
-    job), it finishes the step it is in, writes ``checkpoint.pt`` at that step, prints
-    the step and the command that continues the run (on stderr, from rank 0), and raises
-    :class:`RunTerminated`, a ``SystemExit`` of status 143
-    (SIGTERM) or 138 (SIGUSR1); see the module ``pyro_flows.train.stopping``. Its handlers are
-    installed while it runs only (from the main thread) and the previous ones restored.
+    Sent SIGTERM or SIGUSR1 (a scheduler ending the job), it finishes the step it is in,
+    writes ``checkpoint.pt`` at that step, prints the step and the command that continues
+    the run (on stderr, from rank 0), and raises :class:`RunTerminated`, a ``SystemExit``
+    of status 143 (SIGTERM) or 138 (SIGUSR1). Interrupted (Ctrl-C) in the training loop,
+    it does the same (saying at once that a second Ctrl-C stops it there and then) and
+    raises :class:`RunInterrupted`, a ``KeyboardInterrupt`` whose ``step`` is the step
+    saved; a second Ctrl-C, or one outside the loop, raises it at once, saying whether
+    there is a checkpoint to resume from. See the module ``pyro_flows.train.stopping``;
+    its handlers are installed while the run runs only (from the main thread) and the
+    previous ones restored.
 
     >>> import tempfile
     >>> out = tempfile.mkdtemp()
@@ -189,8 +182,9 @@ def fit_run(
     with StopSignals() as stop:
         try:
             return _fit_run(config, resume_dir, on_step, overwrite, fit_batch_to_data, resume_changes, stop)
-        except RunTerminated as err:
-            if process_rank() == 0:  # every process stops; one says so
+        except (RunTerminated, RunInterrupted) as err:
+            # every process stops; one says so (an interrupt that saved nothing: the caller says it)
+            if process_rank() == 0 and (isinstance(err, RunTerminated) or err.step is not None):
                 print(f"pyro-flows fit: {err}", file=sys.stderr, flush=True)
             raise
 
@@ -340,7 +334,9 @@ def _fit_run(
         echo(_summary(results))
         echo(f"wrote {run_dir}: {', '.join(run_files(run_dir))}")
         return results
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as err:
+        if isinstance(err, RunInterrupted) and err.step is not None:
+            raise  # from the loop, which saved the step it stopped after
         resumable = claimed and os.path.exists(os.path.join(run_dir, "checkpoint.pt"))
         raise RunInterrupted(run_dir, started=claimed, resumable=resumable) from None
     except RunTerminated as err:  # from the loop with its step, or from a signal outside it

@@ -1,4 +1,4 @@
-"""Stopping a run cleanly when a scheduler asks: SIGTERM and SIGUSR1 while ``fit`` runs.
+"""Stopping a run cleanly: SIGTERM and SIGUSR1 (a scheduler) and Ctrl-C while ``fit`` runs.
 
 Clusters end a job by sending SIGTERM, then SIGKILL after a grace period (SLURM,
 Kubernetes, torchrun's elastic agent); SLURM can also send SIGUSR1 ahead of the time
@@ -10,11 +10,22 @@ as every checkpoint) and raises :class:`RunTerminated`, whose exit status is
 the next step depends on (weights, optimizer, schedule, moving average, generator
 states; the batch order is a function of the seed and the step), so ``fit --resume``
 ends with the parameters an uninterrupted run ends with. Outside the loop (reading the
-data, scoring the test split, plotting) the signal stops the run at once, as Ctrl-C does.
+data, scoring the test split, plotting) the signal stops the run at once.
 
-A signal that arrives while the run is stopping already changes nothing: the step is
+The first Ctrl-C (SIGINT) in the training loop does the same: the loop finishes its
+step, saves it and raises :class:`RunInterrupted` (a ``KeyboardInterrupt``; the command
+exits with status 130). On receiving it, rank 0 says on stderr which step it is
+finishing and that a second Ctrl-C stops at once, even with ``--quiet``: that line
+answers a key press, and without it a user waiting on a long step or write would press
+again and lose the step. A second Ctrl-C (while the step finishes or is saved, or
+while a SIGTERM stops the run) raises ``KeyboardInterrupt`` at once, and so does
+Ctrl-C outside the loop, as before. Ctrl-C is taken over only where it raises
+``KeyboardInterrupt`` (Python's default handler): a process that ignores it, or handles
+it itself, keeps its own way.
+
+Another SIGTERM or SIGUSR1 while the run is stopping changes nothing: the step is
 finished and its checkpoint written (SLURM and ``torchrun`` may each deliver the same
-SIGTERM to a worker). Ctrl-C or SIGKILL still stop the process at once; a checkpoint
+SIGTERM to a worker). A second Ctrl-C or SIGKILL stop the process at once; a checkpoint
 being written then is left out and the previous one stays whole (see
 ``pyro_flows.train.rundir.atomic_write``).
 
@@ -29,10 +40,13 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
+import sys
 import threading
-from typing import Dict, Optional, Tuple
+from typing import Dict, Optional, Tuple, Union
 
-__all__ = ["RunTerminated", "StopSignals", "STOP_SIGNALS"]
+from .distributed import process_rank
+
+__all__ = ["RunInterrupted", "RunTerminated", "StopSignals", "STOP_SIGNALS"]
 
 #: the signals that stop a run cleanly (SIGUSR1 where the platform has it)
 STOP_SIGNALS: Tuple[int, ...] = tuple(
@@ -94,55 +108,140 @@ class RunTerminated(SystemExit):
 
     def __str__(self) -> str:
         name = "a signal to another process of the run" if self.elsewhere else _signal_name(self.signum)
-        if self.step is not None:
-            at = f"after step {self.step}" + (f" of {self.total_steps}" if self.total_steps else "")
-            if not self.run_dir:
-                return f"stopped by {name} {at}; nothing was written"
-            checkpoint = os.path.join(self.run_dir, "checkpoint.pt")
-            return (
-                f"stopped by {name} {at}; the run's state at that step is saved in {checkpoint}: "
-                f"continue it with `pyro-flows fit --resume {self.run_dir}`"
-            )
-        if not self.run_dir or not self.started:
-            return f"stopped by {name} before the run began" + (
-                f"; {self.run_dir} is as it was" if self.run_dir else ""
-            )
-        if self.resumable:
-            return (
-                f"stopped by {name}; continue from the last checkpoint with "
-                f"`pyro-flows fit --resume {self.run_dir}`"
-            )
-        config = os.path.join(self.run_dir, "config.toml")
-        again = (
-            f"`pyro-flows fit --config {config} --out {self.run_dir} --overwrite`"
-            if os.path.exists(config)
-            else f"--out {self.run_dir} --overwrite"
+        return _describe(
+            f"stopped by {name}", self.run_dir, self.step, self.total_steps, self.started, self.resumable
         )
-        return f"stopped by {name} before the run's first checkpoint, so there is nothing to resume; start it again with {again}"
+
+
+class RunInterrupted(KeyboardInterrupt):
+    """``fit_run`` interrupted (Ctrl-C): what is in ``run_dir`` then.
+
+    After the first Ctrl-C in the training loop, ``step`` is the step the loop finished
+    and saved on the way out (see the module ``pyro_flows.train.stopping``); after a
+    second one, or one outside the loop, it is ``None`` and the folder holds what the
+    last checkpoint holds.
+
+    :param str run_dir: the run folder.
+    :param bool started: the run had claimed the folder (for a new run: deleted the run
+        it replaces and begun writing).
+    :param bool resumable: the folder holds a checkpoint of the run to continue from.
+    :param int step: the step whose full state the training loop saved.
+    :param int total_steps: the run's number of steps.
+
+    >>> err = RunInterrupted("runs/a", started=True, resumable=True, step=7, total_steps=20)
+    >>> isinstance(err, KeyboardInterrupt)
+    True
+    >>> print(err)
+    interrupted after step 7 of 20; the run's state at that step is saved in runs/a/checkpoint.pt: continue it with `pyro-flows fit --resume runs/a`
+    >>> print(RunInterrupted("runs/a", started=True, resumable=True))
+    interrupted; continue from the last checkpoint with `pyro-flows fit --resume runs/a`
+    """
+
+    def __init__(
+        self,
+        run_dir: Optional[str],
+        started: bool = False,
+        resumable: bool = False,
+        step: Optional[int] = None,
+        total_steps: Optional[int] = None,
+    ):
+        super().__init__(run_dir)
+        self.run_dir, self.step, self.total_steps = run_dir, step, total_steps
+        self.started, self.resumable = started or step is not None, resumable or step is not None
+
+    def __str__(self) -> str:
+        return _describe(
+            "interrupted", self.run_dir, self.step, self.total_steps, self.started, self.resumable
+        )
+
+
+def _describe(
+    what: str,
+    run_dir: Optional[str],
+    step: Optional[int],
+    total_steps: Optional[int],
+    started: bool,
+    resumable: bool,
+) -> str:
+    """``what`` (how the run stopped) and what its folder holds, with the command to go on."""
+    if step is not None:
+        at = f"after step {step}" + (f" of {total_steps}" if total_steps else "")
+        if not run_dir:
+            return f"{what} {at}; nothing was written"
+        checkpoint = os.path.join(run_dir, "checkpoint.pt")
+        return (
+            f"{what} {at}; the run's state at that step is saved in {checkpoint}: "
+            f"continue it with `pyro-flows fit --resume {run_dir}`"
+        )
+    if not run_dir or not started:
+        return f"{what} before the run began" + (f"; {run_dir} is as it was" if run_dir else "")
+    if resumable:
+        return f"{what}; continue from the last checkpoint with `pyro-flows fit --resume {run_dir}`"
+    config = os.path.join(run_dir, "config.toml")
+    again = (
+        f"`pyro-flows fit --config {config} --out {run_dir} --overwrite`"
+        if os.path.exists(config)
+        else f"--out {run_dir} --overwrite"
+    )
+    return (
+        f"{what} before the run's first checkpoint (one is written at every evaluation, see --eval-every), "
+        f"so there is nothing to resume; start it again with {again}"
+    )
+
+
+def _say(line: str) -> None:
+    """``line`` on stderr, from a signal handler: below a progress bar on a terminal, and
+    straight to the file descriptor when the signal came while stderr was being written
+    (Python refuses a write into a write in progress)."""
+    try:
+        stream = sys.stderr
+        text = ("\n" if stream.isatty() else "") + line + "\n"
+        stream.write(text)
+        stream.flush()
+    except RuntimeError:
+        try:
+            os.write(2, ("\n" + line + "\n").encode())
+        except OSError:
+            pass
+    except (AttributeError, OSError, ValueError):  # no stderr, or a closed one: nowhere to say it
+        pass
 
 
 class StopSignals:
-    """Within the block (in the main thread), SIGTERM and SIGUSR1 stop the run cleanly.
+    """Within the block (in the main thread), SIGTERM and SIGUSR1 stop the run cleanly,
+    and so does a first Ctrl-C in the training loop.
 
     Inside :meth:`deferred` (the training loop) a signal is only recorded in
-    :attr:`received`, for the loop to act on at the end of its step; elsewhere it raises
-    :class:`RunTerminated` at once. Only the first signal counts: later ones are ignored.
-    On leaving the block the previous handlers are restored; a signal that was recorded
-    but stopped nothing (it arrived as the run ended) is then delivered again, to them.
+    :attr:`received`, for the loop to act on at the end of its step (raising what
+    :meth:`stopped` gives); elsewhere SIGTERM and SIGUSR1 raise :class:`RunTerminated`
+    at once, and Ctrl-C ``KeyboardInterrupt``. Only the first signal counts: a later
+    SIGTERM or SIGUSR1 is ignored, a later Ctrl-C raises ``KeyboardInterrupt`` at once.
+    On recording a Ctrl-C, rank 0 says on stderr that it finishes step :attr:`step` and
+    that a second Ctrl-C stops at once. On leaving the block the previous handlers are
+    restored; a signal that was recorded but stopped nothing (it arrived as the run
+    ended) is then delivered again, to them.
 
-    >>> before = signal.getsignal(signal.SIGTERM)
+    :param tuple signals: the signals that stop the run cleanly.
+    :param bool interrupt: whether a first Ctrl-C in the loop does too; it is taken over
+        only where it raises ``KeyboardInterrupt`` (Python's default handler).
+
+    >>> before = signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGINT)
     >>> with StopSignals() as stop:
-    ...     signal.getsignal(signal.SIGTERM) == stop._handle
+    ...     signal.getsignal(signal.SIGTERM) == signal.getsignal(signal.SIGINT) == stop._handle
     True
-    >>> signal.getsignal(signal.SIGTERM) is before
+    >>> (signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGINT)) == before
     True
     """
 
-    def __init__(self, signals: Tuple[int, ...] = STOP_SIGNALS):
+    def __init__(self, signals: Tuple[int, ...] = STOP_SIGNALS, interrupt: bool = True):
         self.signals = signals
-        #: the first stopping signal received (``None``: none yet)
+        self.interrupt = interrupt
+        #: the first signal received that stops the run (``None``: none yet)
         self.received: Optional[int] = None
-        self._deferring = False
+        #: the step the loop would finish and save if a signal came now (for the message)
+        self.step: Optional[int] = None
+        self._deferring = self._closing = False
+        self._announce = False
         self._previous: Dict[int, object] = {}
 
     @property
@@ -151,11 +250,15 @@ class StopSignals:
         return self.received is not None
 
     def __enter__(self) -> "StopSignals":
-        self.received, self._deferring, self._previous = None, False, {}
+        self.received, self.step, self._previous = None, None, {}
+        self._deferring = self._closing = False
+        self._announce = process_rank() == 0  # under torchrun one process speaks
         if threading.current_thread() is not threading.main_thread():
             return self  # Python lets only the main thread install handlers
-        for signum in self.signals:
+        for signum in self.signals + ((signal.SIGINT,) if self.interrupt else ()):
             previous = signal.getsignal(signum)
+            if signum == signal.SIGINT and previous is not signal.default_int_handler:
+                continue  # Ctrl-C is ignored, or handled in the process's own way: it stays so
             if previous is signal.SIG_IGN or previous is None:
                 # ignored on purpose, or a handler not set from Python (which could not be put back)
                 continue
@@ -167,7 +270,7 @@ class StopSignals:
         return self
 
     def __exit__(self, exc_type, exc, tb) -> None:
-        self._deferring = True  # from here on a signal is only recorded
+        self._deferring = self._closing = True  # from here on a signal is only recorded
         try:
             for signum, previous in self._previous.items():
                 signal.signal(signum, previous)
@@ -178,11 +281,38 @@ class StopSignals:
             signal.raise_signal(self.received)
 
     def _handle(self, signum, frame) -> None:
+        if signum == signal.SIGINT:
+            if self._closing:  # putting the handlers back: raised, it could leave some out
+                if self.received is None:
+                    self.received = signum  # delivered again once they are back
+                return
+            if self.received is not None or not self._deferring:
+                # a second Ctrl-C, one while a SIGTERM stops the run, or one outside the loop
+                raise KeyboardInterrupt
+            self.received = signum
+            if self._announce:
+                step = f"step {self.step}" if self.step is not None else "this step"
+                _say(
+                    f"pyro-flows fit: interrupted; finishing {step} and saving it; "
+                    "press Ctrl-C again to stop at once"
+                )
+            return
         if self.received is not None:
             return  # stopping already
         self.received = signum
         if not self._deferring:
             raise RunTerminated(signum)
+
+    def stopped(
+        self, run_dir: Optional[str], step: int, total_steps: Optional[int] = None
+    ) -> Union[RunInterrupted, RunTerminated]:
+        """What the loop raises once it has saved ``step`` on a recorded signal:
+        :class:`RunInterrupted` for Ctrl-C, else :class:`RunTerminated` (with ``elsewhere``
+        when this process received none: another process of the run did)."""
+        if self.received == signal.SIGINT:
+            return RunInterrupted(run_dir, step=step, total_steps=total_steps)
+        signum = self.received if self.received is not None else STOP_SIGNALS[0]
+        return RunTerminated(signum, run_dir, step, total_steps, elsewhere=self.received is None)
 
     @contextlib.contextmanager
     def deferred(self):
