@@ -115,8 +115,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sa.add_argument("run", metavar="DIR", help="a run folder written by `pyro-flows fit`")
     sa.add_argument("-n", "--num-samples", type=int, default=1000, help="how many samples (default: 1000)")
-    sa.add_argument("-o", "--output", default=None, help="the .npy file to write (default: DIR/samples.npy)")
-    sa.add_argument("--seed", type=int, default=0, help="seed of the sampler (default: 0)")
+    sa.add_argument(
+        "-o",
+        "--output",
+        default=None,
+        help="the .npy file to write, replaced if it exists; never the run's own data file (default: DIR/samples.npy)",
+    )
+    sa.add_argument("--seed", type=int, default=0, help="seed of the sampler, 0 to 2**64 - 1 (default: 0)")
     sa.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default: auto)")
     return parser
 

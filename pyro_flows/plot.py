@@ -70,7 +70,9 @@ def plot_2d(
     density :math:`p(x)` evaluated on a ``resolution``-squared grid (with a colour bar);
     ``title`` goes above the panels' own titles. ``log_density`` receives the grid as a
     tensor of shape ``(resolution**2, 2)`` in the dtype of ``data`` (when a floating-point
-    tensor; else the default dtype), so a flow's ``log_prob`` can be passed as it is."""
+    tensor; else the default dtype), so a flow's ``log_prob`` can be passed as it is.
+    Samples holding a NaN or infinite value cannot be drawn: the samples panel's title
+    says how many were left out."""
     return _save(_figure_2d(data, samples, log_density, title, resolution), path)
 
 
@@ -91,8 +93,9 @@ def _figure_2d(data, samples, log_density, title: str, resolution: int) -> Figur
     axes = fig.subplots(1, 3)
     axes[0].scatter(data[:, 0], data[:, 1], s=2, alpha=0.4)
     axes[0].set_title("data")
+    samples, left_out = _finite_rows(samples)
     axes[1].scatter(samples[:, 0], samples[:, 1], s=2, alpha=0.4, color="tab:orange")
-    axes[1].set_title("model samples")
+    axes[1].set_title("model samples" + _left_out_note(left_out, len(samples) + left_out))
     image = axes[2].imshow(
         density, origin="lower", extent=(lo[0], hi[0], lo[1], hi[1]), aspect="auto", cmap="viridis"
     )
@@ -115,7 +118,8 @@ def plot_1d(
 ) -> str:
     """Histogram of 1-D data (density-normalised) with the model's density on top;
     ``log_density`` receives 400 points as a tensor of shape ``(400, 1)`` in the dtype of
-    ``data`` (as :func:`plot_2d`'s grid)."""
+    ``data`` (as :func:`plot_2d`'s grid). Samples holding a NaN or infinite value are
+    left out of their histogram, and its legend says how many."""
     dtype = _grid_dtype(data)
     data = _numpy(data).reshape(-1)
     lo, hi = np.percentile(data, 0.1), np.percentile(data, 99.9)
@@ -127,7 +131,12 @@ def plot_1d(
     ax = fig.add_subplot()
     ax.hist(data, bins=80, density=True, alpha=0.45, label="data")
     if samples is not None:
-        ax.hist(_numpy(samples).reshape(-1), bins=80, density=True, histtype="step", label="model samples")
+        finite, left_out = _finite_rows(_numpy(samples).reshape(len(samples), -1))
+        label = "model samples" + _left_out_note(left_out, len(finite) + left_out)
+        if len(finite):  # (a histogram of infinite values has no range to bin)
+            ax.hist(finite.reshape(-1), bins=80, density=True, histtype="step", label=label)
+        else:
+            ax.plot([], [], label=label)
     ax.plot(xs, density, color="black", label="model density")
     ax.set_xlabel("x")
     ax.set_ylabel("density")
@@ -162,6 +171,19 @@ def plot_image_grid(images: torch.Tensor, path: str, title: str = "", nrow: Opti
     if title:
         ax.set_title(title)
     return _save(fig, path)
+
+
+def _finite_rows(x) -> tuple:
+    """The rows of ``x`` (an array of points) whose values are all finite, and how many
+    were dropped."""
+    x = _numpy(x)
+    keep = np.isfinite(x.reshape(len(x), -1)).all(1)
+    return x[keep], int((~keep).sum())
+
+
+def _left_out_note(left_out: int, total: int) -> str:
+    """`` (3 of 100 not finite, not shown)``, or nothing when none was left out."""
+    return f" ({left_out} of {total} not finite, not shown)" if left_out else ""
 
 
 def _grid_dtype(data) -> torch.dtype:

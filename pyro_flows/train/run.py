@@ -800,9 +800,12 @@ def sample_run(
     (``<output>_grid.png``, so the ``samples.png`` that ``fit`` wrote stays).
 
     Points are drawn in batches and written straight into the file (a memory-mapped
-    ``.npy`` written beside it and renamed into place when complete), so memory does not
-    grow with ``num_samples``; a request that would not fit on the disk is refused before
-    anything is drawn.
+    ``.npy`` written beside it and renamed into place when complete, replacing a file of
+    that name), so memory does not grow with ``num_samples``; a request that would not fit
+    on the disk is refused before anything is drawn, and so is an ``out`` that is the
+    run's own data file. Samples holding a NaN or infinite value (an inverse that
+    overflowed) are written as drawn, counted in the result's ``"non_finite"`` and named
+    in a ``warning:`` line on stderr.
 
     >>> import tempfile
     >>> out = tempfile.mkdtemp()
@@ -817,11 +820,14 @@ def sample_run(
 
     if num_samples < 1:
         raise ValueError(f"--num-samples must be >= 1, got {num_samples}")
+    if not 0 <= seed < 2**64:  # torch takes a seed modulo 2**64: -1 would draw what 2**64 - 1 draws
+        raise ValueError(f"--seed must be an integer from 0 to 2**64 - 1, got {seed}")
     out = out or os.path.join(run_dir, "samples.npy")
     if not out.endswith(".npy"):
         raise ValueError(f"--output must end in .npy, got {out}")
     state, config = _load_run(run_dir)
     data = state["data"]
+    _check_not_the_data(out, data.get("source"))
     event_shape = torch.Size(data["event_shape"])
     folder = os.path.dirname(os.path.abspath(out))
     os.makedirs(folder, exist_ok=True)
@@ -851,6 +857,7 @@ def sample_run(
     # held locked while it is written, so a later cleanup tells it from a killed sample's
     held, tmp = locked_temporary(folder, ".npy")
     first = None
+    non_finite, first_bad = 0, None
     try:
         array = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float64, shape=(num_samples, *event_shape))
         with torch.no_grad():
@@ -859,6 +866,10 @@ def sample_run(
                 with _solver_errors("sampling"):
                     part = _in_cells(splits.to_data_units(flow.sample((n,))), splits.levels).cpu()
                 array[start : start + n] = part.double().numpy()
+                bad = ~torch.isfinite(part.reshape(n, -1)).all(-1)
+                if bool(bad.any()):
+                    non_finite += int(bad.sum())
+                    first_bad = first_bad if first_bad is not None else start + int(bad.nonzero()[0])
                 if first is None:
                     first = part[:64]
         array.flush()
@@ -870,7 +881,14 @@ def sample_run(
         raise
     finally:
         held.close()
-    result = {"samples": out, "shape": [num_samples, *event_shape]}
+    result = {"samples": out, "shape": [num_samples, *event_shape], "non_finite": non_finite}
+    if non_finite:
+        print(
+            f"warning: {non_finite} of the {num_samples} samples written to {out} hold a NaN or infinite value "
+            f"(first: sample {first_bad}); the model's inverse overflowed there. They are kept as drawn: "
+            "leave them out (numpy: x[np.isfinite(x).reshape(len(x), -1).all(1)]) or draw from a better model",
+            file=sys.stderr,
+        )
     if len(event_shape) == 3:
         from .. import plot
 
@@ -882,6 +900,19 @@ def sample_run(
             + (f" and a grid to {result['grid']}" if "grid" in result else "")
         )
     return result
+
+
+def _check_not_the_data(out: str, source: Optional[dict]) -> None:
+    """Refuse to write samples over the data file the run was trained on (``source``, as
+    :func:`~pyro_flows.data.registry.data_source` recorded it)."""
+    if not source or source.get("kind") != "file":
+        return
+    path = source.get("path")
+    if path and os.path.exists(path) and os.path.exists(out) and os.path.samefile(out, path):
+        raise ValueError(
+            f"--output {out} is the data file the run was trained on; sampling would replace it. "
+            "Write the samples to another file"
+        )
 
 
 def _in_cells(x: torch.Tensor, levels: Optional[int]) -> torch.Tensor:
