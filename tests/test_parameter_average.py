@@ -2,6 +2,7 @@
 
 import pyro
 import pyro.distributions as dist
+import pytest
 import torch
 from pyro.infer import SVI, Trace_ELBO
 
@@ -35,3 +36,36 @@ def test_a_guide_reads_the_averaged_parameters_and_gets_its_own_back():
     for name, value in store.named_parameters():
         assert torch.equal(value, snapshots[-1][name]), name
     assert torch.allclose(guide.get_transform()(z), last)
+
+
+def test_an_average_saved_and_loaded_goes_on_as_if_never_interrupted():
+    """state_dict -> torch.save -> torch.load(weights_only=True) -> load_state_dict, then
+    more updates: the same means as one average that was never saved."""
+    import io
+
+    pyro.clear_param_store()
+    p = pyro.param("p", torch.zeros(3))
+    pyro.param("q", torch.ones(2), constraint=torch.distributions.constraints.positive)
+    whole, first = ParameterAverage(), ParameterAverage()
+    values = torch.randn(6, 5, generator=torch.Generator().manual_seed(0))
+    for row in values[:3]:
+        p.data.copy_(row[:3])
+        pyro.get_param_store()._params["q"].data.copy_(row[3:])
+        whole.update()
+        first.update()
+    buffer = io.BytesIO()
+    torch.save(first.state_dict(), buffer)
+    buffer.seek(0)
+    resumed = ParameterAverage()
+    resumed.load_state_dict(torch.load(buffer, weights_only=True))
+    for row in values[3:]:
+        p.data.copy_(row[:3])
+        pyro.get_param_store()._params["q"].data.copy_(row[3:])
+        whole.update()
+        resumed.update()
+    assert resumed.counts == whole.counts == {"p": 6, "q": 6}
+    for name in ("p", "q"):
+        assert torch.allclose(resumed.means[name], whole.means[name], atol=1e-7)
+    assert torch.allclose(whole.means["p"], values[:, :3].mean(0), atol=1e-6)
+    with pytest.raises(ValueError, match="the count of 'p' must be a positive int"):
+        ParameterAverage().load_state_dict({"means": {"p": torch.zeros(3)}, "counts": {"p": 0}})

@@ -37,6 +37,11 @@ class ParameterAverage:
     keeps its mean, moved along (so a store moved to ``float64`` is averaged in
     ``float64``).
 
+    :meth:`state_dict` and :meth:`load_state_dict` save and restore the means and their
+    counts (tensors and ints, so ``torch.save`` of it loads with ``weights_only=True``),
+    beside the store's own ``pyro.get_param_store().get_state()``, so that an interrupted
+    run goes on with its average.
+
     :meth:`applied` swaps the means in for the duration of a ``with`` block (in place, so
     a guide that reads its parameters from the store sees them) and puts the last iterates
     back afterwards, also when the block raises; :meth:`apply` swaps them in for good.
@@ -60,6 +65,41 @@ class ParameterAverage:
     def __init__(self):
         self.counts: Dict[str, int] = {}
         self.means: Dict[str, torch.Tensor] = {}
+
+    def state_dict(self) -> dict:
+        """The means and their counts: ``{"means": {name: tensor}, "counts": {name: int}}``
+        (copies: later updates do not change a state taken before)."""
+        return {
+            "means": {name: mean.detach().clone() for name, mean in self.means.items()},
+            "counts": dict(self.counts),
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        """Restore the means and counts of :meth:`state_dict` (replacing the current ones).
+
+        >>> average = ParameterAverage()
+        >>> average.load_state_dict({"means": {"p": torch.tensor(2.0)}, "counts": {"p": 3}})
+        >>> average.counts
+        {'p': 3}
+        """
+        means, counts = state.get("means"), state.get("counts")
+        if not isinstance(means, dict) or not isinstance(counts, dict) or set(means) != set(counts):
+            raise ValueError(
+                "ParameterAverage.load_state_dict: expected {'means': {name: tensor}, 'counts': {name: int}} "
+                "with the same names, as state_dict() returns"
+            )
+        for name, count in counts.items():
+            if isinstance(count, bool) or not isinstance(count, int) or count < 1:
+                raise ValueError(
+                    f"ParameterAverage.load_state_dict: the count of {name!r} must be a positive int, got {count!r}"
+                )
+            if not isinstance(means[name], torch.Tensor):
+                raise ValueError(
+                    f"ParameterAverage.load_state_dict: the mean of {name!r} must be a tensor, "
+                    f"got {type(means[name]).__name__}"
+                )
+        self.means = {name: mean.detach().clone() for name, mean in means.items()}
+        self.counts = {name: int(count) for name, count in counts.items()}
 
     def update(self) -> None:
         """Add the store's current values to the mean (parameters new since the last call,
