@@ -64,6 +64,8 @@ nitpick_ignore_regex = [
     # The standard library has no inventory offline either.
     (r"py:.*", r"(argparse|os|pathlib|io|json|dataclasses|collections|enum|functools|typing)\..*"),
     (r"py:.*", r"(Tensor|Module|Distribution|TransformModule|Generator|Size|dtype|device)"),
+    # Docstrings inherited from torch (``set_extra_state``) name nn.Module's methods bare.
+    (r"py:.*", r"(load_state_dict|state_dict)"),
     # ``:param callable f:`` names the builtin predicate, which has no page.
     (r"py:.*", r"callable"),
     # Sphinx splits ``Callable[[], nn.Module]`` in signatures into unresolvable pieces.
