@@ -131,3 +131,14 @@ def test_the_2d_plot_says_how_many_samples_it_cannot_draw(monkeypatch):
         torch.randn(200, 2), samples[20:], lambda t: -0.5 * t.pow(2).sum(-1), "unused.png", resolution=20
     )
     assert "model samples" in [ax.get_title() for ax in figures[1].axes]
+
+
+def test_image_grids_show_discrete_samples_at_the_level_of_their_cell():
+    """A sample in [k, k + 1) is level k (``floor``, as ``sample`` documents); with 4
+    levels, 2.9 is shown as 2/3 of full brightness, not as 2.9/3."""
+    from pyro_flows.train.run import _unit_range
+
+    x = torch.tensor([-0.3, 0.0, 0.99, 1.0, 2.9, 3.99, 4.2])
+    shown = _unit_range(x, levels=4)
+    assert torch.equal(shown, torch.tensor([0.0, 0.0, 0.0, 1 / 3, 2 / 3, 1.0, 1.0]))
+    assert torch.equal(_unit_range(torch.tensor([-0.5, 0.25, 1.5]), None), torch.tensor([0.0, 0.25, 1.0]))

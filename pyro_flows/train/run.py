@@ -636,9 +636,13 @@ def write_plots(flow, splits: Splits, config: RunConfig, run_dir: str) -> list:
 
 
 def _unit_range(x: torch.Tensor, levels: Optional[int]) -> torch.Tensor:
-    """Images in data units -> [0, 1] for display (``levels`` discrete values, else as is)."""
-    top = (levels - 1) if levels else 1.0
-    return (x / top).clamp(0, 1)
+    """Images in data units -> [0, 1] for display. Discrete data (``levels`` values) are
+    shown at the level of the cell each sample lies in, ``floor(x)`` in 0 .. K - 1 (a
+    sample in [k, k + 1) is level k, as ``sample`` documents; ``x / (K - 1)`` would show
+    it up to one level brighter); other data as they are."""
+    if levels:
+        return x.floor().clamp(0, levels - 1) / (levels - 1)
+    return x.clamp(0, 1)
 
 
 def _load_run(run_dir: str, which: str = "best.pt", resume: bool = False):
