@@ -9,10 +9,10 @@ import torch
 from pyro.distributions.conditional import ConditionalComposeTransformModule
 from torch import nn
 
-from ..transforms._arguments import check_count, check_hidden_dims
+from ..transforms._arguments import check_bound, check_count, check_hidden_dims
 from ..transforms.base import check_context
 from ..transforms.coupling import conditional_affine_coupling
-from .vector import VectorFlow, _check_bound, _check_input_dim, _warn_single_coupling
+from .vector import VectorFlow, _check_input_dim, _warn_single_coupling
 
 __all__ = ["conditional_real_nvp", "ConditionalVectorFlow"]
 
@@ -91,8 +91,8 @@ def conditional_real_nvp(
     context_dim = int(context_dim)
     check_count(num_layers, "num_layers", "conditional_real_nvp")
     hidden_dims = check_hidden_dims(hidden_dims, "conditional_real_nvp")
-    _check_bound(scale_bound, "scale_bound", "conditional_real_nvp")
-    _check_bound(shift_bound, "shift_bound", "conditional_real_nvp")
+    check_bound(scale_bound, "scale_bound", "conditional_real_nvp")
+    check_bound(shift_bound, "shift_bound", "conditional_real_nvp")
     _warn_single_coupling("conditional_real_nvp", num_layers)
     parts = [
         conditional_affine_coupling(

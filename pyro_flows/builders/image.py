@@ -23,7 +23,7 @@ import torch
 from pyro.distributions.torch_transform import ComposeTransformModule
 
 from ..nn.resnet import ConditionalResNet
-from ..transforms._arguments import check_count, check_flag
+from ..transforms._arguments import check_bound, check_count, check_flag
 from ..transforms.coupling import ConditionalAffineCoupling, image_affine_coupling, image_mask
 from ..transforms.linear import Invertible1x1Conv
 from ..transforms.masks import IndexPartition, make_partition
@@ -31,7 +31,6 @@ from ..transforms.multiscale import SPLIT_PRIORS, ConditionalMultiScale, MultiSc
 from ..transforms.normalization import ActNorm, RealNVPBatchNorm
 from ..transforms.reshape import Squeeze, _image_shape
 from ..transforms.spline import image_spline_coupling
-from .vector import _check_bound
 
 __all__ = ["real_nvp_image", "glow"]
 
@@ -59,7 +58,7 @@ def _check_options(
     must be bools (a truthy string such as ``"no"`` would switch them on)."""
     for flag, value in flags.items():
         check_flag(value, flag, name)
-    _check_bound(scale_bound, "scale_bound", name)
+    check_bound(scale_bound, "scale_bound", name)
     if coupling not in COUPLINGS:
         raise ValueError(f"{name}: unknown coupling {coupling!r}; expected one of {COUPLINGS}")
     if split_prior not in SPLIT_PRIORS:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 import numbers
 import warnings
 from typing import Callable, Optional, Sequence, Union
@@ -11,7 +10,13 @@ import torch
 from pyro.distributions.torch_transform import ComposeTransformModule
 from torch import nn
 
-from ..transforms._arguments import check_count, check_flag, check_hidden_dims
+from ..transforms._arguments import (
+    check_bound,
+    check_count,
+    check_flag,
+    check_hidden_dims,
+    check_positive_finite,
+)
 from ..transforms.autoregressive import spline_autoregressive
 from ..transforms.coupling import CONDITIONERS, additive_coupling, affine_coupling
 from ..transforms.linear import InvertibleLinear, Scaling
@@ -69,16 +74,6 @@ def _warn_single_coupling(name: str, num_layers: int, remedy: str = "") -> None:
             UserWarning,
             stacklevel=3,
         )
-
-
-def _check_bound(value, name: str, builder: str) -> Optional[float]:
-    """A coupling's bound: ``None`` or a positive number (``math.inf``: no bound), else a
-    ``ValueError`` naming ``builder``, the argument and the value."""
-    if value is not None and (
-        isinstance(value, bool) or not isinstance(value, numbers.Real) or not value > 0
-    ):
-        raise ValueError(f"{builder}: {name} must be positive or None, got {value!r}")
-    return value
 
 
 def nice(
@@ -163,8 +158,8 @@ def real_nvp(
     check_count(num_layers, "num_layers", "real_nvp")
     hidden_dims = check_hidden_dims(hidden_dims, "real_nvp")
     check_flag(batch_norm, "batch_norm", "real_nvp")
-    _check_bound(scale_bound, "scale_bound", "real_nvp")
-    _check_bound(shift_bound, "shift_bound", "real_nvp")
+    check_bound(scale_bound, "scale_bound", "real_nvp")
+    check_bound(shift_bound, "shift_bound", "real_nvp")
     _warn_single_coupling("real_nvp", num_layers)
     parts = []
     for i in range(num_layers):
@@ -295,12 +290,7 @@ def spline_flow(
         check_flag(value, flag, "spline_flow")
     if tail_bound is None:
         tail_bound = _default_tail_bound(input_dim)
-    if (
-        isinstance(tail_bound, bool)
-        or not isinstance(tail_bound, numbers.Real)
-        or not 0 < tail_bound < math.inf
-    ):
-        raise ValueError(f"spline_flow: tail_bound must be positive and finite, got {tail_bound!r}")
+    check_positive_finite(tail_bound, "tail_bound", "spline_flow")
     if isinstance(mask, str) and mask not in ("half", "alternating", "mixed"):
         raise ValueError(
             f"spline_flow: mask must be 'half', 'alternating', 'mixed' or a tensor, got {mask!r}"

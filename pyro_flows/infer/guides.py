@@ -27,7 +27,8 @@ from torch.distributions import biject_to
 from torch.nn import functional as F
 
 from ..nn import MLP
-from ..transforms.coupling import _check_bound, _soft_bound, affine_coupling
+from ..transforms._arguments import check_bound
+from ..transforms.coupling import _soft_bound, affine_coupling
 from ..transforms.linear import LocScale, Permutation
 from .fused import _fuse
 from .noncentered import (
@@ -424,7 +425,7 @@ class AutoRealNVP(AutoContinuous):
         if path_gradient not in (True, False, "inverse"):
             raise ValueError(f"path_gradient must be True, False or 'inverse', got {path_gradient!r}")
         self.path_gradient = path_gradient
-        self.input_bound = _check_bound("input_bound", input_bound)
+        self.input_bound = check_bound(input_bound, "input_bound", type(self).__name__)
         if not (isinstance(flow_lr_scale, (int, float)) and 0 < flow_lr_scale < float("inf")):
             raise ValueError(f"flow_lr_scale must be a positive number, got {flow_lr_scale!r}")
         self.flow_lr_scale = float(flow_lr_scale)

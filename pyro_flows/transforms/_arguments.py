@@ -4,8 +4,9 @@ and the value. (Here rather than in ``builders``, which imports the transforms.)
 
 from __future__ import annotations
 
+import math
 import numbers
-from typing import Sequence, Tuple
+from typing import Optional, Sequence, Tuple
 
 
 def _is_int(value) -> bool:
@@ -75,3 +76,38 @@ def check_flag(value, name: str, owner: str) -> bool:
     if not isinstance(value, bool):
         raise TypeError(f"{owner}: {name} must be True or False, got {value!r}")
     return value
+
+
+def check_bound(value, name: str, owner: str) -> Optional[float]:
+    """A bound of a coupling or guide: ``None`` or a positive number, returned as ``None``
+    for ``None`` or infinity (no bound), else a ``ValueError`` naming ``owner``, the
+    argument and the value.
+
+    >>> check_bound(-1.0, "shift_bound", "real_nvp")
+    Traceback (most recent call last):
+    ...
+    ValueError: real_nvp: shift_bound must be positive or None, got -1.0
+    """
+    if value is not None and (
+        isinstance(value, bool) or not isinstance(value, numbers.Real) or not value > 0
+    ):
+        raise ValueError(f"{owner}: {name} must be positive or None, got {value!r}")
+    if value == math.inf:
+        # b tanh(s / b) tends to s as b grows, but its sigmoid form gives inf - inf = NaN
+        return None
+    return value
+
+
+def check_positive_finite(value, name: str, owner: str) -> float:
+    """``value`` as a float if it is a real number in :math:`(0, \\infty)`, else a
+    ``ValueError`` naming ``owner``, the argument and the value (a bool or a string is
+    no bound).
+
+    >>> check_positive_finite(float("inf"), "tail_bound", "spline_flow")
+    Traceback (most recent call last):
+    ...
+    ValueError: spline_flow: tail_bound must be positive and finite, got inf
+    """
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not 0 < value < math.inf:
+        raise ValueError(f"{owner}: {name} must be positive and finite, got {value!r}")
+    return float(value)

@@ -21,7 +21,6 @@ conditioner with the conditional module: no copies, nothing rebuilt.
 
 from __future__ import annotations
 
-import math
 from typing import Callable, Optional, Sequence, Tuple, Union
 
 import torch
@@ -31,7 +30,7 @@ from torch import nn
 from ..nn.mlp import MLP, ConditionalMLP
 from ..nn.resmlp import ConditionalResidualMLP, ResidualMLP
 from ..nn.resnet import ResNet
-from ._arguments import check_count, check_hidden_dims
+from ._arguments import check_bound, check_count, check_hidden_dims
 from .base import FlowTransform, check_context, check_event, context_batch_shape, sum_event
 from .masks import (
     IndexPartition,
@@ -89,16 +88,6 @@ def _conditioner_output(conditioner: Callable, x: torch.Tensor) -> torch.Tensor:
     if raw.dtype != x.dtype:
         raw = raw.to(x.dtype)
     return raw
-
-
-def _check_bound(name: str, bound: Optional[float]) -> Optional[float]:
-    """``bound`` if positive, ``None`` (no bound) for ``None`` or infinity."""
-    if bound is not None and not bound > 0:
-        raise ValueError(f"{name} must be positive or None, got {bound}")
-    if bound == math.inf:
-        # b tanh(s / b) tends to s as b grows, but its sigmoid form gives inf - inf = NaN
-        return None
-    return bound
 
 
 class _Coupling(FlowTransform):
@@ -239,8 +228,8 @@ class AffineCoupling(_Coupling):
         shift_bound: Optional[float] = 8.0,
     ):
         super().__init__(mask, conditioner, event_shape)
-        self.scale_bound = _check_bound("scale_bound", scale_bound)
-        self.shift_bound = _check_bound("shift_bound", shift_bound)
+        self.scale_bound = check_bound(scale_bound, "scale_bound", type(self).__name__)
+        self.shift_bound = check_bound(shift_bound, "shift_bound", type(self).__name__)
 
     def _shift_log_scale(self, x_a, sign: float = 1.0):
         """The shift and ``sign`` times the bounded log-scale."""
@@ -436,8 +425,8 @@ class ConditionalAffineCoupling(_ConditionalCoupling):
         shift_bound: Optional[float] = 8.0,
     ):
         super().__init__(mask, conditioner, context_dim, event_shape)
-        self.scale_bound = _check_bound("scale_bound", scale_bound)
-        self.shift_bound = _check_bound("shift_bound", shift_bound)
+        self.scale_bound = check_bound(scale_bound, "scale_bound", type(self).__name__)
+        self.shift_bound = check_bound(shift_bound, "shift_bound", type(self).__name__)
 
     def condition(self, context: torch.Tensor) -> AffineCoupling:
         return _ConditionedAffineCoupling(self, self._check_context(context))

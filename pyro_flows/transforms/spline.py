@@ -42,7 +42,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from ._arguments import check_count
+from ._arguments import check_count, check_positive_finite
 from .base import FlowTransform, sum_event
 from .coupling import (
     _ConditionalCoupling,
@@ -202,8 +202,7 @@ class _SplineParams:
         owner = type(self).__name__
         if not isinstance(num_bins, int) or isinstance(num_bins, bool) or num_bins < 2:
             raise ValueError(f"{owner}: num_bins must be an int >= 2, got {num_bins!r}")
-        if not 0 < tail_bound < math.inf:
-            raise ValueError(f"{owner}: tail_bound must be positive and finite, got {tail_bound}")
+        tail_bound = check_positive_finite(tail_bound, "tail_bound", owner)
         # Zero minimums are refused: a bin of width or height 0, or a knot derivative of 0,
         # which a softmax or softplus reaches in floating point for large enough parameters,
         # divides by zero (NaN values and log-determinants, not invertible).
