@@ -10,6 +10,7 @@ from .config import RunConfig
 from .fit import fit
 from .loop import NonFiniteLossError, train
 from .run import evaluate_run, fit_run, sample_run
+from .stopping import RunInterrupted, RunTerminated
 
 __all__ = [
     "RunConfig",
@@ -22,4 +23,6 @@ __all__ = [
     "load_checkpoint",
     "CheckpointError",
     "NonFiniteLossError",
+    "RunInterrupted",
+    "RunTerminated",
 ]

@@ -510,6 +510,36 @@ def train(
     # waiting for the next evaluation to stop every process (see below)
     saved_step = state.step if resume_state is not None else None
     write_failure = None
+
+    def save_step(record: Optional[dict] = None, improved: bool = False) -> None:
+        """Write this step's evaluation ``record`` to the metrics (if given), its model to
+        ``best.pt`` (if ``improved``) and its state to ``checkpoint.pt``. A write that
+        failed on rank 0 stops every process now, with its message, rather than leaving
+        the others waiting in the next step's collectives."""
+        nonlocal saved_step
+        # Every process's generator state, so a resumed run draws what each would have.
+        rngs = gather_objects(capture_rng(), context)
+        failed, writing = write_failure, metrics.path
+        try:
+            if failed is None and record is not None:
+                metrics.write(**record)
+            if writes and failed is None:
+                rng = {**rngs[0], "ranks": rngs} if context.distributed else rngs[0]
+                snapshot = checkpoint_state(rng=rng)
+                if improved:
+                    # best.pt holds the evaluated weights (the average), which evaluate and sample use
+                    best_snapshot = snapshot if average is None else checkpoint_state(best, rng)
+                    writing = os.path.join(run_dir, "best.pt")
+                    save_checkpoint(writing, best_snapshot)
+                writing = os.path.join(run_dir, "checkpoint.pt")
+                save_checkpoint(writing, snapshot)
+                saved_step = state.step
+        except OSError as err:  # a full disk, a lost mount: say what is kept and how to go on
+            failed = _write_failure(err, writing, state, run_dir, saved_step)
+        except Exception as err:
+            failed = err
+        fail_together(failed, context)
+
     flow.train()
     # While the loop runs, a stopping signal is only recorded; the loop acts on it at the end of a step.
     deferring = stop.deferred() if stop is not None else contextlib.nullcontext()
@@ -639,30 +669,7 @@ def train(
                 if hasattr(getattr(flow, "transform", None), "nfe"):
                     record["nfe"] = flow.transform.nfe  # evaluations of the ODE's field in that solve
                 state.history.append(record)
-                # Every process's generator state, so a resumed run draws what each would have.
-                rngs = gather_objects(capture_rng(), context)
-                failed, writing = write_failure, metrics.path
-                try:
-                    if failed is None:
-                        metrics.write(**record)
-                    if writes and failed is None:
-                        rng = {**rngs[0], "ranks": rngs} if context.distributed else rngs[0]
-                        snapshot = checkpoint_state(rng=rng)
-                        if improved:
-                            # best.pt holds the evaluated weights (the average), which evaluate and sample use
-                            best_snapshot = snapshot if average is None else checkpoint_state(best, rng)
-                            writing = os.path.join(run_dir, "best.pt")
-                            save_checkpoint(writing, best_snapshot)
-                        writing = os.path.join(run_dir, "checkpoint.pt")
-                        save_checkpoint(writing, snapshot)
-                        saved_step = state.step
-                except OSError as err:  # a full disk, a lost mount: say what is kept and how to go on
-                    failed = _write_failure(err, writing, state, run_dir, saved_step)
-                except Exception as err:
-                    failed = err
-                # a write that failed on rank 0 stops every process now, with its message,
-                # rather than leaving the others waiting in the next step's collectives
-                fail_together(failed, context)
+                save_step(record, improved)
                 lines.evaluated(state)
             lines.step(state, running)
             if on_step is not None:
@@ -671,18 +678,7 @@ def train(
             # once, several from this step's reduction (so all stop here, even those that got none).
             if stop is not None and (float(global_asked) > 0 or (stop.requested and not context.distributed)):
                 if not (state.step % config.eval_every == 0 or state.step == total_steps):
-                    # not checkpointed by an evaluation at this step: write its state now
-                    rngs = gather_objects(capture_rng(), context)
-                    failed, writing = write_failure, os.path.join(run_dir or "", "checkpoint.pt")
-                    try:
-                        if writes and failed is None:
-                            rng = {**rngs[0], "ranks": rngs} if context.distributed else rngs[0]
-                            save_checkpoint(writing, checkpoint_state(rng=rng))
-                    except OSError as err:
-                        failed = _write_failure(err, writing, state, run_dir, saved_step)
-                    except Exception as err:
-                        failed = err
-                    fail_together(failed, context)
+                    save_step()  # not checkpointed by an evaluation at this step: write its state now
                 raise stop.stopped(run_dir, state.step, total_steps)
             if stop is not None:
                 stop.step = state.step + 1
