@@ -108,3 +108,11 @@ def plated_model(n: int) -> None:
     with pyro.plate("n", n):
         b = pyro.sample("b", dist.Normal(a, 1.0))
         pyro.sample("y", dist.Normal(b, 1.0), obs=torch.zeros(n))
+
+
+def run_config(out, **options):
+    """The configuration of a tiny test run in ``out``: quiet, without plots and without
+    early stopping unless ``options`` say otherwise."""
+    from pyro_flows.train import RunConfig
+
+    return RunConfig(**{"quiet": True, "plots": False, "patience": 0, **options, "out": str(out)})

@@ -11,15 +11,13 @@ import pytest
 from pyro_flows.train.config import RunConfig
 from pyro_flows.train.run import fit_run
 
-from .helpers import run_cli
+from .helpers import run_cli, run_config
 
 IMAGE = dict(flow="glow", num_scales=1, steps_per_scale=1, hidden_channels=4, num_blocks=1)
 
 
 def tiny(out, **changes) -> RunConfig:
-    options = dict(batch_size=40, steps=4, eval_every=2, out=str(out), quiet=True, plots=False, patience=0)
-    options.update(changes)
-    return RunConfig(**options)
+    return run_config(out, **{"batch_size": 40, "steps": 4, "eval_every": 2, **changes})
 
 
 @pytest.fixture(scope="module")

@@ -7,10 +7,9 @@ import torch
 
 from pyro_flows import plot
 from pyro_flows.flow import Flow
-from pyro_flows.train.config import RunConfig
 from pyro_flows.train.run import fit_run, sample_run
 
-from .helpers import run_cli
+from .helpers import run_cli, run_config
 
 
 @pytest.fixture(scope="module")
@@ -19,20 +18,9 @@ def finished(tmp_path_factory):
     kept in the run's folder."""
     folder = tmp_path_factory.mktemp("finished")
     np.save(folder / "data.npy", np.random.default_rng(0).normal(size=(300, 3)) * 5 + 3)
-    config = RunConfig(
-        flow="spline",
-        num_layers=2,
-        hidden_dims=(8,),
-        data=str(folder / "data.npy"),
-        batch_size=40,
-        steps=4,
-        eval_every=2,
-        out=str(folder),
-        quiet=True,
-        plots=False,
-        patience=0,
-    )
-    fit_run(config)
+    data = str(folder / "data.npy")
+    options = dict(num_layers=2, hidden_dims=(8,), batch_size=40, steps=4, eval_every=2)
+    fit_run(run_config(folder, flow="spline", data=data, **options))
     return folder
 
 

@@ -21,7 +21,7 @@ from pyro_flows.train.config import RunConfig
 from pyro_flows.train.distributed import DistContext
 from pyro_flows.train.run import evaluate_run, fit_run
 
-from .helpers import Interrupt, interrupt_at
+from .helpers import Interrupt, interrupt_at, run_config
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -35,7 +35,7 @@ ARGV += ["--ema", "0.9", "--patience", "0", "--no-plots", "--quiet"]
 
 
 def tiny(out, **changes) -> RunConfig:
-    return RunConfig(**{**OPTIONS, "out": str(out), "quiet": True, "plots": False, **changes})
+    return run_config(out, **{**OPTIONS, **changes})
 
 
 class Signalled(Exception):

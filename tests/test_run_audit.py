@@ -21,7 +21,7 @@ from pyro_flows.train.registry import check_flow_options
 from pyro_flows.train.run import evaluate_run, fit_run, resolve_device
 from pyro_flows.train.rundir import locked_temporary
 
-from .helpers import Interrupt, run_cli
+from .helpers import Interrupt, run_cli, run_config
 
 TINY = ["--num-layers", "2", "--hidden-dims", "8", "--num-samples", "300", "--batch-size", "40"]
 TINY += ["--steps", "4", "--eval-every", "2", "--no-plots", "--quiet"]
@@ -31,8 +31,7 @@ IMAGE += ["--batch-size", "32", "--steps", "4", "--eval-every", "2", "--no-plots
 
 def tiny(out, **changes) -> RunConfig:
     options = dict(num_layers=2, hidden_dims=(8,), num_samples=300, batch_size=40, steps=4, eval_every=2)
-    options.update(out=str(out), quiet=True, plots=False, patience=0, **changes)
-    return RunConfig(**options)
+    return run_config(out, **{**options, **changes})
 
 
 def snapshot(folder) -> dict:

@@ -18,14 +18,12 @@ from pyro_flows.train.config import RunConfig
 from pyro_flows.train.distributed import DistContext
 from pyro_flows.train.run import fit_run
 
-from .helpers import Interrupt, interrupt_at, run_cli
+from .helpers import Interrupt, interrupt_at, run_cli, run_config
 
 
 def tiny(out, **changes) -> RunConfig:
     options = dict(num_layers=2, hidden_dims=(16,), num_samples=600, batch_size=50, steps=15, eval_every=5)
-    options.update(lr=5e-3, out=str(out), quiet=True, plots=False, patience=0, flow="real_nvp")
-    options.update(changes)
-    return RunConfig(**options)
+    return run_config(out, **{**options, "lr": 5e-3, "flow": "real_nvp", **changes})
 
 
 def weights(run_dir, which="checkpoint.pt") -> dict:

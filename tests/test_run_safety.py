@@ -20,7 +20,7 @@ from pyro_flows.train.loop import LoopState, MetricsLog, NonFiniteLossError, rea
 from pyro_flows.train.run import fit_run
 from pyro_flows.train.rundir import RunLock, RunLockedError, locked_temporary
 
-from .helpers import Interrupt, interrupt_at, run_cli
+from .helpers import Interrupt, interrupt_at, run_cli, run_config
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -47,20 +47,8 @@ run = run_cli
 
 
 def tiny(out, **changes) -> RunConfig:
-    options = dict(
-        num_layers=2,
-        hidden_dims=(8,),
-        num_samples=300,
-        batch_size=40,
-        steps=6,
-        eval_every=3,
-        out=str(out),
-        quiet=True,
-        plots=False,
-        patience=0,
-    )
-    options.update(changes)
-    return RunConfig(**options)
+    options = dict(num_layers=2, hidden_dims=(8,), num_samples=300, batch_size=40, steps=6, eval_every=3)
+    return run_config(out, **{**options, **changes})
 
 
 def snapshot(folder) -> dict:
