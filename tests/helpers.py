@@ -116,3 +116,19 @@ def run_config(out, **options):
     from pyro_flows.train import RunConfig
 
     return RunConfig(**{"quiet": True, "plots": False, "patience": 0, **options, "out": str(out)})
+
+
+def sized_model(n: int, family: str = "Normal") -> None:
+    """A latent ``a`` and a latent vector ``b`` of size ``n`` drawn around it from
+    ``pyro.distributions.<family>`` (a latent shape that follows the argument without a
+    plate)."""
+    import pyro.distributions as dist
+
+    law = getattr(dist, family)
+    a = pyro.sample("a", law(0.0, 1.0))
+    pyro.sample("b", law(a, 1.0).expand([n]).to_event(1))
+
+
+def log_normal_sized_model(n: int) -> None:
+    """:func:`sized_model` with log-normal laws (positive latents)."""
+    sized_model(n, "LogNormal")

@@ -11,7 +11,7 @@ from pyro.infer import SVI, Predictive, Trace_ELBO
 from pyro_flows.infer import AutoRealNVP, AutoSplineFlow, neutra_mcmc
 from pyro_flows.infer.noncentered import dependent_support_sites
 
-from .helpers import plated_model
+from .helpers import plated_model, sized_model
 
 
 def _bounded_by_a_latent():
@@ -90,13 +90,8 @@ def test_neutra_maps_a_dependent_support_with_the_draws_own_bounds(noncentered):
     assert bool(((u > 0) & (u < t)).all())
 
 
-def _sized(n):
-    a = pyro.sample("a", dist.Normal(0.0, 1.0))
-    pyro.sample("b", dist.Normal(a, 1.0).expand([n]).to_event(1))
-
-
 @pytest.mark.parametrize("guide_cls", [AutoRealNVP, AutoSplineFlow])
-@pytest.mark.parametrize("model", [plated_model, _sized])
+@pytest.mark.parametrize("model", [plated_model, sized_model])
 def test_a_model_whose_latent_shapes_change_is_refused_clearly(guide_cls, model):
     # it failed with "The size of tensor a (5) must match the size of tensor b (3)"
     guide = _guide(guide_cls, model)

@@ -24,7 +24,7 @@ from pyro_flows.infer import (
     psis_khat,
 )
 
-from .helpers import plated_model
+from .helpers import log_normal_sized_model, plated_model
 
 
 def _guide(guide_cls, model, **kwargs):
@@ -139,13 +139,8 @@ def test_importance_weights_of_a_support_that_depends_on_a_latent(noncentered):
 
 
 # --------------------------------------- latent shapes that change, on the plain path
-def _sized(n):
-    a = pyro.sample("a", dist.LogNormal(0.0, 1.0))
-    pyro.sample("b", dist.LogNormal(a, 1.0).expand([n]).to_event(1))
-
-
 @pytest.mark.parametrize("guide_cls", [AutoRealNVP, AutoSplineFlow])
-@pytest.mark.parametrize("model", [plated_model, _sized])
+@pytest.mark.parametrize("model", [plated_model, log_normal_sized_model])
 def test_the_plain_path_refuses_latent_shapes_that_changed_naming_the_site(guide_cls, model):
     # with noncentered=False the guide returned b of shape (3,) for n=5, and SVI or
     # Predictive failed later inside Pyro ("shape '[2, 5]' is invalid for input of size
