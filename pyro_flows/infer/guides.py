@@ -278,6 +278,18 @@ def _cuda_devices(values) -> list:
     return sorted({v.device.index or 0 for v in values if torch.is_tensor(v) and v.device.type == "cuda"})
 
 
+def _trace_aside(model, args, kwargs, tensors):
+    """A trace of ``model(*args, **kwargs)`` that leaves the caller as it was: the random
+    streams forked (on the CUDA devices of ``tensors`` too), the model's plates on their
+    own dimensions, nothing seen by enclosing handlers; ``None`` if the model cannot run
+    so."""
+    try:
+        with torch.random.fork_rng(devices=_cuda_devices(tensors)), own_plate_dims(), poutine.block():
+            return poutine.trace(model).get_trace(*args, **kwargs)
+    except Exception:
+        return None
+
+
 class _SiteBuffers(nn.Module):
     """Per-site tensors held as buffers (site names may hold dots, buffer names may not)."""
 
@@ -563,15 +575,11 @@ class AutoRealNVP(AutoContinuous):
         (the prototype trace holds the latent sites only), from a run at the prototype's
         values on the plates' own dimensions."""
         values = {name: site["value"] for name, site in self.prototype_trace.iter_stochastic_nodes()}
-        try:
-            with torch.random.fork_rng(devices=_cuda_devices(values.values())), own_plate_dims():
-                with poutine.block():
-                    trace = poutine.trace(poutine.condition(self.model_as_written, data=values)).get_trace(
-                        *args, **kwargs
-                    )
-        except Exception:  # a model that cannot run so: the latent sites' plates at least
-            trace = self.prototype_trace
-        return plate_nesting(trace)
+        trace = _trace_aside(
+            poutine.condition(self.model_as_written, data=values), args, kwargs, values.values()
+        )
+        # a model that cannot run so: the latent sites' plates at least
+        return plate_nesting(self.prototype_trace if trace is None else trace)
 
     def _check_latent_shapes(self, args, kwargs) -> None:
         """Refuse, naming the site and its shapes, arguments under which a latent site of
@@ -588,10 +596,8 @@ class AutoRealNVP(AutoContinuous):
         except TypeError:  # an argument that cannot be hashed: not followed
             return
         expected = self._site_shapes()
-        try:
-            with torch.random.fork_rng(devices=_cuda_devices(args)), own_plate_dims(), poutine.block():
-                trace = poutine.trace(self.model_as_written).get_trace(*args, **kwargs)
-        except Exception:  # a prior draw the model cannot take: nothing to compare
+        trace = _trace_aside(self.model_as_written, args, kwargs, args)
+        if trace is None:  # a prior draw the model cannot take: nothing to compare
             return
         for name, site in trace.iter_stochastic_nodes():
             if name in expected and site["value"].shape != expected[name]:
