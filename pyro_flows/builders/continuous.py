@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import numbers
 from typing import Callable, Optional, Sequence, Union
 
 from torch import nn
 
 from ..nn.odefunc import DynamicsNet
 from ..nn.velocity import VelocityNet
-from ..transforms._arguments import check_flag, check_hidden_dims
+from ..transforms._arguments import _is_int, check_flag, check_hidden_dims
 from ..transforms.continuous import FFJORD, ConditionalFFJORD
 
 __all__ = ["ffjord", "conditional_ffjord", "FIELDS"]
@@ -26,7 +25,7 @@ FIELDS = {
 def _check_size(value, name: str, caller: str) -> int:
     """``value`` as a positive int (an integral type such as ``numpy.int64`` is accepted;
     a bool, which would pass as 1, or a float is not)."""
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
+    if not _is_int(value) or value < 1:
         raise ValueError(f"{caller}: expected a positive integer {name}, got {value!r}")
     return int(value)
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import numbers
 import warnings
 from typing import Callable, Optional, Sequence, Union
 
@@ -11,6 +10,7 @@ from pyro.distributions.torch_transform import ComposeTransformModule
 from torch import nn
 
 from ..transforms._arguments import (
+    _is_int,
     check_bound,
     check_count,
     check_flag,
@@ -52,7 +52,7 @@ class VectorFlow(ComposeTransformModule):
 def _check_input_dim(input_dim: int, name: str) -> int:
     """``input_dim`` as an int (an integral type such as ``numpy.int64`` is accepted, a bool
     or a float is not) of at least 2, else a ``ValueError`` naming ``name``."""
-    if isinstance(input_dim, bool) or not isinstance(input_dim, numbers.Integral):
+    if not _is_int(input_dim):
         raise ValueError(f"{name}: input_dim must be an integer >= 2, got {input_dim!r}")
     if input_dim < 2:
         raise ValueError(
