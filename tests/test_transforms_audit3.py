@@ -241,6 +241,50 @@ def test_batch_norm_momentum_none_is_the_cumulative_average_of_the_batches():
     assert pyro_flows.real_nvp_batch_norm(3, momentum=None).momentum is None
 
 
+def test_batch_norm_states_load_across_momentum_settings_and_from_before_the_count():
+    """The batch count is kept for every momentum (as torch's batch norm keeps it), so a
+    state of either setting loads strictly into the other; a state without the count
+    (saved before it was kept for every momentum) loads too, its learnt averages counting
+    as one batch."""
+    torch.manual_seed(0)
+    batches = [torch.randn(30, 3, dtype=torch.float64) * (i + 1) + i for i in range(3)]
+    ema, cumulative = RealNVPBatchNorm(3).double(), RealNVPBatchNorm(3, momentum=None).double()
+    for y in batches:
+        ema.inv(y)
+        cumulative.inv(y)
+    assert int(ema.num_batches_tracked) == int(cumulative.num_batches_tracked) == 3
+    into_cumulative = RealNVPBatchNorm(3, momentum=None).double()
+    into_cumulative.load_state_dict(ema.state_dict())
+    into_ema = RealNVPBatchNorm(3).double()
+    into_ema.load_state_dict(cumulative.state_dict())
+    assert torch.equal(into_ema.running_var, cumulative.running_var)
+    # the count goes on: the fourth batch has weight 1/4
+    y = batches[0] * 3
+    into_cumulative.inv(y)
+    expected = 0.75 * ema.running_mean + 0.25 * y.mean(0)
+    assert torch.allclose(into_cumulative.running_mean, expected, atol=1e-12)
+    # without the count: learnt averages count as one batch, unlearnt ones as none
+    old = {k: v for k, v in ema.state_dict().items() if k != "num_batches_tracked"}
+    legacy = RealNVPBatchNorm(3, momentum=None).double()
+    legacy.load_state_dict(old)
+    assert int(legacy.num_batches_tracked) == 1
+    legacy.inv(y)
+    assert torch.allclose(legacy.running_mean, 0.5 * ema.running_mean + 0.5 * y.mean(0), atol=1e-12)
+    fresh = {k: v for k, v in RealNVPBatchNorm(3).state_dict().items() if k != "num_batches_tracked"}
+    unlearnt = RealNVPBatchNorm(3, momentum=None)
+    unlearnt.load_state_dict(fresh)
+    assert int(unlearnt.num_batches_tracked) == 0
+    # inside a flow's state too (prefixed keys)
+    flow = pyro_flows.real_nvp(3, num_layers=2, hidden_dims=(8,), batch_norm=True).double()
+    flow.train()
+    flow.inv(batches[0])  # scoring direction: learns the batch statistics
+    saved = {k: v for k, v in flow.state_dict().items() if not k.endswith("num_batches_tracked")}
+    other = pyro_flows.real_nvp(3, num_layers=2, hidden_dims=(8,), batch_norm=True, momentum=None).double()
+    other.load_state_dict(saved)
+    counts = [int(b) for k, b in other.state_dict().items() if k.endswith("num_batches_tracked")]
+    assert counts and set(counts) == {1}
+
+
 @pytest.mark.parametrize("momentum", [True, "0.1", float("nan"), 0.0, 1.5])
 def test_a_bad_batch_norm_momentum_is_refused_by_name(momentum):
     with pytest.raises(ValueError, match=r"RealNVPBatchNorm: momentum must be a number in \(0, 1\], or None"):

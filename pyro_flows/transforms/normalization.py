@@ -142,7 +142,8 @@ class RealNVPBatchNorm(_PerFeature):
     :param float momentum: weight of the new batch in the running averages, :math:`1-\rho`;
         ``None`` for the cumulative average, as in ``torch.nn.BatchNorm``: the :math:`k`-th
         training batch gets weight :math:`1/k`, so the averages are the plain means of the
-        statistics of all batches so far (counted in the buffer ``num_batches_tracked``).
+        statistics of all batches so far (counted, for either setting, in the buffer
+        ``num_batches_tracked``).
     :param float eps: :math:`\varepsilon`, keeps zero-variance features finite.
     :param bool affine: learn :math:`\gamma` (log-scale) and :math:`\beta` as well.
 
@@ -179,9 +180,9 @@ class RealNVPBatchNorm(_PerFeature):
         self.register_buffer("running_mean", torch.zeros(num_features))
         self.register_buffer("running_var", torch.ones(num_features))
         self.register_buffer("initialized", torch.tensor(False))
-        if momentum is None:
-            # the number of batches averaged so far (only kept for the cumulative average)
-            self.register_buffer("num_batches_tracked", torch.tensor(0, dtype=torch.long))
+        # the training batches averaged so far, whatever the momentum (as torch.nn.BatchNorm
+        # keeps it), so that the state of either kind loads into the other
+        self.register_buffer("num_batches_tracked", torch.tensor(0, dtype=torch.long))
         if affine:
             self.log_gamma = nn.Parameter(torch.zeros(num_features))
             self.beta = nn.Parameter(torch.zeros(num_features))
@@ -227,19 +228,17 @@ class RealNVPBatchNorm(_PerFeature):
         reduce = list(range(y.dim() - self.event_dim_)) + event_dims
         batch_mean = y.mean(reduce)
         batch_var = y.var(reduce, unbiased=False)
-        cumulative = self.momentum is None
         if not self._is_initialized():
             mean, var = batch_mean, batch_var
             self.initialized.fill_(True)
             self._remember_initialized()
-            if cumulative:
-                self.num_batches_tracked.fill_(1)
+            self.num_batches_tracked.fill_(1)
         else:
-            if cumulative:
+            self.num_batches_tracked.add_(1)
+            if self.momentum is None:
                 # the k-th batch has weight 1/k: the running averages are the plain means of
                 # the batch statistics so far (torch.nn.BatchNorm's momentum=None), read
                 # without a device sync
-                self.num_batches_tracked.add_(1)
                 weight = self.num_batches_tracked.reciprocal().to(batch_mean.dtype)
             else:
                 weight = self.momentum
@@ -250,6 +249,16 @@ class RealNVPBatchNorm(_PerFeature):
             self.running_mean.copy_(mean)
             self.running_var.copy_(var)
         return mean, var
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        # A state saved before the count was kept for every momentum has none: its
+        # averages count as one batch if they were learnt (the cumulative average then
+        # gives the next batch weight 1/2, not 1, which would discard them).
+        key = prefix + "num_batches_tracked"
+        if key not in state_dict and prefix + "running_mean" in state_dict:
+            learnt = bool(state_dict.get(prefix + "initialized", False))
+            state_dict[key] = torch.tensor(int(learnt), dtype=torch.long)
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def extra_repr(self):
         return (
