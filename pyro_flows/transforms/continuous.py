@@ -256,6 +256,15 @@ class FFJORD(FlowTransform):
         # ``dynamics`` and its probes), kept to count the adjoint pass's evaluations
         self.__dict__["_last_solve"] = None
 
+    def _record_solve(self, func: AugmentedDynamics, integrals: Optional[Tuple[torch.Tensor, torch.Tensor]]):
+        """Keep the statistics of a solve: its ODE function (whose count of calls goes on
+        through an adjoint pass) and, when regularising, the per-sample kinetic and
+        Frobenius integrals."""
+        self.nfe = func.calls
+        self.__dict__["_last_solve"] = func
+        if integrals is not None:
+            self.kinetic_energy, self.jacobian_frobenius = integrals
+
     @property
     def regularizes(self) -> bool:
         return self.kinetic_weight > 0 or self.frobenius_weight > 0
@@ -359,13 +368,12 @@ class FFJORD(FlowTransform):
         else:
             solution = torchdiffeq.odeint(func, state, times, **kwargs)
         end = [s[-1] for s in solution]
-        self.nfe = func.calls
-        self.__dict__["_last_solve"] = func
+        integrals = None
         if self.regularizes:
             # the integrands are >= 0; a backward solve accumulates them with a minus sign
             sign = math.copysign(1.0, t1 - t0)
-            self.kinetic_energy = (sign * end[2]).reshape(batch_shape)
-            self.jacobian_frobenius = (sign * end[3]).reshape(batch_shape)
+            integrals = ((sign * end[2]).reshape(batch_shape), (sign * end[3]).reshape(batch_shape))
+        self._record_solve(func, integrals)
         return end[0].reshape(z.shape), end[1].reshape(batch_shape)
 
     def _call_and_ladj(self, x):
@@ -427,16 +435,58 @@ class FFJORD(FlowTransform):
         return ", ".join(parts)
 
 
+class _SolveRecord:
+    """The statistics of the last solve of any transform conditioned on a
+    :class:`ConditionalFFJORD`, which holds this record; each conditioned transform writes
+    into it. It references neither of them, so it keeps alive only what the transform's own
+    statistics do: one solve's ODE function and integrals."""
+
+    def __init__(self):
+        self.reset()
+
+    def reset(self):
+        self.nfe = 0
+        self.kinetic_energy: Optional[torch.Tensor] = None
+        self.jacobian_frobenius: Optional[torch.Tensor] = None
+        self.last_solve: Optional[AugmentedDynamics] = None
+
+    def store(self, func: AugmentedDynamics, integrals: Optional[Tuple[torch.Tensor, torch.Tensor]]):
+        self.nfe = func.calls
+        self.last_solve = func
+        if integrals is not None:
+            self.kinetic_energy, self.jacobian_frobenius = integrals
+
+
 class _ConditionedFFJORD(FFJORD):
     """:class:`ConditionalFFJORD` with its context fixed: an :class:`FFJORD` sharing the
     parent's dynamics and solver settings, whose inputs are broadcast against the
-    context's batch shape (one base sample per context, or ``n`` per context)."""
+    context's batch shape (one base sample per context, or ``n`` per context). Its solves
+    are also recorded on the parent, where the user can read them."""
 
     def __init__(self, parent: "ConditionalFFJORD", context: torch.Tensor):
         super().__init__(parent.dynamics, parent.input_dim, **parent.settings)
         # A plain attribute, not a buffer: gradients reach whatever produced the context.
         self.context = context
         self._owner = type(parent).__name__
+        # the parent's record, not the parent: nothing here keeps the module tree alive
+        self._record = parent._record
+
+    def _reset_solve_stats(self):
+        super()._reset_solve_stats()
+        # absent while FFJORD.__init__ runs: conditioning must not clear the parent's record
+        record = self.__dict__.get("_record")
+        if record is not None:
+            record.reset()
+
+    def _record_solve(self, func, integrals):
+        super()._record_solve(func, integrals)
+        self._record.store(func, integrals)
+
+    def __getstate__(self):
+        # a copy cannot write into the original parent, and must not carry its tensors
+        state = super().__getstate__()
+        state["_record"] = _SolveRecord()
+        return state
 
     # The train/eval mode is the parent's, read through the dynamics they share: a module
     # built here would otherwise start in training mode whatever the parent's, and score
@@ -500,6 +550,20 @@ class ConditionalFFJORD(ConditionalTransformModule):
     >>> d = dist.ConditionalTransformedDistribution(base, [cflow]).condition(torch.randn(5, 3))
     >>> d.sample().shape, d.log_prob(torch.zeros(5, 2)).shape
     (torch.Size([5, 2]), torch.Size([5]))
+
+    The solver statistics of :class:`FFJORD` are read here, on this module: after a solve
+    of any transform conditioned on it, :attr:`nfe` (and :attr:`nfe_backward` after an
+    adjoint backward pass) and, with ``kinetic_weight`` or ``frobenius_weight`` positive,
+    :attr:`kinetic_energy`, :attr:`jacobian_frobenius` and :attr:`regularization`, to add to
+    the loss:
+
+    >>> cflow = ConditionalFFJORD(
+    ...     DynamicsNet(2, (8,), context_dim=3, zero_init=False), 2, 3, kinetic_weight=0.1
+    ... )
+    >>> d = dist.ConditionalTransformedDistribution(base, [cflow]).condition(torch.randn(4, 3))
+    >>> loss = -d.log_prob(torch.zeros(4, 2)).mean() + cflow.regularization
+    >>> cflow.nfe > 0, cflow.kinetic_energy.shape
+    (True, torch.Size([4]))
     """
 
     bijective = True
@@ -517,10 +581,72 @@ class ConditionalFFJORD(ConditionalTransformModule):
         self.context_dim = context_dim
         self.settings = dict(settings)
         self.event_shape = torch.Size((input_dim,))
+        # the last solve of a transform conditioned on this module (see _SolveRecord)
+        self._record = _SolveRecord()
 
     def condition(self, context: torch.Tensor) -> FFJORD:
         check_context(type(self).__name__, context, self.context_dim, self)
         return _ConditionedFFJORD(self, context)
+
+    # ------------------------------------------------------------- results
+    # The statistics of FFJORD, from the last solve of a transform conditioned on this module.
+    @property
+    def nfe(self) -> int:
+        """Evaluations of :math:`h` in the last solve."""
+        return self._record.nfe
+
+    @property
+    def nfe_backward(self) -> int:
+        """Evaluations of :math:`h` by the adjoint pass since the last solve (0 without
+        ``adjoint=True``: plain backpropagation goes through the stored steps instead)."""
+        last = self._record.last_solve
+        return 0 if last is None else last.calls - self._record.nfe
+
+    @property
+    def kinetic_energy(self) -> Optional[torch.Tensor]:
+        r"""Per-sample :math:`\int_0^1 \|h\|^2 dt` of the last solve, of its batch shape
+        (``None`` unless regularising)."""
+        return self._record.kinetic_energy
+
+    @property
+    def jacobian_frobenius(self) -> Optional[torch.Tensor]:
+        r"""Per-sample :math:`\int_0^1 \|\partial h/\partial z\|_F^2 dt` of the last solve,
+        of its batch shape (``None`` unless regularising)."""
+        return self._record.jacobian_frobenius
+
+    def _weights(self) -> Tuple[float, float]:
+        # the settings are what each condition() passes on to the transform it builds
+        settings = self.settings
+        return float(settings.get("kinetic_weight", 0.0)), float(settings.get("frobenius_weight", 0.0))
+
+    @property
+    def regularizes(self) -> bool:
+        kinetic_weight, frobenius_weight = self._weights()
+        return kinetic_weight > 0 or frobenius_weight > 0
+
+    @property
+    def regularization(self) -> torch.Tensor:
+        r"""``kinetic_weight * mean(kinetic_energy) + frobenius_weight * mean(jacobian_frobenius)``
+        of the last solve (a differentiable scalar; ``0.`` when not regularising)."""
+        record = self._record
+        if not self.regularizes or record.kinetic_energy is None:
+            param = next(self.dynamics.parameters(), None)
+            return torch.zeros(()) if param is None else param.new_zeros(())
+        kinetic_weight, frobenius_weight = self._weights()
+        return (
+            kinetic_weight * record.kinetic_energy.mean()
+            + frobenius_weight * record.jacobian_frobenius.mean()
+        )
+
+    def __getstate__(self):
+        # the recorded tensors carry autograd graphs: a copy starts without them, as FFJORD's
+        state = super().__getstate__()
+        state["_record"] = _SolveRecord()
+        return state
+
+    def __setstate__(self, state):
+        super().__setstate__(state)
+        self.__dict__.setdefault("_record", _SolveRecord())  # pickled before it had one
 
     def extra_repr(self) -> str:
         return f"input_dim={self.input_dim}, context_dim={self.context_dim}"
