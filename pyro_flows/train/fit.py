@@ -20,6 +20,7 @@ from ..data.splits import Splits
 from .config import RunConfig, resolve_objective
 from .loop import train
 from .registry import build_model, check_flow_options, with_resolved_options
+from .stopping import StopSignals
 
 __all__ = ["fit", "FLOW_MATCHING_DEFAULTS", "with_flow_matching_defaults"]
 
@@ -124,6 +125,15 @@ def fit(
         restored after it.
     :returns: ``(flow, history)``: the trained :class:`~pyro_flows.Flow` and a list of
         ``{"step", "nll", "se", "best", ...}`` records, one per validation.
+    :raises ~pyro_flows.train.RunInterrupted: on a first Ctrl-C while training (from the
+        main thread, where Ctrl-C raises ``KeyboardInterrupt``): the step under way is
+        finished, then this ``KeyboardInterrupt`` is raised holding the flow trained so far
+        as ``model`` (in eval mode with the weights of its best validation so far, as at
+        the end of training; before the first validation, those of that step), the
+        ``history`` so far, ``step`` and ``total_steps``. In IPython or Jupyter:
+        ``import sys; flow = sys.last_value.model``. A second Ctrl-C stops at once with a
+        plain ``KeyboardInterrupt``. SIGTERM keeps the process's own handler (nothing is
+        written, so there is nothing to resume).
 
     >>> import torch
     >>> from pyro_flows.data import make_moons
@@ -199,9 +209,10 @@ def fit(
     splits.check_spread()
     check_flow_options(config, splits.event_shape)
     config = with_resolved_options(config, splits)
-    with _seeded_rng(seed, data.device), _num_threads(threads):
+    # Ctrl-C only: the loop hands the flow back on the exception (SIGTERM keeps its own way)
+    with StopSignals(signals=(), writes=False) as stop, _seeded_rng(seed, data.device), _num_threads(threads):
         model = build_model(config, splits.event_shape).to(device=data.device, dtype=data.dtype)
-        state = train(model, splits, config, None)
+        state = train(model, splits, config, None, stop=stop)
     return model, list(state.history)
 
 

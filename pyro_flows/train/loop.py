@@ -375,7 +375,8 @@ def train(
     """Train ``flow`` on ``splits.train`` by maximum likelihood, in place.
 
     On return ``flow`` holds the parameters of the best validation NLL (their moving
-    average when ``config.ema`` is set).
+    average when ``config.ema`` is set), in eval mode; so it does when ``stop`` stops the
+    loop, as far as it got (before the first evaluation: those of the step it stopped after).
 
     :param flow: a :class:`~pyro_flows.Flow` on ``device`` in the run's dtype.
     :param splits: :class:`~pyro_flows.data.splits.Splits`.
@@ -540,6 +541,17 @@ def train(
             failed = err
         fail_together(failed, context)
 
+    def stopped() -> BaseException:
+        """What a stopping signal raises after this step, with ``flow`` left as training
+        leaves it (the best weights so far; before any evaluation, those it would evaluate
+        now), for a caller that holds nothing else (``fit``, which writes no checkpoint)."""
+        if state.history:
+            flow.load_state_dict(best)
+        elif average is not None:
+            flow.load_state_dict(average.averaged_state_dict())
+        flow.eval()
+        return stop.stopped(run_dir, state.step, total_steps, model=flow, history=list(state.history))
+
     flow.train()
     # While the loop runs, a stopping signal is only recorded; the loop acts on it at the end of a step.
     deferring = stop.deferred() if stop is not None else contextlib.nullcontext()
@@ -679,13 +691,13 @@ def train(
             if stop is not None and (float(global_asked) > 0 or (stop.requested and not context.distributed)):
                 if not (state.step % config.eval_every == 0 or state.step == total_steps):
                     save_step()  # not checkpointed by an evaluation at this step: write its state now
-                raise stop.stopped(run_dir, state.step, total_steps)
+                raise stopped()
             if stop is not None:
                 stop.step = state.step + 1
         if stop is not None and stop.requested:
             # after the last reduction, while the last step ran (several processes): that step
             # ended the run and evaluated, and its checkpoint is written
-            raise stop.stopped(run_dir, state.step, total_steps)
+            raise stopped()
     flow.load_state_dict(best)
     flow.eval()
     return state

@@ -29,6 +29,14 @@ SIGTERM to a worker). A second Ctrl-C or SIGKILL stop the process at once; a che
 being written then is left out and the previous one stays whole (see
 ``pyro_flows.train.rundir.atomic_write``).
 
+The in-memory :func:`~pyro_flows.train.fit` takes over Ctrl-C alone, the same way: the
+first one in the loop lets the step finish and raises :class:`RunInterrupted` holding
+the flow trained so far (``model``, with its best weights so far, as training ends) and
+its validation ``history``: nothing was written, and the flow, built inside ``fit``,
+would be lost with the exception. A second Ctrl-C raises ``KeyboardInterrupt`` at once.
+SIGTERM and SIGUSR1 keep the process's own handlers there: with nothing written to
+resume from, ending the process as they always did is all a clean stop could do.
+
 The handlers are installed for the duration of the run only, from the main thread only
 (elsewhere Python allows none and the run is not protected), and the previous handlers
 are put back when the run ends, however it ends. A signal the process ignores
@@ -42,7 +50,7 @@ import os
 import signal
 import sys
 import threading
-from typing import Dict, Optional, Tuple, Union
+from typing import Dict, List, Optional, Tuple, Union
 
 from .distributed import process_rank
 
@@ -114,19 +122,23 @@ class RunTerminated(SystemExit):
 
 
 class RunInterrupted(KeyboardInterrupt):
-    """``fit_run`` interrupted (Ctrl-C): what is in ``run_dir`` then.
+    """``fit_run`` interrupted (Ctrl-C): what is in ``run_dir`` then; ``fit`` interrupted:
+    the flow trained so far.
 
     After the first Ctrl-C in the training loop, ``step`` is the step the loop finished
     and saved on the way out (see the module ``pyro_flows.train.stopping``); after a
     second one, or one outside the loop, it is ``None`` and the folder holds what the
     last checkpoint holds.
 
-    :param str run_dir: the run folder.
+    :param str run_dir: the run folder (``None``: nothing was written).
     :param bool started: the run had claimed the folder (for a new run: deleted the run
         it replaces and begun writing).
     :param bool resumable: the folder holds a checkpoint of the run to continue from.
     :param int step: the step whose full state the training loop saved.
     :param int total_steps: the run's number of steps.
+    :param model: the flow as the loop left it at ``step`` (in eval mode, with the weights
+        of its best validation so far, as at the end of training), or ``None``.
+    :param list history: the validation records up to ``step``, or ``None``.
 
     >>> err = RunInterrupted("runs/a", started=True, resumable=True, step=7, total_steps=20)
     >>> isinstance(err, KeyboardInterrupt)
@@ -135,6 +147,8 @@ class RunInterrupted(KeyboardInterrupt):
     interrupted after step 7 of 20; the run's state at that step is saved in runs/a/checkpoint.pt: continue it with `pyro-flows fit --resume runs/a`
     >>> print(RunInterrupted("runs/a", started=True, resumable=True))
     interrupted; continue from the last checkpoint with `pyro-flows fit --resume runs/a`
+    >>> print(RunInterrupted(None, step=7, total_steps=20, model=object(), history=[]))
+    interrupted after step 7 of 20; the flow trained so far is the exception's .model, its validation history .history (in IPython/Jupyter: `import sys; flow = sys.last_value.model`)
     """
 
     def __init__(
@@ -144,14 +158,24 @@ class RunInterrupted(KeyboardInterrupt):
         resumable: bool = False,
         step: Optional[int] = None,
         total_steps: Optional[int] = None,
+        model=None,
+        history: Optional[List[dict]] = None,
     ):
         super().__init__(run_dir)
         self.run_dir, self.step, self.total_steps = run_dir, step, total_steps
         self.started, self.resumable = started or step is not None, resumable or step is not None
+        self.model, self.history = model, history
 
     def __str__(self) -> str:
+        # in memory (fit) the flow is all there is: say where it is
+        held = (
+            "the flow trained so far is the exception's .model, its validation history .history "
+            "(in IPython/Jupyter: `import sys; flow = sys.last_value.model`)"
+            if self.model is not None and not self.run_dir
+            else None
+        )
         return _describe(
-            "interrupted", self.run_dir, self.step, self.total_steps, self.started, self.resumable
+            "interrupted", self.run_dir, self.step, self.total_steps, self.started, self.resumable, held
         )
 
 
@@ -162,12 +186,14 @@ def _describe(
     total_steps: Optional[int],
     started: bool,
     resumable: bool,
+    held: Optional[str] = None,
 ) -> str:
-    """``what`` (how the run stopped) and what its folder holds, with the command to go on."""
+    """``what`` (how the run stopped) and what its folder holds, with the command to go on
+    (without a folder: ``held``, what the caller holds, if anything)."""
     if step is not None:
         at = f"after step {step}" + (f" of {total_steps}" if total_steps else "")
         if not run_dir:
-            return f"{what} {at}; nothing was written"
+            return f"{what} {at}; {held or 'nothing was written'}"
         checkpoint = os.path.join(run_dir, "checkpoint.pt")
         return (
             f"{what} {at}; the run's state at that step is saved in {checkpoint}: "
@@ -224,6 +250,8 @@ class StopSignals:
     :param tuple signals: the signals that stop the run cleanly.
     :param bool interrupt: whether a first Ctrl-C in the loop does too; it is taken over
         only where it raises ``KeyboardInterrupt`` (Python's default handler).
+    :param bool writes: whether the stop saves the step (``fit_run``) or, in memory, only
+        finishes it (``fit``): what the line answering a Ctrl-C says.
 
     >>> before = signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGINT)
     >>> with StopSignals() as stop:
@@ -233,9 +261,10 @@ class StopSignals:
     True
     """
 
-    def __init__(self, signals: Tuple[int, ...] = STOP_SIGNALS, interrupt: bool = True):
+    def __init__(self, signals: Tuple[int, ...] = STOP_SIGNALS, interrupt: bool = True, writes: bool = True):
         self.signals = signals
         self.interrupt = interrupt
+        self.writes = writes
         #: the first signal received that stops the run (``None``: none yet)
         self.received: Optional[int] = None
         #: the step the loop would finish and save if a signal came now (for the message)
@@ -292,10 +321,8 @@ class StopSignals:
             self.received = signum
             if self._announce:
                 step = f"step {self.step}" if self.step is not None else "this step"
-                _say(
-                    f"pyro-flows fit: interrupted; finishing {step} and saving it; "
-                    "press Ctrl-C again to stop at once"
-                )
+                who, saving = ("pyro-flows fit", " and saving it") if self.writes else ("fit", "")
+                _say(f"{who}: interrupted; finishing {step}{saving}; press Ctrl-C again to stop at once")
             return
         if self.received is not None:
             return  # stopping already
@@ -304,13 +331,19 @@ class StopSignals:
             raise RunTerminated(signum)
 
     def stopped(
-        self, run_dir: Optional[str], step: int, total_steps: Optional[int] = None
+        self,
+        run_dir: Optional[str],
+        step: int,
+        total_steps: Optional[int] = None,
+        model=None,
+        history: Optional[List[dict]] = None,
     ) -> Union[RunInterrupted, RunTerminated]:
         """What the loop raises once it has saved ``step`` on a recorded signal:
-        :class:`RunInterrupted` for Ctrl-C, else :class:`RunTerminated` (with ``elsewhere``
-        when this process received none: another process of the run did)."""
+        :class:`RunInterrupted` for Ctrl-C (holding ``model`` and ``history``), else
+        :class:`RunTerminated` (with ``elsewhere`` when this process received none:
+        another process of the run did)."""
         if self.received == signal.SIGINT:
-            return RunInterrupted(run_dir, step=step, total_steps=total_steps)
+            return RunInterrupted(run_dir, step=step, total_steps=total_steps, model=model, history=history)
         signum = self.received if self.received is not None else STOP_SIGNALS[0]
         return RunTerminated(signum, run_dir, step, total_steps, elsewhere=self.received is None)
 
