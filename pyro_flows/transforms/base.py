@@ -15,12 +15,13 @@ It adds three things to :class:`pyro.distributions.TransformModule`:
   scoring a sample after an optimizer step, after swapping a parameter (also for
   the length of a ``torch.func.functional_call``), or with gradients after drawing it
   under ``no_grad`` recomputes instead of returning stale values or a value without a
-  graph. An *input* given again (torch's
-  ``ComposeTransform.log_abs_det_jacobian`` calls each part on its input once more)
-  hits only while no parameter's gradient changed since: an optimizer that writes
-  through ``.data`` (Pyro's ``ClippedAdam``) moves no version counter, and a hit after
-  its step would hand back the last step's values and their freed graph (the same data
-  observed at every step of Pyro's SVI, which zeroes gradients as new tensors).
+  graph. A tensor given again, an *input* (torch's
+  ``ComposeTransform.log_abs_det_jacobian`` calls each part on its input once more) or
+  an output (a sample scored), hits only while no parameter's gradient changed since:
+  an optimizer that writes through ``.data`` (Pyro's ``ClippedAdam``) moves no version
+  counter, and a hit after its step would hand back the last step's values and their
+  freed graph (the same data observed at every step of Pyro's SVI, which zeroes
+  gradients as new tensors; a sample backpropagated through, stepped, then scored).
   Nothing is registered with torch: a changed key simply misses. What it cannot see is
   a ``.data`` write that no gradient change marks: one with no backward pass before it
   (``vector_to_parameters``, hand-made updates), or a ``.data``-writing optimizer in a
@@ -318,19 +319,18 @@ class FlowTransform(TransformModule):
         return _state_of(self)
 
     # ------------------------------------------------------------------- the cache
-    # One entry, (x, y, ladj, grad mode, training, state, versions, pair key, side,
-    # gradient): the last call's pair and log-det, the key under which they may be
-    # reused, the side the call computed ("y" for a call, "x" for an inverse) and the
+    # One entry, (x, y, ladj, grad mode, training, state, versions, pair key, gradient):
+    # the last call's pair and log-det, the key under which they may be reused and the
     # gradient of the first trainable state tensor (see ``_gradients``). It is reused only
     # for the same tensor object, unchanged since (version counter and requires_grad of
     # both x and y), in the same grad mode and train/eval mode, with the same state
     # tensors at the same version counters. A lookup on one tensor (``__call__``/``inv``)
-    # also walks the module tree to check that no tensor was replaced, and, for the
-    # input of the cached call given again rather than its output (a sample being
-    # scored), that no gradient changed: a backward pass and an optimizer step writing
-    # through ``.data`` (ClippedAdam) came between otherwise. The pair lookup of
-    # ``log_abs_det_jacobian``, made right after the call that produced the pair,
-    # compares version counters only.
+    # also walks the module tree to check that no tensor was replaced, and that no
+    # gradient changed: a backward pass and an optimizer step writing through ``.data``
+    # (ClippedAdam) came between otherwise. That holds for the input of the cached call
+    # given again and for its output (a sample backpropagated through, stepped, then
+    # scored). The pair lookup of ``log_abs_det_jacobian``, made right after the call
+    # that produced the pair, compares version counters only.
     #
     # The state list is kept between calls: walking the module tree costs as much as
     # the rest of a small coupling's cache bookkeeping (~8 us against ~3 us; at
@@ -352,8 +352,8 @@ class FlowTransform(TransformModule):
         entry = self._cache
         if entry is None or (x is not None and x is not entry[0]) or (y is not None and y is not entry[1]):
             return None
-        if walk and entry[8] != ("x" if y is None else "y") and not _same_gradients(entry[9]):
-            return None  # an input given again after a backward pass
+        if walk and not _same_gradients(entry[8]):
+            return None  # a backward pass came between: maybe a .data step too
         if entry[3] != torch.is_grad_enabled() or entry[4] != self.training or entry[7] != _pair_key(entry):
             return None
         state = entry[5]
@@ -366,7 +366,7 @@ class FlowTransform(TransformModule):
             return None
         return entry
 
-    def _store(self, x, y, ladj, state, computed: str = "y"):
+    def _store(self, x, y, ladj, state):
         # versions read after the call: a call may update buffers (running statistics);
         # written to __dict__ directly: 0.06 us against 3.6 us through nn.Module.__setattr__
         # (which looks for parameters, buffers and submodules first), timeit, once per
@@ -385,7 +385,6 @@ class FlowTransform(TransformModule):
             state,
             versions,
             key,
-            computed,
             _gradients(state),
         )
 
@@ -407,18 +406,18 @@ class FlowTransform(TransformModule):
         the result, as the entry of a call (``what="input"``) or of an inverse."""
         if torch.compiler.is_compiling():
             self._check(value, what)
-            out, ladj = fn(value)
+            out, ladj = in_pyro_context(self, fn, value)
             if self._cache_size:
                 _eager(FlowTransform._store_eagerly)(self, value, out, ladj, what)
             return out, ladj
         state, dtype, _ = self._state()
         self._check(value, what, dtype)
-        out, ladj = fn(value)
+        out, ladj = in_pyro_context(self, fn, value)
         if self._cache_size:
             if what == "input":
                 self._store(value, out, ladj, state)
             else:
-                self._store(out, value, ladj, state, "x")
+                self._store(out, value, ladj, state)
         return out, ladj
 
     def _store_eagerly(self, value, out, ladj, what):
@@ -426,7 +425,7 @@ class FlowTransform(TransformModule):
         if what == "input":
             self._store(value, out, ladj, state)
         else:
-            self._store(out, value, ladj, state, "x")
+            self._store(out, value, ladj, state)
 
     def __call__(self, x):
         entry = self._cached(x, None, True)
@@ -461,7 +460,7 @@ class FlowTransform(TransformModule):
         if ladj is not None:
             return ladj
         self._check(x, "input", self._state()[1])
-        return self._call_and_ladj(x)[1]
+        return in_pyro_context(self, self._call_and_ladj, x)[1]
 
     # -------------------------------------------------------- module housekeeping
     def _apply(self, fn, *args, **kwargs):
@@ -484,6 +483,21 @@ class FlowTransform(TransformModule):
 
     def extra_repr(self) -> str:
         return "" if self.event_shape is None else f"event_shape={tuple(self.event_shape)}"
+
+
+def in_pyro_context(module: torch.nn.Module, fn, value):
+    """``fn(value)``, inside ``module``'s Pyro context if it was converted to a
+    :class:`~pyro.nn.PyroModule` (``pyro.nn.module.to_pyro_module_``). A PyroModule
+    registers the parameters it reads with Pyro (``pyro.param``) only while that context
+    is active; ``nn.Module.__call__`` enters it, a transform's calls (``t(x)``,
+    ``t.inv(y)``) do not. Without it SVI would leave the parameters a transform reads
+    itself (ActNorm's, Scaling's, a MixtureCDF's) untrained and train only those of its
+    conditioner networks."""
+    context = module.__dict__.get("_pyro_context")
+    if context is None:
+        return fn(value)
+    with context:
+        return fn(value)
 
 
 _EAGER = {}

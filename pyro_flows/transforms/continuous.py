@@ -393,8 +393,8 @@ class FFJORD(FlowTransform):
         settings = (self.trace, self.noise, self.adjoint, self.kinetic_weight, self.frobenius_weight)
         return repr((self.solver_settings(False), self.solver_settings(True), settings))
 
-    def _store(self, x, y, ladj, state, computed: str = "y"):
-        super()._store(x, y, ladj, state, computed)
+    def _store(self, x, y, ladj, state):
+        super()._store(x, y, ladj, state)
         self.__dict__["_cached_solver_key"] = self._solver_key()
 
     def _lookup(self, x, y, walk: bool):

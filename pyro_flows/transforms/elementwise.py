@@ -41,7 +41,15 @@ from torch import nn
 from torch.distributions import constraints
 
 from ._arguments import check_event_shape
-from .base import FlowTransform, all_true, check_event, count_false, sum_event, validation_enabled
+from .base import (
+    FlowTransform,
+    all_true,
+    check_event,
+    count_false,
+    in_pyro_context,
+    sum_event,
+    validation_enabled,
+)
 from .cdf_functions import check_supported, log_parts, quantile
 from .monotone_inverse import attach_implicit_gradient, invert_monotone
 
@@ -247,7 +255,7 @@ class MixtureCDF(FlowTransform):
         if ladj is not None:
             return ladj
         self._check(y, "value", self._state()[1])
-        return -sum_event(self.log_parts(y)[2], self.event_dim_)
+        return -sum_event(in_pyro_context(self, self.log_parts, y)[2], self.event_dim_)
 
     def extra_repr(self) -> str:
         return f"{super().extra_repr()}, num_components={self.num_components}, component={self.component!r}"
