@@ -17,6 +17,7 @@ Exits with status 1 and lists the problems when there are any.
 
 from __future__ import annotations
 
+import functools
 import importlib
 import inspect
 import re
@@ -30,8 +31,11 @@ PUBLIC_NAMESPACES = ["pyro_flows", "pyro_flows.transforms", "pyro_flows.nn", "py
 _DIRECTIVE = re.compile(r"^\s*\.\.\s+(?:py:)?(auto\w+|currentmodule|module)::\s*(\S+)", re.MULTILINE)
 
 
+@functools.lru_cache(maxsize=None)
 def _import_dotted(path: str):
-    """The object a dotted path names (module, then attributes), or ``None``."""
+    """The object a dotted path names (module, then attributes), or ``None``. Remembered:
+    the docs build asks for the same paths thousands of times, and each failed import
+    of a path that is an attribute, not a module, searches the file system."""
     parts = path.split(".")
     for i in range(len(parts), 0, -1):
         try:

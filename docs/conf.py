@@ -92,6 +92,24 @@ html_theme_options = {
 # ``pyro_flows.transforms.AffineCoupling``), while docstrings may name them by the module
 # that defines them (``pyro_flows.bases.base_distribution``) or by another public path
 # (``pyro_flows.real_nvp``). Resolve such references to the documented object.
+_DOCUMENTED: dict = {}
+
+
+def _documented(domain) -> dict:
+    """``id(obj) -> documented name`` of the library's documented objects, made once per
+    build (references are resolved after every page is read, so the objects are all known)."""
+    key = (id(domain), len(domain.objects))
+    if _DOCUMENTED.get("key") != key:
+        documented = {}
+        for name, entry in domain.objects.items():
+            if name.startswith("pyro_flows") and entry.objtype != "module":
+                obj = _import_dotted(name)
+                if obj is not None:
+                    documented.setdefault(id(obj), name)
+        _DOCUMENTED.update(key=key, value=documented)
+    return _DOCUMENTED["value"]
+
+
 def _resolve_alias(app, env, node, contnode):
     if node.get("refdomain") != "py":
         return None
@@ -101,12 +119,7 @@ def _resolve_alias(app, env, node, contnode):
         if context:
             candidates.append(f"{context}.{target}")
     domain = env.get_domain("py")
-    documented = {}
-    for name, entry in domain.objects.items():
-        if name.startswith("pyro_flows") and entry.objtype != "module":
-            obj = _import_dotted(name)
-            if obj is not None:
-                documented.setdefault(id(obj), name)
+    documented = _documented(domain)
     for candidate in candidates:
         if not candidate.startswith("pyro_flows"):
             continue
