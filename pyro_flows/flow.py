@@ -105,7 +105,19 @@ class Flow(nn.Module):
                 x = transform.inv(x)
             return x.new_zeros(x.shape[: x.dim() - len(self.event_shape)])
         if Distribution._validate_args:
-            return self().log_prob(x)  # the support check, with torch's message
+            try:
+                return self().log_prob(x)  # the support check, with torch's message
+            except ValueError as err:
+                # torch's message prints the values, summarised for a large batch, where
+                # the NaN may not show: name it (only on the way out, at no cost otherwise)
+                nan = (
+                    int(torch.isnan(x).sum()) if isinstance(x, torch.Tensor) and x.is_floating_point() else 0
+                )
+                if nan:
+                    raise ValueError(
+                        f"Flow.log_prob: the value holds NaN ({nan} of {x.numel()} elements); {err}"
+                    ) from err
+                raise
         transforms = self._transforms()
         event_dims = [(t.domain.event_dim, t.codomain.event_dim) for t in transforms]
         base = self.base()

@@ -33,6 +33,20 @@ def test_non_finite_values(bad):
         pyro_flows.real_nvp(2, num_layers=2).inv(x)
 
 
+def test_flow_log_prob_names_nan_in_a_batch_too_large_to_print():
+    """With validation on (Pyro's default) torch's support check refuses a NaN first;
+    its message prints the values summarised, which can hide the NaN: it is named."""
+    flow = pyro_flows.Flow(pyro_flows.real_nvp(2, num_layers=2, hidden_dims=(4,)))
+    x = torch.randn(5000, 2)
+    x[2500, 1] = float("nan")
+    with pytest.raises(ValueError, match=r"Flow.log_prob: the value holds NaN \(1 of 10000 elements\)"):
+        flow.log_prob(x)
+    # torch's own message follows, and a batch with no NaN scores
+    with pytest.raises(ValueError, match="within the support"):
+        flow.log_prob(x)
+    assert torch.isfinite(flow.log_prob(x.nan_to_num())).all()
+
+
 def test_wrong_dtype():
     with pytest.raises(ValueError, match="expected a floating-point value, got dtype torch.int32"):
         pyro_flows.real_nvp(2, num_layers=2).inv(torch.ones(3, 2, dtype=torch.int32))
