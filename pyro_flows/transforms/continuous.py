@@ -273,19 +273,18 @@ class FFJORD(FlowTransform):
     def nfe_backward(self) -> int:
         """Evaluations of :math:`h` by the adjoint pass since the last solve (0 without
         ``adjoint=True``: plain backpropagation goes through the stored steps instead)."""
-        last = self.__dict__.get("_last_solve")
-        return 0 if last is None else last.calls - self.nfe
+        return _adjoint_calls(self.__dict__.get("_last_solve"), self.nfe)
 
     @property
     def regularization(self) -> torch.Tensor:
         r"""``kinetic_weight * mean(kinetic_energy) + frobenius_weight * mean(jacobian_frobenius)``
         of the last solve (a differentiable scalar; ``0.`` when not regularising)."""
-        if not self.regularizes or self.kinetic_energy is None:
-            param = next(self.dynamics.parameters(), None)
-            return torch.zeros(()) if param is None else param.new_zeros(())
-        return (
-            self.kinetic_weight * self.kinetic_energy.mean()
-            + self.frobenius_weight * self.jacobian_frobenius.mean()
+        return _regularization(
+            self.dynamics,
+            self.kinetic_weight,
+            self.frobenius_weight,
+            self.kinetic_energy,
+            self.jacobian_frobenius,
         )
 
     def uses_exact_trace(self) -> bool:
@@ -433,6 +432,21 @@ class FFJORD(FlowTransform):
                 f"kinetic_weight={self.kinetic_weight:g}, frobenius_weight={self.frobenius_weight:g}"
             )
         return ", ".join(parts)
+
+
+def _adjoint_calls(last_solve: Optional[AugmentedDynamics], nfe: int) -> int:
+    """Evaluations of the field by the adjoint pass since the solve that made ``nfe`` of
+    them (the ODE function's count goes on through the backward pass)."""
+    return 0 if last_solve is None else last_solve.calls - nfe
+
+
+def _regularization(dynamics, kinetic_weight, frobenius_weight, kinetic, frobenius) -> torch.Tensor:
+    """``kinetic_weight * mean(kinetic) + frobenius_weight * mean(frobenius)``, or a zero of
+    the dynamics' dtype and device when not regularising or before any solve."""
+    if not (kinetic_weight > 0 or frobenius_weight > 0) or kinetic is None:
+        param = next(dynamics.parameters(), None)
+        return torch.zeros(()) if param is None else param.new_zeros(())
+    return kinetic_weight * kinetic.mean() + frobenius_weight * frobenius.mean()
 
 
 class _SolveRecord:
@@ -599,8 +613,7 @@ class ConditionalFFJORD(ConditionalTransformModule):
     def nfe_backward(self) -> int:
         """Evaluations of :math:`h` by the adjoint pass since the last solve (0 without
         ``adjoint=True``: plain backpropagation goes through the stored steps instead)."""
-        last = self._record.last_solve
-        return 0 if last is None else last.calls - self._record.nfe
+        return _adjoint_calls(self._record.last_solve, self._record.nfe)
 
     @property
     def kinetic_energy(self) -> Optional[torch.Tensor]:
@@ -629,13 +642,8 @@ class ConditionalFFJORD(ConditionalTransformModule):
         r"""``kinetic_weight * mean(kinetic_energy) + frobenius_weight * mean(jacobian_frobenius)``
         of the last solve (a differentiable scalar; ``0.`` when not regularising)."""
         record = self._record
-        if not self.regularizes or record.kinetic_energy is None:
-            param = next(self.dynamics.parameters(), None)
-            return torch.zeros(()) if param is None else param.new_zeros(())
-        kinetic_weight, frobenius_weight = self._weights()
-        return (
-            kinetic_weight * record.kinetic_energy.mean()
-            + frobenius_weight * record.jacobian_frobenius.mean()
+        return _regularization(
+            self.dynamics, *self._weights(), record.kinetic_energy, record.jacobian_frobenius
         )
 
     def __getstate__(self):
