@@ -33,6 +33,7 @@ import argparse
 import functools
 import json
 import math
+import statistics
 import time
 from pathlib import Path
 from typing import Optional
@@ -150,6 +151,26 @@ def score(target: dict, guide) -> dict:
     khat = psis_khat(model, guide, log_weights=log_w)
     sd = float(samples[target["site"]].reshape(EVAL_PARTICLES, -1)[:, 0].std())
     return {"kl": kl, "khat": float(khat), "sd": sd}
+
+
+def khat_redraws(count: int):
+    """An ``inspect`` for :func:`run_one`: the k-hat of the trained guide from ``count``
+    more sets of :data:`EVAL_PARTICLES` importance weights, each drawn from its own seed
+    (``1000 + i``) on a forked random stream, so the run's other scores are unchanged.
+    How much one evaluation's k-hat moves for the same guide."""
+
+    def inspect(target: dict, guide) -> dict:
+        model, values = target["model"], []
+        for i in range(count):
+            with torch.random.fork_rng(), torch.no_grad():
+                torch.manual_seed(1000 + i)
+                log_w = importance_log_weights(
+                    model, guide, num_particles=EVAL_PARTICLES, max_plate_nesting=1
+                )
+            values.append(float(psis_khat(model, guide, log_weights=log_w)))
+        return {"khat_redraws": values}
+
+    return inspect
 
 
 def run_one(
@@ -346,6 +367,13 @@ def main(argv=None) -> list:
         help="train with Pyro's ClippedAdam (gradient elements clamped to +-clip_norm) instead of plain Adam "
         "(default label: the guide's name with ', ClippedAdam <norm>')",
     )
+    p.add_argument(
+        "--khat-redraws",
+        type=int,
+        default=0,
+        help="also score each trained guide's k-hat from N more sets of importance weights (its spread "
+        "between evaluations of the same guide)",
+    )
     p.add_argument("--runs", default=str(report.RESULTS / "guide_accuracy_runs.jsonl"))
     p.add_argument("--table", action="store_true", help="only summarize the runs file")
     p.add_argument("--smoke", action="store_true", help="a few steps of small guides, for tests")
@@ -391,6 +419,7 @@ def main(argv=None) -> list:
                             seed,
                             args.steps,
                             args.average_last,
+                            inspect=khat_redraws(args.khat_redraws) if args.khat_redraws else None,
                             score_every=args.score_every,
                             clip_norm=args.clip_norm,
                         )
@@ -414,6 +443,14 @@ def main(argv=None) -> list:
                             f"({result['cpu_ms_per_step']:.1f} ms/step, non-finite {result['nonfinite']})",
                             flush=True,
                         )
+                        if "khat_redraws" in result:
+                            redraws = result["khat_redraws"]
+                            print(
+                                f"  k-hat of {len(redraws)} more evaluations: median "
+                                f"{statistics.median(redraws):.2f}, range {min(redraws):.2f}-{max(redraws):.2f}, "
+                                f"over 0.5 in {sum(k > 0.5 for k in redraws)}",
+                                flush=True,
+                            )
     rows = read_runs(runs_path)
     info = report.machine()
     log_z = f"log p(y) of eight schools by quadrature: {targets['eight_schools']['log_z']:.4f}"

@@ -103,6 +103,28 @@ def test_scores_along_the_way_leave_the_run_unchanged():
         guide_accuracy.run_one(target, "AutoRealNVP", small, 1e-2, 0, 6, score_every=-1)
 
 
+def test_khat_redraws_score_the_same_guide_again_and_leave_the_run_unchanged():
+    """``--khat-redraws``: fresh importance weights per redraw, on a forked stream (the
+    run's own scores and its averaged scores are those of the run without them); a
+    redraw with the evaluation's own stream state gives the evaluation's k-hat."""
+    target = guide_accuracy._targets()["banana"]
+    small = {"num_layers": 2, "hidden_dims": [8]}
+    plain = guide_accuracy.run_one(target, "AutoRealNVP", small, 1e-2, 0, 6, average_last=3)
+    redrawn = guide_accuracy.run_one(
+        target, "AutoRealNVP", small, 1e-2, 0, 6, average_last=3, inspect=guide_accuracy.khat_redraws(3)
+    )
+    keys = ("kl", "khat", "sd", "avg_kl", "avg_khat", "avg_sd")
+    assert [plain[k] for k in keys] == [redrawn[k] for k in keys]
+    values = redrawn["khat_redraws"]
+    assert len(values) == 3 and all(math.isfinite(v) for v in values)
+    assert len(set(values)) == 3  # three different sets of weights
+    # each redraw is its seed's evaluation of the guide: the same seed gives the same k-hat
+    again = guide_accuracy.run_one(
+        target, "AutoRealNVP", small, 1e-2, 0, 6, inspect=guide_accuracy.khat_redraws(1)
+    )
+    assert again["khat_redraws"] == values[:1]
+
+
 def test_guide_jit_smoke(tmp_path):
     data = guide_jit.main(["--smoke", "--models", "funnel", "--out", str(tmp_path), "--stem", "j"])
     for guide in guide_jit.GUIDES:
