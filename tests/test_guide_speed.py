@@ -37,6 +37,18 @@ def test_guide_speed_passes_flow_kwargs_to_our_guide(tmp_path, monkeypatch):
     assert data["flow_kwargs"] == {"input_bound": None}
 
 
+def test_guide_speed_times_the_banana_on_request(tmp_path):
+    """The banana (2-D) is timed when asked for, beside IAF, and is not in the default set."""
+    argv = ["--smoke", "--models", "banana", "--elbos", "Trace_ELBO", "--out", str(tmp_path), "--stem", "b"]
+    data = guide_speed.main(argv)
+    eager = data["results"]["banana"]["Trace_ELBO"]
+    assert set(eager["median_ms"]) == set(guide_speed.GUIDES) and not eager["errors"]
+    assert math.isfinite(eager["ratio"]) and eager["ratio"] > 0
+    assert "| banana | Trace_ELBO |" in (tmp_path / "b.md").read_text()
+    default = guide_speed.main(["--smoke", "--elbos", "Trace_ELBO", "--out", str(tmp_path), "--stem", "d"])
+    assert set(default["results"]) == {"funnel", "eight_schools"}
+
+
 def test_count_ops_counts_top_level_aten_calls():
     import torch
 
