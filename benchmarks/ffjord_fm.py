@@ -4,14 +4,19 @@ Side by side in one process and one thread, on 2-D toy targets whose entropy is 
 (see :mod:`benchmarks.toy_targets`). Each model trains for a budget of CPU seconds
 (``time.process_time()``, which counts only this process's work, so a busy machine slows
 the run but does not change the numbers); its held-out NLL is measured at fixed CPU
-times, with the evaluation itself not counted. The models:
+times, with the evaluation itself not counted. The models (``--models``):
 
-* ``ffjord_ml``: FFJORD (dynamics MLP, tanh) trained by maximum likelihood (Grathwohl et
-  al., 2019): every step solves the ODE with dopri5 and the exact trace and
-  backpropagates through the solver;
-* ``ffjord_fm``: the same transform and network trained by conditional flow matching with
-  minibatch-OT pairs (Lipman et al., 2023; Tong et al., 2023): no ODE solve in training;
-* ``real_nvp``: 8 affine couplings (the library's best coupling flow on these targets).
+* ``ffjord_ml``: FFJORD with a concat-squash field (``--hidden``, tanh) trained by
+  maximum likelihood (Grathwohl et al., 2019): every step solves the ODE with dopri5 and
+  the exact trace and backpropagates through the solver;
+* ``ffjord_fm``: FFJORD with the field of ``--fm-field`` (by default the velocity field,
+  :class:`~pyro_flows.nn.VelocityNet`, at its own size and with its default state
+  features) trained by conditional flow matching with minibatch-OT pairs (Lipman et al.,
+  2023; Tong et al., 2023): no ODE solve in training;
+* ``real_nvp``: 8 affine couplings (the library's best coupling flow on these targets);
+* ``spline_flow`` (only when named in ``--models``): :func:`pyro_flows.spline_flow` with
+  ``--spline-bins`` bins on ``[-B, B]``, ``B`` from ``--spline-tail-bound`` (by default
+  8 bins on [-3, 3], the 2-D default when the first runs were made).
 
 Every FFJORD NLL is the exact change of variables through the ODE (exact trace, dopri5 at
 rtol = atol = 1e-5). Reported: NLL and KL gap (NLL minus the true entropy) over CPU time;

@@ -6,10 +6,13 @@ zero), and its held-out NLL is measured through the ODE (dopri5 at 1e-5, exact t
 2,000 test points; the KL gap is NLL minus the true entropy) at the marks. At the end of
 a run the score is also checked against dopri5 at 1e-7 in float64 on 500 test points
 (``tight_minus_default_500``) and, with an EMA, the raw weights are scored too
-(``gap_raw``). ``base`` is the recipe the benchmark uses (an MLP 256-256-256, SiLU, on
-``z`` and Fourier features of ``t``, batch 512, lr 3e-3, EMA 0.999, minibatch-OT pairs);
-the other variants change one thing (``old``: the earlier recipe, concat-squash 128-128
-tanh, batch 256, lr 2e-3, no warm-up or EMA, whole-batch OT). ``xff`` and ``rff`` add
+(``gap_raw``). ``base`` is the recipe of ``benchmarks/ffjord_fm.py`` without its later
+additions (an MLP 256-256-256, SiLU, on ``z`` and Fourier features of ``t``, batch 512,
+lr 3e-3, EMA 0.999, minibatch-OT pairs over the whole batch; that benchmark now pairs in
+blocks of 128 rows and gives the field 128 state features by default). ``old`` is the
+earlier recipe (concat-squash 128-128 tanh, batch 256, lr 2e-3, no warm-up or EMA);
+``ot128`` pairs in blocks of 128 rows, and most other variants do so and change one
+thing more. ``xff`` and ``rff`` add
 Fourier features of the state ``z`` to the field's input: ``xff`` axis-aligned
 ``sin/cos(pi k z_j)`` for ``k = 1, 2, 4, 8``, ``rff`` 64 random ones ``sin/cos(2 pi B z)``
 with ``B ~ N(0, rff_scale^2)`` (what ``pyro_flows.nn.VelocityNet`` does by default, with

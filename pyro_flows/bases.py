@@ -94,7 +94,8 @@ def base_distribution(
 ) -> BaseDistribution:
     """A standard base over ``event_shape`` by name, or a given distribution.
 
-    * ``"normal"``: :math:`\\mathcal N(0, I)` (default everywhere);
+    * ``"normal"``: :math:`\\mathcal N(0, I)` (the default wherever a base is chosen,
+      unless the transform names its own, see :class:`~pyro_flows.Flow`);
     * ``"uniform"``: Uniform(0, 1) per coordinate;
     * ``"beta"``: Beta(a, b) per coordinate (``a``, ``b`` keyword arguments, default 5, 5
       as in the 1-D flow examples).

@@ -61,8 +61,8 @@ def build_parser() -> argparse.ArgumentParser:
     fit = sub.add_parser(
         "fit",
         help="train a flow (maximum likelihood, or flow matching for ffjord)",
-        description="Train a flow (by maximum likelihood; an ffjord by flow matching unless "
-        "--objective likelihood); print the test NLL and write OUT/ (config.toml, metrics.jsonl, results.json, checkpoint.pt, best.pt, PNG plots).",
+        description="Train a flow (by maximum likelihood; an ffjord on continuous data with a normal base "
+        "and no penalty by flow matching, unless --objective likelihood); print the test NLL and write OUT/ (config.toml, metrics.jsonl, results.json, checkpoint.pt, best.pt, PNG plots).",
     )
     fit.add_argument(
         "--config",

@@ -142,7 +142,9 @@ def neutra_mcmc(
     :param guide: a trained :class:`~pyro.infer.autoguide.AutoContinuous` guide, such as
         :class:`~pyro_flows.infer.AutoRealNVP`, Pyro's ``AutoIAFNormal`` or
         ``AutoMultivariateNormal``; Pyro's ``NeuTraReparam`` needs its ``get_transform``.
-        A flow guide with ``noncentered=True`` warps in its own coordinates
+        A flow guide with ``noncentered`` set (``"auto"``, its default, included), or with
+        a latent support that depends on other latents, warps in its own coordinates and
+        maps them back by running the model
         (:class:`~pyro_flows.infer.noncentered.NonCenteredNeuTraReparam`).
     :param int num_samples: draws kept per chain.
     :param int warmup_steps: adaptation steps per chain (step size and mass matrix).

@@ -22,6 +22,10 @@ to the model's sites by running the model's own code, so :math:`\mu(v)` and
 The model keeps its centered form: the guide is a different family for the same
 posterior, the one a ``LocScaleReparam(0)`` of every location-scale site (Gorinova, Moore
 and Hoffman, 2020) would give, with the ELBO and its gradients unchanged.
+
+The flow guides' default, ``noncentered="auto"``, is partial: a centeredness
+:math:`c \in [0, 1)` per element, fixed at the start (:func:`curvature_centeredness`),
+gives :math:`x = \mu + \sigma^{1 - c} (u - c \mu)`; ``"learn"`` learns one per site.
 """
 
 from __future__ import annotations
@@ -366,9 +370,10 @@ def noncentered_init(site, centered: Optional[torch.Tensor] = None) -> torch.Ten
 
 
 class NonCenteredNeuTraReparam(NeuTraReparam):
-    """Pyro's :class:`~pyro.infer.reparam.NeuTraReparam` for a guide with
-    ``noncentered=True``: the location-scale sites take ``loc + scale * u`` with the
-    model's own location and scale, as in the guide."""
+    """Pyro's :class:`~pyro.infer.reparam.NeuTraReparam` for a guide with ``noncentered``
+    set (or latent supports that depend on other latents): the location-scale sites take
+    the guide's map with the model's own location and scale (``loc + scale * u`` when
+    fully non-centered, see :func:`site_transform`), as in the guide."""
 
     def __init__(self, guide, model_args=(), model_kwargs=None):
         super().__init__(guide)

@@ -15,8 +15,10 @@ it (Roeder, Wu and Duvenaud, 2017, "Sticking the landing") keeps the gradient un
 ``Trace_ELBO``/``TraceMeanField_ELBO`` and makes its variance vanish as :math:`q_\\phi`
 approaches the posterior. :class:`PathGradientTransformedDistribution` does this by
 evaluating :math:`\\log q` through the inverse flow with the parameters *detached* (the
-flow's and, if it has any, the base distribution's), while the value keeps its graph. Its
-values equal the usual ones; only gradients change.
+flow's and, if it has any, the base distribution's), while the value keeps its graph; for
+a draw of its own ``rsample``, where every part of the flow allows it, from the score
+carried through the sampling pass instead (the same value and gradient, without the
+inverse pass). Its values equal the usual ones; only gradients change.
 
 It is **not** unbiased for importance-weighted objectives (``RenyiELBO`` with
 ``alpha != 1``, IWAE): there, use the ordinary log-density.
@@ -105,9 +107,9 @@ class PathGradientTransformedDistribution(TransformedDistribution):
 
     :param base_distribution: the base, with event dimension equal to the flow's; its
         tensors may be learnt too (their score term is dropped like the flow's).
-    :param transform: a pyro-flows transform or a
-        :class:`~pyro.distributions.torch_transform.ComposeTransformModule` of them
-        (a one-element list is accepted too).
+    :param transforms: a pyro-flows transform or a
+        :class:`~pyro.distributions.torch_transform.ComposeTransformModule` of them, in a
+        one-element list (or given alone).
 
     >>> import pyro.distributions as dist
     >>> from pyro_flows.transforms import affine_coupling

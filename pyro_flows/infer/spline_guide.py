@@ -131,12 +131,14 @@ class AutoSplineFlow(AutoRealNVP):
     spline couplings (Durkan et al., 2019), each followed, by default, by a conditional
     shift and soft-bounded scale (``spline_affine``), or affine couplings, or a mix. It
     starts as the identity, :math:`\mu` at the model's initial point (``init_loc_fn``) and
-    :math:`\sigma` at ``init_scale``: before training it equals an
-    :class:`~pyro.infer.autoguide.AutoNormal` started the same way.
+    :math:`\sigma` at ``init_scale``: with ``noncentered=False``, before training it equals
+    an :class:`~pyro.infer.autoguide.AutoNormal` started the same way.
 
     It shares the machinery of :class:`~pyro_flows.infer.AutoRealNVP`: path gradients
-    (on by default), the parameter store, vectorized particles, ``Predictive``, the JIT
-    ELBOs and :class:`~pyro.infer.reparam.NeuTraReparam`.
+    (on by default), (partially) non-centered coordinates (``noncentered="auto"`` by
+    default), the parameter store, vectorized particles, ``Predictive``, the JIT ELBOs
+    and NeuTra through :func:`~pyro_flows.infer.neutra_mcmc` (Pyro's plain
+    :class:`~pyro.infer.reparam.NeuTraReparam` only with ``noncentered=False``).
 
     A spline is the identity outside :math:`[-B, B]` (``tail_bound``); the splines act on
     the standardized scale (before :math:`\mu + \sigma \cdot`), where :math:`B = 4` holds

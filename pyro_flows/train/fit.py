@@ -25,10 +25,10 @@ from .stopping import StopSignals
 __all__ = ["fit", "FLOW_MATCHING_DEFAULTS", "with_flow_matching_defaults"]
 
 #: the options an ffjord trained by flow matching gets unless given, from :func:`fit` and
-#: from ``pyro-flows fit --flow ffjord --objective flow-matching`` alike: the velocity field
-#: 256-256-256 (the builder's default for that field), batches of 512 and a learning rate
-#: of 3e-3 with a linear warm-up over the first 2% of the steps (the recipe measured in
-#: ``docs/ffjord.md``)
+#: from ``pyro-flows fit --flow ffjord`` (flow matching by default on continuous data)
+#: alike: the velocity field 256-256-256 (the builder's default for that field), batches
+#: of 512 and a learning rate of 3e-3 with a linear warm-up over the first 2% of the
+#: steps (the recipe measured in ``docs/ffjord.md``)
 FLOW_MATCHING_DEFAULTS = {
     "hidden_dims": (256, 256, 256),
     "batch_size": 512,

@@ -1,8 +1,10 @@
-r"""Maximum-likelihood training of a flow: the loop behind ``pyro-flows fit``.
+r"""Training a flow by maximum likelihood or flow matching: the loop behind ``pyro-flows fit``.
 
 Each step draws a batch :math:`x_{1..B}` (preprocessed by the data's
 :meth:`~pyro_flows.data.splits.Splits.prepare`), minimises the mean negative
-log-likelihood :math:`-\frac1B\sum_b \log p_\theta(x_b)` with Adam, a warm-up then
+log-likelihood :math:`-\frac1B\sum_b \log p_\theta(x_b)` (with
+``objective="flow-matching"``, an ffjord's flow-matching loss instead, see
+:mod:`pyro_flows.train.flow_matching`) with Adam, a warm-up then
 constant or cosine learning rate, and gradient-norm clipping. With ``ema`` the weights
 that are evaluated, kept and sampled are an exponential moving average of the trained
 ones (:class:`~pyro_flows.train.averaging.WeightAverage`). Every ``eval_every`` steps
@@ -372,7 +374,9 @@ def train(
     started: Optional[float] = None,
     stop=None,
 ) -> LoopState:
-    """Train ``flow`` on ``splits.train`` by maximum likelihood, in place.
+    """Train ``flow`` on ``splits.train`` in place, by maximum likelihood or, with
+    ``config.objective == "flow-matching"``, by flow matching
+    (:class:`~pyro_flows.train.flow_matching.FlowMatching`).
 
     On return ``flow`` holds the parameters of the best validation NLL (their moving
     average when ``config.ema`` is set), in eval mode; so it does when ``stop`` stops the

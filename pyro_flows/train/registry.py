@@ -34,7 +34,7 @@ __all__ = [
 ]
 
 
-#: the conditioner dropout ``--flow spline`` trains with above 2-D: none up to
+#: the conditioner dropout ``--flow spline`` trains with above 10 dimensions: none up to
 #: ``DROPOUT_FROM`` passes over the training set, then ``DROPOUT_SLOPE`` more per pass, up
 #: to ``DROPOUT_MAX`` (see ``spline_dropout``)
 DROPOUT_FROM, DROPOUT_SLOPE, DROPOUT_MAX = 10.0, 0.02, 0.2
