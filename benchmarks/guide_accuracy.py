@@ -159,15 +159,19 @@ def khat_redraws(count: int):
     (``1000 + i``) on a forked random stream, so the run's other scores are unchanged.
     How much one evaluation's k-hat moves for the same guide."""
 
+    if count < 1:
+        raise ValueError(f"khat_redraws needs a number of evaluations of at least 1, got {count}")
+
     def inspect(target: dict, guide) -> dict:
-        model, values = target["model"], []
+        values = []
         for i in range(count):
             with torch.random.fork_rng(), torch.no_grad():
                 torch.manual_seed(1000 + i)
-                log_w = importance_log_weights(
-                    model, guide, num_particles=EVAL_PARTICLES, max_plate_nesting=1
+                values.append(
+                    float(
+                        psis_khat(target["model"], guide, num_particles=EVAL_PARTICLES, max_plate_nesting=1)
+                    )
                 )
-            values.append(float(psis_khat(model, guide, log_weights=log_w)))
         return {"khat_redraws": values}
 
     return inspect
@@ -380,6 +384,8 @@ def main(argv=None) -> list:
     p.add_argument("--out", default=str(report.RESULTS))
     p.add_argument("--stem", default="guide_accuracy")
     args = p.parse_args(argv)
+    if args.khat_redraws < 0:
+        p.error(f"--khat-redraws must be a number of evaluations (0: none), got {args.khat_redraws}")
     torch.set_num_threads(1)
     kwargs = json.loads(args.kwargs)
     if args.smoke:

@@ -123,6 +123,10 @@ def test_khat_redraws_score_the_same_guide_again_and_leave_the_run_unchanged():
         target, "AutoRealNVP", small, 1e-2, 0, 6, inspect=guide_accuracy.khat_redraws(1)
     )
     assert again["khat_redraws"] == values[:1]
+    with pytest.raises(ValueError, match="at least 1"):
+        guide_accuracy.khat_redraws(0)
+    with pytest.raises(SystemExit):
+        guide_accuracy.main(["--smoke", "--khat-redraws", "-1"])
 
 
 def test_guide_jit_smoke(tmp_path):
