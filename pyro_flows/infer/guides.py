@@ -522,6 +522,22 @@ class AutoRealNVP(AutoContinuous):
                 self._stored_centeredness[name] = value
         return buffers
 
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+        # A loaded curvature centeredness goes to the parameter store as well (where the
+        # loaded conditioners are, written in place): left there, the store's value (of
+        # this guide's own random initial point) would be saved with the loaded parameters
+        # by pyro.get_param_store().save(), and a guide loaded from that store would
+        # describe another posterior.
+        buffers = self._modules.get("centeredness")
+        if self.noncentered != "auto" or not isinstance(buffers, _SiteBuffers):
+            return
+        store = pyro.get_param_store()
+        for name, buffer in buffers.as_dict().items():
+            value = state_dict.get(f"{prefix}centeredness.{buffers._names[name]}")
+            if isinstance(value, torch.Tensor) and value.shape == buffer.shape:
+                store[self._centeredness_key(name)] = value.detach().to(buffer).clone()
+
     def __getstate__(self):
         state = super().__getstate__()
         # the store's tensors last synced into the centeredness buffers: they carry the

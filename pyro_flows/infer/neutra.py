@@ -108,7 +108,7 @@ def _to_model_space(reparam: NeuTraReparam, latent: torch.Tensor) -> Dict[str, t
     guide = reparam.guide
     num = latent.shape[0]
     nesting = max([-plate.dim for plate in guide.plates.values() if plate.dim is not None], default=0)
-    if isinstance(reparam, NonCenteredNeuTraReparam):  # it runs the model: all its plates
+    if isinstance(reparam, NonCenteredNeuTraReparam) and reparam.runs_model:  # all the model's plates
         nesting = max(nesting, reparam.model_plate_nesting())
     padded = latent.reshape(num, *[1] * nesting, latent.shape[-1])
     shapes = {name: site["value"].shape for name, site in guide.prototype_trace.iter_stochastic_nodes()}
@@ -145,7 +145,9 @@ def neutra_mcmc(
         A flow guide with ``noncentered`` set (``"auto"``, its default, included), or with
         a latent support that depends on other latents, warps in its own coordinates and
         maps them back by running the model
-        (:class:`~pyro_flows.infer.noncentered.NonCenteredNeuTraReparam`).
+        (:class:`~pyro_flows.infer.noncentered.NonCenteredNeuTraReparam`, which also
+        counts the flow's log-determinant once where Pyro's would count it once per
+        element of the first latent site's plate).
     :param int num_samples: draws kept per chain.
     :param int warmup_steps: adaptation steps per chain (step size and mass matrix).
     :param tuple model_args: positional arguments of ``model`` (and of ``guide``).
@@ -195,11 +197,10 @@ def neutra_mcmc(
         pyro.set_rng_seed(seed)
     with _frozen(guide):
         # Pyro's NeuTraReparam maps its draws back with the supports at the guide's initial
-        # point: a support that depends on other latents needs the model run as well
-        if getattr(guide, "noncentered_sites", None) or getattr(guide, "dependent_support_sites", None):
-            reparam = NonCenteredNeuTraReparam(guide, model_args, model_kwargs)
-        else:
-            reparam = NeuTraReparam(guide)
+        # point (a support that depends on other latents needs the model run as well), and
+        # counts the flow's log|det J| once per element when the first latent site is in a
+        # plate: ours runs the model where needed and counts it once
+        reparam = NonCenteredNeuTraReparam(guide, model_args, model_kwargs)
         kernel = NUTS(reparam.reparam(model), **nuts_kwargs)
         mcmc = MCMC(
             kernel,

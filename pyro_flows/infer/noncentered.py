@@ -370,10 +370,13 @@ def noncentered_init(site, centered: Optional[torch.Tensor] = None) -> torch.Ten
 
 
 class NonCenteredNeuTraReparam(NeuTraReparam):
-    """Pyro's :class:`~pyro.infer.reparam.NeuTraReparam` for a guide with ``noncentered``
+    r"""Pyro's :class:`~pyro.infer.reparam.NeuTraReparam` for a guide with ``noncentered``
     set (or latent supports that depend on other latents): the location-scale sites take
     the guide's map with the model's own location and scale (``loc + scale * u`` when
-    fully non-centered, see :func:`site_transform`), as in the guide."""
+    fully non-centered, see :func:`site_transform`), as in the guide. Any other
+    :class:`~pyro.infer.autoguide.AutoContinuous` guide is warped as by Pyro's, except
+    that the flow's :math:`\log|\det J|` enters the potential once: Pyro's adds it to
+    the first latent site, which counts it once per element when that site is in a plate."""
 
     def __init__(self, guide, model_args=(), model_kwargs=None):
         super().__init__(guide)
@@ -397,12 +400,16 @@ class NonCenteredNeuTraReparam(NeuTraReparam):
                 for plate in self.guide.plates.values():
                     stack.enter_context(block_plate(dim=plate.dim, strict=False))
                 z = pyro.sample(f"{name}_shared_latent", self.guide.get_base_dist().mask(False))
-            x_unconstrained = self.transform(z)
-            if compute_density:
-                log_density = self.transform.log_abs_det_jacobian(z, x_unconstrained)
+                x_unconstrained = self.transform(z)
+                if compute_density:
+                    # a factor of its own, outside the latent sites' plates: in the Delta of a
+                    # first site in a plate (where Pyro's NeuTraReparam puts it) the log|det J|
+                    # of the whole latent vector was counted once per element of the plate
+                    ladj = self.transform.log_abs_det_jacobian(z, x_unconstrained)
+                    pyro.factor(f"{name}_shared_latent_log_det", ladj)
             self.x_unconstrained = {site["name"]: u for site, u in self.guide._unpack_latent(x_unconstrained)}
         u = self.x_unconstrained.pop(name)
-        noncentered = self.guide.site_centeredness()
+        noncentered = self.guide.site_centeredness() if hasattr(self.guide, "site_centeredness") else {}
         transform = site_transform(fn, name in noncentered, noncentered.get(name))
         value = transform(u)
         if compute_density:
@@ -412,6 +419,16 @@ class NonCenteredNeuTraReparam(NeuTraReparam):
             "value": value,
             "is_observed": True,
         }
+
+    @property
+    def runs_model(self) -> bool:
+        """Whether draws are mapped to the model's sites by running the model (a flow guide
+        with non-centered sites or supports that depend on other latents); else as Pyro's,
+        with the bijections of the supports at the guide's initial point."""
+        return bool(
+            getattr(self.guide, "noncentered_sites", None)
+            or getattr(self.guide, "dependent_support_sites", None)
+        )
 
     def model_plate_nesting(self) -> int:
         """How many plate dimensions the model uses, those of its observed sites included
@@ -428,6 +445,8 @@ class NonCenteredNeuTraReparam(NeuTraReparam):
 
     def transform_sample(self, latent):
         """The model's latent sites for draws of the warped posterior (see Pyro's)."""
+        if not self.runs_model:
+            return super().transform_sample(latent)
         unconstrained = {site["name"]: u for site, u in self.guide._unpack_latent(self.transform(latent))}
         values, _ = site_values(
             self.guide.model_as_written,
