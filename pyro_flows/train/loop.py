@@ -444,7 +444,10 @@ def train(
     train_x = splits.train.to(device=device, dtype=splits.input_dtype(dtype))
     noise_sd = None
     if getattr(config, "noise", 0.0) > 0:  # in units of each coordinate's sd over the training points
-        noise_sd = config.noise * splits.prepare(train_x, dtype=dtype).std(0)
+        # dequantization noise (discrete data) from a generator of its own: drawn from the global
+        # one, it would shift every later draw, differently in a resumed run (restored first)
+        fixed = torch.Generator(device=device).manual_seed(config.seed)
+        noise_sd = config.noise * splits.prepare(train_x, generator=fixed, dtype=dtype).std(0)
     offset = splits.nll_offset()
     val_x = splits.prepare(
         splits.val.to(device=device, dtype=splits.input_dtype(dtype)),

@@ -445,13 +445,29 @@ def _best_to_resume(resume_state: dict, run_dir: str) -> Optional[dict]:
 
 def _check_best_step(best: dict, resume_state: dict, path: str) -> None:
     """Refuse a ``best.pt`` that is not the best model of the checkpoint ``resume_state``
-    (see :func:`_best_to_resume`)."""
+    (see :func:`_best_to_resume`): one of another step, or one whose validation history
+    differs from the checkpoint's (another run's)."""
     step, best_step = resume_state["step"], resume_state["trainer"]["best_step"]
     if best["step"] != best_step and best["step"] <= step:
         raise CheckpointError(
             f"{path} holds the model of step {best['step']}, but the run's checkpoint.pt (step {step}) names "
             f"step {best_step} as the best: it is not this run's best model; put the run's own best.pt back to "
             "resume it"
+        )
+    # A best.pt of the right step may still be another run's (copied from the folder of a run
+    # of the same model): the validations both files record must agree on the steps they share.
+    trainer = best.get("trainer")
+    history = trainer.get("history") if isinstance(trainer, dict) else None
+    history = [r if isinstance(r, dict) else {} for r in history] if isinstance(history, list) else None
+    saved = resume_state["trainer"]["history"]
+    shared = min(len(history), len(saved)) if isinstance(history, list) else 0
+    if shared and json_safe(history[:shared]) != json_safe(saved[:shared]):  # NaN-free: a single point's se
+        differs = next(k for k in range(shared) if json_safe(history[k]) != json_safe(saved[k]))
+        raise CheckpointError(
+            f"{path} holds a model of step {best['step']}, but its validations differ from those the run's "
+            f"checkpoint.pt records (at step {saved[differs].get('step')}: NLL {history[differs].get('nll')}, "
+            f"not {saved[differs].get('nll')}): it is not this run's best model; put the run's own best.pt back "
+            "to resume it"
         )
 
 
@@ -615,9 +631,10 @@ def write_plots(flow, splits: Splits, config: RunConfig, run_dir: str) -> list:
         offset = splits.nll_offset()
 
         def log_density(x):
-            y = splits.prepare(
-                x.to(device=param.device, dtype=splits.input_dtype(param.dtype)), dtype=param.dtype
-            )
+            x = x.to(device=param.device, dtype=splits.input_dtype(param.dtype))
+            # discrete data: the density of the dequantized data at x itself (prepare would
+            # add dequantization noise, drawing the density at random points near the grid)
+            y = x / splits.scale.to(x) if splits.levels else splits.prepare(x, dtype=param.dtype)
             return (nll_per_point(flow, y) * -1 - offset).cpu()
 
         data = splits.test if len(splits.test) >= n else torch.cat([splits.test, splits.train])[:n]
