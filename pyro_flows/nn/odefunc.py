@@ -227,8 +227,11 @@ class AugmentedDynamics(nn.Module):
         z = state[0]
         create_graph = torch.is_grad_enabled()
         with torch.enable_grad():
-            if not z.requires_grad:
-                # a leaf without history (the initial value, or a no-grad solve)
+            if not (create_graph and z.requires_grad):
+                # a leaf without history (the initial value, or a no-grad solve). Without
+                # a graph to build, always: the adjoint's forward solve (under no_grad) of
+                # an input that requires grad starts from a view that "requires grad" but
+                # is cut from autograd, so the trace at t0 came out as 0
                 z = z.detach().requires_grad_(True)
             h = self.net(t, z)
             if self.noise is None:

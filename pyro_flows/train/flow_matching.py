@@ -63,7 +63,9 @@ from typing import Optional, Tuple
 import torch
 from torch import nn
 
+from ..flow import Flow
 from ..transforms.base import _module_dtype, check_context, check_event
+from ..transforms.continuous import _ConditionedFFJORD
 
 __all__ = [
     "PATHS",
@@ -190,6 +192,11 @@ def conditional_path(
             f"flow matching: expected path noise of the data's shape {tuple(x.shape)} (one draw per "
             f"point), got shape {tuple(noise.shape)}"
         )
+    if noise is not None and noise.dtype != x.dtype:
+        # it would promote x_t, and the field fail on a matrix product of mixed dtypes
+        raise ValueError(
+            f"flow matching: expected path noise of the data's dtype {x.dtype}, got {noise.dtype}"
+        )
     t = t.reshape(-1, *([1] * (x.dim() - 1))).to(x)
     x_t = (1 - t) * x + t * z
     if sigma > 0:
@@ -199,6 +206,14 @@ def conditional_path(
 
 def _field_of(model) -> nn.Module:
     # an FFJORD / ConditionalFFJORD carries its network as .dynamics
+    if isinstance(model, Flow):
+        raise TypeError("flow matching: expected the flow's FFJORD transform (flow.transform), got a Flow")
+    if isinstance(model, _ConditionedFFJORD):
+        # its context would be silently dropped: the loss takes the context per point
+        raise TypeError(
+            "flow matching: expected the ConditionalFFJORD itself with context=..., got one "
+            "conditioned on a context (.condition(c))"
+        )
     return getattr(model, "dynamics", model)
 
 
@@ -235,8 +250,9 @@ def flow_matching_loss(
     """
     if path not in PATHS:
         raise ValueError(f"flow matching: expected path in {PATHS}, got {path!r}")
-    if not sigma >= 0:
-        raise ValueError(f"flow matching: expected sigma >= 0, got {sigma}")
+    if not (sigma >= 0 and math.isfinite(sigma)):
+        # an infinite sigma passed as ">= 0" and made every loss NaN
+        raise ValueError(f"flow matching: expected a finite sigma >= 0, got {sigma}")
     if x.dim() != 2 or z.shape != x.shape:
         raise ValueError(
             f"flow matching: expected data and base samples of the same shape (N, D), got "
@@ -257,6 +273,9 @@ def flow_matching_loss(
         raise ValueError(
             f"flow matching: expected data and base samples of the same dtype, got {x.dtype} and {z.dtype}"
         )
+    # the base samples too: a NaN among them made a NaN loss (or, with path="ot", SciPy's
+    # "matrix contains invalid numeric entries")
+    check_event("flow matching", z, getattr(model, "event_shape", None), "base samples", dtype)
     n = x.shape[0]
     if t is not None and t.numel() != n:
         raise ValueError(

@@ -132,6 +132,16 @@ def _check_solver(method, rtol, atol, options, sample_method, sample_rtol, sampl
         _check_grid("sample_options", sample_method or method, sample_options)
 
 
+def _check_field_size(owner: str, dynamics: nn.Module, attribute: str, value: int) -> None:
+    """A field that states its sizes (``dim``, ``context_dim`` of :class:`~pyro_flows.nn.DynamicsNet`
+    and :class:`~pyro_flows.nn.VelocityNet`) must have the flow's: otherwise the first solve
+    failed on a matrix product of mismatched shapes, or blamed the context given."""
+    size = getattr(dynamics, attribute, None)
+    if isinstance(size, int) and not isinstance(size, bool) and size != value:
+        name = "input_dim" if attribute == "dim" else attribute
+        raise ValueError(f"{owner}: the dynamics have {attribute}={size}, but {name}={value}")
+
+
 class FFJORD(FlowTransform):
     r"""Free-form continuous flow (FFJORD) on vectors, as a Pyro ``TransformModule``.
 
@@ -218,6 +228,7 @@ class FFJORD(FlowTransform):
     ):
         if not isinstance(input_dim, int) or input_dim < 1:
             raise ValueError(f"FFJORD: expected a positive integer input_dim, got {input_dim!r}")
+        _check_field_size("FFJORD", dynamics, "dim", input_dim)
         if trace not in _TRACES:
             raise ValueError(f"FFJORD: expected trace in {_TRACES}, got {trace!r}")
         if noise not in ("rademacher", "gaussian"):
@@ -588,6 +599,8 @@ class ConditionalFFJORD(ConditionalTransformModule):
             raise ValueError(
                 f"ConditionalFFJORD: expected a positive integer context_dim, got {context_dim!r}"
             )
+        _check_field_size("ConditionalFFJORD", dynamics, "dim", input_dim)
+        _check_field_size("ConditionalFFJORD", dynamics, "context_dim", context_dim)
         # validates the settings once, here rather than at the first condition()
         FFJORD(dynamics, input_dim, **settings)
         self.dynamics = dynamics
