@@ -288,3 +288,23 @@ def test_import_leaves_the_process_as_it_was():
     assert probe["new_torch_modules"] == [], probe["new_torch_modules"]
     assert probe["filters"][0] == probe["filters"][1]
     assert probe["env"] == []
+
+
+def test_a_context_made_in_inference_mode_is_used_without_a_cache_entry():
+    # a context tensor made under torch.inference_mode has no version counter; the cache
+    # read the counters of every state tensor, the context included, and raised
+    # "Inference tensors do not track version counter"
+    import pyro.distributions as dist
+
+    torch.manual_seed(0)
+    base = dist.Normal(torch.zeros(2), torch.ones(2)).to_event(1)
+    x = torch.randn(5, 2)
+    with torch.inference_mode():
+        context = torch.randn(5, 3)
+    for transform in (pyro_flows.conditional_real_nvp(2, 3), pyro_flows.conditional_ffjord(2, 3)):
+        flow = dist.ConditionalTransformedDistribution(base, [transform])
+        with torch.no_grad():
+            got = flow.condition(context).log_prob(x)
+            expected = flow.condition(context.clone()).log_prob(x)
+        assert got.shape == (5,) and torch.isfinite(got).all()
+        torch.testing.assert_close(got, expected)

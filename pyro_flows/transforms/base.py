@@ -371,8 +371,10 @@ class FlowTransform(TransformModule):
         # written to __dict__ directly: 0.06 us against 3.6 us through nn.Module.__setattr__
         # (which looks for parameters, buffers and submodules first), timeit, once per
         # layer and call
-        if x.is_inference() or y.is_inference():
-            return  # no version counters to key them by (torch.inference_mode)
+        if x.is_inference() or y.is_inference() or any(t.is_inference() for t in state):
+            # no version counters to key them by (torch.inference_mode): the values, or
+            # a state tensor such as a conditioned transform's context
+            return
         grad = torch.is_grad_enabled()
         versions = [t._version for t in state]
         key = _pair_key((x, y))
